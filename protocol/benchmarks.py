@@ -1,0 +1,122 @@
+"""Benchmark ids: which task, data, tokenizer, budget and size cap a result was measured on.
+
+Results from different benchmarks never mix, and each benchmark has its own gossip topic. The
+id is a hash over exactly the things that make two measurements comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+
+from protocol import canonical
+from protocol.errors import ProtocolError
+
+BENCHMARK_DOMAIN = b"p2pgolf/benchmark/v1\n"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+# sha256 of the challenge tokenizer file fineweb_1024_bpe.model (sp1024).
+SP1024_TOKENIZER_SHA256 = "849ea920119b5135ace5016137e82ab397738fc29d723d5f9a6b74c4e31af191"
+# The challenge's validation split is identified by where it lives (its bytes are ~120 MB and are
+# not shipped): sha256 of this descriptor. `p2pgolf data fetch` checks the shards it downloads.
+CHALLENGE_VAL_DESCRIPTOR = "hf:willdepueoai/parameter-golf:datasets/fineweb10B_sp1024/fineweb_val_*.bin:first-50000-docs"
+# The smoke benchmark's validation tokens are generated (trainer.smoke); this is the sha256 of
+# their bytes, checked by a test so every machine generates the same data.
+SMOKE_VAL_SHA256 = "0" * 64  # filled in by the trainer: see trainer/smoke.py and its test
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What a result is comparable under. `name` is a label; only the other fields are hashed."""
+
+    name: str
+    task: str
+    val_digest: str
+    tokenizer_digest: str
+    budget_s: float
+    size_cap: int
+
+    def __post_init__(self) -> None:
+        for field in ("val_digest", "tokenizer_digest"):
+            if not _HEX64.match(getattr(self, field)):
+                raise ProtocolError("must be 64 lowercase hex characters", f"benchmark {field}")
+        if not 0 < self.budget_s <= 86400:
+            raise ProtocolError(f"{self.budget_s} is outside (0, 86400] seconds", "benchmark budget_s")
+        if not 0 < self.size_cap <= 10**12:
+            raise ProtocolError(f"{self.size_cap} is outside (0, 10^12] bytes", "benchmark size_cap")
+
+    @property
+    def id(self) -> str:
+        payload = canonical.encode(
+            {
+                "task": self.task,
+                "val": self.val_digest,
+                "tokenizer": self.tokenizer_digest,
+                "budget_s": float(self.budget_s),
+                "size_cap": int(self.size_cap),
+            }
+        )
+        return hashlib.sha256(BENCHMARK_DOMAIN + payload).hexdigest()
+
+    @property
+    def topic(self) -> str:
+        """The gossip topic of this benchmark."""
+        return f"/p2pgolf/records/1/{self.id}"
+
+    def with_budget(self, budget_s: float) -> "Benchmark":
+        """The same task and data under another budget (a different benchmark id)."""
+        if float(budget_s) == float(self.budget_s):
+            return self
+        base_name = self.name.split("@", 1)[0]
+        return replace(self, name=f"{base_name}@{budget_s:g}s", budget_s=float(budget_s))
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            name="parameter-golf/sp1024-10min",
+            task="parameter-golf",
+            val_digest=_sha256_text(CHALLENGE_VAL_DESCRIPTOR),
+            tokenizer_digest=SP1024_TOKENIZER_SHA256,
+            budget_s=600.0,
+            size_cap=16_000_000,
+        ),
+        Benchmark(
+            name="smoke",
+            task="smoke-bytes",
+            val_digest=SMOKE_VAL_SHA256,
+            tokenizer_digest=_sha256_text("byte-level-256"),
+            budget_s=60.0,
+            size_cap=16_000_000,
+        ),
+    )
+}
+
+
+def benchmark(name: str) -> Benchmark:
+    """The named benchmark; `NAME@SECONDSs` picks another budget. ProtocolError if unknown."""
+    base, _, budget = name.partition("@")
+    if base not in BENCHMARKS:
+        raise ProtocolError(f"unknown benchmark {base!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    bench = BENCHMARKS[base]
+    if budget:
+        try:
+            seconds = float(budget.removesuffix("s"))
+        except ValueError:
+            raise ProtocolError(f"bad budget {budget!r} in benchmark name; expected for example smoke@30s") from None
+        bench = bench.with_budget(seconds)
+    return bench
+
+
+def by_id(bench_id: str) -> Benchmark | None:
+    """A known benchmark with this id (default budgets only), if any."""
+    for bench in BENCHMARKS.values():
+        if bench.id == bench_id:
+            return bench
+    return None

@@ -1,0 +1,118 @@
+"""Canonical msgpack: exactly one byte string for each value.
+
+Rules (see SPEC.md): maps have string keys, sorted by their UTF-8 bytes, no duplicates; integers
+use the shortest msgpack form and fit in int64/uint64; floats are always float64 and finite;
+strings are UTF-8 `str`, binary is `bin`; no extension types. `decode` accepts only bytes that
+`encode` would produce for the decoded value, so every logical record has one encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+
+from protocol.errors import ProtocolError
+
+MAX_DEPTH = 8
+
+
+def encode(value: Any) -> bytes:
+    """Canonical bytes of `value` (dicts with str keys, lists, str, bytes, int, float, bool, None)."""
+    _check(value, "value", 0)
+    return msgpack.packb(_sorted(value), use_bin_type=True, use_single_float=False, strict_types=False)
+
+
+def decode(data: bytes, *, max_len: int) -> Any:
+    """Decode canonical bytes; raise ProtocolError unless `data` is canonical and within bounds."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_len:
+        raise ProtocolError(f"{len(data)} bytes exceeds the limit of {max_len}")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            object_pairs_hook=_canonical_map,
+            list_hook=_finite_list,
+            ext_hook=_no_ext,
+            max_str_len=max_len,
+            max_bin_len=max_len,
+            max_array_len=max_len,
+            max_map_len=max_len,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types for malformed input
+        raise ProtocolError(f"malformed msgpack ({type(exc).__name__}: {exc})") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError("NaN and infinity are not allowed")
+    # Maps were checked for order as they were built, so re-packing in decoded order must give
+    # the same bytes; any difference is a non-shortest integer, a float32, or a str/bin mix-up.
+    if msgpack.packb(value, use_bin_type=True, use_single_float=False) != data:
+        raise ProtocolError("bytes are not in canonical form (integer, float or string encoding)")
+    return value
+
+
+def _canonical_map(pairs: list[tuple[Any, Any]]) -> dict:
+    out = dict(pairs)
+    keys = list(out)
+    if len(keys) != len(pairs):
+        raise ProtocolError("map has duplicate keys")
+    if not all(type(k) is str for k in keys):
+        raise ProtocolError("map keys must be strings")
+    # Python orders str by code point, which is also the order of their UTF-8 bytes.
+    if keys != sorted(keys):
+        raise ProtocolError("map keys are not sorted")
+    _finite_list(out.values())
+    return out
+
+
+def _finite_list(items):
+    for v in items:
+        if type(v) is float and (v - v) != 0.0:  # inf - inf and nan - nan are nan
+            raise ProtocolError("NaN and infinity are not allowed")
+    return items
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"extension type {code} is not allowed")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value, key=lambda s: s.encode())}
+    if isinstance(value, (list, tuple)):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"nesting deeper than {MAX_DEPTH}", where)
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ProtocolError("integer out of 64-bit range", where)
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError("NaN and infinity are not allowed", where)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError("map keys must be strings", where)
+            _check(v, f"{where}.{k}", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check(v, f"{where}[{i}]", depth + 1)
+        return
+    raise ProtocolError(f"type {type(value).__name__} cannot be encoded", where)

@@ -1,0 +1,98 @@
+"""Signed records on the wire: the envelope, record ids and Ed25519 signatures.
+
+Envelope = canonical msgpack map {"body": bin, "sig": bin(64)}, at most 16 KiB, where `body`
+is the canonical encoding of the record map. Record id = SHA-256(RECORD_DOMAIN || body), and
+`sig` is the author's Ed25519 signature over the 32 id bytes. `decode_record` is the only way
+bytes from a peer become a `SignedRecord`, and it raises only `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import nacl.exceptions
+import nacl.signing
+
+from protocol import canonical
+from protocol.errors import ProtocolError
+from protocol.records import Record, parse_body
+
+RECORD_DOMAIN = b"p2pgolf/record/v1\n"
+MAX_RECORD_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class SignedRecord:
+    """A validated, verified record with its id and exact wire bytes."""
+
+    id: str
+    record: Record
+    body: bytes
+    signature: bytes
+    raw: bytes
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def author(self) -> str:
+        return self.record.author
+
+    @property
+    def bench(self) -> str:
+        return self.record.bench
+
+    @property
+    def created_ms(self) -> int:
+        return self.record.created_ms
+
+
+def record_id(body: bytes) -> bytes:
+    """The 32-byte id of a canonical record body."""
+    return hashlib.sha256(RECORD_DOMAIN + body).digest()
+
+
+def sign_record(record: Record, signing_key: nacl.signing.SigningKey) -> SignedRecord:
+    """Encode, sign and return `record`; its author must be this key's public key."""
+    public_hex = bytes(signing_key.verify_key).hex()
+    if record.author != public_hex:
+        raise ProtocolError(f"record author {record.author[:16]}... is not the signing key {public_hex[:16]}...", "author")
+    wire = record.to_wire()
+    body = canonical.encode(wire)
+    parse_body(canonical.decode(body, max_len=MAX_RECORD_BYTES))  # never sign what peers would reject
+    rid = record_id(body)
+    signature = signing_key.sign(rid).signature
+    raw = canonical.encode({"body": body, "sig": signature})
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ProtocolError(f"signed record is {len(raw)} bytes; at most {MAX_RECORD_BYTES}")
+    return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=raw)
+
+
+def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
+    """Decode, validate and verify an envelope from anywhere. Raises only ProtocolError."""
+    envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
+    if not isinstance(envelope, dict) or set(envelope) != {"body", "sig"}:
+        raise ProtocolError("envelope must be a map with exactly the fields body and sig")
+    body, signature = envelope["body"], envelope["sig"]
+    if type(body) is not bytes:
+        raise ProtocolError("must be binary", "body")
+    if type(signature) is not bytes or len(signature) != 64:
+        raise ProtocolError("must be 64 bytes of binary", "sig")
+    record = parse_body(canonical.decode(body, max_len=MAX_RECORD_BYTES), now_ms=now_ms)
+    rid = record_id(body)
+    try:
+        _verify_key(record.author).verify(rid, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        raise ProtocolError("signature does not verify against the author key", "sig") from None
+    return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=bytes(raw))
+
+
+@lru_cache(maxsize=4096)
+def _verify_key(author_hex: str) -> nacl.signing.VerifyKey:
+    try:
+        return nacl.signing.VerifyKey(bytes.fromhex(author_hex))
+    except Exception:
+        raise ProtocolError("is not a valid Ed25519 public key", "author") from None
