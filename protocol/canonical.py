@@ -44,7 +44,6 @@ def decode(data: bytes, *, max_len: int) -> Any:
             max_bin_len=max_len,
             max_array_len=max_len,
             max_map_len=max_len,
-            max_ext_len=0,
         )
     except ProtocolError:
         raise
