@@ -9,6 +9,7 @@ strings are UTF-8 `str`, binary is `bin`; no extension types. `decode` accepts o
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import Any
 
 import msgpack
@@ -59,11 +60,12 @@ def decode(data: bytes, *, max_len: int) -> Any:
 
 
 def _canonical_map(pairs: list[tuple[Any, Any]]) -> dict:
+    # Hot path for every record a peer sends: checks use C-level builtins where possible.
     out = dict(pairs)
     keys = list(out)
     if len(keys) != len(pairs):
         raise ProtocolError("map has duplicate keys")
-    if not all(type(k) is str for k in keys):
+    if not all(map(isinstance, keys, repeat(str))):
         raise ProtocolError("map keys must be strings")
     # Python orders str by code point, which is also the order of their UTF-8 bytes.
     if keys != sorted(keys):
@@ -73,9 +75,10 @@ def _canonical_map(pairs: list[tuple[Any, Any]]) -> dict:
 
 
 def _finite_list(items):
-    for v in items:
-        if type(v) is float and (v - v) != 0.0:  # inf - inf and nan - nan are nan
-            raise ProtocolError("NaN and infinity are not allowed")
+    if float in set(map(type, items)):
+        for v in items:
+            if type(v) is float and (v - v) != 0.0:  # inf - inf and nan - nan are nan
+                raise ProtocolError("NaN and infinity are not allowed")
     return items
 
 

@@ -239,7 +239,7 @@ def parse_body(body: Any, *, now_ms: int | None = None) -> Record:
 def _exact_map(value: Any, keys: tuple[str, ...], where: str) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError("must be a map", where)
-    if len(value) != len(keys) or any(k not in value for k in keys):
+    if value.keys() != set(keys):
         missing = [k for k in keys if k not in value]
         unknown = sorted(str(k) for k in value if k not in keys)
         parts = []
