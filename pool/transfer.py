@@ -1,0 +1,227 @@
+"""Export the pool to a file and import records from one, in two formats.
+
+- msgpack (.msgpack, .mpk): a stream of msgpack `bin` items, each the exact envelope bytes
+  of one record, so a reader splits the stream without knowing the record format.
+- JSON lines (.jsonl, .json), for people: one `{"id": hex, "sig": hex, "record": {...}}` per
+  line, where `record` is the record body as JSON. Python's json writes floats with repr,
+  so they read back to the same float64 and the body re-encodes to the signed bytes.
+
+Import verifies every record exactly as if a peer had sent it (a JSON line is re-encoded
+canonically, wrapped with its signature and passed to `decode_record`; its id must match),
+stores the good ones in batches and reports each reject with its line or item number.
+A corrupt or hostile file never removes or changes anything already stored. Export writes
+a temporary file and renames it into place, so a failed export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from protocol import canonical
+from protocol.errors import ProtocolError
+from protocol.signing import MAX_RECORD_BYTES, record_id
+
+from pool.store import PoolStore
+
+FORMATS = ("jsonl", "msgpack")
+EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".msgpack": "msgpack", ".mpk": "msgpack"}
+IMPORT_BATCH = 1000  # records per transaction: bounded memory, and good batches survive a bad one
+MAX_LINE_BYTES = 4 * MAX_RECORD_BYTES  # a JSON line is hex and escapes around at most 16 KiB
+
+
+class TransferError(ValueError):
+    """The file cannot be read or written at all (missing, unknown format, exists)."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did. `rejected` holds (line or item number, 1-based, reason)."""
+
+    format: str
+    added: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def unit(self) -> str:
+        return "line" if self.format == "jsonl" else "item"
+
+
+def detect_format(path: Path, explicit: str | None = None) -> str:
+    """The format named, else the one the extension implies, else the one the first byte implies."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise TransferError(f"unknown format {explicit!r}; expected one of {', '.join(FORMATS)}")
+        return explicit
+    by_ext = EXTENSIONS.get(path.suffix.lower())
+    if by_ext:
+        return by_ext
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        head = b""
+    if head[:1] == b"{":
+        return "jsonl"
+    if head[:1] in (b"\xc4", b"\xc5", b"\xc6"):
+        return "msgpack"
+    raise TransferError(
+        f"cannot tell the format of {path}: use a .jsonl or .msgpack name, or --format jsonl|msgpack"
+    )
+
+
+def export_records(store: PoolStore, path: str | Path, *, format: str | None = None, bench: str | None = None, overwrite: bool = False) -> int:
+    """Write every record (of `bench`) to `path`, oldest first. Returns how many."""
+    path = Path(path)
+    fmt = detect_format(path, format) if format or path.suffix.lower() in EXTENSIONS else "jsonl"
+    if path.exists() and not overwrite:
+        raise TransferError(f"{path} already exists; choose another name or pass --force")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with open(tmp, "wb") as out:
+            for id_, raw in store.iter_raw(bench=bench):
+                out.write(_msgpack_item(raw) if fmt == "msgpack" else _json_line(id_, raw))
+                count += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count
+
+
+def import_records(store: PoolStore, path: str | Path, *, format: str | None = None, now_ms: int | None = None) -> ImportReport:
+    """Verify and store every record in `path`; report each reject. Never raises for bad records."""
+    path = Path(path)
+    if not path.is_file():
+        raise TransferError(f"no such file: {path}")
+    fmt = detect_format(path, format)
+    report = ImportReport(format=fmt)
+    items = _read_jsonl(path) if fmt == "jsonl" else _read_msgpack(path)
+    pending: list[tuple[int, bytes]] = []
+
+    def flush() -> None:
+        result = store.add_many([raw for _, raw in pending], now_ms=now_ms)
+        report.added.extend(result.added)
+        report.duplicates.extend(result.duplicates)
+        report.rejected.extend((pending[i][0], reason) for i, reason in result.rejected)
+        pending.clear()
+
+    for number, raw, error in items:
+        if error is not None:
+            report.rejected.append((number, error))
+            continue
+        pending.append((number, raw))
+        if len(pending) >= IMPORT_BATCH:
+            flush()
+    if pending:
+        flush()
+    report.rejected.sort()
+    return report
+
+
+def json_line_to_envelope(line: str | bytes) -> bytes:
+    """The canonical envelope of one JSON line; ProtocolError if the line is malformed or its
+    id does not match. The signature is checked later, by `decode_record`."""
+    try:
+        item = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not valid JSON ({exc})") from None
+    if not isinstance(item, dict) or set(item) != {"id", "sig", "record"}:
+        raise ProtocolError('each line must be an object with exactly the fields "id", "sig" and "record"')
+    id_, sig, record = item["id"], item["sig"], item["record"]
+    if not isinstance(record, dict):
+        raise ProtocolError("must be an object (the record body)", "record")
+    try:
+        signature = bytes.fromhex(sig) if isinstance(sig, str) else None
+    except ValueError:
+        signature = None
+    if signature is None or len(signature) != 64:
+        raise ProtocolError("must be 128 hex characters (an Ed25519 signature)", "sig")
+    body = canonical.encode(record)
+    actual = record_id(body).hex()
+    if id_ != actual:
+        raise ProtocolError(f"does not match the record (its id is {actual})", "id")
+    return canonical.encode({"body": body, "sig": signature})
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _msgpack_item(raw: bytes) -> bytes:
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+def _json_line(id_: str, raw: bytes) -> bytes:
+    envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
+    body = canonical.decode(envelope["body"], max_len=MAX_RECORD_BYTES)
+    line = json.dumps({"id": id_, "sig": envelope["sig"].hex(), "record": body}, sort_keys=True, allow_nan=False)
+    return line.encode() + b"\n"
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue  # blank lines (a trailing newline, hand edits) are not records
+            if len(line) > MAX_LINE_BYTES:
+                yield number, None, f"line is {len(line)} bytes; a record's line is at most {MAX_LINE_BYTES}"
+                continue
+            try:
+                yield number, json_line_to_envelope(line), None
+            except ProtocolError as exc:
+                yield number, None, str(exc)
+
+
+def _read_msgpack(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(
+            f,
+            raw=False,
+            max_buffer_size=4 * MAX_RECORD_BYTES,
+            max_bin_len=MAX_RECORD_BYTES,
+            max_str_len=MAX_RECORD_BYTES,
+            max_array_len=1024,
+            max_map_len=1024,
+            max_ext_len=0,
+        )
+        number = 0
+        while True:
+            number += 1
+            try:
+                item = unpacker.unpack()
+            except msgpack.OutOfData:
+                if unpacker.tell() < f.seek(0, os.SEEK_END):
+                    yield number, None, f"file ends in the middle of an item (at byte {unpacker.tell()})"
+                return
+            except Exception as exc:  # msgpack raises several types for malformed input
+                # After a malformed item the stream cannot be re-split; stop here.
+                yield number, None, f"malformed msgpack at byte {unpacker.tell()} ({type(exc).__name__}: {exc}); the rest of the file was not read"
+                return
+            if type(item) is not bytes:
+                yield number, None, f"item must be a msgpack bin holding one envelope, got {type(item).__name__}"
+                continue
+            yield number, item, None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ProtocolError(f"JSON object has the key {dup!r} twice")
+    return out
+
+
+def _no_constant(name: str) -> None:
+    raise ProtocolError(f"{name} is not allowed in a record")
