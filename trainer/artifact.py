@@ -1,0 +1,262 @@
+"""The model artifact: quantise, serialise and compress named numpy arrays, and load them back.
+
+Backend-free (numpy only), so a torch model and an MLX model produce and read the same files.
+
+Layout of an artifact file (all integers little-endian):
+
+    b"P2PGOLF-ARTIFACT\\n"  1 byte compressor id (b"z" zlib level 9, b"x" lzma preset 9)
+    compressed payload:
+        u32 header length, header (UTF-8 JSON, sorted keys), then the tensor bytes back to back.
+    header = {"format": "p2pgolf-artifact/1", "config": {every knob}, "tensors": [
+        {"name", "shape", "encoding": "int" | "f16" | "f32", "offset", "nbytes",
+         "bits", "scale_offset", "scale_nbytes"   (the last three only for "int")} ...]}
+
+Encodings, chosen by name and shape (`encoding_for`):
+- "int": 2-D weight matrices. Each row is clipped at a high quantile of its magnitudes and
+  stored as signed integers in [-(2^(bits-1)-1), 2^(bits-1)-1] with one fp16 scale per row;
+  the integers are offset to unsigned and bit-packed (`bits` bits each, row-major).
+- "f32": control tensors (gains and mixes, see CONTROL_SUFFIXES): tiny, and precision-sensitive.
+- "f16": every other tensor (vectors, scalars).
+
+What it guarantees: export is deterministic (same arrays, same bytes); `load_artifact` returns
+float32 arrays of the original shapes, and raises ArtifactError naming what is wrong for a file
+that is not a well-formed artifact. `artifact_bytes` counts what the challenge counts: the
+compressed file plus the bytes of the code that produced it (`code_files`).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ArtifactError",
+    "LoadedArtifact",
+    "CONTROL_SUFFIXES",
+    "export_artifact",
+    "load_artifact",
+    "encoding_for",
+    "quantise_rows",
+    "dequantise_rows",
+    "code_files",
+    "code_bytes",
+    "FORMAT",
+]
+
+FORMAT = "p2pgolf-artifact/1"
+MAGIC = b"P2PGOLF-ARTIFACT\n"
+COMPRESSORS = {"zlib": b"z", "lzma": b"x"}
+CONTROL_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
+# Per-row clip: the baseline's quantile of |w| (ignores a handful of outliers per row).
+CLIP_QUANTILE = 0.9999984
+# Smallest normal fp16: scales below it would lose precision in their fp16 storage.
+MIN_SCALE = 2.0**-14
+MAX_HEADER_BYTES = 16 << 20
+
+_REPO = Path(__file__).resolve().parents[1]
+# The source files whose bytes count towards the artifact size, per backend: everything that
+# defines, trains, evaluates and serialises the model (the challenge counts its one script).
+_SHARED_CODE = (
+    "protocol/knobs.py",
+    "trainer/config.py",
+    "trainer/schedule.py",
+    "trainer/artifact.py",
+    "trainer/shards.py",
+    "trainer/datasets.py",
+    "trainer/byte_accounting.py",
+)
+_BACKEND_CODE = {
+    "torch": ("trainer/model_torch.py", "trainer/muon_torch.py", "trainer/train_torch.py", "trainer/evaluate_torch.py"),
+    "mlx": ("trainer/model_mlx.py", "trainer/optim_mlx.py", "trainer/train_mlx.py", "trainer/evaluate_mlx.py"),
+}
+
+
+class ArtifactError(ValueError):
+    """An artifact file that cannot be read, or arrays that cannot be exported."""
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """What an artifact holds: float32 arrays by name and the knob config of the model."""
+
+    state: dict[str, np.ndarray]
+    config: dict[str, Any]
+    compressor: str
+
+
+def encoding_for(name: str, shape: tuple[int, ...]) -> str:
+    """How the tensor called `name` is stored: "int", "f16" or "f32"."""
+    if name.rsplit(".", 1)[-1] in CONTROL_SUFFIXES:
+        return "f32"
+    return "int" if len(shape) == 2 and shape[0] > 0 and shape[1] > 0 else "f16"
+
+
+def export_artifact(
+    state: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    *,
+    quant_bits: int = 8,
+    compressor: str = "zlib",
+) -> bytes:
+    """The artifact bytes for the named arrays of a model built from the knob `config`."""
+    if not 2 <= quant_bits <= 8:
+        raise ArtifactError(f"quant_bits={quant_bits} is outside [2, 8]")
+    if compressor not in COMPRESSORS:
+        raise ArtifactError(f"compressor {compressor!r} is not one of {', '.join(COMPRESSORS)}")
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+
+    def add(data: bytes) -> tuple[int, int]:
+        nonlocal offset
+        chunks.append(data)
+        start, offset = offset, offset + len(data)
+        return start, len(data)
+
+    for name in sorted(state):
+        array = np.asarray(state[name])
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ArtifactError(f"tensor {name} has dtype {array.dtype}; only floating arrays are exported")
+        if not np.all(np.isfinite(array)):
+            raise ArtifactError(f"tensor {name} holds NaN or infinite values")
+        encoding = encoding_for(name, array.shape)
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "encoding": encoding}
+        if encoding == "int":
+            packed, scales = quantise_rows(array, quant_bits)
+            entry["offset"], entry["nbytes"] = add(packed.tobytes())
+            entry["scale_offset"], entry["scale_nbytes"] = add(scales.astype("<f2").tobytes())
+            entry["bits"] = quant_bits
+        else:
+            dtype = "<f4" if encoding == "f32" else "<f2"
+            entry["offset"], entry["nbytes"] = add(np.ascontiguousarray(array, dtype=dtype).tobytes())
+        entries.append(entry)
+    header = json.dumps(
+        {"format": FORMAT, "config": dict(config), "tensors": entries}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    payload = struct.pack("<I", len(header)) + header + b"".join(chunks)
+    if compressor == "zlib":
+        body = zlib.compress(payload, 9)
+    else:
+        body = lzma.compress(payload, preset=9)
+    return MAGIC + COMPRESSORS[compressor] + body
+
+
+def load_artifact(blob: bytes) -> LoadedArtifact:
+    """Decompress and dequantise an artifact; ArtifactError for anything malformed."""
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 1:
+        raise ArtifactError("not a p2pgolf artifact (bad magic bytes)")
+    tag = blob[len(MAGIC) : len(MAGIC) + 1]
+    body = blob[len(MAGIC) + 1 :]
+    try:
+        if tag == b"z":
+            payload, compressor = zlib.decompress(body), "zlib"
+        elif tag == b"x":
+            payload, compressor = lzma.decompress(body), "lzma"
+        else:
+            raise ArtifactError(f"unknown compressor id {tag!r}")
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise ArtifactError(f"corrupt compressed payload: {exc}") from None
+    if len(payload) < 4:
+        raise ArtifactError("truncated artifact header")
+    (header_len,) = struct.unpack_from("<I", payload)
+    if header_len > MAX_HEADER_BYTES or 4 + header_len > len(payload):
+        raise ArtifactError(f"artifact header length {header_len} does not fit the payload")
+    try:
+        header = json.loads(payload[4 : 4 + header_len])
+    except ValueError as exc:
+        raise ArtifactError(f"artifact header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ArtifactError(f"unsupported artifact format {header.get('format') if isinstance(header, dict) else None!r}")
+    data = memoryview(payload)[4 + header_len :]
+    state: dict[str, np.ndarray] = {}
+    try:
+        for entry in header["tensors"]:
+            state[entry["name"]] = _decode(entry, data)
+        config = dict(header["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"malformed artifact tensor table: {exc}") from None
+    return LoadedArtifact(state=state, config=config, compressor=compressor)
+
+
+def quantise_rows(matrix: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric quantisation: (bit-packed uint8 codes, float16 scale per row)."""
+    m = np.asarray(matrix, dtype=np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    clip = np.quantile(np.abs(m), CLIP_QUANTILE, axis=1) if m.size else np.zeros(m.shape[0], np.float32)
+    scales = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
+    s = scales.astype(np.float32)[:, None]
+    codes = np.clip(np.rint(m / s), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
+    return _pack(codes.astype(np.uint8).ravel(), bits), scales
+
+
+def dequantise_rows(packed: np.ndarray, scales: np.ndarray, shape: tuple[int, int], bits: int) -> np.ndarray:
+    """Inverse of `quantise_rows` (up to the rounding)."""
+    qmax = 2 ** (bits - 1) - 1
+    codes = _unpack(packed, bits, shape[0] * shape[1]).astype(np.int16) - qmax
+    return codes.reshape(shape).astype(np.float32) * scales.astype(np.float32)[:, None]
+
+
+def code_files(backend: str) -> list[Path]:
+    """The source files counted as the artifact's code for `backend` (those that exist)."""
+    if backend not in _BACKEND_CODE:
+        raise ArtifactError(f"unknown backend {backend!r}; expected one of {', '.join(_BACKEND_CODE)}")
+    return [path for rel in (*_SHARED_CODE, *_BACKEND_CODE[backend]) if (path := _REPO / rel).is_file()]
+
+
+def code_bytes(backend: str) -> int:
+    """Bytes of the code that produces a model, as the challenge counts its script."""
+    return sum(path.stat().st_size for path in code_files(backend))
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return values
+    # Keep the low `bits` bits of each byte, most significant first, and pack them densely.
+    planes = np.unpackbits(values[:, None], axis=1)[:, 8 - bits :]
+    return np.packbits(planes.ravel())
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    if bits == 8:
+        return packed[:count]
+    planes = np.unpackbits(packed)[: count * bits].reshape(count, bits)
+    full = np.zeros((count, 8), dtype=np.uint8)
+    full[:, 8 - bits :] = planes
+    return np.packbits(full, axis=1).ravel()
+
+
+def _decode(entry: Mapping[str, Any], data: memoryview) -> np.ndarray:
+    shape = tuple(int(d) for d in entry["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
+
+    def view(offset: int, nbytes: int, dtype: str) -> np.ndarray:
+        if offset < 0 or nbytes < 0 or offset + nbytes > len(data):
+            raise ValueError(f"tensor {entry['name']} points outside the payload")
+        return np.frombuffer(data[offset : offset + nbytes], dtype=dtype)
+
+    encoding = entry["encoding"]
+    if encoding in ("f16", "f32"):
+        values = view(entry["offset"], entry["nbytes"], "<f2" if encoding == "f16" else "<f4")
+        if values.size != count:
+            raise ValueError(f"tensor {entry['name']} has {values.size} values for shape {shape}")
+        return values.astype(np.float32).reshape(shape)
+    if encoding != "int" or len(shape) != 2:
+        raise ValueError(f"tensor {entry['name']} has unknown encoding {encoding!r} for shape {shape}")
+    bits = int(entry["bits"])
+    if not 2 <= bits <= 8:
+        raise ValueError(f"tensor {entry['name']} has {bits} bits")
+    packed = view(entry["offset"], entry["nbytes"], "u1")
+    if packed.size * 8 < count * bits:
+        raise ValueError(f"tensor {entry['name']} is truncated")
+    scales = view(entry["scale_offset"], entry["scale_nbytes"], "<f2")
+    if scales.size != shape[0]:
+        raise ValueError(f"tensor {entry['name']} has {scales.size} scales for {shape[0]} rows")
+    return dequantise_rows(packed, scales, shape, bits)

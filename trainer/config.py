@@ -1,0 +1,138 @@
+"""One run's full configuration: the resolved knobs plus the run settings, checked up front.
+
+What it guarantees: `make_run_config` either returns a `RunConfig` every backend can run, or
+raises ProtocolError naming the knob or setting, the value and the rule, before any data is
+read or any model is built. The config is plain data (`to_json`/`from_json` round-trip), so a
+child process or another backend (MLX) gets exactly what the parent checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import knobs
+from protocol.benchmarks import Benchmark, benchmark
+from protocol.errors import ProtocolError
+
+__all__ = ["BACKENDS", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size"]
+
+BACKENDS = ("auto", "torch", "mlx")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SEED = 2**32 - 1
+
+# Tokenizer vocabulary of each benchmark task: a model must have at least this many rows.
+_TASK_VOCAB = {"parameter-golf": 1024, "smoke-bytes": 256}
+
+
+def benchmark_vocab_size(bench: Benchmark) -> int:
+    """How many token ids the benchmark's data uses."""
+    try:
+        return _TASK_VOCAB[bench.task]
+    except KeyError:
+        raise ProtocolError(f"the trainer does not know benchmark task {bench.task!r}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs to know, and nothing about peers."""
+
+    bench_name: str  # as the user named it, e.g. "smoke@30s"
+    base: str
+    diff: Mapping[str, Any]  # normalised
+    knobs: Mapping[str, Any]  # every knob, resolved
+    seed: int
+    budget_s: float
+    backend: str = "auto"
+    device: str = "auto"
+    eval_token_cap: int = 0  # 0: the whole validation split; else score at most this many targets
+    data_dir: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # free-form notes for the log
+
+    @property
+    def bench(self) -> Benchmark:
+        """The benchmark under this run's budget (its id is what results are filed under)."""
+        return benchmark(self.bench_name).with_budget(self.budget_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bench_name": self.bench_name,
+            "bench": self.bench.id,
+            "base": self.base,
+            "diff": dict(self.diff),
+            "knobs": dict(self.knobs),
+            "seed": self.seed,
+            "budget_s": self.budget_s,
+            "backend": self.backend,
+            "device": self.device,
+            "eval_token_cap": self.eval_token_cap,
+            "data_dir": self.data_dir,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "RunConfig":
+        """Rebuild and re-check a config written by `to_json`."""
+        return make_run_config(
+            obj["bench_name"],
+            obj["base"],
+            obj["diff"],
+            seed=obj["seed"],
+            budget_s=obj["budget_s"],
+            backend=obj["backend"],
+            device=obj["device"],
+            eval_token_cap=obj["eval_token_cap"],
+            data_dir=obj["data_dir"],
+            extra=obj.get("extra", {}),
+        )
+
+
+def make_run_config(
+    bench_name: str,
+    base: str,
+    diff: Mapping[str, Any],
+    *,
+    seed: int = 0,
+    budget_s: float | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    eval_token_cap: int = 0,
+    data_dir: str | Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """A checked RunConfig. `budget_s=None` takes the benchmark's own budget."""
+    bench = benchmark(bench_name)
+    config = knobs.resolve(base, diff)
+    normalised = knobs.normalise_diff(base, diff)
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ProtocolError(f"seed {seed!r} must be an integer in [0, {MAX_SEED}]")
+    budget = bench.budget_s if budget_s is None else budget_s
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 86400:
+        raise ProtocolError(f"budget {budget!r} must be a number of seconds in (0, 86400]")
+    if backend not in BACKENDS:
+        raise ProtocolError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise ProtocolError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    if type(eval_token_cap) is not int or eval_token_cap < 0:
+        raise ProtocolError(f"eval token cap {eval_token_cap!r} must be a non-negative integer (0 means all)")
+    need = benchmark_vocab_size(bench)
+    if config["vocab_size"] < need:
+        raise ProtocolError(
+            f"vocab_size={config['vocab_size']} is smaller than the {need} token ids of benchmark {bench.name}",
+            "knob vocab_size",
+        )
+    return RunConfig(
+        bench_name=bench_name,
+        base=base,
+        diff=normalised,
+        knobs=config,
+        seed=seed,
+        budget_s=float(budget),
+        backend=backend,
+        device=device,
+        eval_token_cap=eval_token_cap,
+        data_dir=None if data_dir is None else str(data_dir),
+        extra=dict(extra or {}),
+    )

@@ -1,0 +1,95 @@
+"""val_loss and val_bpb of a torch model on the validation tokens, as the challenge computes them.
+
+What it guarantees: the windows of `trainer.eval_plan` (non-overlapping as the challenge, or
+sliding with a stride), every scored target counted once; nats summed in float64 on the device,
+bytes from the byte tables (`trainer.byte_accounting`), val_bpb = nats / ln 2 / bytes. Under
+torch.distributed the windows are split between ranks and the sums all-reduced, so every rank
+returns the same numbers. The model is left in the mode it was in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.eval_plan import plan_windows
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    val_loss: float  # mean nats per scored target
+    val_bpb: float
+    tokens: int  # scored targets
+    bytes: int
+    partial: bool
+    seconds: float
+
+
+def evaluate(
+    model: torch.nn.Module,
+    val_tokens: np.ndarray,
+    byte_tables,
+    *,
+    seq_len: int,
+    stride: int = 0,
+    token_cap: int = 0,
+    device: torch.device | str = "cpu",
+    batch_tokens: int = 32768,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Evaluate `model` (exposing `per_token_loss(x, y)`) on `val_tokens` (uint16 ids)."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    tokens = np.asarray(val_tokens)
+    plan = plan_windows(len(tokens), seq_len, stride, token_cap)
+    total_bytes = plan.target_bytes_total(tokens, byte_tables)
+    mine = plan.windows[rank::world_size]
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    per_batch = max(1, batch_tokens // seq_len)
+    # Windows of one length run together (all but the last are full-length).
+    groups: dict[int, list] = {}
+    for w in mine:
+        groups.setdefault(w.length, []).append(w)
+    was_training = model.training
+    model.eval()
+    done = 0
+    try:
+        with torch.inference_mode():
+            for length, windows in groups.items():
+                for i in range(0, len(windows), per_batch):
+                    batch = windows[i : i + per_batch]
+                    idx = np.stack([np.arange(w.start, w.start + length + 1) for w in batch])
+                    chunk = torch.from_numpy(tokens[idx].astype(np.int64)).to(device, non_blocking=True)
+                    x, y = chunk[:, :-1], chunk[:, 1:]
+                    score_from = torch.tensor([w.score_from for w in batch], device=device)
+                    mask = torch.arange(length, device=device)[None, :] >= score_from[:, None]
+                    with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                        loss = model.per_token_loss(x, y)
+                    nats += (loss.double() * mask).sum()
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, len(mine))
+    finally:
+        model.train(was_training)
+    dist = torch.distributed
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(nats, op=dist.ReduceOp.SUM)
+    total_nats = float(nats.item())
+    return EvalResult(
+        val_loss=total_nats / plan.scored_targets,
+        val_bpb=total_nats / math.log(2.0) / total_bytes,
+        tokens=plan.scored_targets,
+        bytes=total_bytes,
+        partial=plan.partial,
+        seconds=time.perf_counter() - started,
+    )

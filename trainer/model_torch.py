@@ -1,0 +1,250 @@
+"""The GPT of the Parameter Golf baseline, in torch, with the knob variants p2pgolf searches.
+
+What it guarantees:
+- The architecture of the challenge baseline: RMSNorm, grouped-query attention with RoPE and
+  QK norm and a per-head query gain, U-Net style skips between the first and second half of the
+  layers, each block mixing its input with the (normalised) embedding, a tanh logit soft cap,
+  tied embeddings, zero-initialised output projections.
+- Variants from the knob vocabulary: MLP activation (relu2, leaky_relu2, swiglu), depth
+  recurrence (`unique_blocks` blocks reused over `num_layers` layers, cycled or mirrored).
+- Stable parameter names, shared with every backend (an MLX model uses the same keys and
+  shapes, so artifacts load in either). Matrices are [out_features, in_features]:
+
+      tok_emb.weight                    [vocab, dim]
+      lm_head.weight                    [vocab, dim]        (only when embeddings are untied)
+      skip_weights                      [min(L//2, L-L//2), dim]
+      blocks.{b}.resid_mix              [2, dim]            (row 0 scales x, row 1 scales x0)
+      blocks.{b}.attn_scale             [dim]
+      blocks.{b}.mlp_scale              [dim]
+      blocks.{b}.attn.c_q.weight        [dim, dim]
+      blocks.{b}.attn.c_k.weight        [kv_heads*head_dim, dim]
+      blocks.{b}.attn.c_v.weight        [kv_heads*head_dim, dim]
+      blocks.{b}.attn.proj.weight       [dim, dim]
+      blocks.{b}.attn.q_gain            [heads]
+      blocks.{b}.mlp.fc.weight          [hidden, dim]
+      blocks.{b}.mlp.gate.weight        [hidden, dim]       (only for swiglu)
+      blocks.{b}.mlp.proj.weight        [dim, hidden]
+
+  `b` counts unique blocks; `block_schedule` says which block each layer runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from protocol.knobs import mlp_hidden_size
+from trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, block_schedule  # shared with the MLX backend
+
+__all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
+
+
+def build_model(config: Mapping[str, Any]) -> "GPT":
+    """A freshly initialised GPT for a resolved knob config (protocol.knobs.resolve)."""
+    return GPT(
+        vocab_size=config["vocab_size"],
+        num_layers=config["num_layers"],
+        model_dim=config["model_dim"],
+        num_heads=config["num_heads"],
+        num_kv_heads=config["num_kv_heads"],
+        mlp_hidden=mlp_hidden_size(config),
+        activation=config["activation"],
+        leaky_slope=config["leaky_slope"],
+        unique_blocks=config["unique_blocks"],
+        recurrence=config["recurrence"],
+        tie_embeddings=config["tie_embeddings"],
+        tied_embed_init_std=config["tied_embed_init_std"],
+        logit_softcap=config["logit_softcap"],
+        rope_base=config["rope_base"],
+        qk_gain_init=config["qk_gain_init"],
+    )
+
+
+class GPT(nn.Module):
+    """Token ids in, cross-entropy out (mean, or per token with `per_token_loss`)."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        num_layers: int,
+        model_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        mlp_hidden: int,
+        activation: str = "relu2",
+        leaky_slope: float = 0.5,
+        unique_blocks: int = 0,
+        recurrence: str = "cycle",
+        tie_embeddings: bool = True,
+        tied_embed_init_std: float = 0.005,
+        logit_softcap: float = 30.0,
+        rope_base: float = 10000.0,
+        qk_gain_init: float = 1.5,
+    ) -> None:
+        super().__init__()
+        self.tie_embeddings = tie_embeddings
+        self.logit_softcap = float(logit_softcap)
+        self.schedule = block_schedule(num_layers, unique_blocks, recurrence)
+        self.num_encoder_layers = num_layers // 2
+        self.num_decoder_layers = num_layers - self.num_encoder_layers
+        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+
+        self.tok_emb = nn.Embedding(vocab_size, model_dim)
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, model_dim))
+        self.blocks = nn.ModuleList(
+            Block(model_dim, num_heads, num_kv_heads, mlp_hidden, activation, leaky_slope, rope_base, qk_gain_init)
+            for _ in range(max(self.schedule) + 1)
+        )
+        self.lm_head = None if tie_embeddings else nn.Linear(model_dim, vocab_size, bias=False)
+        self._init_weights(tied_embed_init_std)
+
+    def _init_weights(self, tied_embed_init_std: float) -> None:
+        if self.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=tied_embed_init_std)
+        else:
+            nn.init.zeros_(self.lm_head.weight)
+        for block in self.blocks:
+            # Output projections start at zero: every block begins as the identity.
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp.proj.weight)
+
+    def hidden(self, input_ids: Tensor) -> Tensor:
+        """Final normalised hidden states [batch, seq, dim]."""
+        x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            # The residual stream runs in the autocast dtype (bf16), as the baseline's does.
+            x = x.to(torch.get_autocast_dtype("cuda"))
+        x0 = x
+        skips: list[Tensor] = []
+        for layer, b in enumerate(self.schedule):
+            if layer < self.num_encoder_layers:
+                x = self.blocks[b](x, x0)
+                skips.append(x)
+                continue
+            if skips:
+                i = layer - self.num_encoder_layers
+                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
+            x = self.blocks[b](x, x0)
+        return F.rms_norm(x, (x.size(-1),))
+
+    def logits(self, input_ids: Tensor) -> Tensor:
+        """Soft-capped logits [batch, seq, vocab] in float32."""
+        h = self.hidden(input_ids)
+        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(h, weight.to(h.dtype)).float()
+        if self.logit_softcap > 0:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        return logits
+
+    def per_token_loss(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """Cross-entropy in nats for every target, shape of target_ids."""
+        logits = self.logits(input_ids)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction="none")
+        return loss.view_as(target_ids)
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        logits = self.logits(input_ids)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        mlp_hidden: int,
+        activation: str,
+        leaky_slope: float,
+        rope_base: float,
+        qk_gain_init: float,
+    ) -> None:
+        super().__init__()
+        self.attn = Attention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init)
+        self.mlp = MLP(dim, mlp_hidden, activation, leaky_slope)
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float) -> None:
+        super().__init__()
+        if dim % num_heads or num_heads % num_kv_heads or (dim // num_heads) % 2:
+            raise ValueError(f"bad attention shape: dim={dim} heads={num_heads} kv_heads={num_kv_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = dim // num_heads
+        kv_dim = num_kv_heads * self.head_dim
+        self.c_q = nn.Linear(dim, dim, bias=False)
+        self.c_k = nn.Linear(dim, kv_dim, bias=False)
+        self.c_v = nn.Linear(dim, kv_dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
+        inv_freq = 1.0 / (rope_base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._rope_cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+
+    def _rope(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        cache = self._rope_cache
+        if cache is None or cache[0] != seq_len or cache[1] != device:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+            self._rope_cache = cache
+        return cache[2], cache[3]
+
+    def forward(self, x: Tensor) -> Tensor:
+        bsz, seq_len, dim = x.shape
+        q = self.c_q(x).view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).view(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).view(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = F.rms_norm(q, (self.head_dim,))
+        k = F.rms_norm(k, (self.head_dim,))
+        cos, sin = self._rope(seq_len, x.device)
+        q = _rotate(q, cos.to(q.dtype), sin.to(q.dtype))
+        k = _rotate(k, cos.to(k.dtype), sin.to(k.dtype))
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        # Query head h reads key/value head h // (num_heads // num_kv_heads).
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # RoPE on the two halves of each head (the baseline's layout, not interleaved pairs).
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, activation: str, leaky_slope: float) -> None:
+        super().__init__()
+        if activation not in ("relu2", "leaky_relu2", "swiglu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation = activation
+        self.leaky_slope = float(leaky_slope)
+        self.fc = nn.Linear(dim, hidden, bias=False)
+        self.gate = nn.Linear(dim, hidden, bias=False) if activation == "swiglu" else None
+        self.proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.activation == "relu2":
+            h = torch.relu(h).square()
+        elif self.activation == "leaky_relu2":
+            h = F.leaky_relu(h, self.leaky_slope).square()
+        else:
+            h = F.silu(self.gate(x)) * h
+        return self.proj(h)

@@ -1,0 +1,86 @@
+"""Learning-rate and momentum schedules, free of any tensor library (torch and MLX share them).
+
+What it guarantees:
+- `lr_scale` is a multiplier in [min_lr_frac, 1] of each optimiser group's peak LR: a linear
+  warm-up over the first `warmup_steps` steps, then the peak, then a linear warmdown over the
+  last `warmdown_frac` of the *wall-clock* budget down to `min_lr_frac` of the peak. Because the
+  warmdown is placed in time, not in steps, a slow machine that manages few steps still trains
+  at the peak for the first (1 - warmdown_frac) of its budget; it never decays from step 1.
+- `muon_momentum` ramps linearly from its start value to its final value over its warm-up steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Schedule", "lr_scale", "muon_momentum"]
+
+
+def lr_scale(
+    step: int,
+    elapsed_s: float,
+    budget_s: float,
+    *,
+    warmup_steps: int = 0,
+    warmdown_frac: float = 0.0,
+    min_lr_frac: float = 0.0,
+) -> float:
+    """LR multiplier for the step about to run, `elapsed_s` seconds of training into `budget_s`."""
+    if budget_s <= 0:
+        raise ValueError(f"budget_s must be positive, got {budget_s}")
+    warm = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    warmdown_s = warmdown_frac * budget_s
+    remaining_s = max(budget_s - elapsed_s, 0.0)
+    if warmdown_s <= 0 or remaining_s >= warmdown_s:
+        decay = 1.0
+    else:
+        decay = min_lr_frac + (1.0 - min_lr_frac) * remaining_s / warmdown_s
+    return warm * decay
+
+
+def muon_momentum(step: int, *, start: float, end: float, warmup_steps: int) -> float:
+    """Muon momentum for `step`: `start` at step 0, `end` from step `warmup_steps` on."""
+    if warmup_steps <= 0:
+        return end
+    frac = min(step / warmup_steps, 1.0)
+    return (1.0 - frac) * start + frac * end
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The schedule knobs of one run, bound to its budget."""
+
+    budget_s: float
+    warmup_steps: int
+    warmdown_frac: float
+    min_lr_frac: float
+    momentum_start: float
+    momentum_end: float
+    momentum_warmup_steps: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], budget_s: float) -> "Schedule":
+        return cls(
+            budget_s=float(budget_s),
+            warmup_steps=config["warmup_steps"],
+            warmdown_frac=config["warmdown_frac"],
+            min_lr_frac=config["min_lr_frac"],
+            momentum_start=config["muon_momentum_warmup_start"],
+            momentum_end=config["muon_momentum"],
+            momentum_warmup_steps=config["muon_momentum_warmup_steps"],
+        )
+
+    def lr(self, step: int, elapsed_s: float) -> float:
+        return lr_scale(
+            step,
+            elapsed_s,
+            self.budget_s,
+            warmup_steps=self.warmup_steps,
+            warmdown_frac=self.warmdown_frac,
+            min_lr_frac=self.min_lr_frac,
+        )
+
+    def momentum(self, step: int) -> float:
+        return muon_momentum(step, start=self.momentum_start, end=self.momentum_end, warmup_steps=self.momentum_warmup_steps)

@@ -1,0 +1,348 @@
+"""The torch training loop: one resolved config, a token stream and a wall-clock budget in, the
+trained weights (numpy, stable names) out.
+
+What it guarantees:
+- Optimisers as the baseline splits them: Muon for the 2-D weights of the blocks; Adam for the
+  embedding (tied_embed_lr, or embed_lr when untied), the untied head (head_lr) and every
+  vector, scalar and control tensor (scalar_lr). LRs follow `trainer.schedule` (warm-up in
+  steps, warmdown over the last fraction of the wall-clock budget, min-LR floor); Muon's
+  momentum ramps over its warm-up steps; optional global gradient clipping and EMA of weights
+  (the EMA is what is returned when `ema_decay > 0`).
+- Time: only optimiser steps are on the clock. A step starts only if the clock plus the
+  expected step time stays within the budget, so training ends within about one step time of
+  the budget and never runs a step it expects to overrun. On CUDA the compiled graph is primed
+  by a few steps that are then undone (weights, optimiser state and data stream restored),
+  as the challenge does, so compilation is not charged to training.
+- Devices: CUDA runs in bf16 autocast with torch.compile; CPU runs in float32, eager. Several
+  GPUs (torchrun: RANK/WORLD_SIZE set) train under DDP with the same global batch: each step
+  consumes `train_batch_tokens` tokens in total, split between ranks and micro-batches.
+- Deterministic on CPU for a given seed and data: same seed, same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from trainer.model_torch import CONTROL_PARAMETER_SUFFIXES, GPT, build_model
+from trainer.muon_torch import Muon
+from trainer.schedule import Schedule
+
+__all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
+
+# Micro-batch sizes (tokens per device per forward) when grad_accum_steps = 0 ("choose").
+_AUTO_MICRO_TOKENS = {"cuda": 65536, "mps": 16384, "cpu": 8192}
+_PRIMING_STEPS = 3
+
+
+class TokenSource(Protocol):
+    """A deterministic stream of training tokens: `take(n)` returns the next n ids (uint16)."""
+
+    def take(self, n: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A progress snapshot, handed to the `progress` callback."""
+
+    step: int
+    train_loss: float
+    elapsed_s: float
+    budget_s: float
+    tokens: int
+    lr_scale: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state: dict[str, np.ndarray]  # float32, stable names (see trainer.model_torch)
+    steps: int
+    train_tokens: int
+    training_seconds: float
+    final_train_loss: float
+    losses: tuple[float, ...]  # train loss of every step (synchronised only at report points on CUDA)
+    micro_batch_tokens: int
+    grad_accum_steps: int
+    params: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    seq_len: int
+    grad_accum_steps: int
+    seqs_per_micro: int  # per rank
+
+    @property
+    def micro_tokens(self) -> int:
+        return self.seqs_per_micro * self.seq_len
+
+    def step_tokens(self, world_size: int) -> int:
+        return self.micro_tokens * self.grad_accum_steps * world_size
+
+
+def plan_batch(config: Mapping[str, Any], world_size: int, device_type: str) -> BatchPlan:
+    """How a step's `train_batch_tokens` split into ranks, micro-batches and sequences.
+
+    The global batch is kept (rounded down to whole sequences per micro-batch); with
+    grad_accum_steps = 0 the accumulation is chosen so a micro-batch fits the device.
+    """
+    seq_len = config["train_seq_len"]
+    seqs_per_rank = config["train_batch_tokens"] // (seq_len * world_size)
+    if seqs_per_rank < 1:
+        raise ValueError(
+            f"train_batch_tokens={config['train_batch_tokens']} gives no full sequence of {seq_len} tokens "
+            f"to each of {world_size} devices"
+        )
+    accum = config["grad_accum_steps"]
+    if accum == 0:
+        target = max(1, _AUTO_MICRO_TOKENS.get(device_type, 8192) // seq_len)
+        accum = math.ceil(seqs_per_rank / target)
+    accum = min(accum, seqs_per_rank)
+    # Prefer an accumulation count that divides the sequences evenly, so no tokens are dropped.
+    while seqs_per_rank % accum:
+        accum += 1
+    return BatchPlan(seq_len=seq_len, grad_accum_steps=accum, seqs_per_micro=seqs_per_rank // accum)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA if available (the local rank's GPU under torchrun), else CPU."""
+    import os
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device cuda was asked for but torch sees no CUDA GPU")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device mps was asked for but torch sees no Apple GPU")
+    return torch.device(name)
+
+
+def state_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters as float32 numpy arrays under their stable names."""
+    return {name: p.detach().float().cpu().numpy().copy() for name, p in model.state_dict().items()}
+
+
+def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """Load float arrays (e.g. from an artifact) into `model`; every name must match."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unknown = sorted(set(state) - set(own))
+    if missing or unknown:
+        raise ValueError(f"state does not fit the model: missing {missing[:5]}, unknown {unknown[:5]}")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            value = torch.from_numpy(np.asarray(state[name], dtype=np.float32))
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise ValueError(f"tensor {name} has shape {tuple(value.shape)}, the model needs {tuple(tensor.shape)}")
+            tensor.copy_(value.to(tensor.dtype))
+
+
+def train(
+    config: Mapping[str, Any],
+    tokens: TokenSource,
+    *,
+    budget_s: float,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[StepReport], None] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    report_every_s: float = 1.0,
+    max_steps: int | None = None,
+    compile_model: bool | None = None,
+) -> TrainResult:
+    """Train a fresh model of `config` on `tokens` for `budget_s` seconds of optimiser steps.
+
+    Under torchrun the process group must already be initialised (see trainer.runner).
+    """
+    device = torch.device(device)
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    cuda = device.type == "cuda"
+    compile_model = cuda if compile_model is None else compile_model
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    model = build_model(config).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    runner: torch.nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if compile_model else model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+    optimisers, muon = _optimisers(model, config, fused=cuda)
+    schedule = Schedule.from_config(config, budget_s)
+    plan = plan_batch(config, world, device.type)
+    step_tokens = plan.step_tokens(world)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cuda)
+    ema: dict[str, torch.Tensor] | None = None
+    log(
+        f"params:{params} world_size:{world} grad_accum_steps:{plan.grad_accum_steps} "
+        f"micro_batch:{plan.seqs_per_micro}x{plan.seq_len} step_tokens:{step_tokens} device:{device} compile:{compile_model}"
+    )
+
+    def next_micro_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        # All ranks read the same contiguous span and keep their own slice (as the baseline).
+        span = plan.micro_tokens + 1
+        chunk = np.asarray(tokens.take(span * world))
+        local = torch.from_numpy(chunk[rank * span : (rank + 1) * span].astype(np.int64))
+        if cuda:
+            local = local.pin_memory().to(device, non_blocking=True)
+        x = local[:-1].view(plan.seqs_per_micro, plan.seq_len)
+        y = local[1:].view(plan.seqs_per_micro, plan.seq_len)
+        return x, y
+
+    def one_step(step: int, lr_mult: float) -> torch.Tensor:
+        for opt in optimisers:
+            opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        for micro in range(plan.grad_accum_steps):
+            if distributed:
+                runner.require_backward_grad_sync = micro == plan.grad_accum_steps - 1
+            x, y = next_micro_batch()
+            with torch.autocast(**autocast):
+                loss = runner(x, y)
+            (loss / plan.grad_accum_steps).backward()
+            total += loss.detach()
+        for group in muon.param_groups:
+            group["momentum"] = schedule.momentum(step)
+        for opt in optimisers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * lr_mult
+        if config["grad_clip_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip_norm"])
+        for opt in optimisers:
+            opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                decay = config["ema_decay"]
+                for name, p in model.named_parameters():
+                    ema[name].lerp_(p.detach().float(), 1.0 - decay)
+        return total / plan.grad_accum_steps
+
+    if compile_model:
+        _prime(model, optimisers, tokens, one_step, log)
+    if config["ema_decay"] > 0:
+        ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
+
+    losses: list[torch.Tensor] = []
+    elapsed = 0.0
+    step = 0
+    last_report = -math.inf
+    _sync(device)
+    started = time.perf_counter()
+    while max_steps is None or step < max_steps:
+        # Expected cost of the next step: the mean so far (first step: assume it fits).
+        expected = elapsed / step if step else 0.0
+        stop = elapsed + expected > budget_s
+        if distributed:
+            flag = torch.tensor(int(stop), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            break
+        lr_mult = schedule.lr(step, elapsed)
+        loss = one_step(step, lr_mult)
+        losses.append(loss)
+        step += 1
+        if cuda and not distributed:
+            # Between reports, skip the sync (the GPU runs ahead) unless the end is near.
+            elapsed = time.perf_counter() - started
+            near_end = elapsed + 4 * elapsed / step > budget_s
+            if not near_end and elapsed - last_report < report_every_s:
+                continue
+        _sync(device)
+        elapsed = time.perf_counter() - started
+        if elapsed - last_report >= report_every_s or step == 1:
+            last_report = elapsed
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at step {step}")
+            report = StepReport(step, value, elapsed, budget_s, step * step_tokens, lr_mult)
+            log(f"step:{step} train_loss:{value:.4f} train_time:{elapsed:.1f}s tokens_per_s:{report.tokens_per_s:.0f} lr_scale:{lr_mult:.3f}")
+            if progress is not None and rank == 0:
+                progress(report)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    loss_values = tuple(float(v) for v in torch.stack(losses).cpu().tolist()) if losses else ()
+    if loss_values and not math.isfinite(loss_values[-1]):
+        raise FloatingPointError(f"training loss became {loss_values[-1]} at step {step}")
+    if ema is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(ema[name].to(p.dtype))
+    log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s")
+    return TrainResult(
+        state=state_to_numpy(model),
+        steps=step,
+        train_tokens=step * step_tokens,
+        training_seconds=elapsed,
+        final_train_loss=loss_values[-1] if loss_values else float("nan"),
+        losses=loss_values,
+        micro_batch_tokens=plan.micro_tokens,
+        grad_accum_steps=plan.grad_accum_steps,
+        params=params,
+        extra={"peak_memory_mib": torch.cuda.max_memory_allocated(device) // (1 << 20) if cuda else 0},
+    )
+
+
+def _optimisers(model: GPT, config: Mapping[str, Any], *, fused: bool) -> tuple[list[torch.optim.Optimizer], Muon]:
+    matrices, scalars = [], [model.skip_weights]
+    for name, p in model.blocks.named_parameters():
+        is_control = name.rsplit(".", 1)[-1] in CONTROL_PARAMETER_SUFFIXES
+        (matrices if p.ndim == 2 and not is_control else scalars).append(p)
+    adam = dict(betas=(config["beta1"], config["beta2"]), eps=config["adam_eps"], fused=fused)
+    token_lr = config["tied_embed_lr"] if config["tie_embeddings"] else config["embed_lr"]
+    groups = [
+        torch.optim.Adam([{"params": [model.tok_emb.weight], "lr": token_lr, "base_lr": token_lr}], **adam),
+        torch.optim.Adam([{"params": scalars, "lr": config["scalar_lr"], "base_lr": config["scalar_lr"]}], **adam),
+    ]
+    if model.lm_head is not None:
+        groups.append(torch.optim.Adam([{"params": [model.lm_head.weight], "lr": config["head_lr"], "base_lr": config["head_lr"]}], **adam))
+    muon = Muon(
+        matrices,
+        lr=config["matrix_lr"],
+        momentum=config["muon_momentum"],
+        backend_steps=config["muon_backend_steps"],
+        weight_decay=config["muon_weight_decay"],
+    )
+    for group in muon.param_groups:
+        group["base_lr"] = config["matrix_lr"]
+    return [*groups, muon], muon
+
+
+def _prime(model, optimisers, tokens, one_step, log) -> None:
+    """Run a few steps to compile the graph, then restore weights, optimisers and data."""
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = [copy.deepcopy(opt.state_dict()) for opt in optimisers]
+    position = tokens.tell() if hasattr(tokens, "tell") else None
+    started = time.perf_counter()
+    for i in range(_PRIMING_STEPS):
+        one_step(i, 1.0)
+    _sync(next(model.parameters()).device)
+    model.load_state_dict(weights)
+    for opt, state in zip(optimisers, states):
+        opt.load_state_dict(state)
+    if position is not None:
+        tokens.seek(position)
+    log(f"primed compiled graph in {time.perf_counter() - started:.1f}s ({_PRIMING_STEPS} steps, undone)")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
