@@ -1,0 +1,644 @@
+"""The estimator: a posterior of every candidate's val_bpb on this node's hardware class.
+
+One Gaussian linear model over the whole pool, solved exactly (numpy, no iteration):
+
+    y(record) = mu[candidate] + offset[hw class] + delta[candidate, hw] + noise
+
+- `mu` is the candidate's val_bpb on the target hardware; offsets of other classes are learned
+  jointly from candidates measured on several classes (a class with no overlap keeps a wide
+  prior, so its results inform rankings but little about absolute level); where a class has
+  enough overlaps, a scale (gains shrink or grow across hardware) is fitted too.
+- `delta` is the candidate-by-hardware interaction: results from another class carry extra
+  variance `interaction_sd**2`, learned from the overlaps, so when classes disagree about the
+  ranking, foreign evidence counts for less.
+- Each record's noise variance is the class's run-to-run variance divided by its weight
+  (trust, reproduction checks, per-author caps) plus a "could be lying" variance that is zero
+  for weight one and grows as weight falls: an untrusted claim moves the estimate a little,
+  whatever number it states.
+- Lineage is the prior: a candidate starts near the mean of its parents (`lineage_sd`);
+  candidates without known parents start near the pool's level (`prior_sd`).
+- Attestations are measurements too (re-evaluations of the subject's class, reproductions on
+  the attester's) and are checked against the claim; the verdicts move trust
+  (pool/trust_weights.py).
+
+Guarantees: `estimate` is a pure function of its inputs (same evidence, same posterior; record
+order does not matter); blocked authors' records never enter; every candidate in the result
+has a finite mean and a positive sd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
+from pool.trust_weights import (
+    BLOCKED,
+    OWN,
+    PINNED,
+    AttestationCheck,
+    AuthorTrust,
+    StatusFn,
+    TrustPolicy,
+    author_trust,
+    base_weight,
+    claim_weight,
+    volume_factor,
+)
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Model constants (bpb). Defaults suit the Parameter Golf scale of differences."""
+
+    noise_sd: float = 0.005  # prior run-to-run sd; refined per class from replicates
+    reeval_sd: float = 0.001  # sd of re-evaluating the same artifact
+    prior_sd: float = 0.15  # a root candidate around the pool's level
+    lineage_sd: float = 0.02  # a child around the mean of its parents
+    offset_sd: float = 0.5  # a hardware offset before any overlap
+    interaction_sd: float = 0.01  # candidate x hardware, prior; learned from overlaps
+    scale_sd: float = 0.15  # prior sd of a class's scale around 1
+    min_scale_overlaps: int = 5  # fit a scale only with this many overlapping candidates
+    lie_sd: float = 0.05  # how far a claim of weight w may be off: lie_sd^2 (1-w)/w
+    check_z: float = 3.0  # an attestation disagrees beyond z standard deviations...
+    check_slack: float = 0.002  # ...plus this absolute slack
+    established_weight: float = 0.5  # trusted weight on this hardware that makes an incumbent
+    naive: bool = False  # believe every record as if measured on this hardware at full weight
+
+
+@dataclass(frozen=True)
+class Translation:
+    """How another hardware class's results map onto the target class."""
+
+    hw: str
+    offset: float
+    offset_sd: float
+    scale: float
+    overlaps: int
+    noise_sd: float
+    pivot: float = 0.0  # the level around which the scale stretches
+
+    def to_target(self, y: float) -> float:
+        """A value measured on this class, as it would read on the target class."""
+        return self.pivot + (y - self.pivot) / self.scale - self.offset
+
+    def from_target(self, y: float) -> float:
+        """A target-class value as it would read on this class."""
+        return self.pivot + (y + self.offset - self.pivot) * self.scale
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    """What the pool knows about one candidate besides its estimate."""
+
+    candidate: str
+    base: str
+    diff: Mapping[str, Any]
+    record_ids: tuple[str, ...]
+    representative: str  # the record id to cite as a parent (own, else most trusted)
+    parents: tuple[str, ...]  # parent candidate ids
+    authors: tuple[str, ...]
+    hw_classes: tuple[str, ...]
+    established: float  # trusted weight of measurements on the target hardware
+    n_results: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The posterior of one candidate's val_bpb on the target hardware."""
+
+    candidate: str
+    mean: float
+    sd: float
+    established: float
+    n_results: int
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One piece of evidence as it entered the model, for `p2pgolf pool explain`."""
+
+    record_id: str
+    kind: str  # result, reeval, reproduce
+    author: str
+    status: str
+    hw: str
+    val_bpb: float
+    translated: float  # on the target hardware (offset and scale removed)
+    trust: float  # author's weight after attestations
+    claim: float  # trust raised/cut by checks of this very record
+    cap: float  # per-author volume and per-candidate caps
+    sd: float  # effective sd of this row in the model (noise, lying, interaction)
+    verdicts: tuple[str, ...] = ()
+
+
+@dataclass
+class Posterior:
+    """The estimator's output for one target hardware class (read-only by convention)."""
+
+    hw: str
+    candidates: list[str]
+    mean: np.ndarray
+    sd: np.ndarray
+    info: dict[str, CandidateInfo]
+    translations: dict[str, Translation]
+    interaction_sd: float
+    authors: dict[str, AuthorTrust]
+    checks: list[AttestationCheck]
+    lineage_sd: float
+    rows: dict[str, list[EvidenceRow]]
+    established_weight: float
+    _cov: np.ndarray = field(repr=False)
+    _chol: np.ndarray | None = field(default=None, repr=False)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {c: i for i, c in enumerate(self.candidates)}
+
+    def __contains__(self, candidate: str) -> bool:
+        return candidate in self.index
+
+    def estimate(self, candidate: str) -> Estimate:
+        """The estimate of one candidate; KeyError if the pool has no evidence of it."""
+        i = self.index[candidate]
+        inf = self.info[candidate]
+        return Estimate(candidate, float(self.mean[i]), float(self.sd[i]), inf.established, inf.n_results)
+
+    def ranked(self) -> list[Estimate]:
+        """All candidates, best (lowest mean) first."""
+        order = np.argsort(self.mean, kind="stable")
+        return [self.estimate(self.candidates[i]) for i in order]
+
+    def incumbent(self) -> str | None:
+        """The best candidate by mean among those established on this hardware by trusted
+        measurements; None while nothing is."""
+        best, best_mean = None, math.inf
+        for c, i in self.index.items():
+            if self.info[c].established >= self.established_weight and self.mean[i] < best_mean:
+                best, best_mean = c, float(self.mean[i])
+        return best
+
+    def sample(self, rng: np.random.Generator, size: int = 1) -> np.ndarray:
+        """Joint draws of every candidate's value, shape (size, n_candidates)."""
+        n = len(self.candidates)
+        if n == 0:
+            return np.zeros((size, 0))
+        if self._chol is None:
+            cov = self._cov + np.eye(n) * 1e-12
+            self._chol = np.linalg.cholesky(cov)
+        z = rng.standard_normal((size, n))
+        return self.mean[None, :] + z @ self._chol.T
+
+    def ancestors(self, candidate: str, limit: int = 64) -> set[str]:
+        """Candidate ids reachable through parents (not including itself)."""
+        seen: set[str] = set()
+        todo = list(self.info[candidate].parents) if candidate in self.info else []
+        while todo and len(seen) < limit:
+            c = todo.pop()
+            if c in seen or c == candidate:
+                continue
+            seen.add(c)
+            if c in self.info:
+                todo.extend(self.info[c].parents)
+        return seen
+
+
+_TRUSTED = 0.5  # starting weight from which a key's replicates inform the noise level
+
+
+def estimate(
+    evidence: Evidence,
+    status: StatusFn,
+    hw: str,
+    *,
+    budget_s: float | None = None,
+    policy: TrustPolicy = TrustPolicy(),
+    config: EstimatorConfig = EstimatorConfig(),
+) -> Posterior:
+    """The posterior of every candidate in `evidence` on hardware class `hw`.
+
+    `status(author)` returns own / pinned / unknown / blocked. With `budget_s`, results
+    measured under another budget are left out (they are a different benchmark)."""
+    results = [r for r in evidence.results if budget_s is None or _same_budget(r.budget_s, budget_s)]
+    statuses: dict[str, str] = {}
+
+    def st(key: str) -> str:
+        if key not in statuses:
+            statuses[key] = status(key)
+        return statuses[key]
+
+    results = [r for r in results if st(r.author) != BLOCKED]
+    by_id = {r.record_id: r for r in results}
+    attestations = [a for a in evidence.attestations if st(a.author) != BLOCKED and a.subject in by_id]
+    if config.naive:
+        statuses = {k: OWN for k in statuses}
+        st = lambda key: OWN  # noqa: E731 - naive pooling believes everyone
+
+    # --- observations: results and attestations as measurements of a candidate on a class
+    obs = _observations(results, attestations, by_id, hw, config)
+    noise = _noise_by_class(obs, st, policy, config)
+
+    # --- pass 1: translation between classes from overlaps (trusted weights, no lineage)
+    translations, interaction_sd = _fit_translations(obs, hw, noise, st, policy, config)
+
+    # --- attestation verdicts, then trust moved by them
+    checks = _check_attestations(attestations, by_id, translations, noise, hw, interaction_sd, config)
+    authors = author_trust({r.author for r in results} | {a.author for a in attestations}, st, checks, policy)
+    if config.naive:
+        authors = {a: AuthorTrust(a, OWN, 1.0, 1.0, 0.0, 0.0) for a in authors}
+    checks_by_subject: dict[str, list[AttestationCheck]] = defaultdict(list)
+    for check in checks:
+        checks_by_subject[check.subject_id].append(check)
+    attester_w = lambda key: authors[key].base_weight if key in authors else 0.0  # noqa: E731
+
+    # --- weights of each observation: trust x claim x caps
+    per_author_records: dict[str, int] = defaultdict(int)
+    per_author_candidate: dict[tuple[str, str], int] = defaultdict(int)
+    for o in obs:
+        per_author_records[o.author] += 1
+        per_author_candidate[(o.author, o.candidate)] += 1
+    weighted: list[tuple[_Obs, float, float, float, float]] = []
+    for o in obs:
+        trust = authors[o.author].weight
+        if config.naive:
+            claim = 1.0
+        elif o.kind == "result":
+            claim = claim_weight(trust, checks_by_subject.get(o.record_id, ()), attester_w)
+        else:
+            claim = trust
+        cap = volume_factor(authors[o.author].status, per_author_records[o.author], policy)
+        cap *= min(1.0, policy.per_candidate_cap / per_author_candidate[(o.author, o.candidate)])
+        if claim <= 0.0 or cap <= 0.0:
+            continue
+        weighted.append((o, trust, claim, cap, claim * cap))
+
+    return _solve(weighted, results, hw, noise, translations, interaction_sd, authors, checks, checks_by_subject, st, config)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _Obs:
+    record_id: str
+    kind: str  # result, reeval, reproduce
+    candidate: str
+    author: str
+    hw: str  # the class the value speaks for
+    y: float
+
+
+def _same_budget(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
+
+
+def _observations(results, attestations, by_id, hw, config) -> list[_Obs]:
+    out = []
+    for r in results:
+        out.append(_Obs(r.record_id, "result", r.candidate, r.author, hw if config.naive else r.hw, r.val_bpb))
+    for a in attestations:
+        subject = by_id[a.subject]
+        # a re-evaluation measures the subject's artifact, trained on the subject's hardware
+        where = subject.hw if a.method == "reeval" else a.hw
+        out.append(_Obs(a.record_id, a.method, subject.candidate, a.author, hw if config.naive else where, a.val_bpb))
+    return out
+
+
+def _noise_by_class(obs, st, policy, config) -> dict[str, float]:
+    """Run-to-run sd per class from trusted replicates, shrunk towards the prior."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for o in obs:
+        if o.kind != "reeval" and base_weight(st(o.author), policy) >= _TRUSTED:
+            groups[(o.hw, o.candidate)].append(o.y)
+    ss: dict[str, float] = defaultdict(float)
+    dof: dict[str, int] = defaultdict(int)
+    for (h, _), ys in groups.items():
+        if len(ys) > 1:
+            arr = np.asarray(ys)
+            ss[h] += float(((arr - arr.mean()) ** 2).sum())
+            dof[h] += len(ys) - 1
+    prior_dof = 4.0
+    classes = {o.hw for o in obs}
+    return {h: math.sqrt((prior_dof * config.noise_sd**2 + ss[h]) / (prior_dof + dof[h])) for h in classes}
+
+
+def _obs_var(noise_sd: float, weight: float, config: EstimatorConfig) -> float:
+    w = min(1.0, weight)
+    return noise_sd**2 / w + config.lie_sd**2 * (1.0 - w) / w
+
+
+def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Translation], float]:
+    """Offsets (and scales) of each class relative to `hw`, from candidates seen on several
+    classes, using starting trust only; and the interaction sd from the residuals."""
+    classes = sorted({o.hw for o in obs} - {hw})
+    cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # precision, precision*y
+    for o in obs:
+        w = base_weight(st(o.author), policy)
+        if w <= 0:
+            continue
+        v = _obs_var(noise.get(o.hw, config.noise_sd), w, config) if o.kind != "reeval" else config.reeval_sd**2 / w + config.lie_sd**2 * (1 - w) / w
+        cell = cells[(o.candidate, o.hw)]
+        cell[0] += 1.0 / v
+        cell[1] += o.y / v
+    seen_on: dict[str, set[str]] = defaultdict(set)
+    for c, h in cells:
+        seen_on[c].add(h)
+    shared = sorted(c for c, hs in seen_on.items() if len(hs) > 1)
+    class_mean = _class_means(cells)
+    m_target = class_mean.get(hw, float(np.mean(list(class_mean.values()))) if class_mean else 0.0)
+    if not classes:
+        return {}, config.interaction_sd
+    overlaps = {h: sum(1 for c in shared if h in seen_on[c] and hw in seen_on[c]) for h in classes}
+    scale = {h: 1.0 for h in classes}
+    tau = config.interaction_sd
+    off_mean = {h: class_mean[h] - m_target for h in classes}
+    off_sd = {h: config.offset_sd for h in classes}
+    if shared:
+        for _ in range(2):  # fit, re-estimate interaction and scales, fit again
+            mu, mu_var, off, off_v, resid = _additive_fit(cells, shared, classes, hw, tau, scale, off_mean, m_target, config)
+            off_mean = {h: off[h] for h in classes}
+            off_sd = {h: math.sqrt(off_v[h]) for h in classes}
+            tau = _interaction_from_residuals(resid, config)
+            for h in classes:
+                if overlaps[h] >= config.min_scale_overlaps:
+                    scale[h] = _fit_scale(cells, shared, h, hw, off[h], mu, config)
+        # offsets after the loop are from the last fit; restore the original prior centre for
+        # classes without overlaps (the additive fit could only move them through chains)
+    out = {
+        h: Translation(h, float(off_mean[h]), float(off_sd[h]), float(scale[h]), overlaps[h], noise.get(h, config.noise_sd), float(m_target))
+        for h in classes
+    }
+    return out, float(tau)
+
+
+def _class_means(cells) -> dict[str, float]:
+    num: dict[str, float] = defaultdict(float)
+    den: dict[str, float] = defaultdict(float)
+    for (_, h), (p, py) in cells.items():
+        num[h] += py
+        den[h] += p
+    return {h: num[h] / den[h] for h in num if den[h] > 0}
+
+
+def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, config):
+    """Weighted least squares of y = mu_c + off_h on the shared candidates."""
+    ci = {c: i for i, c in enumerate(shared)}
+    hi = {h: len(shared) + j for j, h in enumerate(classes)}
+    n = len(shared) + len(classes)
+    A = np.zeros((n, n))
+    b = np.zeros(n)
+    for i in range(len(shared)):
+        A[i, i] += 1.0 / 1.0  # flat prior on mu around m_target (sd 1 bpb)
+        b[i] += m_target
+    for h in classes:
+        j = hi[h]
+        A[j, j] += 1.0 / config.offset_sd**2
+        b[j] += off_prior[h] / config.offset_sd**2
+    rows = []
+    for (c, h), (p, py) in cells.items():
+        if c not in ci:
+            continue
+        y = py / p
+        v = 1.0 / p
+        if h != hw:
+            s = scale[h]
+            y = m_target + (y - m_target) / s  # put gains on the target's scale
+            v = v / s**2 + tau**2
+        idx = [ci[c]] + ([hi[h]] if h != hw else [])
+        for a in idx:
+            b[a] += y / v
+            for bb in idx:
+                A[a, bb] += 1.0 / v
+        rows.append((idx, y, v, h))
+    cov = np.linalg.inv(A)
+    theta = cov @ b
+    mu = {c: float(theta[ci[c]]) for c in shared}
+    mu_var = {c: float(cov[ci[c], ci[c]]) for c in shared}
+    off = {h: float(theta[hi[h]]) for h in classes}
+    off_v = {h: float(cov[hi[h], hi[h]]) for h in classes}
+    resid = []
+    for idx, y, v, h in rows:
+        if h != hw:
+            pred = sum(theta[k] for k in idx)
+            resid.append((y - pred, v - tau**2))
+    return mu, mu_var, off, off_v, resid
+
+
+def _interaction_from_residuals(resid, config) -> float:
+    if len(resid) < 3:
+        return config.interaction_sd
+    excess = [r * r - v for r, v in resid]
+    # residuals are shrunk by the fit; the factor 2 roughly undoes that for pairs
+    est = max(0.0, 2.0 * float(np.mean(excess)))
+    k0 = 4.0
+    n = len(resid)
+    var = (k0 * config.interaction_sd**2 + n * est) / (k0 + n)
+    return math.sqrt(var)
+
+
+def _fit_scale(cells, shared, h, hw, off_h, mu, config) -> float:
+    xs, ys, ws = [], [], []
+    for c in shared:
+        if (c, h) in cells and (c, hw) in cells:
+            p_t, py_t = cells[(c, hw)]
+            p_h, py_h = cells[(c, h)]
+            xs.append(py_t / p_t)
+            ys.append(py_h / p_h)
+            ws.append(1.0 / (1.0 / p_t + 1.0 / p_h))
+    x, y, w = np.asarray(xs), np.asarray(ys), np.asarray(ws)
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+    sxx = float(np.sum(w * (x - xm) ** 2))
+    if sxx <= 0:
+        return 1.0
+    slope = float(np.sum(w * (x - xm) * (y - ym)) / sxx)
+    prec_data = sxx  # 1/var of the slope (unit-variance weights already)
+    prec_prior = 1.0 / config.scale_sd**2
+    s = (slope * prec_data + prec_prior) / (prec_data + prec_prior)
+    return float(min(3.0, max(1.0 / 3.0, s)))
+
+
+def _check_attestations(attestations, by_id, translations, noise, hw, tau, config) -> list[AttestationCheck]:
+    out = []
+    for a in attestations:
+        claim = by_id[a.subject]
+        if a.method == "reeval":
+            expected = claim.val_bpb
+            sd = math.sqrt(2.0) * config.reeval_sd
+        else:
+            expected = claim.val_bpb
+            var = noise.get(claim.hw, config.noise_sd) ** 2 + noise.get(a.hw, config.noise_sd) ** 2
+            if claim.hw != a.hw and not config.naive:
+                t_claim = translations.get(claim.hw)
+                t_att = translations.get(a.hw)
+                to_target = t_claim.to_target(claim.val_bpb) if t_claim else claim.val_bpb
+                expected = t_att.from_target(to_target) if t_att else to_target
+                var += (t_claim.offset_sd**2 if t_claim else 0.0) + (t_att.offset_sd**2 if t_att else 0.0) + 2 * tau**2
+            sd = math.sqrt(var)
+        residual = a.val_bpb - expected
+        tol = config.check_z * sd + config.check_slack
+        out.append(AttestationCheck(a.record_id, a.subject, claim.author, a.author, abs(residual) <= tol, float(residual), float(tol)))
+    return out
+
+
+def _solve(weighted, results, hw, noise, translations, tau, authors, checks, checks_by_subject, st, config) -> Posterior:
+    # candidates: everything with evidence, plus known parents of those
+    rec_candidate = {r.record_id: r.candidate for r in results}
+    info_src: dict[str, list[ResultEvidence]] = defaultdict(list)
+    for r in results:
+        info_src[r.candidate].append(r)
+    observed = {o.candidate for o, *_ in weighted}
+    candidates = sorted(observed)
+    ci = {c: i for i, c in enumerate(candidates)}
+    parents_of: dict[str, tuple[str, ...]] = {}
+    for c in candidates:
+        ps = {rec_candidate[p] for r in info_src.get(c, ()) for p in r.parents if p in rec_candidate}
+        ps.discard(c)
+        parents_of[c] = tuple(sorted(p for p in ps if p in ci))
+    classes = sorted({o.hw for o, *_ in weighted} - {hw})
+    hi = {h: len(candidates) + j for j, h in enumerate(classes)}
+    n = len(candidates) + len(classes)
+
+    # pool level on the target hardware: trusted target measurements, else translated others
+    ys, ws = [], []
+    for o, trust, claim, cap, w in weighted:
+        t = translations.get(o.hw)
+        y = o.y if o.hw == hw or t is None else t.to_target(o.y)
+        ys.append(y)
+        ws.append(w * (4.0 if o.hw == hw else 1.0))
+    m0 = float(np.average(ys, weights=ws)) if ys else 0.0
+
+    A = np.zeros((n, n))
+    b = np.zeros(n)
+    # lineage prior (a Gaussian Markov random field over the family tree)
+    for c in candidates:
+        i = ci[c]
+        ps = parents_of[c]
+        if not ps:
+            A[i, i] += 1.0 / config.prior_sd**2
+            b[i] += m0 / config.prior_sd**2
+            continue
+        idx = [i] + [ci[p] for p in ps]
+        coef = [1.0] + [-1.0 / len(ps)] * len(ps)
+        prec = 1.0 / config.lineage_sd**2
+        for a, ca in zip(idx, coef):
+            for bb, cb in zip(idx, coef):
+                A[a, bb] += prec * ca * cb
+        # a weak anchor keeps cyclic or orphaned families proper
+        A[i, i] += 1e-4 / config.prior_sd**2
+        b[i] += 1e-4 * m0 / config.prior_sd**2
+    for h in classes:
+        j = hi[h]
+        t = translations.get(h)
+        centre = t.offset if t else 0.0
+        A[j, j] += 1.0 / config.offset_sd**2
+        b[j] += centre / config.offset_sd**2
+
+    # observations, aggregated per (candidate, class): they share one interaction term
+    cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    row_sd: dict[str, float] = {}
+    for o, trust, claim, cap, w in weighted:
+        nsd = config.reeval_sd if o.kind == "reeval" else noise.get(o.hw, config.noise_sd)
+        v = nsd**2 / min(1.0, w) + config.lie_sd**2 * (1.0 - min(1.0, claim)) / max(claim, 1e-12) / max(cap, 1e-12)
+        y = o.y
+        if o.hw != hw and o.hw in translations:
+            t = translations[o.hw]
+            y = t.pivot + (y - t.pivot) / t.scale  # the offset stays a parameter of the model
+            v = v / t.scale**2
+        cell = cells[(o.candidate, o.hw)]
+        cell[0] += 1.0 / v
+        cell[1] += y / v
+        row_sd[o.record_id] = math.sqrt(v + (tau**2 if o.hw != hw else 0.0))
+    for (c, h), (p, py) in cells.items():
+        v = 1.0 / p + (tau**2 if h != hw else 0.0)
+        y = py / p
+        i = ci[c]
+        if h == hw:
+            A[i, i] += 1.0 / v
+            b[i] += y / v
+        else:
+            j = hi[h]
+            A[i, i] += 1.0 / v
+            A[j, j] += 1.0 / v
+            A[i, j] += 1.0 / v
+            A[j, i] += 1.0 / v
+            b[i] += y / v
+            b[j] += y / v
+    if n:
+        cov = np.linalg.inv(A)
+        cov = (cov + cov.T) / 2.0
+        theta = cov @ b
+    else:
+        cov, theta = np.zeros((0, 0)), np.zeros(0)
+    k = len(candidates)
+    mean = theta[:k].copy()
+    sd = np.sqrt(np.maximum(np.diag(cov)[:k], 1e-12))
+
+    # translations as the joint model sees them
+    final_tr: dict[str, Translation] = {}
+    for h in classes:
+        t = translations.get(h)
+        j = hi[h]
+        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(cov[j, j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0)
+
+    # per-candidate info and explanation rows
+    verdicts: dict[str, list[str]] = defaultdict(list)
+    for chk in checks:
+        word = "agrees" if chk.agrees else "DISAGREES"
+        verdicts[chk.subject_id].append(f"{chk.attestation_id[:12]} {word} ({chk.residual:+.4f}, tol {chk.tolerance:.4f})")
+    rows: dict[str, list[EvidenceRow]] = defaultdict(list)
+    established: dict[str, float] = defaultdict(float)
+    for o, trust, claim, cap, w in weighted:
+        t = final_tr.get(o.hw)
+        translated = o.y if t is None else t.to_target(o.y)
+        rows[o.candidate].append(
+            EvidenceRow(o.record_id, o.kind, o.author, authors[o.author].status if o.author in authors else st(o.author), o.hw, o.y, float(translated), trust, claim, cap, row_sd[o.record_id], tuple(verdicts.get(o.record_id, ())))
+        )
+        if o.hw == hw and o.kind != "reeval":
+            established[o.candidate] += min(1.0, claim)
+    info: dict[str, CandidateInfo] = {}
+    for c in candidates:
+        src = info_src.get(c, [])
+        first = src[0] if src else None
+        rep = _representative(src, authors)
+        info[c] = CandidateInfo(
+            candidate=c,
+            base=first.base if first else "",
+            diff=dict(first.diff) if first else {},
+            record_ids=tuple(sorted(r.record_id for r in src)),
+            representative=rep,
+            parents=parents_of[c],
+            authors=tuple(sorted({r.author for r in src})),
+            hw_classes=tuple(sorted({r.hw for r in src})),
+            established=float(established.get(c, 0.0)),
+            n_results=len(src),
+        )
+    return Posterior(
+        hw=hw,
+        candidates=candidates,
+        mean=mean,
+        sd=sd,
+        info=info,
+        translations=final_tr,
+        interaction_sd=tau,
+        authors=authors,
+        checks=checks,
+        lineage_sd=config.lineage_sd,
+        rows=dict(rows),
+        established_weight=config.established_weight,
+        _cov=cov[:k, :k].copy(),
+    )
+
+
+def _representative(src: list[ResultEvidence], authors: Mapping[str, AuthorTrust]) -> str:
+    if not src:
+        return ""
+    def key(r: ResultEvidence):
+        a = authors.get(r.author)
+        own = a is not None and a.status == OWN
+        return (not own, -(a.weight if a else 0.0), r.created_ms, r.record_id)
+    return min(src, key=key).record_id

@@ -1,0 +1,153 @@
+"""How much each author's evidence counts: trust status, moved by attestations, capped by volume.
+
+Guarantees:
+- own and pinned keys weigh 1.0 and blocked keys 0.0, whatever the attestations say (the user
+  decided those);
+- an unknown key starts at `unknown_weight` (never zero: a stranger's idea is worth trying, never
+  believed outright) and moves with attestations by other trusted keys: each agreeing check
+  multiplies its weight by `agree_gain`, each disagreeing check by `disagree_factor` (both
+  raised to the attester's weight), kept within [min_weight, max_earned_weight];
+- no single key dominates by volume: an author's results on one candidate count as at most
+  `per_candidate_cap` results, and an unknown author's results beyond `author_volume_cap`
+  records are scaled down so that together they weigh as much as that many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+OWN, PINNED, BLOCKED, UNKNOWN = "own", "pinned", "blocked", "unknown"
+STATUSES = (OWN, PINNED, BLOCKED, UNKNOWN)
+
+StatusFn = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The numbers behind trust; `unknown_weight` is the user's setting."""
+
+    unknown_weight: float = 0.1
+    max_earned_weight: float = 0.6  # a stranger's key never counts as much as a pinned one
+    min_weight: float = 1e-4  # above zero: one bad check does not erase a key forever
+    agree_gain: float = 1.5
+    disagree_factor: float = 0.05
+    per_candidate_cap: float = 3.0
+    author_volume_cap: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.unknown_weight < 1.0:
+            raise ValueError(f"unknown_weight={self.unknown_weight} must be in (0, 1): strangers count a little, never zero, never fully")
+        if not self.min_weight <= self.unknown_weight <= self.max_earned_weight <= 1.0:
+            raise ValueError("trust policy needs min_weight <= unknown_weight <= max_earned_weight <= 1")
+
+
+@dataclass(frozen=True)
+class AttestationCheck:
+    """The verdict on one attestation: did the re-measurement agree with the claim?"""
+
+    attestation_id: str
+    subject_id: str
+    subject_author: str
+    attester: str
+    agrees: bool
+    residual: float  # measured minus expected (on the attester's hardware), bpb
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class AuthorTrust:
+    """One author's standing: status, starting weight, earned weight, and the checks behind it."""
+
+    author: str
+    status: str
+    base_weight: float
+    weight: float
+    agreements: float
+    disagreements: float
+
+
+def base_weight(status: str, policy: TrustPolicy) -> float:
+    """The weight a status gives before any attestation."""
+    if status in (OWN, PINNED):
+        return 1.0
+    if status == BLOCKED:
+        return 0.0
+    if status == UNKNOWN:
+        return policy.unknown_weight
+    raise ValueError(f"unknown trust status {status!r}; expected one of {', '.join(STATUSES)}")
+
+
+def author_trust(
+    authors: Iterable[str],
+    status: StatusFn,
+    checks: Iterable[AttestationCheck],
+    policy: TrustPolicy = TrustPolicy(),
+) -> dict[str, AuthorTrust]:
+    """Each author's trust after the attestation checks. Attesters count with their starting
+    weight (not their earned one) so that trust cannot bootstrap itself in a loop."""
+    statuses = {a: status(a) for a in authors}
+    for check in checks:
+        for key in (check.subject_author, check.attester):
+            if key not in statuses:
+                statuses[key] = status(key)
+    agree: dict[str, float] = {a: 0.0 for a in statuses}
+    disagree: dict[str, float] = {a: 0.0 for a in statuses}
+    for check in checks:
+        if check.attester == check.subject_author:
+            continue  # nobody vouches for themselves
+        w = base_weight(statuses[check.attester], policy)
+        if w <= 0.0:
+            continue
+        if check.agrees:
+            agree[check.subject_author] += w
+        else:
+            disagree[check.subject_author] += w
+    out: dict[str, AuthorTrust] = {}
+    for author, st in statuses.items():
+        w0 = base_weight(st, policy)
+        w = w0
+        if st == UNKNOWN:
+            w = w0 * policy.agree_gain ** agree[author] * policy.disagree_factor ** disagree[author]
+            w = min(policy.max_earned_weight, max(policy.min_weight, w))
+        out[author] = AuthorTrust(author, st, w0, w, agree[author], disagree[author])
+    return out
+
+
+def claim_weight(author_weight: float, checks: Iterable[AttestationCheck], attester_weight: Callable[[str], float]) -> float:
+    """The weight of one claimed result: its author's, raised by agreeing re-measurements from
+    others (as if each were an independent vouch) and cut by disagreeing ones."""
+    w = author_weight
+    for check in checks:
+        if check.attester == check.subject_author:
+            continue
+        a = attester_weight(check.attester)
+        if check.agrees:
+            w = 1.0 - (1.0 - w) * (1.0 - a)
+        else:
+            w *= 1.0 - 0.98 * a
+    return w
+
+
+def volume_factor(status: str, n_records: int, policy: TrustPolicy) -> float:
+    """Scale for each of an author's records so that its volume cannot buy influence."""
+    if status in (OWN, PINNED) or n_records <= policy.author_volume_cap:
+        return 1.0
+    return policy.author_volume_cap / n_records
+
+
+def static_status(own: str, pinned: Iterable[str] = (), blocked: Iterable[str] = ()) -> StatusFn:
+    """A status function from fixed key sets (for the simulator and tests; the node passes
+    its TrustStore's `status`)."""
+    pinned_set, blocked_set = frozenset(pinned), frozenset(blocked)
+
+    def status(key: str) -> str:
+        if key == own:
+            return OWN
+        if key in blocked_set:
+            return BLOCKED
+        if key in pinned_set:
+            return PINNED
+        return UNKNOWN
+
+    return status
