@@ -1,0 +1,217 @@
+"""The Parameter Golf GPT in MLX: the same architecture, knobs and parameter names as torch.
+
+What it guarantees:
+- The computation of `trainer.model_torch.GPT` (read its docstring for the architecture) with
+  the same parameter names and shapes, so `state_dict_numpy` / `load_state_dict_numpy` move
+  weights between the backends and artifacts written by either load in the other. Given the
+  same weights, fp32 logits agree with torch to about 1e-5 (tests/test_mlx_parity.py).
+- Every model knob is honoured: activation (relu2, leaky_relu2 with leaky_slope, swiglu),
+  depth recurrence (unique_blocks, cycle|mirror, via `trainer.model_spec.block_schedule`), tied or
+  untied embeddings, logit soft cap (0 disables), RoPE base, QK gain, embedding init std.
+- `compute_dtype` (float32 or bfloat16) is the dtype of the residual stream and the matmuls,
+  as torch's autocast does on CUDA; parameters stay float32 and logits are float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trainer.model_spec import ModelSpec, block_schedule
+
+__all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
+
+
+def build_model(config: Mapping[str, Any], *, seed: int = 0, compute_dtype: mx.Dtype = mx.float32) -> "GPT":
+    """A freshly initialised GPT for a resolved knob config; `seed` fixes the initial weights."""
+    mx.random.seed(seed)
+    model = GPT(ModelSpec.from_config(config), compute_dtype=compute_dtype)
+    mx.eval(model.parameters())
+    return model
+
+
+def state_dict_numpy(model: "GPT") -> dict[str, np.ndarray]:
+    """Every parameter as a float32 numpy array under its shared (torch) name."""
+    return {name: np.array(value.astype(mx.float32)) for name, value in tree_flatten(model.parameters())}
+
+
+def load_state_dict_numpy(model: "GPT", state: Mapping[str, np.ndarray]) -> None:
+    """Replace the model's weights; names and shapes must match exactly (else ValueError naming them)."""
+    own = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}")
+    for name, value in own.items():
+        if tuple(np.shape(state[name])) != tuple(value.shape):
+            raise ValueError(f"parameter {name} has shape {tuple(np.shape(state[name]))}, the model wants {tuple(value.shape)}")
+    model.update(tree_unflatten([(name, mx.array(np.asarray(state[name], dtype=np.float32))) for name in own]))
+    mx.eval(model.parameters())
+
+
+class GPT(nn.Module):
+    """Token ids in, cross-entropy out: `per_token_loss` (nats per target) or `loss` (the mean)."""
+
+    def __init__(self, spec: ModelSpec, *, compute_dtype: mx.Dtype = mx.float32) -> None:
+        super().__init__()
+        self.spec = spec
+        self.compute_dtype = compute_dtype
+        schedule = spec.schedule
+        self.num_encoder_layers = spec.num_layers // 2
+        num_skips = min(self.num_encoder_layers, spec.num_layers - self.num_encoder_layers)
+        dim = spec.model_dim
+        std = spec.tied_embed_init_std if spec.tie_embeddings else 1.0  # torch's Embedding default is N(0, 1)
+        self.tok_emb = nn.Embedding(spec.vocab_size, dim)
+        self.tok_emb.weight = mx.random.normal((spec.vocab_size, dim)) * std
+        self.skip_weights = mx.ones((num_skips, dim))
+        self.blocks = [Block(spec) for _ in range(max(schedule) + 1)]
+        if not spec.tie_embeddings:
+            self.lm_head = nn.Linear(dim, spec.vocab_size, bias=False)
+            self.lm_head.weight = mx.zeros_like(self.lm_head.weight)
+
+    def hidden(self, input_ids: mx.array) -> mx.array:
+        """Final normalised hidden states [batch, seq, dim] in the compute dtype."""
+        x = _rms(self.tok_emb(input_ids)).astype(self.compute_dtype)
+        x0 = x
+        skips: list[mx.array] = []
+        for layer, b in enumerate(self.spec.schedule):
+            if layer < self.num_encoder_layers:
+                x = self.blocks[b](x, x0)
+                skips.append(x)
+                continue
+            if skips:
+                i = layer - self.num_encoder_layers
+                x = x + self.skip_weights[i].astype(x.dtype) * skips.pop()
+            x = self.blocks[b](x, x0)
+        return _rms(x)
+
+    def logits(self, input_ids: mx.array) -> mx.array:
+        """Soft-capped logits [batch, seq, vocab] in float32."""
+        h = self.hidden(input_ids)
+        weight = self.tok_emb.weight if self.spec.tie_embeddings else self.lm_head.weight
+        logits = (h @ weight.astype(h.dtype).T).astype(mx.float32)
+        cap = self.spec.logit_softcap
+        if cap > 0:
+            logits = cap * mx.tanh(logits / cap)
+        return logits
+
+    def per_token_loss(self, input_ids: mx.array, target_ids: mx.array) -> mx.array:
+        """Cross-entropy in nats for every target, shape of target_ids (float32)."""
+        logits = self.logits(input_ids)
+        picked = mx.take_along_axis(logits, target_ids[..., None], axis=-1)[..., 0]
+        return mx.logsumexp(logits, axis=-1) - picked
+
+    def loss(self, input_ids: mx.array, target_ids: mx.array) -> mx.array:
+        """Mean cross-entropy over all targets (a scalar)."""
+        return self.per_token_loss(input_ids, target_ids).mean()
+
+    def __call__(self, input_ids: mx.array, target_ids: mx.array) -> mx.array:
+        return self.loss(input_ids, target_ids)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        dim = spec.model_dim
+        self.attn = Attention(spec)
+        self.mlp = MLP(spec)
+        self.attn_scale = mx.ones((dim,))
+        self.mlp_scale = mx.ones((dim,))
+        self.resid_mix = mx.stack([mx.ones((dim,)), mx.zeros((dim,))])
+
+    def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
+        mix = self.resid_mix.astype(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(_rms(x))
+        return x + self.mlp_scale.astype(x.dtype) * self.mlp(_rms(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        dim, heads, kv = spec.model_dim, spec.num_heads, spec.num_kv_heads
+        if dim % heads or heads % kv or (dim // heads) % 2:
+            raise ValueError(f"bad attention shape: dim={dim} heads={heads} kv_heads={kv}")
+        self.num_heads = heads
+        self.num_kv_heads = kv
+        self.head_dim = dim // heads
+        self.rope_base = float(spec.rope_base)
+        self.c_q = _linear(dim, dim)
+        self.c_k = _linear(dim, kv * self.head_dim)
+        self.c_v = _linear(dim, kv * self.head_dim)
+        self.proj = _linear(dim, dim)
+        self.proj.weight = mx.zeros_like(self.proj.weight)  # every block starts as the identity
+        self.q_gain = mx.full((heads,), float(spec.qk_gain_init))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        bsz, seq_len, dim = x.shape
+        dtype = x.dtype
+        q = (x @ self.c_q.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = (x @ self.c_k.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = (x @ self.c_v.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        cos, sin = _rope_tables(seq_len, self.head_dim, self.rope_base)
+        q = _rotate(_rms(q), cos.astype(dtype), sin.astype(dtype))
+        k = _rotate(_rms(k), cos.astype(dtype), sin.astype(dtype))
+        q = q * self.q_gain.astype(dtype)[None, :, None, None]
+        # Grouped-query attention: query head h reads key/value head h // (heads // kv_heads).
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        y = y.transpose(0, 2, 1, 3).reshape(bsz, seq_len, dim)
+        return y @ self.proj.weight.astype(dtype).T
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.activation not in ("relu2", "leaky_relu2", "swiglu"):
+            raise ValueError(f"unknown activation {spec.activation!r}")
+        self.activation = spec.activation
+        self.leaky_slope = float(spec.leaky_slope)
+        self.fc = _linear(spec.model_dim, spec.mlp_hidden)
+        if spec.activation == "swiglu":
+            self.gate = _linear(spec.model_dim, spec.mlp_hidden)
+        self.proj = _linear(spec.mlp_hidden, spec.model_dim)
+        self.proj.weight = mx.zeros_like(self.proj.weight)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        dtype = x.dtype
+        h = x @ self.fc.weight.astype(dtype).T
+        if self.activation == "relu2":
+            h = mx.square(mx.maximum(h, 0))
+        elif self.activation == "leaky_relu2":
+            h = mx.square(mx.where(h >= 0, h, h * self.leaky_slope))
+        else:
+            g = x @ self.gate.weight.astype(dtype).T
+            h = g * mx.sigmoid(g) * h
+        return h @ self.proj.weight.astype(dtype).T
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    # MLX's default init is torch's: uniform in +-1/sqrt(in_features).
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+def _rms(x: mx.array) -> mx.array:
+    # torch's F.rms_norm with eps=None uses the dtype's machine epsilon; so do we.
+    return mx.fast.rms_norm(x, None, float(mx.finfo(x.dtype).eps))
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[mx.array, mx.array]:
+    # float32 tables computed in numpy, like torch's: positions x inverse frequencies.
+    inv_freq = 1.0 / (np.float32(base) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    freqs = np.outer(np.arange(seq_len, dtype=np.float32), inv_freq.astype(np.float32))
+    return mx.array(np.cos(freqs)[None, None]), mx.array(np.sin(freqs)[None, None])
+
+
+def _rotate(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    # RoPE on the two halves of each head, as the torch model and the baseline do.
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return mx.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)

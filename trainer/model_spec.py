@@ -1,0 +1,114 @@
+"""Backend-free facts about the model that torch and MLX must agree on.
+
+What it guarantees: one definition, shared by every backend, of
+- `block_schedule`: which unique block each layer runs (depth recurrence, cycle or mirror);
+- `ModelSpec`: the shape and fixed settings of a model, read from a resolved knob config;
+- `parameter_role`: which optimiser group trains a parameter, by its shared name and shape
+  ("muon" for the blocks' weight matrices, "embed", "head" and "scalar" for Adam), and
+  `role_lr`, the knob that sets each group's peak learning rate.
+No tensor library is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.knobs import mlp_hidden_size
+
+__all__ = ["CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr"]
+
+# Parameters that are gains and mixes rather than weights: Adam trains them, never Muon.
+CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
+ROLES = ("muon", "embed", "head", "scalar")
+
+
+def block_schedule(num_layers: int, unique_blocks: int, recurrence: str) -> list[int]:
+    """Which unique block each layer runs. `unique_blocks == 0` means one block per layer.
+
+    cycle:  0 1 2 3 0 1 2 3 ...;  mirror: 0 1 2 3 3 2 1 0 0 1 ... (the way back is reversed).
+    """
+    unique = unique_blocks or num_layers
+    if not 1 <= unique <= num_layers:
+        raise ValueError(f"unique_blocks={unique_blocks} must be in [0, num_layers={num_layers}]")
+    if recurrence == "cycle":
+        return [layer % unique for layer in range(num_layers)]
+    if recurrence == "mirror":
+        period = 2 * unique
+        return [p if p < unique else period - 1 - p for p in (layer % period for layer in range(num_layers))]
+    raise ValueError(f"unknown recurrence {recurrence!r}; expected cycle or mirror")
+
+
+def parameter_role(name: str, shape: tuple[int, ...]) -> str:
+    """The optimiser group of the parameter called `name` (a shared name, see model_torch)."""
+    if name == "tok_emb.weight":
+        return "embed"
+    if name == "lm_head.weight":
+        return "head"
+    if name.startswith("blocks.") and len(shape) == 2 and name.rsplit(".", 1)[-1] not in CONTROL_PARAMETER_SUFFIXES:
+        return "muon"
+    return "scalar"
+
+
+def role_lr(role: str, config: Mapping[str, Any]) -> float:
+    """Peak learning rate of an optimiser group under a resolved knob config."""
+    if role == "muon":
+        return config["matrix_lr"]
+    if role == "embed":
+        return config["tied_embed_lr"] if config["tie_embeddings"] else config["embed_lr"]
+    if role == "head":
+        return config["head_lr"]
+    if role == "scalar":
+        return config["scalar_lr"]
+    raise ValueError(f"unknown parameter role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape and fixed settings of one model (no weights)."""
+
+    vocab_size: int
+    num_layers: int
+    model_dim: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_hidden: int
+    activation: str = "relu2"
+    leaky_slope: float = 0.5
+    unique_blocks: int = 0
+    recurrence: str = "cycle"
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ModelSpec":
+        """The spec of a resolved knob config (protocol.knobs.resolve)."""
+        return cls(
+            vocab_size=config["vocab_size"],
+            num_layers=config["num_layers"],
+            model_dim=config["model_dim"],
+            num_heads=config["num_heads"],
+            num_kv_heads=config["num_kv_heads"],
+            mlp_hidden=mlp_hidden_size(config),
+            activation=config["activation"],
+            leaky_slope=config["leaky_slope"],
+            unique_blocks=config["unique_blocks"],
+            recurrence=config["recurrence"],
+            tie_embeddings=config["tie_embeddings"],
+            tied_embed_init_std=config["tied_embed_init_std"],
+            logit_softcap=config["logit_softcap"],
+            rope_base=config["rope_base"],
+            qk_gain_init=config["qk_gain_init"],
+        )
+
+    @property
+    def schedule(self) -> tuple[int, ...]:
+        return tuple(block_schedule(self.num_layers, self.unique_blocks, self.recurrence))
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads

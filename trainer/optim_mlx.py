@@ -1,0 +1,123 @@
+"""The optimiser step in MLX: Muon for the blocks' matrices, Adam for everything else.
+
+What it guarantees: the same update rules, groups and learning rates as the torch backend
+(`trainer.muon_torch.Muon` and `torch.optim.Adam`), so that from the same weights and the same
+gradients both backends take the same step (tests/test_mlx_parity.py):
+- groups by `trainer.model_spec.parameter_role`, peak LRs by `role_lr`, each multiplied by the
+  step's schedule factor;
+- Muon: m = mu*m + g; update = NS5(g + mu*m) (Nesterov) * sqrt(max(1, rows/cols)); decoupled
+  weight decay multiplies the weight by (1 - lr*muon_weight_decay) first;
+- Adam as torch has it: bias-corrected moments, step = lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps);
+- optional global gradient-norm clip as torch's clip_grad_norm_ (scale by max/(norm+1e-6) when
+  that is below 1);
+- optional EMA of the weights (`ema_decay`), which evaluation then uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import mlx.core as mx
+
+from trainer.model_spec import parameter_role, role_lr
+
+__all__ = ["MixedOptimizer", "newton_schulz", "clip_by_global_norm"]
+
+# Keller Jordan's quintic Newton-Schulz coefficients (the torch backend's too).
+_NS_A, _NS_B, _NS_C = 3.4445, -4.7750, 2.0315
+
+
+def newton_schulz(g: mx.array, steps: int, eps: float = 1e-7, dtype: mx.Dtype = mx.float32) -> mx.array:
+    """An approximately orthogonal matrix with the row/column space of `g` (2-D), in float32."""
+    x = g.astype(dtype)
+    x = x / (mx.sqrt(mx.sum(mx.square(x.astype(mx.float32)))).astype(dtype) + eps)
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    for _ in range(steps):
+        a = x @ x.T
+        b = _NS_B * a + _NS_C * (a @ a)
+        x = _NS_A * x + b @ x
+    x = x.T if transposed else x
+    return x.astype(mx.float32)
+
+
+def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float) -> tuple[dict[str, mx.array], mx.array]:
+    """Gradients scaled so their global L2 norm is at most `max_norm` (torch's rule); and the norm."""
+    total = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+    coef = mx.minimum(max_norm / (total + 1e-6), 1.0)
+    return {name: g * coef.astype(g.dtype) for name, g in grads.items()}, total
+
+
+class MixedOptimizer:
+    """Muon + Adam over a flat {shared name: array} view of a model's parameters."""
+
+    def __init__(self, params: Mapping[str, mx.array], config: Mapping[str, Any], *, ns_dtype: mx.Dtype = mx.float32) -> None:
+        self.roles = {name: parameter_role(name, tuple(p.shape)) for name, p in params.items()}
+        self.peak_lr = {name: role_lr(role, config) for name, role in self.roles.items()}
+        self.backend_steps = int(config["muon_backend_steps"])
+        self.weight_decay = float(config["muon_weight_decay"])
+        self.beta1 = float(config["beta1"])
+        self.beta2 = float(config["beta2"])
+        self.eps = float(config["adam_eps"])
+        self.grad_clip_norm = float(config["grad_clip_norm"])
+        self.ema_decay = float(config["ema_decay"])
+        self.ns_dtype = ns_dtype
+        self.step_count = 0
+        self.state: dict[str, dict[str, mx.array]] = {}
+        for name, p in params.items():
+            if self.roles[name] == "muon":
+                self.state[name] = {"momentum": mx.zeros_like(p)}
+            else:
+                self.state[name] = {"m": mx.zeros_like(p), "v": mx.zeros_like(p)}
+        self.ema: dict[str, mx.array] | None = (
+            {name: mx.array(p) for name, p in params.items()} if self.ema_decay > 0 else None
+        )
+
+    def step(
+        self,
+        params: Mapping[str, mx.array],
+        grads: Mapping[str, mx.array],
+        *,
+        lr_scale: float,
+        momentum: float,
+    ) -> dict[str, mx.array]:
+        """The parameters after one step (new arrays; the inputs are not changed)."""
+        grads = dict(grads)
+        if self.grad_clip_norm > 0:
+            grads, _ = clip_by_global_norm(grads, self.grad_clip_norm)
+        self.step_count += 1
+        t = self.step_count
+        bias1 = 1.0 - self.beta1**t
+        bias2_sqrt = math.sqrt(1.0 - self.beta2**t)
+        out: dict[str, mx.array] = {}
+        for name, p in params.items():
+            g = grads[name]
+            lr = self.peak_lr[name] * lr_scale
+            state = self.state[name]
+            if self.roles[name] == "muon":
+                buf = momentum * state["momentum"] + g
+                state["momentum"] = buf
+                update = newton_schulz(g + momentum * buf, self.backend_steps, dtype=self.ns_dtype)
+                update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                if self.weight_decay > 0:
+                    p = p * (1.0 - lr * self.weight_decay)
+                out[name] = p - lr * update.astype(p.dtype)
+            else:
+                m = self.beta1 * state["m"] + (1.0 - self.beta1) * g
+                v = self.beta2 * state["v"] + (1.0 - self.beta2) * mx.square(g)
+                state["m"], state["v"] = m, v
+                out[name] = p - (lr / bias1) * m / (mx.sqrt(v) / bias2_sqrt + self.eps)
+        if self.ema is not None:
+            d = self.ema_decay
+            self.ema = {name: d * self.ema[name] + (1.0 - d) * out[name] for name in out}
+        return out
+
+    def arrays(self) -> list[mx.array]:
+        """Every state array (for mx.eval after a step)."""
+        arrays = [a for state in self.state.values() for a in state.values()]
+        if self.ema is not None:
+            arrays.extend(self.ema.values())
+        return arrays
