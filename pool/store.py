@@ -233,6 +233,10 @@ class PoolStore:
         where, params = _filters(bench=bench)
         return [(k, n) for k, n in self._all("SELECT kind, count(*) FROM records" + _where(where) + " GROUP BY kind ORDER BY kind", params)]
 
+    def schema_version(self) -> int:
+        with self._lock:
+            return schema.current_version(self._conn)
+
     def count_by_author(self, author: str, bench: str) -> int:
         return self.count(bench=bench, author=author)
 

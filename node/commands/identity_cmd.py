@@ -1,0 +1,58 @@
+"""`p2pgolf init` and `p2pgolf id`: create this node's identity and show it.
+
+`init` makes the data directory (mode 0700), the identity key file (0600) and an empty pool
+with the new key set as the trust store's own key. It refuses to run where an identity
+already exists, so a key is never replaced by accident. `id` refuses a key file that other
+users can read, as `protocol.identity.load_identity` does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from node.cli import UserError
+from node.home import Home
+
+
+@click.command("init")
+@click.pass_obj
+def init(home: Home) -> None:
+    """Create this node's identity key and data directory."""
+    from protocol.identity import KeyFileError, create_identity
+
+    from pool.trust import TrustStore
+
+    if home.key_file.exists():
+        raise UserError(f"an identity already exists at {home.key_file}; this node is initialised (see `p2pgolf id`)")
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        identity = create_identity(home.key_file)
+    except KeyFileError as exc:  # another `init` won the race
+        raise UserError(str(exc)) from None
+    with TrustStore(home.pool_db) as trust:
+        trust.set_own(identity.public_hex)
+    click.echo(f"initialised {home.root}")
+    click.echo(f"peer id:    {identity.peer_id}")
+    click.echo(f"public key: {identity.public_hex}")
+    click.echo(f"key file:   {home.key_file} (keep it private; it signs your results)")
+
+
+@click.command("id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def show_id(home: Home, as_json: bool) -> None:
+    """Print this node's peer id and public key."""
+    from protocol.identity import KeyFileError, load_identity
+
+    try:
+        identity = load_identity(home.key_file)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root)}))
+        return
+    click.echo(f"peer id:    {identity.peer_id}")
+    click.echo(f"public key: {identity.public_hex}")
+    click.echo(f"home:       {home.root}")
