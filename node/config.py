@@ -1,0 +1,125 @@
+"""Network settings from the data directory: bootstrap peers, listen addresses, limits, and the
+peers this node remembers across restarts.
+
+`config.toml` is the user's file; we only read it (TOML, via tomllib):
+
+    [network]
+    bootstrap = ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
+    listen = ["/ip4/0.0.0.0/tcp/4001"]   # default /ip4/127.0.0.1/tcp/0 (this machine only)
+    mdns = false
+
+    [limits]
+    unknown_key_cap = 1000
+
+`known_peers.toml` is ours: peers we have been connected to, newest first, rewritten atomically
+(write to a temporary file, then rename) so a crash never leaves half a file. A bad value in
+either file is a ProtocolError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from node.home import Home
+from node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
+from node.limits import Limits
+from protocol.errors import ProtocolError
+
+KNOWN_PEERS_FILE = "known_peers.toml"
+MAX_KNOWN_PEERS = 64
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings read from config.toml (command-line flags are added on top by the caller)."""
+
+    bootstrap: tuple[str, ...] = ()
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    mdns: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+def load_config(home: Home) -> NodeConfig:
+    """The node's config.toml, or defaults if there is none. ProtocolError for a bad file."""
+    path = home.config_file
+    if not path.exists():
+        return NodeConfig()
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProtocolError(f"cannot read it: {exc}", where) from None
+    unknown = sorted(set(data) - {"network", "limits"})
+    if unknown:
+        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network] and [limits]", where)
+    network = _table(data, "network", where)
+    extra = sorted(set(network) - {"bootstrap", "listen", "mdns"})
+    if extra:
+        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected bootstrap, listen, mdns", f"{where} [network]")
+    bootstrap = _strings(network.get("bootstrap", []), f"{where} network.bootstrap")
+    for addr in bootstrap:
+        parse_peer_addr(addr)
+    listen = _strings(network.get("listen", [DEFAULT_LISTEN]), f"{where} network.listen") or (DEFAULT_LISTEN,)
+    for addr in listen:
+        parse_listen(addr)
+    mdns = network.get("mdns", False)
+    if type(mdns) is not bool:
+        raise ProtocolError("must be true or false", f"{where} network.mdns")
+    limits_table = _table(data, "limits", where)
+    known = {f.name for f in dataclasses.fields(Limits)}
+    extra = sorted(set(limits_table) - known)
+    if extra:
+        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected some of {', '.join(sorted(known))}", f"{where} [limits]")
+    try:
+        limits = Limits(**limits_table)
+    except ProtocolError as exc:
+        raise ProtocolError(str(exc), where) from None
+    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits)
+
+
+def load_known_peers(home: Home) -> list[str]:
+    """Peer multiaddrs remembered from earlier runs (bad lines are skipped, never fatal)."""
+    path = home.root / KNOWN_PEERS_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    out = []
+    for addr in data.get("peers", []) if isinstance(data.get("peers"), list) else []:
+        try:
+            out.append(parse_peer_addr(addr).addr)
+        except (ProtocolError, TypeError):
+            continue
+    return out[:MAX_KNOWN_PEERS]
+
+
+def save_known_peers(home: Home, addrs: list[str]) -> None:
+    """Remember `addrs` (newest first, duplicates removed, at most MAX_KNOWN_PEERS)."""
+    unique = list(dict.fromkeys(addrs))[:MAX_KNOWN_PEERS]
+    path = home.root / KNOWN_PEERS_FILE
+    tmp = path.with_suffix(".toml.tmp")
+    lines = ["# Written by p2pgolf: peers this node has been connected to, newest first.", "peers = ["]
+    lines += [f'    "{a}",' for a in unique if '"' not in a and "\\" not in a]
+    lines.append("]")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _table(data: dict, name: str, where: str) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ProtocolError("must be a table", f"{where} [{name}]")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError("must be a list of strings", where)
+    return tuple(value)
+

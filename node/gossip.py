@@ -1,0 +1,155 @@
+"""Gossip: fresh records travel over gossipsub v1.1, one topic per benchmark.
+
+Guarantees:
+- Every message from a peer passes `Admission.admit` inside a synchronous topic validator that
+  never raises. Only records the gate accepts (new or already held) are delivered and
+  forwarded; invalid, blocked, over-cap and rate-limited ones are neither stored nor forwarded.
+- A peer that keeps sending invalid records is blacklisted for `Limits.ban_s` (which also drops
+  its connection): the penalty gossipsub's own scoring cannot yet give in py-libp2p 0.8.1.
+- py-libp2p's silent limits are raised (outbound queue per peer, subscription channel, spam
+  protection of 10 messages per topic per second), so bursts are not dropped; the pubsub
+  sequence number starts at time.time_ns() so a restarted node's messages are not taken for
+  duplicates of its previous life.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from node.limits import Admission, Verdict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from libp2p.abc import IHost
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GossipSettings:
+    """Mesh shape and timing. Degree 6 (4..12) is gossipsub's usual; 1 s heartbeats heal fast."""
+
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_s: float = 1.0
+    queue_size: int = 4096  # outbound RPCs per peer and messages per subscription before drops
+    seen_ttl_s: int = 120
+
+
+class Gossip:
+    """The gossipsub router and pubsub service of one host, with our validator on every topic."""
+
+    def __init__(self, host: "IHost", admission: Admission, topics: dict[str, str], settings: GossipSettings = GossipSettings()) -> None:
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+        from libp2p.pubsub.pubsub import Pubsub
+
+        raise_library_limits(settings.queue_size)
+        self.host = host
+        self.admission = admission
+        self.topics = dict(topics)  # bench id -> topic
+        self._bench_of = {t: b for b, t in self.topics.items()}
+        self.own_id = host.get_id()
+        self.router = GossipSub(
+            [PROTOCOL_ID_V11],  # v1.2 sends IDONTWANT for every message and doubles CPU per message
+            settings.degree,
+            settings.degree_low,
+            settings.degree_high,
+            heartbeat_interval=settings.heartbeat_s,
+            heartbeat_initial_delay=0.1,
+            spam_protection_enabled=False,  # per-peer limits live in the admission gate instead
+        )
+        self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s)
+        self.pubsub.counter = time.time_ns()
+        self.received = 0  # messages from peers that reached the validator
+        self.published = 0
+        self._subscriptions: list[Any] = []
+        for topic in self.topics.values():
+            self.pubsub.set_topic_validator(topic, self._validate, False)
+
+    def services(self) -> list[Any]:
+        """The libp2p services to run (pubsub first, then the router), before the host starts."""
+        return [self.pubsub, self.router]
+
+    async def start(self, nursery: Any) -> None:
+        """Subscribe to every topic; drain the subscriptions in `nursery` (records are stored by the gate)."""
+        await self.pubsub.wait_until_ready()
+        for topic in self.topics.values():
+            sub = await self.pubsub.subscribe(topic)
+            self._subscriptions.append(sub)
+            nursery.start_soon(_drain, sub)
+
+    async def publish(self, bench_id: str, raw: bytes) -> int:
+        """Send a record we already stored to the topic of its benchmark; returns how many
+        connected peers are subscribed to that topic (who will get it unless they drop it)."""
+        topic = self.topics[bench_id]
+        await self.pubsub.publish(topic, raw)
+        self.published += 1
+        return len(self.pubsub.peer_topics.get(topic, ()))
+
+    def topic_peers(self, bench_id: str) -> list[str]:
+        return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(self.topics[bench_id], ()))
+
+    def ban(self, peer: str) -> None:
+        """Shut `peer` out of pubsub (and drop its connection) until `lift` is called."""
+        from libp2p.peer.id import ID
+
+        try:
+            self.pubsub.add_to_blacklist(ID.from_base58(peer))
+        except Exception:
+            log.exception("cannot blacklist %s", peer)
+
+    def lift(self, peer: str) -> None:
+        from libp2p.peer.id import ID
+
+        try:
+            self.pubsub.remove_from_blacklist(ID.from_base58(peer))
+        except Exception:
+            log.exception("cannot lift the blacklist of %s", peer)
+
+    def _validate(self, forwarder: Any, msg: Any) -> bool:
+        # Runs synchronously inside pubsub: an exception here would end the whole node.
+        try:
+            if forwarder == self.own_id:
+                return True  # our own publish: the record was stored before it was sent
+            self.received += 1
+            topics = list(msg.topicIDs)
+            if len(topics) != 1 or topics[0] not in self._bench_of:
+                return False
+            verdict = self.admission.admit(bytes(msg.data), forwarder.to_base58())
+            if not verdict.accepted:
+                log.debug("rejected a gossiped record from %s: %s", forwarder, verdict.value)
+            return verdict.accepted
+        except Exception:
+            log.exception("gossip validator failed; rejecting the message")
+            return False
+
+
+def raise_library_limits(queue_size: int) -> None:
+    """Lift py-libp2p's silent drop points (module-level in 0.8.1): the per-peer outbound RPC
+    queue (32) and the subscription channel (32)."""
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.pubsub.rpc_queue import RpcQueue
+
+    pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(pubsub_module.SUBSCRIPTION_CHANNEL_SIZE, queue_size)
+    current = pubsub_module.RpcQueue
+    if getattr(current, "_p2pgolf_size", 0) >= queue_size:
+        return
+
+    class RoomyRpcQueue(RpcQueue):
+        _p2pgolf_size = queue_size
+
+        def __init__(self, max_size: int = queue_size, **kwargs: Any) -> None:
+            super().__init__(max(max_size, queue_size), **kwargs)
+
+    pubsub_module.RpcQueue = RoomyRpcQueue
+
+
+async def _drain(subscription: Any) -> None:
+    while True:
+        await subscription.get()
+
+
+__all__ = ["Gossip", "GossipSettings", "Verdict", "raise_library_limits"]

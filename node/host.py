@@ -1,0 +1,104 @@
+"""The libp2p host of a node: our own Ed25519 key as peer id, Noise only, Yamux only, TCP.
+
+`make_host` builds a host that offers exactly one security protocol (Noise; never plaintext,
+where a dialer could claim any peer id) and one muxer (Yamux). `parse_listen` and
+`parse_peer_addr` turn user-supplied multiaddr strings into values or a one-line error naming
+the bad address. libp2p is imported inside functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from protocol.errors import ProtocolError
+from protocol.identity import Identity, public_key_from_peer_id
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import multiaddr
+    from libp2p.abc import IHost
+
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+"""Safe default: loopback with a free port. Pass /ip4/0.0.0.0/tcp/4001 to be reachable by others."""
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    """A dialable peer: its peer id (12D3KooW...) and the multiaddr that ends in /p2p/<id>."""
+
+    peer_id: str
+    addr: str
+
+
+def make_host(identity: Identity, listen: list[str] | tuple[str, ...], *, enable_mdns: bool = False) -> "IHost":
+    """A libp2p host keyed by `identity`, offering Noise + Yamux, listening (once run) on `listen`."""
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.keys import KeyPair
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    private = Ed25519PrivateKey.from_bytes(identity.seed)
+    key_pair = KeyPair(private, private.get_public_key())
+    noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_ID: noise},
+        muxer_opt={YAMUX_ID: Yamux},
+        listen_addrs=[parse_listen(a) for a in listen],
+        enable_mDNS=enable_mdns,
+    )
+
+
+def parse_listen(text: str) -> "multiaddr.Multiaddr":
+    """A TCP listen multiaddr such as /ip4/127.0.0.1/tcp/0; ProtocolError naming the text otherwise."""
+    import multiaddr
+
+    try:
+        addr = multiaddr.Multiaddr(text)
+        names = [p.name for p in addr.protocols()]
+    except Exception as exc:
+        raise ProtocolError(f"{text!r} is not a multiaddr ({exc})", "listen") from None
+    if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+        raise ProtocolError(f"{text!r} must look like /ip4/ADDRESS/tcp/PORT", "listen")
+    return addr
+
+
+def parse_peer_addr(text: str) -> PeerAddr:
+    """A peer multiaddr ending in /p2p/<Ed25519 peer id>; ProtocolError naming the text otherwise."""
+    import multiaddr
+
+    try:
+        addr = multiaddr.Multiaddr(text)
+        peer_id = addr.value_for_protocol("p2p")
+        names = [p.name for p in addr.protocols()]
+    except Exception:
+        raise ProtocolError(f"{text!r} is not a peer multiaddr (expected /ip4/HOST/tcp/PORT/p2p/12D3KooW...)", "bootstrap") from None
+    if not peer_id or "tcp" not in names:
+        raise ProtocolError(f"{text!r} must name a TCP address and end with /p2p/<peer id>", "bootstrap")
+    try:
+        public_key_from_peer_id(str(peer_id))
+    except ProtocolError:
+        raise ProtocolError(f"{text!r}: {peer_id} is not the peer id of an Ed25519 key", "bootstrap") from None
+    return PeerAddr(peer_id=str(peer_id), addr=str(addr))
+
+
+def peer_info(peer: PeerAddr) -> Any:
+    """libp2p PeerInfo for a parsed peer address."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    return info_from_p2p_addr(multiaddr.Multiaddr(peer.addr))
+
+
+def full_addrs(host: "IHost") -> list[str]:
+    """The host's listen addresses with /p2p/<our id>, ready to give to other people."""
+    own = host.get_id().to_string()
+    out = []
+    for addr in host.get_addrs():
+        text = str(addr)
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
+    return out

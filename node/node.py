@@ -1,0 +1,347 @@
+"""The Node: one libp2p host with gossip, sync, discovery, the control socket and an optional
+worker (the research loop), all living in one trio nursery that the node owns.
+
+Guarantees:
+- `Node.run` returns only after every task it started has ended and the host is closed, so
+  cancelling it (Ctrl-C, SIGTERM, a test's cancel scope) closes every socket it opened,
+  the listening ones included.
+- Services start before the host and stop after it (py-libp2p raises if pubsub stops first).
+- Every record from the network passes one admission gate (node.limits.Admission), whether it
+  came by gossip or by sync; our own records are stored before they are sent.
+- A node syncs with each peer as soon as it is connected and again every `sync_interval_s`,
+  so a node that was offline, or is new, catches up and partitions heal.
+- The worker (`async def worker(node)`) runs in the node's nursery and is cancelled on
+  shutdown; if it fails, the node logs it and keeps serving as a relay and pool node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.config import load_known_peers, save_known_peers
+from node.control import serve as serve_control
+from node.discovery import Discovery
+from node.gossip import Gossip, GossipSettings
+from node.home import Home
+from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
+from node.limits import Admission, Limits, Verdict
+from node.status import NodeStatus, PeerStatus
+from node.sync import SyncError, SyncServer, peer_lacks, sync_with
+from protocol.benchmarks import Benchmark
+from protocol.errors import ProtocolError
+from protocol.identity import Identity
+from protocol.signing import SignedRecord, decode_record
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[["Node"], Awaitable[None]]
+STARTUP_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """How a node runs. Defaults are safe: loopback only, no mDNS, no control socket."""
+
+    benches: tuple[Benchmark, ...]
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = False
+    limits: Limits = field(default_factory=Limits)
+    gossip: GossipSettings = field(default_factory=GossipSettings)
+    sync_interval_s: float = 30.0
+    max_parallel_syncs: int = 4
+    control_socket: Path | None = None
+    home: Home | None = None  # where known peers are remembered; None: remember nothing
+
+    def __post_init__(self) -> None:
+        if not self.benches:
+            raise ProtocolError("a node needs at least one benchmark", "bench")
+        if not self.listen:
+            raise ProtocolError("a node needs at least one listen address", "listen")
+
+
+class Node:
+    """A p2pgolf node. Build it, then `await nursery.start(node.run)`; cancel to stop."""
+
+    def __init__(self, identity: Identity, store: Any, trust: Any, options: NodeOptions, *, worker: Worker | None = None) -> None:
+        self.identity = identity
+        self.store = store
+        self.trust = trust
+        self.options = options
+        self.worker = worker
+        self.bench_ids = frozenset(b.id for b in options.benches)
+        self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex)
+        self.host: Any = None
+        self.gossip: Gossip | None = None
+        self.sync_server: SyncServer | None = None
+        self.discovery: Discovery | None = None
+        self.records_published = 0
+        self.syncs = 0
+        self.sync_reports: list[Any] = []  # the last few, newest last
+        self.worker_state = "none" if worker is None else "starting"
+        self.started_at = time.monotonic()
+        self.new_records = trio.Event()  # set (and replaced) whenever a record from a peer is stored
+        self._synced: set[str] = set()
+        self._remembered: list[str] = []
+        self._nursery: Any = None
+        self._stopping = trio.Event()
+        self.admission.on_added = self._on_added
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start everything, report `self` through task_status, and run until cancelled (or
+        `stop()`); then shut down in order and return."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve)
+            task_status.started(self)
+            try:
+                await self._stopping.wait()
+            finally:
+                self._stopping.set()  # also on cancellation: _serve shuts down in order
+
+    def stop(self) -> None:
+        """Ask a running node to shut down; `run` returns when it has."""
+        self._stopping.set()
+
+    async def _serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Shielded: a cancel that reached py-libp2p's own tasks mid-close would leave sockets
+        # open (a connection marked closed whose socket never is). Instead we wait for the stop
+        # signal and close the host while its tasks still run, then stop the services.
+        from libp2p.tools.anyio_service import background_trio_service
+
+        with trio.CancelScope(shield=True):
+            opts = self.options
+            self.host = make_host(self.identity, list(opts.listen), enable_mdns=opts.mdns)
+            self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
+            self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
+            self.sync_server.attach(self.host)
+            self.admission.on_ban = self._ban
+            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
+            if opts.home is not None:
+                self._remembered = load_known_peers(opts.home)
+            async with AsyncExitStack() as stack:
+                for service in self.gossip.services():
+                    await stack.enter_async_context(background_trio_service(service))
+                await stack.enter_async_context(self.host.run([_maddr(a) for a in opts.listen]))
+                stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    with trio.fail_after(STARTUP_TIMEOUT_S):
+                        await self.gossip.start(nursery)
+                        initial = list(dict.fromkeys([*opts.bootstrap, *self._remembered]))
+                        await nursery.start(self.discovery.run, initial)
+                        if opts.control_socket is not None:
+                            await nursery.start(serve_control, opts.control_socket, self)
+                    nursery.start_soon(self._sync_loop)
+                    nursery.start_soon(self._ban_loop)
+                    if self.worker is not None:
+                        nursery.start_soon(self._run_worker)
+                    self.started_at = time.monotonic()
+                    task_status.started()
+                    await self._stopping.wait()
+                    nursery.cancel_scope.cancel()  # our own tasks first; the host is still whole
+
+    @property
+    def addrs(self) -> list[str]:
+        """Multiaddrs others can dial (with /p2p/<our id>)."""
+        return full_addrs(self.host) if self.host is not None else []
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def connected_peers(self) -> list[str]:
+        return sorted(p.to_base58() for p in self.host.get_connected_peers()) if self.host is not None else []
+
+    # --- publishing ------------------------------------------------------------------
+
+    async def publish(self, raw: bytes) -> tuple[SignedRecord, Verdict, int]:
+        """Store a signed record (ours or anyone's) and gossip it. Returns the record, what the
+        pool made of it, and how many connected peers are subscribed to its topic.
+        ProtocolError if it is invalid, for another benchmark, or by a blocked key."""
+        signed = decode_record(raw)
+        if signed.bench not in self.bench_ids:
+            raise ProtocolError(f"record {signed.id[:12]} is for benchmark {signed.bench[:12]}..., which this node does not serve", "bench")
+        if signed.author == self.identity.public_hex:
+            verdict = self.admission.admit_signed(signed)
+        else:
+            verdict = self.admission.admit(raw, None)
+        if not verdict.accepted:
+            raise ProtocolError(f"record {signed.id[:12]} was not accepted by this node's pool: {verdict.value}")
+        peers = await self.gossip.publish(signed.bench, signed.raw)
+        self.records_published += 1
+        return signed, verdict, peers
+
+    async def peers_holding(self, record_id: str, *, within_s: float = 5.0) -> int:
+        """How many connected peers confirm (over sync) that they hold `record_id`, asking
+        each until it does or `within_s` passes."""
+        holders = 0
+        deadline = trio.current_time() + within_s
+
+        async def ask(peer: str) -> None:
+            nonlocal holders
+            while trio.current_time() < deadline:
+                try:
+                    with trio.move_on_at(deadline):
+                        if not await peer_lacks(self.host, peer, [record_id]):
+                            holders += 1
+                            return
+                except SyncError:
+                    pass
+                await trio.sleep(0.2)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.connected_peers():
+                nursery.start_soon(ask, peer)
+        return holders
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        counts = self.admission.counts
+        rejected = sum(counts[v] for v in (Verdict.INVALID, Verdict.WRONG_BENCH, Verdict.BLOCKED, Verdict.OVER_CAP, Verdict.RATE_LIMITED, Verdict.ERROR))
+        served = self.sync_server.served_records if self.sync_server else 0
+        names = {b.id: b.name for b in self.options.benches}
+        peers = []
+        for peer in self.connected_peers():
+            topics = tuple(names[b] for b in sorted(self.bench_ids) if self.gossip and peer in self.gossip.topic_peers(b))
+            addrs: tuple[str, ...] = ()
+            try:
+                from libp2p.peer.id import ID
+
+                addrs = tuple(str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer)))
+            except Exception:
+                pass
+            peers.append(PeerStatus(peer, addrs, topics, self.admission.limiter.invalid_count(peer)))
+        return NodeStatus(
+            peer_id=self.peer_id,
+            addrs=tuple(self.addrs),
+            benches=tuple(b.name for b in self.options.benches),
+            peers=tuple(peers),
+            pool_records=sum(self.store.count(bench=b) for b in self.bench_ids),
+            records_in=counts[Verdict.ADDED],
+            records_out=self.records_published + served,
+            rejected=rejected,
+            gossip_received=self.gossip.received if self.gossip else 0,
+            syncs=self.syncs,
+            uptime_s=time.monotonic() - self.started_at,
+            worker=self.worker_state,
+        )
+
+    async def control(self, request: dict) -> dict:
+        """Answer one control-socket request (see node.control)."""
+        op = request.get("op")
+        if op in ("status", "peers"):
+            return {"ok": True, "status": self.status().to_json()}
+        if op == "publish":
+            records = request.get("records")
+            confirm_s = request.get("confirm_s", 3.0)
+            if not isinstance(records, list) or not records or not all(isinstance(r, str) for r in records):
+                return {"ok": False, "error": "publish needs a non-empty list of hex records"}
+            if not isinstance(confirm_s, (int, float)) or not 0 <= confirm_s <= 60:
+                return {"ok": False, "error": "confirm_s must be a number of seconds in [0, 60]"}
+            results = []
+            for text in records:
+                try:
+                    signed, verdict, subscribed = await self.publish(bytes.fromhex(text))
+                except (ValueError, ProtocolError) as exc:
+                    results.append({"error": str(exc)})
+                    continue
+                results.append({"id": signed.id, "verdict": verdict.value, "subscribed": subscribed})
+            if confirm_s > 0 and len(results) == 1 and "id" in results[0]:
+                results[0]["peers"] = await self.peers_holding(results[0]["id"], within_s=confirm_s)
+            return {"ok": True, "results": results}
+        return {"ok": False, "error": f"unknown op {op!r}; expected status, peers or publish"}
+
+    # --- internals -------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        """Sync with every newly connected peer at once, and with all of them periodically."""
+        limiter = trio.CapacityLimiter(self.options.max_parallel_syncs)
+        running: set[str] = set()
+        last_round = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            while True:
+                connected = set(self.connected_peers())
+                self._synced &= connected  # a peer that reconnects is synced again
+                due = trio.current_time() - last_round >= self.options.sync_interval_s
+                if due:
+                    last_round = trio.current_time()
+                for peer in connected:
+                    if peer in running or (peer in self._synced and not due):
+                        continue
+                    running.add(peer)
+                    self._synced.add(peer)
+                    nursery.start_soon(self._sync_peer, peer, limiter, running)
+                await trio.sleep(0.25)
+
+    async def _sync_peer(self, peer: str, limiter: trio.CapacityLimiter, running: set[str]) -> None:
+        try:
+            async with limiter:
+                for bench in sorted(self.bench_ids):
+                    report = await sync_with(self.host, peer, bench, self.store, self.admission)
+                    self.syncs += 1
+                    self.sync_reports = [*self.sync_reports[-19:], report]
+                    if report.fetched:
+                        log.info("synced %d records from %s (%s)", report.fetched, peer, report.verdicts)
+        except SyncError as exc:
+            log.debug("sync with %s failed: %s", peer, exc)
+            self._synced.discard(peer)  # try again on the next pass
+        finally:
+            running.discard(peer)
+
+    async def _ban_loop(self) -> None:
+        while True:
+            await trio.sleep(5)
+            for peer in self.admission.limiter.expired_bans():
+                if self.gossip is not None:
+                    self.gossip.lift(peer)
+
+    def _ban(self, peer: str) -> None:
+        if self.gossip is not None:
+            self.gossip.ban(peer)
+
+    async def _run_worker(self) -> None:
+        self.worker_state = "running"
+        try:
+            await self.worker(self)
+            self.worker_state = "stopped"
+        except Exception as exc:  # the node outlives a failed research loop
+            log.exception("the worker failed; the node keeps running as a relay and pool node")
+            self.worker_state = f"failed: {type(exc).__name__}: {exc}"[:200]
+
+    def _on_added(self, record_id: str) -> None:
+        self.new_records.set()
+        self.new_records = trio.Event()
+
+    def _remember(self, peer: PeerAddr) -> None:
+        if self.options.home is None:
+            return
+        self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
+        try:
+            save_known_peers(self.options.home, self._remembered)
+        except OSError as exc:
+            log.warning("cannot remember peers: %s", exc)
+
+    async def _close_host(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await self.host.close()
+            except Exception:
+                log.debug("error while closing the host", exc_info=True)
+
+
+def _maddr(text: str) -> Any:
+    import multiaddr
+
+    return multiaddr.Multiaddr(text)

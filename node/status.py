@@ -1,0 +1,64 @@
+"""A snapshot of a running node, and how it is shown: one status line, a peers table, JSON.
+
+`NodeStatus` is a plain value (what the control socket sends and `p2pgolf status --json`
+prints); rendering never touches the node itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One connected peer."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    topics: tuple[str, ...]  # benchmark names we share with it over gossip
+    invalid: int  # invalid records it sent us
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What a node is doing right now."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    benches: tuple[str, ...]
+    peers: tuple[PeerStatus, ...]
+    pool_records: int  # records of our benchmarks in the pool
+    records_in: int  # new records stored from peers (gossip and sync)
+    records_out: int  # records we published plus records we served by sync
+    rejected: int  # records refused at the edge (invalid, blocked, over cap, rate limited)
+    gossip_received: int
+    syncs: int
+    uptime_s: float
+    worker: str  # "none", "running", "stopped" or "failed: ..."
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NodeStatus":
+        peers = tuple(PeerStatus(p["peer_id"], tuple(p["addrs"]), tuple(p["topics"]), int(p["invalid"])) for p in data["peers"])
+        fields = {k: v for k, v in data.items() if k != "peers"}
+        for key in ("addrs", "benches"):
+            fields[key] = tuple(fields[key])
+        return cls(peers=peers, **fields)
+
+    def line(self) -> str:
+        """One line for a terminal or a log: peers, pool size, records in and out."""
+        return (
+            f"peers {len(self.peers)}  pool {self.pool_records}  in {self.records_in}  out {self.records_out}"
+            f"  rejected {self.rejected}  up {_duration(self.uptime_s)}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,305 @@
+"""Sync: a node fetches every record it lacks from a peer, by comparing summaries.
+
+Protocol `/p2pgolf/sync/1.0.0` on a raw libp2p stream. Each frame is a 4-byte big-endian length
+and a canonical msgpack map; the client sends requests one at a time and reads one reply each:
+
+    {"op": "summary", "bench": hex}            -> {"buckets": [[start_ms, count, digest_hex], ...]}
+    {"op": "ids", "bench": hex, "starts": [..]} -> {"ids": [32-byte id, ...]}  (hour buckets)
+    {"op": "get", "ids": [32-byte id, ...]}    -> {"records": [envelope bytes, ...]}
+    {"op": "have", "ids": [32-byte id, ...]}   -> {"missing": [32-byte id, ...]}
+    anything wrong                             -> {"error": "message"} and the stream is closed
+
+The client asks only for the ids of hour buckets whose (count, digest) differ, then only for the
+records it lacks, so a sync between two equal pools of 10,000 records moves one summary.
+Guarantees: every read is bounded (frame size, list lengths) and every wait has a timeout;
+records that arrive by sync pass the same admission gate as gossip; a peer may make at most
+`Limits.sync_requests_per_s` requests per second; the server never raises into libp2p.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.limits import Admission, Verdict
+from protocol import canonical
+from protocol.errors import ProtocolError
+from protocol.signing import MAX_RECORD_BYTES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from libp2p.abc import IHost
+
+log = logging.getLogger(__name__)
+
+SYNC_PROTOCOL = "/p2pgolf/sync/1.0.0"
+MAX_FRAME = 8 * 1024 * 1024
+MAX_IDS_REPLY = 200_000  # ids in one reply (6.8 MB of frame)
+MAX_STARTS = 2_000  # buckets asked for in one request
+MAX_GET = 256  # records asked for in one request (at most 4 MiB of envelopes)
+MAX_BUCKETS = 100_000
+REQUEST_TIMEOUT_S = 10.0  # one request and its reply
+IDLE_TIMEOUT_S = 30.0  # a server waits this long for the next request
+OPEN_TIMEOUT_S = 10.0
+BUCKET_MS = 3_600_000  # the store's precomputed summary buckets
+
+
+class SyncError(Exception):
+    """The peer broke the protocol, timed out, or went away."""
+
+
+@dataclass
+class SyncReport:
+    """What one sync with one peer moved."""
+
+    peer: str
+    bench: str
+    buckets_differing: int = 0
+    ids_compared: int = 0
+    fetched: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def added(self) -> int:
+        return self.verdicts.get(Verdict.ADDED.value, 0)
+
+
+class SyncServer:
+    """Answers sync requests from peers out of our pool."""
+
+    def __init__(self, store: Any, admission: Admission, bench_ids: set[str] | frozenset[str]) -> None:
+        self.store = store
+        self.admission = admission
+        self.bench_ids = frozenset(bench_ids)
+        self.served_records = 0
+        self.requests = 0
+
+    def attach(self, host: "IHost") -> None:
+        from libp2p.custom_types import TProtocol
+
+        host.set_stream_handler(TProtocol(SYNC_PROTOCOL), self.handle)
+
+    async def handle(self, stream: Any) -> None:
+        """Serve one stream until the peer closes it, breaks a rule, or idles too long."""
+        peer = _remote_peer(stream)
+        limiter = self.admission.limiter
+        try:
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT_S):
+                    request = await read_frame(stream, allow_eof=True)
+                    if request is None:
+                        return
+                    if limiter.is_banned(peer) or not limiter.allow_request(peer):
+                        await _write_timed(stream, {"error": "too many requests; slow down"})
+                        return
+                    self.requests += 1
+                    try:
+                        reply = self._answer(request)
+                    except ProtocolError as exc:
+                        await _write_timed(stream, {"error": str(exc)})
+                        return
+                    await _write_timed(stream, reply)
+                    continue
+                return  # idle
+        except (SyncError, trio.TooSlowError) as exc:
+            log.debug("sync stream from %s ended: %s", peer, exc)
+        except Exception:
+            log.exception("sync server error with %s", peer)
+        finally:
+            await _close(stream)
+
+    def _answer(self, request: Any) -> dict:
+        if not isinstance(request, dict):
+            raise ProtocolError("request must be a map")
+        op = request.get("op")
+        if op == "summary":
+            bench = self._bench(request)
+            buckets = self.store.summary(bench)[-MAX_BUCKETS:]
+            return {"buckets": [[b.start_ms, b.count, b.digest] for b in buckets]}
+        if op == "ids":
+            bench = self._bench(request)
+            starts = _int_list(request.get("starts"), MAX_STARTS, "starts")
+            ids: list[bytes] = []
+            for start in starts:
+                ids.extend(bytes.fromhex(i) for i in self.store.ids_between(bench, start, start + BUCKET_MS))
+                if len(ids) > MAX_IDS_REPLY:
+                    raise ProtocolError(f"more than {MAX_IDS_REPLY} ids asked for at once; ask for fewer buckets")
+            return {"ids": ids}
+        if op == "get":
+            wanted = _id_list(request.get("ids"), MAX_GET)
+            records = self.store.raw_many(wanted)
+            self.served_records += len(records)
+            return {"records": records}
+        if op == "have":
+            wanted = _id_list(request.get("ids"), MAX_GET)
+            return {"missing": [bytes.fromhex(i) for i in self.store.missing(wanted)]}
+        raise ProtocolError(f"unknown sync op {op!r}")
+
+    def _bench(self, request: dict) -> str:
+        bench = request.get("bench")
+        if not isinstance(bench, str) or bench not in self.bench_ids:
+            raise ProtocolError("this node does not serve that benchmark", "bench")
+        return bench
+
+
+async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission: Admission) -> SyncReport:
+    """Fetch from `peer` every record of `bench` that our pool lacks. Raises SyncError."""
+    report = SyncReport(peer=peer, bench=bench)
+    stream = await open_sync_stream(host, peer)
+    try:
+        reply = await request(stream, {"op": "summary", "bench": bench})
+        remote = _buckets(reply)
+        local = {b.start_ms: (b.count, b.digest) for b in store.summary(bench)}
+        differing = [start for start, value in remote.items() if local.get(start) != value]
+        report.buckets_differing = len(differing)
+        for i in range(0, len(differing), MAX_STARTS):
+            reply = await request(stream, {"op": "ids", "bench": bench, "starts": differing[i : i + MAX_STARTS]})
+            ids = _id_list(reply.get("ids"), MAX_IDS_REPLY)
+            report.ids_compared += len(ids)
+            lacking = store.missing(ids)
+            for j in range(0, len(lacking), MAX_GET):
+                chunk = lacking[j : j + MAX_GET]
+                reply = await request(stream, {"op": "get", "ids": [bytes.fromhex(x) for x in chunk]})
+                records = reply.get("records")
+                if not isinstance(records, list) or len(records) > len(chunk) or not all(type(r) is bytes for r in records):
+                    raise SyncError("malformed get reply")
+                report.fetched += len(records)
+                tally = admission.admit_batch(records, peer)
+                for verdict, n in tally.items():
+                    if n:
+                        report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n
+                await trio.sleep(0)  # let gossip and the control socket breathe between batches
+    finally:
+        await _close(stream)
+    return report
+
+
+async def peer_lacks(host: "IHost", peer: str, ids: list[str]) -> list[str]:
+    """Which of `ids` (at most MAX_GET) `peer` does not hold. Raises SyncError."""
+    stream = await open_sync_stream(host, peer)
+    try:
+        reply = await request(stream, {"op": "have", "ids": [bytes.fromhex(i) for i in ids[:MAX_GET]]})
+        return _id_list(reply.get("missing"), MAX_GET)
+    finally:
+        await _close(stream)
+
+
+async def open_sync_stream(host: "IHost", peer: str) -> Any:
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    try:
+        with trio.fail_after(OPEN_TIMEOUT_S):
+            return await host.new_stream(ID.from_base58(peer), [TProtocol(SYNC_PROTOCOL)])
+    except trio.TooSlowError:
+        raise SyncError(f"opening a sync stream to {peer} timed out") from None
+    except Exception as exc:
+        raise SyncError(f"cannot open a sync stream to {peer}: {exc}") from None
+
+
+async def request(stream: Any, message: dict) -> dict:
+    """Send one request and read its reply, within REQUEST_TIMEOUT_S. Raises SyncError."""
+    try:
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            await write_frame(stream, message)
+            reply = await read_frame(stream)
+    except trio.TooSlowError:
+        raise SyncError(f"{message.get('op')} request timed out") from None
+    if not isinstance(reply, dict):
+        raise SyncError("reply is not a map")
+    if "error" in reply:
+        raise SyncError(f"peer refused: {str(reply['error'])[:200]}")
+    return reply
+
+
+async def write_frame(stream: Any, message: dict) -> None:
+    data = canonical.encode(message)
+    if len(data) > MAX_FRAME:
+        raise SyncError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    try:
+        await stream.write(struct.pack(">I", len(data)) + data)
+    except Exception as exc:
+        raise SyncError(f"write failed: {exc}") from None
+
+
+async def read_frame(stream: Any, *, allow_eof: bool = False) -> Any:
+    """One frame's decoded value; None at a clean end of stream when `allow_eof`."""
+    header = await _read_exactly(stream, 4, allow_eof=allow_eof)
+    if header is None:
+        return None
+    (length,) = struct.unpack(">I", header)
+    if length > MAX_FRAME:
+        raise SyncError(f"peer announced a frame of {length} bytes; the limit is {MAX_FRAME}")
+    data = await _read_exactly(stream, length, allow_eof=False)
+    try:
+        return canonical.decode(data, max_len=MAX_FRAME)
+    except ProtocolError as exc:
+        raise SyncError(f"undecodable frame: {exc}") from None
+
+
+async def _read_exactly(stream: Any, n: int, *, allow_eof: bool) -> bytes | None:
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        try:
+            chunk = await stream.read(n - got)
+        except StreamEOF:
+            chunk = b""
+        except Exception as exc:
+            raise SyncError(f"read failed: {exc}") from None
+        if not chunk:
+            if allow_eof and got == 0:
+                return None
+            raise SyncError("stream ended inside a frame")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+async def _write_timed(stream: Any, message: dict) -> None:
+    with trio.fail_after(REQUEST_TIMEOUT_S):
+        await write_frame(stream, message)
+
+
+async def _close(stream: Any) -> None:
+    with trio.move_on_after(2):
+        try:
+            await stream.close()
+        except Exception:
+            pass
+
+
+def _remote_peer(stream: Any) -> str:
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except Exception:
+        return "unknown"
+
+
+def _buckets(reply: dict) -> dict[int, tuple[int, str]]:
+    rows = reply.get("buckets")
+    if not isinstance(rows, list) or len(rows) > MAX_BUCKETS:
+        raise SyncError("malformed summary reply")
+    out: dict[int, tuple[int, str]] = {}
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3 and type(row[0]) is int and type(row[1]) is int and type(row[2]) is str):
+            raise SyncError("malformed summary bucket")
+        out[row[0]] = (row[1], row[2])
+    return out
+
+
+def _int_list(value: Any, limit: int, where: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > limit or not all(type(v) is int for v in value):
+        raise ProtocolError(f"must be a list of at most {limit} integers", where)
+    return value
+
+
+def _id_list(value: Any, limit: int) -> list[str]:
+    if not isinstance(value, list) or len(value) > limit or not all(type(v) is bytes and len(v) == 32 for v in value):
+        raise SyncError(f"expected a list of at most {limit} 32-byte ids")
+    return [v.hex() for v in value]
