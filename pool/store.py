@@ -133,13 +133,20 @@ class PoolStore:
                 decoded.append(decode_record(raw, now_ms=now_ms))
             except ProtocolError as exc:
                 rejected.append((index, str(exc)))
+        report = self.add_verified(decoded, now_ms=now_ms)
+        return AddReport(report.added, report.duplicates, rejected)
+
+    def add_verified(self, records: Iterable[SignedRecord], *, now_ms: int | None = None) -> AddReport:
+        """Store records that `decode_record` or our signer produced, in one transaction."""
+        now_ms = _now_ms() if now_ms is None else now_ms
         added: list[str] = []
         duplicates: list[str] = []
-        if decoded:
+        records = list(records)
+        if records:
             with self._write() as conn:
-                for rec in decoded:
+                for rec in records:
                     (added if _insert(conn, rec, now_ms) else duplicates).append(rec.id)
-        return AddReport(added, duplicates, rejected)
+        return AddReport(added, duplicates, [])
 
     # --- reading -----------------------------------------------------------------------
 

@@ -7,8 +7,9 @@
   so they read back to the same float64 and the body re-encodes to the signed bytes.
 
 Import verifies every record exactly as if a peer had sent it (a JSON line is re-encoded
-canonically, wrapped with its signature and passed to `decode_record`; its id must match),
-stores the good ones in batches and reports each reject with its line or item number.
+canonically, wrapped with its signature and passed to `decode_record`; then its id must
+match), stores the good ones in batches of IMPORT_BATCH and reports each reject with its
+line or item number (1-based), in file order.
 A corrupt or hostile file never removes or changes anything already stored. Export writes
 a temporary file and renames it into place, so a failed export leaves no half file.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ import msgpack
 
 from protocol import canonical
 from protocol.errors import ProtocolError
-from protocol.signing import MAX_RECORD_BYTES, record_id
+from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
 
 from pool.store import PoolStore
 
@@ -105,32 +107,32 @@ def import_records(store: PoolStore, path: str | Path, *, format: str | None = N
         raise TransferError(f"no such file: {path}")
     fmt = detect_format(path, format)
     report = ImportReport(format=fmt)
-    items = _read_jsonl(path) if fmt == "jsonl" else _read_msgpack(path)
-    pending: list[tuple[int, bytes]] = []
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    items = _read_jsonl(path, now_ms) if fmt == "jsonl" else _read_msgpack(path, now_ms)
+    pending: list[SignedRecord] = []
 
     def flush() -> None:
-        result = store.add_many([raw for _, raw in pending], now_ms=now_ms)
+        result = store.add_verified(pending, now_ms=now_ms)
         report.added.extend(result.added)
         report.duplicates.extend(result.duplicates)
-        report.rejected.extend((pending[i][0], reason) for i, reason in result.rejected)
         pending.clear()
 
-    for number, raw, error in items:
+    for number, rec, error in items:
         if error is not None:
             report.rejected.append((number, error))
             continue
-        pending.append((number, raw))
+        pending.append(rec)
         if len(pending) >= IMPORT_BATCH:
             flush()
     if pending:
         flush()
-    report.rejected.sort()
     return report
 
 
-def json_line_to_envelope(line: str | bytes) -> bytes:
-    """The canonical envelope of one JSON line; ProtocolError if the line is malformed or its
-    id does not match. The signature is checked later, by `decode_record`."""
+def decode_json_line(line: str | bytes, *, now_ms: int | None = None) -> SignedRecord:
+    """The verified record of one JSON line: its body re-encoded canonically and wrapped with
+    its signature goes through `decode_record`, then the line's id must match. Raises only
+    ProtocolError."""
     try:
         item = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except ProtocolError:
@@ -149,10 +151,11 @@ def json_line_to_envelope(line: str | bytes) -> bytes:
     if signature is None or len(signature) != 64:
         raise ProtocolError("must be 128 hex characters (an Ed25519 signature)", "sig")
     body = canonical.encode(record)
-    actual = record_id(body).hex()
-    if id_ != actual:
-        raise ProtocolError(f"does not match the record (its id is {actual})", "id")
-    return canonical.encode({"body": body, "sig": signature})
+    envelope = canonical.encode({"body": body, "sig": signature})
+    rec = decode_record(envelope, now_ms=now_ms)
+    if id_ != rec.id:
+        raise ProtocolError(f"does not match the record (its id is {rec.id})", "id")
+    return rec
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def _json_line(id_: str, raw: bytes) -> bytes:
     return line.encode() + b"\n"
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+def _read_jsonl(path: Path, now_ms: int) -> Iterator[tuple[int, SignedRecord | None, str | None]]:
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -178,12 +181,12 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
                 yield number, None, f"line is {len(line)} bytes; a record's line is at most {MAX_LINE_BYTES}"
                 continue
             try:
-                yield number, json_line_to_envelope(line), None
+                yield number, decode_json_line(line, now_ms=now_ms), None
             except ProtocolError as exc:
                 yield number, None, str(exc)
 
 
-def _read_msgpack(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+def _read_msgpack(path: Path, now_ms: int) -> Iterator[tuple[int, SignedRecord | None, str | None]]:
     with open(path, "rb") as f:
         unpacker = msgpack.Unpacker(
             f,
@@ -211,7 +214,10 @@ def _read_msgpack(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
             if type(item) is not bytes:
                 yield number, None, f"item must be a msgpack bin holding one envelope, got {type(item).__name__}"
                 continue
-            yield number, item, None
+            try:
+                yield number, decode_record(item, now_ms=now_ms), None
+            except ProtocolError as exc:
+                yield number, None, str(exc)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -188,12 +188,12 @@ def lineage(home: Home, record_id: str, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "msgpack"]), help="Default: from the file name or its first byte.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-@click.pass_context
-def import_(ctx: click.Context, file: Path, fmt: str | None, as_json: bool) -> None:
+@click.pass_obj
+def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
     """Verify and add records from a .jsonl or .msgpack file; report every reject."""
     from pool.transfer import TransferError, import_records
 
-    with open_pool(ctx.obj) as store:
+    with open_pool(home) as store:
         try:
             report = import_records(store, file, format=fmt)
         except TransferError as exc:
@@ -211,9 +211,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, as_json: bool) -> N
             click.echo(f"{file}: {report.unit} {number}: {reason}", err=True)
         click.echo(f"imported {len(report.added)} new, {len(report.duplicates)} already present, {len(report.rejected)} rejected ({file})")
     if report.rejected:
-        if not as_json:
-            click.echo(f"error: {len(report.rejected)} record(s) rejected; the valid ones were stored", err=True)
-        ctx.exit(1)
+        raise UserError(f"{len(report.rejected)} record(s) rejected; the valid ones were stored")
 
 
 @pool.command("export")
