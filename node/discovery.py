@@ -92,8 +92,10 @@ class Discovery:
             self.failed_dials += 1
             log.debug("dial %s failed: %s", peer.addr, exc)
             return False
-        if self.on_connected is not None:
-            self.on_connected(peer)
+        finally:
+            # Also when cancelled after the connection was made (a short-lived node stopping).
+            if self.on_connected is not None and self.is_connected(peer.peer_id):
+                self.on_connected(peer)
         return True
 
     async def _keep(self, peer: PeerAddr) -> None:
@@ -114,6 +116,9 @@ class Discovery:
         while True:
             await trio.sleep(WATCH_INTERVAL_S)
             now = trio.current_time()
+            connected = {pid.to_base58() for pid in self.host.get_connected_peers()}
+            for key in [k for k in self._inbound_since if k not in connected]:
+                del self._inbound_since[key]  # the clock restarts if it comes back
             for pid in self.host.get_connected_peers():
                 key = pid.to_base58()
                 if key in self.known:

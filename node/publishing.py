@@ -1,0 +1,100 @@
+"""Turn a finished local run (the trainer's result.json) into a signed Result record.
+
+`sign_run(data, identity)` is the one way a run becomes a record, used by `p2pgolf publish`
+and the research loop. It refuses runs whose status is not "ok", checks that the benchmark id
+matches the benchmark name when the name is known, and builds every field through the protocol
+types, so a record it returns is one every peer accepts. Mistakes are ProtocolError naming the
+field of result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol.benchmarks import BENCHMARKS, benchmark
+from protocol.errors import ProtocolError
+from protocol.identity import Identity
+from protocol.records import HardwareClass, Metrics, Result
+from protocol.signing import SignedRecord, sign_record
+
+RESULT_FILE = "result.json"
+MAX_RESULT_BYTES = 1 << 20
+RUN_FIELDS = ("bench", "bench_name", "base", "diff", "seed", "budget_s", "hw", "metrics", "artifact_sha256", "trainer", "status", "parents", "note")
+_FLOAT_METRICS = ("val_bpb", "val_loss")
+
+
+def sign_run(data: dict[str, Any], identity: Identity, *, now_ms: int | None = None) -> SignedRecord:
+    """The signed Result of a run whose result.json decoded to `data`."""
+    return sign_record(result_from_run(data, identity.public_hex, now_ms=now_ms), identity.signing_key)
+
+
+def result_from_run(data: dict[str, Any], author: str, *, now_ms: int | None = None) -> Result:
+    """The (unsigned) Result of a run; ProtocolError naming the field for anything wrong."""
+    if not isinstance(data, dict):
+        raise ProtocolError("must be a JSON object", RESULT_FILE)
+    missing = [f for f in RUN_FIELDS if f not in data]
+    if missing:
+        raise ProtocolError(f"missing field(s) {', '.join(missing)}", RESULT_FILE)
+    status = data["status"]
+    if status != "ok":
+        raise ProtocolError(f"the run's status is {status!r}; only runs with status 'ok' can be published", "status")
+    bench_id, name = data["bench"], data["bench_name"]
+    if isinstance(name, str) and name.split("@", 1)[0] in BENCHMARKS:
+        expected = benchmark(name).id
+        if bench_id != expected:
+            raise ProtocolError(f"{bench_id!r} is not the id of benchmark {name!r} ({expected})", "bench")
+    hw = data["hw"]
+    metrics = data["metrics"]
+    if not isinstance(hw, dict):
+        raise ProtocolError("must be an object", "hw")
+    if not isinstance(metrics, dict):
+        raise ProtocolError("must be an object", "metrics")
+    # JSON writes 3.0 as 3 sometimes; the wire wants floats where the protocol says float.
+    metrics = {k: (float(v) if k in _FLOAT_METRICS and type(v) is int else v) for k, v in metrics.items()}
+    budget = data["budget_s"]
+    if type(budget) is int:
+        budget = float(budget)
+    parents = data["parents"]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ProtocolError("must be a list of record ids", "parents")
+    diff = data["diff"]
+    if not isinstance(diff, dict):
+        raise ProtocolError("must be an object of knob names to values", "diff")
+    note = data["note"] if data["note"] is not None else ""
+    result = Result(
+        bench=bench_id,
+        author=author,
+        created_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+        base=data["base"],
+        diff=diff,
+        hw=HardwareClass.from_wire(hw),
+        budget_s=budget,
+        seed=data["seed"],
+        metrics=Metrics.from_wire(metrics),
+        parents=tuple(sorted(set(parents))),
+        artifact=data["artifact_sha256"],
+        trainer=data["trainer"],
+        note=note,
+    )
+    return result
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """The decoded result.json of a run directory (or of the file itself)."""
+    file = path / RESULT_FILE if path.is_dir() else path
+    try:
+        text = file.read_bytes()
+    except OSError as exc:
+        raise ProtocolError(f"cannot read {file}: {exc.strerror or exc}") from None
+    if len(text) > MAX_RESULT_BYTES:
+        raise ProtocolError(f"{file} is {len(text)} bytes; a result.json is at most {MAX_RESULT_BYTES}")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{file} must hold a JSON object")
+    return data
