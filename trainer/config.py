@@ -17,7 +17,7 @@ from protocol import knobs
 from protocol.benchmarks import Benchmark, benchmark
 from protocol.errors import ProtocolError
 
-__all__ = ["BACKENDS", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size"]
+__all__ = ["BACKENDS", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark"]
 
 BACKENDS = ("auto", "torch", "mlx")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -28,11 +28,25 @@ _TASK_VOCAB = {"parameter-golf": 1024, "smoke-bytes": 256}
 
 
 def benchmark_vocab_size(bench: Benchmark) -> int:
-    """How many token ids the benchmark's data uses."""
-    try:
-        return _TASK_VOCAB[bench.task]
-    except KeyError:
-        raise ProtocolError(f"the trainer does not know benchmark task {bench.task!r}") from None
+    """How many token ids the benchmark's data uses (0 when only its data can say: custom text)."""
+    return _TASK_VOCAB.get(bench.task, 0)
+
+
+def resolve_benchmark(bench_name: str, data_dir: str | None, budget_s: float | None = None) -> Benchmark:
+    """A protocol benchmark by name (NAME or NAME@SECONDSs), or `custom` / `custom/...` for the
+    dataset built by `p2pgolf data build` in `data_dir`; under `budget_s` if given."""
+    if bench_name == "custom" or bench_name.startswith("custom/"):
+        from trainer.datasets import DataError, custom_benchmark
+
+        if data_dir is None:
+            raise ProtocolError(f"benchmark {bench_name} needs --data-dir pointing at a dataset built with `p2pgolf data build`")
+        try:
+            bench = custom_benchmark(data_dir, budget_s=600.0)
+        except DataError as exc:
+            raise ProtocolError(str(exc)) from None
+    else:
+        bench = benchmark(bench_name)
+    return bench if budget_s is None else bench.with_budget(budget_s)
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,7 @@ class RunConfig:
     @property
     def bench(self) -> Benchmark:
         """The benchmark under this run's budget (its id is what results are filed under)."""
-        return benchmark(self.bench_name).with_budget(self.budget_s)
+        return resolve_benchmark(self.bench_name, self.data_dir, self.budget_s)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,7 +117,8 @@ def make_run_config(
     extra: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """A checked RunConfig. `budget_s=None` takes the benchmark's own budget."""
-    bench = benchmark(bench_name)
+    data_dir = None if data_dir is None else str(data_dir)
+    bench = resolve_benchmark(bench_name, data_dir)
     config = knobs.resolve(base, diff)
     normalised = knobs.normalise_diff(base, diff)
     if type(seed) is not int or not 0 <= seed <= MAX_SEED:
@@ -118,7 +133,7 @@ def make_run_config(
     if type(eval_token_cap) is not int or eval_token_cap < 0:
         raise ProtocolError(f"eval token cap {eval_token_cap!r} must be a non-negative integer (0 means all)")
     need = benchmark_vocab_size(bench)
-    if config["vocab_size"] < need:
+    if need and config["vocab_size"] < need:
         raise ProtocolError(
             f"vocab_size={config['vocab_size']} is smaller than the {need} token ids of benchmark {bench.name}",
             "knob vocab_size",
@@ -133,6 +148,6 @@ def make_run_config(
         backend=backend,
         device=device,
         eval_token_cap=eval_token_cap,
-        data_dir=None if data_dir is None else str(data_dir),
+        data_dir=data_dir,
         extra=dict(extra or {}),
     )

@@ -31,14 +31,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trainer.model_torch import CONTROL_PARAMETER_SUFFIXES, GPT, build_model
+from trainer.model_spec import parameter_role, role_lr
+from trainer.model_torch import GPT, build_model
 from trainer.muon_torch import Muon
 from trainer.schedule import Schedule
 
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
 
-# Micro-batch sizes (tokens per device per forward) when grad_accum_steps = 0 ("choose").
-_AUTO_MICRO_TOKENS = {"cuda": 65536, "mps": 16384, "cpu": 8192}
 _PRIMING_STEPS = 3
 
 
@@ -92,28 +91,20 @@ class BatchPlan:
         return self.micro_tokens * self.grad_accum_steps * world_size
 
 
-def plan_batch(config: Mapping[str, Any], world_size: int, device_type: str) -> BatchPlan:
+def plan_batch(config: Mapping[str, Any], world_size: int, device: torch.device) -> BatchPlan:
     """How a step's `train_batch_tokens` split into ranks, micro-batches and sequences.
 
-    The global batch is kept (rounded down to whole sequences per micro-batch); with
-    grad_accum_steps = 0 the accumulation is chosen so a micro-batch fits the device.
+    The global batch is kept (rounded down to whole sequences per rank); grad_accum_steps = 0
+    picks the fewest micro-batches that fit the device's memory (trainer.memory).
     """
-    seq_len = config["train_seq_len"]
-    seqs_per_rank = config["train_batch_tokens"] // (seq_len * world_size)
-    if seqs_per_rank < 1:
-        raise ValueError(
-            f"train_batch_tokens={config['train_batch_tokens']} gives no full sequence of {seq_len} tokens "
-            f"to each of {world_size} devices"
-        )
-    accum = config["grad_accum_steps"]
-    if accum == 0:
-        target = max(1, _AUTO_MICRO_TOKENS.get(device_type, 8192) // seq_len)
-        accum = math.ceil(seqs_per_rank / target)
-    accum = min(accum, seqs_per_rank)
-    # Prefer an accumulation count that divides the sequences evenly, so no tokens are dropped.
-    while seqs_per_rank % accum:
-        accum += 1
-    return BatchPlan(seq_len=seq_len, grad_accum_steps=accum, seqs_per_micro=seqs_per_rank // accum)
+    from trainer.memory import choose_grad_accum, machine_memory_bytes
+
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        choice = choose_grad_accum(config, memory, world=world_size, activation_bytes=2, attention_scores=False)
+    else:
+        choice = choose_grad_accum(config, machine_memory_bytes(), world=world_size)
+    return BatchPlan(config["train_seq_len"], choice.grad_accum_steps, choice.micro_batch_sequences)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -153,7 +144,7 @@ def load_numpy_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) ->
 
 def train(
     config: Mapping[str, Any],
-    tokens: TokenSource,
+    train_stream: Callable[[], TokenSource],
     *,
     budget_s: float,
     seed: int,
@@ -164,11 +155,13 @@ def train(
     max_steps: int | None = None,
     compile_model: bool | None = None,
 ) -> TrainResult:
-    """Train a fresh model of `config` on `tokens` for `budget_s` seconds of optimiser steps.
+    """Train a fresh model of `config` for `budget_s` seconds of optimiser steps on the tokens of
+    `train_stream()` (a fresh stream from the split's first token, e.g. BenchData.train_stream).
 
     Under torchrun the process group must already be initialised (see trainer.runner).
     """
     device = torch.device(device)
+    tokens = train_stream()
     dist = torch.distributed
     distributed = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if distributed else 1
@@ -187,7 +180,7 @@ def train(
         runner = DistributedDataParallel(runner, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
     optimisers, muon = _optimisers(model, config, fused=cuda)
     schedule = Schedule.from_config(config, budget_s)
-    plan = plan_batch(config, world, device.type)
+    plan = plan_batch(config, world, device)
     step_tokens = plan.step_tokens(world)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cuda)
     ema: dict[str, torch.Tensor] | None = None
@@ -236,7 +229,8 @@ def train(
         return total / plan.grad_accum_steps
 
     if compile_model:
-        _prime(model, optimisers, tokens, one_step, log)
+        _prime(model, optimisers, one_step, log)
+        tokens = train_stream()  # the priming steps' batches are not trained on
     if config["ema_decay"] > 0:
         ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
 
@@ -302,20 +296,17 @@ def train(
 
 
 def _optimisers(model: GPT, config: Mapping[str, Any], *, fused: bool) -> tuple[list[torch.optim.Optimizer], Muon]:
-    matrices, scalars = [], [model.skip_weights]
-    for name, p in model.blocks.named_parameters():
-        is_control = name.rsplit(".", 1)[-1] in CONTROL_PARAMETER_SUFFIXES
-        (matrices if p.ndim == 2 and not is_control else scalars).append(p)
+    by_role: dict[str, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        by_role.setdefault(parameter_role(name, tuple(p.shape)), []).append(p)
     adam = dict(betas=(config["beta1"], config["beta2"]), eps=config["adam_eps"], fused=fused)
-    token_lr = config["tied_embed_lr"] if config["tie_embeddings"] else config["embed_lr"]
-    groups = [
-        torch.optim.Adam([{"params": [model.tok_emb.weight], "lr": token_lr, "base_lr": token_lr}], **adam),
-        torch.optim.Adam([{"params": scalars, "lr": config["scalar_lr"], "base_lr": config["scalar_lr"]}], **adam),
-    ]
-    if model.lm_head is not None:
-        groups.append(torch.optim.Adam([{"params": [model.lm_head.weight], "lr": config["head_lr"], "base_lr": config["head_lr"]}], **adam))
+    optimisers: list[torch.optim.Optimizer] = []
+    for role in ("embed", "head", "scalar"):
+        if by_role.get(role):
+            lr = role_lr(role, config)
+            optimisers.append(torch.optim.Adam([{"params": by_role[role], "lr": lr, "base_lr": lr}], **adam))
     muon = Muon(
-        matrices,
+        by_role.get("muon", []),
         lr=config["matrix_lr"],
         momentum=config["muon_momentum"],
         backend_steps=config["muon_backend_steps"],
@@ -323,14 +314,13 @@ def _optimisers(model: GPT, config: Mapping[str, Any], *, fused: bool) -> tuple[
     )
     for group in muon.param_groups:
         group["base_lr"] = config["matrix_lr"]
-    return [*groups, muon], muon
+    return [*optimisers, muon], muon
 
 
-def _prime(model, optimisers, tokens, one_step, log) -> None:
-    """Run a few steps to compile the graph, then restore weights, optimisers and data."""
+def _prime(model, optimisers, one_step, log) -> None:
+    """Run a few steps to compile the graph, then restore weights and optimisers."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimisers]
-    position = tokens.tell() if hasattr(tokens, "tell") else None
     started = time.perf_counter()
     for i in range(_PRIMING_STEPS):
         one_step(i, 1.0)
@@ -338,8 +328,6 @@ def _prime(model, optimisers, tokens, one_step, log) -> None:
     model.load_state_dict(weights)
     for opt, state in zip(optimisers, states):
         opt.load_state_dict(state)
-    if position is not None:
-        tokens.seek(position)
     log(f"primed compiled graph in {time.perf_counter() - started:.1f}s ({_PRIMING_STEPS} steps, undone)")
 
 

@@ -1,0 +1,125 @@
+"""The torch GPT: shapes, stable names, depth recurrence, and the knob variants train and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protocol import knobs
+from trainer.artifact import load_artifact, export_artifact
+from trainer.model_torch import build_model
+from trainer.model_spec import block_schedule
+from trainer.train_torch import load_numpy_state, train
+
+from trainer_helpers import build_fineweb, tiny_config
+
+
+@pytest.fixture(scope="module")
+def fineweb(tmp_path_factory):
+    return build_fineweb(tmp_path_factory.mktemp("fineweb") / "data")
+
+
+def _block_params(model) -> int:
+    return sum(p.numel() for p in model.blocks.parameters())
+
+
+def test_four_unique_blocks_over_eight_layers_have_half_the_block_parameters_of_eight():
+    full = build_model(knobs.resolve("cpu-small", {"num_layers": 8}))
+    shared = build_model(knobs.resolve("cpu-small", {"num_layers": 8, "unique_blocks": 4}))
+    assert len(full.blocks) == 8 and len(shared.blocks) == 4
+    assert _block_params(shared) * 2 == _block_params(full)
+    # Everything outside the blocks (embedding, skip weights) is the same.
+    outside = lambda m: sum(p.numel() for p in m.parameters()) - _block_params(m)  # noqa: E731
+    assert outside(shared) == outside(full)
+
+
+def test_cycle_and_mirror_reuse_blocks_in_the_stated_order():
+    assert block_schedule(8, 4, "cycle") == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert block_schedule(8, 4, "mirror") == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert block_schedule(5, 0, "cycle") == [0, 1, 2, 3, 4]
+    model = build_model(knobs.resolve("cpu-small", {"num_layers": 6, "unique_blocks": 2, "recurrence": "mirror"}))
+    assert model.schedule == [0, 1, 1, 0, 0, 1]
+
+
+def test_parameter_names_and_shapes_are_the_documented_ones():
+    config = knobs.resolve("cpu-small", {"activation": "swiglu", "tie_embeddings": False, "num_layers": 3})
+    state = build_model(config).state_dict()
+    dim, hidden, vocab = 128, 256, 1024
+    kv = dim // 4 * 2
+    expected = {
+        "tok_emb.weight": (vocab, dim),
+        "lm_head.weight": (vocab, dim),
+        "skip_weights": (1, dim),
+        "blocks.0.resid_mix": (2, dim),
+        "blocks.0.attn_scale": (dim,),
+        "blocks.0.mlp_scale": (dim,),
+        "blocks.0.attn.c_q.weight": (dim, dim),
+        "blocks.0.attn.c_k.weight": (kv, dim),
+        "blocks.0.attn.c_v.weight": (kv, dim),
+        "blocks.0.attn.proj.weight": (dim, dim),
+        "blocks.0.attn.q_gain": (4,),
+        "blocks.0.mlp.fc.weight": (hidden, dim),
+        "blocks.0.mlp.gate.weight": (hidden, dim),
+        "blocks.0.mlp.proj.weight": (dim, hidden),
+    }
+    for name, shape in expected.items():
+        assert tuple(state[name].shape) == shape, name
+    assert {k for k in state if not k.startswith("blocks.")} == {"tok_emb.weight", "lm_head.weight", "skip_weights"}
+    assert len([k for k in state if k.startswith("blocks.0.")]) == 11
+
+
+def test_output_projections_start_at_zero_so_a_fresh_model_predicts_from_the_embedding_alone():
+    model = build_model(knobs.resolve("cpu-small", {}))
+    for block in model.blocks:
+        assert torch.count_nonzero(block.attn.proj.weight) == 0
+        assert torch.count_nonzero(block.mlp.proj.weight) == 0
+
+
+def test_logit_softcap_bounds_logits_and_zero_disables_it():
+    torch.manual_seed(0)
+    capped = build_model(knobs.resolve("cpu-small", {"logit_softcap": 2.0, "tied_embed_init_std": 1.0}))
+    ids = torch.randint(0, 1024, (2, 16))
+    assert capped.logits(ids).abs().max() <= 2.0
+    uncapped = build_model(knobs.resolve("cpu-small", {"logit_softcap": 0.0, "tied_embed_init_std": 1.0}))
+    uncapped.load_state_dict(capped.state_dict())
+    assert uncapped.logits(ids).abs().max() > 2.0
+
+
+def test_attention_is_causal_so_later_tokens_do_not_change_earlier_losses():
+    torch.manual_seed(0)
+    model = build_model(knobs.resolve("cpu-small", {"num_layers": 2}))
+    for p in model.parameters():  # leave the zero init so attention actually contributes
+        p.data.add_(0.02 * torch.randn_like(p))
+    x = torch.randint(0, 1024, (1, 32))
+    y = torch.randint(0, 1024, (1, 32))
+    x2 = x.clone()
+    x2[0, 20:] = (x2[0, 20:] + 7) % 1024
+    a = model.per_token_loss(x, y)
+    b = model.per_token_loss(x2, y)
+    assert torch.allclose(a[0, :20], b[0, :20], atol=1e-6)
+    assert not torch.allclose(a[0, 20:], b[0, 20:])
+
+
+VARIANTS = [
+    (activation, unique, recurrence)
+    for activation in ("relu2", "leaky_relu2", "swiglu")
+    for unique, recurrence in ((0, "cycle"), (2, "cycle"), (2, "mirror"))
+]
+
+
+@pytest.mark.parametrize("activation,unique,recurrence", VARIANTS)
+def test_every_activation_and_recurrence_variant_trains_and_exports(fineweb, activation, unique, recurrence):
+    config = tiny_config(activation=activation, unique_blocks=unique, recurrence=recurrence, leaky_slope=0.3)
+    result = train(config, fineweb.train_stream, budget_s=60.0, seed=1, max_steps=12)
+    assert result.steps == 12
+    first, last = np.mean(result.losses[:2]), np.mean(result.losses[-2:])
+    assert last < first - 0.3, f"loss did not fall: {result.losses}"
+    blob = export_artifact(result.state, config, quant_bits=config["quant_bits"], compressor=config["compressor"])
+    loaded = load_artifact(blob)
+    assert loaded.config == config
+    model = build_model(loaded.config)
+    load_numpy_state(model, loaded.state)  # every name and shape fits the rebuilt model
+    x = torch.from_numpy(fineweb.val_tokens[:65].astype(np.int64))
+    loss = model(x[None, :-1], x[None, 1:])
+    assert torch.isfinite(loss) and loss.item() < first

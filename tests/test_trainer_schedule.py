@@ -1,0 +1,70 @@
+"""The LR schedule lives in wall-clock time: slow hardware keeps its peak LR, warm-up is in steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import knobs
+from trainer.schedule import Schedule, lr_scale, muon_momentum
+
+
+def _simulate(seconds_per_step: float, budget_s: float, **kw) -> list[float]:
+    """LR scale of every step a machine taking `seconds_per_step` runs within the budget."""
+    scales, step, elapsed = [], 0, 0.0
+    while elapsed + seconds_per_step <= budget_s:
+        scales.append(lr_scale(step, elapsed, budget_s, **kw))
+        step += 1
+        elapsed += seconds_per_step
+    return scales
+
+
+def test_one_second_steps_keep_peak_lr_for_the_configured_fraction_of_a_600s_budget():
+    scales = _simulate(1.0, 600.0, warmdown_frac=0.2, min_lr_frac=0.0)
+    assert len(scales) == 600
+    # The first 80% of the budget (480 steps of 1 s) run at the peak; the warmdown follows.
+    assert all(s == 1.0 for s in scales[:481])
+    assert all(s < 1.0 for s in scales[481:])
+    assert scales[540] == pytest.approx(0.5, abs=1e-9)  # halfway through the warmdown
+    assert all(a >= b for a, b in zip(scales, scales[1:]))
+
+
+def test_slow_hardware_never_decays_from_the_first_step():
+    # 60 s per step: only 10 steps in 600 s; the first 8 still train at the peak.
+    scales = _simulate(60.0, 600.0, warmdown_frac=0.2)
+    assert scales[:9] == [1.0] * 9
+    assert scales[9] < 1.0
+
+
+def test_warmdown_ends_at_the_min_lr_floor_not_below():
+    assert lr_scale(10, 600.0, 600.0, warmdown_frac=0.5, min_lr_frac=0.1) == pytest.approx(0.1)
+    assert lr_scale(10, 10_000.0, 600.0, warmdown_frac=0.5, min_lr_frac=0.1) == pytest.approx(0.1)
+    assert lr_scale(10, 450.0, 600.0, warmdown_frac=0.5, min_lr_frac=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_warmup_is_linear_in_steps_and_reaches_the_peak():
+    got = [lr_scale(s, 0.0, 600.0, warmup_steps=4) for s in range(6)]
+    assert got == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_zero_warmdown_fraction_keeps_the_peak_to_the_end():
+    assert lr_scale(100, 599.9, 600.0, warmdown_frac=0.0) == 1.0
+
+
+def test_muon_momentum_ramps_from_start_to_end_over_its_warmup():
+    assert muon_momentum(0, start=0.85, end=0.95, warmup_steps=500) == pytest.approx(0.85)
+    assert muon_momentum(250, start=0.85, end=0.95, warmup_steps=500) == pytest.approx(0.90)
+    assert muon_momentum(10_000, start=0.85, end=0.95, warmup_steps=500) == pytest.approx(0.95)
+    assert muon_momentum(0, start=0.85, end=0.95, warmup_steps=0) == pytest.approx(0.95)
+
+
+def test_schedule_reads_its_knobs_from_a_resolved_config():
+    config = knobs.resolve("naive-baseline", {"warmdown_frac": 0.5, "min_lr_frac": 0.2, "warmup_steps": 2})
+    schedule = Schedule.from_config(config, 100.0)
+    assert schedule.lr(0, 0.0) == pytest.approx(0.5)
+    assert schedule.lr(5, 75.0) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert schedule.momentum(0) == pytest.approx(config["muon_momentum_warmup_start"])
+
+
+def test_a_non_positive_budget_is_refused():
+    with pytest.raises(ValueError, match="budget_s"):
+        lr_scale(0, 0.0, 0.0)
