@@ -188,3 +188,29 @@ def test_manifest_paths_outside_tokenizers_are_refused(hub, tmp_path):
     hub.files["datasets/manifest.json"] = json.dumps(manifest).encode()
     with pytest.raises(FetchError, match="tokenizer path '../../../etc/evil' is not a file under tokenizers/"):
         fetch_challenge_data(tmp_path, 0, endpoint=hub.endpoint, progress=False)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.fetch import _plan
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=40)
+    | st.sampled_from(["fineweb10B_sp1024", "sp_bpe_1024", "tokenizers/fineweb_1024_bpe.model", "tokenizers/../x", "tokenizers/a/b", "/etc/x"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+        ["datasets", "tokenizers", "name", "stats", "files_val", "files_train", "tokenizer_name", "model_path", "vocab_path", "path"]
+    ) | st.text(max_size=8), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(manifest=st.dictionaries(st.sampled_from(["datasets", "tokenizers", "version"]), _json, max_size=3))
+def test_any_manifest_from_the_network_gives_a_safe_plan_or_a_fetch_error(manifest):
+    try:
+        n_val, n_train, files = _plan(manifest, Path("manifest.json"))
+    except FetchError:
+        return
+    assert n_val >= 1 and n_train >= 0
+    assert all(f.startswith("tokenizers/") and ".." not in f.split("/") for f in files)

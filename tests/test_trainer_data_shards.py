@@ -66,3 +66,26 @@ def test_tokens_that_do_not_fit_uint16_are_refused_and_nothing_is_written(tmp_pa
     with pytest.raises(ShardError, match=fault):
         write_shard(path, np.asarray(tokens))
     assert list(tmp_path.iterdir()) == []
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=300, deadline=None)
+@given(header_words=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=3, max_size=3), body=st.binary(max_size=64),
+       use_magic=st.booleans())
+def test_arbitrary_bytes_give_tokens_or_a_shard_error_never_anything_else(tmp_path_factory, header_words, body, use_magic):
+    words = np.zeros(256, dtype="<i4")
+    words[:3] = header_words
+    if use_magic:
+        words[0], words[1] = SHARD_MAGIC, 1
+    raw = words.tobytes() + body
+    path = tmp_path_factory.mktemp("fuzz") / "f.bin"
+    path.write_bytes(raw)
+    try:
+        tokens = read_shard(path)
+    except ShardError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert len(raw) == HEADER_BYTES + 2 * len(tokens) and tokens.tobytes() == body

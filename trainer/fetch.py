@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,7 @@ from trainer.shards import ShardError, shard_token_count
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"
 MANIFEST = "manifest.json"
+_TOKENIZER_PATH = re.compile(r"tokenizers/[A-Za-z0-9._-]+")
 
 
 class FetchError(RuntimeError):
@@ -134,30 +136,34 @@ def _read_manifest(path: Path, name: str | None = None) -> dict[str, Any]:
 
 def _plan(manifest: dict[str, Any], where: Path) -> tuple[int, int, list[str]]:
     """(validation shards, training shards available, tokenizer file paths) from the manifest."""
-    datasets = manifest.get("datasets") or []
-    entry = next((d for d in datasets if isinstance(d, dict) and d.get("name") == CHALLENGE_DATASET), None)
+    entry = _named(manifest.get("datasets"), CHALLENGE_DATASET)
     if entry is None:
         raise FetchError(f"{where}: no dataset named {CHALLENGE_DATASET}")
-    stats = entry.get("stats") or {}
-    try:
-        n_val, n_train = int(stats["files_val"]), int(stats["files_train"])
-    except (KeyError, TypeError, ValueError):
-        raise FetchError(f"{where}: dataset {CHALLENGE_DATASET} lacks stats.files_val / stats.files_train") from None
+    stats = entry.get("stats")
+    n_val = stats.get("files_val") if isinstance(stats, dict) else None
+    n_train = stats.get("files_train") if isinstance(stats, dict) else None
+    if type(n_val) is not int or type(n_train) is not int:
+        raise FetchError(f"{where}: dataset {CHALLENGE_DATASET} lacks integer stats.files_val / stats.files_train")
     if not (1 <= n_val <= 10_000 and 0 <= n_train <= 100_000):
         raise FetchError(f"{where}: implausible shard counts val={n_val} train={n_train}")
     tok_name = entry.get("tokenizer_name")
-    tokenizers = manifest.get("tokenizers") or []
-    tok = next((t for t in tokenizers if isinstance(t, dict) and t.get("name") == tok_name), None)
+    tok = _named(manifest.get("tokenizers"), tok_name) if isinstance(tok_name, str) else None
     if tok is None:
         raise FetchError(f"{where}: tokenizer {tok_name!r} of {CHALLENGE_DATASET} is not listed")
-    files = [str(tok[k]) for k in ("model_path", "vocab_path", "path") if tok.get(k)]
+    files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
     for rel in files:  # the manifest comes from the network: keep its paths inside tokenizers/
-        parts = PurePosixPath(rel).parts
-        if len(parts) != 2 or parts[0] != "tokenizers" or parts[1] in ("..", "."):
+        if not isinstance(rel, str) or not _TOKENIZER_PATH.fullmatch(rel) or rel.endswith(("/.", "/..")):
             raise FetchError(f"{where}: tokenizer path {rel!r} is not a file under tokenizers/")
     if not any(PurePosixPath(f).name == CHALLENGE_TOKENIZER for f in files):
         raise FetchError(f"{where}: tokenizer {tok_name!r} does not provide {CHALLENGE_TOKENIZER}")
     return n_val, n_train, files
+
+
+def _named(entries: Any, name: str) -> dict[str, Any] | None:
+    """The first object in a manifest list whose "name" is `name`."""
+    if not isinstance(entries, list):
+        return None
+    return next((e for e in entries if isinstance(e, dict) and e.get("name") == name), None)
 
 
 class _Session:
