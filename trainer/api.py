@@ -1,0 +1,94 @@
+"""The trainer's public entry point: run one experiment and get its outcome.
+
+`run_experiment` checks everything it can first (benchmark, base config, every knob of the
+diff, seed, budget, backend) and raises ProtocolError / BackendUnavailable naming the problem
+before any process starts; then it runs the experiment in a child process (trainer.runner)
+and returns a RunOutcome whose `result` is the run's result.json. A failed run is an outcome
+with status "failed", never an exception. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from protocol.knobs import candidate_id
+from trainer.config import RunConfig, make_run_config
+from trainer.progress import Progress
+from trainer.runner import RunDirError, RunOutcome, launch
+
+__all__ = ["run_experiment", "prepare_run", "default_run_dir", "RunOutcome", "RunConfig", "RunDirError", "Progress"]
+
+
+def prepare_run(
+    bench_name: str,
+    base: str,
+    diff: Mapping[str, Any],
+    *,
+    budget_s: float | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    eval_token_cap: int = 0,
+) -> RunConfig:
+    """The checked config of a run (nothing is started). Raises ProtocolError or
+    BackendUnavailable with a one-line reason."""
+    from trainer.backend import resolve_backend
+
+    return make_run_config(
+        bench_name,
+        base,
+        diff,
+        seed=seed,
+        budget_s=budget_s,
+        backend=resolve_backend(backend),
+        device=device,
+        eval_token_cap=eval_token_cap,
+        data_dir=data_dir,
+    )
+
+
+def run_experiment(
+    bench_name: str,
+    base: str,
+    diff: Mapping[str, Any],
+    *,
+    budget_s: float | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    eval_token_cap: int = 0,
+    progress: Callable[[Progress], None] | None = None,
+    timeout_s: float | None = None,
+) -> RunOutcome:
+    """Train and score base + diff on a benchmark in a child process; write the run directory
+    `out_dir` (config.json, log.txt, metrics.json, the artifact, result.json)."""
+    run = prepare_run(
+        bench_name,
+        base,
+        diff,
+        budget_s=budget_s,
+        seed=seed,
+        data_dir=data_dir,
+        backend=backend,
+        device=device,
+        eval_token_cap=eval_token_cap,
+    )
+    return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s)
+
+
+def default_run_dir(runs_dir: str | os.PathLike, base: str, diff: Mapping[str, Any]) -> Path:
+    """runs_dir / <UTC timestamp>-<first 8 hex of the candidate id>, never an existing path."""
+    stem = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{candidate_id(base, diff)[:8]}"
+    path = Path(runs_dir) / stem
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(runs_dir) / f"{stem}-{n}"
+    return path
