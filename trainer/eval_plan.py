@@ -18,7 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EvalPlan", "Window", "plan_windows"]
+__all__ = ["EvalPlan", "EvalResult", "Window", "plan_windows"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluation measured, whichever backend ran it."""
+
+    val_loss: float  # mean nats per scored target
+    val_bpb: float
+    tokens: int  # scored targets
+    bytes: int
+    partial: bool
+    seconds: float
 
 
 @dataclass(frozen=True)

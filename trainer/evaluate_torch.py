@@ -12,24 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from trainer.eval_plan import plan_windows
+from trainer.eval_plan import EvalResult, plan_windows  # EvalResult is shared with the MLX backend
 
 __all__ = ["EvalResult", "evaluate"]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    val_loss: float  # mean nats per scored target
-    val_bpb: float
-    tokens: int  # scored targets
-    bytes: int
-    partial: bool
-    seconds: float
 
 
 def evaluate(

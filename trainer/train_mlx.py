@@ -1,0 +1,185 @@
+"""The MLX training loop: one resolved config, a token stream and a wall-clock budget in, the
+trained weights (numpy, the shared names) out. The torch loop's twin (trainer/train_torch.py).
+
+What it guarantees:
+- The torch backend's rules, from the same shared code: parameter groups and LRs
+  (`trainer.model_spec`), the schedule (`trainer.schedule`: warm-up in steps, warmdown over the
+  last fraction of the wall-clock budget, min-LR floor, Muon momentum ramp), the batch plan
+  (`trainer.train_common.plan_batch`: micro-batches chosen from memory when
+  grad_accum_steps = 0), the same token windows in the same order, gradient clipping and EMA
+  (the EMA weights are returned when `ema_decay > 0`). Only the model, the optimiser step and
+  the tensor work are MLX's (`trainer.model_mlx`, `trainer.optim_mlx`).
+- Time: only optimiser steps are on the clock; the compiled gradient function is primed on a
+  batch that is not trained on. A step starts only if the clock plus the mean step time stays
+  within the budget.
+- Devices: the Apple GPU (Metal) trains in bfloat16 compute with float32 weights, as torch's
+  autocast does on CUDA; the CPU (the `mlx[cpu]` wheel on Linux, which tests use) in float32.
+- Deterministic on CPU for a given seed and data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trainer.backend import resolve_mlx_device
+from trainer.model_mlx import GPT, build_model, load_state_dict_numpy, state_dict_numpy
+from trainer.optim_mlx import MixedOptimizer
+from trainer.schedule import Schedule
+from trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch
+
+__all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
+
+
+def select_device(device: str = "auto") -> str:
+    """Make MLX use the run's device ("auto", "cpu" or "mps"); returns "gpu" or "cpu"."""
+    name = resolve_mlx_device(device, metal_available=mx.metal.is_available())
+    mx.set_default_device(mx.gpu if name == "gpu" else mx.cpu)
+    return name
+
+
+def compute_dtype_for(device: str) -> mx.Dtype:
+    """bfloat16 on the Apple GPU, float32 on the CPU."""
+    return mx.bfloat16 if device == "gpu" else mx.float32
+
+
+def model_from_state(config: Mapping[str, Any], state: Mapping[str, np.ndarray], *, device: str = "cpu") -> GPT:
+    """An MLX model of `config` holding the given weights (e.g. an artifact's)."""
+    model = build_model(config, compute_dtype=compute_dtype_for(device))
+    load_state_dict_numpy(model, state)
+    return model
+
+
+def train(
+    config: Mapping[str, Any],
+    train_stream: Callable[[], TokenSource],
+    *,
+    budget_s: float,
+    seed: int,
+    device: str = "auto",
+    progress: Callable[[StepReport], None] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    report_every_s: float = 1.0,
+    max_steps: int | None = None,
+    memory_bytes: int | None = None,
+    compile_step: bool | None = None,
+    initial_state: Mapping[str, np.ndarray] | None = None,
+) -> TrainResult:
+    """Train a fresh model of `config` for `budget_s` seconds of optimiser steps on the tokens of
+    `train_stream()` (a fresh stream from the split's first token, e.g. BenchData.train_stream).
+
+    `memory_bytes` is the memory the automatic micro-batching plans for (default: the machine's);
+    `initial_state` (shared names, e.g. from the other backend) replaces the seeded initial weights.
+    """
+    dev = select_device(device)
+    dtype = compute_dtype_for(dev)
+    model = build_model(config, seed=seed, compute_dtype=dtype)
+    if initial_state is not None:
+        load_state_dict_numpy(model, initial_state)
+    params = sum(p.size for _, p in tree_flatten(model.parameters()))
+    plan = plan_batch(
+        config,
+        memory_bytes=memory_bytes,
+        activation_bytes=2 if dtype == mx.bfloat16 else 4,
+        attention_scores=True,
+    )
+    optimiser = MixedOptimizer(dict(tree_flatten(model.parameters())), config)
+    schedule = Schedule.from_config(config, budget_s)
+    step_tokens = plan.step_tokens(1)
+    log(
+        f"backend:mlx device:{dev} dtype:{dtype} params:{params} grad_accum_steps:{plan.grad_accum_steps} "
+        f"micro_batch:{plan.seqs_per_micro}x{plan.seq_len} step_tokens:{step_tokens} plan:{plan.note}"
+    )
+
+    def loss_of(tree: dict, x: mx.array, y: mx.array) -> mx.array:
+        model.update(tree)  # the model is only the function; `params` below holds the weights
+        return model.loss(x, y)
+
+    value_and_grad = mx.value_and_grad(loss_of)
+    if compile_step is None:
+        compile_step = dev == "gpu"  # on the CPU, compiling (a C++ build per graph) costs more than it saves
+    if compile_step:
+        value_and_grad = mx.compile(value_and_grad)
+    params = dict(tree_flatten(model.parameters()))
+
+    def micro_batches(tokens: TokenSource):
+        span = plan.micro_tokens + 1
+        for _ in range(plan.grad_accum_steps):
+            chunk = np.asarray(tokens.take(span)).astype(np.int32)
+            yield (mx.array(chunk[:-1].reshape(plan.seqs_per_micro, plan.seq_len)),
+                   mx.array(chunk[1:].reshape(plan.seqs_per_micro, plan.seq_len)))  # fmt: skip
+
+    def one_step(tokens: TokenSource, step: int, lr_mult: float) -> mx.array:
+        nonlocal params
+        tree = tree_unflatten(list(params.items()))
+        total = mx.zeros((), dtype=mx.float32)
+        summed: dict[str, mx.array] | None = None
+        for x, y in micro_batches(tokens):
+            loss, grads = value_and_grad(tree, x, y)
+            flat = dict(tree_flatten(grads))
+            summed = flat if summed is None else {k: summed[k] + flat[k] for k in flat}
+            total = total + loss
+            if plan.grad_accum_steps > 1:
+                mx.eval(summed, total)  # bound the graph (and memory) to one micro-batch
+        scale = 1.0 / plan.grad_accum_steps
+        grads = {k: g * scale for k, g in summed.items()} if plan.grad_accum_steps > 1 else summed
+        params = optimiser.step(params, grads, lr_scale=lr_mult, momentum=schedule.momentum(step))
+        mean = total * scale
+        mx.eval(params, optimiser.arrays(), mean)
+        return mean
+
+    if compile_step:
+        started = time.perf_counter()
+        x, y = next(micro_batches(train_stream()))
+        mx.eval(value_and_grad(tree_unflatten(list(params.items())), x, y))  # compile and run once; nothing is applied
+        log(f"primed compiled gradient in {time.perf_counter() - started:.1f}s (1 batch, not trained on)")
+
+    tokens = train_stream()
+    losses: list[float] = []
+    elapsed = 0.0
+    step = 0
+    last_report = -math.inf
+    lr_mult = 1.0
+    mx.reset_peak_memory()
+    started = time.perf_counter()
+    while max_steps is None or step < max_steps:
+        expected = elapsed / step if step else 0.0
+        if elapsed + expected > budget_s:
+            break
+        lr_mult = schedule.lr(step, elapsed)
+        value = float(one_step(tokens, step, lr_mult).item())
+        losses.append(value)
+        step += 1
+        elapsed = time.perf_counter() - started
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {step}")
+        if elapsed - last_report >= report_every_s or step == 1:
+            last_report = elapsed
+            report = StepReport(step, value, elapsed, budget_s, step * step_tokens, lr_mult)
+            log(f"step:{step} train_loss:{value:.4f} train_time:{elapsed:.1f}s tokens_per_s:{report.tokens_per_s:.0f} lr_scale:{lr_mult:.3f}")
+            if progress is not None:
+                progress(report)
+    elapsed = time.perf_counter() - started
+    final = optimiser.ema if optimiser.ema is not None else params
+    model.update(tree_unflatten(list(final.items())))
+    mx.eval(model.parameters())
+    log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s")
+    return TrainResult(
+        state=state_dict_numpy(model),
+        steps=step,
+        train_tokens=step * step_tokens,
+        training_seconds=elapsed,
+        final_train_loss=losses[-1] if losses else float("nan"),
+        losses=tuple(losses),
+        micro_batch_tokens=plan.micro_tokens,
+        grad_accum_steps=plan.grad_accum_steps,
+        params=params,
+        extra={"peak_memory_mib": mx.get_peak_memory() // (1 << 20), "device": dev, "plan": plan.note},
+    )
+
