@@ -62,7 +62,6 @@ def fetch_challenge_data(
     endpoint: str | None = None,
     token: str | bool | None = None,
     progress: bool = True,
-    on_file: Callable[[str], None] | None = None,
 ) -> FetchResult:
     """Fetch the manifest, every validation shard, the first `train_shards` training shards and
     the tokenizer into `data_dir` (see the module docstring for what is guaranteed)."""
@@ -87,8 +86,6 @@ def fetch_challenge_data(
             check = _check_tokenizer if PurePosixPath(rel).name == CHALLENGE_TOKENIZER else _check_nothing
             jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, check))
         for remote, local, check in jobs:
-            if on_file is not None:
-                on_file(remote)
             session.get(remote, local, check=check)
     finally:
         session.close()

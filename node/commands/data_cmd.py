@@ -45,7 +45,7 @@ def fetch(home, train_shards: int, data_dir: str | None, repo: str | None, revis
 @click.option("--tokenizer", "tokenizer", required=True, type=click.Path(dir_okay=False), help="SentencePiece .model file.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="New or empty output directory.")
 @click.option("--val-docs", type=int, help="The first N documents are the validation split.")
-@click.option("--val-fraction", type=float, help="The first fraction of documents (0 < f < 1) are the validation split.")
+@click.option("--val-fraction", type=float, help="The first fraction of documents (0 < f < 1) are the validation split (0.1 if neither is given).")
 @click.option(
     "--doc-split",
     type=click.Choice(["blank-line", "line", "file"]),
