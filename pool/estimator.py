@@ -106,6 +106,7 @@ class CandidateInfo:
     hw_classes: tuple[str, ...]
     established: float  # trusted weight of measurements on the target hardware
     n_results: int
+    support: float = 1.0  # the largest weight any of its evidence carries (0 for none)
 
 
 @dataclass(frozen=True)
@@ -592,7 +593,9 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
         verdicts[chk.subject_id].append(f"{chk.attestation_id[:12]} {word} ({chk.residual:+.4f}, tol {chk.tolerance:.4f})")
     rows: dict[str, list[EvidenceRow]] = defaultdict(list)
     established: dict[str, float] = defaultdict(float)
+    support: dict[str, float] = defaultdict(float)
     for o, trust, claim, cap, w in weighted:
+        support[o.candidate] = max(support[o.candidate], min(1.0, claim))
         t = final_tr.get(o.hw)
         translated = o.y if t is None else t.to_target(o.y)
         rows[o.candidate].append(
@@ -616,6 +619,7 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
             hw_classes=tuple(sorted({r.hw for r in src})),
             established=float(established.get(c, 0.0)),
             n_results=len(src),
+            support=float(support.get(c, 0.0)),
         )
     return Posterior(
         hw=hw,

@@ -1,0 +1,159 @@
+"""Benchmark: does searching together beat searching alone, and does trust keep it honest?
+
+Runs the simulator in pool/simulation.py (the real estimator and bandit over a synthetic
+Parameter Golf landscape defined on the real knobs) in six modes and prints one table:
+isolated keep/revert hill climbing, isolated bandit, collective with naive pooling, collective
+with hardware-adjusted trust, and the same with one unpinned malicious node publishing fake
+wins, unblocked and blocked. Means over seeds with their spread; ratios are against baselines
+measured in the same run.
+
+    .venv/bin/python benchmarks/sim_collective.py            # 20 seeds, 4 nodes, 84 experiments
+    .venv/bin/python benchmarks/sim_collective.py --seeds 5 --json
+"""
+
+from __future__ import annotations
+
+import os
+
+# one BLAS thread: the matrices are small and a shared machine thrashes with more
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pool.simulation import HARDWARE, MODES, SimSettings, experiments_to_reach, run_mode, summarise  # noqa: E402
+
+LABELS = {
+    "isolated_hillclimb": "1. isolated keep/revert hill climbing",
+    "isolated_bandit": "2. isolated bandit",
+    "naive": "3. collective, naive pooling",
+    "trust": "4. collective, hardware-adjusted trust",
+    "malicious": "5a. + malicious node (unpinned)",
+    "malicious_blocked": "5b. + malicious node (blocked)",
+}
+
+
+@click.command()
+@click.option("--seeds", default=20, show_default=True, help="number of seeds (landscapes and noise)")
+@click.option("--first-seed", default=0, show_default=True)
+@click.option("--nodes", "-m", default=4, show_default=True, help="honest nodes (M)")
+@click.option("--experiments", "-k", default=84, show_default=True, help="experiments per node (K)")
+@click.option("--hardware", default="mixed", show_default=True, help="'mixed' (all classes, round robin) or one class key")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
+def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: str, as_json: bool) -> None:
+    known = [h.key for h in HARDWARE]
+    if hardware == "mixed":
+        classes = tuple(known)
+    elif hardware in known:
+        classes = (hardware,)
+    else:
+        raise click.BadParameter(f"{hardware!r} is not 'mixed' or one of: {', '.join(known)}", param_hint="--hardware")
+    if seeds < 1 or nodes < 1 or experiments < 2:
+        raise click.BadParameter("need --seeds >= 1, --nodes >= 1 and --experiments >= 2")
+    settings = SimSettings(nodes=nodes, experiments=experiments, hardware=classes)
+    started = time.time()
+    runs = {mode: [] for mode in MODES}
+    for seed in range(first_seed, first_seed + seeds):
+        for mode in MODES:
+            runs[mode].append(run_mode(mode, seed, settings))
+    elapsed = time.time() - started
+    summaries = {mode: summarise(rs) for mode, rs in runs.items()}
+    reach = {}
+    for mode in MODES:
+        hits = [h for c, ref in zip(runs[mode], runs["isolated_hillclimb"]) for h in experiments_to_reach(c, ref)]
+        reach[mode] = (float(np.mean(hits)), float(np.std(hits)), sum(h > experiments for h in hits) / len(hits))
+    naive_regret = summaries["naive"].regret
+    result = {
+        "experiments_to_isolated_best": reach["trust"][0],
+        "winner_share": summaries["trust"].winner_share,
+        "regret_vs_naive": summaries["trust"].regret / naive_regret if naive_regret > 0 else None,
+        "malicious_share": summaries["malicious"].malicious_share,
+        "malicious_share_blocked": summaries["malicious_blocked"].malicious_share,
+        "settings": {"seeds": seeds, "first_seed": first_seed, "nodes": nodes, "experiments": experiments, "hardware": list(classes)},
+        "machine": _machine(),
+        "seconds": round(elapsed, 1),
+        "modes": {
+            mode: {
+                "final_true_bpb": s.final_true,
+                "final_true_bpb_sd": s.final_true_sd,
+                "simple_regret": s.regret,
+                "simple_regret_sd": s.regret_sd,
+                "winner_share": s.winner_share,
+                "winner_share_sd": s.winner_share_sd,
+                "winner_share_strict": s.winner_share_strict,
+                "malicious_share": s.malicious_share,
+                "experiments_to_isolated_best": reach[mode][0],
+                "experiments_to_isolated_best_sd": reach[mode][1],
+                "never_reached": reach[mode][2],
+            }
+            for mode, s in summaries.items()
+        },
+    }
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    _table(result, summaries, reach, experiments)
+
+
+def _machine() -> str:
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, numpy {np.__version__}"
+
+
+def _table(result, summaries, reach, experiments) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    s = result["settings"]
+    title = f"Collective search: {s['nodes']} nodes x {s['experiments']} experiments, {s['seeds']} seeds, hardware: {', '.join(h.split(':')[1] for h in s['hardware'])}"
+    table = Table(title=title, caption=f"{result['machine']}; {result['seconds']} s. Mean ± sd over seeds and nodes.")
+    table.add_column("mode")
+    table.add_column("final true bpb", justify="right")
+    table.add_column("simple regret", justify="right")
+    table.add_column("regret / naive", justify="right")
+    table.add_column(f"exps to isolated@{experiments}", justify="right")
+    table.add_column("winner share (lineage)", justify="right")
+    table.add_column("winner share (exact)", justify="right")
+    table.add_column("on fakes", justify="right")
+    naive = summaries["naive"].regret
+    for mode, sm in summaries.items():
+        mean, sd, never = reach[mode]
+        table.add_row(
+            LABELS[mode],
+            f"{sm.final_true:.4f} ± {sm.final_true_sd:.4f}",
+            f"{sm.regret:.4f} ± {sm.regret_sd:.4f}",
+            f"{sm.regret / naive:.2f}" if naive > 0 else "-",
+            f"{mean:.1f} ± {sd:.1f}" + (f" ({never:.0%} never)" if never else ""),
+            f"{sm.winner_share:.0%} ± {sm.winner_share_sd:.0%}",
+            f"{sm.winner_share_strict:.0%}",
+            f"{sm.malicious_share:.1%}",
+        )
+    console.print(table)
+    goals = [
+        ("experiments to isolated best <= K/M", result["experiments_to_isolated_best"], result["experiments_to_isolated_best"] <= s["experiments"] / s["nodes"]),
+        ("winner share >= 49%", result["winner_share"], result["winner_share"] >= 0.49),
+        ("regret vs naive <= 0.5", result["regret_vs_naive"], result["regret_vs_naive"] is not None and result["regret_vs_naive"] <= 0.5),
+        ("malicious share <= 5%", result["malicious_share"], result["malicious_share"] <= 0.05),
+        ("malicious share blocked = 0%", result["malicious_share_blocked"], result["malicious_share_blocked"] == 0.0),
+    ]
+    goal_table = Table(title="Goals")
+    goal_table.add_column("goal")
+    goal_table.add_column("value", justify="right")
+    goal_table.add_column("met")
+    for name, value, ok in goals:
+        goal_table.add_row(name, "-" if value is None else f"{value:.3f}", "yes" if ok else "NO")
+    console.print(goal_table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The bandit: which experiment a node runs next, given the estimator's posterior.
+
+Two levels.
+- Meta-level: each operator (replicate, mutate, recombine, try_peer) keeps a Beta posterior of
+  its recent yield (wins over its last `window` experiments of this node); one Thompson draw per
+  operator picks the operator, and every operator keeps at least `min_share` of the chances so
+  that a dry spell never starves it.
+- Within the operator: Thompson sampling over its proposals. One joint draw of all candidates'
+  values from the posterior scores existing candidates (replicate, try_peer); new candidates
+  are scored by a draw of their prior: a mutation by its parent's value minus a draw of the
+  move's gain from a surrogate, a recombination by its parents' values composed additively
+  over their nearest common ancestor (gains that compose, as SwiGLU and mirrored recurrence
+  did).
+
+Mutation is Thompson sampling on an additive surrogate of single-knob moves (quadratic in the
+unit range per numeric knob, one effect per choice for categorical ones), fitted by Bayesian
+linear regression to every parent->child pair in the pool, whoever measured it, inside a trust
+region around the incumbent. Why: experiments are few (tens per node) and noisy, so a model
+that pools every node's moves and explores untried knobs by its own uncertainty beats blind
+random perturbation, while staying cheap enough to refit before every experiment.
+
+The incumbent is the best candidate established on this hardware by trusted measurements;
+mutations start from it, so improvements are kept and regressions reverted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pool.estimator import Posterior
+from pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
+from protocol import knobs
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """Search constants."""
+
+    n_mutations: int = 12  # random single-knob moves scored per choice
+    top_k: int = 6  # leaders considered for replicate and recombine
+    window: int = 20  # recent outcomes per operator that count
+    min_share: float = 0.05  # every operator's floor chance
+    step: float = 0.15  # sd of a random move in the unit range
+    trust_region: float = 0.3  # largest directed move in the unit range
+    move_noise: float = 0.004  # sd of a move's gain beyond the surrogate
+    max_replicates: float = 4.0  # do not replicate what trusted runs here measured this often
+    min_support: float = 0.02  # a candidate only discredited keys vouch for is not worth a run
+    build_support: float = 0.5  # recombine only what trusted keys measured: strangers' claims are tried first
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished experiment of this node: which operator, and whether it yielded."""
+
+    operator: str
+    won: bool
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The bandit's pick and why."""
+
+    proposal: Proposal
+    sampled: float  # the Thompson draw that won within its operator
+    operator_draws: dict[str, float]
+    incumbent: str | None
+
+
+def choose(
+    posterior: Posterior,
+    rng: np.random.Generator,
+    *,
+    history: Sequence[Outcome] = (),
+    space: Sequence[Dim] = DEFAULT_SPACE,
+    config: BanditConfig = BanditConfig(),
+    default_base: str = "naive-baseline",
+    operators: Sequence[str] = OPERATORS,
+) -> Choice:
+    """The next experiment. With an empty pool: the default base config itself."""
+    incumbent = posterior.incumbent()
+    if not posterior.candidates:
+        proposal = make_proposal(default_base, {}, (), "try_peer")
+        return Choice(proposal, math.nan, {}, None)
+    draw = posterior.sample(rng, 1)[0]
+    arms = _arms(posterior, draw, incumbent, rng, space, config, operators)
+    if not arms:
+        proposal = make_proposal(default_base, {}, (), "try_peer")
+        return Choice(proposal, math.nan, {}, incumbent)
+    yields = operator_draws(history, [op for op in operators if arms.get(op)], rng, config)
+    op = max(yields, key=yields.get)
+    proposal, score = min(arms[op], key=lambda ps: ps[1])
+    if callable(proposal):
+        proposal = proposal()
+    return Choice(proposal, float(score), yields, incumbent)
+
+
+def operator_draws(history: Sequence[Outcome], available: Sequence[str], rng: np.random.Generator, config: BanditConfig = BanditConfig()) -> dict[str, float]:
+    """One Thompson draw of each available operator's yield over its recent window; with
+    probability min_share per operator, one of them is picked uniformly instead."""
+    recent: dict[str, list[bool]] = defaultdict(list)
+    for outcome in reversed(history):
+        if len(recent[outcome.operator]) < config.window:
+            recent[outcome.operator].append(outcome.won)
+    draws = {}
+    for op in available:
+        wins = sum(recent[op])
+        draws[op] = float(rng.beta(1.0 + wins, 1.0 + len(recent[op]) - wins))
+    if available and rng.random() < config.min_share * len(available):
+        pick = available[int(rng.integers(len(available)))]
+        draws[pick] = 2.0  # the floor: above any Beta draw
+    return draws
+
+
+def outcome(proposal: Proposal, measured: float, before: Posterior) -> bool:
+    """Whether an experiment yielded: a new candidate (or a peer's) that beat the incumbent as
+    it stood, or a replicate that showed the leader is worse than believed (2 sd)."""
+    inc = before.incumbent()
+    if inc is None:
+        return True
+    est = before.estimate(inc)
+    if proposal.operator == "replicate":
+        return measured > est.mean + 2.0 * max(est.sd, 1e-6)
+    return measured < est.mean
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+def _arms(posterior, draw, incumbent, rng, space, config, operators):
+    idx = posterior.index
+    order = np.argsort(posterior.mean, kind="stable")
+    established = [posterior.candidates[i] for i in order if posterior.info[posterior.candidates[i]].established >= posterior.established_weight]
+    arms: dict[str, list[tuple[Proposal, float]]] = {op: [] for op in operators}
+    if "replicate" in arms:
+        for c in established[: config.top_k]:
+            if posterior.info[c].established < config.max_replicates:
+                arms["replicate"].append((_later(replicate, posterior.info[c]), draw[idx[c]]))
+    if "try_peer" in arms:
+        for c in posterior.candidates:
+            inf = posterior.info[c]
+            if inf.established < posterior.established_weight and inf.base and inf.support >= config.min_support:
+                arms["try_peer"].append((_later(try_peer, inf), draw[idx[c]]))
+    if "mutate" in arms and incumbent is not None:
+        arms["mutate"] = _mutations(posterior, draw, incumbent, rng, space, config)
+    if "recombine" in arms:
+        leaders = [c for c in (posterior.candidates[i] for i in order) if posterior.info[c].base and posterior.info[c].support >= config.build_support][: config.top_k]
+        arms["recombine"] = _recombinations(posterior, draw, leaders, rng, config)
+    return {op: v for op, v in arms.items() if v}
+
+
+def _later(make, info):
+    return lambda: make(info)
+
+
+def _mutations(posterior, draw, incumbent, rng, space, config):
+    parent = posterior.info[incumbent]
+    model = MoveModel.fit(posterior, space)
+    theta = draw[posterior.index[incumbent]]
+    coeffs = model.sample(rng)
+    config_parent = _resolved(parent.candidate, parent.base, parent.diff)
+    out = []
+    seen = set()
+    proposals = [mutate(parent, rng, space=space, step=config.step) for _ in range(config.n_mutations)]
+    for dim in space:  # one move per knob towards the surrogate's sampled optimum
+        target = model.best_unit(dim, coeffs, config_parent[dim.name], config.trust_region)
+        if target is None:
+            continue
+        if dim.categorical:
+            proposals.append(mutate(parent, rng, space=[Dim(dim.name, choices=(config_parent[dim.name], target))], knob=dim.name))
+        else:
+            shift = target - dim.to_unit(float(config_parent[dim.name]))
+            proposals.append(mutate(parent, rng, space=space, knob=dim.name, step=config.step / 3, direction=shift))
+    for p in proposals:
+        if p is None or p.candidate in seen or p.candidate == incumbent:
+            continue
+        seen.add(p.candidate)
+        if p.candidate in posterior.index:
+            score = draw[posterior.index[p.candidate]]
+        else:
+            gain = sum(model.gain(name, config_parent[name], value, coeffs) for name, value in p.changed)
+            score = theta - gain + rng.normal(0.0, config.move_noise)
+        out.append((p, float(score)))
+    return out
+
+
+def _recombinations(posterior, draw, leaders, rng, config):
+    idx = posterior.index
+    out = []
+    seen = set()
+    for i, a in enumerate(leaders):
+        anc_a = posterior.ancestors(a)
+        for b in leaders[i + 1 :]:
+            anc_b = posterior.ancestors(b)
+            if a in anc_b or b in anc_a:
+                continue  # same lineage: one already contains the other's ideas
+            p = recombine(posterior.info[a], posterior.info[b], rng)
+            if p is None or p.candidate in seen:
+                continue
+            seen.add(p.candidate)
+            if p.candidate in idx:
+                score = draw[idx[p.candidate]]
+            else:
+                common = _nearest_common(anc_a, anc_b, posterior)
+                if common is not None:
+                    score = draw[idx[a]] + draw[idx[b]] - draw[idx[common]]
+                else:
+                    score = 0.5 * (draw[idx[a]] + draw[idx[b]])
+                score += rng.normal(0.0, posterior.lineage_sd)
+            out.append((p, float(score)))
+    return out
+
+
+def _nearest_common(anc_a: set[str], anc_b: set[str], posterior: Posterior) -> str | None:
+    common = anc_a & anc_b
+    if not common:
+        return None
+    # the most recent common ancestor: the one with the most ancestors of its own
+    return max(sorted(common), key=lambda c: len(posterior.ancestors(c)))
+
+
+# ----------------------------------------------------------------------------- surrogate
+
+
+@dataclass
+class MoveModel:
+    """Additive surrogate of single-knob moves: value(x) = sum_k f_k(x_k), with f_k quadratic in
+    the unit range (numeric) or one effect per choice (categorical). Each f_k is fitted by
+    Bayesian linear regression to the gains of parent->child pairs that changed only knob k."""
+
+    dims: dict[str, Dim]
+    means: dict[str, np.ndarray]
+    chols: dict[str, np.ndarray]
+
+    PRIOR_SD_NUMERIC = (0.03, 0.03)  # linear and quadratic coefficients, bpb per unit range
+    PRIOR_SD_CHOICE = 0.015
+
+    @classmethod
+    def fit(cls, posterior: Posterior, space: Sequence[Dim]) -> "MoveModel":
+        dims = {d.name: d for d in space}
+        pairs: dict[str, list[tuple[np.ndarray, float, float]]] = defaultdict(list)
+        idx = posterior.index
+        configs: dict[str, dict] = {}
+
+        def config_of(c):
+            if c not in configs:
+                inf = posterior.info[c]
+                configs[c] = _resolved(c, inf.base, inf.diff) if inf.base else {}
+            return configs[c]
+
+        for c in posterior.candidates:
+            inf = posterior.info[c]
+            if len(inf.parents) != 1 or not inf.base:
+                continue
+            p = inf.parents[0]
+            if not posterior.info[p].base:
+                continue
+            cc, pc = config_of(c), config_of(p)
+            changed = [k for k in cc if cc[k] != pc[k]]
+            if len(changed) != 1 or changed[0] not in dims:
+                continue
+            k = changed[0]
+            gain = float(posterior.mean[idx[p]] - posterior.mean[idx[c]])
+            var = float(posterior.sd[idx[p]] ** 2 + posterior.sd[idx[c]] ** 2) + 0.003**2
+            pairs[k].append((_features(dims[k], pc[k]) - _features(dims[k], cc[k]), gain, var))
+        means, chols = {}, {}
+        for name, dim in dims.items():
+            prior = np.array(cls.PRIOR_SD_NUMERIC) if not dim.categorical else np.full(len(dim.choices), cls.PRIOR_SD_CHOICE)
+            A = np.diag(1.0 / prior**2)
+            b = np.zeros(len(prior))
+            for x, g, v in pairs.get(name, ()):
+                # gain = f(parent) - f(child) = coef . (phi(parent) - phi(child))
+                A += np.outer(x, x) / v
+                b += x * g / v
+            cov = np.linalg.inv(A)
+            means[name] = cov @ b
+            chols[name] = np.linalg.cholesky((cov + cov.T) / 2 + np.eye(len(b)) * 1e-14)
+        return cls(dims, means, chols)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One joint draw of every knob's coefficients."""
+        return {k: self.means[k] + self.chols[k] @ rng.standard_normal(len(self.means[k])) for k in self.means}
+
+    def gain(self, name: str, old, new, coeffs: dict[str, np.ndarray]) -> float:
+        """Drawn improvement (bpb, positive = better) of moving knob `name` from old to new."""
+        dim = self.dims.get(name)
+        if dim is None:
+            return 0.0
+        return float(coeffs[name] @ (_features(dim, old) - _features(dim, new)))
+
+    def best_unit(self, dim: Dim, coeffs: dict[str, np.ndarray], current, radius: float):
+        """Where the drawn f_k is lowest within the trust region (unit coordinate, or a choice)."""
+        c = coeffs[dim.name]
+        if dim.categorical:
+            best = dim.choices[int(np.argmin(c))]
+            return None if best == current else best
+        u0 = dim.to_unit(float(current))
+        grid = np.clip(np.linspace(u0 - radius, u0 + radius, 13), 0.0, 1.0)
+        values = c[0] * grid + c[1] * grid**2
+        u = float(grid[int(np.argmin(values))])
+        return None if abs(u - u0) < 1e-9 else u
+
+
+_RESOLVED: dict[str, dict] = {}
+
+
+def _resolved(candidate: str, base: str, diff) -> dict:
+    """Full config of a candidate; memoised by candidate id (the id fixes base and diff)."""
+    config = _RESOLVED.get(candidate)
+    if config is None:
+        if len(_RESOLVED) > 50_000:
+            _RESOLVED.clear()
+        config = _RESOLVED[candidate] = knobs.resolve(base, diff)
+    return config
+
+
+def _features(dim: Dim, value) -> np.ndarray:
+    if dim.categorical:
+        out = np.zeros(len(dim.choices))
+        if value in dim.choices:
+            out[dim.choices.index(value)] = 1.0
+        return out
+    u = dim.to_unit(float(value))
+    return np.array([u, u * u])
