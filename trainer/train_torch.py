@@ -25,8 +25,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,76 +34,22 @@ from trainer.model_spec import parameter_role, role_lr
 from trainer.model_torch import GPT, build_model
 from trainer.muon_torch import Muon
 from trainer.schedule import Schedule
+# Result types and the batch plan are shared with the MLX backend.
+from trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult
+from trainer.train_common import plan_batch as shared_plan_batch
 
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
 
 _PRIMING_STEPS = 3
 
 
-class TokenSource(Protocol):
-    """A deterministic stream of training tokens: `take(n)` returns the next n ids (uint16)."""
-
-    def take(self, n: int) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """A progress snapshot, handed to the `progress` callback."""
-
-    step: int
-    train_loss: float
-    elapsed_s: float
-    budget_s: float
-    tokens: int
-    lr_scale: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    state: dict[str, np.ndarray]  # float32, stable names (see trainer.model_torch)
-    steps: int
-    train_tokens: int
-    training_seconds: float
-    final_train_loss: float
-    losses: tuple[float, ...]  # train loss of every step (synchronised only at report points on CUDA)
-    micro_batch_tokens: int
-    grad_accum_steps: int
-    params: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    seq_len: int
-    grad_accum_steps: int
-    seqs_per_micro: int  # per rank
-
-    @property
-    def micro_tokens(self) -> int:
-        return self.seqs_per_micro * self.seq_len
-
-    def step_tokens(self, world_size: int) -> int:
-        return self.micro_tokens * self.grad_accum_steps * world_size
-
-
 def plan_batch(config: Mapping[str, Any], world_size: int, device: torch.device) -> BatchPlan:
-    """How a step's `train_batch_tokens` split into ranks, micro-batches and sequences.
-
-    The global batch is kept (rounded down to whole sequences per rank); grad_accum_steps = 0
-    picks the fewest micro-batches that fit the device's memory (trainer.memory).
-    """
-    from trainer.memory import choose_grad_accum, machine_memory_bytes
-
+    """How a step's `train_batch_tokens` split into ranks, micro-batches and sequences
+    (trainer.train_common.plan_batch, told this device's memory and attention kernel)."""
     if device.type == "cuda":
         memory = torch.cuda.get_device_properties(device).total_memory
-        choice = choose_grad_accum(config, memory, world=world_size, activation_bytes=2, attention_scores=False)
-    else:
-        choice = choose_grad_accum(config, machine_memory_bytes(), world=world_size)
-    return BatchPlan(config["train_seq_len"], choice.grad_accum_steps, choice.micro_batch_sequences)
+        return shared_plan_batch(config, world_size, memory_bytes=memory, activation_bytes=2, attention_scores=False)
+    return shared_plan_batch(config, world_size)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -154,6 +99,7 @@ def train(
     report_every_s: float = 1.0,
     max_steps: int | None = None,
     compile_model: bool | None = None,
+    initial_state: Mapping[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train a fresh model of `config` for `budget_s` seconds of optimiser steps on the tokens of
     `train_stream()` (a fresh stream from the split's first token, e.g. BenchData.train_stream).
@@ -172,6 +118,8 @@ def train(
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     model = build_model(config).to(device)
+    if initial_state is not None:  # e.g. the other backend's initial weights (parity tests)
+        load_numpy_state(model, initial_state)
     params = sum(p.numel() for p in model.parameters())
     runner: torch.nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if compile_model else model
     if distributed:
