@@ -86,6 +86,7 @@ class Node:
         self.discovery: Discovery | None = None
         self.records_published = 0
         self.syncs = 0
+        self.synced_in = 0  # records added by sync
         self.sync_reports: list[Any] = []  # the last few, newest last
         self.worker_state = "none" if worker is None else "starting"
         self.started_at = time.monotonic()
@@ -230,6 +231,7 @@ class Node:
             peers=tuple(peers),
             pool_records=sum(self.store.count(bench=b) for b in self.bench_ids),
             records_in=counts[Verdict.ADDED],
+            records_in_by_sync=self.synced_in,
             records_out=self.records_published + served,
             rejected=rejected,
             gossip_received=self.gossip.received if self.gossip else 0,
@@ -291,6 +293,7 @@ class Node:
                 for bench in sorted(self.bench_ids):
                     report = await sync_with(self.host, peer, bench, self.store, self.admission)
                     self.syncs += 1
+                    self.synced_in += report.added
                     self.sync_reports = [*self.sync_reports[-19:], report]
                     if report.fetched:
                         log.info("synced %d records from %s (%s)", report.fetched, peer, report.verdicts)

@@ -29,6 +29,7 @@ class NodeStatus:
     peers: tuple[PeerStatus, ...]
     pool_records: int  # records of our benchmarks in the pool
     records_in: int  # new records stored from peers (gossip and sync)
+    records_in_by_sync: int  # of which sync brought
     records_out: int  # records we published plus records we served by sync
     rejected: int  # records refused at the edge (invalid, blocked, over cap, rate limited)
     gossip_received: int
