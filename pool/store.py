@@ -29,7 +29,7 @@ import msgpack
 
 from protocol.errors import ProtocolError
 from protocol.records import parse_body
-from protocol.signing import SignedRecord, decode_record, record_id
+from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record, record_id
 
 from pool import schema
 
@@ -123,18 +123,51 @@ class PoolStore:
             return _insert(conn, rec, _now_ms() if now_ms is None else now_ms)
 
     def add_many(self, raws: Iterable[bytes], *, now_ms: int | None = None) -> AddReport:
-        """Validate and store many envelopes in one transaction. Bad ones are reported, not raised."""
+        """Validate and store many envelopes in one transaction. Bad ones are reported, not raised.
+
+        An envelope byte-identical to one already stored is a duplicate without being verified
+        again: those exact bytes passed every check when they were stored.
+        """
         now_ms = _now_ms() if now_ms is None else now_ms
+        raws = list(raws)
+        known = self.exact_duplicates(raws)
         decoded: list[SignedRecord] = []
         rejected: list[tuple[int, str]] = []
         # Verify before taking the write lock, so other writers wait only for the inserts.
         for index, raw in enumerate(raws):
+            if index in known:
+                continue
             try:
                 decoded.append(decode_record(raw, now_ms=now_ms))
             except ProtocolError as exc:
                 rejected.append((index, str(exc)))
         report = self.add_verified(decoded, now_ms=now_ms)
-        return AddReport(report.added, report.duplicates, rejected)
+        return AddReport(report.added, [known[i] for i in sorted(known)] + report.duplicates, rejected)
+
+    def exact_duplicates(self, raws: list[bytes]) -> dict[int, str]:
+        """{index: id} of the envelopes in `raws` whose exact bytes are already stored.
+
+        Cheap (an unverified parse, a hash and one lookup per 500), so a caller can skip
+        verifying records it already holds. Anything malformed is simply not a duplicate.
+        """
+        ids: dict[int, str] = {}
+        for index, raw in enumerate(raws):
+            if len(raw) > MAX_RECORD_BYTES:
+                continue
+            try:
+                body = msgpack.unpackb(raw, raw=False)["body"]
+            except Exception:  # not ours to judge here; decode_record will say what is wrong
+                continue
+            if type(body) is bytes:
+                ids[index] = record_id(body).hex()
+        if not ids:
+            return {}
+        wanted = list(dict.fromkeys(ids.values()))
+        stored: dict[str, bytes] = {}
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            stored.update((i, bytes(r)) for i, r in self._all(f"SELECT id, raw FROM records WHERE id IN ({marks})", chunk))
+        return {index: id_ for index, id_ in ids.items() if stored.get(id_) == raws[index]}
 
     def add_verified(self, records: Iterable[SignedRecord], *, now_ms: int | None = None) -> AddReport:
         """Store records that `decode_record` or our signer produced, in one transaction."""

@@ -65,6 +65,18 @@ def test_add_many_stores_the_good_reports_duplicates_and_rejects_by_index(store)
     assert store.count() == 3
 
 
+def test_only_byte_identical_copies_skip_verification_as_duplicates(store):
+    rec = g.result(g.identity(1))
+    store.add(rec.raw)
+    env = canonical.decode(rec.raw, max_len=1 << 16)
+    same_body_forged_sig = canonical.encode({"body": env["body"], "sig": bytes(64)})
+    assert store.exact_duplicates([b"junk", rec.raw, same_body_forged_sig]) == {1: rec.id}
+    report = store.add_many([rec.raw, same_body_forged_sig])
+    assert report.duplicates == [rec.id]
+    assert report.rejected == [(1, "sig: signature does not verify against the author key")]
+    assert store.get_raw(rec.id) == rec.raw
+
+
 def test_add_signed_stores_our_own_record_and_its_lineage(store):
     parent = g.result(g.identity(1), i=1)
     child = g.result(g.identity(1), i=2, parents=(parent.id,))
