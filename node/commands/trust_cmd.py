@@ -1,7 +1,6 @@
 """`p2pgolf trust ...`: pin, unpin, block, unblock and list author keys.
 
-KEY is a 64-hex public key or a 12D3KooW... peer id; for unpin, unblock and block an existing
-label also works. Every change says what the key was before, so a block that overrides a pin
+KEY is a 64-hex public key, a 12D3KooW... peer id, or the label of an existing entry. Every change says what the key was before, so a block that overrides a pin
 is visible. Refused changes (pinning the own key, pinning a blocked key) end in one line.
 """
 
