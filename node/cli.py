@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     from protocol.errors import ProtocolError
 
     try:
-        cli.main(args=argv, prog_name="p2pgolf", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of exiting.
+        code = cli.main(args=argv, prog_name="p2pgolf", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
