@@ -32,6 +32,46 @@ def decode(data: bytes, *, max_len: int) -> Any:
     data = bytes(data)
     if len(data) > max_len:
         raise ProtocolError(f"{len(data)} bytes exceeds the limit of {max_len}")
+    # Fast path (every record a peer sends comes through here): plain C unpacking, one walk for
+    # key order and float finiteness, one re-pack. Duplicate keys collapse while unpacking, so the
+    # re-pack comes out shorter and differs. Anything odd is decoded again by the slow, precise path
+    # for its error message.
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, **_limits(max_len))
+        if _walk_is_canonical(value) and _repack(value) == data:
+            return value
+    except Exception:
+        pass
+    return _decode_precisely(data, max_len)
+
+
+def _limits(max_len: int) -> dict[str, int]:
+    return dict(max_str_len=max_len, max_bin_len=max_len, max_array_len=max_len, max_map_len=max_len)
+
+
+def _repack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, use_single_float=False)
+
+
+def _walk_is_canonical(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is dict:
+            keys = list(v)
+            if not all(map(isinstance, keys, repeat(str))) or keys != sorted(keys):
+                return False
+            stack.extend(v.values())
+        elif t is list:
+            stack.extend(v)
+        elif t is float and (v - v) != 0.0:  # inf - inf and nan - nan are nan
+            return False
+    return True
+
+
+def _decode_precisely(data: bytes, max_len: int) -> Any:
+    """The slow path: checks as it decodes, so the error names the first rule broken."""
     try:
         value = msgpack.unpackb(
             data,
@@ -41,10 +81,7 @@ def decode(data: bytes, *, max_len: int) -> Any:
             object_pairs_hook=_canonical_map,
             list_hook=_finite_list,
             ext_hook=_no_ext,
-            max_str_len=max_len,
-            max_bin_len=max_len,
-            max_array_len=max_len,
-            max_map_len=max_len,
+            **_limits(max_len),
         )
     except ProtocolError:
         raise
@@ -54,7 +91,7 @@ def decode(data: bytes, *, max_len: int) -> Any:
         raise ProtocolError("NaN and infinity are not allowed")
     # Maps were checked for order as they were built, so re-packing in decoded order must give
     # the same bytes; any difference is a non-shortest integer, a float32, or a str/bin mix-up.
-    if msgpack.packb(value, use_bin_type=True, use_single_float=False) != data:
+    if _repack(value) != data:
         raise ProtocolError("bytes are not in canonical form (integer, float or string encoding)")
     return value
 

@@ -73,10 +73,13 @@ def sign_record(record: Record, signing_key: nacl.signing.SigningKey) -> SignedR
 
 def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
     """Decode, validate and verify an envelope from anywhere. Raises only ProtocolError."""
-    envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
-    if not isinstance(envelope, dict) or set(envelope) != {"body", "sig"}:
-        raise ProtocolError("envelope must be a map with exactly the fields body and sig")
-    body, signature = envelope["body"], envelope["sig"]
+    split = _split_envelope(raw)
+    if split is None:  # not the one canonical layout: decode generically for a precise error
+        envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
+        if not isinstance(envelope, dict) or set(envelope) != {"body", "sig"}:
+            raise ProtocolError("envelope must be a map with exactly the fields body and sig")
+        split = envelope["body"], envelope["sig"]
+    body, signature = split
     if type(body) is not bytes:
         raise ProtocolError("must be binary", "body")
     if type(signature) is not bytes or len(signature) != 64:
@@ -88,6 +91,33 @@ def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         raise ProtocolError("signature does not verify against the author key", "sig") from None
     return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=bytes(raw))
+
+
+_ENVELOPE_HEAD = b"\x82\xa4body"
+_SIG_HEAD = b"\xa3sig\xc4\x40"
+
+
+def _split_envelope(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(body, sig) if `raw` has exactly the canonical envelope layout, else None.
+
+    Canonical form leaves one layout: fixmap(2), "body", bin8 (or bin16 when the body is 256
+    bytes or more), the body, "sig", bin8 of 64 bytes, the signature, and nothing after it.
+    """
+    if not isinstance(raw, (bytes, bytearray)) or not raw.startswith(_ENVELOPE_HEAD) or len(raw) > MAX_RECORD_BYTES:
+        return None
+    marker = raw[6] if len(raw) > 6 else None
+    if marker == 0xC4 and len(raw) > 7:
+        size, start = raw[7], 8
+    elif marker == 0xC5 and len(raw) > 8:
+        size, start = int.from_bytes(raw[7:9], "big"), 9
+        if size < 256:
+            return None
+    else:
+        return None
+    end = start + size
+    if len(raw) != end + len(_SIG_HEAD) + 64 or raw[end : end + len(_SIG_HEAD)] != _SIG_HEAD:
+        return None
+    return bytes(raw[start:end]), bytes(raw[end + len(_SIG_HEAD) :])
 
 
 @lru_cache(maxsize=4096)
