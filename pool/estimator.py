@@ -67,6 +67,7 @@ class EstimatorConfig:
     lie_sd: float = 0.05  # how far a claim of weight w may be off: lie_sd^2 (1-w)/w
     check_z: float = 3.0  # an attestation disagrees beyond z standard deviations...
     check_slack: float = 0.002  # ...plus this absolute slack
+    check_max_tolerance: float = 0.03  # a wider tolerance (unknown translation) is inconclusive
     established_weight: float = 0.5  # trusted weight on this hardware that makes an incumbent
     naive: bool = False  # believe every record as if measured on this hardware at full weight
 
@@ -482,7 +483,7 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
             sd = math.sqrt(var)
         residual = a.val_bpb - expected
         tol = config.check_z * sd + config.check_slack
-        out.append(AttestationCheck(a.record_id, a.subject, claim.author, a.author, abs(residual) <= tol, float(residual), float(tol)))
+        out.append(AttestationCheck(a.record_id, a.subject, claim.author, a.author, abs(residual) <= tol, float(residual), float(tol), tol <= config.check_max_tolerance))
     return out
 
 
@@ -589,7 +590,7 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
     # per-candidate info and explanation rows
     verdicts: dict[str, list[str]] = defaultdict(list)
     for chk in checks:
-        word = "agrees" if chk.agrees else "DISAGREES"
+        word = ("agrees" if chk.agrees else "DISAGREES") if chk.conclusive else "inconclusive"
         verdicts[chk.subject_id].append(f"{chk.attestation_id[:12]} {word} ({chk.residual:+.4f}, tol {chk.tolerance:.4f})")
     rows: dict[str, list[EvidenceRow]] = defaultdict(list)
     established: dict[str, float] = defaultdict(float)

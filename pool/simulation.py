@@ -292,9 +292,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post)))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
-            # an experiment spent on a fake: re-measuring a fake claim, or building on one,
-            # before trusted runs on this hardware had established its candidate
-            traces[i].on_fake.append(any(r in fake_records and post.info.get(fake_records[r]) is not None and post.info[fake_records[r]].established < post.established_weight for r in (p.subject, *p.parents)))
+            traces[i].on_fake.append(_spent_on_fake(p, post, fake_records))
             if p.subject is not None:
                 new_attestations.append(AttestationEvidence(ledger.new_id(), p.subject, authors[i], "reproduce", hw, float(measured), k))
             else:
@@ -314,6 +312,17 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
         traces[i].final_true = traces[i].incumbent_true[-1]
         traces[i].lineage_of_final = ({inc} | post.ancestors(inc, limit=10_000)) if inc else set()
     return traces
+
+
+def _spent_on_fake(p: Proposal, post: Posterior, fake_records: Mapping[str, str]) -> bool:
+    """An experiment is spent on a fake when it re-measures or builds on a fake record whose
+    candidate nothing but the fake vouched for (no trusted measurement anywhere)."""
+    for r in (p.subject, *p.parents):
+        if r in fake_records:
+            info = post.info.get(fake_records[r])
+            if info is not None and info.established < post.established_weight and info.support < 0.5:
+                return True
+    return False
 
 
 def _incumbent_true(post: Posterior, ledger: _Ledger, hw: str, trace: NodeTrace) -> float:

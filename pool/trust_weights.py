@@ -53,6 +53,7 @@ class AttestationCheck:
     agrees: bool
     residual: float  # measured minus expected (on the attester's hardware), bpb
     tolerance: float
+    conclusive: bool = True  # False when the translation is too uncertain to judge; then it moves nothing
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ def author_trust(
     agree: dict[str, float] = {a: 0.0 for a in statuses}
     disagree: dict[str, float] = {a: 0.0 for a in statuses}
     for check in checks:
-        if check.attester == check.subject_author:
-            continue  # nobody vouches for themselves
+        if check.attester == check.subject_author or not check.conclusive:
+            continue  # nobody vouches for themselves; a blurred check proves nothing
         w = base_weight(statuses[check.attester], policy)
         if w <= 0.0:
             continue
@@ -119,7 +120,7 @@ def claim_weight(author_weight: float, checks: Iterable[AttestationCheck], attes
     others (as if each were an independent vouch) and cut by disagreeing ones."""
     w = author_weight
     for check in checks:
-        if check.attester == check.subject_author:
+        if check.attester == check.subject_author or not check.conclusive:
             continue
         a = attester_weight(check.attester)
         if check.agrees:

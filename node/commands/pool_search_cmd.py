@@ -1,0 +1,215 @@
+"""`p2pgolf pool explain` and `p2pgolf pool top`: the estimator's view of the pool.
+
+`explain CANDIDATE` prints every piece of evidence that went into the candidate's estimate for
+this node's hardware (its weight, how it was translated from other hardware, the attestation
+verdicts on it) and the resulting posterior. `top` lists the best candidates for this hardware
+with their uncertainty. Both read the pool only; `--json` prints one JSON document. This
+node's hardware class comes from trainer.hardware (imported only when `--hw` is not given).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from node.cli import UserError
+from node.home import Home
+
+if TYPE_CHECKING:
+    from pool.estimator import Posterior
+    from pool.store import PoolStore
+    from pool.trust import TrustStore
+
+
+@click.command("explain")
+@click.argument("candidate")
+@click.option("--bench", help="Benchmark name or id (default: the benchmark of the candidate's records).")
+@click.option("--hw", "hw_key", help="Hardware class key to estimate for (default: this machine's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def explain(home: Home, candidate: str, bench: str | None, hw_key: str | None, as_json: bool) -> None:
+    """Explain the estimate for CANDIDATE (id or unique prefix) on this hardware."""
+    from node.commands.pool_cmd import _resolve_candidate, open_pool, open_trust, resolve_bench
+
+    with open_pool(home) as store:
+        trust = open_trust(store)
+        cid = _resolve_candidate(store, candidate)
+        if bench:
+            bench_id = resolve_bench(bench)
+        else:
+            benches = sorted({r.bench for r in store.query(candidate=cid, kind="result")})
+            if len(benches) > 1:
+                raise UserError(f"candidate {cid[:12]} has results on {len(benches)} benchmarks; choose one with --bench")
+            bench_id = benches[0]
+        hw = hw_key or _this_hardware()
+        post = _posterior(store, trust, bench_id, hw)
+        if cid not in post:
+            raise UserError(f"candidate {cid[:12]} has no usable evidence on this benchmark (all of it from blocked keys, or none)")
+        doc = _explain_doc(post, cid, bench_id, trust)
+    if as_json:
+        click.echo(json.dumps(doc, sort_keys=True))
+        return
+    _print_explain(doc)
+
+
+@click.command("top")
+@click.option("--bench", help="Benchmark name or id (default: the one with the most records).")
+@click.option("--hw", "hw_key", help="Hardware class key to rank for (default: this machine's).")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many candidates.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@click.pass_obj
+def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: bool) -> None:
+    """List the best candidates for this hardware, with their uncertainty."""
+    from node.commands.pool_cmd import open_pool, open_trust, resolve_bench
+
+    with open_pool(home) as store:
+        trust = open_trust(store)
+        if bench:
+            bench_id = resolve_bench(bench)
+        else:
+            benches = store.benches()
+            if not benches:
+                raise UserError("the pool is empty: nothing to rank")
+            bench_id = max(benches, key=lambda b: b[1])[0]
+        hw = hw_key or _this_hardware()
+        post = _posterior(store, trust, bench_id, hw)
+    incumbent = post.incumbent()
+    rows = []
+    for rank, est in enumerate(post.ranked()[:limit], start=1):
+        info = post.info[est.candidate]
+        rows.append(
+            {
+                "rank": rank,
+                "candidate": est.candidate,
+                "mean": est.mean,
+                "sd": est.sd,
+                "established_here": info.established,
+                "results": info.n_results,
+                "incumbent": est.candidate == incumbent,
+                "base": info.base,
+                "diff": dict(info.diff),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    _print_top(rows, hw, bench_id, len(post.candidates))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _this_hardware() -> str:
+    try:
+        from trainer.hardware import detect_hardware
+    except ImportError as exc:
+        raise UserError(f"cannot detect this machine's hardware ({exc}); give --hw KEY") from None
+    try:
+        return detect_hardware().key
+    except Exception as exc:  # detection reads the system; any failure is the user's to route around
+        raise UserError(f"cannot detect this machine's hardware ({exc}); give --hw KEY") from None
+
+
+def _posterior(store: "PoolStore", trust: "TrustStore", bench_id: str, hw: str) -> "Posterior":
+    from pool.estimator import estimate
+    from pool.evidence import from_store
+    from pool.trust_weights import TrustPolicy
+
+    evidence = from_store(store, bench_id)
+    return estimate(evidence, trust.status, hw, policy=TrustPolicy(unknown_weight=trust.unknown_weight))
+
+
+def _explain_doc(post: "Posterior", cid: str, bench_id: str, trust: "TrustStore") -> dict[str, Any]:
+    est = post.estimate(cid)
+    info = post.info[cid]
+    labels = trust.labels()
+    rows = []
+    for r in sorted(post.rows.get(cid, []), key=lambda r: (r.hw != post.hw, -r.claim * r.cap, r.record_id)):
+        rows.append(
+            {
+                "record": r.record_id,
+                "kind": r.kind,
+                "author": r.author,
+                "who": _who(r.author, labels.get(r.author, ""), r.status),
+                "status": r.status,
+                "hw": r.hw,
+                "val_bpb": r.val_bpb,
+                "on_this_hw": r.translated,
+                "trust": r.trust,
+                "claim_weight": r.claim,
+                "cap": r.cap,
+                "sd": r.sd,
+                "verdicts": list(r.verdicts),
+            }
+        )
+    parents = [{"candidate": p, "mean": post.estimate(p).mean, "sd": post.estimate(p).sd} for p in info.parents]
+    translations = {
+        h: {"offset": t.offset, "offset_sd": t.offset_sd, "scale": t.scale, "overlaps": t.overlaps}
+        for h, t in post.translations.items()
+        if h in info.hw_classes or any(r["hw"] == h for r in rows)
+    }
+    return {
+        "candidate": cid,
+        "bench": bench_id,
+        "hw": post.hw,
+        "base": info.base,
+        "diff": dict(info.diff),
+        "mean": est.mean,
+        "sd": est.sd,
+        "established_here": info.established,
+        "incumbent": post.incumbent() == cid,
+        "parents": parents,
+        "evidence": rows,
+        "translations": translations,
+        "interaction_sd": post.interaction_sd,
+    }
+
+
+def _who(key: str, label: str, status: str) -> str:
+    name = "me" if status == "own" else (label or key[:8])
+    return f"{name} ({status})" if status != "own" else name
+
+
+def _print_explain(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    diff = ", ".join(f"{k}={v}" for k, v in doc["diff"].items()) or "(no changes)"
+    console.print(f"candidate {doc['candidate']}")
+    console.print(f"  {doc['base']} + {diff}")
+    marker = "  [bold](incumbent)[/bold]" if doc["incumbent"] else ""
+    console.print(f"  estimate on {doc['hw']}: [bold]{doc['mean']:.4f} ± {doc['sd']:.4f}[/bold] val_bpb{marker}")
+    if not doc["evidence"]:
+        console.print("  no direct evidence: the estimate comes from its parents (lineage prior)")
+    table = Table(title="evidence", title_justify="left")
+    for name, justify in (("record", "left"), ("kind", "left"), ("author", "left"), ("hw", "left"), ("val_bpb", "right"), ("on this hw", "right"), ("trust", "right"), ("claim", "right"), ("cap", "right"), ("sd", "right"), ("checks", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for r in doc["evidence"]:
+        table.add_row(r["record"][:12], r["kind"], r["who"], r["hw"], f"{r['val_bpb']:.4f}", f"{r['on_this_hw']:.4f}", f"{r['trust']:.3g}", f"{r['claim_weight']:.3g}", f"{r['cap']:.3g}", f"{r['sd']:.4f}", "\n".join(r["verdicts"]))
+    console.print(table)
+    for p in doc["parents"]:
+        console.print(f"  parent {p['candidate'][:12]}: {p['mean']:.4f} ± {p['sd']:.4f}")
+    for h, t in doc["translations"].items():
+        console.print(f"  {h} -> this hw: offset {t['offset']:+.4f} ± {t['offset_sd']:.4f}, scale {t['scale']:.3f}, from {t['overlaps']} shared candidates")
+    console.print(f"  candidate x hardware interaction sd: {doc['interaction_sd']:.4f}")
+
+
+def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from node.commands.pool_cmd import bench_label
+
+    table = Table(title=f"best of {total} candidates on {bench_label(bench_id)} for {hw}", title_justify="left")
+    for name, justify in (("#", "right"), ("candidate", "left"), ("val_bpb", "right"), ("± sd", "right"), ("here", "right"), ("results", "right"), ("diff", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for r in rows:
+        diff = ", ".join(f"{k}={v}" for k, v in r["diff"].items()) or f"({r['base']})"
+        mark = " *" if r["incumbent"] else ""
+        table.add_row(str(r["rank"]), r["candidate"][:12] + mark, f"{r['mean']:.4f}", f"{r['sd']:.4f}", f"{r['established_here']:.2g}", str(r["results"]), diff)
+    Console().print(table)
+    if any(r["incumbent"] for r in rows):
+        Console().print("* incumbent: best among those measured on this hardware by trusted keys")

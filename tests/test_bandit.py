@@ -1,0 +1,175 @@
+"""The bandit and its proposal operators, driven by the real estimator."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pool.bandit import BanditConfig, Outcome, choose, operator_draws, outcome
+from pool.estimator import estimate
+from pool.evidence import AttestationEvidence, Evidence, result_evidence
+from pool.proposals import DEFAULT_SPACE, make_proposal, mutate, recombine
+from pool.trust_weights import static_status
+from protocol import knobs
+from protocol.errors import ProtocolError
+
+ME = "a" * 64
+FRIEND = "b" * 64
+STRANGER = "c" * 64
+BASE = "naive-baseline"
+HW = "cpu:x"
+
+
+class Pool:
+    """A growing evidence list with fresh record ids."""
+
+    def __init__(self):
+        self.results = []
+        self.attestations = []
+        self.n = 0
+
+    def rid(self) -> str:
+        self.n += 1
+        return f"{self.n:064x}"
+
+    def add(self, diff, value, *, author=ME, parents=(), hw=HW):
+        r = result_evidence(self.rid(), base=BASE, diff=diff, author=author, hw=hw, val_bpb=value, budget_s=600, parents=parents)
+        self.results.append(r)
+        return r
+
+    def attest(self, subject, value, *, author=ME, hw=HW):
+        self.attestations.append(AttestationEvidence(self.rid(), subject, author, "reproduce", hw, value))
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(tuple(self.results), tuple(self.attestations))
+
+
+def test_thompson_sampling_concentrates_on_a_clearly_best_arm():
+    truth = [1.975, 1.97, 1.975, 1.965, 1.955]  # the best leads by about one noise sd
+    pool = Pool()
+    root = pool.add({}, 2.02)
+    arms = [pool.add({"matrix_lr": 0.01 * (i + 1)}, t, parents=[root.record_id]) for i, t in enumerate(truth)]
+    by_candidate = {a.candidate: t for a, t in zip(arms, truth)}
+    rng = np.random.default_rng(3)
+    config = BanditConfig(max_replicates=math.inf)
+    picks = Counter()
+    for _ in range(40):
+        post = estimate(pool.evidence, static_status(ME), HW)
+        choice = choose(post, rng, config=config, operators=("replicate",))
+        c = choice.proposal.candidate
+        picks[c] += 1
+        pool.attest(choice.proposal.subject, by_candidate.get(c, 2.02) + rng.normal(0, 0.008))
+    best = arms[-1].candidate
+    assert picks[best] >= 0.7 * sum(picks.values()), picks
+
+
+def test_recombination_produces_a_valid_diff_whose_parents_are_both_recorded():
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    a = pool.add({"activation": "swiglu"}, 1.98, parents=[root.record_id])
+    b = pool.add({"unique_blocks": 3, "recurrence": "mirror"}, 1.97, author=FRIEND, parents=[root.record_id])
+    post = estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW)
+    choice = choose(post, np.random.default_rng(0), operators=("recombine",))
+    p = choice.proposal
+    assert p.operator == "recombine"
+    assert dict(p.diff) == {"activation": "swiglu", "recurrence": "mirror", "unique_blocks": 3}
+    assert p.parents == tuple(sorted((a.record_id, b.record_id)))
+    knobs.resolve(p.base, p.diff)  # raises if invalid
+    assert p.candidate == knobs.candidate_id(p.base, p.diff)
+    # the prior composes both gains over their common ancestor: it is drawn near 1.95
+    assert abs(choice.sampled - 1.95) < 0.05
+
+
+def test_recombination_of_conflicting_diffs_stays_valid_or_declines():
+    pool = Pool()
+    a = pool.add({"num_layers": 4, "unique_blocks": 4}, 1.9)
+    b = pool.add({"num_layers": 12, "unique_blocks": 10}, 1.9)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        p = recombine(post.info[a.candidate], post.info[b.candidate], rng)
+        if p is not None:
+            config = knobs.resolve(p.base, p.diff)
+            assert config["unique_blocks"] <= config["num_layers"]
+
+
+def test_mutations_are_valid_one_knob_moves_from_their_parent():
+    pool = Pool()
+    parent = pool.add({"activation": "swiglu", "train_batch_tokens": 65536}, 1.9)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    info = post.info[parent.candidate]
+    rng = np.random.default_rng(5)
+    seen_knobs = set()
+    for _ in range(300):
+        p = mutate(info, rng, space=DEFAULT_SPACE)
+        assert p is not None
+        before = knobs.resolve(info.base, info.diff)
+        after = knobs.resolve(p.base, p.diff)
+        changed = [k for k in after if after[k] != before[k]]
+        assert len(changed) == 1 and changed == [p.changed[0][0]]
+        assert p.parents == (parent.record_id,)
+        seen_knobs.add(changed[0])
+    assert seen_knobs == {d.name for d in DEFAULT_SPACE}
+
+
+def test_an_invalid_proposal_is_refused_with_the_knob_named():
+    with pytest.raises(ProtocolError, match="unique_blocks"):
+        make_proposal(BASE, {"unique_blocks": 20}, (), "mutate")
+
+
+def test_the_meta_level_gives_more_runs_to_the_operator_that_yields():
+    history = [Outcome("mutate", i % 4 != 0) for i in range(20)] + [Outcome("recombine", i == 0) for i in range(20)]
+    rng = np.random.default_rng(2)
+    wins = Counter()
+    for _ in range(300):
+        draws = operator_draws(history, ["mutate", "recombine"], rng)
+        wins[max(draws, key=draws.get)] += 1
+    assert wins["mutate"] > 0.8 * 300
+    assert wins["recombine"] > 0  # the floor keeps every operator alive
+
+
+def test_the_incumbent_keeps_improvements_and_reverts_regressions():
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    pool.add({}, 2.00)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == root.candidate
+    worse = pool.add({"matrix_lr": 0.2}, 2.05, parents=[root.record_id])
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == root.candidate  # regression: reverted to the root
+    choice = choose(post, np.random.default_rng(0), operators=("mutate",))
+    assert choice.proposal.parents == (root.record_id,)  # mutations start from the incumbent
+    assert not outcome(choice.proposal, 2.05, post)
+    better = pool.add({"matrix_lr": 0.03}, 1.95, parents=[root.record_id])
+    assert outcome(make_proposal(BASE, {"matrix_lr": 0.03}, [root.record_id], "mutate"), 1.95, post)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == better.candidate  # improvement: kept
+    assert worse.candidate != post.incumbent()
+
+
+def test_a_strangers_claim_is_tried_but_never_becomes_the_incumbent_unreproduced():
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    fake = pool.add({"matrix_lr": 0.03}, 1.50, author=STRANGER, parents=[root.record_id])
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == root.candidate
+    choice = choose(post, np.random.default_rng(0), operators=("try_peer",))
+    assert choice.proposal.subject == fake.record_id
+    # once a trusted reproduction refutes it, its author's other candidates are not tried
+    pool.attest(fake.record_id, 2.01)
+    other = pool.add({"matrix_lr": 0.05}, 1.40, author=STRANGER, parents=[root.record_id])
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.info[other.candidate].support < BanditConfig().min_support
+    for seed in range(10):
+        c = choose(post, np.random.default_rng(seed), operators=("try_peer", "recombine"))
+        assert c.proposal.subject != other.record_id and other.record_id not in c.proposal.parents
+
+
+def test_an_empty_pool_starts_from_the_default_base():
+    post = estimate(Evidence(), static_status(ME), HW)
+    choice = choose(post, np.random.default_rng(0), default_base="cpu-small")
+    assert choice.proposal.base == "cpu-small" and dict(choice.proposal.diff) == {}

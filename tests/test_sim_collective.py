@@ -1,0 +1,74 @@
+"""The simulator (tiny runs): code paths of every mode and the direction of the effects."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pool.simulation import HARDWARE, MODES, Landscape, SimSettings, experiments_to_reach, run_mode, summarise
+from protocol import knobs
+
+TINY = SimSettings(nodes=3, experiments=14)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs():
+    return {mode: [run_mode(mode, seed, TINY) for seed in (0, 1)] for mode in MODES}
+
+
+def test_the_landscape_rewards_composed_architecture_gains_and_punishes_slow_hardware_defaults():
+    land = Landscape.seeded(0)
+    base = knobs.base_config("naive-baseline")
+    swiglu = {**base, "activation": "swiglu"}
+    mirror = {**base, "unique_blocks": 3, "recurrence": "mirror"}
+    both = {**base, "activation": "swiglu", "unique_blocks": 3, "recurrence": "mirror"}
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+    gain = lambda c: land.true_bpb(base, fast) - land.true_bpb(c, fast)  # noqa: E731
+    assert gain(both) > gain(swiglu) + gain(mirror)  # composing beats the sum of the parts
+    small_batch = {**base, "train_batch_tokens": 1 << 15, "warmdown_frac": 0.65}
+    assert land.true_bpb(base, slow) - land.true_bpb(small_batch, slow) > 0.1  # worth a lot on slow hardware
+    assert land.true_bpb(small_batch, fast) > land.true_bpb(base, fast)  # and harmful on fast hardware
+    for hw in (fast, slow):
+        assert land.optimum(hw) <= min(land.true_bpb(c, hw) for c in (base, swiglu, mirror, both, small_batch))
+
+
+def test_every_mode_runs_and_records_one_value_per_experiment(tiny_runs):
+    for mode, runs in tiny_runs.items():
+        for run in runs:
+            assert len(run.traces) == TINY.nodes
+            for t in run.traces:
+                assert len(t.incumbent_true) == TINY.experiments
+                assert len(t.ran) == TINY.experiments
+                assert all(math.isfinite(v) for v in t.incumbent_true)
+                assert t.final_true >= run.optimum[t.hw] - 1e-9
+
+
+def test_the_simulator_is_deterministic_for_a_seed():
+    a = run_mode("malicious", 5, SimSettings(nodes=2, experiments=6))
+    b = run_mode("malicious", 5, SimSettings(nodes=2, experiments=6))
+    assert [t.ran for t in a.traces] == [t.ran for t in b.traces]
+    assert [t.incumbent_true for t in a.traces] == [t.incumbent_true for t in b.traces]
+
+
+def test_hardware_adjusted_trust_beats_naive_pooling_when_classes_disagree(tiny_runs):
+    trust = summarise(tiny_runs["trust"])
+    naive = summarise(tiny_runs["naive"])
+    assert trust.regret < 0.5 * naive.regret
+
+
+def test_collective_search_beats_searching_alone(tiny_runs):
+    alone = summarise(tiny_runs["isolated_hillclimb"])
+    together = summarise(tiny_runs["trust"])
+    assert together.final_true < alone.final_true
+    hits = [h for c, ref in zip(tiny_runs["trust"], tiny_runs["isolated_hillclimb"]) for h in experiments_to_reach(c, ref)]
+    assert np.mean(hits) < TINY.experiments
+
+
+def test_fakes_cost_few_honest_experiments_and_none_once_blocked(tiny_runs):
+    # a stranger's first claims are worth a run each; once reproductions refute them, no more
+    assert summarise(tiny_runs["malicious"]).malicious_share <= 0.15
+    half = TINY.experiments // 2
+    assert not any(f for run in tiny_runs["malicious"] for t in run.traces for f in t.on_fake[half:])
+    assert summarise(tiny_runs["malicious_blocked"]).malicious_share == 0.0
