@@ -1,0 +1,150 @@
+"""Every knob of the vocabulary changes what the MLX backend produces: nothing is silently ignored.
+
+For each knob the table below names a context (other knobs it needs to matter, e.g. leaky_slope
+needs leaky_relu2), a value other than the context's, and where its effect shows: the trained
+weights, the evaluation, the artifact bytes, or the LR schedule the loop ran. The table must
+cover the whole vocabulary, so a new knob fails here until the MLX backend handles it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+from protocol.benchmarks import benchmark  # noqa: E402
+from protocol.knobs import KNOBS, resolve  # noqa: E402
+from trainer import evaluate_mlx, train_mlx  # noqa: E402
+from trainer.artifact import export_artifact  # noqa: E402
+from trainer.datasets import load_benchmark_data  # noqa: E402
+
+TINY = {
+    "num_layers": 2,
+    "model_dim": 16,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "train_seq_len": 16,
+    "train_batch_tokens": 256,
+    "muon_momentum_warmup_steps": 4,
+}
+STEPS = 3
+UNTIED = {"tie_embeddings": False}
+
+# knob -> (context, value, where the effect shows)
+EFFECTS: dict[str, tuple[dict, object, str]] = {
+    "num_layers": ({}, 3, "weights"),
+    "model_dim": ({}, 32, "weights"),
+    "num_heads": ({}, 4, "weights"),
+    "num_kv_heads": ({}, 2, "weights"),
+    "mlp_mult": ({}, 3.0, "weights"),
+    "mlp_hidden": ({}, 24, "weights"),
+    "vocab_size": ({}, 300, "weights"),
+    "tie_embeddings": ({}, False, "weights"),
+    "rope_base": ({}, 100.0, "weights"),
+    "logit_softcap": ({}, 5.0, "weights"),
+    "qk_gain_init": ({}, 0.5, "weights"),
+    "tied_embed_init_std": ({}, 0.05, "weights"),
+    "activation": ({}, "swiglu", "weights"),
+    "leaky_slope": ({"activation": "leaky_relu2"}, 0.1, "weights"),
+    "unique_blocks": ({}, 1, "weights"),
+    "recurrence": ({"num_layers": 4, "unique_blocks": 2}, "mirror", "weights"),
+    "train_seq_len": ({}, 32, "weights"),
+    "train_batch_tokens": ({}, 512, "weights"),
+    "grad_accum_steps": ({}, 2, "accumulation"),
+    "matrix_lr": ({}, 0.05, "weights"),
+    "muon_momentum": ({}, 0.5, "weights"),
+    "muon_momentum_warmup_start": ({}, 0.5, "weights"),
+    "muon_momentum_warmup_steps": ({}, 1, "weights"),
+    "muon_backend_steps": ({}, 2, "weights"),
+    "muon_weight_decay": ({}, 0.1, "weights"),
+    "embed_lr": (UNTIED, 0.1, "weights"),
+    "head_lr": (UNTIED, 0.1, "weights"),
+    "tied_embed_lr": ({}, 0.1, "weights"),
+    "scalar_lr": ({}, 0.1, "weights"),
+    "beta1": ({}, 0.5, "weights"),
+    "beta2": ({}, 0.5, "weights"),
+    "adam_eps": ({}, 1e-4, "weights"),
+    "grad_clip_norm": ({}, 0.01, "weights"),
+    "warmup_steps": ({}, 3, "weights"),
+    "warmdown_frac": ({}, 1.0, "schedule"),
+    "min_lr_frac": ({"warmdown_frac": 1.0}, 0.5, "schedule"),
+    "ema_decay": ({}, 0.5, "weights"),
+    "eval_seq_len": ({}, 32, "evaluation"),
+    "eval_stride": ({}, 4, "evaluation"),
+    "quant_bits": ({}, 4, "artifact"),
+    "compressor": ({}, "lzma", "artifact"),
+}
+
+
+def test_the_table_covers_every_knob_of_the_vocabulary():
+    assert sorted(EFFECTS) == sorted(KNOBS)
+
+
+@lru_cache(maxsize=None)
+def _smoke():
+    return load_benchmark_data(benchmark("smoke"), None)
+
+
+@lru_cache(maxsize=None)
+def _run(diff_items: tuple) -> tuple:
+    config = resolve("smoke-tiny", {**TINY, **dict(diff_items)})
+    lr_trace: list[float] = []
+    result = train_mlx.train(
+        config,
+        _smoke().train_stream,
+        budget_s=1000.0,
+        seed=0,
+        device="cpu",
+        max_steps=STEPS,
+        report_every_s=0.0,
+        progress=lambda report: lr_trace.append(report.lr_scale),
+    )
+    return config, result, tuple(lr_trace)
+
+
+def _evaluate(config, state):
+    model = train_mlx.model_from_state(config, state)
+    seq_len = config["eval_seq_len"] or config["train_seq_len"]
+    return evaluate_mlx.evaluate(model, _smoke().val_tokens, _smoke().byte_tables, seq_len=seq_len, stride=config["eval_stride"], token_cap=512)
+
+
+def _states_differ(a: dict, b: dict) -> bool:
+    if sorted(a) != sorted(b) or any(a[k].shape != b[k].shape for k in a):
+        return True
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a) > 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(EFFECTS))
+def test_knob_changes_what_mlx_produces(name):
+    context, value, where = EFFECTS[name]
+    base_config, base, base_lrs = _run(tuple(sorted(context.items())))
+    assert base_config[name] != value, "the table must pick a value other than the context's"
+    config, changed, lrs = _run(tuple(sorted({**context, name: value}.items())))
+    assert config[name] == value
+    if where == "weights":
+        assert _states_differ(base.state, changed.state)
+    elif where == "accumulation":
+        # Each micro-batch reads its own span of the stream (as the torch backend and the
+        # challenge's loader do), so the text shifts by a token per micro-batch; the first
+        # step's loss is that of almost the same text. Exactness against torch's accumulation
+        # is checked in test_mlx_parity.py.
+        assert (base.grad_accum_steps, changed.grad_accum_steps) == (1, value)
+        assert changed.micro_batch_tokens * value == base.micro_batch_tokens
+        assert abs(changed.losses[0] - base.losses[0]) < 1e-3
+    elif where == "schedule":
+        assert len(lrs) == len(base_lrs) == STEPS
+        assert lrs[0] == base_lrs[0] == 1.0  # at 0 s nothing has decayed yet
+        assert all(a < b for a, b in zip(lrs[1:], base_lrs[1:]) if name == "warmdown_frac")
+        assert all(a > b for a, b in zip(lrs[1:], base_lrs[1:]) if name == "min_lr_frac")
+    elif where == "evaluation":
+        before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)
+        assert before.val_loss != after.val_loss
+    elif where == "artifact":
+        before = export_artifact(base.state, base_config, quant_bits=base_config["quant_bits"], compressor=base_config["compressor"])
+        after = export_artifact(base.state, config, quant_bits=config["quant_bits"], compressor=config["compressor"])
+        assert len(before) != len(after)
+    else:  # pragma: no cover - a typo in the table
+        raise AssertionError(f"unknown effect {where!r}")
