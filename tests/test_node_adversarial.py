@@ -1,0 +1,164 @@
+"""Hostile input at the edge: forged, malformed and blocked records reach no pool and are not
+forwarded; a peer that keeps sending invalid records is shut out; a sync peer that breaks the
+framing rules does not hurt the node.
+
+The attacker is a real libp2p host in the test process, speaking gossipsub with no validator,
+connected to node A (a `p2pgolf join` process) whose only other neighbour is node B.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_procs import NodeProc, make_home, stop_all, wait_until  # noqa: E402
+from records_factory import signed_result  # noqa: E402
+
+from node.host import make_host, peer_info, parse_peer_addr  # noqa: E402
+from node.limits import Limits  # noqa: E402
+from node.node import Node, NodeOptions  # noqa: E402
+from pool.store import PoolStore  # noqa: E402
+from pool.trust import TrustStore  # noqa: E402
+from protocol import canonical  # noqa: E402
+from protocol.benchmarks import benchmark  # noqa: E402
+from protocol.identity import Identity  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+BENCH = benchmark("smoke")
+
+
+def forged(raw: bytes) -> bytes:
+    """The same record with one bit of its signature flipped."""
+    envelope = canonical.decode(raw, max_len=1 << 16)
+    sig = bytearray(envelope["sig"])
+    sig[0] ^= 1
+    return canonical.encode({"body": envelope["body"], "sig": bytes(sig)})
+
+
+async def attack(target_addr: str, payloads: list[bytes], *, settle_s: float = 1.5) -> None:
+    """Connect a validator-less gossipsub host to `target_addr` and publish `payloads` raw."""
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    host = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+    router = GossipSub([PROTOCOL_ID_V11], 6, 4, 12, heartbeat_interval=1, spam_protection_enabled=False)
+    pubsub = Pubsub(host, router)
+    import multiaddr
+
+    async with background_trio_service(pubsub), background_trio_service(router):
+        async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                await pubsub.wait_until_ready()
+                await pubsub.subscribe(BENCH.topic)
+                target = parse_peer_addr(target_addr)
+                with trio.fail_after(10):
+                    await host.connect(peer_info(target))
+                    while not any(p.to_base58() == target.peer_id for p in pubsub.peer_topics.get(BENCH.topic, ())):
+                        await trio.sleep(0.05)
+                for payload in payloads:
+                    await pubsub.publish(BENCH.topic, payload)
+                await trio.sleep(settle_s)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await host.close()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Node A (blocks one author) and node B, in a line A - B."""
+    blocked = Identity.generate()
+    home_a, id_a = make_home(tmp_path, "a")
+    with TrustStore(home_a.pool_db) as trust:
+        trust.block(blocked.public_hex, "spammer")
+    home_b, id_b = make_home(tmp_path, "b")
+    a, b = NodeProc(home_a, id_a), NodeProc(home_b, id_b)
+    a.start([])
+    b.start([a.addr])
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        wait_until(lambda: len(b.status()["peers"]) == 1, 20, what="B to connect to A")
+        yield a, b, blocked
+    finally:
+        stop_all([a, b])
+
+
+def test_forged_malformed_and_blocked_records_reach_no_pool_and_are_not_forwarded(pair):
+    a, b, blocked = pair
+    honest = Identity.generate()
+    bad_signature = forged(signed_result(honest, seed=1).raw)
+    malformed = b"\x82\xa4body\xc4\x03abc\xa3sig\xc0"  # a map with the wrong field types
+    garbage = b"\xff" * 40
+    by_blocked = signed_result(blocked, seed=2)
+    good = signed_result(honest, seed=3)
+    trio.run(attack, a.addr, [bad_signature, malformed, garbage, by_blocked.raw, good.raw])
+
+    # The good record, sent last, went through A to B: the path worked for the bad ones too.
+    wait_until(lambda: b.pool_count() == 1, 10, what="the good record at B")
+    st_a, st_b = a.status(), b.status()
+    assert st_a["pool_records"] == 1 and st_b["pool_records"] == 1
+    assert st_a["rejected"] == 4
+    assert st_b["gossip_received"] == 1  # A forwarded only the good record
+    assert st_b["rejected"] == 0
+    with PoolStore(a.home.pool_db) as store_a, PoolStore(b.home.pool_db) as store_b:
+        for store in (store_a, store_b):
+            assert store.has(good.id)
+            assert not store.has(by_blocked.id)
+            assert store.count() == 1
+
+
+def test_peer_sending_invalid_records_is_disconnected_after_the_threshold(tmp_path):
+    async def main() -> None:
+        store = PoolStore(tmp_path / "pool.sqlite")
+        node = Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,), limits=Limits(invalid_before_ban=3)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await attack(node.addrs[0], [b"\x00" * 10, b"\x01" * 10, b"\x02" * 10], settle_s=1.0)
+            banned = [p for p in node.gossip.pubsub.get_blacklisted_peers()]
+            assert len(banned) == 1
+            assert banned[0].to_base58() not in node.connected_peers()
+            assert store.count() == 0
+            node.stop()
+
+    trio.run(main)
+
+
+def test_sync_peer_announcing_an_oversized_frame_is_cut_off_and_the_node_keeps_serving(tmp_path):
+    from libp2p.custom_types import TProtocol
+    from libp2p.network.stream.exceptions import StreamError
+    from libp2p.peer.id import ID
+
+    from node.sync import SYNC_PROTOCOL, sync_with
+
+    async def main() -> None:
+        store = PoolStore(tmp_path / "a.sqlite")
+        store.add(signed_result(Identity.generate(), seed=5).raw)
+        node = Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,)))
+        other_store = PoolStore(tmp_path / "b.sqlite")
+        other = Node(Identity.generate(), other_store, TrustStore(other_store), NodeOptions(benches=(BENCH,), sync_interval_s=3600))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(other.run)
+            await other.host.connect(peer_info(parse_peer_addr(node.addrs[0])))
+            stream = await other.host.new_stream(ID.from_base58(node.peer_id), [TProtocol(SYNC_PROTOCOL)])
+            await stream.write(struct.pack(">I", 1 << 31) + b"x" * 16)
+            with trio.fail_after(5):
+                try:
+                    answer = await stream.read(4)
+                except StreamError:
+                    answer = b""
+            assert answer == b""  # the server hung up instead of waiting for 2 GiB
+            # The same node still serves well-behaved sync (its own loop may have synced already).
+            report = await sync_with(other.host, node.peer_id, BENCH.id, other_store, other.admission)
+            assert other_store.count() == 1
+            assert report.buckets_differing == 0
+            node.stop()
+            other.stop()
+
+    trio.run(main)
