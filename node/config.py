@@ -61,10 +61,16 @@ def load_config(home: Home) -> NodeConfig:
         raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected bootstrap, listen, mdns", f"{where} [network]")
     bootstrap = _strings(network.get("bootstrap", []), f"{where} network.bootstrap")
     for addr in bootstrap:
-        parse_peer_addr(addr)
+        try:
+            parse_peer_addr(addr)
+        except ProtocolError as exc:
+            raise ProtocolError(str(exc), f"{where} network.bootstrap") from None
     listen = _strings(network.get("listen", [DEFAULT_LISTEN]), f"{where} network.listen") or (DEFAULT_LISTEN,)
     for addr in listen:
-        parse_listen(addr)
+        try:
+            parse_listen(addr)
+        except ProtocolError as exc:
+            raise ProtocolError(str(exc), f"{where} network.listen") from None
     mdns = network.get("mdns", False)
     if type(mdns) is not bool:
         raise ProtocolError("must be true or false", f"{where} network.mdns")
