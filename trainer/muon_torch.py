@@ -8,8 +8,8 @@ What it guarantees:
 - Under torch.distributed, rank r orthogonalises parameters r, r+world, ... and one all-reduce
   shares the updates, so every rank applies identical updates (gradients must already be
   averaged, as DDP does).
-- Newton-Schulz runs in bf16 on CUDA (as the baseline does) and float32 elsewhere, where bf16
-  matmuls are slow or imprecise.
+- Newton-Schulz runs in bf16 on CUDA (as the baseline does, compiled) and float32 elsewhere,
+  where bf16 matmuls are slow or imprecise.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ def newton_schulz(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
         b = _NS_B * a + _NS_C * (a @ a)
         x = _NS_A * x + b @ x
     return x.T if transposed else x
+
+
+_compiled_ns = None
+
+
+def _orthogonalise(g: Tensor, steps: int) -> Tensor:
+    # On CUDA the iteration is compiled once (a few shapes): dozens of small kernels become a few.
+    global _compiled_ns
+    if not g.is_cuda:
+        return newton_schulz(g, steps)
+    if _compiled_ns is None:
+        _compiled_ns = torch.compile(newton_schulz)
+    return _compiled_ns(g, steps)
 
 
 class Muon(torch.optim.Optimizer):
@@ -87,7 +100,7 @@ class Muon(torch.optim.Optimizer):
                         g = g.add(buf, alpha=mu)
                     else:
                         g = buf
-                    update = newton_schulz(g, group["backend_steps"])
+                    update = _orthogonalise(g, group["backend_steps"])
                     update = update * max(1.0, p.size(0) / p.size(1)) ** 0.5
                     flat[offset : offset + p.numel()] = update.reshape(-1).float()
                 offset += p.numel()

@@ -1,0 +1,300 @@
+"""Training throughput (tokens/s) and model FLOPs utilisation (MFU) of a config on this machine.
+
+    python benchmarks/train_throughput.py                      # cpu-small on CPU, naive-baseline on GPU
+    python benchmarks/train_throughput.py --base cpu-small --set num_layers=6 --steps 30
+    python benchmarks/train_throughput.py --reference /path/to/train_gpt.py   # GPU: vs the challenge script
+    python benchmarks/train_throughput.py --json
+
+Both numbers come from the same run as their baseline:
+- MFU = model FLOPs per second / the matmul peak measured here, now (fp32 on CPU, bf16 on a
+  GPU), so a shared or throttled machine is judged against what it can do at that moment.
+  Model FLOPs per token = 6 x (weights used in matmuls, the output head included)
+  + 6 x layers x seq_len x dim (causal attention scores and values, forward and backward).
+  Muon's Newton-Schulz work is overhead, not model FLOPs.
+- On a GPU with --reference PATH (OpenAI's train_gpt.py, fetched by the user; never shipped),
+  the reference trains the same config on FineWeb-Edu sample shards on the same GPU, and the
+  ratio of our tokens/s to its tokens/s is reported. Without a GPU the output says so.
+Timing excludes the first --warmup steps (allocation, compilation) by running warmup steps and
+warmup+steps steps and taking the difference. Training data: uniformly random token ids
+(throughput does not depend on the text). `--backend torch|mlx` picks the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from protocol import knobs  # noqa: E402
+from protocol.knobs import mlp_hidden_size  # noqa: E402
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+CPU_GOAL_MFU = 0.30
+GPU_GOAL_RATIO = 1.10
+GPU_GOAL_MFU = 0.35
+
+
+def model_flops_per_token(config: dict[str, Any]) -> float:
+    """Training FLOPs per token (forward + backward) of the model's matmuls and attention."""
+    dim, layers, seq = config["model_dim"], config["num_layers"], config["train_seq_len"]
+    kv_dim = dim // config["num_heads"] * config["num_kv_heads"]
+    hidden = mlp_hidden_size(config)
+    mlp = (3 if config["activation"] == "swiglu" else 2) * dim * hidden
+    per_layer = 2 * dim * dim + 2 * dim * kv_dim + mlp  # layers reuse blocks, but each application costs
+    head = config["vocab_size"] * dim
+    return 6.0 * (layers * per_layer + head) + 6.0 * layers * seq * dim
+
+
+class RandomTokens:
+    """An endless, seeded stream of uniformly random token ids."""
+
+    def __init__(self, vocab: int, seed: int = 0) -> None:
+        self.vocab = vocab
+        self.rng = np.random.default_rng(seed)
+
+    def take(self, n: int) -> np.ndarray:
+        return self.rng.integers(0, self.vocab, n, dtype=np.uint16)
+
+
+def measure_matmul_peak(device: str) -> tuple[float, str]:
+    """Best sustained matmul FLOP/s here now: fp32 on CPU, bf16 on CUDA; and what was run."""
+    import torch
+
+    if device.startswith("cuda"):
+        n, dtype, reps = 8192, torch.bfloat16, 20
+    else:
+        n, dtype, reps = 1024, torch.float32, 4
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(2):
+        a @ b
+    sync()
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return best, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+
+
+def run_ours(backend: str, config: dict[str, Any], steps: int, warmup: int, device: str) -> dict[str, Any]:
+    """tokens/s of our trainer over `steps` steps after `warmup` steps."""
+    train = _backend_train(backend)
+    vocab = config["vocab_size"]
+
+    def timed(n: int):
+        return train(config, lambda: RandomTokens(vocab), budget_s=1e9, seed=0, device=device, max_steps=n)
+
+    first = timed(warmup)
+    full = timed(warmup + steps)
+    seconds = full.training_seconds - first.training_seconds
+    tokens = full.train_tokens - first.train_tokens
+    return {
+        "tokens_per_s": tokens / seconds,
+        "step_ms": 1000.0 * seconds / steps,
+        "grad_accum_steps": full.grad_accum_steps,
+        "micro_batch_tokens": full.micro_batch_tokens,
+        "final_train_loss": full.final_train_loss,
+    }
+
+
+def _backend_train(backend: str) -> Callable:
+    if backend == "torch":
+        from trainer.train_torch import train
+
+        return train
+    if backend == "mlx":
+        from trainer.train_mlx import train
+
+        return train
+    raise SystemExit(f"unknown backend {backend!r}; expected torch or mlx")
+
+
+def run_reference(script: Path, config: dict[str, Any], steps: int, warmup: int, timeout_s: float) -> dict[str, Any]:
+    """tokens/s of OpenAI's train_gpt.py on FineWeb-Edu sample shards, same config, this GPU."""
+    from trainer.build import build_shards_from_text
+
+    if not script.is_file():
+        raise SystemExit(f"--reference {script}: file not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build_shards_from_text(
+            [SHARED_DATA / "fineweb_edu_sample.txt"], SHARED_DATA / "fineweb_1024_bpe.model", Path(tmp) / "built",
+            val_fraction=0.05, doc_split="line",
+        )  # fmt: skip
+        data = Path(tmp) / "fineweb10B_sp1024"
+        data.mkdir()
+        for split, files in (("train", built.train_files), ("val", built.val_files)):
+            for i, path in enumerate(files):
+                (data / f"fineweb_{split}_{i:06d}.bin").symlink_to(path)
+        env = {
+            **os.environ,
+            "DATA_PATH": str(data),
+            "TOKENIZER_PATH": str(SHARED_DATA / "fineweb_1024_bpe.model"),
+            "ITERATIONS": str(steps),
+            "WARMUP_STEPS": str(warmup),
+            "MAX_WALLCLOCK_SECONDS": "0",
+            "VAL_LOSS_EVERY": "0",
+            "TRAIN_LOG_EVERY": "1",
+            "RUN_ID": "p2pgolf-throughput",
+            "SEED": "0",
+        }
+        for key in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "vocab_size", "train_seq_len", "train_batch_tokens"):
+            env[key.upper()] = str(config[key])
+        env["MLP_MULT"] = str(int(config["mlp_mult"]))
+        proc = subprocess.run([sys.executable, str(script.resolve())], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise SystemExit("reference run failed:\n" + "\n".join(tail))
+    times = [float(m) for m in re.findall(r"^step:\d+/\d+ train_loss:\S+ train_time:(\d+)ms", proc.stdout, re.M)]
+    if len(times) < 3:
+        raise SystemExit("could not read step times from the reference's log")
+    # Its train_time is cumulative; skip its first steps as we skip ours.
+    skip = min(len(times) // 3, 3)
+    per_step_s = (times[-1] - times[skip - 1]) / 1000.0 / (len(times) - skip)
+    return {"tokens_per_s": config["train_batch_tokens"] / per_step_s, "step_ms": 1000.0 * per_step_s}
+
+
+def reference_compatible(config: dict[str, Any]) -> str | None:
+    """Why the reference script cannot run this config, or None."""
+    base = knobs.resolve("naive-baseline", {})
+    unsupported = [
+        k for k in ("activation", "unique_blocks", "tie_embeddings", "ema_decay", "grad_accum_steps", "mlp_hidden")
+        if config[k] != base[k]
+    ]  # fmt: skip
+    if config["mlp_mult"] != int(config["mlp_mult"]):
+        unsupported.append("mlp_mult")
+    return f"the reference script has no knob for {', '.join(unsupported)}" if unsupported else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default=None, help="base config (default: cpu-small on CPU, naive-baseline on GPU)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KNOB=VALUE")
+    parser.add_argument("--backend", choices=("torch", "mlx"), default="torch")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10 on CPU, 50 on GPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 on CPU, 10 on GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--reference", type=Path, default=None, help="path to OpenAI's train_gpt.py (GPU only)")
+    parser.add_argument("--reference-timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from trainer.hardware import detect_hardware
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else ("mps" if args.backend == "mlx" and platform.machine() == "arm64" else "cpu")
+    gpu = device.startswith("cuda")
+    base = args.base or ("naive-baseline" if gpu else "cpu-small")
+    diff = {}
+    for item in args.sets:
+        name, _, value = item.partition("=")
+        diff[name] = knobs.knob(name).parse(value)
+    config = knobs.resolve(base, diff)
+    steps = args.steps or (50 if gpu else 10)
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    hw = detect_hardware("cuda" if gpu else ("mps" if device == "mps" else "cpu"))
+
+    peak, peak_what = measure_matmul_peak(device if device != "mps" else "cpu")
+    ours = run_ours(args.backend, config, steps, warmup, device)
+    flops_token = model_flops_per_token(config)
+    mfu = ours["tokens_per_s"] * flops_token / peak
+    out: dict[str, Any] = {
+        "device": f"{hw.accel}:{hw.model}:x{hw.count}",
+        "backend": args.backend,
+        "base": base,
+        "diff": knobs.normalise_diff(base, diff),
+        "steps": steps,
+        "warmup_steps": warmup,
+        "threads": torch.get_num_threads() if not gpu else None,
+        "train_batch_tokens": config["train_batch_tokens"],
+        "train_seq_len": config["train_seq_len"],
+        "params": knobs.estimate_parameters(config),
+        "flops_per_token": flops_token,
+        "tokens_per_s": ours["tokens_per_s"],
+        "step_ms": ours["step_ms"],
+        "grad_accum_steps": ours["grad_accum_steps"],
+        "model_flops_per_s": ours["tokens_per_s"] * flops_token,
+        "peak_flops_per_s": peak,
+        "peak_measured_with": peak_what,
+        "mfu": mfu,
+        "goal": None,
+        "reference": None,
+        "note": "",
+    }
+    if gpu:
+        out["goal"] = {"ratio_vs_reference": GPU_GOAL_RATIO, "mfu": GPU_GOAL_MFU}
+        if args.reference is None:
+            out["note"] = "no --reference given: only our tokens/s and MFU were measured"
+        elif (why := reference_compatible(config)) is not None:
+            out["note"] = f"reference not run: {why}"
+        else:
+            ref = run_reference(args.reference, config, steps + warmup, warmup, args.reference_timeout)
+            out["reference"] = {**ref, "ratio": ours["tokens_per_s"] / ref["tokens_per_s"]}
+    else:
+        out["goal"] = {"mfu": CPU_GOAL_MFU}
+        out["note"] = "no CUDA GPU here: MFU is against this CPU's fp32 matmul peak; the reference comparison needs a GPU"
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _print_table(out)
+    return 0
+
+
+def _print_table(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="p2pgolf training throughput")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("machine", out["device"]),
+        ("backend", out["backend"]),
+        ("config", f"{out['base']} {out['diff'] or ''}".strip()),
+        ("batch", f"{out['train_batch_tokens']} tokens, seq {out['train_seq_len']}, accum {out['grad_accum_steps']}"),
+        ("steps timed (after warm-up)", f"{out['steps']} (after {out['warmup_steps']})"),
+        ("threads", str(out["threads"]) if out["threads"] else "-"),
+        ("parameters", f"{out['params']:,}"),
+        ("tokens/s", f"{out['tokens_per_s']:,.0f}"),
+        ("step", f"{out['step_ms']:.1f} ms"),
+        ("model TFLOP/s", f"{out['model_flops_per_s'] / 1e12:.4f}"),
+        (f"peak TFLOP/s ({out['peak_measured_with']}, measured now)", f"{out['peak_flops_per_s'] / 1e12:.4f}"),
+        ("MFU (vs measured peak)", f"{out['mfu']:.1%}  (goal {out['goal'].get('mfu', 0):.0%})"),
+    ]
+    if out["reference"]:
+        ref = out["reference"]
+        rows.append(("reference train_gpt.py tokens/s", f"{ref['tokens_per_s']:,.0f}"))
+        rows.append(("ratio ours / reference", f"{ref['ratio']:.3f}x  (goal {out['goal']['ratio_vs_reference']:.2f}x)"))
+    for what, value in rows:
+        table.add_row(what, value)
+    console = Console()
+    console.print(table)
+    if out["note"]:
+        console.print(out["note"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
