@@ -72,6 +72,10 @@ _SHARED_CODE = (
     "trainer/shards.py",
     "trainer/datasets.py",
     "trainer/byte_accounting.py",
+    "trainer/model_spec.py",
+    "trainer/train_common.py",
+    "trainer/memory.py",
+    "trainer/eval_plan.py",
 )
 _BACKEND_CODE = {
     "torch": ("trainer/model_torch.py", "trainer/muon_torch.py", "trainer/train_torch.py", "trainer/evaluate_torch.py"),

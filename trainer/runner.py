@@ -96,13 +96,15 @@ def launch(
 ) -> RunOutcome:
     """Run `run` in a child process writing `run_dir`; returns when the child is done or killed.
 
-    `timeout_s` is the hard deadline for the whole child (default: budget + 600 s for start-up,
-    export and evaluation).
+    `timeout_s` is the hard deadline for the whole child: None gives budget + 600 s (start-up,
+    export and evaluation), 0 or less means no deadline (e.g. a full evaluation on a CPU).
     """
     run_dir = Path(run_dir)
     _claim_run_dir(run_dir)
     (run_dir / "config.json").write_text(json.dumps(run.to_json(), indent=2, sort_keys=True) + "\n")
-    deadline_s = timeout_s if timeout_s is not None else run.budget_s + _DEFAULT_GRACE_S
+    deadline_s = run.budget_s + _DEFAULT_GRACE_S if timeout_s is None else timeout_s
+    if deadline_s <= 0:
+        deadline_s = float("inf")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
@@ -255,7 +257,8 @@ def _finish(run: RunConfig, run_dir: Path, code: int, killed_for: str | None) ->
         result = json.loads(result_path.read_text())
     else:
         error = killed_for or _child_error(run_dir, code)
-        result = build_result(run, hw=_hardware(), metrics=None, artifact_sha256=None, status="failed", error=error)
+        backend = run.backend if run.backend in ("torch", "mlx") else "torch"  # the trainer string names the backend
+        result = build_result(run, hw=_hardware(), metrics=None, artifact_sha256=None, status="failed", error=error, backend=backend)
         write_json(result_path, result)
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics)

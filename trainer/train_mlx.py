@@ -82,7 +82,7 @@ def train(
     model = build_model(config, seed=seed, compute_dtype=dtype)
     if initial_state is not None:
         load_state_dict_numpy(model, initial_state)
-    params = sum(p.size for _, p in tree_flatten(model.parameters()))
+    param_count = sum(p.size for _, p in tree_flatten(model.parameters()))
     plan = plan_batch(
         config,
         memory_bytes=memory_bytes,
@@ -93,7 +93,7 @@ def train(
     schedule = Schedule.from_config(config, budget_s)
     step_tokens = plan.step_tokens(1)
     log(
-        f"backend:mlx device:{dev} dtype:{dtype} params:{params} grad_accum_steps:{plan.grad_accum_steps} "
+        f"backend:mlx device:{dev} dtype:{dtype} params:{param_count} grad_accum_steps:{plan.grad_accum_steps} "
         f"micro_batch:{plan.seqs_per_micro}x{plan.seq_len} step_tokens:{step_tokens} plan:{plan.note}"
     )
 
@@ -179,7 +179,7 @@ def train(
         losses=tuple(losses),
         micro_batch_tokens=plan.micro_tokens,
         grad_accum_steps=plan.grad_accum_steps,
-        params=params,
+        params=param_count,
         extra={"peak_memory_mib": mx.get_peak_memory() // (1 << 20), "device": dev, "plan": plan.note},
     )
 
