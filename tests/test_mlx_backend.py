@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.backend import BackendUnavailable, is_apple_silicon, resolve_backend, resolve_mlx_device
+from trainer.backend import BackendUnavailable, check_device, is_apple_silicon, resolve_backend, resolve_mlx_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,12 @@ def test_unknown_backend_is_refused_naming_the_choices():
 
 
 def test_mlx_device_mapping_refuses_cuda_and_a_missing_apple_gpu():
+    for device in ("auto", "cpu", "mps"):
+        check_device("mlx", device)
+    for device in ("auto", "cpu", "cuda", "mps"):
+        check_device("torch", device)
+    with pytest.raises(BackendUnavailable, match="use --backend torch for it"):
+        check_device("mlx", "cuda")
     assert resolve_mlx_device("auto", metal_available=False) == "cpu"
     assert resolve_mlx_device("auto", metal_available=True) == "gpu"
     assert resolve_mlx_device("mps", metal_available=True) == "gpu"

@@ -37,15 +37,17 @@ def prepare_run(
 ) -> RunConfig:
     """The checked config of a run (nothing is started). Raises ProtocolError or
     BackendUnavailable with a one-line reason."""
-    from trainer.backend import resolve_backend
+    from trainer.backend import check_device, resolve_backend
 
+    chosen = resolve_backend(backend)
+    check_device(chosen, device)
     return make_run_config(
         bench_name,
         base,
         diff,
         seed=seed,
         budget_s=budget_s,
-        backend=resolve_backend(backend),
+        backend=chosen,
         device=device,
         eval_token_cap=eval_token_cap,
         data_dir=data_dir,

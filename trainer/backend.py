@@ -3,7 +3,8 @@
 What it guarantees: `resolve_backend("auto" | "torch" | "mlx")` returns "torch" or "mlx", or
 raises BackendUnavailable with one line naming the backend, the missing package and the command
 that installs it. It never imports torch or MLX (it only asks whether they are installed), so
-the command line stays fast. `resolve_mlx_device` maps a run's device setting to MLX's.
+the command line stays fast. `check_device` refuses a device the backend cannot use up front;
+`resolve_mlx_device` maps a run's device setting to MLX's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "BackendUnavailable",
     "is_apple_silicon",
     "installed",
+    "check_device",
     "resolve_backend",
     "resolve_mlx_device",
 ]
@@ -59,6 +61,12 @@ def resolve_backend(requested: str = "auto") -> str:
             f"{_INSTALL[backend]}{hint}"
         )
     return backend
+
+
+def check_device(backend: str, device: str) -> None:
+    """Refuse, before anything starts, a device the resolved backend never runs on."""
+    if backend == "mlx" and device not in ("auto", "cpu", "mps"):
+        raise BackendUnavailable(f"device {device!r} is not one the mlx backend runs on (auto, cpu or mps); use --backend torch for it")
 
 
 def resolve_mlx_device(device: str, *, metal_available: bool) -> str:
