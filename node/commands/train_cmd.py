@@ -59,8 +59,9 @@ def parse_sets(sets: tuple[str, ...], seed: int | None) -> tuple[dict[str, Any],
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Benchmark data (default: HOME/data).")
 @click.option("--eval-tokens", type=int, default=0, help="Score at most this many validation tokens (0: all); a capped score is marked partial.")
+@click.option("--timeout", type=float, default=0.0, help="Stop the whole run after this many seconds (0: no limit beyond the budget's own stop).")
 @click.pass_obj
-def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, data_dir, eval_tokens) -> None:
+def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, data_dir, eval_tokens, timeout) -> None:
     """Train one candidate and write a run directory."""
     from trainer.api import default_run_dir, prepare_run
     from trainer.backend import BackendUnavailable
@@ -88,7 +89,7 @@ def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, 
     click.echo(f"bench: {run.bench.name} base: {run.base} diff: {dict(run.diff)} seed: {run.seed} budget_s: {run.budget_s:g}")
     try:
         with _LiveLine() as live:
-            outcome = launch(run, run_dir, progress=live.update)
+            outcome = launch(run, run_dir, progress=live.update, timeout_s=timeout)
     except RunDirError as exc:
         raise UserError(str(exc)) from None
     _print_summary(outcome)
