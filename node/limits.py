@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import ProtocolError
-from protocol import canonical
-from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
+from protocol.signing import SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -167,56 +166,78 @@ class Admission:
         return verdict
 
     def admit_batch(self, raws: list[bytes], peer: str | None) -> dict[Verdict, int]:
-        """Check and store many records fetched by sync, verifying each signature once.
+        """Check and store many records fetched by sync: each is verified once, and all that
+        pass are stored in one transaction."""
+        return self.admit_decoded(verify_all(raws), peer)
 
-        Trust and cap checks read author and bench from the unverified body first; the store
-        then verifies every survivor inside one transaction and rejects what does not verify.
-        """
+    def admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
+        """The second half of `admit_batch`, for records `verify_all` already decoded (None:
+        invalid), so that verification can run in worker threads and this part in trio's."""
         tally = {v: 0 for v in Verdict}
         try:
-            self._admit_batch(raws, peer, tally)
+            self._admit_decoded(decoded, peer, tally)
         except Exception:
-            log.exception("unexpected error while admitting %d records from %s", len(raws), peer)
-            tally[Verdict.ERROR] += len(raws) - sum(tally.values())
+            log.exception("unexpected error while admitting %d records from %s", len(decoded), peer)
+            tally[Verdict.ERROR] += len(decoded) - sum(tally.values())
         for verdict, n in tally.items():
             self.counts[verdict] += n
         return tally
 
-    def _admit_batch(self, raws: list[bytes], peer: str | None, tally: dict[Verdict, int]) -> None:
-        keep: list[bytes] = []
-        pending: dict[tuple[str, str], int] = defaultdict(int)
-        for raw in raws:
-            peeked = _peek(raw)
-            if peeked is None:
-                tally[Verdict.INVALID] += 1
-                self._note_invalid(peer)
-                continue
-            bench, author = peeked
-            if bench not in self.bench_ids:
+    def _admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None, tally: dict[Verdict, int]) -> None:
+        valid = [d for d in decoded if d is not None]
+        for _ in range(len(decoded) - len(valid)):
+            tally[Verdict.INVALID] += 1
+            self._note_invalid(peer)
+        lacking = set(self.store.missing([d.id for d in valid]))
+        statuses: dict[str, str] = {}
+        stored: dict[tuple[str, str], int] = {}
+        keep: list[SignedRecord] = []
+        for signed in valid:
+            if signed.bench not in self.bench_ids:
                 tally[Verdict.WRONG_BENCH] += 1
                 continue
-            status = _trust_status(self.trust, author)
+            author = signed.author
+            if author not in statuses:
+                statuses[author] = _trust_status(self.trust, author)
+            status = statuses[author]
             if status == "blocked":
                 tally[Verdict.BLOCKED] += 1
                 continue
+            if signed.id not in lacking:
+                tally[Verdict.DUPLICATE] += 1
+                continue
+            lacking.discard(signed.id)  # the same record twice in one batch is stored once
             if status not in ("own", "pinned") and author != self.own_key:
-                have = self.store.count_by_author(author, bench) + pending[(bench, author)]
-                if have >= self.limits.unknown_key_cap:
+                key = (signed.bench, author)
+                if key not in stored:
+                    stored[key] = self.store.count_by_author(author, signed.bench)
+                if stored[key] >= self.limits.unknown_key_cap:
                     tally[Verdict.OVER_CAP] += 1
                     continue
-                pending[(bench, author)] += 1
-            keep.append(raw)
+                stored[key] += 1
+            keep.append(signed)
         if not keep:
             return
-        report = self.store.add_many(keep)
+        report = self.store.add_verified(keep)
         tally[Verdict.ADDED] += len(report.added)
         tally[Verdict.DUPLICATE] += len(report.duplicates)
-        tally[Verdict.INVALID] += len(report.rejected)
-        for _ in report.rejected:
-            self._note_invalid(peer)
-        if report.added and self.on_added is not None:
+        if self.on_added is not None:
             for rid in report.added:
                 self.on_added(rid)
+
+    def _policy(self, signed: SignedRecord) -> Verdict | None:
+        """Why a verified record may not be stored (None: it may)."""
+        if signed.bench not in self.bench_ids:
+            return Verdict.WRONG_BENCH
+        status = _trust_status(self.trust, signed.author)
+        if status == "blocked":
+            return Verdict.BLOCKED
+        if self.store.has(signed.id):
+            return Verdict.DUPLICATE
+        capped = status not in ("own", "pinned") and signed.author != self.own_key
+        if capped and self.store.count_by_author(signed.author, signed.bench) >= self.limits.unknown_key_cap:
+            return Verdict.OVER_CAP
+        return None
 
     def _note_invalid(self, peer: str | None) -> None:
         if peer is not None and self.limiter.note_invalid(peer) and self.on_ban is not None:
@@ -235,33 +256,25 @@ class Admission:
             log.info("invalid record from %s: %s", peer, exc)
             self._note_invalid(peer)
             return Verdict.INVALID
-        if signed.bench not in self.bench_ids:
-            return Verdict.WRONG_BENCH
-        status = _trust_status(self.trust, signed.author)
-        if status == "blocked":
-            return Verdict.BLOCKED
-        if self.store.has(signed.id):
-            return Verdict.DUPLICATE
-        capped = status not in ("own", "pinned") and signed.author != self.own_key
-        if capped and self.store.count_by_author(signed.author, signed.bench) >= self.limits.unknown_key_cap:
-            return Verdict.OVER_CAP
-        added = self.store.add_signed(signed)
+        verdict = self._policy(signed)
+        if verdict is not None:
+            return verdict
+        # Not a durable commit: a peer's record lost to a power cut comes back by sync.
+        added = bool(self.store.add_verified([signed]).added)
         if added and self.on_added is not None:
             self.on_added(signed.id)
         return Verdict.ADDED if added else Verdict.DUPLICATE
 
 
-def _peek(raw: bytes) -> tuple[str, str] | None:
-    """(bench, author) read from an envelope without verifying it; None if it is not even that."""
-    try:
-        envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
-        body = canonical.decode(envelope["body"], max_len=MAX_RECORD_BYTES)
-        bench, author = body["bench"], body["author"]
-    except Exception:
-        return None
-    if type(bench) is not str or type(author) is not str:
-        return None
-    return bench, author
+def verify_all(raws: list[bytes]) -> list[SignedRecord | None]:
+    """Decode and verify each envelope (None where invalid). Pure: safe in a worker thread."""
+    out: list[SignedRecord | None] = []
+    for raw in raws:
+        try:
+            out.append(decode_record(raw))
+        except ProtocolError:
+            out.append(None)
+    return out
 
 
 def _trust_status(trust: Any, author: str) -> str:

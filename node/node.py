@@ -95,6 +95,7 @@ class Node:
         self._remembered: list[str] = []
         self._nursery: Any = None
         self._stopping = trio.Event()
+        self._connected_event = trio.Event()
         self.admission.on_added = self._on_added
 
     # --- running ---------------------------------------------------------------------
@@ -126,6 +127,7 @@ class Node:
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
             self.sync_server.attach(self.host)
+            self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
             if opts.home is not None:
@@ -285,7 +287,9 @@ class Node:
                     running.add(peer)
                     self._synced.add(peer)
                     nursery.start_soon(self._sync_peer, peer, limiter, running)
-                await trio.sleep(0.25)
+                with trio.move_on_after(1.0):
+                    await self._connected_event.wait()  # a new connection is synced at once
+                self._connected_event = trio.Event()
 
     async def _sync_peer(self, peer: str, limiter: trio.CapacityLimiter, running: set[str]) -> None:
         try:
@@ -323,6 +327,9 @@ class Node:
             log.exception("the worker failed; the node keeps running as a relay and pool node")
             self.worker_state = f"failed: {type(exc).__name__}: {exc}"[:200]
 
+    def _on_connection(self) -> None:
+        self._connected_event.set()
+
     def _on_added(self, record_id: str) -> None:
         self.new_records.set()
         self.new_records = trio.Event()
@@ -342,6 +349,32 @@ class Node:
                 await self.host.close()
             except Exception:
                 log.debug("error while closing the host", exc_info=True)
+
+
+def _connection_notifee(callback: Callable[[], None]) -> Any:
+    """A libp2p notifee that calls `callback` (synchronously, in trio) on every new connection."""
+    from libp2p.abc import INotifee
+
+    class ConnectionNotifee(INotifee):
+        async def connected(self, network: Any, conn: Any) -> None:
+            callback()
+
+        async def disconnected(self, network: Any, conn: Any) -> None:
+            pass
+
+        async def opened_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def closed_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def listen(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+        async def listen_close(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+    return ConnectionNotifee()
 
 
 def _maddr(text: str) -> Any:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.limits import Admission, Verdict
+from node.limits import Admission, Verdict, verify_all
 from protocol import canonical
 from protocol.errors import ProtocolError
 from protocol.signing import MAX_RECORD_BYTES
@@ -45,6 +45,7 @@ REQUEST_TIMEOUT_S = 10.0  # one request and its reply
 IDLE_TIMEOUT_S = 30.0  # a server waits this long for the next request
 OPEN_TIMEOUT_S = 10.0
 BUCKET_MS = 3_600_000  # the store's precomputed summary buckets
+VERIFY_THREADS = 2
 
 
 class SyncError(Exception):
@@ -155,26 +156,54 @@ async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission:
         local = {b.start_ms: (b.count, b.digest) for b in store.summary(bench)}
         differing = [start for start, value in remote.items() if local.get(start) != value]
         report.buckets_differing = len(differing)
-        for i in range(0, len(differing), MAX_STARTS):
-            reply = await request(stream, {"op": "ids", "bench": bench, "starts": differing[i : i + MAX_STARTS]})
-            ids = _id_list(reply.get("ids"), MAX_IDS_REPLY)
-            report.ids_compared += len(ids)
-            lacking = store.missing(ids)
-            for j in range(0, len(lacking), MAX_GET):
-                chunk = lacking[j : j + MAX_GET]
-                reply = await request(stream, {"op": "get", "ids": [bytes.fromhex(x) for x in chunk]})
-                records = reply.get("records")
-                if not isinstance(records, list) or len(records) > len(chunk) or not all(type(r) is bytes for r in records):
-                    raise SyncError("malformed get reply")
-                report.fetched += len(records)
-                tally = admission.admit_batch(records, peer)
-                for verdict, n in tally.items():
-                    if n:
-                        report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n
-                await trio.sleep(0)  # let gossip and the control socket breathe between batches
+        # Fetching and verifying overlap: the next batch is on its way while worker threads
+        # check signatures of this one (libsodium releases the GIL).
+        send, receive = trio.open_memory_channel[list](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_admit_fetched, receive, report, admission, peer)
+            async with send:
+                for i in range(0, len(differing), MAX_STARTS):
+                    reply = await request(stream, {"op": "ids", "bench": bench, "starts": differing[i : i + MAX_STARTS]})
+                    ids = _id_list(reply.get("ids"), MAX_IDS_REPLY)
+                    report.ids_compared += len(ids)
+                    lacking = store.missing(ids)
+                    for j in range(0, len(lacking), MAX_GET):
+                        chunk = lacking[j : j + MAX_GET]
+                        reply = await request(stream, {"op": "get", "ids": [bytes.fromhex(x) for x in chunk]})
+                        records = reply.get("records")
+                        if not isinstance(records, list) or len(records) > len(chunk) or not all(type(r) is bytes for r in records):
+                            raise SyncError("malformed get reply")
+                        report.fetched += len(records)
+                        await send.send(records)
     finally:
         await _close(stream)
     return report
+
+
+async def _admit_fetched(receive: Any, report: SyncReport, admission: Admission, peer: str) -> None:
+    async with receive:
+        async for records in receive:
+            decoded = await verify_parallel(records)
+            tally = admission.admit_decoded(decoded, peer)
+            for verdict, n in tally.items():
+                if n:
+                    report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n
+
+
+async def verify_parallel(records: list[bytes], threads: int = VERIFY_THREADS) -> list:
+    """`verify_all` over `records`, split across worker threads; order is kept."""
+    if len(records) < 2 * threads:
+        return verify_all(records)
+    size = -(-len(records) // threads)
+    parts: list[list] = [[] for _ in range(threads)]
+
+    async def run(k: int) -> None:
+        parts[k] = await trio.to_thread.run_sync(verify_all, records[k * size : (k + 1) * size])
+
+    async with trio.open_nursery() as nursery:
+        for k in range(threads):
+            nursery.start_soon(run, k)
+    return [d for part in parts for d in part]
 
 
 async def peer_lacks(host: "IHost", peer: str, ids: list[str]) -> list[str]:
