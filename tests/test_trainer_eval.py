@@ -92,3 +92,13 @@ def test_a_token_cap_scores_a_prefix_and_marks_the_result_partial(trained):
     capped = evaluate(model, data.val_tokens, data.byte_tables, seq_len=64, stride=0, token_cap=640)
     assert capped.partial and capped.tokens == 640
     assert capped.bytes == data.byte_tables.sequence_bytes(data.val_tokens[:641])
+
+
+def test_bf16_autocast_evaluation_the_cuda_path_agrees_with_float32(trained):
+    data, config, model = trained
+    kw = dict(seq_len=64, token_cap=2048)
+    fp32 = evaluate(model, data.val_tokens, data.byte_tables, **kw)
+    bf16 = evaluate(model, data.val_tokens, data.byte_tables, autocast_dtype=torch.bfloat16, **kw)
+    assert model.stream_dtype is None  # restored after evaluation
+    assert bf16.val_bpb != fp32.val_bpb
+    assert bf16.val_bpb == pytest.approx(fp32.val_bpb, abs=0.03)

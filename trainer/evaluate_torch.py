@@ -50,6 +50,9 @@ def evaluate(
     for w in mine:
         groups.setdefault(w.length, []).append(w)
     was_training = model.training
+    stream_dtype = getattr(model, "stream_dtype", None)
+    if autocast_dtype is not None and hasattr(model, "stream_dtype"):
+        model.stream_dtype = autocast_dtype
     model.eval()
     done = 0
     try:
@@ -70,6 +73,8 @@ def evaluate(
                         progress(done, len(mine))
     finally:
         model.train(was_training)
+        if hasattr(model, "stream_dtype"):
+            model.stream_dtype = stream_dtype
     dist = torch.distributed
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.all_reduce(nats, op=dist.ReduceOp.SUM)

@@ -89,6 +89,9 @@ class GPT(nn.Module):
         super().__init__()
         self.tie_embeddings = tie_embeddings
         self.logit_softcap = float(logit_softcap)
+        # dtype of the residual stream; None keeps the parameters' (float32). Set it only while
+        # running under autocast to that dtype (training and evaluation on CUDA do).
+        self.stream_dtype: torch.dtype | None = None
         self.schedule = block_schedule(num_layers, unique_blocks, recurrence)
         self.num_encoder_layers = num_layers // 2
         self.num_decoder_layers = num_layers - self.num_encoder_layers
@@ -116,9 +119,9 @@ class GPT(nn.Module):
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final normalised hidden states [batch, seq, dim]."""
         x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
-        if x.is_cuda and torch.is_autocast_enabled("cuda"):
-            # The residual stream runs in the autocast dtype (bf16), as the baseline's does.
-            x = x.to(torch.get_autocast_dtype("cuda"))
+        if self.stream_dtype is not None:
+            # Under bf16 autocast the residual stream runs in bf16 too, as the baseline's does.
+            x = x.to(self.stream_dtype)
         x0 = x
         skips: list[Tensor] = []
         for layer, b in enumerate(self.schedule):

@@ -120,6 +120,10 @@ def train(
     model = build_model(config).to(device)
     if initial_state is not None:  # e.g. the other backend's initial weights (parity tests)
         load_numpy_state(model, initial_state)
+    if cuda:
+        model.stream_dtype = torch.bfloat16  # matches the autocast below
+        torch.backends.cuda.matmul.allow_tf32 = True  # the float32 matmuls left (as the baseline)
+        torch.backends.cudnn.allow_tf32 = True
     params = sum(p.numel() for p in model.parameters())
     runner: torch.nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if compile_model else model
     if distributed:
