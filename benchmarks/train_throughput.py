@@ -172,7 +172,7 @@ def run_reference(script: Path, config: dict[str, Any], steps: int, warmup: int,
             "WARMUP_STEPS": str(warmup),
             "MAX_WALLCLOCK_SECONDS": "0",
             "VAL_LOSS_EVERY": "0",
-            "TRAIN_LOG_EVERY": "1",
+            "TRAIN_LOG_EVERY": str(steps),  # it logs steps 1-10 and the last: few syncs
             "RUN_ID": "p2pgolf-throughput",
             "SEED": "0",
         }
@@ -183,12 +183,15 @@ def run_reference(script: Path, config: dict[str, Any], steps: int, warmup: int,
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise SystemExit("reference run failed:\n" + "\n".join(tail))
-    times = [float(m) for m in re.findall(r"^step:\d+/\d+ train_loss:\S+ train_time:(\d+)ms", proc.stdout, re.M)]
-    if len(times) < 3:
+    logged = [(int(a), float(b)) for a, b in re.findall(r"^step:(\d+)/\d+ train_loss:\S+ train_time:(\d+)ms", proc.stdout, re.M)]
+    if len(logged) < 2:
         raise SystemExit("could not read step times from the reference's log")
-    # Its train_time is cumulative; skip its first steps as we skip ours.
-    skip = min(len(times) // 3, 3)
-    per_step_s = (times[-1] - times[skip - 1]) / 1000.0 / (len(times) - skip)
+    # Its train_time is cumulative: time the steps after the first `warmup` (or as many as logged).
+    start = max((p for p in logged if p[0] <= warmup), default=logged[0])
+    end = logged[-1]
+    if end[0] <= start[0]:
+        raise SystemExit("the reference logged too few steps to time")
+    per_step_s = (end[1] - start[1]) / 1000.0 / (end[0] - start[0])
     return {"tokens_per_s": config["train_batch_tokens"] / per_step_s, "step_ms": 1000.0 * per_step_s}
 
 

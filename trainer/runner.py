@@ -117,6 +117,7 @@ def launch(
             env=env,
             start_new_session=True,  # its own process group: a kill reaches torchrun's workers too
             text=True,
+            errors="replace",  # a stray undecodable byte must not stop the relay
         )
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)
@@ -141,6 +142,13 @@ def launch(
         except BaseException:
             _stop_group(child)
             raise
+        if not killed_for:
+            # Its stdout closed; give it until the deadline to exit.
+            left = deadline_s - (time.monotonic() - started)
+            try:
+                child.wait(timeout=None if left == float("inf") else max(left, 0.0))
+            except subprocess.TimeoutExpired:
+                killed_for = f"the run passed its hard deadline of {deadline_s:.0f}s and was stopped"
         if killed_for:
             _stop_group(child)
         code = child.wait()
