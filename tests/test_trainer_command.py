@@ -43,6 +43,15 @@ def test_train_command_on_smoke_writes_the_run_directory_and_prints_the_summary(
     assert "status: ok" in lines
     for name in ("config.json", "log.txt", "metrics.json", "model.p2pgolf", "result.json"):
         assert (out / name).is_file(), name
+    # Progress while training (not a terminal here, so plain lines instead of the live line).
+    assert "step 1  loss" in proc.stderr and "tok/s" in proc.stderr and "s left of 4s" in proc.stderr
+
+
+def test_the_run_trains_for_its_budget_and_stops_within_a_step_of_it(smoke_run):
+    _, out = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    step_s = metrics["step_avg_ms"] / 1000.0
+    assert 4.0 - 3 * step_s <= metrics["training_seconds"] <= 4.0 + step_s
 
 
 def test_result_json_has_exactly_the_agreed_fields_and_valid_values(smoke_run):
@@ -89,6 +98,7 @@ def test_reported_val_bpb_is_that_of_the_model_reloaded_from_the_artifact_file(s
         ("modeldim=64", "unknown knob 'modeldim'"),
         ("num_heads=3", "model_dim=64 must be divisible by num_heads=3"),
         ("vocab_size=100", "vocab_size=100 is smaller than the 256 token ids"),
+        ("grad_accum_steps=3", "grad_accum_steps=3 must divide the 32 sequences of a step"),
     ],
 )
 def test_a_bad_knob_fails_before_anything_starts_naming_the_knob_and_range(tmp_path, setting, message):
@@ -145,3 +155,15 @@ def test_a_run_past_its_hard_deadline_is_stopped_and_reported_failed(tmp_path):
     assert time.monotonic() - started < 30
     assert outcome.status == "failed" and "hard deadline" in outcome.error
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+
+
+def test_seed_comes_from_seed_or_set_seed_and_never_enters_the_diff():
+    from node.cli import UserError
+    from node.commands.train_cmd import parse_sets
+
+    assert parse_sets(("seed=9", "model_dim=32"), None) == ({"model_dim": 32}, 9)
+    assert parse_sets(("seed=9",), 9) == ({}, 9)
+    with pytest.raises(UserError, match="disagree"):
+        parse_sets(("seed=9",), 4)
+    with pytest.raises(UserError, match="name=value"):
+        parse_sets(("model_dim",), None)

@@ -132,6 +132,13 @@ def make_run_config(
         raise ProtocolError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     if type(eval_token_cap) is not int or eval_token_cap < 0:
         raise ProtocolError(f"eval token cap {eval_token_cap!r} must be a non-negative integer (0 means all)")
+    seqs = config["train_batch_tokens"] // config["train_seq_len"]
+    accum = config["grad_accum_steps"]
+    if accum and seqs % accum:
+        raise ProtocolError(
+            f"grad_accum_steps={accum} must divide the {seqs} sequences of a step (train_batch_tokens / train_seq_len)",
+            "knob grad_accum_steps",
+        )
     need = benchmark_vocab_size(bench)
     if need and config["vocab_size"] < need:
         raise ProtocolError(
