@@ -76,10 +76,11 @@ _SHARED_CODE = (
     "trainer/train_common.py",
     "trainer/memory.py",
     "trainer/eval_plan.py",
+    "trainer/run_common.py",  # the pipeline: train, export, reload, evaluate
 )
 _BACKEND_CODE = {
-    "torch": ("trainer/model_torch.py", "trainer/muon_torch.py", "trainer/train_torch.py", "trainer/evaluate_torch.py"),
-    "mlx": ("trainer/model_mlx.py", "trainer/optim_mlx.py", "trainer/train_mlx.py", "trainer/evaluate_mlx.py"),
+    "torch": ("trainer/model_torch.py", "trainer/muon_torch.py", "trainer/train_torch.py", "trainer/evaluate_torch.py", "trainer/run_torch.py"),
+    "mlx": ("trainer/model_mlx.py", "trainer/optim_mlx.py", "trainer/train_mlx.py", "trainer/evaluate_mlx.py", "trainer/run_mlx.py"),
 }
 
 
