@@ -49,6 +49,8 @@ class BanditConfig:
     trust_region: float = 0.3  # largest directed move in the unit range
     move_noise: float = 0.004  # sd of a move's gain beyond the surrogate
     max_replicates: float = 4.0  # do not replicate what trusted runs here measured this often
+    temperature: float = 1.0  # scales each draw's deviation from the mean (< 1: exploit more)
+    meta: str = "yield"  # "yield": operator by its recent yield; "global": best draw over all arms
     min_support: float = 0.02  # a candidate only discredited keys vouch for is not worth a run
     build_support: float = 0.5  # recombine only what trusted keys measured: strangers' claims are tried first
 
@@ -59,6 +61,7 @@ class Outcome:
 
     operator: str
     won: bool
+    gain: float = 0.0  # bpb by which it beat the incumbent (replicate: exposed the leader by)
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,18 @@ def choose(
         proposal = make_proposal(default_base, {}, (), "try_peer")
         return Choice(proposal, math.nan, {}, None)
     draw = posterior.sample(rng, 1)[0]
+    draw = posterior.mean + config.temperature * (draw - posterior.mean)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators)
     if not arms:
         proposal = make_proposal(default_base, {}, (), "try_peer")
         return Choice(proposal, math.nan, {}, incumbent)
     yields = operator_draws(history, [op for op in operators if arms.get(op)], rng, config)
     op = max(yields, key=yields.get)
+    if config.meta == "global" and max(yields.values()) < 1.5:
+        op = min(arms, key=lambda o: min(s for _, s in arms[o]))
+    if config.meta == "blend" and max(yields.values()) < math.inf:
+        # the operator's recent gain (a draw) is credited against its best value draw
+        op = min(arms, key=lambda o: min(s for _, s in arms[o]) - yields[o])
     proposal, score = min(arms[op], key=lambda ps: ps[1])
     if callable(proposal):
         proposal = proposal()
@@ -107,6 +116,22 @@ def operator_draws(history: Sequence[Outcome], available: Sequence[str], rng: np
         if len(recent[outcome.operator]) < config.window:
             recent[outcome.operator].append(outcome.won)
     draws = {}
+    if config.meta in ("gain", "blend"):
+        gains: dict[str, list[float]] = defaultdict(list)
+        for o in reversed(history):
+            if len(gains[o.operator]) < config.window:
+                gains[o.operator].append(o.gain)
+        every = [g for gs in gains.values() for g in gs]
+        centre = float(np.mean(every)) if every else 0.0
+        spread = max(float(np.std(every)) if len(every) > 1 else 0.0, 0.002)
+        for op in available:
+            gs = gains[op]
+            # Normal posterior of the mean gain, with one pseudo-run at the overall mean
+            m = (centre + sum(gs)) / (1 + len(gs))
+            draws[op] = float(m + spread / math.sqrt(1 + len(gs)) * rng.standard_normal())
+        if available and rng.random() < config.min_share * len(available):
+            draws[available[int(rng.integers(len(available)))]] = math.inf
+        return draws
     for op in available:
         wins = sum(recent[op])
         draws[op] = float(rng.beta(1.0 + wins, 1.0 + len(recent[op]) - wins))
@@ -114,6 +139,18 @@ def operator_draws(history: Sequence[Outcome], available: Sequence[str], rng: np
         pick = available[int(rng.integers(len(available)))]
         draws[pick] = 2.0  # the floor: above any Beta draw
     return draws
+
+
+def gain(proposal: Proposal, measured: float, before: Posterior) -> float:
+    """By how much (bpb) an experiment beat the incumbent as it stood (0 if it did not); for
+    a replicate, by how much it showed the leader worse than believed beyond 2 sd."""
+    inc = before.incumbent()
+    if inc is None:
+        return 0.0
+    est = before.estimate(inc)
+    if proposal.operator == "replicate":
+        return max(0.0, measured - est.mean - 2.0 * est.sd)
+    return max(0.0, est.mean - measured)
 
 
 def outcome(proposal: Proposal, measured: float, before: Posterior) -> bool:
@@ -165,7 +202,9 @@ def _mutations(posterior, draw, incumbent, rng, space, config):
     config_parent = _resolved(parent.candidate, parent.base, parent.diff)
     out = []
     seen = set()
-    proposals = [mutate(parent, rng, space=space, step=config.step) for _ in range(config.n_mutations)]
+    # one random move per knob (every knob gets a chance), then more at random
+    proposals = [mutate(parent, rng, space=space, knob=d.name, step=config.step) for d in space]
+    proposals += [mutate(parent, rng, space=space, step=config.step) for _ in range(max(0, config.n_mutations - len(space)))]
     for dim in space:  # one move per knob towards the surrogate's sampled optimum
         target = model.best_unit(dim, coeffs, config_parent[dim.name], config.trust_region)
         if target is None:
@@ -236,11 +275,11 @@ class MoveModel:
     means: dict[str, np.ndarray]
     chols: dict[str, np.ndarray]
 
-    PRIOR_SD_NUMERIC = (0.03, 0.03)  # linear and quadratic coefficients, bpb per unit range
-    PRIOR_SD_CHOICE = 0.015
+    PRIOR_SD_NUMERIC = (0.1, 0.1)  # linear and quadratic coefficients, bpb per unit range
+    PRIOR_SD_CHOICE = 0.02
 
     @classmethod
-    def fit(cls, posterior: Posterior, space: Sequence[Dim]) -> "MoveModel":
+    def fit(cls, posterior: Posterior, space: Sequence[Dim], *, local_only: bool = True) -> "MoveModel":
         dims = {d.name: d for d in space}
         pairs: dict[str, list[tuple[np.ndarray, float, float]]] = defaultdict(list)
         idx = posterior.index
@@ -259,6 +298,8 @@ class MoveModel:
             p = inf.parents[0]
             if not posterior.info[p].base:
                 continue
+            if local_only and min(inf.established, posterior.info[p].established) < posterior.established_weight:
+                continue  # a move measured on other hardware may not transfer (batch, schedule)
             cc, pc = config_of(c), config_of(p)
             changed = [k for k in cc if cc[k] != pc[k]]
             if len(changed) != 1 or changed[0] not in dims:

@@ -9,7 +9,7 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
   prior, so its results inform rankings but little about absolute level); where a class has
   enough overlaps, a scale (gains shrink or grow across hardware) is fitted too.
 - `delta` is the candidate-by-hardware interaction: results from another class carry extra
-  variance `interaction_sd**2`, learned from the overlaps, so when classes disagree about the
+  variance `interaction_sd**2`, learned per class from the overlaps, so when a class disagrees with this one about the
   ranking, foreign evidence counts for less.
 - Each record's noise variance is the class's run-to-run variance divided by its weight
   (trust, reproduction checks, per-author caps) plus a "could be lying" variance that is zero
@@ -61,7 +61,7 @@ class EstimatorConfig:
     prior_sd: float = 0.15  # a root candidate around the pool's level
     lineage_sd: float = 0.02  # a child around the mean of its parents
     offset_sd: float = 0.5  # a hardware offset before any overlap
-    interaction_sd: float = 0.01  # candidate x hardware, prior; learned from overlaps
+    interaction_sd: float = 0.015  # candidate x hardware, prior; learned per class from overlaps
     scale_sd: float = 0.15  # prior sd of a class's scale around 1
     min_scale_overlaps: int = 5  # fit a scale only with this many overlapping candidates
     lie_sd: float = 0.05  # how far a claim of weight w may be off: lie_sd^2 (1-w)/w
@@ -83,6 +83,7 @@ class Translation:
     overlaps: int
     noise_sd: float
     pivot: float = 0.0  # the level around which the scale stretches
+    interaction_sd: float = 0.0  # how far this class's ranking departs from the target's
 
     def to_target(self, y: float) -> float:
         """A value measured on this class, as it would read on the target class."""
@@ -246,10 +247,11 @@ def estimate(
     noise = _noise_by_class(obs, st, policy, config)
 
     # --- pass 1: translation between classes from overlaps (trusted weights, no lineage)
-    translations, interaction_sd = _fit_translations(obs, hw, noise, st, policy, config)
+    translations, tau = _fit_translations(obs, hw, noise, st, policy, config)
+    interaction_sd = float(np.mean(list(tau.values()))) if tau else config.interaction_sd
 
     # --- attestation verdicts, then trust moved by them
-    checks = _check_attestations(attestations, by_id, translations, noise, hw, interaction_sd, config)
+    checks = _check_attestations(attestations, by_id, translations, noise, hw, tau, config)
     authors = author_trust({r.author for r in results} | {a.author for a in attestations}, st, checks, policy)
     if config.naive:
         authors = {a: AuthorTrust(a, OWN, 1.0, 1.0, 0.0, 0.0) for a in authors}
@@ -279,7 +281,7 @@ def estimate(
             continue
         weighted.append((o, trust, claim, cap, claim * cap))
 
-    return _solve(weighted, results, hw, noise, translations, interaction_sd, authors, checks, checks_by_subject, st, config)
+    return _solve(weighted, results, hw, noise, translations, tau, interaction_sd, authors, checks, checks_by_subject, st, config)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -354,10 +356,10 @@ def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Tra
     class_mean = _class_means(cells)
     m_target = class_mean.get(hw, float(np.mean(list(class_mean.values()))) if class_mean else 0.0)
     if not classes:
-        return {}, config.interaction_sd
+        return {}, {}
     overlaps = {h: sum(1 for c in shared if h in seen_on[c] and hw in seen_on[c]) for h in classes}
     scale = {h: 1.0 for h in classes}
-    tau = config.interaction_sd
+    tau = {h: config.interaction_sd for h in classes}
     off_mean = {h: class_mean[h] - m_target for h in classes}
     off_sd = {h: config.offset_sd for h in classes}
     if shared:
@@ -365,17 +367,17 @@ def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Tra
             mu, mu_var, off, off_v, resid = _additive_fit(cells, shared, classes, hw, tau, scale, off_mean, m_target, config)
             off_mean = {h: off[h] for h in classes}
             off_sd = {h: math.sqrt(off_v[h]) for h in classes}
-            tau = _interaction_from_residuals(resid, config)
+            tau = {h: _interaction_from_residuals([r for r in resid if r[2] == h], config) for h in classes}
             for h in classes:
                 if overlaps[h] >= config.min_scale_overlaps:
-                    scale[h] = _fit_scale(cells, shared, h, hw, off[h], mu, config)
+                    scale[h] = _fit_scale(cells, shared, h, hw, tau[h], config)
         # offsets after the loop are from the last fit; restore the original prior centre for
         # classes without overlaps (the additive fit could only move them through chains)
     out = {
-        h: Translation(h, float(off_mean[h]), float(off_sd[h]), float(scale[h]), overlaps[h], noise.get(h, config.noise_sd), float(m_target))
+        h: Translation(h, float(off_mean[h]), float(off_sd[h]), float(scale[h]), overlaps[h], noise.get(h, config.noise_sd), float(m_target), float(tau[h]))
         for h in classes
     }
-    return out, float(tau)
+    return out, tau
 
 
 def _class_means(cells) -> dict[str, float]:
@@ -410,7 +412,7 @@ def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, c
         if h != hw:
             s = scale[h]
             y = m_target + (y - m_target) / s  # put gains on the target's scale
-            v = v / s**2 + tau**2
+            v = v / s**2 + tau[h] ** 2
         idx = [ci[c]] + ([hi[h]] if h != hw else [])
         for a in idx:
             b[a] += y / v
@@ -427,14 +429,14 @@ def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, c
     for idx, y, v, h in rows:
         if h != hw:
             pred = sum(theta[k] for k in idx)
-            resid.append((y - pred, v - tau**2))
+            resid.append((y - pred, v - tau[h] ** 2, h))
     return mu, mu_var, off, off_v, resid
 
 
 def _interaction_from_residuals(resid, config) -> float:
     if len(resid) < 3:
         return config.interaction_sd
-    excess = [r * r - v for r, v in resid]
+    excess = [r * r - v for r, v, _ in resid]
     # residuals are shrunk by the fit; the factor 2 roughly undoes that for pairs
     est = max(0.0, 2.0 * float(np.mean(excess)))
     k0 = 4.0
@@ -443,7 +445,13 @@ def _interaction_from_residuals(resid, config) -> float:
     return math.sqrt(var)
 
 
-def _fit_scale(cells, shared, h, hw, off_h, mu, config) -> float:
+def _fit_scale(cells, shared, h, hw, tau_h, config) -> float:
+    """How much class h stretches differences between candidates, relative to the target.
+
+    Fitted only where the two classes agree on the ranking (weighted correlation >= 0.8):
+    where they disagree, a slope would mostly measure the disagreement. The reduced major
+    axis slope (ratio of spreads) avoids the dilution an ordinary regression suffers when
+    both axes are noisy; it is shrunk towards 1 by its prior."""
     xs, ys, ws = [], [], []
     for c in shared:
         if (c, h) in cells and (c, hw) in cells:
@@ -451,14 +459,16 @@ def _fit_scale(cells, shared, h, hw, off_h, mu, config) -> float:
             p_h, py_h = cells[(c, h)]
             xs.append(py_t / p_t)
             ys.append(py_h / p_h)
-            ws.append(1.0 / (1.0 / p_t + 1.0 / p_h))
+            ws.append(1.0 / (1.0 / p_t + 1.0 / p_h + tau_h**2))
     x, y, w = np.asarray(xs), np.asarray(ys), np.asarray(ws)
     xm, ym = np.average(x, weights=w), np.average(y, weights=w)
     sxx = float(np.sum(w * (x - xm) ** 2))
-    if sxx <= 0:
+    syy = float(np.sum(w * (y - ym) ** 2))
+    sxy = float(np.sum(w * (x - xm) * (y - ym)))
+    if sxx <= 0 or syy <= 0 or sxy / math.sqrt(sxx * syy) < 0.8:
         return 1.0
-    slope = float(np.sum(w * (x - xm) * (y - ym)) / sxx)
-    prec_data = sxx  # 1/var of the slope (unit-variance weights already)
+    slope = math.sqrt(syy / sxx)
+    prec_data = sxx  # 1/var of the slope, roughly (weights are inverse variances)
     prec_prior = 1.0 / config.scale_sd**2
     s = (slope * prec_data + prec_prior) / (prec_data + prec_prior)
     return float(min(3.0, max(1.0 / 3.0, s)))
@@ -479,7 +489,7 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
                 t_att = translations.get(a.hw)
                 to_target = t_claim.to_target(claim.val_bpb) if t_claim else claim.val_bpb
                 expected = t_att.from_target(to_target) if t_att else to_target
-                var += (t_claim.offset_sd**2 if t_claim else 0.0) + (t_att.offset_sd**2 if t_att else 0.0) + 2 * tau**2
+                var += sum(t.offset_sd**2 + t.interaction_sd**2 for t in (t_claim, t_att) if t is not None)
             sd = math.sqrt(var)
         residual = a.val_bpb - expected
         tol = config.check_z * sd + config.check_slack
@@ -487,7 +497,7 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
     return out
 
 
-def _solve(weighted, results, hw, noise, translations, tau, authors, checks, checks_by_subject, st, config) -> Posterior:
+def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, checks, checks_by_subject, st, config) -> Posterior:
     # candidates: everything with evidence, plus known parents of those
     rec_candidate = {r.record_id: r.candidate for r in results}
     info_src: dict[str, list[ResultEvidence]] = defaultdict(list)
@@ -554,9 +564,9 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
         cell = cells[(o.candidate, o.hw)]
         cell[0] += 1.0 / v
         cell[1] += y / v
-        row_sd[o.record_id] = math.sqrt(v + (tau**2 if o.hw != hw else 0.0))
+        row_sd[o.record_id] = math.sqrt(v + (tau.get(o.hw, config.interaction_sd) ** 2 if o.hw != hw else 0.0))
     for (c, h), (p, py) in cells.items():
-        v = 1.0 / p + (tau**2 if h != hw else 0.0)
+        v = 1.0 / p + (tau.get(h, config.interaction_sd) ** 2 if h != hw else 0.0)
         y = py / p
         i = ci[c]
         if h == hw:
@@ -585,7 +595,7 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
     for h in classes:
         t = translations.get(h)
         j = hi[h]
-        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(cov[j, j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0)
+        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(cov[j, j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0, t.interaction_sd if t else config.interaction_sd)
 
     # per-candidate info and explanation rows
     verdicts: dict[str, list[str]] = defaultdict(list)
@@ -629,7 +639,7 @@ def _solve(weighted, results, hw, noise, translations, tau, authors, checks, che
         sd=sd,
         info=info,
         translations=final_tr,
-        interaction_sd=tau,
+        interaction_sd=tau_mean,
         authors=authors,
         checks=checks,
         lineage_sd=config.lineage_sd,

@@ -289,7 +289,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             p = choice.proposal
             cfg = ledger.config(p.base, p.diff, p.candidate)
             measured = land.true_bpb(cfg, hw) + rngs[i].normal(0.0, land.hardware[hw].noise_sd)
-            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post)))
+            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post)))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
             traces[i].on_fake.append(_spent_on_fake(p, post, fake_records))

@@ -146,7 +146,7 @@ def _explain_doc(post: "Posterior", cid: str, bench_id: str, trust: "TrustStore"
         )
     parents = [{"candidate": p, "mean": post.estimate(p).mean, "sd": post.estimate(p).sd} for p in info.parents]
     translations = {
-        h: {"offset": t.offset, "offset_sd": t.offset_sd, "scale": t.scale, "overlaps": t.overlaps}
+        h: {"offset": t.offset, "offset_sd": t.offset_sd, "scale": t.scale, "overlaps": t.overlaps, "interaction_sd": t.interaction_sd}
         for h, t in post.translations.items()
         if h in info.hw_classes or any(r["hw"] == h for r in rows)
     }
@@ -193,8 +193,7 @@ def _print_explain(doc: dict[str, Any]) -> None:
     for p in doc["parents"]:
         console.print(f"  parent {p['candidate'][:12]}: {p['mean']:.4f} ± {p['sd']:.4f}")
     for h, t in doc["translations"].items():
-        console.print(f"  {h} -> this hw: offset {t['offset']:+.4f} ± {t['offset_sd']:.4f}, scale {t['scale']:.3f}, from {t['overlaps']} shared candidates")
-    console.print(f"  candidate x hardware interaction sd: {doc['interaction_sd']:.4f}")
+        console.print(f"  {h} -> this hw: offset {t['offset']:+.4f} ± {t['offset_sd']:.4f}, scale {t['scale']:.3f}, ranking disagreement sd {t['interaction_sd']:.4f}, from {t['overlaps']} shared candidates")
 
 
 def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -> None:
