@@ -53,3 +53,42 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(tmp_pa
         assert np.allclose(rank0[name], value, atol=2e-4), name
     # Rank losses are each rank's own half-batch; their mean is the one-process loss.
     assert np.allclose((rank0["losses"] + rank1["losses"]) / 2, single.losses, atol=1e-4)
+
+
+@pytest.mark.timeout(180)
+def test_a_run_under_torchrun_trains_on_two_ranks_and_rank_zero_writes_the_result(tmp_path):
+    # What the runner does on a machine with several GPUs, here with two CPU ranks over gloo.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from trainer.api import prepare_run
+    from trainer.runner import RESULT_KEYS
+
+    run = prepare_run("smoke", "smoke-tiny", {}, budget_s=3, seed=2, backend="torch", device="cpu")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(run.to_json()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.runner", str(run_dir)],
+        capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert tuple(result) == RESULT_KEYS and result["status"] == "ok", result["error"]
+    assert metrics["world_size"] == 2
+    # The global batch is the config's 4096 tokens per step, split over the two ranks.
+    assert result["metrics"]["train_tokens"] == result["metrics"]["steps"] * 4096
+    assert metrics["micro_batch_tokens"] * metrics["grad_accum_steps"] == 2048
+    # Evaluation was split between the ranks and summed: every validation target was scored.
+    assert result["metrics"]["eval_tokens"] == metrics["eval_bytes"] > 90_000 and not result["metrics"]["eval_partial"]
+    # ... and summed right: one process scoring the artifact file gets the same number.
+    import torch
+
+    from trainer.datasets import load_benchmark_data
+    from trainer.run_torch import evaluate_artifact
+
+    alone = evaluate_artifact((run_dir / "model.p2pgolf").read_bytes(), run, load_benchmark_data(run.bench, None), torch.device("cpu"))
+    assert alone.val_bpb == pytest.approx(result["metrics"]["val_bpb"], rel=1e-6)
