@@ -1,0 +1,112 @@
+"""The host and the Node's lifecycle: our key is the peer id, only Noise is spoken, and the
+worker hook runs inside the node and is cancelled with it (or fails without taking it down)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from node.host import make_host, parse_peer_addr, peer_info
+from node.node import Node, NodeOptions
+from pool.store import PoolStore
+from pool.trust import TrustStore
+from protocol.benchmarks import benchmark
+from protocol.identity import Identity
+
+pytestmark = pytest.mark.timeout(60)
+BENCH = benchmark("smoke")
+
+
+def _node(tmp_path, name: str, **kwargs) -> Node:
+    store = PoolStore(tmp_path / f"{name}.sqlite")
+    return Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,)), **kwargs)
+
+
+def test_host_peer_id_is_the_nodes_own_signing_key(tmp_path):
+    async def main() -> None:
+        node = _node(tmp_path, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            assert node.host.get_id().to_base58() == node.identity.peer_id
+            (addr,) = node.addrs
+            assert addr.startswith("/ip4/127.0.0.1/tcp/") and addr.endswith(f"/p2p/{node.identity.peer_id}")
+            node.stop()
+
+    trio.run(main)
+
+
+def test_a_dialer_offering_only_plaintext_cannot_connect_but_noise_can(tmp_path):
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.keys import KeyPair
+    from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+    import multiaddr
+
+    async def main() -> None:
+        node = _node(tmp_path, "a")
+        private = Ed25519PrivateKey.from_bytes(Identity.generate().seed)
+        pair = KeyPair(private, private.get_public_key())
+        plaintext = new_host(key_pair=pair, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(pair)})
+        noise = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            target = peer_info(parse_peer_addr(node.addrs[0]))
+            async with plaintext.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), noise.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                try:
+                    with pytest.raises(Exception):
+                        with trio.fail_after(10):
+                            await plaintext.connect(target)
+                    assert plaintext.get_id().to_base58() not in node.connected_peers()
+                    with trio.fail_after(10):
+                        await noise.connect(target)
+                    assert noise.get_id().to_base58() in node.connected_peers()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await plaintext.close()
+                        await noise.close()
+            node.stop()
+
+    trio.run(main)
+
+
+def test_worker_runs_in_the_node_and_is_cancelled_when_the_node_stops(tmp_path):
+    seen = {}
+
+    async def worker(node: Node) -> None:
+        seen["peer_id"] = node.peer_id
+        try:
+            await trio.sleep_forever()
+        finally:
+            seen["cancelled"] = True
+
+    async def main() -> None:
+        node = _node(tmp_path, "a", worker=worker)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await trio.sleep(0.2)
+            assert node.status().worker == "running"
+            node.stop()
+
+    trio.run(main)
+    assert seen == {"peer_id": seen["peer_id"], "cancelled": True}
+
+
+def test_a_failing_worker_leaves_the_node_serving(tmp_path):
+    async def worker(node: Node) -> None:
+        raise RuntimeError("trainer exploded")
+
+    async def main() -> None:
+        node = _node(tmp_path, "a", worker=worker)
+        other = _node(tmp_path, "b")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(other.run)
+            await trio.sleep(0.2)
+            assert node.status().worker == "failed: RuntimeError: trainer exploded"
+            with trio.fail_after(10):
+                await other.host.connect(peer_info(parse_peer_addr(node.addrs[0])))
+            assert other.peer_id in node.connected_peers()
+            node.stop()
+            other.stop()
+
+    trio.run(main)
