@@ -15,7 +15,9 @@ What it guarantees:
   as the challenge does, so compilation is not charged to training.
 - Devices: CUDA runs in bf16 autocast with torch.compile; CPU runs in float32, eager. Several
   GPUs (torchrun: RANK/WORLD_SIZE set) train under DDP with the same global batch: each step
-  consumes `train_batch_tokens` tokens in total, split between ranks and micro-batches.
+  consumes `train_batch_tokens` tokens in total, split between ranks and micro-batches. All
+  ranks share one clock (the slowest rank's), so they stop together and their LRs agree: their
+  weights stay identical.
 - Deterministic on CPU for a given seed and data: same seed, same weights.
 """
 
@@ -193,14 +195,15 @@ def train(
     _sync(device)
     started = time.perf_counter()
     while max_steps is None or step < max_steps:
+        if distributed:
+            # One clock for all ranks (the slowest): the LR schedule reads it, so ranks that
+            # each used their own would apply different LRs in the warmdown and drift apart.
+            clock = torch.tensor(elapsed, dtype=torch.float64, device=device)
+            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+            elapsed = float(clock.item())
         # Expected cost of the next step: the mean so far (first step: assume it fits).
         expected = elapsed / step if step else 0.0
-        stop = elapsed + expected > budget_s
-        if distributed:
-            flag = torch.tensor(int(stop), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        if stop:
+        if elapsed + expected > budget_s:
             break
         lr_mult = schedule.lr(step, elapsed)
         loss = one_step(step, lr_mult)
