@@ -28,7 +28,6 @@ import trio
 from node.limits import Admission, Verdict, verify_all
 from protocol import canonical
 from protocol.errors import ProtocolError
-from protocol.signing import MAX_RECORD_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -9,24 +9,21 @@ connected to node A (a `p2pgolf join` process) whose only other neighbour is nod
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_procs import NodeProc, make_home, stop_all, wait_until  # noqa: E402
-from records_factory import signed_result  # noqa: E402
+from node_procs import NodeProc, make_home, stop_all, wait_until
+from records_factory import signed_result
 
-from node.host import make_host, peer_info, parse_peer_addr  # noqa: E402
-from node.limits import Limits  # noqa: E402
-from node.node import Node, NodeOptions  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.trust import TrustStore  # noqa: E402
-from protocol import canonical  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from node.host import make_host, peer_info, parse_peer_addr
+from node.limits import Limits
+from node.node import Node, NodeOptions
+from pool.store import PoolStore
+from pool.trust import TrustStore
+from protocol import canonical
+from protocol.benchmarks import benchmark
+from protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(90)
 BENCH = benchmark("smoke")

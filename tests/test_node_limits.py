@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records_factory import signed_result  # noqa: E402
+from records_factory import signed_result
 
-from node.limits import Admission, Limits, PeerLimiter, TokenBucket, Verdict  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.trust import TrustStore  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.errors import ProtocolError  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from node.limits import Admission, Limits, PeerLimiter, TokenBucket, Verdict
+from pool.store import PoolStore
+from pool.trust import TrustStore
+from protocol.benchmarks import benchmark
+from protocol.errors import ProtocolError
+from protocol.identity import Identity
 
 SMOKE = benchmark("smoke").id
 PEER = "12D3KooWPeerUnderTest"

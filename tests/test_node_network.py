@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_procs import P2PGOLF, NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
-from records_factory import signed_result  # noqa: E402
+from node_procs import P2PGOLF, NodeProc, free_port, make_home, stop_all, wait_until
+from records_factory import signed_result
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from protocol.benchmarks import benchmark
+from protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(120)
 RING = 5

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_procs import P2PGOLF, make_home  # noqa: E402
-from records_factory import signed_result  # noqa: E402
+from node_procs import P2PGOLF, make_home
+from records_factory import signed_result
 
-from node.commands.publish_cmd import records_from_path  # noqa: E402
-from node.publishing import sign_run  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.transfer import export_records  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.errors import ProtocolError  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.signing import decode_record  # noqa: E402
+from node.commands.publish_cmd import records_from_path
+from node.publishing import sign_run
+from pool.store import PoolStore
+from pool.transfer import export_records
+from protocol.benchmarks import benchmark
+from protocol.errors import ProtocolError
+from protocol.identity import Identity
+from protocol.signing import decode_record
 
 
 def run_json(**changes) -> dict:

@@ -6,23 +6,20 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import psutil
 import pytest
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_procs import P2PGOLF, NodeProc, make_home, stop_all, wait_until  # noqa: E402
-from records_factory import signed_result  # noqa: E402
+from node_procs import P2PGOLF, NodeProc, make_home, stop_all, wait_until
+from records_factory import signed_result
 
-from node.node import Node, NodeOptions  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.trust import TrustStore  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from node.node import Node, NodeOptions
+from pool.store import PoolStore
+from pool.trust import TrustStore
+from protocol.benchmarks import benchmark
+from protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(90)
 BENCH = benchmark("smoke")

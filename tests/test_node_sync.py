@@ -3,22 +3,20 @@ same gate as gossip, and the periodic pass heals a partition."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records_factory import signed_result  # noqa: E402
+from records_factory import signed_result
 
-from node.host import parse_peer_addr, peer_info  # noqa: E402
-from node.node import Node, NodeOptions  # noqa: E402
-from node.sync import sync_with  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.trust import TrustStore  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from node.host import parse_peer_addr, peer_info
+from node.node import Node, NodeOptions
+from node.sync import sync_with
+from pool.store import PoolStore
+from pool.trust import TrustStore
+from protocol.benchmarks import benchmark
+from protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")
