@@ -110,3 +110,32 @@ def test_a_failing_worker_leaves_the_node_serving(tmp_path):
             other.stop()
 
     trio.run(main)
+
+
+def test_a_restarted_node_redials_the_peers_it_remembered_without_bootstrap(tmp_path):
+    from node.home import Home
+
+    home = Home(tmp_path / "b")
+    home.root.mkdir()
+    identity = Identity.generate()
+
+    async def main() -> None:
+        a = _node(tmp_path, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            for bootstrap in ((a.addrs[0],), ()):  # second life: nothing on the command line
+                store = PoolStore(home.pool_db)
+                b = Node(identity, store, TrustStore(store), NodeOptions(benches=(BENCH,), bootstrap=bootstrap, home=home))
+                async with trio.open_nursery() as inner:
+                    await inner.start(b.run)
+                    with trio.fail_after(10):
+                        while a.peer_id not in b.connected_peers():
+                            await trio.sleep(0.05)
+                    b.stop()
+                store.close()
+                with trio.fail_after(10):
+                    while b.peer_id in a.connected_peers():
+                        await trio.sleep(0.05)
+            a.stop()
+
+    trio.run(main)

@@ -157,7 +157,8 @@ def test_kill_9_node_catches_up_after_restart_while_the_others_kept_delivering(r
     victim.wait_ready()
     wait_until(lambda: victim.pool_count() == total, 15, interval=0.25, what="the restarted node to catch up")
     assert victim.status()["records_in_by_sync"] >= 20
-    wait_until(lambda: len(victim.status()["peers"]) >= 1, 10, what="the restarted node to rejoin")
+    # Node 3 dials node 2 (its bootstrap) and kept re-dialling with back-off while it was gone.
+    wait_until(lambda: right.identity.peer_id in {p["peer_id"] for p in victim.status()["peers"]}, 40, interval=0.5, what="node 3 to re-dial the restarted node")
 
 
 def _outlive_gossip_replay(published_at: float) -> None:
