@@ -195,15 +195,17 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(dim, kv_dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
-        inv_freq = 1.0 / (rope_base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # Not a buffer: the model holds parameters only (nothing for DDP to broadcast, nothing
+        # in the state dict that another backend would have to match).
+        self.rope_base = float(rope_base)
         self._rope_cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def _rope(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
         cache = self._rope_cache
         if cache is None or cache[0] != seq_len or cache[1] != device:
+            inv_freq = 1.0 / (self.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim))
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
+            freqs = torch.outer(t, inv_freq)
             cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
             self._rope_cache = cache
         return cache[2], cache[3]

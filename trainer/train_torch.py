@@ -131,7 +131,7 @@ def train(
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        runner = DistributedDataParallel(runner, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if cuda else None)
     optimisers, muon = _optimisers(model, config, fused=cuda)
     schedule = Schedule.from_config(config, budget_s)
     plan = plan_batch(config, world, device)
