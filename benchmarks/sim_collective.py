@@ -49,8 +49,9 @@ LABELS = {
 @click.option("--nodes", "-m", default=4, show_default=True, help="honest nodes (M)")
 @click.option("--experiments", "-k", default=84, show_default=True, help="experiments per node (K)")
 @click.option("--hardware", default="mixed", show_default=True, help="'mixed' (all classes, round robin) or one class key")
+@click.option("--jobs", "-j", default=min(2, os.cpu_count() or 1), show_default=True, help="worker processes (runs are independent and seeded)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
-def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: str, as_json: bool) -> None:
+def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: str, jobs: int, as_json: bool) -> None:
     known = [h.key for h in HARDWARE]
     if hardware == "mixed":
         classes = tuple(known)
@@ -62,10 +63,17 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: st
         raise click.BadParameter("need --seeds >= 1, --nodes >= 1 and --experiments >= 2")
     settings = SimSettings(nodes=nodes, experiments=experiments, hardware=classes)
     started = time.time()
+    tasks = [(mode, seed) for seed in range(first_seed, first_seed + seeds) for mode in MODES]
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            done = list(pool.map(_run, tasks, [settings] * len(tasks)))
+    else:
+        done = [_run(task, settings) for task in tasks]
     runs = {mode: [] for mode in MODES}
-    for seed in range(first_seed, first_seed + seeds):
-        for mode in MODES:
-            runs[mode].append(run_mode(mode, seed, settings))
+    for (mode, _), run in zip(tasks, done):
+        runs[mode].append(run)
     elapsed = time.time() - started
     summaries = {mode: summarise(rs) for mode, rs in runs.items()}
     reach = {}
@@ -79,7 +87,7 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: st
         "regret_vs_naive": summaries["trust"].regret / naive_regret if naive_regret > 0 else None,
         "malicious_share": summaries["malicious"].malicious_share,
         "malicious_share_blocked": summaries["malicious_blocked"].malicious_share,
-        "settings": {"seeds": seeds, "first_seed": first_seed, "nodes": nodes, "experiments": experiments, "hardware": list(classes)},
+        "settings": {"seeds": seeds, "first_seed": first_seed, "nodes": nodes, "experiments": experiments, "hardware": list(classes), "jobs": jobs},
         "machine": _machine(),
         "seconds": round(elapsed, 1),
         "modes": {
@@ -103,6 +111,11 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: st
         print(json.dumps(result, sort_keys=True))
         return
     _table(result, summaries, reach, experiments)
+
+
+def _run(task: tuple[str, int], settings: SimSettings):
+    mode, seed = task
+    return run_mode(mode, seed, settings)
 
 
 def _machine() -> str:

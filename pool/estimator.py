@@ -154,14 +154,23 @@ class Posterior:
     authors: dict[str, AuthorTrust]
     checks: list[AttestationCheck]
     lineage_sd: float
-    rows: dict[str, list[EvidenceRow]]
+    _build_rows: Callable[[], dict[str, list[EvidenceRow]]] = field(repr=False)
     established_weight: float
     _cov: np.ndarray = field(repr=False)
+    _rows: dict[str, list[EvidenceRow]] | None = field(default=None, repr=False)
+    _ancestors: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict, repr=False)
     _chol: np.ndarray | None = field(default=None, repr=False)
     index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.candidates)}
+
+    @property
+    def rows(self) -> dict[str, list[EvidenceRow]]:
+        """The evidence behind each candidate, as it entered the model (for explanations)."""
+        if self._rows is None:
+            self._rows = self._build_rows()
+        return self._rows
 
     def __contains__(self, candidate: str) -> bool:
         return candidate in self.index
@@ -199,6 +208,9 @@ class Posterior:
 
     def ancestors(self, candidate: str, limit: int = 64) -> set[str]:
         """Candidate ids reachable through parents (not including itself)."""
+        key = (candidate, limit)
+        if key in self._ancestors:
+            return set(self._ancestors[key])
         seen: set[str] = set()
         todo = list(self.info[candidate].parents) if candidate in self.info else []
         while todo and len(seen) < limit:
@@ -208,6 +220,7 @@ class Posterior:
             seen.add(c)
             if c in self.info:
                 todo.extend(self.info[c].parents)
+        self._ancestors[key] = frozenset(seen)
         return seen
 
 
@@ -524,30 +537,34 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         ws.append(w * (4.0 if o.hw == hw else 1.0))
     m0 = float(np.average(ys, weights=ws)) if ys else 0.0
 
-    A = np.zeros((n, n))
+    # the normal equations, assembled as (row, col, value) triples and summed in one go
+    ai: list[int] = []
+    aj: list[int] = []
+    av: list[float] = []
     b = np.zeros(n)
+    prior_prec = 1.0 / config.prior_sd**2
+    lin_prec = 1.0 / config.lineage_sd**2
     # lineage prior (a Gaussian Markov random field over the family tree)
     for c in candidates:
         i = ci[c]
         ps = parents_of[c]
         if not ps:
-            A[i, i] += 1.0 / config.prior_sd**2
-            b[i] += m0 / config.prior_sd**2
+            ai.append(i), aj.append(i), av.append(prior_prec)
+            b[i] += m0 * prior_prec
             continue
         idx = [i] + [ci[p] for p in ps]
         coef = [1.0] + [-1.0 / len(ps)] * len(ps)
-        prec = 1.0 / config.lineage_sd**2
         for a, ca in zip(idx, coef):
             for bb, cb in zip(idx, coef):
-                A[a, bb] += prec * ca * cb
+                ai.append(a), aj.append(bb), av.append(lin_prec * ca * cb)
         # a weak anchor keeps cyclic or orphaned families proper
-        A[i, i] += 1e-4 / config.prior_sd**2
-        b[i] += 1e-4 * m0 / config.prior_sd**2
+        ai.append(i), aj.append(i), av.append(1e-4 * prior_prec)
+        b[i] += 1e-4 * m0 * prior_prec
     for h in classes:
         j = hi[h]
         t = translations.get(h)
         centre = t.offset if t else 0.0
-        A[j, j] += 1.0 / config.offset_sd**2
+        ai.append(j), aj.append(j), av.append(1.0 / config.offset_sd**2)
         b[j] += centre / config.offset_sd**2
 
     # observations, aggregated per (candidate, class): they share one interaction term
@@ -570,16 +587,15 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         y = py / p
         i = ci[c]
         if h == hw:
-            A[i, i] += 1.0 / v
+            ai.append(i), aj.append(i), av.append(1.0 / v)
             b[i] += y / v
         else:
             j = hi[h]
-            A[i, i] += 1.0 / v
-            A[j, j] += 1.0 / v
-            A[i, j] += 1.0 / v
-            A[j, i] += 1.0 / v
+            ai.extend((i, j, i, j)), aj.extend((i, j, j, i)), av.extend((1.0 / v,) * 4)
             b[i] += y / v
             b[j] += y / v
+    A = np.zeros((n, n))
+    np.add.at(A, (np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp)), np.asarray(av))
     if n:
         cov = np.linalg.inv(A)
         cov = (cov + cov.T) / 2.0
@@ -602,16 +618,21 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     for chk in checks:
         word = ("agrees" if chk.agrees else "DISAGREES") if chk.conclusive else "inconclusive"
         verdicts[chk.subject_id].append(f"{chk.attestation_id[:12]} {word} ({chk.residual:+.4f}, tol {chk.tolerance:.4f})")
-    rows: dict[str, list[EvidenceRow]] = defaultdict(list)
     established: dict[str, float] = defaultdict(float)
+
+    def build_rows() -> dict[str, list[EvidenceRow]]:
+        # only `explain` reads these; the bandit never pays for building them
+        rows: dict[str, list[EvidenceRow]] = defaultdict(list)
+        for o, trust, claim, cap, w in weighted:
+            t = final_tr.get(o.hw)
+            translated = o.y if t is None else t.to_target(o.y)
+            status = authors[o.author].status if o.author in authors else st(o.author)
+            rows[o.candidate].append(EvidenceRow(o.record_id, o.kind, o.author, status, o.hw, o.y, float(translated), trust, claim, cap, row_sd[o.record_id], tuple(verdicts.get(o.record_id, ()))))
+        return dict(rows)
+
     support: dict[str, float] = defaultdict(float)
     for o, trust, claim, cap, w in weighted:
         support[o.candidate] = max(support[o.candidate], min(1.0, claim))
-        t = final_tr.get(o.hw)
-        translated = o.y if t is None else t.to_target(o.y)
-        rows[o.candidate].append(
-            EvidenceRow(o.record_id, o.kind, o.author, authors[o.author].status if o.author in authors else st(o.author), o.hw, o.y, float(translated), trust, claim, cap, row_sd[o.record_id], tuple(verdicts.get(o.record_id, ())))
-        )
         if o.hw == hw and o.kind != "reeval":
             established[o.candidate] += min(1.0, claim)
     info: dict[str, CandidateInfo] = {}
@@ -643,7 +664,7 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         authors=authors,
         checks=checks,
         lineage_sd=config.lineage_sd,
-        rows=dict(rows),
+        _build_rows=build_rows,
         established_weight=config.established_weight,
         _cov=cov[:k, :k].copy(),
     )

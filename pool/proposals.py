@@ -96,8 +96,10 @@ def make_proposal(base: str, diff: Mapping[str, Any], parents: Sequence[str], op
     """A checked proposal; ProtocolError if base + diff is not a valid config."""
     if operator not in OPERATORS:
         raise ValueError(f"unknown operator {operator!r}; known: {', '.join(OPERATORS)}")
-    knobs.resolve(base, diff)
-    normal = knobs.normalise_diff(base, diff)
+    normal = knobs.normalise_diff(base, diff)  # checks every entry against its knob
+    config = knobs.base_config(base)
+    config.update(normal)
+    knobs.check_config(config)  # rules between knobs
     return Proposal(base, normal, tuple(sorted({p for p in parents if p})), operator, subject, tuple(changed), knobs.candidate_id(base, normal))
 
 
@@ -126,13 +128,15 @@ def mutate(
     step: float = 0.15,
     direction: float = 0.0,
     tries: int = 20,
+    config: Mapping[str, Any] | None = None,
 ) -> Proposal | None:
     """Move one knob of `parent` (the named one, else one at random): numeric knobs by a
     Gaussian step of sd `step` in the unit range (log for log-scale knobs), shifted by
     `direction` (a signed step size) when a surrogate suggests one; categorical knobs to
-    another choice. None if no valid, different config turns up in `tries` attempts."""
+    another choice. None if no valid, different config turns up in `tries` attempts.
+    `config` may pass the parent's resolved config when the caller has it already."""
     dims = {d.name: d for d in space}
-    config = knobs.resolve(parent.base, parent.diff)
+    config = config if config is not None else knobs.resolve(parent.base, parent.diff)
     for _ in range(tries):
         dim = dims[knob] if knob is not None else dims[list(dims)[int(rng.integers(len(dims)))]]
         current = config[dim.name]

@@ -121,15 +121,32 @@ def test_an_invalid_proposal_is_refused_with_the_knob_named():
         make_proposal(BASE, {"unique_blocks": 20}, (), "mutate")
 
 
-def test_the_meta_level_gives_more_runs_to_the_operator_that_yields():
-    history = [Outcome("mutate", i % 4 != 0) for i in range(20)] + [Outcome("recombine", i == 0) for i in range(20)]
+@pytest.mark.parametrize("meta", ["blend", "gain", "yield"])
+def test_the_meta_level_gives_more_runs_to_the_operator_that_yields(meta):
+    history = [Outcome("mutate", i % 4 != 0, 0.01 if i % 4 != 0 else 0.0) for i in range(20)]
+    history += [Outcome("recombine", i == 0, 0.01 if i == 0 else 0.0) for i in range(20)]
     rng = np.random.default_rng(2)
     wins = Counter()
     for _ in range(300):
-        draws = operator_draws(history, ["mutate", "recombine"], rng)
+        draws = operator_draws(history, ["mutate", "recombine"], rng, BanditConfig(meta=meta))
         wins[max(draws, key=draws.get)] += 1
     assert wins["mutate"] > 0.8 * 300
     assert wins["recombine"] > 0  # the floor keeps every operator alive
+
+
+def test_blending_credits_an_operators_yield_against_its_value_draw():
+    # two lineages whose recombination looks best to the model, but recombining has not paid
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    pool.add({}, 2.00)
+    pool.add({"activation": "swiglu"}, 1.98, parents=[root.record_id])
+    pool.add({"unique_blocks": 3, "recurrence": "mirror"}, 1.98, parents=[root.record_id])
+    post = estimate(pool.evidence, static_status(ME), HW)
+    cold = [Outcome("recombine", False, 0.0)] * 20 + [Outcome("mutate", True, 0.03)] * 20
+    picks = Counter(choose(post, np.random.default_rng(s), history=cold, operators=("mutate", "recombine")).proposal.operator for s in range(40))
+    plain = Counter(choose(post, np.random.default_rng(s), operators=("mutate", "recombine")).proposal.operator for s in range(40))
+    assert picks["mutate"] > plain["mutate"]
+    assert picks["mutate"] >= 30
 
 
 def test_the_incumbent_keeps_improvements_and_reverts_regressions():

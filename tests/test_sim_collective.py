@@ -10,12 +10,12 @@ import pytest
 from pool.simulation import HARDWARE, MODES, Landscape, SimSettings, experiments_to_reach, run_mode, summarise
 from protocol import knobs
 
-TINY = SimSettings(nodes=3, experiments=14)
+TINY = SimSettings(nodes=3, experiments=20)
 
 
 @pytest.fixture(scope="module")
 def tiny_runs():
-    return {mode: [run_mode(mode, seed, TINY) for seed in (0, 1)] for mode in MODES}
+    return {mode: [run_mode(mode, seed, TINY) for seed in (0, 1, 2)] for mode in MODES}
 
 
 def test_the_landscape_rewards_composed_architecture_gains_and_punishes_slow_hardware_defaults():
@@ -67,8 +67,10 @@ def test_collective_search_beats_searching_alone(tiny_runs):
 
 
 def test_fakes_cost_few_honest_experiments_and_none_once_blocked(tiny_runs):
-    # a stranger's first claims are worth a run each; once reproductions refute them, no more
-    assert summarise(tiny_runs["malicious"]).malicious_share <= 0.15
-    half = TINY.experiments // 2
-    assert not any(f for run in tiny_runs["malicious"] for t in run.traces for f in t.on_fake[half:])
+    # a fake is published every round; a stranger's claim is worth one run, and once a
+    # reproduction refutes it the key's other claims are not tried (see test_bandit)
+    fakes_published = TINY.experiments
+    spent = sum(sum(t.on_fake) for run in tiny_runs["malicious"] for t in run.traces) / len(tiny_runs["malicious"])
+    assert spent <= 0.1 * fakes_published
+    assert summarise(tiny_runs["malicious"]).malicious_share <= 0.05
     assert summarise(tiny_runs["malicious_blocked"]).malicious_share == 0.0
