@@ -409,3 +409,26 @@ def experiments_to_reach(collective: RunResult, reference: RunResult) -> list[in
         hit = next((k + 1 for k, v in enumerate(t.incumbent_true) if v <= goal), len(t.incumbent_true) + 1)
         out.append(hit)
     return out
+
+
+def mean_curve_crossing(collective: Sequence[RunResult], reference: Sequence[RunResult]) -> float:
+    """Experiments until the average node matches the average isolated node: per hardware
+    class, the first k at which the collective's mean incumbent regret (over seeds and nodes of
+    that class) is at most the reference's mean final regret; averaged over the nodes
+    (len+1 where never)."""
+    curves: dict[str, list[np.ndarray]] = {}
+    finals: dict[str, list[float]] = {}
+    for run in reference:
+        for t in run.traces:
+            finals.setdefault(t.hw, []).append(t.final_true - run.optimum[t.hw])
+    for run in collective:
+        for t in run.traces:
+            curves.setdefault(t.hw, []).append(np.asarray(t.incumbent_true) - run.optimum[t.hw])
+    crossing = {}
+    for hw, cs in curves.items():
+        length = min(len(c) for c in cs)
+        mean = np.mean([c[:length] for c in cs], axis=0)
+        target = float(np.mean(finals[hw]))
+        crossing[hw] = next((k + 1 for k, v in enumerate(mean) if v <= target), length + 1)
+    per_node = [crossing[t.hw] for t in collective[0].traces]
+    return float(np.mean(per_node))
