@@ -1,0 +1,264 @@
+"""The research loop: pick -> train (child process, within the budget) -> sign -> store ->
+publish -> repeat, as the node's worker.
+
+Guarantees:
+- Every experiment is written to a journal (JSON lines in the node's data directory) before it
+  starts and when it ends, with fsync; after a restart, an experiment whose run finished is
+  published from its run directory, never trained again, and one that was cut off counts as
+  spent (one experiment lost, nothing else).
+- A crash, an out-of-memory or an over-size run costs one experiment, never the node: the
+  trainer runs in a child process and every failure becomes a journal entry.
+- Choices come from the pool through the real estimator and bandit (pool/estimator.py,
+  pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
+  of the record it re-measured, anything else as a result citing its parents.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.jsonl"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop trains and where it keeps its files."""
+
+    bench_name: str
+    journal_dir: Path
+    runs_dir: Path
+    data_dir: Path | None = None
+    default_base: str = "naive-baseline"
+    hw_key: str | None = None  # None: detect this machine's
+    max_experiments: int | None = None  # None: run until cancelled
+    backend: str = "auto"
+    device: str = "auto"
+    eval_token_cap: int = 0
+    timeout_slack_s: float = 300.0  # hard deadline = budget + this (the trainer's evaluation included)
+
+
+async def run_research_loop(node: Any) -> None:
+    """The node's worker: research on the node's first benchmark until cancelled."""
+    home = node.options.home
+    bench = node.options.benches[0]
+    root = Path(home.root) if home is not None else Path.cwd() / ".p2pgolf"
+    settings = LoopSettings(
+        bench_name=bench.name,
+        journal_dir=root / "research",
+        runs_dir=home.runs_dir if home is not None else root / "runs",
+        data_dir=home.data_dir if home is not None else None,
+        default_base="smoke-tiny" if bench.name.startswith("smoke") else "naive-baseline",
+    )
+    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings)
+    await loop.run()
+
+
+class ResearchLoop:
+    """One node's loop. `publish(raw)` stores and gossips a signed record (Node.publish)."""
+
+    def __init__(self, identity: Any, store: Any, trust: Any, publish: Callable[[bytes], Awaitable[Any]], settings: LoopSettings, *, runner: Callable[..., Any] | None = None) -> None:
+        from protocol.benchmarks import benchmark
+
+        self.identity = identity
+        self.store = store
+        self.trust = trust
+        self.publish = publish
+        self.settings = settings
+        self.bench = benchmark(settings.bench_name)
+        self.journal = Journal(settings.journal_dir / JOURNAL_NAME)
+        if runner is None:
+            from trainer.api import run_experiment
+
+            runner = run_experiment
+        self.runner = runner
+        self._hw = settings.hw_key
+
+    @property
+    def hw(self) -> str:
+        if self._hw is None:
+            from trainer.hardware import detect_hardware
+
+            self._hw = detect_hardware().key
+        return self._hw
+
+    async def run(self) -> None:
+        """Recover the journal, then run experiments until cancelled or max_experiments."""
+        await self.recover()
+        while self.settings.max_experiments is None or self.journal.count() < self.settings.max_experiments:
+            await self.step()
+
+    async def recover(self) -> None:
+        """Finish what a previous process left: publish finished runs, write off the rest."""
+        for entry in self.journal.unfinished():
+            run_dir = Path(entry["run_dir"])
+            result = run_dir / "result.json"
+            data = _read_json(result)
+            if data is not None and data.get("status") == "ok":
+                await self._publish_run(entry, data)
+            else:
+                status = data.get("status", "lost") if data else "lost"
+                self.journal.end(entry["n"], status=status, record=None, gain=0.0, won=False, note="cut off by a restart")
+
+    async def step(self) -> dict[str, Any]:
+        """Choose, train, publish one experiment; returns its journal end entry."""
+        import numpy as np
+        import trio
+
+        from pool import bandit
+        from pool.estimator import estimate
+        from pool.evidence import from_store
+        from pool.trust_weights import TrustPolicy
+
+        policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
+        post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
+        n = self.journal.count()
+        seed = int.from_bytes(hashlib.sha256(f"{self.identity.public_hex}/{n}".encode()).digest()[:4], "big")
+        rng = np.random.default_rng(seed)
+        choice = bandit.choose(post, rng, history=self.journal.history(), default_base=self.settings.default_base)
+        p = choice.proposal
+        run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
+        entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
+        log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
+        try:
+            outcome = await trio.to_thread.run_sync(
+                functools.partial(
+                    self.runner,
+                    self.settings.bench_name,
+                    p.base,
+                    dict(p.diff),
+                    budget_s=self.bench.budget_s,
+                    seed=seed,
+                    out_dir=run_dir,
+                    data_dir=self.settings.data_dir,
+                    backend=self.settings.backend,
+                    device=self.settings.device,
+                    eval_token_cap=self.settings.eval_token_cap,
+                    timeout_s=self.bench.budget_s + self.settings.timeout_slack_s,
+                ),
+                abandon_on_cancel=True,
+            )
+            data = outcome.result
+        except Exception as exc:  # a config the trainer refuses, a run dir it cannot write
+            log.warning("experiment %d could not run: %s", n, exc)
+            return self.journal.end(n, status="failed", record=None, gain=0.0, won=False, note=str(exc)[:200])
+        if data.get("status") != "ok":
+            return self.journal.end(n, status=str(data.get("status")), record=None, gain=0.0, won=False, note=str(data.get("error"))[:200])
+        measured = float(data["metrics"]["val_bpb"])
+        return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post))
+
+    async def _publish_run(self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False) -> dict[str, Any]:
+        from protocol.errors import ProtocolError
+
+        try:
+            raw, rid = self._sign(entry, data)
+        except ProtocolError as exc:
+            return self.journal.end(entry["n"], status="unpublishable", record=None, gain=0.0, won=False, note=str(exc)[:200])
+        try:
+            await self.publish(raw)
+        except ProtocolError as exc:
+            log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
+        return self.journal.end(entry["n"], status="ok", record=rid, gain=gain, won=won)
+
+    def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
+        from node.publishing import result_from_run
+        from protocol.records import Attestation
+        from protocol.signing import sign_record
+
+        data = {**data, "parents": list(entry["parents"])}
+        result = result_from_run(data, self.identity.public_hex)
+        record: Any = result
+        if entry.get("subject"):
+            record = Attestation(
+                bench=result.bench,
+                author=result.author,
+                created_ms=result.created_ms,
+                subject=entry["subject"],
+                method="reproduce",
+                hw=result.hw,
+                seed=result.seed,
+                metrics=result.metrics,
+                artifact=result.artifact,
+                trainer=result.trainer,
+                note=f"{entry['operator']} by the research loop",
+            )
+        signed = sign_record(record, self.identity.signing_key)
+        return signed.raw, signed.id
+
+
+class Journal:
+    """Append-only JSON lines: a `start` entry before each experiment, an `end` entry after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._starts: dict[int, dict[str, Any]] = {}
+        self._ends: dict[int, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash mid-write: that experiment is re-judged below
+                (self._starts if entry.get("event") == "start" else self._ends)[entry["n"]] = entry
+
+    def count(self) -> int:
+        """Experiments started so far (finished or not)."""
+        return len(self._starts)
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        return [self._starts[n] for n in sorted(self._starts) if n not in self._ends]
+
+    def history(self) -> list[Any]:
+        from pool.bandit import Outcome
+
+        return [Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"])) for n, e in sorted(self._ends.items()) if n in self._starts]
+
+    def ends(self) -> list[dict[str, Any]]:
+        return [self._ends[n] for n in sorted(self._ends)]
+
+    def start(self, n: int, *, proposal: Any, seed: int, run_dir: str) -> dict[str, Any]:
+        entry = {
+            "event": "start",
+            "n": n,
+            "candidate": proposal.candidate,
+            "base": proposal.base,
+            "diff": dict(proposal.diff),
+            "parents": list(proposal.parents),
+            "operator": proposal.operator,
+            "subject": proposal.subject,
+            "seed": seed,
+            "run_dir": run_dir,
+        }
+        self._append(entry)
+        self._starts[n] = entry
+        return entry
+
+    def end(self, n: int, *, status: str, record: str | None, gain: float, won: bool, note: str = "") -> dict[str, Any]:
+        entry = {"event": "end", "n": n, "status": status, "record": record, "gain": gain, "won": won, "note": note}
+        self._append(entry)
+        self._ends[n] = entry
+        return entry
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
