@@ -146,9 +146,17 @@ def _research_loop():
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        # py-libp2p logs every failed re-dial of an absent peer at ERROR; those are about peers, not us.
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    import libp2p  # noqa: F401  # its import resets the "libp2p" logger, so configure it after
+
+    lib = logging.getLogger("libp2p")
+    if verbose >= 2:
+        lib.propagate = True  # through our handler and format
+        lib.setLevel(logging.DEBUG)
+    else:
+        # py-libp2p logs every failed re-dial of an absent peer at ERROR, and some of its modules
+        # set their own levels; those lines are about peers, not us, so they go nowhere.
+        lib.propagate = False
+        lib.addHandler(logging.NullHandler())
 
 
 def _first_user_error(group: BaseExceptionGroup):

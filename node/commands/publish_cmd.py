@@ -25,9 +25,10 @@ from node.home import Home
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--bootstrap", multiple=True, metavar="ADDR", help="Peer multiaddr to deliver to when no node is running; repeatable.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0, max=120.0), default=15.0, show_default=True, help="Seconds to wait for peers to confirm.")
+@click.option("--bench", "bench_names", multiple=True, metavar="NAME", help="Benchmark of the records (NAME or NAME@SECONDSs) when a record file is for a non-default budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def publish(home: Home, source: Path, bootstrap, timeout_s: float, as_json: bool) -> None:
+def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, as_json: bool) -> None:
     """Sign a local result and deliver it to peers."""
     from node.control import ControlError, NotRunning, request
     from protocol.errors import ProtocolError
@@ -39,13 +40,14 @@ def publish(home: Home, source: Path, bootstrap, timeout_s: float, as_json: bool
         raise UserError(str(exc)) from None
     try:
         raws = records_from_path(source, identity)
+        benches = _benchmarks(source, bench_names)
     except ProtocolError as exc:
         raise UserError(f"{source}: {exc}") from None
     try:
         reply = request(home.control_socket, {"op": "publish", "records": [r.hex() for r in raws], "confirm_s": min(timeout_s, 60.0)}, timeout=timeout_s + 30)
         results, via = reply["results"], "the running node"
     except NotRunning:
-        results, via = _publish_short_lived(home, identity, raws, bootstrap, timeout_s), "a short-lived node"
+        results, via = _publish_short_lived(home, identity, raws, bootstrap, timeout_s, benches), "a short-lived node"
     except ControlError as exc:
         raise UserError(str(exc)) from None
     failed = [r for r in results if "error" in r]
@@ -134,14 +136,33 @@ def _msgpack_stream(data: bytes, max_len: int) -> list[bytes] | None:
     return items or None
 
 
-def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, timeout_s: float) -> list[dict]:
+def _benchmarks(source: Path, names) -> list:
+    """Benchmarks the records may be for: the defaults, --bench, and a run's own bench_name."""
+    from node.publishing import RESULT_FILE, read_run
+    from protocol.benchmarks import BENCHMARKS, benchmark
+
+    out = list(BENCHMARKS.values()) + [benchmark(n) for n in names]
+    run_file = source / RESULT_FILE if source.is_dir() else source
+    if run_file.suffix == ".json" and run_file.exists():
+        try:
+            name = read_run(run_file).get("bench_name")
+        except Exception:
+            name = None
+        if isinstance(name, str):
+            try:
+                out.append(benchmark(name))
+            except Exception:
+                pass  # a custom benchmark: only its id is known, and sign_run already checked it
+    return out
+
+
+def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, timeout_s: float, candidates: list) -> list[dict]:
     import trio
 
     from node.config import load_config, load_known_peers
     from node.node import Node, NodeOptions
     from pool.store import PoolStore
     from pool.trust import TrustStore
-    from protocol.benchmarks import BENCHMARKS
     from protocol.errors import ProtocolError
     from protocol.signing import decode_record
 
@@ -151,12 +172,12 @@ def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, tim
         raise UserError(str(exc)) from None
     peers = list(dict.fromkeys([*bootstrap, *config.bootstrap, *load_known_peers(home)]))
     records = [decode_record(r) for r in raws]
-    known = {b.id: b for b in BENCHMARKS.values()}
+    known = {b.id: b for b in candidates}
     benches = []
     for rec in records:
         bench = known.get(rec.bench)
         if bench is None:
-            raise UserError(f"record {rec.id[:12]} is for benchmark {rec.bench[:12]}..., which this version does not know")
+            raise UserError(f"record {rec.id[:12]} is for benchmark {rec.bench[:12]}..., which is not a default one; name it with --bench NAME@SECONDSs")
         if bench not in benches:
             benches.append(bench)
     store = PoolStore(home.pool_db)
