@@ -93,9 +93,16 @@ class ResearchLoop:
 
     async def run(self) -> None:
         """Recover the journal, then run experiments until cancelled or max_experiments."""
+        import trio
+
         await self.recover()
+        failures = 0
         while self.settings.max_experiments is None or self.journal.count() < self.settings.max_experiments:
-            await self.step()
+            end = await self.step()
+            failures = 0 if end["status"] == "ok" else failures + 1
+            if failures:
+                # a run that fails at once (no data, a broken backend) must not spin the node
+                await trio.sleep(min(300.0, 2.0**failures))
 
     async def recover(self) -> None:
         """Finish what a previous process left: publish finished runs, write off the rest."""
