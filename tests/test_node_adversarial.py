@@ -159,3 +159,31 @@ def test_sync_peer_announcing_an_oversized_frame_is_cut_off_and_the_node_keeps_s
             other.stop()
 
     trio.run(main)
+
+
+def test_a_peer_asking_for_sync_faster_than_its_limit_is_refused(tmp_path):
+    from node.sync import SyncError, open_sync_stream, request
+
+    async def main() -> None:
+        store = PoolStore(tmp_path / "a.sqlite")
+        node = Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,), limits=Limits(sync_requests_per_s=0.01, sync_burst=3)))
+        other_store = PoolStore(tmp_path / "b.sqlite")
+        other = Node(Identity.generate(), other_store, TrustStore(other_store), NodeOptions(benches=(BENCH,), sync_interval_s=3600))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(other.run)
+            await other.host.connect(peer_info(parse_peer_addr(node.addrs[0])))
+            with trio.fail_after(10):
+                while not other.sync_reports:  # the on-connect sync spent one request
+                    await trio.sleep(0.05)
+            stream = await open_sync_stream(other.host, node.peer_id)
+            answered = 0
+            with pytest.raises(SyncError, match="too many requests"):
+                for _ in range(5):
+                    await request(stream, {"op": "summary", "bench": BENCH.id})
+                    answered += 1
+            assert answered == 2  # burst of 3, one already used by the automatic sync
+            node.stop()
+            other.stop()
+
+    trio.run(main)
