@@ -34,6 +34,7 @@ def prepare_run(
     backend: str = "auto",
     device: str = "auto",
     eval_token_cap: int = 0,
+    compile: str = "auto",
 ) -> RunConfig:
     """The checked config of a run (nothing is started). Raises ProtocolError or
     BackendUnavailable with a one-line reason."""
@@ -50,6 +51,7 @@ def prepare_run(
         backend=chosen,
         device=device,
         eval_token_cap=eval_token_cap,
+        compile=compile,
         data_dir=data_dir,
     )
 
@@ -66,6 +68,7 @@ def run_experiment(
     backend: str = "auto",
     device: str = "auto",
     eval_token_cap: int = 0,
+    compile: str = "auto",
     progress: Callable[[Progress], None] | None = None,
     timeout_s: float | None = None,
 ) -> RunOutcome:
@@ -81,6 +84,7 @@ def run_experiment(
         backend=backend,
         device=device,
         eval_token_cap=eval_token_cap,
+        compile=compile,
     )
     return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s)
 

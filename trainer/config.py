@@ -17,10 +17,11 @@ from protocol import knobs
 from protocol.benchmarks import Benchmark, benchmark
 from protocol.errors import ProtocolError
 
-__all__ = ["BACKENDS", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark"]
+__all__ = ["BACKENDS", "COMPILE_MODES", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark"]
 
 BACKENDS = ("auto", "torch", "mlx")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+COMPILE_MODES = ("auto", "on", "off")  # auto: compile where it pays off at once (CUDA)
 MAX_SEED = 2**32 - 1
 
 # Tokenizer vocabulary of each benchmark task: a model must have at least this many rows.
@@ -62,6 +63,7 @@ class RunConfig:
     backend: str = "auto"
     device: str = "auto"
     eval_token_cap: int = 0  # 0: the whole validation split; else score at most this many targets
+    compile: str = "auto"  # torch.compile: auto (CUDA only), on (also CPU; minutes, untimed), off
     data_dir: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form notes for the log
 
@@ -82,6 +84,7 @@ class RunConfig:
             "backend": self.backend,
             "device": self.device,
             "eval_token_cap": self.eval_token_cap,
+            "compile": self.compile,
             "data_dir": self.data_dir,
             "extra": dict(self.extra),
         }
@@ -98,6 +101,7 @@ class RunConfig:
             backend=obj["backend"],
             device=obj["device"],
             eval_token_cap=obj["eval_token_cap"],
+            compile=obj.get("compile", "auto"),
             data_dir=obj["data_dir"],
             extra=obj.get("extra", {}),
         )
@@ -113,6 +117,7 @@ def make_run_config(
     backend: str = "auto",
     device: str = "auto",
     eval_token_cap: int = 0,
+    compile: str = "auto",
     data_dir: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> RunConfig:
@@ -130,6 +135,8 @@ def make_run_config(
         raise ProtocolError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise ProtocolError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    if compile not in COMPILE_MODES:
+        raise ProtocolError(f"compile mode {compile!r} is not one of {', '.join(COMPILE_MODES)}")
     if type(eval_token_cap) is not int or eval_token_cap < 0:
         raise ProtocolError(f"eval token cap {eval_token_cap!r} must be a non-negative integer (0 means all)")
     seqs = config["train_batch_tokens"] // config["train_seq_len"]
@@ -155,6 +162,7 @@ def make_run_config(
         backend=backend,
         device=device,
         eval_token_cap=eval_token_cap,
+        compile=compile,
         data_dir=data_dir,
         extra=dict(extra or {}),
     )

@@ -43,7 +43,10 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
             device=str(device),
             # The class of the device that does the work (a CPU run on a GPU machine is a CPU result).
             accel=device.type if device.type in ("cuda", "mps", "cpu") else "cpu",
-            train=lambda knobs, data, **kw: train(knobs, data.train_stream, budget_s=run.budget_s, seed=run.seed, device=device, **kw),
+            train=lambda knobs, data, **kw: train(
+                knobs, data.train_stream, budget_s=run.budget_s, seed=run.seed, device=device,
+                compile_model={"auto": None, "on": True, "off": False}[run.compile], **kw,
+            ),  # fmt: skip
             evaluate_state=lambda state, config, data, progress: _evaluate_state(state, run, data, device, rank, world, progress, config=config),
             rank=rank,
             world=world,

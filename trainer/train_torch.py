@@ -13,7 +13,8 @@ What it guarantees:
   the budget and never runs a step it expects to overrun. On CUDA the compiled graph is primed
   by a few steps that are then undone (weights, optimiser state and data stream restored),
   as the challenge does, so compilation is not charged to training.
-- Devices: CUDA runs in bf16 autocast with torch.compile; CPU runs in float32, eager. Several
+- Devices: CUDA runs in bf16 autocast with torch.compile; CPU runs in float32, eager unless
+  `compile_model=True` (then compiled, falling back to eager if compiling fails). Several
   GPUs (torchrun: RANK/WORLD_SIZE set) train under DDP with the same global batch: each step
   consumes `train_batch_tokens` tokens in total, split between ranks and micro-batches. All
   ranks share one clock (the slowest rank's), so they stop together and their LRs agree: their
@@ -183,7 +184,15 @@ def train(
         return total / plan.grad_accum_steps
 
     if compile_model:
-        _prime(model, optimisers, one_step, log)
+        try:
+            _prime(model, optimisers, one_step, log)
+        except Exception as exc:
+            # A CPU without a working compiler toolchain still trains, eagerly. On CUDA (and
+            # under DDP) compiling is the expected path, so its failure is the run's failure.
+            if cuda or distributed:
+                raise
+            log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); training eagerly")
+            runner = model
         tokens = train_stream()  # the priming steps' batches are not trained on
     if config["ema_decay"] > 0:
         ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
@@ -277,12 +286,14 @@ def _prime(model, optimisers, one_step, log) -> None:
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimisers]
     started = time.perf_counter()
-    for i in range(_PRIMING_STEPS):
-        one_step(i, 1.0)
-    _sync(next(model.parameters()).device)
-    model.load_state_dict(weights)
-    for opt, state in zip(optimisers, states):
-        opt.load_state_dict(state)
+    try:
+        for i in range(_PRIMING_STEPS):
+            one_step(i, 1.0)
+        _sync(next(model.parameters()).device)
+    finally:  # undone even if compiling failed, so a fallback starts from the true init
+        model.load_state_dict(weights)
+        for opt, state in zip(optimisers, states):
+            opt.load_state_dict(state)
     log(f"primed compiled graph in {time.perf_counter() - started:.1f}s ({_PRIMING_STEPS} steps, undone)")
 
 
