@@ -128,7 +128,8 @@ def _table(result, summaries, reach, experiments) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # piped output would otherwise be squeezed to 80 columns and every cell wrapped
+    console = Console() if sys.stdout.isatty() else Console(width=170)
     s = result["settings"]
     title = f"Collective search: {s['nodes']} nodes x {s['experiments']} experiments, {s['seeds']} seeds, hardware: {', '.join(h.split(':')[1] for h in s['hardware'])}"
     table = Table(title=title, caption=f"{result['machine']}; {result['seconds']} s. Mean ± sd over seeds and nodes.")
