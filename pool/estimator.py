@@ -62,7 +62,7 @@ class EstimatorConfig:
     lineage_sd: float = 0.02  # a child around the mean of its parents
     offset_sd: float = 0.5  # a hardware offset before any overlap
     interaction_sd: float = 0.015  # candidate x hardware, prior; learned per class from overlaps
-    scale_sd: float = 0.15  # prior sd of a class's scale around 1
+    scale_sd: float = 0.25  # prior sd of a class's scale around 1
     min_scale_overlaps: int = 5  # fit a scale only with this many overlapping candidates
     lie_sd: float = 0.05  # how far a claim of weight w may be off: lie_sd^2 (1-w)/w
     check_z: float = 3.0  # an attestation disagrees beyond z standard deviations...
@@ -376,7 +376,7 @@ def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Tra
     off_mean = {h: class_mean[h] - m_target for h in classes}
     off_sd = {h: config.offset_sd for h in classes}
     if shared:
-        for _ in range(2):  # fit, re-estimate interaction and scales, fit again
+        for _ in range(3):  # fit, re-estimate interaction and scales, fit again (settles in a few)
             mu, mu_var, off, off_v, resid = _additive_fit(cells, shared, classes, hw, tau, scale, off_mean, m_target, config)
             off_mean = {h: off[h] for h in classes}
             off_sd = {h: math.sqrt(off_v[h]) for h in classes}

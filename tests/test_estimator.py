@@ -205,3 +205,17 @@ def test_signed_records_become_evidence_the_estimator_reads():
     assert est.candidate == r1.record.candidate
     assert est.mean == pytest.approx(2.40, abs=0.01)
     assert post.checks[0].agrees
+
+
+def test_a_class_that_stretches_differences_gets_a_scale_where_overlaps_support_it():
+    rng = np.random.default_rng(4)
+    ids = _ids()
+    out = []
+    for i in range(12):
+        value = 2.0 + 0.01 * i
+        out.append(result_evidence(next(ids), base=BASE, diff=_lr_diff(i), author=ME, hw="cpu:x", val_bpb=value + rng.normal(0, 0.001), budget_s=60))
+        out.append(result_evidence(next(ids), base=BASE, diff=_lr_diff(i), author=FRIEND, hw="mac:z", val_bpb=2.3 + 1.5 * (value - 2.0) + rng.normal(0, 0.001), budget_s=60))
+    post = estimate(Evidence(tuple(out)), static_status(ME, pinned=[FRIEND]), "cpu:x")
+    assert post.translations["mac:z"].scale == pytest.approx(1.5, abs=0.15)
+    few = estimate(Evidence(tuple(out[:6])), static_status(ME, pinned=[FRIEND]), "cpu:x")
+    assert few.translations["mac:z"].scale == 1.0  # three overlaps: not enough to fit a scale
