@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Worker = Callable[["Node"], Awaitable[None]]
 STARTUP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
+SYNC_RETRY_S = 5.0  # a failed sync is retried this much later (not every pass of the loop)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Node:
         self.started_at = time.monotonic()
         self.new_records = trio.Event()  # set (and replaced) whenever a record from a peer is stored
         self._synced: set[str] = set()
+        self._sync_retry_at: dict[str, float] = {}  # peers whose last sync failed: when to try again
         self._remembered: list[str] = []
         self._nursery: Any = None
         self._stopping = trio.Event()
@@ -137,6 +139,9 @@ class Node:
                     await stack.enter_async_context(background_trio_service(service))
                 await stack.enter_async_context(self.host.run([_maddr(a) for a in opts.listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
+                if len(self.host.get_addrs()) < len(opts.listen):
+                    # py-libp2p logs a failed listen and carries on without it; we refuse instead.
+                    raise ProtocolError(f"cannot listen on {', '.join(opts.listen)} (address in use or not available here)", "listen")
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     with trio.fail_after(STARTUP_TIMEOUT_S):
@@ -278,10 +283,16 @@ class Node:
             while True:
                 connected = set(self.connected_peers())
                 self._synced &= connected  # a peer that reconnects is synced again
+                self._sync_retry_at = {p: t for p, t in self._sync_retry_at.items() if p in connected}
                 due = trio.current_time() - last_round >= self.options.sync_interval_s
                 if due:
                     last_round = trio.current_time()
+                now = trio.current_time()
                 for peer in connected:
+                    retry = self._sync_retry_at.get(peer)
+                    if retry is not None and now >= retry:
+                        del self._sync_retry_at[peer]
+                        self._synced.discard(peer)
                     if peer in running or (peer in self._synced and not due):
                         continue
                     running.add(peer)
@@ -303,7 +314,10 @@ class Node:
                         log.info("synced %d records from %s (%s)", report.fetched, peer, report.verdicts)
         except SyncError as exc:
             log.debug("sync with %s failed: %s", peer, exc)
-            self._synced.discard(peer)  # try again on the next pass
+            self._sync_retry_at[peer] = trio.current_time() + SYNC_RETRY_S
+        except Exception:  # a peer must never be able to stop the node through sync
+            log.exception("sync with %s failed unexpectedly", peer)
+            self._sync_retry_at[peer] = trio.current_time() + SYNC_RETRY_S
         finally:
             running.discard(peer)
 

@@ -158,22 +158,28 @@ async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission:
         # Fetching and verifying overlap: the next batch is on its way while worker threads
         # check signatures of this one (libsodium releases the GIL).
         send, receive = trio.open_memory_channel[list](1)
+        failure: SyncError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_admit_fetched, receive, report, admission, peer)
-            async with send:
-                for i in range(0, len(differing), MAX_STARTS):
-                    reply = await request(stream, {"op": "ids", "bench": bench, "starts": differing[i : i + MAX_STARTS]})
-                    ids = _id_list(reply.get("ids"), MAX_IDS_REPLY)
-                    report.ids_compared += len(ids)
-                    lacking = store.missing(ids)
-                    for j in range(0, len(lacking), MAX_GET):
-                        chunk = lacking[j : j + MAX_GET]
-                        reply = await request(stream, {"op": "get", "ids": [bytes.fromhex(x) for x in chunk]})
-                        records = reply.get("records")
-                        if not isinstance(records, list) or len(records) > len(chunk) or not all(type(r) is bytes for r in records):
-                            raise SyncError("malformed get reply")
-                        report.fetched += len(records)
-                        await send.send(records)
+            try:
+                async with send:
+                    for i in range(0, len(differing), MAX_STARTS):
+                        reply = await request(stream, {"op": "ids", "bench": bench, "starts": differing[i : i + MAX_STARTS]})
+                        ids = _id_list(reply.get("ids"), MAX_IDS_REPLY)
+                        report.ids_compared += len(ids)
+                        lacking = store.missing(ids)
+                        for j in range(0, len(lacking), MAX_GET):
+                            chunk = lacking[j : j + MAX_GET]
+                            reply = await request(stream, {"op": "get", "ids": [bytes.fromhex(x) for x in chunk]})
+                            records = reply.get("records")
+                            if not isinstance(records, list) or len(records) > len(chunk) or not all(type(r) is bytes for r in records):
+                                raise SyncError("malformed get reply")
+                            report.fetched += len(records)
+                            await send.send(records)
+            except SyncError as exc:
+                failure = exc  # raised below, bare: a nursery would wrap it in an ExceptionGroup
+        if failure is not None:
+            raise failure
     finally:
         await _close(stream)
     return report

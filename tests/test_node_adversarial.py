@@ -187,3 +187,50 @@ def test_a_peer_asking_for_sync_faster_than_its_limit_is_refused(tmp_path):
             other.stop()
 
     trio.run(main)
+
+
+def test_a_sync_peer_that_breaks_mid_transfer_fails_that_sync_only(tmp_path):
+    """A hostile sync server answers the summary and the ids, then sends a malformed batch."""
+    import multiaddr
+    from libp2p.custom_types import TProtocol
+
+    from node.sync import SYNC_PROTOCOL, SyncError, read_frame, sync_with, write_frame
+
+    async def hostile(stream) -> None:
+        try:
+            while True:
+                req = await read_frame(stream, allow_eof=True)
+                if req is None:
+                    return
+                if req["op"] == "summary":
+                    await write_frame(stream, {"buckets": [[1_760_000_000_000 - 1_760_000_000_000 % 3_600_000, 1, "ab" * 32]]})
+                elif req["op"] == "ids":
+                    await write_frame(stream, {"ids": [b"\x01" * 32]})
+                else:
+                    await write_frame(stream, {"records": "not a list"})
+        except SyncError:
+            pass
+        finally:
+            await stream.close()
+
+    async def main() -> None:
+        store = PoolStore(tmp_path / "a.sqlite")
+        node = Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,), sync_interval_s=3600))
+        evil = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        evil.set_stream_handler(TProtocol(SYNC_PROTOCOL), hostile)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            async with evil.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                try:
+                    await node.host.connect(peer_info(parse_peer_addr(f"{evil.get_addrs()[0]}")))
+                    with pytest.raises(SyncError, match="malformed get reply"):
+                        await sync_with(node.host, evil.get_id().to_base58(), BENCH.id, store, node.admission)
+                    await trio.sleep(0.5)  # the node's own on-connect sync met the same peer
+                    assert evil.get_id().to_base58() in node._sync_retry_at
+                    assert node.status().peer_id == node.peer_id and store.count() == 0
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await evil.close()
+            node.stop()
+
+    trio.run(main)

@@ -113,3 +113,15 @@ def test_status_without_a_running_node_says_so_in_one_line(tmp_path):
     out = subprocess.run([P2PGOLF, "--home", str(home.root), "status"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0 and "no node is running" in out.stderr
+
+
+def test_join_on_a_port_in_use_fails_in_one_line_instead_of_running_deaf(tmp_path):
+    home, _ = make_home(tmp_path, "busy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([P2PGOLF, "--home", str(home.root), "join", "--bench", "smoke", "--no-train", "--listen", f"/ip4/127.0.0.1/tcp/{port}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == f"error: listen: cannot listen on /ip4/127.0.0.1/tcp/{port} (address in use or not available here)\n"
+    assert not home.control_socket.exists()

@@ -79,15 +79,10 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
     try:
         trio.run(_main, node, worker_note, status_every)
     except Exception as exc:
-        from node.control import ControlError
-
-        if isinstance(exc, (ControlError, ProtocolError, OSError)):
-            raise UserError(str(exc)) from None
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _first_user_error(exc)
-            if inner is not None:
-                raise UserError(str(inner)) from None
-        raise
+        found = user_error_in(exc)
+        if found is None:
+            raise
+        raise UserError(str(found)) from None
     finally:
         store.close()
 
@@ -159,15 +154,16 @@ def _configure_logging(verbose: int) -> None:
         lib.addHandler(logging.NullHandler())
 
 
-def _first_user_error(group: BaseExceptionGroup):
+def user_error_in(exc: BaseException):
+    """The first error a user can act on (a socket in use, a node already running, a bad
+    address) in `exc` or, through trio's exception groups, inside it; None if there is none."""
     from node.control import ControlError
     from protocol.errors import ProtocolError
 
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_user_error(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = user_error_in(inner)
             if found is not None:
                 return found
-        elif isinstance(exc, (ControlError, ProtocolError, OSError)):
-            return exc
-    return None
+        return None
+    return exc if isinstance(exc, (ControlError, ProtocolError, OSError)) else None

@@ -190,7 +190,15 @@ def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, tim
             first[rec.id] = verdict.value
         if not peers:
             raise UserError(f"no node is running and no peers are known; the record(s) are in the local pool ({home.pool_db}) and will spread when you `p2pgolf join` with --bootstrap")
-        results = trio.run(_deliver, node, raws, timeout_s)
+        try:
+            results = trio.run(_deliver, node, raws, timeout_s)
+        except (Exception, BaseExceptionGroup) as exc:
+            from node.commands.join_cmd import user_error_in
+
+            found = user_error_in(exc)
+            if found is None:
+                raise
+            raise UserError(f"the short-lived node failed: {found}") from None
         for r in results:
             if "id" in r:
                 r["verdict"] = first.get(r["id"], r["verdict"])
