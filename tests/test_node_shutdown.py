@@ -125,3 +125,27 @@ def test_join_on_a_port_in_use_fails_in_one_line_instead_of_running_deaf(tmp_pat
     assert out.returncode == 1
     assert out.stderr == f"error: listen: cannot listen on /ip4/127.0.0.1/tcp/{port} (address in use or not available here)\n"
     assert not home.control_socket.exists()
+
+
+def test_sigterm_during_a_training_run_leaves_no_trainer_process_behind(tmp_path):
+    home, identity = make_home(tmp_path, "trainer")
+    node = NodeProc(home, identity, bench="smoke@10s")
+    args = [P2PGOLF, "--home", str(home.root), "join", "--bench", "smoke@10s", "--listen", f"/ip4/127.0.0.1/tcp/{node.port}", "--status-every", "3600"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        children: list[psutil.Process] = []
+
+        def training() -> bool:
+            children[:] = psutil.Process(proc.pid).children(recursive=True)
+            return bool(children)
+
+        wait_until(training, 60, interval=0.2, what="the research loop to start a training run")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "Traceback" not in proc.stderr.read()
+        # join returns only after its children are gone (not merely dying of a broken pipe later)
+        assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

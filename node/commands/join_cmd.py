@@ -4,7 +4,8 @@ It prints the multiaddr others dial, then a live status line (a rewritten line o
 plain periodic lines otherwise). Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine
 only); to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001. Without
 --no-train it runs the research loop (node.research_loop.run_research_loop) as the node's
-worker; where that is not available the node serves as a relay and pool node.
+worker; where that is not available the node serves as a relay and pool node. On shutdown
+any child process still running (a training run) is terminated, so nothing outlives `join`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
         raise UserError(str(found)) from None
     finally:
         store.close()
+        _reap_children()
 
 
 async def _main(node, worker_note: str, status_every: float) -> None:
@@ -126,6 +128,40 @@ async def _status_lines(node, every: float) -> None:
         else:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _reap_children(grace_s: float = 5.0) -> None:
+    """Stop any child process still running (a training run the worker left behind when it was
+    cancelled): SIGTERM to its process group, then SIGKILL after `grace_s`. Only our own
+    children, found by parent PID, never by name."""
+    import os
+    import signal
+
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    if not children:
+        return
+    own_group = os.getpgrp()
+    for child in children:
+        try:
+            group = os.getpgid(child.pid)
+            if group == child.pid and group != own_group:
+                os.killpg(group, signal.SIGTERM)  # a trainer runs in its own group (torchrun workers)
+            else:
+                child.terminate()
+        except (OSError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def _research_loop():
