@@ -139,3 +139,34 @@ def test_a_restarted_node_redials_the_peers_it_remembered_without_bootstrap(tmp_
             a.stop()
 
     trio.run(main)
+
+
+def test_an_inbound_peer_that_stayed_is_redialled_after_it_drops(tmp_path, monkeypatch):
+    import node.discovery as discovery
+    from node.host import DEFAULT_LISTEN
+
+    monkeypatch.setattr(discovery, "INBOUND_KEEP_AFTER_S", 0.5)  # instead of 30 s
+    b_identity = Identity.generate()
+
+    async def main() -> None:
+        a = _node(tmp_path, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            port = None
+            for life in range(2):
+                store = PoolStore(tmp_path / "b.sqlite")
+                listen = (DEFAULT_LISTEN if port is None else f"/ip4/127.0.0.1/tcp/{port}",)
+                bootstrap = (a.addrs[0],) if life == 0 else ()  # second life: b dials nobody
+                b = Node(b_identity, store, TrustStore(store), NodeOptions(benches=(BENCH,), listen=listen, bootstrap=bootstrap))
+                async with trio.open_nursery() as inner:
+                    await inner.start(b.run)
+                    port = int(b.addrs[0].split("/")[4])
+                    with trio.fail_after(15):
+                        while b.peer_id not in a.discovery.known or b.peer_id not in a.connected_peers():
+                            await trio.sleep(0.05)
+                    assert a.discovery.known[b.peer_id].addr == b.addrs[0]
+                    b.stop()
+                store.close()
+            a.stop()
+
+    trio.run(main)
