@@ -18,6 +18,10 @@ Two levels.
   In every mode each operator keeps at least `min_share` of the chances, so a dry spell never
   starves it. benchmarks/sim_collective.py chose "blend" at temperature 0.5 (10 seeds: fewer
   experiments to match an isolated node and lower regret than "yield" at 1.0 or 0.5).
+- `intensify` (off by default): a new incumbent measured once here is replicated before
+  anything builds on it, as SMAC's intensification does. In the simulator it raises the share
+  of runs on the winner's lineage (27% -> 37%) but slows the search (17-18 -> 24 experiments
+  for the average node to match an isolated one), so it is left to noisy hardware to choose.
 
 Mutation is Thompson sampling on an additive surrogate of single-knob moves (quadratic in the
 unit range per numeric knob, one effect per choice for categorical ones), fitted by Bayesian
@@ -58,6 +62,7 @@ class BanditConfig:
     max_replicates: float = 4.0  # do not replicate what trusted runs here measured this often
     temperature: float = 0.5  # scales each draw's deviation from the mean (< 1: exploit more)
     meta: str = "blend"  # how the operator is chosen; see META
+    intensify: bool = False  # confirm a new incumbent with a second run here before building on it
     min_support: float = 0.02  # a candidate only discredited keys vouch for is not worth a run
     build_support: float = 0.5  # recombine only what trusted keys measured: strangers' claims are tried first
 
@@ -96,6 +101,10 @@ def choose(
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer")
         return Choice(proposal, math.nan, {}, None)
+    if config.intensify and incumbent is not None and "replicate" in operators and posterior.info[incumbent].established < 1.5:
+        # intensification (as in SMAC): one lucky run must not become the base of everything
+        proposal = replicate(posterior.info[incumbent])
+        return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
     draw = posterior.sample(rng, 1)[0]
     draw = posterior.mean + config.temperature * (draw - posterior.mean)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators)

@@ -190,3 +190,16 @@ def test_an_empty_pool_starts_from_the_default_base():
     post = estimate(Evidence(), static_status(ME), HW)
     choice = choose(post, np.random.default_rng(0), default_base="cpu-small")
     assert choice.proposal.base == "cpu-small" and dict(choice.proposal.diff) == {}
+
+
+def test_intensification_confirms_a_one_run_incumbent_before_building_on_it():
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    choice = choose(post, np.random.default_rng(0), config=BanditConfig(intensify=True))
+    assert choice.proposal.operator == "replicate" and choice.proposal.subject == root.record_id
+    pool.attest(root.record_id, 2.001)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    for seed in range(5):
+        assert choose(post, np.random.default_rng(seed), config=BanditConfig(intensify=True), operators=("mutate", "replicate")).proposal.operator in ("mutate", "replicate")
+    assert choose(post, np.random.default_rng(0), config=BanditConfig(intensify=True), operators=("mutate",)).proposal.parents == (root.record_id,)
