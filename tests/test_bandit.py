@@ -200,6 +200,7 @@ def test_intensification_confirms_a_one_run_incumbent_before_building_on_it():
     assert choice.proposal.operator == "replicate" and choice.proposal.subject == root.record_id
     pool.attest(root.record_id, 2.001)
     post = estimate(pool.evidence, static_status(ME), HW)
-    for seed in range(5):
-        assert choose(post, np.random.default_rng(seed), config=BanditConfig(intensify=True), operators=("mutate", "replicate")).proposal.operator in ("mutate", "replicate")
+    # confirmed: no longer forced, so the search moves on
+    ops = {choose(post, np.random.default_rng(seed), config=BanditConfig(intensify=True), operators=("mutate", "replicate")).proposal.operator for seed in range(10)}
+    assert "mutate" in ops
     assert choose(post, np.random.default_rng(0), config=BanditConfig(intensify=True), operators=("mutate",)).proposal.parents == (root.record_id,)
