@@ -20,23 +20,29 @@ from node.home import Home
 @click.pass_obj
 def init(home: Home) -> None:
     """Create this node's identity key and data directory."""
-    from protocol.identity import KeyFileError, create_identity
-
-    from pool.trust import TrustStore
-
     if home.key_file.exists():
         raise UserError(f"an identity already exists at {home.key_file}; this node is initialised (see `p2pgolf id`)")
-    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        identity = create_identity(home.key_file)
-    except KeyFileError as exc:  # another `init` won the race
-        raise UserError(str(exc)) from None
-    with TrustStore(home.pool_db) as trust:
-        trust.set_own(identity.public_hex)
+    identity = initialise(home)
     click.echo(f"initialised {home.root}")
     click.echo(f"peer id:    {identity.peer_id}")
     click.echo(f"public key: {identity.public_hex}")
     click.echo(f"key file:   {home.key_file} (keep it private; it signs your results)")
+
+
+def initialise(home: Home):
+    """Create the data directory (0700), a new identity key (0600) and the pool with that key as
+    our own. Raises UserError if an identity appeared meanwhile (another `init` won the race)."""
+    from pool.trust import TrustStore
+    from protocol.identity import KeyFileError, create_identity
+
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        identity = create_identity(home.key_file)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+    with TrustStore(home.pool_db) as trust:
+        trust.set_own(identity.public_hex)
+    return identity
 
 
 @click.command("id")

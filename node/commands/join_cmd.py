@@ -43,6 +43,12 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
     from protocol.identity import KeyFileError, load_identity
 
     _configure_logging(verbose)
+    if not home.key_file.exists():
+        # First run: `join` is the one command a new user types after installing.
+        from node.commands.identity_cmd import initialise
+
+        created = initialise(home)
+        click.echo(f"created a new identity {created.peer_id} in {home.root} (key file {home.key_file}, mode 0600)")
     try:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
