@@ -31,37 +31,21 @@ What it guarantees:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protocol.knobs import mlp_hidden_size
-from trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, block_schedule  # shared with the MLX backend
+from trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with the MLX backend
 
 __all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
 
 
 def build_model(config: Mapping[str, Any]) -> "GPT":
     """A freshly initialised GPT for a resolved knob config (protocol.knobs.resolve)."""
-    return GPT(
-        vocab_size=config["vocab_size"],
-        num_layers=config["num_layers"],
-        model_dim=config["model_dim"],
-        num_heads=config["num_heads"],
-        num_kv_heads=config["num_kv_heads"],
-        mlp_hidden=mlp_hidden_size(config),
-        activation=config["activation"],
-        leaky_slope=config["leaky_slope"],
-        unique_blocks=config["unique_blocks"],
-        recurrence=config["recurrence"],
-        tie_embeddings=config["tie_embeddings"],
-        tied_embed_init_std=config["tied_embed_init_std"],
-        logit_softcap=config["logit_softcap"],
-        rope_base=config["rope_base"],
-        qk_gain_init=config["qk_gain_init"],
-    )
+    return GPT(**asdict(ModelSpec.from_config(config)))
 
 
 class GPT(nn.Module):
