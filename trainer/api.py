@@ -4,12 +4,15 @@
 diff, seed, budget, backend) and raises ProtocolError / BackendUnavailable naming the problem
 before any process starts; then it runs the experiment in a child process (trainer.runner)
 and returns a RunOutcome whose `result` is the run's result.json. A failed run is an outcome
-with status "failed", never an exception. Importing this module does not import torch.
+with status "failed", never an exception; a run cancelled through its `cancel` event is one with
+status "abandoned", its child process group already stopped. Importing this module does not
+import torch.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -71,9 +74,11 @@ def run_experiment(
     compile: str = "auto",
     progress: Callable[[Progress], None] | None = None,
     timeout_s: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
     """Train and score base + diff on a benchmark in a child process; write the run directory
-    `out_dir` (config.json, log.txt, metrics.json, the artifact, result.json)."""
+    `out_dir` (config.json, log.txt, metrics.json, the artifact, result.json). Setting `cancel`
+    (from another thread) stops the child promptly; see trainer.runner.launch."""
     run = prepare_run(
         bench_name,
         base,
@@ -86,7 +91,7 @@ def run_experiment(
         eval_token_cap=eval_token_cap,
         compile=compile,
     )
-    return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s)
+    return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s, cancel=cancel)
 
 
 def default_run_dir(runs_dir: str | os.PathLike, base: str, diff: Mapping[str, Any]) -> Path:

@@ -2,7 +2,7 @@
 
 Parent side (`launch`): writes `config.json`, starts `python -m trainer.runner RUN_DIR` in its
 own process group, relays its progress events (`trainer.progress`), kills the group if it runs
-past a hard deadline, and always leaves a `result.json` behind. Child side (`child_main`):
+past a hard deadline or its caller cancels it, and always leaves a `result.json` behind. Child side (`child_main`):
 loads the data, trains, exports the artifact, reloads it and evaluates the round-tripped model
 (the reported score), and writes `log.txt`, `metrics.json`, the artifact and `result.json`. On
 a machine with several CUDA GPUs the child re-launches itself under torchrun (DDP).
@@ -13,8 +13,11 @@ What it guarantees:
 - `result.json` has exactly the keys of RESULT_KEYS: bench (id), bench_name, base, diff
   (normalised), seed, budget_s, hw {accel, model, count, memory_mib}, metrics {val_bpb,
   val_loss, steps, train_tokens, artifact_bytes, eval_tokens, eval_partial} (null when the run
-  failed), artifact_sha256 (or null), trainer, status ("ok" | "oversize" | "failed"), error
-  (null or one line), parents ([]), note ("").
+  failed), artifact_sha256 (or null), trainer, status ("ok" | "oversize" | "failed" |
+  "abandoned"), error (null or one line), parents ([]), note ("").
+- Setting the `cancel` event given to `launch` stops the child's whole process group within
+  about CANCEL_POLL_S plus CANCEL_GRACE_S and gives status "abandoned", unless the child had
+  already written its result (then that result stands: a finished run is never thrown away).
 - An artifact over the benchmark's size cap gives status "oversize" and an error saying by how
   much; its metrics are still measured and reported.
 - A run directory that already holds a run is never overwritten.
@@ -39,7 +42,7 @@ from typing import Any
 from trainer.config import RunConfig
 from trainer.progress import Progress, emit, parse_line
 
-__all__ = ["RunOutcome", "RunDirError", "launch", "child_main", "build_result", "write_json", "RESULT_KEYS", "ARTIFACT_NAME", "trainer_version"]
+__all__ = ["RunOutcome", "RunDirError", "launch", "child_main", "build_result", "write_json", "RESULT_KEYS", "ARTIFACT_NAME", "ABANDONED", "trainer_version"]
 
 RESULT_KEYS = (
     "bench", "bench_name", "base", "diff", "seed", "budget_s", "hw", "metrics",
@@ -49,6 +52,12 @@ ARTIFACT_NAME = "model.p2pgolf"
 _REPO = Path(__file__).resolve().parents[1]
 # Evaluation and export happen after the budget; allow them this much beyond it by default.
 _DEFAULT_GRACE_S = 600.0
+ABANDONED = "abandoned"  # the status of a run its caller cancelled
+# The relay loop looks at the cancel event this often; a cancelled child gets this long after
+# SIGTERM before SIGKILL (a trainer installs no SIGTERM handler, so it normally dies at once).
+CANCEL_POLL_S = 0.2
+CANCEL_GRACE_S = 3.0
+_DEADLINE_GRACE_S = 10.0
 
 
 class RunDirError(ValueError):
@@ -93,11 +102,14 @@ def launch(
     *,
     progress: Callable[[Progress], None] | None = None,
     timeout_s: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
     """Run `run` in a child process writing `run_dir`; returns when the child is done or killed.
 
     `timeout_s` is the hard deadline for the whole child: None gives budget + 600 s (start-up,
     export and evaluation), 0 or less means no deadline (e.g. a full evaluation on a CPU).
+    `cancel`, when set (from any thread), stops the child's process group promptly; the
+    outcome then has status "abandoned" unless the child had already written its result.
     """
     run_dir = Path(run_dir)
     _claim_run_dir(run_dir)
@@ -123,15 +135,21 @@ def launch(
         reader = threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)
         reader.start()
         killed_for = None
+        status = "failed"
         started = time.monotonic()
+        poll_s = CANCEL_POLL_S if cancel is not None else 1.0
+        overdue = f"the run passed its hard deadline of {deadline_s:.0f}s and was stopped"
         try:
             while True:
+                if cancel is not None and cancel.is_set():
+                    killed_for, status = "the run was abandoned before it finished", ABANDONED
+                    break
                 left = deadline_s - (time.monotonic() - started)
                 if left <= 0:
-                    killed_for = f"the run passed its hard deadline of {deadline_s:.0f}s and was stopped"
+                    killed_for = overdue
                     break
                 try:
-                    line = lines.get(timeout=min(left, 1.0))
+                    line = lines.get(timeout=min(left, poll_s))
                 except queue.Empty:
                     continue
                 if line is None:
@@ -139,21 +157,27 @@ def launch(
                 event = parse_line(line)
                 if event is not None and progress is not None:
                     progress(event)
+            # Its stdout closed; give it until the deadline to exit (still listening for cancel).
+            while not killed_for:
+                left = deadline_s - (time.monotonic() - started)
+                if left <= 0:
+                    killed_for = overdue
+                elif cancel is not None and cancel.is_set():
+                    killed_for, status = "the run was abandoned before it finished", ABANDONED
+                else:
+                    try:
+                        child.wait(timeout=min(left, poll_s))
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
         except BaseException:
             _stop_group(child)
             raise
-        if not killed_for:
-            # Its stdout closed; give it until the deadline to exit.
-            left = deadline_s - (time.monotonic() - started)
-            try:
-                child.wait(timeout=None if left == float("inf") else max(left, 0.0))
-            except subprocess.TimeoutExpired:
-                killed_for = f"the run passed its hard deadline of {deadline_s:.0f}s and was stopped"
         if killed_for:
-            _stop_group(child)
+            _stop_group(child, grace_s=CANCEL_GRACE_S if status == ABANDONED else _DEADLINE_GRACE_S)
         code = child.wait()
         reader.join(timeout=5)
-    return _finish(run, run_dir, code, killed_for)
+    return _finish(run, run_dir, code, killed_for, status)
 
 
 def child_main(run_dir: str | os.PathLike) -> int:
@@ -243,9 +267,10 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def _stop_group(child: subprocess.Popen) -> None:
-    """Terminate the child's process group (only processes this launch started)."""
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+def _stop_group(child: subprocess.Popen, grace_s: float = _DEADLINE_GRACE_S) -> None:
+    """Terminate the child's process group (only processes this launch started): SIGTERM, and
+    SIGKILL if it is still there after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         if child.poll() is not None:
             return
         try:
@@ -258,15 +283,17 @@ def _stop_group(child: subprocess.Popen) -> None:
             continue
 
 
-def _finish(run: RunConfig, run_dir: Path, code: int, killed_for: str | None) -> RunOutcome:
+def _finish(run: RunConfig, run_dir: Path, code: int, killed_for: str | None, status: str = "failed") -> RunOutcome:
     result_path = run_dir / "result.json"
     metrics_path = run_dir / "metrics.json"
-    if result_path.exists() and not killed_for:
+    # The child writes result.json atomically as its last act, so one that exists is complete;
+    # a cancel that came after that point abandons nothing.
+    if result_path.exists() and (not killed_for or status == ABANDONED):
         result = json.loads(result_path.read_text())
     else:
         error = killed_for or _child_error(run_dir, code)
         backend = run.backend if run.backend in ("torch", "mlx") else "torch"  # the trainer string names the backend
-        result = build_result(run, hw=_hardware(), metrics=None, artifact_sha256=None, status="failed", error=error, backend=backend)
+        result = build_result(run, hw=_hardware(), metrics=None, artifact_sha256=None, status=status, error=error, backend=backend)
         write_json(result_path, result)
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics)
