@@ -8,6 +8,12 @@ Guarantees:
   spent (one experiment lost, nothing else).
 - A crash, an out-of-memory or an over-size run costs one experiment, never the node: the
   trainer runs in a child process and every failure becomes a journal entry.
+- Cancelling the loop (Ctrl-C, SIGTERM, a test's cancel scope) abandons the run in progress: the
+  trainer's process group is stopped before the cancellation completes (within a few seconds),
+  and the journal records the experiment as "abandoned"; it is not trained again after a
+  restart and does not count against the operator that chose it.
+- `LoopControl.finish()` lets the run in progress complete, be signed, stored and published,
+  and then `run` returns without starting another experiment.
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
   of the record it re-measured, anything else as a result citing its parents.
@@ -20,14 +26,23 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
+ABANDONED = "abandoned"  # the journal status of a run stopped by cancellation (same as the trainer's)
+# How long a cancelled loop waits for the trainer thread to stop its child: the runner's poll
+# interval, its SIGTERM grace and its SIGKILL wait, with room to spare. Bounded, so a wedged
+# child cannot hold the node's shutdown for ever.
+ABANDON_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -47,8 +62,67 @@ class LoopSettings:
     timeout_slack_s: float = 300.0  # hard deadline = budget + this (the trainer's evaluation included)
 
 
-async def run_research_loop(node: Any) -> None:
-    """The node's worker: research on the node's first benchmark until cancelled."""
+@dataclass(frozen=True)
+class CurrentRun:
+    """The experiment being trained right now (from its journal start until its journal end)."""
+
+    n: int
+    operator: str
+    candidate: str
+    budget_s: float
+    deadline_s: float  # the trainer's hard deadline, from `started_at`
+    started_at: float  # time.monotonic()
+
+
+class LoopControl:
+    """The outside's handle on a running loop (join's Ctrl-C handling): what it is training, and
+    "finish the current run, then stop". Use it from the trio thread that runs the loop."""
+
+    def __init__(self) -> None:
+        self.current: CurrentRun | None = None
+        self.progress: Any = None  # the current run's latest trainer.progress.Progress, if any
+        self.last_end: dict[str, Any] | None = None  # the journal end entry of the latest experiment
+        self.finishing = False
+        self.finish_requested = trio.Event()
+        self.stopped = trio.Event()  # set when the loop's `run` has returned or was cancelled
+
+    def finish(self) -> CurrentRun | None:
+        """Start no new experiment; `run` returns once the current one (if any) is published.
+        Returns the run that will be finished, or None if none is in progress."""
+        self.finishing = True
+        self.finish_requested.set()
+        return self.current
+
+    def remaining(self, now: float | None = None) -> str:
+        """Roughly what is left of the current run, for a person: where it is, and the hard
+        deadline that bounds it (e.g. "training, about 2s of its 3s budget left, then
+        evaluation; at most 5m02s")."""
+        run = self.current
+        if run is None:
+            return "no run in progress"
+        now = time.monotonic() if now is None else now
+        event = self.progress
+        phase = getattr(event, "phase", "starting")
+        if phase == "training" and getattr(event, "budget_s", 0) > 0 and event.time_left_s >= 1:
+            where = f"training, about {_seconds(event.time_left_s)} of its {_seconds(run.budget_s)} budget left, then evaluation"
+        elif phase == "training" and getattr(event, "budget_s", 0) > 0:
+            where = f"training, its {_seconds(run.budget_s)} budget spent, then evaluation"
+        elif phase == "exporting":
+            where = "training done, exporting, then evaluation"
+        elif phase == "evaluating" and getattr(event, "total", 0) > 0:
+            where = f"evaluating, {event.done} of {event.total} windows done"
+        elif phase in ("evaluating", "done"):
+            where = "evaluating"
+        else:
+            where = f"starting, then {_seconds(run.budget_s)} of training and an evaluation"
+        bound = max(run.deadline_s - (now - run.started_at), 0.0)
+        return f"{where}; at most {_seconds(bound)}"
+
+
+async def run_research_loop(node: Any, *, control: LoopControl | None = None, eval_token_cap: int = 0) -> None:
+    """The node's worker: research on the node's first benchmark until cancelled, or until
+    `control.finish()` and the current run is published. `eval_token_cap` > 0 scores each run
+    on at most that many validation tokens (marked partial), for quick tries."""
     home = node.options.home
     bench = node.options.benches[0]
     root = Path(home.root) if home is not None else Path.cwd() / ".p2pgolf"
@@ -58,15 +132,27 @@ async def run_research_loop(node: Any) -> None:
         runs_dir=home.runs_dir if home is not None else root / "runs",
         data_dir=home.data_dir if home is not None else None,
         default_base="smoke-tiny" if bench.name.startswith("smoke") else "naive-baseline",
+        eval_token_cap=eval_token_cap,
     )
-    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings)
+    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control)
     await loop.run()
 
 
 class ResearchLoop:
-    """One node's loop. `publish(raw)` stores and gossips a signed record (Node.publish)."""
+    """One node's loop. `publish(raw)` stores and gossips a signed record (Node.publish).
+    `runner` is trainer.api.run_experiment or anything with its signature (cancel included)."""
 
-    def __init__(self, identity: Any, store: Any, trust: Any, publish: Callable[[bytes], Awaitable[Any]], settings: LoopSettings, *, runner: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        identity: Any,
+        store: Any,
+        trust: Any,
+        publish: Callable[[bytes], Awaitable[Any]],
+        settings: LoopSettings,
+        *,
+        runner: Callable[..., Any] | None = None,
+        control: LoopControl | None = None,
+    ) -> None:
         from protocol.benchmarks import benchmark
 
         self.identity = identity
@@ -81,6 +167,7 @@ class ResearchLoop:
 
             runner = run_experiment
         self.runner = runner
+        self.control = control if control is not None else LoopControl()
         self._hw = settings.hw_key
 
     @property
@@ -92,17 +179,21 @@ class ResearchLoop:
         return self._hw
 
     async def run(self) -> None:
-        """Recover the journal, then run experiments until cancelled or max_experiments."""
-        import trio
-
-        await self.recover()
-        failures = 0
-        while self.settings.max_experiments is None or self.journal.count() < self.settings.max_experiments:
-            end = await self.step()
-            failures = 0 if end["status"] == "ok" else failures + 1
-            if failures:
-                # a run that fails at once (no data, a broken backend) must not spin the node
-                await trio.sleep(min(300.0, 2.0**failures))
+        """Recover the journal, then run experiments until cancelled, max_experiments, or
+        `control.finish()` (returns once the run in progress is published)."""
+        control = self.control
+        try:
+            await self.recover()
+            failures = 0
+            while not control.finishing and (self.settings.max_experiments is None or self.journal.count() < self.settings.max_experiments):
+                end = await self.step()
+                failures = 0 if end["status"] == "ok" else failures + 1
+                if failures:
+                    # a run that fails at once (no data, a broken backend) must not spin the node
+                    with trio.move_on_after(min(300.0, 2.0**failures)):
+                        await control.finish_requested.wait()
+        finally:
+            control.stopped.set()
 
     async def recover(self) -> None:
         """Finish what a previous process left: publish finished runs, write off the rest."""
@@ -114,12 +205,11 @@ class ResearchLoop:
                 await self._publish_run(entry, data)
             else:
                 status = data.get("status", "lost") if data else "lost"
-                self.journal.end(entry["n"], status=status, record=None, gain=0.0, won=False, note="cut off by a restart")
+                self._end(entry["n"], status=status, record=None, gain=0.0, won=False, note="cut off by a restart")
 
     async def step(self) -> dict[str, Any]:
         """Choose, train, publish one experiment; returns its journal end entry."""
         import numpy as np
-        import trio
 
         from pool import bandit
         from pool.estimator import estimate
@@ -136,32 +226,89 @@ class ResearchLoop:
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
         log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
+        timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
+        control = self.control
+        control.progress = None
+        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic())
         try:
-            outcome = await trio.to_thread.run_sync(
-                functools.partial(
-                    self.runner,
-                    self.settings.bench_name,
-                    p.base,
-                    dict(p.diff),
-                    budget_s=self.bench.budget_s,
-                    seed=seed,
-                    out_dir=run_dir,
-                    data_dir=self.settings.data_dir,
-                    backend=self.settings.backend,
-                    device=self.settings.device,
-                    eval_token_cap=self.settings.eval_token_cap,
-                    timeout_s=self.bench.budget_s + self.settings.timeout_slack_s,
-                ),
-                abandon_on_cancel=True,
-            )
-            data = outcome.result
-        except Exception as exc:  # a config the trainer refuses, a run dir it cannot write
-            log.warning("experiment %d could not run: %s", n, exc)
-            return self.journal.end(n, status="failed", record=None, gain=0.0, won=False, note=str(exc)[:200])
-        if data.get("status") != "ok":
-            return self.journal.end(n, status=str(data.get("status")), record=None, gain=0.0, won=False, note=str(data.get("error"))[:200])
-        measured = float(data["metrics"]["val_bpb"])
-        return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post))
+            try:
+                outcome = await self._train(
+                    functools.partial(
+                        self.runner,
+                        self.settings.bench_name,
+                        p.base,
+                        dict(p.diff),
+                        budget_s=self.bench.budget_s,
+                        seed=seed,
+                        out_dir=run_dir,
+                        data_dir=self.settings.data_dir,
+                        backend=self.settings.backend,
+                        device=self.settings.device,
+                        eval_token_cap=self.settings.eval_token_cap,
+                        timeout_s=timeout_s,
+                        progress=self._on_progress,
+                    ),
+                    entry,
+                )
+                data = outcome.result
+            except Exception as exc:  # a config the trainer refuses, a run dir it cannot write
+                log.warning("experiment %d could not run: %s", n, exc)
+                return self._end(n, status="failed", record=None, gain=0.0, won=False, note=str(exc)[:200])
+            if data.get("status") != "ok":
+                return self._end(n, status=str(data.get("status")), record=None, gain=0.0, won=False, note=str(data.get("error"))[:200])
+            measured = float(data["metrics"]["val_bpb"])
+            return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post))
+        finally:
+            control.current = None
+            control.progress = None
+
+    async def _train(self, call: Callable[..., Any], entry: dict[str, Any]) -> Any:
+        """`call(cancel=event)` in a worker thread. If this task is cancelled, the event is set
+        (the runner stops its child), the thread is awaited (shielded, at most ABANDON_WAIT_S),
+        the journal records the run as abandoned, and the cancellation goes on."""
+        cancel = threading.Event()
+        finished = threading.Event()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["outcome"] = call(cancel=cancel)
+            except BaseException as exc:  # handed to the trio side below
+                box["error"] = exc
+            finally:
+                finished.set()
+
+        try:
+            # Abandonable so that cancellation is seen at once; the child is then stopped
+            # through `cancel` and the thread awaited below, so nothing outlives the loop.
+            await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except trio.Cancelled:
+            cancel.set()
+            with trio.CancelScope(shield=True):
+                stopped = await trio.to_thread.run_sync(finished.wait, ABANDON_WAIT_S)
+            self._abandoned(entry, box.get("outcome"), stopped)
+            raise
+        if "error" in box:
+            raise box["error"]
+        return box["outcome"]
+
+    def _abandoned(self, entry: dict[str, Any], outcome: Any, stopped: bool) -> None:
+        n = entry["n"]
+        if outcome is not None and getattr(outcome, "status", None) == "ok":
+            # It finished just before the cancel: the next start publishes it (recover).
+            log.info("experiment %d finished as the loop stopped; it is published on the next start", n)
+            return
+        note = "the node stopped during the run" if stopped else f"the trainer did not stop within {ABANDON_WAIT_S:.0f}s"
+        self._end(n, status=ABANDONED, record=None, gain=0.0, won=False, note=note)
+        log.info("experiment %d abandoned: %s", n, note)
+
+    def _on_progress(self, event: Any) -> None:
+        self.control.progress = event  # from the runner's thread: one reference assignment
+
+    def _end(self, n: int, **fields: Any) -> dict[str, Any]:
+        end = self.journal.end(n, **fields)
+        self.control.last_end = end
+        return end
 
     async def _publish_run(self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False) -> dict[str, Any]:
         from protocol.errors import ProtocolError
@@ -169,12 +316,12 @@ class ResearchLoop:
         try:
             raw, rid = self._sign(entry, data)
         except ProtocolError as exc:
-            return self.journal.end(entry["n"], status="unpublishable", record=None, gain=0.0, won=False, note=str(exc)[:200])
+            return self._end(entry["n"], status="unpublishable", record=None, gain=0.0, won=False, note=str(exc)[:200])
         try:
             await self.publish(raw)
         except ProtocolError as exc:
             log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
-        return self.journal.end(entry["n"], status="ok", record=rid, gain=gain, won=won)
+        return self._end(entry["n"], status="ok", record=rid, gain=gain, won=won)
 
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
         from node.publishing import result_from_run
@@ -226,9 +373,15 @@ class Journal:
         return [self._starts[n] for n in sorted(self._starts) if n not in self._ends]
 
     def history(self) -> list[Any]:
+        """Finished experiments as the bandit's operator outcomes. An abandoned run says nothing
+        about the operator that chose it (the user stopped it), so it is left out."""
         from pool.bandit import Outcome
 
-        return [Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"])) for n, e in sorted(self._ends.items()) if n in self._starts]
+        return [
+            Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]))
+            for n, e in sorted(self._ends.items())
+            if n in self._starts and e.get("status") != ABANDONED
+        ]
 
     def ends(self) -> list[dict[str, Any]]:
         return [self._ends[n] for n in sorted(self._ends)]
@@ -261,6 +414,15 @@ class Journal:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -4,8 +4,16 @@ It prints the multiaddr others dial, then a live status line (a rewritten line o
 plain periodic lines otherwise). Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine
 only); to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001. Without
 --no-train it runs the research loop (node.research_loop.run_research_loop) as the node's
-worker; where that is not available the node serves as a relay and pool node. On shutdown
-any child process still running (a training run) is terminated, so nothing outlives `join`.
+worker.
+
+Ctrl-C while a training run is in progress (`--on-interrupt`, printed at start-up):
+- finish (default): no new experiment starts; the run completes, is signed, stored and
+  published, then the node stops. A second Ctrl-C abandons it.
+- abandon: the run's trainer is stopped at once and the journal records it as abandoned (it is
+  not trained again), then the node stops.
+SIGTERM always abandons. With no run in progress, Ctrl-C just stops. Nothing outlives `join`:
+the research loop stops its trainer when cancelled, and any child process still running at the
+end is terminated as a last resort.
 """
 
 from __future__ import annotations
@@ -18,18 +26,28 @@ import click
 from node.cli import UserError
 from node.home import Home
 
+ON_INTERRUPT = ("finish", "abandon")
+
 
 @click.command("join")
 @click.option("--bench", "bench_names", multiple=True, default=("parameter-golf/sp1024-10min",), show_default=True, help="Benchmark to gossip (NAME or NAME@SECONDSs); repeat for several.")
 @click.option("--bootstrap", multiple=True, metavar="ADDR", help="Peer multiaddr to dial (/ip4/HOST/tcp/PORT/p2p/12D3KooW...); repeatable; added to config.toml's.")
 @click.option("--listen", multiple=True, metavar="ADDR", help="Listen multiaddr; repeatable. Default /ip4/127.0.0.1/tcp/0; use /ip4/0.0.0.0/tcp/4001 to be reachable by others.")
 @click.option("--no-train", is_flag=True, help="Only relay and pool records; do not run the research loop.")
+@click.option(
+    "--on-interrupt",
+    type=click.Choice(ON_INTERRUPT),
+    default="finish",
+    show_default=True,
+    help="What Ctrl-C does to a training run in progress: 'finish' lets it complete and publishes it, then stops (a second Ctrl-C abandons it); 'abandon' stops it at once (it is not retrained). SIGTERM always abandons.",
+)
+@click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Score each run on at most this many validation tokens (0: all); a capped score is marked partial. For quick tries.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_every, sync_every, verbose) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, mdns, status_every, sync_every, verbose) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import trio
 
@@ -65,10 +83,10 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
 
-    worker = None
+    worker = control = None
     worker_note = "serving as a relay and pool node (--no-train)"
     if not no_train:
-        worker, worker_note = _research_loop()
+        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens)
 
     store = PoolStore(home.pool_db)
     trust = TrustStore(store)
@@ -84,7 +102,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
     )
     node = Node(identity, store, trust, options, worker=worker)
     try:
-        trio.run(_main, node, worker_note, status_every)
+        trio.run(_main, node, worker_note, status_every, control, on_interrupt)
     except Exception as exc:
         found = user_error_in(exc)
         if found is None:
@@ -95,31 +113,81 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, mdns, status_ever
         _reap_children()
 
 
-async def _main(node, worker_note: str, status_every: float) -> None:
+async def _main(node, worker_note: str, status_every: float, control, on_interrupt: str) -> None:
     import signal
 
     import trio
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        out = sys.stdout
-        out.write(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}\n")
-        for addr in node.addrs:
-            out.write(f"listening: {addr}\n")
-        if any("/ip4/127.0.0.1/" in a or "/ip6/::1/" in a for a in node.options.listen):
-            out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
-        out.write(f"{worker_note}\n")
-        out.flush()
-        nursery.start_soon(_status_lines, node, status_every)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                out.write(f"\nreceived {signal.Signals(signum).name}; shutting down\n")
+    out = sys.stdout
+    # The receiver stays open until the node has stopped, so a Ctrl-C during start-up or
+    # shutdown is handled here instead of surfacing as a KeyboardInterrupt traceback.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            def stop() -> None:
+                node.stop()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(_interrupts, signals, control, on_interrupt, stop)
+            await nursery.start(node.run)
+            out.write(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}\n")
+            for addr in node.addrs:
+                out.write(f"listening: {addr}\n")
+            if any("/ip4/127.0.0.1/" in a or "/ip6/::1/" in a for a in node.options.listen):
+                out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
+            out.write(f"{worker_note}\n")
+            out.flush()
+            nursery.start_soon(_status_lines, node, status_every)
+            if control is not None:
+                nursery.start_soon(_stop_when_finished, control, stop)
+    end = control.last_end if control is not None else None
+    if end is not None and end["status"] == "abandoned":
+        out.write(f"experiment {end['n']} was abandoned; it will not be trained again\n")
+    out.write(f"stopped: {node.status().line()}\n")
+    out.flush()
+
+
+async def _interrupts(signals, control, on_interrupt: str, stop) -> None:
+    """Turn SIGINT / SIGTERM into finishing or abandoning the current run, then `stop()`."""
+    import signal
+
+    out = sys.stdout
+    finishing = None
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and on_interrupt == "finish" and finishing is None and control is not None:
+            finishing = control.finish()
+            if finishing is not None:
+                out.write(
+                    f"\nreceived SIGINT: finishing experiment {finishing.n} ({control.remaining()}), then shutting down;"
+                    " no new experiment will start. Press Ctrl-C again to abandon it.\n"
+                )
                 out.flush()
-                break
-        node.stop()
-        nursery.cancel_scope.cancel()
-    sys.stdout.write(f"stopped: {node.status().line()}\n")
-    sys.stdout.flush()
+                continue
+        current = control.current if control is not None else None
+        if current is not None:
+            out.write(f"\nreceived {name}: abandoning experiment {current.n}; shutting down\n")
+        else:
+            out.write(f"\nreceived {name}; shutting down\n")
+        out.flush()
+        stop()
+        return
+
+
+async def _stop_when_finished(control, stop) -> None:
+    """After a Ctrl-C chose to finish, stop the node once the loop has published that run."""
+    await control.stopped.wait()
+    if not control.finishing:
+        return  # the loop ended by itself (it failed): the node goes on as a relay and pool node
+    end = control.last_end
+    if end is not None:
+        if end["status"] == "ok":
+            what = f"finished and published (record {end['record'][:12]})" if end.get("record") else "finished"
+        else:
+            what = f"ended: {end['status']}" + (f" ({end['note']})" if end.get("note") else "")
+        sys.stdout.write(f"experiment {end['n']} {what}; shutting down\n")
+        sys.stdout.flush()
+    stop()
 
 
 async def _status_lines(node, every: float) -> None:
@@ -170,14 +238,19 @@ def _reap_children(grace_s: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
-def _research_loop():
-    try:
-        from node.research_loop import run_research_loop
-    except ModuleNotFoundError as exc:
-        if exc.name == "node.research_loop":
-            return None, "the research loop is not available yet: serving as a relay and pool node"
-        raise
-    return run_research_loop, "running the research loop"
+def _research_loop(on_interrupt: str, eval_tokens: int):
+    """The node's worker, the handle join's Ctrl-C handling uses on it, and the start-up line."""
+    import functools
+
+    from node.research_loop import LoopControl, run_research_loop
+
+    control = LoopControl()
+    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens)
+    if on_interrupt == "finish":
+        note = "running the research loop; Ctrl-C finishes the current run, publishes it and stops (Ctrl-C twice abandons it)"
+    else:
+        note = "running the research loop; Ctrl-C abandons the current run and stops (--on-interrupt abandon)"
+    return worker, control, note
 
 
 def _configure_logging(verbose: int) -> None:
