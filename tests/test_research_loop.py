@@ -1,21 +1,32 @@
 """The research loop: a real training run is chosen, signed, stored and published; after a
-restart nothing finished is trained again and a cut-off run costs one experiment."""
+restart nothing finished is trained again and a cut-off run costs one experiment; cancelling
+the loop stops its trainer at once and the run is journalled as abandoned."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import threading
+import time
 
+import psutil
+import pytest
 import trio
 
 import recordgen as g
-from node.research_loop import Journal, LoopSettings, ResearchLoop
+from node.home import Home
+from node.node import Node, NodeOptions
+from node.research_loop import CurrentRun, Journal, LoopControl, LoopSettings, ResearchLoop, run_research_loop
 from pool.store import PoolStore
 from pool.trust import TrustStore
 from protocol.benchmarks import benchmark
+from trainer.progress import Progress
+
+pytestmark = pytest.mark.timeout(300)
 
 
-def _loop(tmp_path, store, trust, me, published, max_experiments):
+def _loop(tmp_path, store, trust, me, published, max_experiments, **kw):
     async def publish(raw: bytes) -> None:
         store.add(raw)
         published.append(raw)
@@ -29,7 +40,7 @@ def _loop(tmp_path, store, trust, me, published, max_experiments):
         eval_token_cap=4096,
         timeout_slack_s=120,
     )
-    return ResearchLoop(me, store, trust, publish, settings)
+    return ResearchLoop(me, store, trust, publish, settings, **kw)
 
 
 def _run(loop, seconds):
@@ -88,3 +99,100 @@ def test_a_torn_journal_line_is_skipped_and_the_rest_is_kept(tmp_path):
     path.write_text(json.dumps(good) + "\n" + '{"event": "end", "n": 0, "sta')
     journal = Journal(path)
     assert journal.count() == 1 and [e["n"] for e in journal.unfinished()] == [0]
+
+
+def _trainer_children() -> list[psutil.Process]:
+    return [c for c in psutil.Process().children(recursive=True) if "trainer.runner" in " ".join(c.cmdline())]
+
+
+def test_cancelling_a_node_mid_run_stops_its_trainer_at_once_and_journals_the_run_abandoned(tmp_path):
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+    me = g.identity(12)
+    control = LoopControl()
+    seen: dict = {}
+
+    def watch(child: psutil.Process) -> None:
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.02)
+        seen["gone_at"] = time.monotonic()
+
+    async def main() -> None:
+        with PoolStore(home.pool_db) as store:
+            trust = TrustStore(store)
+            trust.set_own(me.public_hex)
+            worker = functools.partial(run_research_loop, control=control, eval_token_cap=4096)
+            node = Node(me, store, trust, NodeOptions(benches=(benchmark("smoke@60s"),), home=home), worker=worker)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                with trio.fail_after(120):
+                    while getattr(control.progress, "phase", None) != "training":
+                        await trio.sleep(0.05)
+                (child,) = _trainer_children()
+                watcher = threading.Thread(target=watch, args=(child,), daemon=True)
+                watcher.start()
+                seen["cancelled_at"] = time.monotonic()
+                nursery.cancel_scope.cancel()  # what an in-process user does to stop a node
+            watcher.join(30)
+
+    trio.run(main)
+    assert "gone_at" in seen, "the trainer outlived the cancelled node"
+    assert seen["gone_at"] - seen["cancelled_at"] < 5.0  # stopped at once, not left to finish
+    assert _trainer_children() == []
+    journal = Journal(home.root / "research" / "journal.jsonl")
+    (end,) = journal.ends()
+    assert end["status"] == "abandoned" and end["record"] is None
+    assert journal.unfinished() == []  # a restart writes it off for good instead of training it again
+    assert journal.history() == []  # the user's stop says nothing about the operator that chose it
+    (run_dir,) = list(home.runs_dir.iterdir())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "abandoned" and result["metrics"] is None
+
+
+def test_a_cancel_arriving_just_as_a_run_finishes_loses_nothing(tmp_path):
+    from trainer.api import run_experiment
+
+    me = g.identity(13)
+    published: list[bytes] = []
+    with PoolStore(tmp_path / "pool.sqlite") as store:
+        trust = TrustStore(store)
+        trust.set_own(me.public_hex)
+
+        async def main() -> None:
+            token = trio.lowlevel.current_trio_token()
+            with trio.CancelScope() as scope:
+
+                def runner(*args, progress, **kw):
+                    def relay(event: Progress) -> None:
+                        progress(event)
+                        if event.phase == "done":  # emitted once result.json is written
+                            trio.from_thread.run_sync(scope.cancel, trio_token=token)
+
+                    return run_experiment(*args, progress=relay, **kw)
+
+                with trio.fail_after(240):
+                    await _loop(tmp_path, store, trust, me, published, None, runner=runner).run()
+            assert scope.cancelled_caught
+
+        trio.run(main)
+        assert published == []
+        assert [e["n"] for e in Journal(tmp_path / "research" / "journal.jsonl").unfinished()] == [0]
+
+        _run(_loop(tmp_path, store, trust, me, published, 1), 60)  # the restart publishes it
+        (end,) = Journal(tmp_path / "research" / "journal.jsonl").ends()
+        assert end["status"] == "ok" and store.get(end["record"]).author == me.public_hex
+        assert len(published) == 1 and len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_the_finishing_message_says_where_the_run_is_and_bounds_what_is_left():
+    control = LoopControl()
+    assert control.remaining() == "no run in progress" and control.finish() is None and control.finishing
+    control.current = CurrentRun(4, "mutate", "ab" * 32, budget_s=600.0, deadline_s=900.0, started_at=100.0)
+    assert control.finish() is control.current
+    assert control.remaining(now=100.0) == "starting, then 10m00s of training and an evaluation; at most 15m00s"
+    control.progress = Progress("training", step=50, elapsed_s=420.0, budget_s=600.0)
+    assert control.remaining(now=530.0) == "training, about 3m00s of its 10m00s budget left, then evaluation; at most 7m50s"
+    control.progress = Progress("training", step=90, elapsed_s=600.4, budget_s=600.0)
+    assert control.remaining(now=710.0) == "training, its 10m00s budget spent, then evaluation; at most 4m50s"
+    control.progress = Progress("evaluating", elapsed_s=600.0, budget_s=600.0, done=3, total=12)
+    assert control.remaining(now=1100.0) == "evaluating, 3 of 12 windows done; at most 0s"
