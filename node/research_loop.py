@@ -81,6 +81,7 @@ class LoopControl:
     def __init__(self) -> None:
         self.current: CurrentRun | None = None
         self.progress: Any = None  # the current run's latest trainer.progress.Progress, if any
+        self.progress_at = 0.0  # when it came (time.monotonic())
         self.last_end: dict[str, Any] | None = None  # the journal end entry of the latest experiment
         self.finishing = False
         self.finish_requested = trio.Event()
@@ -93,6 +94,11 @@ class LoopControl:
         self.finish_requested.set()
         return self.current
 
+    def saw(self, event: Any, now: float | None = None) -> None:
+        """Note the current run's latest progress event (called from the runner's thread)."""
+        self.progress_at = time.monotonic() if now is None else now
+        self.progress = event
+
     def remaining(self, now: float | None = None) -> str:
         """Roughly what is left of the current run, for a person: where it is, and the hard
         deadline that bounds it (e.g. "training, about 2s of its 3s budget left, then
@@ -103,9 +109,11 @@ class LoopControl:
         now = time.monotonic() if now is None else now
         event = self.progress
         phase = getattr(event, "phase", "starting")
-        if phase == "training" and getattr(event, "budget_s", 0) > 0 and event.time_left_s >= 1:
-            where = f"training, about {_seconds(event.time_left_s)} of its {_seconds(run.budget_s)} budget left, then evaluation"
-        elif phase == "training" and getattr(event, "budget_s", 0) > 0:
+        # Training reports come per logged step; count on from the last one.
+        left = event.time_left_s - (now - self.progress_at) if phase == "training" else 0.0
+        if phase == "training" and event.budget_s > 0 and left >= 1:
+            where = f"training, about {_seconds(left)} of its {_seconds(run.budget_s)} budget left, then evaluation"
+        elif phase == "training" and event.budget_s > 0:
             where = f"training, its {_seconds(run.budget_s)} budget spent, then evaluation"
         elif phase == "exporting":
             where = "training done, exporting, then evaluation"
@@ -303,7 +311,7 @@ class ResearchLoop:
         log.info("experiment %d abandoned: %s", n, note)
 
     def _on_progress(self, event: Any) -> None:
-        self.control.progress = event  # from the runner's thread: one reference assignment
+        self.control.saw(event)  # from the runner's thread: plain attribute assignments
 
     def _end(self, n: int, **fields: Any) -> dict[str, Any]:
         end = self.journal.end(n, **fields)

@@ -190,9 +190,9 @@ def test_the_finishing_message_says_where_the_run_is_and_bounds_what_is_left():
     control.current = CurrentRun(4, "mutate", "ab" * 32, budget_s=600.0, deadline_s=900.0, started_at=100.0)
     assert control.finish() is control.current
     assert control.remaining(now=100.0) == "starting, then 10m00s of training and an evaluation; at most 15m00s"
-    control.progress = Progress("training", step=50, elapsed_s=420.0, budget_s=600.0)
+    control.saw(Progress("training", step=50, elapsed_s=420.0, budget_s=600.0), now=530.0)
     assert control.remaining(now=530.0) == "training, about 3m00s of its 10m00s budget left, then evaluation; at most 7m50s"
-    control.progress = Progress("training", step=90, elapsed_s=600.4, budget_s=600.0)
-    assert control.remaining(now=710.0) == "training, its 10m00s budget spent, then evaluation; at most 4m50s"
-    control.progress = Progress("evaluating", elapsed_s=600.0, budget_s=600.0, done=3, total=12)
+    assert control.remaining(now=590.0) == "training, about 2m00s of its 10m00s budget left, then evaluation; at most 6m50s"
+    assert control.remaining(now=711.0) == "training, its 10m00s budget spent, then evaluation; at most 4m49s"
+    control.saw(Progress("evaluating", elapsed_s=600.0, budget_s=600.0, done=3, total=12), now=1000.0)
     assert control.remaining(now=1100.0) == "evaluating, 3 of 12 windows done; at most 0s"

@@ -137,39 +137,35 @@ async def _main(node, worker_note: str, status_every: float, control, on_interru
                 out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
             out.write(f"{worker_note}\n")
             out.flush()
-            nursery.start_soon(_status_lines, node, status_every)
+            nursery.start_soon(_status_lines, node, status_every, control)
             if control is not None:
                 nursery.start_soon(_stop_when_finished, control, stop)
     end = control.last_end if control is not None else None
     if end is not None and end["status"] == "abandoned":
-        out.write(f"experiment {end['n']} was abandoned; it will not be trained again\n")
-    out.write(f"stopped: {node.status().line()}\n")
-    out.flush()
+        _say(f"experiment {end['n']} was abandoned; it will not be trained again")
+    _say(f"stopped: {node.status().line()}")
 
 
 async def _interrupts(signals, control, on_interrupt: str, stop) -> None:
     """Turn SIGINT / SIGTERM into finishing or abandoning the current run, then `stop()`."""
     import signal
 
-    out = sys.stdout
     finishing = None
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and on_interrupt == "finish" and finishing is None and control is not None:
             finishing = control.finish()
             if finishing is not None:
-                out.write(
-                    f"\nreceived SIGINT: finishing experiment {finishing.n} ({control.remaining()}), then shutting down;"
-                    " no new experiment will start. Press Ctrl-C again to abandon it.\n"
+                _say(
+                    f"received SIGINT: finishing experiment {finishing.n} ({control.remaining()}), then shutting down;"
+                    " no new experiment will start. Press Ctrl-C again to abandon it."
                 )
-                out.flush()
                 continue
         current = control.current if control is not None else None
         if current is not None:
-            out.write(f"\nreceived {name}: abandoning experiment {current.n}; shutting down\n")
+            _say(f"received {name}: abandoning experiment {current.n}; shutting down")
         else:
-            out.write(f"\nreceived {name}; shutting down\n")
-        out.flush()
+            _say(f"received {name}; shutting down")
         stop()
         return
 
@@ -185,23 +181,31 @@ async def _stop_when_finished(control, stop) -> None:
             what = f"finished and published (record {end['record'][:12]})" if end.get("record") else "finished"
         else:
             what = f"ended: {end['status']}" + (f" ({end['note']})" if end.get("note") else "")
-        sys.stdout.write(f"experiment {end['n']} {what}; shutting down\n")
-        sys.stdout.flush()
+        _say(f"experiment {end['n']} {what}; shutting down")
     stop()
 
 
-async def _status_lines(node, every: float) -> None:
+async def _status_lines(node, every: float, control=None) -> None:
     import trio
 
     tty = sys.stdout.isatty()
     while True:
         await trio.sleep(1.0 if tty else every)
         line = node.status().line()
+        if control is not None and control.finishing and control.current is not None:
+            line += f"  finishing experiment {control.current.n}: {control.remaining()}"
         if tty:
             sys.stdout.write("\r\x1b[2K" + line)
         else:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _say(text: str) -> None:
+    """Print `text` on a line of its own; on a terminal, first clear the status line."""
+    out = sys.stdout
+    out.write(("\r\x1b[2K" if out.isatty() else "") + text + "\n")
+    out.flush()
 
 
 def _reap_children(grace_s: float = 5.0) -> None:
