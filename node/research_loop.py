@@ -119,8 +119,10 @@ class LoopControl:
             where = "training done, exporting, then evaluation"
         elif phase == "evaluating" and getattr(event, "total", 0) > 0:
             where = f"evaluating, {event.done} of {event.total} windows done"
-        elif phase in ("evaluating", "done"):
+        elif phase == "evaluating":
             where = "evaluating"
+        elif phase == "done":
+            where = "trained and scored, publishing"
         else:
             where = f"starting, then {_seconds(run.budget_s)} of training and an evaluation"
         bound = max(run.deadline_s - (now - run.started_at), 0.0)
@@ -275,12 +277,15 @@ class ResearchLoop:
         (the runner stops its child), the thread is awaited (shielded, at most ABANDON_WAIT_S),
         the journal records the run as abandoned, and the cancellation goes on."""
         cancel = threading.Event()
+        started = threading.Event()
         finished = threading.Event()
         box: dict[str, Any] = {}
 
         def work() -> None:
+            started.set()  # before looking at `cancel`: see the handler below
             try:
-                box["outcome"] = call(cancel=cancel)
+                if not cancel.is_set():
+                    box["outcome"] = call(cancel=cancel)
             except BaseException as exc:  # handed to the trio side below
                 box["error"] = exc
             finally:
@@ -292,8 +297,12 @@ class ResearchLoop:
             await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         except trio.Cancelled:
             cancel.set()
-            with trio.CancelScope(shield=True):
-                stopped = await trio.to_thread.run_sync(finished.wait, ABANDON_WAIT_S)
+            stopped = True
+            # A cancel that was already pending raises before the thread starts; a thread that
+            # starts after this point sees `cancel` and runs nothing, so there is nothing to await.
+            if started.is_set():
+                with trio.CancelScope(shield=True):
+                    stopped = await trio.to_thread.run_sync(finished.wait, ABANDON_WAIT_S)
             self._abandoned(entry, box.get("outcome"), stopped)
             raise
         if "error" in box:
