@@ -122,9 +122,12 @@ async def _main(node, worker_note: str, status_every: float, control, on_interru
     # The receiver stays open until the node has stopped, so a Ctrl-C during start-up or
     # shutdown is handled here instead of surfacing as a KeyboardInterrupt traceback.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stopping_during: list[int] = []  # the experiment in progress when the node was told to stop
         async with trio.open_nursery() as nursery:
 
             def stop() -> None:
+                if control is not None and control.current is not None:
+                    stopping_during.append(control.current.n)
                 node.stop()
                 nursery.cancel_scope.cancel()
 
@@ -141,7 +144,7 @@ async def _main(node, worker_note: str, status_every: float, control, on_interru
             if control is not None:
                 nursery.start_soon(_stop_when_finished, control, stop)
     end = control.last_end if control is not None else None
-    if end is not None and end["status"] == "abandoned":
+    if end is not None and end["status"] == "abandoned" and end["n"] in stopping_during:
         _say(f"experiment {end['n']} was abandoned; it will not be trained again")
     _say(f"stopped: {node.status().line()}")
 
