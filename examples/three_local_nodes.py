@@ -3,8 +3,8 @@
 Starts three `p2pgolf join` processes on 127.0.0.1 (each with its own data directory, so each
 has its own identity and pool), B and C bootstrapping from A. Each runs the research loop with a
 short training budget. Every few seconds it prints, per node, the pool size, the records received
-from peers and the best val_bpb it knows, and the collective best so far; at the end it stops the
-nodes with Ctrl-C (SIGINT, by the PIDs it started) and prints how the collective best improved.
+from peers and the best val_bpb it knows, and the collective best so far; at the end it sends
+the nodes Ctrl-C (SIGINT, by the PIDs it started), so each finishes and publishes its current run and prints how the collective best improved.
 
     python examples/three_local_nodes.py --minutes 6 --budget 20
 
@@ -77,8 +77,11 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
     finally:
+        # Ctrl-C to every node at once: each finishes and publishes its current run, then stops.
         for node in nodes:
-            node.stop()
+            node.interrupt()
+        for node in nodes:
+            node.wait_stopped()
     summary(console, history, nodes)
 
 
@@ -144,15 +147,18 @@ class Node:
             "best": min(bpbs) if bpbs else None,
         }
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def interrupt(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # the same as Ctrl-C: finish the current run, then stop
+
+    def wait_stopped(self, finish_s: float = 180.0) -> None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGINT)  # the same as Ctrl-C: finish cleanly
         try:
-            self.proc.wait(120)
+            self.proc.wait(finish_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # our own child's process group only
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGTERM)  # abandon the run in progress
+            self.proc.wait(60)
 
 
 def progress_table(rows: list[dict], best: float | None, elapsed: float) -> Table:
