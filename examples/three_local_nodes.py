@@ -3,8 +3,9 @@
 Starts three `p2pgolf join` processes on 127.0.0.1 (each with its own data directory, so each
 has its own identity and pool), B and C bootstrapping from A. Each runs the research loop with a
 short training budget. Every few seconds it prints, per node, the pool size, the records received
-from peers and the best val_bpb it knows, and the collective best so far; at the end it sends
-the nodes Ctrl-C (SIGINT, by the PIDs it started), so each finishes and publishes its current run and prints how the collective best improved.
+from peers and the best val_bpb it knows, and the collective best so far. At the end it sends
+the nodes Ctrl-C (SIGINT, by the PIDs it started), so each finishes and publishes its current
+run, and prints how the collective best improved.
 
     python examples/three_local_nodes.py --minutes 6 --budget 20
 
