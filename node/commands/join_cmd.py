@@ -86,6 +86,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     worker = control = None
     worker_note = "serving as a relay and pool node (--no-train)"
     if not no_train:
+        _ensure_training_data(home, benches[0])
         worker, control, worker_note = _research_loop(on_interrupt, eval_tokens)
 
     store = PoolStore(home.pool_db)
@@ -243,6 +244,29 @@ def _reap_children(grace_s: float = 5.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _ensure_training_data(home: Home, bench) -> None:
+    """Make sure the research loop can train on `bench` before the node starts: the challenge's
+    data is downloaded once (as `p2pgolf data fetch` does, with a progress bar); anything else
+    missing is one clear line, never a loop of failed experiments."""
+    from trainer.datasets import DataError, load_benchmark_data
+
+    try:
+        load_benchmark_data(bench, home.data_dir)
+        return
+    except DataError as exc:
+        missing = exc
+    if bench.task != "parameter-golf":
+        raise UserError(f"{missing} (or join with --no-train to relay only)")
+    from trainer.fetch import FetchError, fetch_challenge_data
+
+    click.echo(f"the challenge data is not in {home.data_dir} yet: downloading it once (as `p2pgolf data fetch` does)")
+    try:
+        fetch_challenge_data(home.data_dir, 1, progress=True)
+        load_benchmark_data(bench, home.data_dir)
+    except (FetchError, DataError) as exc:
+        raise UserError(f"could not get the challenge data: {exc}; run `p2pgolf data fetch` when the Hub is reachable, or join with --no-train to relay only") from None
 
 
 def _research_loop(on_interrupt: str, eval_tokens: int):
