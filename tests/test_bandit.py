@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pool.bandit import BanditConfig, Outcome, choose, operator_draws, outcome
+from pool.bandit import BanditConfig, MoveModel, Outcome, choose, leader_probability, operator_draws, outcome
 from pool.estimator import estimate
 from pool.evidence import AttestationEvidence, Evidence, result_evidence
-from pool.proposals import DEFAULT_SPACE, make_proposal, mutate, recombine
+from pool.proposals import DEFAULT_SPACE, Dim, make_proposal, mutate, recombine
 from pool.trust_weights import static_status
 from protocol import knobs
 from protocol.errors import ProtocolError
@@ -204,3 +204,70 @@ def test_intensification_confirms_a_one_run_incumbent_before_building_on_it():
     ops = {choose(post, np.random.default_rng(seed), config=BanditConfig(intensify=True), operators=("mutate", "replicate")).proposal.operator for seed in range(10)}
     assert "mutate" in ops
     assert choose(post, np.random.default_rng(0), config=BanditConfig(intensify=True), operators=("mutate",)).proposal.parents == (root.record_id,)
+
+
+def _leader_and_runner_up():
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    leader = pool.add({"matrix_lr": 0.03}, 1.95, parents=[root.record_id])
+    pool.add({"matrix_lr": 0.03}, 1.951)
+    runner_up = pool.add({"matrix_lr": 0.05}, 1.96, parents=[root.record_id])
+    pool.add({"matrix_lr": 0.05}, 1.958)
+    return pool, leader, runner_up
+
+
+def test_top_two_sampling_re_measures_the_leader_about_beta_of_the_time():
+    pool, leader, runner_up = _leader_and_runner_up()
+    post = estimate(pool.evidence, static_status(ME), HW)
+    config = BanditConfig(leader_share=0.5)
+    picks = [choose(post, np.random.default_rng(s), config=config).proposal for s in range(120)]
+    on_leader = sum(p.operator == "replicate" and p.candidate == leader.candidate for p in picks)
+    on_runner_up = sum(p.operator == "replicate" and p.candidate == runner_up.candidate for p in picks)
+    # beta = 0.5 of the runs go to the drawn leader, nearly always the true one here (the
+    # challengers' side may replicate as well, so the leader can get a little more)
+    assert 0.4 * 120 <= on_leader <= 0.75 * 120
+    assert on_runner_up < on_leader / 3
+    none = [choose(post, np.random.default_rng(s), config=BanditConfig(leader_share=0.0)).proposal for s in range(120)]
+    assert sum(p.operator == "replicate" for p in none) < on_leader / 2
+
+
+def test_the_leader_gets_more_runs_as_the_budget_runs_out():
+    config = BanditConfig(leader_share=0.5)
+    betas = [leader_probability(config, k, 84 - k) for k in range(84)]
+    assert betas[0] == 0.0 and betas[-1] > 0.95 and all(a <= b for a, b in zip(betas, betas[1:]))
+    assert abs(np.mean(betas) - 0.5) < 0.02  # the budget's mean share is beta
+    assert leader_probability(config, 10) == 0.5  # budget unknown: plain top-two sampling
+    assert leader_probability(BanditConfig(horizon=20), 20) == 1.0
+    pool, leader, _ = _leader_and_runner_up()
+    post = estimate(pool.evidence, static_status(ME), HW)
+
+    def share(done, remaining):
+        picks = [choose(post, np.random.default_rng(s), config=config, remaining=remaining, history=[Outcome("mutate", False)] * done) for s in range(60)]
+        return sum(c.proposal.operator == "replicate" for c in picks) / len(picks)
+
+    assert share(2, 82) + 0.3 < share(80, 4)
+
+
+def test_the_surrogate_discounts_a_move_measured_far_from_the_incumbent():
+    # mirrored recurrence tried without shared blocks did nothing; with shared blocks it may
+    pool = Pool()
+    for i in range(4):
+        root = pool.add({"matrix_lr": 0.02 + 0.01 * i}, 2.00)
+        pool.add({"matrix_lr": 0.02 + 0.01 * i, "recurrence": "mirror"}, 2.00, parents=[root.record_id])
+    shared = pool.add({"activation": "swiglu", "unique_blocks": 3, "matrix_lr": 0.02}, 1.95)
+    post = estimate(pool.evidence, static_status(ME), HW)
+    space = [Dim("recurrence", choices=("cycle", "mirror")), Dim("activation", choices=("relu2", "leaky_relu2", "swiglu")), Dim("unique_blocks", 0, 8), Dim("matrix_lr", 0.005, 0.2, log=True)]
+    x = np.array([1.0, -1.0])  # features of cycle minus mirror: the move's gain is coef . x
+
+    def move_sd(centre, length):
+        model = MoveModel.fit(post, space, centre=centre, length=length)
+        cov = model.chols["recurrence"] @ model.chols["recurrence"].T
+        return float(np.sqrt(x @ cov @ x))
+
+    prior_sd = math.sqrt(2) * MoveModel.PRIOR_SD_CHOICE
+    here = knobs.resolve(BASE, post.info[shared.candidate].diff)
+    where_measured = knobs.resolve(BASE, {"matrix_lr": 0.03})
+    global_sd, local_sd, at_source = move_sd(here, math.inf), move_sd(here, 0.5), move_sd(where_measured, 0.5)
+    assert global_sd < 0.3 * prior_sd  # a global fit is sure the move is worthless
+    assert local_sd > 2.5 * global_sd  # a local one is much less sure, so the move gets tried here
+    assert at_source < 0.5 * local_sd  # where it was measured, it still counts
