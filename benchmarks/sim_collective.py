@@ -85,6 +85,7 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, hardware: st
         "experiments_to_isolated_best": reach["trust"][0],
         "experiments_to_isolated_best_mean_curve": reach["trust"][3],
         "winner_share": summaries["trust"].winner_share,
+        "winner_share_strict": summaries["trust"].winner_share_strict,
         "regret_vs_naive": summaries["trust"].regret / naive_regret if naive_regret > 0 else None,
         "malicious_share": summaries["malicious"].malicious_share,
         "malicious_share_blocked": summaries["malicious_blocked"].malicious_share,
@@ -158,9 +159,9 @@ def _table(result, summaries, reach, experiments) -> None:
         )
     console.print(table)
     goals = [
-        ("experiments to isolated best <= K/M (per node, mean of hitting times)", result["experiments_to_isolated_best"], result["experiments_to_isolated_best"] <= s["experiments"] / s["nodes"]),
+        ("experiments to isolated best <= K/M (judged: per node, mean of hitting times, never = K+1)", result["experiments_to_isolated_best"], result["experiments_to_isolated_best"] <= s["experiments"] / s["nodes"]),
         ("experiments to isolated best <= K/M (mean node: crossing of mean curves)", result["experiments_to_isolated_best_mean_curve"], result["experiments_to_isolated_best_mean_curve"] <= s["experiments"] / s["nodes"]),
-        ("winner share >= 49%", result["winner_share"], result["winner_share"] >= 0.49),
+        ("winner share >= 49% (judged: lineage; exact candidate only: " + f"{result['winner_share_strict']:.0%})", result["winner_share"], result["winner_share"] >= 0.49),
         ("regret vs naive <= 0.5", result["regret_vs_naive"], result["regret_vs_naive"] is not None and result["regret_vs_naive"] <= 0.5),
         ("malicious share <= 5%", result["malicious_share"], result["malicious_share"] <= 0.05),
         ("malicious share blocked = 0%", result["malicious_share_blocked"], result["malicious_share_blocked"] == 0.0),
@@ -172,6 +173,14 @@ def _table(result, summaries, reach, experiments) -> None:
     for name, value, ok in goals:
         goal_table.add_row(name, "-" if value is None else f"{value:.3f}", "yes" if ok else "NO")
     console.print(goal_table)
+    console.print(
+        "Measures. exps to isolated@K (per node): for each node, the first experiment after which its incumbent's true bpb "
+        "is at least as good as the isolated hill climbers' mean final on its hardware (K+1 if never); mean over nodes and seeds. "
+        "(mean node): the same for the mean incumbent curve of each hardware class. "
+        "Winner share (lineage): share of a node's experiments on its final incumbent or its ancestors (runs that built or "
+        "confirmed the winner); (exact): on the final incumbent itself. Simple regret: final incumbent's true bpb minus the "
+        "optimum on its hardware. On fakes: share of honest experiments that re-measure or build on a fake nothing trusted vouches for."
+    )
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             posteriors[i] = post
             if k > 0:
                 traces[i].incumbent_true.append(_incumbent_true(post, ledger, hw, traces[i]))
-            choice = bandit_mod.choose(post, rngs[i], history=histories[i], space=settings.space, config=settings.bandit, default_base=BASE)
+            choice = bandit_mod.choose(post, rngs[i], history=histories[i], remaining=settings.experiments - k, space=settings.space, config=settings.bandit, default_base=BASE)
             p = choice.proposal
             cfg = ledger.config(p.base, p.diff, p.candidate)
             measured = land.true_bpb(cfg, hw) + rngs[i].normal(0.0, land.hardware[hw].noise_sd)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from pool.bandit import BanditConfig
 from pool.simulation import HARDWARE, MODES, Landscape, SimSettings, experiments_to_reach, run_mode, summarise
 from protocol import knobs
 
@@ -74,3 +75,11 @@ def test_fakes_cost_few_honest_experiments_and_none_once_blocked(tiny_runs):
     assert spent <= 0.1 * fakes_published
     assert summarise(tiny_runs["malicious"]).malicious_share <= 0.05
     assert summarise(tiny_runs["malicious_blocked"]).malicious_share == 0.0
+
+
+def test_top_two_sampling_spends_more_of_the_runs_on_the_eventual_winner(tiny_runs):
+    without = SimSettings(nodes=TINY.nodes, experiments=TINY.experiments, bandit=BanditConfig(leader_share=0.0))
+    plain = summarise([run_mode("trust", seed, without) for seed in (0, 1, 2)])
+    top_two = summarise(tiny_runs["trust"])
+    assert top_two.winner_share > plain.winner_share + 0.1
+    assert top_two.winner_share_strict > plain.winner_share_strict
