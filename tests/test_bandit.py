@@ -232,10 +232,13 @@ def test_top_two_sampling_re_measures_the_leader_about_beta_of_the_time():
 
 
 def test_the_leader_gets_more_runs_as_the_budget_runs_out():
-    config = BanditConfig(leader_share=0.5)
+    config = BanditConfig(leader_share=0.5, ramp=0.5)
     betas = [leader_probability(config, k, 84 - k) for k in range(84)]
-    assert betas[0] == 0.0 and betas[-1] > 0.95 and all(a <= b for a, b in zip(betas, betas[1:]))
+    assert all(a <= b for a, b in zip(betas, betas[1:]))
+    assert max(betas[:21]) == 0.0 and min(betas[-20:]) == 1.0  # explore first, confirm last
     assert abs(np.mean(betas) - 0.5) < 0.02  # the budget's mean share is beta
+    linear = [leader_probability(BanditConfig(ramp=1.0), k, 84 - k) for k in range(84)]
+    assert linear[0] == 0.0 and linear[-1] > 0.95 and abs(np.mean(linear) - 0.5) < 0.02
     assert leader_probability(config, 10) == 0.5  # budget unknown: plain top-two sampling
     assert leader_probability(BanditConfig(horizon=20), 20) == 1.0
     pool, leader, _ = _leader_and_runner_up()
