@@ -143,6 +143,7 @@ class SimSettings:
     estimator: EstimatorConfig = EstimatorConfig()
     policy: TrustPolicy = TrustPolicy()
     bandit: bandit_mod.BanditConfig = bandit_mod.BanditConfig()
+    hillclimb_step: float = 0.15  # the isolated baseline's own step: tuning the bandit must not move the target
 
 
 @dataclass
@@ -237,7 +238,7 @@ def _hillclimb(land: Landscape, hw: str, rng: np.random.Generator, settings: Sim
     lineage = [kept_id]
     for _ in range(settings.experiments - 1):
         info = CandidateInfo(kept_id, BASE, kept_diff, (), "", (), (), (), 1.0, 1)
-        p = mutate(info, rng, space=settings.space, step=settings.bandit.step)
+        p = mutate(info, rng, space=settings.space, step=settings.hillclimb_step)
         if p is None:
             continue
         cfg = knobs.resolve(p.base, p.diff)
