@@ -15,7 +15,8 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
   (trust, reproduction checks, per-author caps) plus a "could be lying" variance that is zero
   for weight one and grows as weight falls: an untrusted claim moves the estimate a little,
   whatever number it states.
-- Lineage is the prior: a candidate starts near the mean of its parents (`lineage_sd`);
+- Lineage is the prior: a candidate starts near the mean of its parents (`lineage_sd`, widened
+  by how far trusted children here actually landed from their parents);
   candidates without known parents start near the pool's level (`prior_sd`).
 - Attestations are measurements too (re-evaluations of the subject's class, reproductions on
   the attester's) and are checked against the claim; the verdicts move trust
@@ -510,6 +511,30 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
     return out
 
 
+def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
+    """How far children land from their parents here, learned from families that trusted keys
+    measured on this hardware: squared child-minus-parents gaps, less what measurement noise
+    explains, shrunk towards `config.lineage_sd`. A fixed width would let the prior overrule
+    repeated measurements wherever configs differ by more than it (a tiny model on a laptop
+    moves by whole bits per byte)."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for o, trust, claim, cap, w in weighted:
+        if o.hw == hw and o.kind != "reeval" and trust >= _TRUSTED:
+            sums[o.candidate][0] += o.y
+            sums[o.candidate][1] += 1.0
+    noise_var = noise.get(hw, config.noise_sd) ** 2
+    excess, families = 0.0, 0
+    for child, parents in parents_of.items():
+        if not parents or child not in sums or any(p not in sums for p in parents):
+            continue
+        gap = sums[child][0] / sums[child][1] - sum(sums[p][0] / sums[p][1] for p in parents) / len(parents)
+        explained = noise_var * (1.0 / sums[child][1] + sum(1.0 / sums[p][1] for p in parents) / len(parents) ** 2)
+        excess += max(0.0, gap * gap - explained)
+        families += 1
+    prior_families = 2.0
+    return math.sqrt((prior_families * config.lineage_sd**2 + excess) / (prior_families + families))
+
+
 def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, checks, checks_by_subject, st, config) -> Posterior:
     # candidates: everything with evidence, plus known parents of those
     rec_candidate = {r.record_id: r.candidate for r in results}
@@ -543,7 +568,8 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     av: list[float] = []
     b = np.zeros(n)
     prior_prec = 1.0 / config.prior_sd**2
-    lin_prec = 1.0 / config.lineage_sd**2
+    lineage_sd = _lineage_sd(weighted, parents_of, hw, noise, config)
+    lin_prec = 1.0 / lineage_sd**2
     # lineage prior (a Gaussian Markov random field over the family tree)
     for c in candidates:
         i = ci[c]
@@ -663,7 +689,7 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         interaction_sd=tau_mean,
         authors=authors,
         checks=checks,
-        lineage_sd=config.lineage_sd,
+        lineage_sd=lineage_sd,
         _build_rows=build_rows,
         established_weight=config.established_weight,
         _cov=cov[:k, :k].copy(),

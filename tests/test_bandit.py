@@ -143,10 +143,11 @@ def test_blending_credits_an_operators_yield_against_its_value_draw():
     pool.add({"unique_blocks": 3, "recurrence": "mirror"}, 1.98, parents=[root.record_id])
     post = estimate(pool.evidence, static_status(ME), HW)
     cold = [Outcome("recombine", False, 0.0)] * 20 + [Outcome("mutate", True, 0.03)] * 20
-    picks = Counter(choose(post, np.random.default_rng(s), history=cold, operators=("mutate", "recombine")).proposal.operator for s in range(40))
-    plain = Counter(choose(post, np.random.default_rng(s), operators=("mutate", "recombine")).proposal.operator for s in range(40))
-    assert picks["mutate"] > plain["mutate"]
-    assert picks["mutate"] >= 30
+    runs = 200  # seeded, so deterministic; enough runs that one draw does not decide it
+    picks = Counter(choose(post, np.random.default_rng(s), history=cold, operators=("mutate", "recombine")).proposal.operator for s in range(runs))
+    plain = Counter(choose(post, np.random.default_rng(s), operators=("mutate", "recombine")).proposal.operator for s in range(runs))
+    assert picks["recombine"] < plain["recombine"]
+    assert picks["mutate"] >= 0.75 * runs
 
 
 def test_the_incumbent_keeps_improvements_and_reverts_regressions():

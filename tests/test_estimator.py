@@ -219,3 +219,30 @@ def test_a_class_that_stretches_differences_gets_a_scale_where_overlaps_support_
     assert post.translations["mac:z"].scale == pytest.approx(1.5, abs=0.15)
     few = estimate(Evidence(tuple(out[:6])), static_status(ME, pinned=[FRIEND]), "cpu:x")
     assert few.translations["mac:z"].scale == 1.0  # three overlaps: not enough to fit a scale
+
+
+def test_repeated_measurements_far_from_the_parent_are_believed_over_the_lineage_prior():
+    """Seen in a three-node smoke run: a child measured twice at ~5.0 bpb under a parent at ~6.2
+    was estimated at 5.87, because the lineage prior was a fixed 0.02 bpb wide."""
+    ids = _ids()
+    parent = result_evidence(next(ids), base=BASE, diff={}, author=ME, hw="cpu:x", val_bpb=6.17, budget_s=60)
+    rows = [parent, result_evidence(next(ids), base=BASE, diff={}, author=ME, hw="cpu:x", val_bpb=6.21, budget_s=60)]
+    for lr, value in ((0.05, 6.50), (0.06, 6.71)):  # siblings that moved a little
+        rows.append(result_evidence(next(ids), base=BASE, diff={"matrix_lr": lr}, author=ME, hw="cpu:x", val_bpb=value, budget_s=60, parents=[parent.record_id]))
+    for value in (5.03, 4.98):
+        rows.append(result_evidence(next(ids), base=BASE, diff={"matrix_lr": 0.09}, author=ME, hw="cpu:x", val_bpb=value, budget_s=60, parents=[parent.record_id]))
+    post = estimate(Evidence(tuple(rows)), static_status(ME), "cpu:x")
+    best = post.ranked()[0]
+    assert best.mean == pytest.approx(5.005, abs=0.05)
+    assert post.lineage_sd > 0.3  # learned from these families, not the 0.02 default
+
+
+def test_the_lineage_prior_stays_narrow_where_children_land_close_to_their_parents():
+    ids = _ids()
+    parent = result_evidence(next(ids), base=BASE, diff={}, author=ME, hw="cpu:x", val_bpb=2.000, budget_s=60)
+    rows = [parent] + [
+        result_evidence(next(ids), base=BASE, diff={"matrix_lr": 0.03 + 0.001 * i}, author=ME, hw="cpu:x", val_bpb=2.0 + 0.004 * (-1) ** i, budget_s=60, parents=[parent.record_id])
+        for i in range(8)
+    ]
+    post = estimate(Evidence(tuple(rows)), static_status(ME), "cpu:x")
+    assert post.lineage_sd <= EstimatorConfig().lineage_sd
