@@ -129,10 +129,11 @@ class LoopControl:
         return f"{where}; at most {_seconds(bound)}"
 
 
-async def run_research_loop(node: Any, *, control: LoopControl | None = None, eval_token_cap: int = 0) -> None:
-    """The node's worker: research on the node's first benchmark until cancelled, or until
-    `control.finish()` and the current run is published. `eval_token_cap` > 0 scores each run
-    on at most that many validation tokens (marked partial), for quick tries."""
+async def run_research_loop(node: Any, *, control: LoopControl | None = None, eval_token_cap: int = 0, max_experiments: int | None = None) -> None:
+    """The node's worker: research on the node's first benchmark until cancelled, until
+    `control.finish()` and the current run is published, or until `max_experiments` have been
+    run in this data directory. `eval_token_cap` > 0 scores each run on at most that many
+    validation tokens (marked partial), for quick tries."""
     home = node.options.home
     bench = node.options.benches[0]
     root = Path(home.root) if home is not None else Path.cwd() / ".p2pgolf"
@@ -143,6 +144,7 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
         data_dir=home.data_dir if home is not None else None,
         default_base="smoke-tiny" if bench.name.startswith("smoke") else "naive-baseline",
         eval_token_cap=eval_token_cap,
+        max_experiments=max_experiments,
     )
     loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control)
     await loop.run()
@@ -231,7 +233,10 @@ class ResearchLoop:
         n = self.journal.count()
         seed = int.from_bytes(hashlib.sha256(f"{self.identity.public_hex}/{n}".encode()).digest()[:4], "big")
         rng = np.random.default_rng(seed)
-        choice = bandit.choose(post, rng, history=self.journal.history(), default_base=self.settings.default_base)
+        # With a known number of experiments the bandit explores first and confirms its leader
+        # towards the end (a record needs several seeds); without one it splits evenly.
+        remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
+        choice = bandit.choose(post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining)
         p = choice.proposal
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))

@@ -177,3 +177,24 @@ def test_join_help_shows_what_ctrl_c_does():
     text = " ".join(result.output.split())
     assert "--on-interrupt [finish|abandon]" in text and "[default: finish]" in text
     assert "a second Ctrl-C abandons it" in text and "SIGTERM always abandons" in text
+
+
+def test_join_with_an_experiment_count_stops_researching_after_it_and_keeps_relaying(tmp_path):
+    from node.control import request
+
+    home, identity = make_home(tmp_path, "counted")
+    join = Join(home, "smoke@2s", "--experiments", "1")
+    try:
+        join.wait_line("running the research loop", 60)
+        wait_until(lambda: len(_journal(home).ends()) == 1, 120, interval=0.2, what="the one experiment to end")
+        time.sleep(3.0)  # room for a second experiment to start, if the count were ignored
+        assert _starts(home) == [0]
+        assert join.proc.poll() is None  # still relaying
+        status = request(home.control_socket, {"op": "status"}, timeout=10)["status"]
+        assert status["pool_records"] == 1
+        join.ctrl_c()
+        assert join.wait(60) == 0
+    finally:
+        join.kill()
+    (end,) = _journal(home).ends()
+    assert end["status"] == "ok"

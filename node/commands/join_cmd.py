@@ -42,12 +42,13 @@ ON_INTERRUPT = ("finish", "abandon")
     help="What Ctrl-C does to a training run in progress: 'finish' lets it complete and publishes it, then stops (a second Ctrl-C abandons it); 'abandon' stops it at once (it is not retrained). SIGTERM always abandons.",
 )
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Score each run on at most this many validation tokens (0: all); a capped score is marked partial. For quick tries.")
+@click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, mdns, status_every, sync_every, verbose) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every, verbose) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import trio
 
@@ -87,7 +88,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     worker_note = "serving as a relay and pool node (--no-train)"
     if not no_train:
         _ensure_training_data(home, benches[0])
-        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens)
+        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens, experiments)
 
     store = PoolStore(home.pool_db)
     trust = TrustStore(store)
@@ -269,14 +270,14 @@ def _ensure_training_data(home: Home, bench) -> None:
         raise UserError(f"could not get the challenge data: {exc}; run `p2pgolf data fetch` when the Hub is reachable, or join with --no-train to relay only") from None
 
 
-def _research_loop(on_interrupt: str, eval_tokens: int):
+def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None = None):
     """The node's worker, the handle join's Ctrl-C handling uses on it, and the start-up line."""
     import functools
 
     from node.research_loop import LoopControl, run_research_loop
 
     control = LoopControl()
-    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens)
+    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments)
     if on_interrupt == "finish":
         note = "running the research loop; Ctrl-C finishes the current run, publishes it and stops (Ctrl-C twice abandons it)"
     else:
