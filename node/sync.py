@@ -155,12 +155,17 @@ async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission:
         local = {b.start_ms: (b.count, b.digest) for b in store.summary(bench)}
         differing = [start for start, value in remote.items() if local.get(start) != value]
         report.buckets_differing = len(differing)
-        # Fetching and verifying overlap: the next batch is on its way while worker threads
-        # check signatures of this one (libsodium releases the GIL).
-        send, receive = trio.open_memory_channel[list](1)
+        # A pipeline: fetching, verifying (whole batches, one per worker thread; libsodium
+        # releases the GIL) and storing (trio's thread) all overlap, so no stage waits for
+        # another to finish a batch unless its queue is full or empty.
+        send, receive = trio.open_memory_channel[list](VERIFY_THREADS)
+        send_decoded, receive_decoded = trio.open_memory_channel[list](VERIFY_THREADS)
         failure: SyncError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_admit_fetched, receive, report, admission, peer)
+            async with receive, send_decoded:
+                for _ in range(VERIFY_THREADS):
+                    nursery.start_soon(_verify_fetched, receive.clone(), send_decoded.clone())
+            nursery.start_soon(_admit_fetched, receive_decoded, report, admission, peer)
             try:
                 async with send:
                     for i in range(0, len(differing), MAX_STARTS):
@@ -185,30 +190,19 @@ async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission:
     return report
 
 
+async def _verify_fetched(receive: Any, send: Any) -> None:
+    async with receive, send:
+        async for records in receive:
+            await send.send(await trio.to_thread.run_sync(verify_all, records))
+
+
 async def _admit_fetched(receive: Any, report: SyncReport, admission: Admission, peer: str) -> None:
     async with receive:
-        async for records in receive:
-            decoded = await verify_parallel(records)
+        async for decoded in receive:
             tally = admission.admit_decoded(decoded, peer)
             for verdict, n in tally.items():
                 if n:
                     report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n
-
-
-async def verify_parallel(records: list[bytes], threads: int = VERIFY_THREADS) -> list:
-    """`verify_all` over `records`, split across worker threads; order is kept."""
-    if len(records) < 2 * threads:
-        return verify_all(records)
-    size = -(-len(records) // threads)
-    parts: list[list] = [[] for _ in range(threads)]
-
-    async def run(k: int) -> None:
-        parts[k] = await trio.to_thread.run_sync(verify_all, records[k * size : (k + 1) * size])
-
-    async with trio.open_nursery() as nursery:
-        for k in range(threads):
-            nursery.start_soon(run, k)
-    return [d for part in parts for d in part]
 
 
 async def peer_lacks(host: "IHost", peer: str, ids: list[str]) -> list[str]:

@@ -177,8 +177,7 @@ class PoolStore:
         records = list(records)
         if records:
             with self._write() as conn:
-                for rec in records:
-                    (added if _insert(conn, rec, now_ms) else duplicates).append(rec.id)
+                added, duplicates = _insert_many(conn, records, now_ms)
         return AddReport(added, duplicates, [])
 
     # --- reading -----------------------------------------------------------------------
@@ -441,6 +440,52 @@ def _insert(conn: sqlite3.Connection, rec: SignedRecord, received_ms: int) -> bo
         (r.bench, r.created_ms - r.created_ms % BUCKET_MS),
     )
     return True
+
+
+def _insert_many(conn: sqlite3.Connection, records: list[SignedRecord], received_ms: int) -> tuple[list[str], list[str]]:
+    """`_insert` for a batch inside one write transaction, with one statement per table: the
+    ids already stored are looked up first (BEGIN IMMEDIATE keeps other writers out until
+    commit, so the rest are surely new) and bucket counts are added once per hour."""
+    present: set[str] = set()
+    ids = list(dict.fromkeys(rec.id for rec in records))
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        present.update(r[0] for r in conn.execute(f"SELECT id FROM records WHERE id IN ({marks})", chunk))
+    added: list[str] = []
+    duplicates: list[str] = []
+    rows: list[tuple] = []
+    parent_rows: list[tuple[str, str]] = []
+    hours: dict[tuple[str, int], int] = {}
+    for rec in records:
+        if rec.id in present:
+            duplicates.append(rec.id)
+            continue
+        present.add(rec.id)  # the same record twice in one batch is stored once
+        added.append(rec.id)
+        r = rec.record
+        if r.kind == "result":
+            candidate, subject = r.candidate, None
+            parent_rows.extend((rec.id, p) for p in r.parents)
+        else:
+            candidate, subject = None, r.subject
+        rows.append((rec.id, r.kind, r.bench, r.author, r.created_ms, received_ms, candidate, subject, r.metrics.val_bpb, rec.raw))
+        hour = (r.bench, r.created_ms - r.created_ms % BUCKET_MS)
+        hours[hour] = hours.get(hour, 0) + 1
+    if rows:
+        conn.executemany(
+            "INSERT INTO records (id, kind, bench, author, created_ms, received_ms, candidate, subject, val_bpb, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    if parent_rows:
+        conn.executemany("INSERT INTO parents (child, parent) VALUES (?, ?)", parent_rows)
+    if hours:
+        conn.executemany(
+            "INSERT INTO buckets (bench, start_ms, count, digest) VALUES (?, ?, ?, NULL)"
+            " ON CONFLICT (bench, start_ms) DO UPDATE SET count = count + excluded.count, digest = NULL",
+            [(bench, start, n) for (bench, start), n in hours.items()],
+        )
+    return added, duplicates
 
 
 def _load(raw: bytes) -> SignedRecord:

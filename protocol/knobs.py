@@ -300,8 +300,32 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 
 def candidate_id(base: str, diff: Mapping[str, Any]) -> str:
     """Hex SHA-256 over the domain and the canonical encoding of (base, normalised diff)."""
+    if type(base) is not str or not isinstance(diff, Mapping) or not all(type(k) is str and type(v) in _SCALARS for k, v in diff.items()):
+        return _candidate_id(base, diff)
+    # Type and repr make the key exact: 1, 1.0 and True (and 0.0 and -0.0) hash alike.
+    return _candidate_ids_cached((base, tuple((k, type(v), repr(v)) for k, v in diff.items())), base, diff)
+
+
+def _candidate_id(base: str, diff: Mapping[str, Any]) -> str:
     payload = canonical.encode({"base": base, "diff": normalise_diff(base, diff)})
     return hashlib.sha256(CANDIDATE_DOMAIN + payload).hexdigest()
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_CANDIDATE_CACHE: dict[tuple, str] = {}
+_CANDIDATE_CACHE_MAX = 4096
+
+
+def _candidate_ids_cached(key: tuple, base: str, diff: Mapping[str, Any]) -> str:
+    """A pool holds many results per candidate (seeds, hardware), so ids repeat. Only
+    successes are cached: a bad diff raises every time. Thread-safe: dict operations are atomic."""
+    cid = _CANDIDATE_CACHE.get(key)
+    if cid is None:
+        cid = _candidate_id(base, diff)
+        if len(_CANDIDATE_CACHE) >= _CANDIDATE_CACHE_MAX:
+            _CANDIDATE_CACHE.clear()
+        _CANDIDATE_CACHE[key] = cid
+    return cid
 
 
 def _check_base_configs() -> None:
