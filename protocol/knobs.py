@@ -60,7 +60,7 @@ class Knob:
         else:
             if not math.isfinite(value):
                 raise ProtocolError(f"{value!r} is not a finite number", where)
-            value = float(value)
+            value = float(value) + 0.0  # -0.0 becomes 0.0: one encoding per value
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ProtocolError(f"{value!r} is outside the allowed range [{_fmt(self.low)}, {_fmt(self.high)}]", where)
         return value
@@ -241,7 +241,8 @@ def check_normalised(base: str, diff: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError(f"config diff has {len(diff)} entries; at most {MAX_DIFF_ENTRIES}")
     for name, value in diff.items():
         checked = knob(name).check(value)
-        if type(checked) is not type(value) or checked == config[name]:
+        # repr tells -0.0 from 0.0, which compare equal but encode differently
+        if type(checked) is not type(value) or repr(checked) != repr(value) or checked == config[name]:
             raise ProtocolError("diff is not normalised: canonical value types, no entries equal to the base", f"knob {name}")
         config[name] = checked
     check_config(config)

@@ -66,3 +66,10 @@ def test_benchmark_budget_suffix_makes_a_different_benchmark():
         benchmark("nope")
     with pytest.raises(ProtocolError, match="bad budget"):
         benchmark("smoke@fast")
+
+
+def test_negative_zero_is_one_value_with_zero():
+    assert repr(knobs.knob("logit_softcap").check(-0.0)) == "0.0"
+    assert knobs.candidate_id("cpu-small", {"logit_softcap": -0.0}) == knobs.candidate_id("cpu-small", {"logit_softcap": 0.0})
+    with pytest.raises(ProtocolError, match="not normalised"):
+        knobs.check_normalised("cpu-small", {"logit_softcap": -0.0})
