@@ -5,32 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
-
-from hf_server import FakeHub
-from node_procs import free_port, wait_until
-from test_fetch_challenge_data import HUB_REPO, MODEL, SHARDS, _manifest, _shard_bytes
-
-P2PGOLF = str(Path(sys.executable).with_name("p2pgolf"))
-
-
-@pytest.fixture
-def hub(tmp_path):
-    files = {
-        "datasets/manifest.json": _manifest(n_val=1, n_train=1),
-        f"{SHARDS}/fineweb_val_000000.bin": _shard_bytes(tmp_path, 30_000, 1),
-        f"{SHARDS}/fineweb_train_000000.bin": _shard_bytes(tmp_path, 20_000, 2),
-        "datasets/tokenizers/fineweb_1024_bpe.model": MODEL.read_bytes(),
-        "datasets/tokenizers/fineweb_1024_bpe.vocab": b"<pad>\t0\n<s>\t0\n",
-    }
-    server = FakeHub(HUB_REPO, files)
-    yield server
-    server.close()
-
+from node_procs import P2PGOLF, free_port
+from test_fetch_challenge_data import MODEL, SHARDS, hub  # noqa: F401  (hub: the loopback Hub fixture)
 
 def _join(home: Path, endpoint: str) -> subprocess.Popen:
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
