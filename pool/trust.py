@@ -183,13 +183,7 @@ class TrustStore:
 
     def unpin(self, key: str) -> str:
         """Return a pinned key to unknown."""
-        key = normalise_key(key)
-        with self._write() as conn:
-            before = _status(conn, key)
-            if before != "pinned":
-                raise TrustError(f"{_short(key)} is not pinned (it is {before})")
-            conn.execute("DELETE FROM trust WHERE key = ?", (key,))
-        return before
+        return self._forget(key, "pinned")
 
     def block(self, key: str, label: str = "") -> str:
         """Ignore `key` (weight 0). Overrides a pin; an empty label keeps the existing one."""
@@ -206,11 +200,15 @@ class TrustStore:
 
     def unblock(self, key: str) -> str:
         """Return a blocked key to unknown (not to pinned: pin it again if you trust it)."""
+        return self._forget(key, "blocked")
+
+    def _forget(self, key: str, expected: str) -> str:
+        """Return a key in status `expected` to unknown; TrustError if it is in another."""
         key = normalise_key(key)
         with self._write() as conn:
             before = _status(conn, key)
-            if before != "blocked":
-                raise TrustError(f"{_short(key)} is not blocked (it is {before})")
+            if before != expected:
+                raise TrustError(f"{_short(key)} is not {expected} (it is {before})")
             conn.execute("DELETE FROM trust WHERE key = ?", (key,))
         return before
 

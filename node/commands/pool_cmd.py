@@ -94,12 +94,16 @@ def resolve_bench(text: str) -> str:
 
 def resolve_record_id(store: "PoolStore", text: str) -> str:
     """A full record id or a unique prefix of at least MIN_PREFIX hex characters -> id."""
-    prefix = _hex_prefix(text, "record id")
-    found = store.complete_id(prefix, limit=2)
+    return _unique(store.complete_id, _hex_prefix(text, "record id"), "no record in the pool has an id", "record ids")
+
+
+def _unique(complete, prefix: str, none: str, plural: str) -> str:
+    """The one completion of `prefix`, or a one-line error saying there is none or several."""
+    found = complete(prefix, limit=2)
     if not found:
-        raise UserError(f"no record in the pool has an id starting with {prefix}")
+        raise UserError(f"{none} starting with {prefix}")
     if len(found) > 1:
-        raise UserError(f"{prefix} is the start of several record ids; give more characters")
+        raise UserError(f"{prefix} is the start of several {plural}; give more characters")
     return found[0]
 
 
@@ -401,13 +405,7 @@ def _parents(rec: "SignedRecord | None") -> tuple[str, ...]:
 
 
 def _resolve_candidate(store: "PoolStore", text: str) -> str:
-    prefix = _hex_prefix(text, "candidate id")
-    found = store.complete_candidate(prefix, limit=2)
-    if not found:
-        raise UserError(f"no result in the pool has a candidate id starting with {prefix}")
-    if len(found) > 1:
-        raise UserError(f"{prefix} is the start of several candidate ids; give more characters")
-    return found[0]
+    return _unique(store.complete_candidate, _hex_prefix(text, "candidate id"), "no result in the pool has a candidate id", "candidate ids")
 
 
 def _hex_prefix(text: str, what: str) -> str:
