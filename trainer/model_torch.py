@@ -186,13 +186,17 @@ class Attention(nn.Module):
 
     def _rope(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
         cache = self._rope_cache
-        if cache is None or cache[0] != seq_len or cache[1] != device:
-            inv_freq = 1.0 / (self.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim))
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, inv_freq)
-            cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-            self._rope_cache = cache
-        return cache[2], cache[3]
+        if cache is not None and cache[0] == seq_len and cache[1] == device:
+            return cache[2], cache[3]
+        inv_freq = 1.0 / (self.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim))
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
+        if not torch.compiler.is_compiling():
+            # A compiled graph computes the tables itself: storing them from inside it would
+            # change the module under the graph's guards and compile the model a second time.
+            self._rope_cache = (seq_len, device, cos, sin)
+        return cos, sin
 
     def forward(self, x: Tensor) -> Tensor:
         bsz, seq_len, dim = x.shape
