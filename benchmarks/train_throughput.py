@@ -15,14 +15,18 @@ Both numbers come from the same run as their baseline:
   the reference trains the same config on FineWeb-Edu sample shards on the same GPU, and the
   ratio of our tokens/s to its tokens/s is reported. Without a GPU the output says so.
 Timing excludes the first --warmup steps (allocation, compilation) by running warmup steps and
-warmup+steps steps and taking the difference. The matmul peak is measured before and after
-training and the higher one kept (a conservative MFU on a shared machine). Training data: uniformly random token ids
-(throughput does not depend on the text). `--backend torch|mlx` picks the trainer.
+warmup+steps steps and taking the difference; the reference primes its graph with --warmup steps
+it undoes and then times --steps steps up to a CUDA synchronise (its final validation line).
+The matmul peak is measured before and after training and the higher one kept (a conservative
+MFU on a shared machine). Training data: uniformly random token ids (throughput does not
+depend on the text). `--backend torch|mlx` picks the trainer.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import hashlib
 import importlib.util
 import json
 import os
@@ -150,8 +154,18 @@ def _backend_train(backend: str) -> Callable:
     raise SystemExit(f"unknown backend {backend!r}; expected torch or mlx")
 
 
-def run_reference(script: Path, config: dict[str, Any], steps: int, warmup: int, timeout_s: float) -> dict[str, Any]:
-    """tokens/s of OpenAI's train_gpt.py on FineWeb-Edu sample shards, same config, this GPU."""
+def run_reference(
+    script: Path, config: dict[str, Any], steps: int, warmup: int, timeout_s: float, log_path: Path | None = None
+) -> dict[str, Any]:
+    """tokens/s of OpenAI's train_gpt.py on FineWeb-Edu sample shards, same config, this GPU.
+
+    The script primes its compiled graph with `warmup` steps that it then undoes (its
+    WARMUP_STEPS), then trains `steps` steps. Their time is the train_time of its final
+    validation line, which it reads after a CUDA synchronise: the per-step log lines are taken
+    before one, so the GPU may still be running queued steps then. Per-step logging is off
+    (TRAIN_LOG_EVERY=0) because each logged step synchronises, which our loop does not.
+    `log_path` gets its whole output (stdout, then stderr), also when it fails.
+    """
     from trainer.build import build_shards_from_text
 
     if not script.is_file():
@@ -173,28 +187,62 @@ def run_reference(script: Path, config: dict[str, Any], steps: int, warmup: int,
             "ITERATIONS": str(steps),
             "WARMUP_STEPS": str(warmup),
             "MAX_WALLCLOCK_SECONDS": "0",
-            "VAL_LOSS_EVERY": "0",
-            "TRAIN_LOG_EVERY": str(steps),  # it logs steps 1-10 and the last: few syncs
+            "VAL_LOSS_EVERY": "0",  # validation only after the last step
+            "TRAIN_LOG_EVERY": "0",
             "RUN_ID": "p2pgolf-throughput",
             "SEED": "0",
         }
-        for key in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "vocab_size", "train_seq_len", "train_batch_tokens"):
+        for key in (*_REFERENCE_KNOBS, "vocab_size", "train_seq_len", "train_batch_tokens"):
             env[key.upper()] = str(config[key])
         env["MLP_MULT"] = str(int(config["mlp_mult"]))
-        proc = subprocess.run([sys.executable, str(script.resolve())], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
+        command = [sys.executable, str(script.resolve())]
+        try:
+            proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            out = _text(exc.stdout) + _text(exc.stderr)
+            _write_log(log_path, out)
+            raise SystemExit(f"reference run passed its {timeout_s:.0f}s timeout; its last lines:\n{_tail(out, 15)}") from None
+    _write_log(log_path, proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise SystemExit("reference run failed:\n" + "\n".join(tail))
-    logged = [(int(a), float(b)) for a, b in re.findall(r"^step:(\d+)/\d+ train_loss:\S+ train_time:(\d+)ms", proc.stdout, re.M)]
-    if len(logged) < 2:
-        raise SystemExit("could not read step times from the reference's log")
-    # Its train_time is cumulative: time the steps after the first `warmup` (or as many as logged).
-    start = max((p for p in logged if p[0] <= warmup), default=logged[0])
-    end = logged[-1]
-    if end[0] <= start[0]:
-        raise SystemExit("the reference logged too few steps to time")
-    per_step_s = (end[1] - start[1]) / 1000.0 / (end[0] - start[0])
-    return {"tokens_per_s": config["train_batch_tokens"] / per_step_s, "step_ms": 1000.0 * per_step_s}
+        raise SystemExit(f"reference run failed (exit code {proc.returncode}); its last lines:\n{_tail(proc.stdout + proc.stderr, 25)}")
+    final = [int(ms) for n, ms in re.findall(r"^step:(\d+)/\d+ val_loss:\S+ val_bpb:\S+ train_time:(\d+)ms", proc.stdout, re.M) if int(n) == steps]
+    if not final or final[0] <= 0:
+        raise SystemExit(f"could not read the training time of step {steps} from the reference's log:\n{_tail(proc.stdout, 10)}")
+    per_step_s = final[0] / 1000.0 / steps
+    return {
+        "tokens_per_s": config["train_batch_tokens"] / per_step_s,
+        "step_ms": 1000.0 * per_step_s,
+        "steps": steps,
+        "warmup_steps": warmup,
+        "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+    }
+
+
+# Knobs the reference script reads from the environment under their upper-case names.
+_REFERENCE_KNOBS = (
+    "num_layers", "model_dim", "num_heads", "num_kv_heads", "rope_base", "logit_softcap", "qk_gain_init",
+    "tied_embed_init_std", "muon_backend_steps", "grad_clip_norm",
+)  # fmt: skip
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _write_log(path: Path | None, text: str) -> None:
+    if path is not None:
+        path.write_text(text, encoding="utf-8")
+
+
+def _note(message: str) -> None:
+    """Progress on stderr, so a run that is stopped part-way still shows what it measured."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def reference_compatible(config: dict[str, Any]) -> str | None:
@@ -206,6 +254,8 @@ def reference_compatible(config: dict[str, Any]) -> str | None:
     ]  # fmt: skip
     if config["mlp_mult"] != int(config["mlp_mult"]):
         unsupported.append("mlp_mult")
+    if config["logit_softcap"] == 0:  # ours: no cap; the reference divides by it
+        unsupported.append("logit_softcap=0")
     return f"the reference script has no knob for {', '.join(unsupported)}" if unsupported else None
 
 
@@ -221,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile on CPU too (on CUDA it always is); compile time is not timed")
     parser.add_argument("--reference", type=Path, default=None, help="path to OpenAI's train_gpt.py (GPU only)")
     parser.add_argument("--reference-timeout", type=float, default=900.0)
+    parser.add_argument("--reference-log", type=Path, default=None, help="write the reference run's whole output here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
@@ -263,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         peak, peak_what = measure_matmul_peak(device)
     compile_model = True if args.compile and args.backend == "torch" else None
     ours = run_ours(args.backend, config, steps, warmup, device, compile_model=compile_model)
+    _note(f"ours: {ours['tokens_per_s']:,.0f} tokens/s, {ours['step_ms']:.1f} ms/step, grad_accum {ours['grad_accum_steps']}")
     if args.backend == "torch":
         # Measured again after training and the higher kept: on a shared machine this errs
         # towards a lower (not flattering) MFU.
@@ -300,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         elif (why := reference_compatible(config)) is not None:
             out["note"] = f"reference not run: {why}"
         else:
-            ref = run_reference(args.reference, config, steps + warmup, warmup, args.reference_timeout)
+            if torch is not None:
+                # Our run's cached blocks would otherwise stay reserved in this process while
+                # the reference trains in another one on the same GPU.
+                gc.collect()
+                torch.cuda.empty_cache()
+            _note(f"running the reference {args.reference} ({warmup} priming + {steps} timed steps)")
+            ref = run_reference(args.reference, config, steps, warmup, args.reference_timeout, args.reference_log)
+            _note(f"reference: {ref['tokens_per_s']:,.0f} tokens/s, {ref['step_ms']:.1f} ms/step")
             out["reference"] = {**ref, "ratio": ours["tokens_per_s"] / ref["tokens_per_s"]}
     else:
         out["goal"] = {"mfu": CPU_GOAL_MFU}
