@@ -51,6 +51,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CPU_GOAL_MFU = 0.30
 GPU_GOAL_RATIO = 1.10
 GPU_GOAL_MFU = 0.35
+REFERENCE_VOCAB = 1024  # sp1024, the tokenizer of the shards the reference trains on
 
 
 def model_flops_per_token(config: dict[str, Any]) -> float:
@@ -256,7 +257,10 @@ def reference_compatible(config: dict[str, Any]) -> str | None:
         unsupported.append("mlp_mult")
     if config["logit_softcap"] == 0:  # ours: no cap; the reference divides by it
         unsupported.append("logit_softcap=0")
-    return f"the reference script has no knob for {', '.join(unsupported)}" if unsupported else None
+    reasons = [f"the reference script has no knob for {', '.join(unsupported)}"] if unsupported else []
+    if config["vocab_size"] != REFERENCE_VOCAB:  # it checks VOCAB_SIZE against its tokenizer's
+        reasons.append(f"vocab_size={config['vocab_size']}, but the reference trains on sp{REFERENCE_VOCAB} shards")
+    return "; ".join(reasons) or None
 
 
 def main(argv: list[str] | None = None) -> int:
