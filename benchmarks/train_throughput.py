@@ -140,6 +140,7 @@ def run_ours(backend: str, config: dict[str, Any], steps: int, warmup: int, devi
         "grad_accum_steps": full.grad_accum_steps,
         "micro_batch_tokens": full.micro_batch_tokens,
         "final_train_loss": full.final_train_loss,
+        "peak_memory_mib": full.extra.get("peak_memory_mib", 0),
     }
 
 
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": ours["tokens_per_s"],
         "step_ms": ours["step_ms"],
         "grad_accum_steps": ours["grad_accum_steps"],
+        "peak_memory_mib": ours["peak_memory_mib"],
         "model_flops_per_s": ours["tokens_per_s"] * flops_token,
         "peak_flops_per_s": peak,
         "peak_measured_with": peak_what,
