@@ -275,3 +275,69 @@ def test_the_surrogate_discounts_a_move_measured_far_from_the_incumbent():
     assert global_sd < 0.3 * prior_sd  # a global fit is sure the move is worthless
     assert local_sd > 2.5 * global_sd  # a local one is much less sure, so the move gets tried here
     assert at_source < 0.5 * local_sd  # where it was measured, it still counts
+
+
+def _close_leaders():
+    """Two leaders a single noisy run apart: a draw often ranks them either way."""
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    leader = pool.add({"matrix_lr": 0.03}, 1.950, parents=[root.record_id])
+    runner_up = pool.add({"matrix_lr": 0.05}, 1.952, parents=[root.record_id])
+    return pool, leader, runner_up
+
+
+def test_confirmation_re_measures_the_incumbent_unless_told_to_follow_the_draw():
+    pool, leader, runner_up = _close_leaders()
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == leader.candidate
+
+    def replicated(leader_temperature):
+        config = BanditConfig(leader_share=1.0, leader_temperature=leader_temperature)
+        picks = [choose(post, np.random.default_rng(s), config=config).proposal for s in range(80)]
+        assert all(p.operator == "replicate" for p in picks)  # beta = 1: every run confirms
+        return Counter(p.candidate for p in picks)
+
+    assert replicated(0.0) == Counter({leader.candidate: 80})  # the record one would submit
+    drawn = replicated(1.0)  # Russo's top-two sampling: the leader of a posterior draw
+    assert drawn[runner_up.candidate] >= 15 and drawn[leader.candidate] >= 15
+
+
+def _moves_measured_elsewhere(author=FRIEND):
+    """This node measured only the base; a peer on other hardware measured three matrix_lr
+    moves from it, each lower rate better."""
+    pool = Pool()
+    mine = pool.add({}, 2.00)
+    theirs = pool.add({}, 1.50, author=author, hw="cuda:other")
+    parent = theirs
+    for lr in (0.03, 0.02, 0.015):
+        parent = pool.add({"matrix_lr": lr}, parent.val_bpb - 0.02, author=author, hw="cuda:other", parents=[parent.record_id])
+    return pool, mine
+
+
+def _lr_gain(pool, status, foreign_sd):
+    """Mean and sd of the surrogate's gain for halving matrix_lr from the base's 0.04."""
+    post = estimate(pool.evidence, status, HW)
+    model = MoveModel.fit(post, [Dim("matrix_lr", 0.005, 0.2, log=True)], foreign_sd=foreign_sd)
+    rng = np.random.default_rng(0)
+    gains = [model.gain("matrix_lr", 0.04, 0.02, model.sample(rng)) for _ in range(4000)]
+    return float(np.mean(gains)), float(np.std(gains))
+
+
+def test_moves_measured_on_other_hardware_steer_the_surrogate_with_less_weight():
+    pool, _ = _moves_measured_elsewhere()
+    status = static_status(ME, pinned=[FRIEND])
+    local, local_sd = _lr_gain(pool, status, math.inf)
+    shared, shared_sd = _lr_gain(pool, status, 0.01)
+    # this node never moved matrix_lr: without foreign moves the fit is the prior (no direction)
+    assert abs(local) < 0.1 * local_sd
+    # the peer's moves say lower is better, and the surrogate is surer of it
+    assert shared > 0.01 and shared_sd < 0.85 * local_sd
+    # more doubt about transfer, less pull
+    assert 0 < _lr_gain(pool, status, 0.05)[0] < shared
+
+
+def test_a_strangers_moves_do_not_steer_the_surrogate():
+    pool, _ = _moves_measured_elsewhere(author=STRANGER)
+    stranger, stranger_sd = _lr_gain(pool, static_status(ME), 0.01)
+    local, local_sd = _lr_gain(pool, static_status(ME), math.inf)
+    assert (stranger, stranger_sd) == (local, local_sd)
