@@ -23,7 +23,7 @@ from protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(120)
 RING = 5
-GOSSIP_WINDOW_S = 6.5  # gossip_history (5) heartbeats of 1 s, and a margin
+GOSSIP_WINDOW_S = 7.5  # gossip_history (5) heartbeats of 1 s, and a margin for heartbeats late under load
 
 
 class Ring:
@@ -90,11 +90,10 @@ def test_burst_of_200_records_all_arrive_in_every_pool_by_gossip(ring):
 
 
 def test_node_started_after_200_records_were_published_gets_all_of_them_by_sync(ring):
-    published_at = time.monotonic()
     ring.nodes[0].publish(ring.records(200))
     wait_until(lambda: len(set(ring.counts())) == 1, 30, interval=0.25, what="the ring to agree")
     total = ring.counts()[0]
-    _outlive_gossip_replay(published_at)
+    _outlive_gossip_replay(time.monotonic())  # the last node to receive them caches them from now
     home, identity = make_home(ring.root, "late")
     late = NodeProc(home, identity)
     try:
@@ -147,12 +146,11 @@ def test_kill_9_node_catches_up_after_restart_while_the_others_kept_delivering(r
     victim.kill()
     assert victim.proc.returncode == -9
     before = [n.pool_count() for n in (left, right)]
-    published_at = time.monotonic()
     left.publish(ring.records(20))
     # With node 2 gone the ring is a line 3-4-0-1: the records must go the long way round.
     wait_until(lambda: [n.pool_count() for n in (left, right)] == [b + 20 for b in before], 15, interval=0.25, what="the survivors to deliver around the gap")
     total = right.pool_count()
-    _outlive_gossip_replay(published_at)
+    _outlive_gossip_replay(time.monotonic())
     victim.start(ring.bootstrap_of(2), "--sync-every", "3600")
     victim.wait_ready()
     wait_until(lambda: victim.pool_count() == total, 15, interval=0.25, what="the restarted node to catch up")
@@ -161,10 +159,12 @@ def test_kill_9_node_catches_up_after_restart_while_the_others_kept_delivering(r
     wait_until(lambda: right.identity.peer_id in {p["peer_id"] for p in victim.status()["peers"]}, 40, interval=0.5, what="node 3 to re-dial the restarted node")
 
 
-def _outlive_gossip_replay(published_at: float) -> None:
+def _outlive_gossip_replay(delivered_at: float) -> None:
     """py-libp2p replays its message cache (5 heartbeats of 1 s) to a peer that connects; wait
-    until the records are older than that, so only sync can bring them."""
-    time.sleep(max(0.0, published_at + GOSSIP_WINDOW_S - time.monotonic()))
+    until the records are older than that in every node's cache, so only sync can bring them.
+    `delivered_at`: when the last pool got them (each node caches a message from its arrival,
+    and under load the ring can take seconds to deliver)."""
+    time.sleep(max(0.0, delivered_at + GOSSIP_WINDOW_S - time.monotonic()))
 
 
 def _has(node: NodeProc, record_id: str) -> bool:
