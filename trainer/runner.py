@@ -56,6 +56,8 @@ ABANDONED = "abandoned"  # the status of a run its caller cancelled
 # The relay loop looks at the cancel event this often; a cancelled child gets this long after
 # SIGTERM before SIGKILL (a trainer installs no SIGTERM handler, so it normally dies at once).
 CANCEL_POLL_S = 0.2
+PARENT_ENV = "P2PGOLF_RUNNER_PARENT"  # the pid of the process that launched the run
+PARENT_POLL_S = 1.0
 CANCEL_GRACE_S = 3.0
 _DEADLINE_GRACE_S = 10.0
 
@@ -120,6 +122,7 @@ def launch(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_ENV] = str(os.getpid())
     with open(run_dir / "stderr.txt", "wb") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-m", "trainer.runner", str(run_dir)],
@@ -183,6 +186,7 @@ def launch(
 def child_main(run_dir: str | os.PathLike) -> int:
     """Entry point of the child process: run the experiment described in run_dir/config.json."""
     run_dir = Path(run_dir)
+    _stop_when_orphaned()
     rank = int(os.environ.get("RANK", "0"))
     log_file = open(run_dir / "log.txt", "a", encoding="utf-8") if rank == 0 else None
 
@@ -336,6 +340,35 @@ def _relaunch_under_torchrun(run: RunConfig, run_dir: Path) -> bool:
     sys.stdout.flush()
     os.execv(sys.executable, args)
     return True
+
+
+def _stop_when_orphaned() -> None:
+    """If the process that launched this run dies (a node killed with -9, a crash), stop the
+    run's whole process group: nobody is left to read its result, and it would otherwise hold
+    the CPU or GPU until its hard deadline. Watches both this process's parent (reparented when
+    it exits) and the launcher by pid (under torchrun the parent is torchrun)."""
+    launcher = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if launcher <= 0:
+        return  # run by hand, not by launch()
+    parent = os.getppid()
+
+    def gone() -> bool:
+        if os.getppid() != parent:
+            return True
+        try:
+            os.kill(launcher, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(PARENT_POLL_S)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def write_json(path: Path, obj: Any) -> None:
