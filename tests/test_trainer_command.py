@@ -169,30 +169,27 @@ def test_seed_comes_from_seed_or_set_seed_and_never_enters_the_diff():
         parse_sets(("model_dim",), None)
 
 
-def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadline(tmp_path):
+def _kill_launcher_and_expect_its_children_gone(launcher: subprocess.Popen, pick, what: str) -> None:
+    """Wait for the children of `launcher` that `pick` selects, kill -9 the launcher, and assert
+    those children are gone within 10 s; clean up whatever is left either way."""
     import os
     import signal
     import time
 
     import psutil
 
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", "from node.cli import main; main()", "--home", str(tmp_path),
-         "train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "300", "--out", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 60
-        children: list[psutil.Process] = []
         while not children and time.monotonic() < deadline:
-            children = [c for c in psutil.Process(launcher.pid).children() if "trainer.runner" in " ".join(c.cmdline())]
+            children = [c for c in psutil.Process(launcher.pid).children() if pick(c)]
             time.sleep(0.2)
-        assert children, "the launcher never started its trainer child"
-        (child,) = children
+        assert children, f"the launcher never started {what}"
+        time.sleep(1.0)  # let the child start watching
         os.kill(launcher.pid, signal.SIGKILL)  # the node dies without a chance to clean up
         launcher.wait(timeout=10)
-        gone, alive = psutil.wait_procs([child], timeout=10)
-        assert not alive, "the trainer child outlived its launcher"
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"{what} outlived its launcher"
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -202,15 +199,18 @@ def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadlin
                 c.kill()
 
 
-def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_group(tmp_path):
+def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadline(tmp_path):
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "from node.cli import main; main()", "--home", str(tmp_path),
+         "train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "300", "--out", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: "trainer.runner" in " ".join(c.cmdline()), "the trainer child")
+
+
+def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_group():
     # The end-to-end case above can also end by a broken stdout pipe at the child's next progress
     # line; a child busy without output (compiling, a long evaluation, a torchrun worker) cannot.
-    import os
-    import signal
-    import time
-
-    import psutil
-
     silent_child = (
         "import os, subprocess, sys, time\n"
         "from trainer.runner import PARENT_ENV\n"
@@ -220,22 +220,4 @@ def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_
         "time.sleep(120)\n"
     )
     launcher = subprocess.Popen([sys.executable, "-c", silent_child], cwd=Path(__file__).resolve().parents[1])
-    children: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 30
-        while not children and time.monotonic() < deadline:
-            children = psutil.Process(launcher.pid).children()
-            time.sleep(0.1)
-        assert children, "the launcher never started its child"
-        time.sleep(1.0)  # let the child start watching
-        os.kill(launcher.pid, signal.SIGKILL)
-        launcher.wait(timeout=10)
-        gone, alive = psutil.wait_procs(children, timeout=10)
-        assert not alive, "the silent child outlived its launcher"
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait(timeout=10)
-        for c in children:
-            if c.is_running():
-                c.kill()
+    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: True, "the silent child")
