@@ -55,7 +55,8 @@ knob effects carry across hardware (architecture, learning rate, MLP width), som
 size, schedule), so a foreign move informs the search and this hardware's own moves decide. A
 node alone on its class otherwise learns every knob by itself. The simulator (40 seeds): 21.9
 experiments to match an isolated hill climber with foreign moves at 0.01 against 24.8 without
-(22.6 at 0.007, 22.4 at 0.014); nodes that never matched it fell from 10.6% to 5%.
+(22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
+from 10.6% to 5%.
 
 The incumbent is the best candidate established on this hardware by trusted measurements;
 mutations start from it, so improvements are kept and regressions reverted.

@@ -224,8 +224,8 @@ def test_top_two_sampling_re_measures_the_leader_about_beta_of_the_time():
     picks = [choose(post, np.random.default_rng(s), config=config).proposal for s in range(120)]
     on_leader = sum(p.operator == "replicate" and p.candidate == leader.candidate for p in picks)
     on_runner_up = sum(p.operator == "replicate" and p.candidate == runner_up.candidate for p in picks)
-    # beta = 0.5 of the runs go to the drawn leader, nearly always the true one here (the
-    # challengers' side may replicate as well, so the leader can get a little more)
+    # beta = 0.5 of the runs re-measure the leader (by default the incumbent, here the true best);
+    # the challengers' side may replicate as well, so the leader can get a little more
     assert 0.4 * 120 <= on_leader <= 0.75 * 120
     assert on_runner_up < on_leader / 3
     none = [choose(post, np.random.default_rng(s), config=BanditConfig(leader_share=0.0)).proposal for s in range(120)]
