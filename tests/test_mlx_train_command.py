@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +12,9 @@ pytest.importorskip("mlx.core")
 
 from protocol.records import HardwareClass, Metrics  # noqa: E402
 from trainer.runner import RESULT_KEYS  # noqa: E402
+from trainer_helpers import p2pgolf  # noqa: E402
 
 EVAL_TOKENS = 4096
-
-
-def p2pgolf(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from node.cli import main; main()", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

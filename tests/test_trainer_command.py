@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import trainer_helpers  # noqa: F401  (one torch thread, also for the children)
+from trainer_helpers import P2PGOLF_CLI, p2pgolf  # also: one torch thread, for the children too
 from protocol.records import HardwareClass, Metrics
 from trainer.runner import RESULT_KEYS
 
 SUMMARY = ("status:", "val_bpb:", "val_loss:", "steps:", "training_seconds:", "tokens_per_s:", "artifact_bytes:", "eval_tokens:")
-
-
-def p2pgolf(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from node.cli import main; main()", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +192,7 @@ def _kill_launcher_and_expect_its_children_gone(launcher: subprocess.Popen, pick
 
 def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadline(tmp_path):
     launcher = subprocess.Popen(
-        [sys.executable, "-c", "from node.cli import main; main()", "--home", str(tmp_path),
+        [*P2PGOLF_CLI, "--home", str(tmp_path),
          "train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "300", "--out", str(tmp_path / "run")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,15 @@ except ImportError:  # the MLX-only tests do not need torch
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FINEWEB_TEXT = SHARED_DATA / "fineweb_edu_sample.txt"
 TOKENIZER = SHARED_DATA / "fineweb_1024_bpe.model"
+
+# The p2pgolf command as this interpreter runs it (no dependence on the console script's location).
+P2PGOLF_CLI = (sys.executable, "-c", "from node.cli import main; main()")
+
+
+def p2pgolf(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `p2pgolf --home HOME ARGS...` in a fresh interpreter; output captured as text."""
+    return subprocess.run([*P2PGOLF_CLI, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
+
 
 # A model small enough that a CPU step takes tens of milliseconds.
 TINY = {
