@@ -34,7 +34,7 @@ from node.home import Home
 from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
 from node.limits import Admission, Limits, Verdict
 from node.status import NodeStatus, PeerStatus
-from node.sync import SyncError, SyncServer, peer_lacks, sync_with
+from node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
 from protocol.benchmarks import Benchmark
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
@@ -87,7 +87,8 @@ class Node:
         self.discovery: Discovery | None = None
         self.records_published = 0
         self.syncs = 0
-        self.synced_in = 0  # records added by sync
+        self.synced_in = 0  # records added by finished syncs
+        self._syncing: dict[str, SyncReport] = {}  # peer -> the sync in progress with it
         self.sync_reports: list[Any] = []  # the last few, newest last
         self.worker_state = "none" if worker is None else "starting"
         self.started_at = time.monotonic()
@@ -238,7 +239,7 @@ class Node:
             peers=tuple(peers),
             pool_records=sum(self.store.count(bench=b) for b in self.bench_ids),
             records_in=counts[Verdict.ADDED],
-            records_in_by_sync=self.synced_in,
+            records_in_by_sync=self.synced_in + sum(r.added for r in self._syncing.values()),
             records_out=self.records_published + served,
             rejected=rejected,
             gossip_received=self.gossip.received if self.gossip else 0,
@@ -306,9 +307,14 @@ class Node:
         try:
             async with limiter:
                 for bench in sorted(self.bench_ids):
-                    report = await sync_with(self.host, peer, bench, self.store, self.admission)
+                    report = self._syncing[peer] = SyncReport(peer=peer, bench=bench)
+                    try:
+                        await sync_with(self.host, peer, bench, self.store, self.admission, report)
+                    finally:
+                        # what it stored counts even if it failed half-way
+                        self.synced_in += report.added
+                        del self._syncing[peer]
                     self.syncs += 1
-                    self.synced_in += report.added
                     self.sync_reports = [*self.sync_reports[-19:], report]
                     if report.fetched:
                         log.info("synced %d records from %s (%s)", report.fetched, peer, report.verdicts)

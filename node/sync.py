@@ -145,9 +145,11 @@ class SyncServer:
         return bench
 
 
-async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission: Admission) -> SyncReport:
-    """Fetch from `peer` every record of `bench` that our pool lacks. Raises SyncError."""
-    report = SyncReport(peer=peer, bench=bench)
+async def sync_with(host: "IHost", peer: str, bench: str, store: Any, admission: Admission, report: SyncReport | None = None) -> SyncReport:
+    """Fetch from `peer` every record of `bench` that our pool lacks. Raises SyncError.
+    `report` (the caller's, else a new one) is filled in as records are stored, so a caller can
+    show a sync in progress and count what a sync that failed half-way still added."""
+    report = report if report is not None else SyncReport(peer=peer, bench=bench)
     stream = await open_sync_stream(host, peer)
     try:
         reply = await request(stream, {"op": "summary", "bench": bench})
