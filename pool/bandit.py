@@ -60,6 +60,10 @@ from 10.6% to 5%.
 
 The incumbent is the best candidate established on this hardware by trusted measurements;
 mutations start from it, so improvements are kept and regressions reverted.
+
+The simulator figures above count experiments to match the one isolated hill climber of the
+same seed and node slot (its "paired run" measure); against the isolated node's expected
+result, which is what the benchmark now judges, the same runs need fewer.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pool.bandit import BanditConfig
-from pool.simulation import HARDWARE, MODES, Landscape, SimSettings, experiments_to_reach, run_mode, summarise
+from pool.simulation import HARDWARE, MODES, Landscape, NodeTrace, RunResult, SimSettings, experiments_to_reach, isolated_reference, run_mode, summarise
 from protocol import knobs
 
 TINY = SimSettings(nodes=3, experiments=20)
@@ -95,3 +95,37 @@ def test_top_two_sampling_spends_more_of_the_runs_on_the_eventual_winner(tiny_ru
     top_two = summarise(tiny_runs["trust"])
     assert top_two.winner_share > plain.winner_share + 0.1
     assert top_two.winner_share_strict > plain.winner_share_strict
+
+
+def test_the_reference_adds_independent_isolated_runs_to_mode_one():
+    settings = SimSettings(nodes=3, experiments=12)
+    alone = run_mode("isolated_hillclimb", 4, settings)
+    reference = isolated_reference(4, settings, runs=5)
+    per_class = {}
+    for t in reference.traces:
+        per_class.setdefault(t.hw, []).append(t)
+    assert sorted(per_class) == sorted(h.key for h in HARDWARE)
+    assert all(len(ts) == 5 for ts in per_class.values())
+    # mode 1's runs are the first ones (same hardware, same random streams)...
+    for own, ref in zip(alone.traces, reference.traces):
+        assert (own.hw, own.ran, own.incumbent_true) == (ref.hw, ref.ran, ref.incumbent_true)
+    # ...and the added runs are independent searches, not copies
+    for ts in per_class.values():
+        assert len({tuple(t.ran) for t in ts}) == len(ts)
+    with pytest.raises(ValueError, match="at least one reference run"):
+        isolated_reference(4, settings, runs=0)
+
+
+def _trace(hw: str, curve: list[float]) -> NodeTrace:
+    return NodeTrace(hw, incumbent_true=list(curve), final_true=curve[-1])
+
+
+def test_experiments_to_reach_times_each_node_against_its_class_summary_of_the_reference():
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+    # the fast class's isolated finals: mean 1.4, median 1.2; the slow class's: 2.0
+    reference = RunResult("isolated_hillclimb", 0, [_trace(fast, [1.0]), _trace(fast, [1.2]), _trace(fast, [2.0]), _trace(slow, [2.0])], {})
+    collective = RunResult("trust", 0, [_trace(fast, [1.5, 1.3, 1.25, 1.1]), _trace(slow, [2.5, 2.2, 2.1, 2.05])], {})
+    assert experiments_to_reach(collective, reference) == [2, 5]  # 1.3 <= 1.4 after two; the slow node never (len + 1)
+    assert experiments_to_reach(collective, reference, "median") == [4, 5]  # 1.1 <= 1.2 only after four
+    with pytest.raises(ValueError, match="unknown statistic"):
+        experiments_to_reach(collective, reference, "max")
