@@ -74,3 +74,36 @@ def test_approval_needs_intact_bytes(tmp_path):
     assert not store.runnable(entry.sha)
     with pytest.raises(ScriptStoreError):
         store.read_bytes(entry.sha)
+
+
+def test_pool_top_shows_both_kinds_and_whether_a_script_runs_here(tmp_path):
+    import recordgen as g
+    from pool.store import PoolStore
+    from protocol.benchmarks import benchmark
+    from protocol.candidates import script_base
+    from protocol.records import Result
+    from protocol.signing import sign_record
+
+    home = tmp_path / "home"
+    assert p2pgolf("init", home=home).returncode == 0
+    held = ScriptStore(Home(home)).add_path(SCRIPTS / "tiny_golf.py")[0].sha
+    peer = g.identity(9)
+    smoke = benchmark("smoke")
+
+    def script_result(sha: str, bpb: float, i: int):
+        r = Result(bench=smoke.id, author=peer.public_hex, created_ms=g.T0 + i, base=script_base(sha), diff={"LR": 0.004},
+                   tokenizer="byte256", hw=g.CPU, budget_s=smoke.budget_s, seed=i, metrics=g.metrics(bpb), trainer="script/0")
+        return sign_record(r, peer.signing_key)
+
+    records = [g.result(peer, i=1, diff={}, val_bpb=2.4), script_result(held, 2.0, 2), script_result("ee" * 32, 1.9, 3)]
+    with PoolStore(home / "pool.sqlite") as store:
+        store.add_many([r.raw for r in records])
+    proc = p2pgolf("pool", "top", "--hw", g.CPU.key, "--bench", "smoke", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["candidate"]: r for r in json.loads(proc.stdout)}
+    assert rows[records[0].record.candidate]["kind"] == "builtin" and rows[records[0].record.candidate]["script"] is None
+    assert rows[records[1].record.candidate]["script"] == "held" and rows[records[2].record.candidate]["script"] == "not held"
+    assert rows[records[2].record.candidate]["tokenizer"] == "byte256"
+    from node.commands.pool_search_cmd import _label
+
+    assert _label(script_base(held), "byte256", "held") == f"script:{held[:10]} [byte256, held]"  # the table's base column

@@ -89,6 +89,15 @@ def test_the_script_cannot_read_the_node_key(data, tmp_path, monkeypatch):
     assert key.read_text().endswith("SECRETSECRET\n")  # hidden, not harmed
 
 
+def test_data_inside_the_hidden_home_is_still_readable(tmp_path):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "identity.key").write_text("SECRET\n")
+    shards = sample_byte_shards(home / "data")
+    out = launch_script(run_of(script_bytes("tiny_golf.py"), shards, diff={"ITERATIONS": 10}, hide=(str(home),)), tmp_path / "run")
+    assert out.status == "ok", out.error
+
+
 def test_cancel_and_deadline_stop_the_script(data, tmp_path):
     cancel = threading.Event()
     threading.Timer(1.0, cancel.set).start()

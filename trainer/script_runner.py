@@ -11,9 +11,10 @@ script's verified bytes. `launch_script` then:
   TOKENIZER_PATH, SEED, MAX_WALLCLOCK_SECONDS (the budget, as the challenge's train_gpt.py
   reads it), RUN_ID, VOCAB_SIZE when the script reads it, and the diff (bools as 1/0);
   nothing of the node's (no P2PGOLF_HOME, no PYTHONPATH);
-- where unprivileged user namespaces work (Linux), also mounts an empty tmpfs over each path in
-  `hide` (the node's home) for the script's whole process tree, so even a script that knows
-  the key file's absolute path cannot read it. Without them (macOS, hardened kernels) the
+- where unprivileged user namespaces work (Linux), also mounts an empty tmpfs over each
+  directory in `hide` (the node's home) for the script's whole process tree, so even a script
+  that knows the key file's absolute path cannot read it (its data, when it lies in the home, is
+  bind-mounted into the working directory first). Without them (macOS, hardened kernels) the
   scrubbed environment and separate directory remain, and a script running as the same user
   could still open a path it guesses: approval is the gate (`ScriptOutcome.isolated` says which);
 - applies the built-in runs' deadline (budget + grace), cancellation (`cancel` stops the whole
@@ -177,11 +178,9 @@ def launch_script(run: ScriptRun, run_dir: str | os.PathLike, *, timeout_s: floa
         (workdir / SCRIPT_NAME).write_bytes(run.script)
         env = script_env(run, workdir, diff, run_id=f"p2pgolf-{started_ms}", reads=list(vocab.params))
         argv = _command(run)
-        hide = [str(Path(p).resolve()) for p in run.hide if Path(p).exists()]
+        hide = [str(Path(p).resolve()) for p in run.hide if Path(p).is_dir()]
         if hide and user_namespaces_work():
-            # an empty tmpfs over each hidden path, for this process tree only
-            mounts = " && ".join(f'mount -t tmpfs -o size=4k,mode=0700 tmpfs "${i + 1}"' for i in range(len(hide)))
-            argv = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c", f'{mounts} && shift {len(hide)} && exec "$@"', "sh", *hide, *argv]
+            argv = _isolate(argv, hide, env, workdir)
             isolated = True
         log_path = run_dir / "log.txt"
         with open(log_path, "wb") as log_file:
@@ -228,6 +227,31 @@ def launch_script(run: ScriptRun, run_dir: str | os.PathLike, *, timeout_s: floa
         return _write(run, run_dir, diff, metrics, status="ok", error=None, artifact=artifact_sha, isolated=isolated, note=score[2])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _isolate(argv: list[str], hide: list[str], env: dict[str, str], workdir: Path) -> list[str]:
+    """argv run in a new user and mount namespace where each hidden directory is an empty tmpfs.
+    DATA_PATH and TOKENIZER_PATH inside a hidden directory (the node's data dir) are first
+    bind-mounted into the working directory, and `env` is pointed there."""
+    steps: list[str] = []
+    args: list[str] = []
+
+    def arg(value: str) -> str:
+        args.append(value)
+        return f'"${len(args)}"'
+
+    for i, name in enumerate(("DATA_PATH", "TOKENIZER_PATH")):
+        source = env.get(name, "")
+        if source and any(Path(source).resolve().is_relative_to(h) for h in hide) and Path(source).exists():
+            target = workdir / "exposed" / f"{i}-{Path(source).name}"
+            target.parent.mkdir(exist_ok=True)
+            target.mkdir() if Path(source).is_dir() else target.touch()
+            steps.append(f"mount --bind {arg(str(Path(source).resolve()))} {arg(str(target))}")
+            env[name] = str(target)
+    for h in hide:
+        steps.append(f"mount -t tmpfs -o size=4k,mode=0700 tmpfs {arg(h)}")
+    script = " && ".join(steps) + f' && shift {len(args)} && exec "$@"'
+    return [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c", script, "sh", *args, *argv]
 
 
 def _command(run: ScriptRun) -> list[str]:
