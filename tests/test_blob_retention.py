@@ -67,3 +67,22 @@ def test_retention_never_drops_own_artifacts_nor_the_current_best(tmp_path):
     assert not node.keep_artifact(run_file, "ab" * 32)
     assert blobs.has(sha)
     store.close()
+
+
+def test_retention_is_configured_in_config_toml_and_bad_values_are_named(tmp_path):
+    import pytest
+
+    from node.config import load_config
+    from node.home import Home
+    from protocol.errors import ProtocolError
+
+    home = Home(tmp_path)
+    assert load_config(home).retention == Retention()
+    home.config_file.write_text("[blobs]\nmax_blobs = 3\nmax_bytes = 1000000\n")
+    assert load_config(home).retention == Retention(max_blobs=3, max_bytes=1_000_000)
+    home.config_file.write_text("[blobs]\nmax_blobs = -1\n")
+    with pytest.raises(ProtocolError, match="retention.max_blobs must be a whole number >= 0"):
+        load_config(home)
+    home.config_file.write_text("[blobs]\nkeep = 3\n")
+    with pytest.raises(ProtocolError, match=r"unknown key\(s\) keep"):
+        load_config(home)
