@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "peers": "node.commands.status_cmd:peers",
     "status": "node.commands.status_cmd:status",
     "script": "node.commands.script_cmd:script",
+    "verify": "node.commands.verify_cmd:verify",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -42,6 +43,7 @@ SUMMARIES: dict[str, str] = {
     "peers": "List the peers of the running node.",
     "status": "Show the running node's status.",
     "script": "Add, approve, list, show and revoke training scripts.",
+    "verify": "Re-evaluate a record's artifact and publish a signed attestation.",
 }
 
 
