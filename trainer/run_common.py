@@ -148,6 +148,7 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         "size_cap": cap,
         "params": trained.params,
         "grad_accum_steps": trained.grad_accum_steps,
+        "micro_batches": trained.extra.get("micro_batches", trained.steps * trained.grad_accum_steps),
         "micro_batch_tokens": trained.micro_batch_tokens,
         "world_size": world,
         "backend": backend.name,

@@ -78,7 +78,7 @@ def check_step_fits(config: Mapping[str, Any], budget_s: float, hw: HardwareClas
     """The estimate, or BudgetError when even an optimistic step would overrun `budget_s`."""
     est = estimate_step(config, hw, history)
     if est.seconds_at_best > budget_s:
-        raise BudgetError(step_too_long_message(config, budget_s, est.seconds, f"expected on {hw.key} ({est.source})", base=base))
+        raise BudgetError(step_too_long_message(config, budget_s, est.seconds, f"on {hw.key} (at {est.source})", base=base))
     return est
 
 
@@ -87,11 +87,19 @@ def step_too_long_message(config: Mapping[str, Any], budget_s: float, step_s: fl
     tokens = config["train_batch_tokens"]
     fitting = _fitting_batch(config, budget_s, step_s)
     smaller = [b for b in ("cpu-small", "smoke-tiny") if b != base]
-    try_tokens = f" (e.g. --set train_batch_tokens={fitting})" if fitting else ""
+    if fitting:
+        change = (
+            f"make the step smaller (e.g. --set train_batch_tokens={fitting}), or the model "
+            f"(num_layers, model_dim, mlp_mult, train_seq_len)"
+        )
+    else:  # not even one sequence per step would fit many times: only a smaller model helps
+        change = (
+            f"make the model smaller (num_layers, model_dim, mlp_mult, train_seq_len): even one sequence "
+            f"of train_seq_len={config['train_seq_len']} per step (train_batch_tokens) would not fit it {MIN_STEPS} times"
+        )
     return (
         f"one optimiser step of {tokens:,} tokens (train_batch_tokens) takes about {_duration(step_s)} {how}, "
-        f"more than the {budget_s:g}s budget: make the step smaller{try_tokens}, or the model "
-        f"(num_layers, model_dim, mlp_mult, train_seq_len), or start from a smaller base (--base {' / '.join(smaller)}); "
+        f"more than the {budget_s:g}s budget: {change}, or start from a smaller base (--base {' / '.join(smaller)}); "
         f"grad_accum_steps only splits a step into micro-batches, it does not shorten it"
     )
 

@@ -310,7 +310,7 @@ def train(
         micro_batch_tokens=plan.micro_tokens,
         grad_accum_steps=plan.grad_accum_steps,
         params=params,
-        extra={"peak_memory_mib": torch.cuda.max_memory_allocated(device) // (1 << 20) if cuda else 0, "cpu_share": cpu_share},
+        extra={"peak_memory_mib": torch.cuda.max_memory_allocated(device) // (1 << 20) if cuda else 0, "cpu_share": cpu_share, "micro_batches": micros_total},
     )
 
 
