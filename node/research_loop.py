@@ -142,7 +142,7 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
         journal_dir=root / "research",
         runs_dir=home.runs_dir if home is not None else root / "runs",
         data_dir=home.data_dir if home is not None else None,
-        default_base="smoke-tiny" if bench.name.startswith("smoke") else "naive-baseline",
+        default_base=_default_base(bench, home.runs_dir if home is not None else root / "runs"),
         eval_token_cap=eval_token_cap,
         max_experiments=max_experiments,
     )
@@ -458,6 +458,20 @@ class Journal:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _default_base(bench: Any, runs_dir: Path) -> str:
+    """The base the bandit starts from with an empty pool: one whose step fits the benchmark's
+    budget on this hardware many times (trainer.step_budget.default_base)."""
+    from trainer.backend import BackendUnavailable, resolve_backend
+    from trainer.run_history import past_runs
+    from trainer.step_budget import default_base, run_hardware
+
+    try:
+        hw = run_hardware(resolve_backend("auto"), "auto")
+    except BackendUnavailable:
+        return "smoke-tiny" if bench.task == "smoke-bytes" else "naive-baseline"
+    return default_base(bench, hw, bench.budget_s, past_runs(runs_dir))
 
 
 def _seconds(seconds: float) -> str:
