@@ -136,6 +136,8 @@ def test_a_run_far_below_this_nodes_usual_speed_is_degraded_naming_both_figures(
         result = {"status": "ok", "base": "smoke-tiny", "diff": {}, "hw": {"accel": "cpu", "model": "Test CPU", "count": 2, "memory_mib": 1}, "throughput": {"tokens_per_s": speed, "degraded": False}}
         (run_dir / "result.json").write_text(json.dumps(result))
     (tmp_path / "2026-9").mkdir()  # a run that never finished is not history
+    (tmp_path / "2026-8").mkdir()
+    (tmp_path / "2026-8" / "result.json").write_text("{torn")  # nor a damaged one
     history = past_runs(tmp_path)
     assert sorted(p.tokens_per_s for p in history) == [9000.0, 10000.0, 11000.0]
     slow = judge_throughput(2500.0, 0.97, HW, SHAPE, history)
@@ -220,3 +222,12 @@ def test_the_research_loop_logs_a_degraded_run_and_journals_why(tmp_path, caplog
         assert end["status"] == "ok" and end["note"].startswith("DEGRADED: the trainer got 21%")
         assert any("finished: val_bpb 3.6000" in m and "DEGRADED" in m for m in caplog.messages)
         assert store.get(end["record"]).record.note.startswith(NOTE_PREFIX)  # peers learn it too
+
+
+def test_the_cpu_share_is_unknown_where_the_system_does_not_say(monkeypatch, tmp_path):
+    import trainer.cpu_share as cpu_share
+
+    monkeypatch.setattr(cpu_share, "_TASKS", tmp_path / "no-proc")
+    meter = CpuShareMeter()
+    meter.start()
+    assert meter.stop() is None

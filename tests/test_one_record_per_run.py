@@ -119,3 +119,46 @@ def test_an_attestation_of_a_collapsed_duplicate_counts_for_the_kept_record():
     post = estimate(Evidence(tuple(results), (check,)), statuses.get, "cpu:Test CPU:x2")
     (chk,) = post.checks
     assert chk.subject_id == "r1" and chk.agrees
+
+
+def test_publishing_a_run_that_the_research_loop_published_stores_no_second_record(tmp_path):
+    import shutil
+
+    import trio
+
+    import recordgen as g
+    from node.research_loop import Journal, LoopSettings, ResearchLoop
+    from pool.trust import TrustStore
+
+    me = g.identity(31)
+    template = _run_dir(tmp_path, "template")
+
+    class Outcome:
+        status = "ok"
+
+        def __init__(self, result):
+            self.result = result
+
+    def runner(bench_name, base, diff, *, seed, out_dir, **kw):
+        # what the trainer leaves behind: a run directory with its result.json
+        shutil.copytree(template, out_dir)
+        data = json.loads((out_dir / "result.json").read_text())
+        data.update(bench=benchmark(bench_name).id, bench_name=bench_name, base=base, diff=diff, seed=seed, budget_s=benchmark(bench_name).budget_s)
+        (out_dir / "result.json").write_text(json.dumps(data))
+        return Outcome(data)
+
+    with PoolStore(tmp_path / "pool.sqlite") as store:
+        trust = TrustStore(store)
+        trust.set_own(me.public_hex)
+
+        async def publish(raw):
+            store.add(raw)
+
+        settings = LoopSettings(bench_name="smoke", journal_dir=tmp_path / "research", runs_dir=tmp_path / "runs", default_base="smoke-tiny", max_experiments=1, hw_key="cpu:Test CPU:x2")
+        trio.run(ResearchLoop(me, store, trust, publish, settings, runner=runner).run)
+        (end,) = Journal(tmp_path / "research" / "journal.jsonl").ends()
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        (again,) = records_from_path(run_dir, me)  # what `p2pgolf publish RUN_DIR` signs
+        assert decode_record(again).id == end["record"]
+        store.add(again)
+        assert store.count(author=me.public_hex) == 1
