@@ -71,7 +71,7 @@ def test_the_refusal_suggests_a_batch_that_would_fit_or_says_the_model_must_shri
         check_step_fits(config, 30.0, CPU2)
     suggested = int(refused.value.args[0].split("train_batch_tokens=")[1].split(")")[0])
     smaller = {**config, "train_batch_tokens": suggested}
-    assert estimate_step(smaller, CPU2).seconds * 100 <= 30.0
+    assert estimate_step(smaller, CPU2).seconds * 10 <= 30.0
     check_step_fits(smaller, 30.0, CPU2)  # and it is not refused
     with pytest.raises(BudgetError, match="make the model smaller .*even one sequence of train_seq_len=1024"):
         check_step_fits(knobs.base_config("naive-baseline"), 30.0, CPU2)

@@ -43,6 +43,7 @@ __all__ = [
 TYPICAL_FLOPS_PER_S = {"cpu": 3e9, "mps": 1e12, "cuda": 5e13}  # cpu: per usable core
 OPTIMISM = 10.0  # refuse only what would not fit even at this many times the expected rate
 MIN_STEPS = 100  # a default base must fit its step into the budget at least this many times
+MIN_SUGGESTED_STEPS = 10  # a suggested smaller train_batch_tokens fits at least this many
 _BIGGEST_FIRST = ("naive-baseline", "cpu-small")
 _SMOKE_BASE = "smoke-tiny"
 
@@ -95,7 +96,7 @@ def step_too_long_message(config: Mapping[str, Any], budget_s: float, step_s: fl
     else:  # not even one sequence per step would fit many times: only a smaller model helps
         change = (
             f"make the model smaller (num_layers, model_dim, mlp_mult, train_seq_len): even one sequence "
-            f"of train_seq_len={config['train_seq_len']} per step (train_batch_tokens) would not fit it {MIN_STEPS} times"
+            f"of train_seq_len={config['train_seq_len']} per step (train_batch_tokens) would not fit it {MIN_SUGGESTED_STEPS} times"
         )
     return (
         f"one optimiser step of {tokens:,} tokens (train_batch_tokens) takes about {_duration(step_s)} {how}, "
@@ -125,13 +126,18 @@ def _rate(hw: HardwareClass, history: Sequence[PastRun]) -> tuple[float, str]:
 
 
 def _fitting_batch(config: Mapping[str, Any], budget_s: float, step_s: float) -> int | None:
-    """A power-of-two train_batch_tokens (whole sequences) whose step fits the budget 100 times."""
+    """A power-of-two train_batch_tokens (whole sequences) whose step fits the budget MIN_STEPS
+    times, else MIN_SUGGESTED_STEPS times; None when not even one sequence per step would."""
     seq = config["train_seq_len"]
     per_token_s = step_s / config["train_batch_tokens"]
-    tokens = 1 << max(0, int(budget_s / MIN_STEPS / per_token_s).bit_length() - 1) if per_token_s > 0 else 0
-    if tokens < seq:
-        return None  # not even one sequence fits: the model must shrink
-    return max(256, tokens - tokens % seq)
+    if per_token_s <= 0:
+        return None
+    for steps in (MIN_STEPS, MIN_SUGGESTED_STEPS):
+        affordable = int(budget_s / steps / per_token_s)
+        tokens = 1 << (affordable.bit_length() - 1) if affordable > 0 else 0
+        if tokens >= max(seq, 256):
+            return tokens - tokens % seq
+    return None  # not even one sequence fits: the model must shrink
 
 
 def _duration(seconds: float) -> str:
