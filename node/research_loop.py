@@ -154,7 +154,7 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
         journal_dir=root / "research",
         runs_dir=home.runs_dir if home is not None else root / "runs",
         data_dir=home.data_dir if home is not None else None,
-        default_base="smoke-tiny" if bench.name.startswith("smoke") else "naive-baseline",
+        default_base=_default_base(bench, home.runs_dir if home is not None else root / "runs"),
         eval_token_cap=eval_token_cap,
         max_experiments=max_experiments,
     )
@@ -481,17 +481,40 @@ class ResearchLoop:
             await self.publish(raw)
         except ProtocolError as exc:
             log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
-        return self._end(entry["n"], status="ok", record=rid, gain=gain, won=won)
+        throughput = data.get("throughput") or {}
+        degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
+        metrics = data.get("metrics") or {}
+        log.info(
+            "experiment %d finished: val_bpb %.4f, %s steps, %.0f tokens/s%s",
+            entry["n"], float(metrics.get("val_bpb", float("nan"))), metrics.get("steps", "?"),
+            float(throughput.get("tokens_per_s") or 0.0), f"; {degraded}" if degraded else "",
+        )  # fmt: skip
+        return self._end(entry["n"], status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
 
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
+        """The run's record, made once: signing it again (a restart, `p2pgolf publish` of the
+        run directory) gives back the same record (node.publishing.sign_run_dir)."""
+        from node.publishing import RESULT_FILE, sign_run_dir
+        from protocol.signing import sign_record
+
+        run_dir = Path(entry["run_dir"])
+        if (run_dir / RESULT_FILE).exists():
+            signed = sign_run_dir(run_dir, self.identity, build=lambda on_disk: self._record(entry, on_disk), reuse=False)
+        else:  # a runner that keeps no run directory (tests' fakes)
+            signed = sign_record(self._record(entry, data), self.identity.signing_key)
+        return signed.raw, signed.id
+
+    def _record(self, entry: dict[str, Any], data: dict[str, Any]) -> Any:
         from node.publishing import result_from_run
         from protocol.records import Attestation
-        from protocol.signing import sign_record
 
         data = {**data, "parents": list(entry["parents"])}
         result = result_from_run(data, self.identity.public_hex)
         record: Any = result
         if entry.get("subject"):
+            note = f"{entry['operator']} by the research loop"
+            if result.note:  # a degraded run says so to whoever weighs the attestation
+                note = f"{result.note}"[:280]
             record = Attestation(
                 bench=result.bench,
                 author=result.author,
@@ -504,10 +527,9 @@ class ResearchLoop:
                 metrics=result.metrics,
                 artifact=result.artifact,
                 trainer=result.trainer,
-                note=f"{entry['operator']} by the research loop",
+                note=note,
             )
-        signed = sign_record(record, self.identity.signing_key)
-        return signed.raw, signed.id
+        return record
 
 
 class Journal:
@@ -619,6 +641,20 @@ class VerifyJournal:
             f.flush()
             os.fsync(f.fileno())
         self.entries.append(entry)
+
+
+def _default_base(bench: Any, runs_dir: Path) -> str:
+    """The base the bandit starts from with an empty pool: one whose step fits the benchmark's
+    budget on this hardware many times (trainer.step_budget.default_base)."""
+    from trainer.backend import BackendUnavailable, resolve_backend
+    from trainer.run_history import past_runs
+    from trainer.step_budget import default_base, run_hardware
+
+    try:
+        hw = run_hardware(resolve_backend("auto"), "auto")
+    except BackendUnavailable:
+        return "smoke-tiny" if bench.task == "smoke-bytes" else "naive-baseline"
+    return default_base(bench, hw, bench.budget_s, past_runs(runs_dir))
 
 
 def _seconds(seconds: float) -> str:

@@ -21,6 +21,11 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
 - Attestations are measurements too (re-evaluations of the subject's class, reproductions on
   the attester's) and are checked against the claim; the verdicts move trust
   (pool/trust_weights.py).
+- One measurement counts once: results that share artifact digest and seed (the same run
+  re-signed, or signed by several keys) collapse into the most trusted author's record.
+- A degraded run (its note says so, or it trained fewer than `degraded_ratio` of the tokens its
+  hardware class and model shape usually train in the budget) weighs `degraded_factor` of the rest:
+  its score says more about the machine's load than about the config.
 
 Guarantees: `estimate` is a pure function of its inputs (same evidence, same posterior; record
 order does not matter); blocked authors' records never enter; every candidate in the result
@@ -32,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,6 +76,8 @@ class EstimatorConfig:
     check_slack: float = 0.002  # ...plus this absolute slack
     check_max_tolerance: float = 0.03  # a wider tolerance (unknown translation) is inconclusive
     established_weight: float = 0.5  # trusted weight on this hardware that makes an incumbent
+    degraded_ratio: float = 0.5  # a run below this fraction of its class's usual speed is degraded...
+    degraded_factor: float = 0.25  # ...and its weight is multiplied by this
     naive: bool = False  # believe every record as if measured on this hardware at full weight
 
 
@@ -257,8 +264,11 @@ def estimate(
         return statuses[key]
 
     results = [r for r in results if st(r.author) != BLOCKED]
+    # one measurement (artifact and seed) is one result, however many keys signed it
+    results, alias = _collapse_duplicates(results, st, policy)
     by_id = {r.record_id: r for r in results}
-    attestations = [a for a in evidence.attestations if st(a.author) != BLOCKED and a.subject in by_id]
+    attestations = [replace(a, subject=alias[a.subject]) if a.subject in alias else a for a in evidence.attestations]
+    attestations = [a for a in attestations if st(a.author) != BLOCKED and a.subject in by_id]
     if config.naive:
         statuses = {k: OWN for k in statuses}
         st = lambda key: OWN  # noqa: E731 - naive pooling believes everyone
@@ -281,7 +291,8 @@ def estimate(
         checks_by_subject[check.subject_id].append(check)
     attester_w = lambda key: authors[key].base_weight if key in authors else 0.0  # noqa: E731
 
-    # --- weights of each observation: trust x claim x caps
+    # --- weights of each observation: trust x claim x caps (x a degraded run's factor)
+    slowed = {} if config.naive else _degraded_factors(results, config)
     per_author_records: dict[str, int] = defaultdict(int)
     per_author_candidate: dict[tuple[str, str], int] = defaultdict(int)
     for o in obs:
@@ -298,6 +309,8 @@ def estimate(
             claim = trust
         cap = volume_factor(authors[o.author].status, per_author_records[o.author], policy)
         cap *= min(1.0, policy.per_candidate_cap / per_author_candidate[(o.author, o.candidate)])
+        if o.kind == "result":
+            cap *= slowed.get(o.record_id, 1.0)
         if claim <= 0.0 or cap <= 0.0:
             continue
         weighted.append((o, trust, claim, cap, claim * cap))
@@ -316,6 +329,59 @@ class _Obs:
     author: str
     hw: str  # the class the value speaks for
     y: float
+
+
+def _collapse_duplicates(results: list[ResultEvidence], st, policy) -> tuple[list[ResultEvidence], dict[str, str]]:
+    """Results that share artifact digest and seed are one measurement (re-signed, or signed by
+    several keys): keep one, the most trusted author's (then the earliest, then the smallest
+    id), and map the others' ids to it. Results without an artifact are each their own."""
+    groups: dict[tuple[str, int], list[ResultEvidence]] = defaultdict(list)
+    out: list[ResultEvidence] = []
+    for r in results:
+        if r.artifact:
+            groups[(r.artifact, r.seed)].append(r)
+        else:
+            out.append(r)
+    alias: dict[str, str] = {}
+    for group in groups.values():
+        keep = min(group, key=lambda r: (-base_weight(st(r.author), policy), r.created_ms, r.record_id))
+        out.append(keep)
+        for r in group:
+            if r is not keep:
+                alias[r.record_id] = keep.record_id
+    out.sort(key=lambda r: r.record_id)  # order-independent, whatever order the records came in
+    return out, alias
+
+
+def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) -> dict[str, float]:
+    """`degraded_factor` for each result whose run was degraded: its author said so, or it
+    trained fewer than `degraded_ratio` times the tokens that results of the same hardware
+    class and model shape usually train in the budget (their median; needs two or more)."""
+    from protocol import knobs
+
+    shapes: dict[str, str] = {}
+    speeds: dict[tuple[str, str], list[float]] = defaultdict(list)
+    keyed: list[tuple[ResultEvidence, tuple[str, str], float]] = []
+    for r in results:
+        if r.train_tokens <= 0 or r.budget_s <= 0:
+            continue
+        if r.candidate not in shapes:
+            try:
+                shapes[r.candidate] = knobs.throughput_shape(knobs.resolve(r.base, r.diff))
+            except Exception:  # a diff that no longer resolves: no speed comparison for it
+                shapes[r.candidate] = ""
+        if not shapes[r.candidate]:
+            continue
+        key = (r.hw, shapes[r.candidate])
+        speed = r.train_tokens / r.budget_s
+        speeds[key].append(speed)
+        keyed.append((r, key, speed))
+    factors = {r.record_id: config.degraded_factor for r in results if r.degraded}
+    for r, key, speed in keyed:
+        usual = speeds[key]
+        if len(usual) >= 2 and speed < config.degraded_ratio * float(np.median(usual)):
+            factors[r.record_id] = config.degraded_factor
+    return factors
 
 
 def _same_budget(a: float, b: float) -> bool:

@@ -4,7 +4,10 @@ The estimator and the bandit never see SQLite or signatures; they see these froz
 the node (from its PoolStore) and the simulator (from synthetic measurements) feed the same
 code. A `ResultEvidence` says "author measured candidate on hardware class hw: val_bpb"; an
 `AttestationEvidence` says "author re-measured record subject: val_bpb". Converting a record
-never fails for a record that passed `protocol.signing.decode_record`.
+never fails for a record that passed `protocol.signing.decode_record`. A result's evidence
+keeps what says which measurement it is (artifact digest and seed) and how fast its run trained
+(train_tokens in budget_s, and whether its note says "degraded: ..."), so the estimator can count
+one measurement once and weigh a run slowed by its machine's load down.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 from protocol import candidates
 from protocol.signing import SignedRecord
+
+# How a result's note says its run was degraded (written by trainer.throughput, NOTE_PREFIX).
+DEGRADED_NOTE_PREFIX = "degraded: "
 
 
 # The tokenizer of evidence built without one (the simulator's, tests'): the challenge's default.
@@ -37,6 +43,9 @@ class ResultEvidence:
     created_ms: int = 0
     seed: int = 0
     tokenizer: str = DEFAULT_TOKENIZER
+    artifact: str | None = None  # sha256 of the artifact: with the seed, names the measurement
+    train_tokens: int = 0  # tokens trained in budget_s: the run's speed, 0 when not known
+    degraded: bool = False  # the author marked the run degraded (its note)
     kind: str = field(default="result", init=False)
 
 
@@ -81,6 +90,9 @@ def result_evidence(
     created_ms: int = 0,
     seed: int = 0,
     tokenizer: str = DEFAULT_TOKENIZER,
+    artifact: str | None = None,
+    train_tokens: int = 0,
+    degraded: bool = False,
 ) -> ResultEvidence:
     """A ResultEvidence with its candidate id computed (raises ProtocolError for a bad diff).
     Both kinds of candidate: a script's diff is taken by shape, whether or not the script is held."""
@@ -98,6 +110,9 @@ def result_evidence(
         created_ms=int(created_ms),
         seed=int(seed),
         tokenizer=tokenizer,
+        artifact=artifact,
+        train_tokens=int(train_tokens),
+        degraded=bool(degraded),
     )
 
 
@@ -126,6 +141,9 @@ def from_signed(signed: SignedRecord) -> ResultEvidence | AttestationEvidence:
         created_ms=record.created_ms,
         seed=record.seed,
         tokenizer=record.tokenizer,
+        artifact=record.artifact,
+        train_tokens=record.metrics.train_tokens,
+        degraded=record.note.startswith(DEGRADED_NOTE_PREFIX),
     )
 
 

@@ -296,6 +296,43 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     return blocks * block + embed
 
 
+# The knobs that set how fast a config trains (tokens per second on given hardware): the model's
+# shape, the batch and the EMA copy. Learning rates, schedule and export do not change speed, so
+# configs that differ only there share their throughput history.
+THROUGHPUT_KNOBS = (
+    "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
+    "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
+    "grad_accum_steps", "ema_decay",
+)  # fmt: skip
+
+
+def throughput_shape(config: Mapping[str, Any]) -> str:
+    """A stable key naming a resolved config's speed-relevant knobs (THROUGHPUT_KNOBS): two
+    configs with the same key train at the same tokens/s on the same hardware."""
+    parts = []
+    for name in THROUGHPUT_KNOBS:
+        value = config[name]
+        if name == "ema_decay":
+            value = value > 0  # on or off is what costs time, not the decay rate
+        parts.append(f"{name}={value}")
+    return ";".join(parts)
+
+
+def training_flops_per_token(config: Mapping[str, Any]) -> int:
+    """Approximate floating-point operations one training token costs (forward and backward):
+    6 per weight of the matrices it passes through (every layer application, and the output
+    head), plus causal attention's 6 * seq_len * dim per layer. For time estimates, not exact."""
+    dim = config["model_dim"]
+    head_dim = dim // config["num_heads"]
+    kv_dim = head_dim * config["num_kv_heads"]
+    mlp_mats = 3 if config["activation"] == "swiglu" else 2
+    block = dim * dim * 2 + dim * kv_dim * 2 + mlp_mats * dim * mlp_hidden_size(config)
+    layers = config["num_layers"]
+    head = config["vocab_size"] * dim
+    attention = 6 * config["train_seq_len"] * dim * layers
+    return 6 * (layers * block + head) + attention
+
+
 def _check_base_configs() -> None:
     for name, config in BASE_CONFIGS.items():
         missing = set(KNOBS) - set(config)

@@ -17,7 +17,10 @@ from protocol import knobs
 from protocol.benchmarks import Benchmark, benchmark
 from protocol.errors import ProtocolError
 
-__all__ = ["BACKENDS", "COMPILE_MODES", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark"]
+__all__ = [
+    "BACKENDS", "COMPILE_MODES", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark",
+    "effective_bench_name", "standard_budget_s",
+]  # fmt: skip
 
 BACKENDS = ("auto", "torch", "mlx")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -50,11 +53,32 @@ def resolve_benchmark(bench_name: str, data_dir: str | None, budget_s: float | N
     return bench if budget_s is None else bench.with_budget(budget_s)
 
 
+def effective_bench_name(bench: Benchmark, budget_s: float) -> str:
+    """The name of the benchmark a run under `budget_s` counts for: the plain name at the
+    benchmark's standard budget ("smoke"), NAME@SECONDSs under any other ("smoke@30s"), so
+    what config.json and result.json say is the benchmark the run's id belongs to."""
+    from protocol.benchmarks import BENCHMARKS
+
+    plain = bench.name.split("@", 1)[0]
+    standard = BENCHMARKS.get(plain)
+    if standard is not None and float(standard.budget_s) == float(budget_s):
+        return plain
+    return bench.with_budget(budget_s).name if float(bench.budget_s) != float(budget_s) else bench.name
+
+
+def standard_budget_s(bench_name: str) -> float | None:
+    """The standard budget of a named protocol benchmark (None for custom data)."""
+    from protocol.benchmarks import BENCHMARKS
+
+    standard = BENCHMARKS.get(bench_name.split("@", 1)[0])
+    return None if standard is None else float(standard.budget_s)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs to know, and nothing about peers."""
 
-    bench_name: str  # as the user named it, e.g. "smoke@30s"
+    bench_name: str  # the benchmark the run counts for: "smoke", or "smoke@30s" under another budget
     base: str
     diff: Mapping[str, Any]  # normalised
     knobs: Mapping[str, Any]  # every knob, resolved
@@ -153,7 +177,7 @@ def make_run_config(
             "knob vocab_size",
         )
     return RunConfig(
-        bench_name=bench_name,
+        bench_name=effective_bench_name(bench, float(budget)),
         base=base,
         diff=normalised,
         knobs=config,

@@ -8,13 +8,16 @@ rule, metrics.json and result.json - is here once, so torch and MLX runs are rec
 What it guarantees: the reported val_bpb and val_loss are those of the model reloaded from the
 artifact file's bytes (the challenge's rule); the model before quantisation is evaluated too
 and recorded as prequant_* in metrics.json, so the quantisation cost is visible. Evaluation is
-not on the training clock. Only rank 0 writes files.
+not on the training clock. Only rank 0 writes files. Every finished run records the speed it
+trained at and whether it was degraded (trainer.throughput, judged against the run directories
+beside it): result.json's `throughput`, and a degraded run's `note` says why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from protocol import knobs
+from protocol.records import HardwareClass
 from trainer.config import RunConfig, benchmark_vocab_size
 from trainer.eval_plan import EvalResult
 from trainer.progress import Progress
+from trainer.run_history import past_runs
 from trainer.runner import ARTIFACT_NAME, build_result, write_json
+from trainer.throughput import judge_throughput
 from trainer.train_common import StepReport, TrainResult
 
 __all__ = ["Backend", "run_with_backend", "evaluate_artifact_with"]
@@ -55,7 +62,9 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
 
     rank, world = backend.rank, backend.world
     emit(Progress("loading", budget_s=run.budget_s, message=f"loading {run.bench.name} data"))
+    loading_started = time.perf_counter()
     data = load_benchmark_data(run.bench, run.data_dir)
+    emit(Progress("loading", budget_s=run.budget_s, message=f"loaded {run.bench.name} data in {time.perf_counter() - loading_started:.1f}s"))
     need = max(data.vocab_size, benchmark_vocab_size(run.bench))
     if run.knobs["vocab_size"] < need:
         raise ValueError(f"vocab_size={run.knobs['vocab_size']} does not cover the data's {need} token ids")
@@ -67,15 +76,21 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
             Progress(
                 "training",
                 step=report.step,
-                train_loss=report.train_loss,
+                train_loss=report.train_loss if math.isfinite(report.train_loss) else 0.0,
                 elapsed_s=report.elapsed_s,
                 budget_s=report.budget_s,
                 tokens_per_s=report.tokens_per_s,
+                message=f"step {report.step + 1}: micro-batch {report.micro}/{report.micros}" if report.micros else "",
             )
         )
 
-    emit(Progress("training", budget_s=run.budget_s))
+    emit(Progress("training", budget_s=run.budget_s, message=f"building the model; then {run.budget_s:g}s of training"))
     trained = backend.train(run.knobs, data, progress=on_step, log=log)
+    tokens_per_s = trained.train_tokens / trained.training_seconds if trained.training_seconds > 0 else 0.0
+    history = past_runs(run_dir.parent, exclude=run_dir)
+    throughput = judge_throughput(tokens_per_s, trained.extra.get("cpu_share"), HardwareClass.from_wire(hw).key, knobs.throughput_shape(run.knobs), history)
+    if throughput.degraded:
+        log(f"DEGRADED: {throughput.reason}")
 
     emit(Progress("exporting", elapsed_s=trained.training_seconds, budget_s=run.budget_s))
     blob = export_artifact(trained.state, run.knobs, quant_bits=run.knobs["quant_bits"], compressor=run.knobs["compressor"])
@@ -121,7 +136,9 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         "prequant_val_bpb": pre.val_bpb,
         "prequant_val_loss": pre.val_loss,
         "training_seconds": trained.training_seconds,
-        "tokens_per_s": trained.train_tokens / trained.training_seconds if trained.training_seconds > 0 else 0.0,
+        "tokens_per_s": tokens_per_s,
+        "cpu_share": throughput.cpu_share,
+        "degraded": throughput.degraded,
         "step_avg_ms": 1000.0 * trained.training_seconds / max(trained.steps, 1),
         "final_train_loss": trained.final_train_loss,
         "eval_seconds": post.seconds,
@@ -131,6 +148,7 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         "size_cap": cap,
         "params": trained.params,
         "grad_accum_steps": trained.grad_accum_steps,
+        "micro_batches": trained.extra.get("micro_batches", trained.steps * trained.grad_accum_steps),
         "micro_batch_tokens": trained.micro_batch_tokens,
         "world_size": world,
         "backend": backend.name,
@@ -138,7 +156,10 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         "peak_memory_mib": trained.extra.get("peak_memory_mib", 0),
         "status": status,
     }
-    result = build_result(run, hw=hw, metrics=metrics, artifact_sha256=sha, status=status, error=error, backend=backend.name)
+    result = build_result(
+        run, hw=hw, metrics=metrics, artifact_sha256=sha, status=status, error=error, backend=backend.name,
+        throughput=throughput.to_json(), note=throughput.note(),
+    )  # fmt: skip
     if rank == 0:
         write_json(run_dir / "metrics.json", full)
         write_json(run_dir / "result.json", result)

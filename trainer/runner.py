@@ -14,7 +14,16 @@ What it guarantees:
   (normalised), tokenizer (the variant the candidate used), seed, budget_s, hw {accel, model, count, memory_mib}, metrics {val_bpb,
   val_loss, steps, train_tokens, artifact_bytes, eval_tokens, eval_partial} (null when the run
   failed), artifact_sha256 (or null), trainer, status ("ok" | "oversize" | "failed" |
-  "abandoned"), error (null or one line), parents ([]), note ("").
+  "abandoned"), error (null or one line), parents ([]), note ("", or "degraded: <reason>"),
+  created_ms (wall-clock ms when the result was written: a record signed from the run takes its
+  time from here, so signing the same run twice gives the same record), throughput (null when
+  the run failed, else tokens_per_s, cpu_share, usual_tokens_per_s, usual_runs, degraded, reason:
+  see trainer.throughput).
+- A config whose first step cannot fit the budget even on an optimistic estimate is refused
+  before anything is written or started (trainer.step_budget.BudgetError, naming the knobs).
+- Ctrl-C (KeyboardInterrupt) or any other exception in the launcher stops the child's process
+  group and still leaves a result.json, status "abandoned" with an error saying what happened
+  and in which phase, before the exception goes on.
 - Setting the `cancel` event given to `launch` stops the child's whole process group within
   about CANCEL_POLL_S plus CANCEL_GRACE_S and gives status "abandoned", unless the child had
   already written its result (then that result stands: a finished run is never thrown away).
@@ -46,7 +55,7 @@ __all__ = ["RunOutcome", "RunDirError", "launch", "child_main", "build_result", 
 
 RESULT_KEYS = (
     "bench", "bench_name", "base", "diff", "tokenizer", "seed", "budget_s", "hw", "metrics",
-    "artifact_sha256", "trainer", "status", "error", "parents", "note",
+    "artifact_sha256", "trainer", "status", "error", "parents", "note", "created_ms", "throughput",
 )  # fmt: skip
 ARTIFACT_NAME = "model.p2pgolf"
 _REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +123,10 @@ def launch(
     outcome then has status "abandoned" unless the child had already written its result.
     """
     run_dir = Path(run_dir)
+    from trainer.run_history import past_runs
+    from trainer.step_budget import check_run_fits
+
+    check_run_fits(run, past_runs(run_dir.parent))
     _claim_run_dir(run_dir)
     (run_dir / "config.json").write_text(json.dumps(run.to_json(), indent=2, sort_keys=True) + "\n")
     deadline_s = run.budget_s + _DEFAULT_GRACE_S if timeout_s is None else timeout_s
@@ -138,6 +151,7 @@ def launch(
         reader = threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)
         reader.start()
         killed_for = None
+        last_event: Progress | None = None
         status = "failed"
         started = time.monotonic()
         poll_s = CANCEL_POLL_S if cancel is not None else 1.0
@@ -158,8 +172,10 @@ def launch(
                 if line is None:
                     break
                 event = parse_line(line)
-                if event is not None and progress is not None:
-                    progress(event)
+                if event is not None:
+                    last_event = event
+                    if progress is not None:
+                        progress(event)
             # Its stdout closed; give it until the deadline to exit (still listening for cancel).
             while not killed_for:
                 left = deadline_s - (time.monotonic() - started)
@@ -173,8 +189,10 @@ def launch(
                         break
                     except subprocess.TimeoutExpired:
                         continue
-        except BaseException:
-            _stop_group(child)
+        except BaseException as exc:
+            _stop_group(child, grace_s=CANCEL_GRACE_S)
+            child.wait()
+            _finish(run, run_dir, child.returncode, _interrupted(exc, last_event), ABANDONED)
             raise
         if killed_for:
             _stop_group(child, grace_s=CANCEL_GRACE_S if status == ABANDONED else _DEADLINE_GRACE_S)
@@ -235,8 +253,11 @@ def build_result(
     status: str,
     error: str | None,
     backend: str = "torch",
+    throughput: dict[str, Any] | None = None,
+    note: str = "",
+    created_ms: int | None = None,
 ) -> dict[str, Any]:
-    """A result.json object with exactly RESULT_KEYS."""
+    """A result.json object with exactly RESULT_KEYS (created_ms: now unless given)."""
     result = {
         "bench": run.bench.id,
         "bench_name": run.bench.name,
@@ -252,7 +273,9 @@ def build_result(
         "status": status,
         "error": error,
         "parents": [],
-        "note": "",
+        "note": note,
+        "created_ms": int(time.time() * 1000) if created_ms is None else int(created_ms),
+        "throughput": throughput,
     }
     assert tuple(result) == RESULT_KEYS
     return result
@@ -302,6 +325,18 @@ def _finish(run: RunConfig, run_dir: Path, code: int, killed_for: str | None, st
         write_json(result_path, result)
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics)
+
+
+def _interrupted(exc: BaseException, last: Progress | None) -> str:
+    """Why a launcher stopped its run, for result.json: what, and in which phase."""
+    what = "interrupted by Ctrl-C (SIGINT)" if isinstance(exc, KeyboardInterrupt) else f"stopped by its launcher ({type(exc).__name__})"
+    if last is None:
+        where = "before the trainer reported anything"
+    elif last.phase == "training" and last.step:
+        where = f"while training, after step {last.step} of its {last.budget_s:g}s budget"
+    else:
+        where = f"while {last.phase}"
+    return f"{what} {where}; nothing was measured"
 
 
 def _child_error(run_dir: Path, code: int) -> str:
@@ -390,7 +425,7 @@ def _one_line(value: Any) -> str:
 def _is_user_facing(exc: BaseException) -> bool:
     from protocol.errors import ProtocolError
 
-    names = {"DataError", "ArtifactError", "ShardError", "RunDirError", "BackendUnavailable", "MemoryBudgetError"}
+    names = {"DataError", "ArtifactError", "ShardError", "RunDirError", "BackendUnavailable", "MemoryBudgetError", "BudgetError"}
     return isinstance(exc, ProtocolError) or type(exc).__name__ in names
 
 

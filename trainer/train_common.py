@@ -37,6 +37,8 @@ class StepReport:
     budget_s: float
     tokens: int
     lr_scale: float
+    micro: int = 0  # inside a long step: micro-batches done of `micros` (0: the step is whole)
+    micros: int = 0
 
     @property
     def tokens_per_s(self) -> float:

@@ -11,8 +11,11 @@ What it guarantees:
   the tensor work are MLX's (`trainer.model_mlx`, `trainer.optim_mlx`).
 - Time: only optimiser steps are on the clock. On the GPU the gradient function is compiled
   (`mx.compile`) and primed on a batch that is not trained on; on the CPU it runs uncompiled,
-  since compiling there builds C++ kernels and costs more than it saves (same numbers either way). A step starts only if the clock plus the mean step time stays
-  within the budget.
+  since compiling there builds C++ kernels and costs more than it saves (same numbers either way). The budget is kept as torch keeps it on one device: a
+  micro-batch starts only if the clock plus the mean micro-batch time stays within the budget
+  (a step cut short applies the mean gradient of its micro-batches done), a first step measured
+  to need more than twice the budget is refused (trainer.step_budget.BudgetError), long steps
+  report progress per micro-batch, and the CPU share is measured (trainer.cpu_share).
 - Devices: the Apple GPU (Metal) trains in bfloat16 compute with float32 weights, as torch's
   autocast does on CUDA; the CPU (the `mlx[cpu]` wheel on Linux, which tests use) in float32.
 - Deterministic on CPU for a given seed and data.
@@ -32,10 +35,14 @@ from mlx.utils import tree_flatten, tree_unflatten
 from trainer.backend import resolve_mlx_device
 from trainer.model_mlx import GPT, build_model, load_state_dict_numpy, state_dict_numpy
 from trainer.optim_mlx import MixedOptimizer
+from trainer.cpu_share import CpuShareMeter
 from trainer.schedule import Schedule
+from trainer.step_budget import BudgetError, step_too_long_message
 from trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch
 
 __all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
+
+_MEASURED_SLACK = 2.0  # refuse a first step measured to need more than this many budgets (as torch)
 
 
 def select_device(device: str = "auto") -> str:
@@ -116,24 +123,30 @@ def train(
             yield (mx.array(chunk[:-1].reshape(plan.seqs_per_micro, plan.seq_len)),
                    mx.array(chunk[1:].reshape(plan.seqs_per_micro, plan.seq_len)))  # fmt: skip
 
-    def one_step(tokens: TokenSource, step: int, lr_mult: float) -> mx.array:
+    def one_step(tokens: TokenSource, step: int, lr_mult: float, keep_going: Callable[[int], bool] | None = None) -> tuple[mx.array, int]:
+        """One optimiser step; `keep_going(done)` after each micro-batch but the last says
+        whether another may start. Returns the mean loss and the micro-batches done."""
         nonlocal params
         tree = tree_unflatten(list(params.items()))
         total = mx.zeros((), dtype=mx.float32)
         summed: dict[str, mx.array] | None = None
+        done = 0
         for x, y in micro_batches(tokens):
             loss, grads = value_and_grad(tree, x, y)
             flat = dict(tree_flatten(grads))
             summed = flat if summed is None else {k: summed[k] + flat[k] for k in flat}
             total = total + loss
+            done += 1
             if plan.grad_accum_steps > 1:
                 mx.eval(summed, total)  # bound the graph (and memory) to one micro-batch
-        scale = 1.0 / plan.grad_accum_steps
-        grads = {k: g * scale for k, g in summed.items()} if plan.grad_accum_steps > 1 else summed
+            if done < plan.grad_accum_steps and keep_going is not None and not keep_going(done):
+                break  # the budget ran out inside the step: the mean gradient of those done
+        scale = 1.0 / done
+        grads = {k: g * scale for k, g in summed.items()} if done > 1 else summed
         params = optimiser.step(params, grads, lr_scale=lr_mult, momentum=schedule.momentum(step))
         mean = total * scale
         mx.eval(params, optimiser.arrays(), mean)
-        return mean
+        return mean, done
 
     if compile_step:
         started = time.perf_counter()
@@ -145,27 +158,56 @@ def train(
     losses: list[float] = []
     elapsed = 0.0
     step = 0
+    micros_total = 0
+    train_tokens = 0
     last_report = -math.inf
+    lr_mult = 1.0
     mx.reset_peak_memory()
+    cpu = CpuShareMeter()
+    cpu.start()
     started = time.perf_counter()
+
+    def keep_going(done: int) -> bool:
+        nonlocal last_report
+        now = time.perf_counter() - started
+        per_micro = now / (micros_total + done)
+        # A first micro-batch carries one-time costs, so only a clear overrun is refused.
+        if step == 0 and done == 1 and per_micro * plan.grad_accum_steps > _MEASURED_SLACK * budget_s:
+            how = f"as measured (its first micro-batch took {per_micro:.1f}s, and a step has {plan.grad_accum_steps})"
+            raise BudgetError(step_too_long_message(config, budget_s, per_micro * plan.grad_accum_steps, how))
+        if now - last_report >= report_every_s:
+            last_report = now
+            report = StepReport(step, losses[-1] if losses else float("nan"), now, budget_s, train_tokens + done * plan.micro_tokens,
+                                lr_mult, micro=done, micros=plan.grad_accum_steps)  # fmt: skip
+            log(f"step:{step + 1} micro_batch:{done}/{plan.grad_accum_steps} train_time:{now:.1f}s")
+            if progress is not None:
+                progress(report)
+        return now + per_micro <= budget_s
+
     while max_steps is None or step < max_steps:
         expected = elapsed / step if step else 0.0
-        if elapsed + expected > budget_s:
+        expected_micro = elapsed / micros_total if micros_total else 0.0
+        if elapsed + expected_micro > budget_s:
             break
+        watch = step == 0 or elapsed + expected > budget_s or expected >= report_every_s
         lr_mult = schedule.lr(step, elapsed)
-        value = float(one_step(tokens, step, lr_mult).item())
+        mean, done = one_step(tokens, step, lr_mult, keep_going if watch else None)
+        value = float(mean.item())
         losses.append(value)
         step += 1
+        micros_total += done
+        train_tokens += done * plan.micro_tokens
         elapsed = time.perf_counter() - started
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step}")
         if elapsed - last_report >= report_every_s or step == 1:
             last_report = elapsed
-            report = StepReport(step, value, elapsed, budget_s, step * step_tokens, lr_mult)
+            report = StepReport(step, value, elapsed, budget_s, train_tokens, lr_mult)
             log(f"step:{step} train_loss:{value:.4f} train_time:{elapsed:.1f}s tokens_per_s:{report.tokens_per_s:.0f} lr_scale:{lr_mult:.3f}")
             if progress is not None:
                 progress(report)
     elapsed = time.perf_counter() - started
+    cpu_share = cpu.stop()
     final = optimiser.ema if optimiser.ema is not None else params
     model.update(tree_unflatten(list(final.items())))
     mx.eval(model.parameters())
@@ -173,13 +215,13 @@ def train(
     return TrainResult(
         state=state_dict_numpy(model),
         steps=step,
-        train_tokens=step * step_tokens,
+        train_tokens=train_tokens,
         training_seconds=elapsed,
         final_train_loss=losses[-1] if losses else float("nan"),
         losses=tuple(losses),
         micro_batch_tokens=plan.micro_tokens,
         grad_accum_steps=plan.grad_accum_steps,
         params=param_count,
-        extra={"peak_memory_mib": mx.get_peak_memory() // (1 << 20), "device": dev, "plan": plan.note},
+        extra={"peak_memory_mib": mx.get_peak_memory() // (1 << 20), "device": dev, "plan": plan.note, "cpu_share": cpu_share, "micro_batches": micros_total},
     )
 

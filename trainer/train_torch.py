@@ -8,9 +8,17 @@ What it guarantees:
   steps, warmdown over the last fraction of the wall-clock budget, min-LR floor); Muon's
   momentum ramps over its warm-up steps; optional global gradient clipping and EMA of weights
   (the EMA is what is returned when `ema_decay > 0`).
-- Time: only optimiser steps are on the clock. A step starts only if the clock plus the
-  expected step time stays within the budget, so training ends within about one step time of
-  the budget and never runs a step it expects to overrun. On CUDA the compiled graph is primed
+- Time: only optimiser steps are on the clock. On one device the budget is kept at micro-batch
+  granularity: a micro-batch starts only if the clock plus the mean micro-batch time stays
+  within the budget, so training ends within about one micro-batch of the budget; a step cut
+  short applies the mean gradient of the micro-batches it did (and counts only their tokens).
+  Under DDP a step starts only if the expected step time fits (ranks must agree on the last
+  micro-batch). A first step that clearly cannot fit is refused: once its first micro-batch is
+  measured, a step projected to need more than twice the budget raises
+  trainer.step_budget.BudgetError, naming the knobs (a step of one micro-batch is never
+  refused after the fact: it has overrun by at most that micro-batch). Long steps
+  report progress per micro-batch. The CPU share the trainer got (trainer.cpu_share) is
+  measured over the training clock. On CUDA the compiled graph is primed
   by a few steps that are then undone (weights, optimiser state and data stream restored),
   as the challenge does, so compilation is not charged to training.
 - Devices: CUDA runs in bf16 autocast with torch.compile; CPU runs in float32, eager unless
@@ -36,7 +44,9 @@ import torch
 from trainer.model_spec import parameter_role, role_lr
 from trainer.model_torch import GPT, build_model
 from trainer.muon_torch import Muon
+from trainer.cpu_share import CpuShareMeter
 from trainer.schedule import Schedule
+from trainer.step_budget import BudgetError, step_too_long_message
 # Result types and the batch plan are shared with the MLX backend.
 from trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult
 from trainer.train_common import plan_batch as shared_plan_batch
@@ -44,6 +54,7 @@ from trainer.train_common import plan_batch as shared_plan_batch
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
 
 _PRIMING_STEPS = 3
+_MEASURED_SLACK = 2.0  # refuse a first step measured to need more than this many budgets
 
 
 def plan_batch(config: Mapping[str, Any], world_size: int, device: torch.device) -> BatchPlan:
@@ -155,18 +166,31 @@ def train(
         y = local[1:].view(plan.seqs_per_micro, plan.seq_len)
         return x, y
 
-    def one_step(step: int, lr_mult: float) -> torch.Tensor:
+    def one_step(step: int, lr_mult: float, keep_going: Callable[[int], bool] | None = None) -> tuple[torch.Tensor, int]:
+        """One optimiser step; `keep_going(done)` after each micro-batch but the last says
+        whether another may start. Returns the mean loss and the micro-batches done."""
         for opt in optimisers:
             opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
-        for micro in range(plan.grad_accum_steps):
+        accum = plan.grad_accum_steps
+        done = 0
+        for micro in range(accum):
             if distributed:
-                runner.require_backward_grad_sync = micro == plan.grad_accum_steps - 1
+                runner.require_backward_grad_sync = micro == accum - 1
             x, y = next_micro_batch()
             with torch.autocast(**autocast):
                 loss = runner(x, y)
-            (loss / plan.grad_accum_steps).backward()
+            (loss / accum).backward()
             total += loss.detach()
+            done += 1
+            if done < accum and keep_going is not None and not keep_going(done):
+                break
+        if done < accum:
+            # The budget ran out inside the step: use the mean gradient of the micro-batches done.
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(accum / done)
         for group in muon.param_groups:
             group["momentum"] = schedule.momentum(step)
         for opt in optimisers:
@@ -181,7 +205,7 @@ def train(
                 decay = config["ema_decay"]
                 for name, p in model.named_parameters():
                     ema[name].lerp_(p.detach().float(), 1.0 - decay)
-        return total / plan.grad_accum_steps
+        return total / done, done
 
     if compile_model:
         try:
@@ -200,9 +224,35 @@ def train(
     losses: list[torch.Tensor] = []
     elapsed = 0.0
     step = 0
+    micros_total = 0  # micro-batches trained so far, over all steps
+    train_tokens = 0
     last_report = -math.inf
+    lr_mult = 1.0
+    cpu = CpuShareMeter()
     _sync(device)
+    cpu.start()
     started = time.perf_counter()
+
+    def keep_going(done: int) -> bool:
+        """Inside a step that is first, long or near the budget's end: measure the clock after
+        each micro-batch, refuse a first step that cannot fit, report progress, and say
+        whether another micro-batch fits."""
+        nonlocal last_report
+        _sync(device)
+        now = time.perf_counter() - started
+        per_micro = now / (micros_total + done)
+        # A first micro-batch carries one-time costs, so only a clear overrun is refused.
+        if step == 0 and done == 1 and per_micro * plan.grad_accum_steps > _MEASURED_SLACK * budget_s:
+            raise BudgetError(_measured_refusal(config, budget_s, per_micro, plan.grad_accum_steps))
+        if now - last_report >= report_every_s:
+            last_report = now
+            report = StepReport(step, float("nan") if not losses else float(losses[-1].item()), now, budget_s,
+                                train_tokens + done * plan.micro_tokens * world, lr_mult, micro=done, micros=plan.grad_accum_steps)  # fmt: skip
+            log(f"step:{step + 1} micro_batch:{done}/{plan.grad_accum_steps} train_time:{now:.1f}s")
+            if progress is not None and rank == 0:
+                progress(report)
+        return now + per_micro <= budget_s
+
     while max_steps is None or step < max_steps:
         if distributed:
             # One clock for all ranks (the slowest): the LR schedule reads it, so ranks that
@@ -210,14 +260,18 @@ def train(
             clock = torch.tensor(elapsed, dtype=torch.float64, device=device)
             dist.all_reduce(clock, op=dist.ReduceOp.MAX)
             elapsed = float(clock.item())
-        # Expected cost of the next step: the mean so far (first step: assume it fits).
+        # Expected cost of the next step and micro-batch: the means so far (first: assume it fits).
         expected = elapsed / step if step else 0.0
-        if elapsed + expected > budget_s:
+        expected_micro = elapsed / micros_total if micros_total else 0.0
+        if elapsed + (expected if distributed else expected_micro) > budget_s:
             break
+        watch = not distributed and (step == 0 or elapsed + expected > budget_s or expected >= report_every_s)
         lr_mult = schedule.lr(step, elapsed)
-        loss = one_step(step, lr_mult)
+        loss, done = one_step(step, lr_mult, keep_going if watch else None)
         losses.append(loss)
         step += 1
+        micros_total += done
+        train_tokens += done * plan.micro_tokens * world
         if cuda and not distributed:
             # Between reports, skip the sync (the GPU runs ahead) unless the end is near.
             elapsed = time.perf_counter() - started
@@ -231,12 +285,13 @@ def train(
             value = float(loss.item())
             if not math.isfinite(value):
                 raise FloatingPointError(f"training loss became {value} at step {step}")
-            report = StepReport(step, value, elapsed, budget_s, step * step_tokens, lr_mult)
+            report = StepReport(step, value, elapsed, budget_s, train_tokens, lr_mult)
             log(f"step:{step} train_loss:{value:.4f} train_time:{elapsed:.1f}s tokens_per_s:{report.tokens_per_s:.0f} lr_scale:{lr_mult:.3f}")
             if progress is not None and rank == 0:
                 progress(report)
     _sync(device)
     elapsed = time.perf_counter() - started
+    cpu_share = cpu.stop()
     loss_values = tuple(float(v) for v in torch.stack(losses).cpu().tolist()) if losses else ()
     if loss_values and not math.isfinite(loss_values[-1]):
         raise FloatingPointError(f"training loss became {loss_values[-1]} at step {step}")
@@ -244,19 +299,24 @@ def train(
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(ema[name].to(p.dtype))
-    log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s")
+    log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s train_tokens:{train_tokens} cpu_share:{cpu_share}")
     return TrainResult(
         state=state_to_numpy(model),
         steps=step,
-        train_tokens=step * step_tokens,
+        train_tokens=train_tokens,
         training_seconds=elapsed,
         final_train_loss=loss_values[-1] if loss_values else float("nan"),
         losses=loss_values,
         micro_batch_tokens=plan.micro_tokens,
         grad_accum_steps=plan.grad_accum_steps,
         params=params,
-        extra={"peak_memory_mib": torch.cuda.max_memory_allocated(device) // (1 << 20) if cuda else 0},
+        extra={"peak_memory_mib": torch.cuda.max_memory_allocated(device) // (1 << 20) if cuda else 0, "cpu_share": cpu_share, "micro_batches": micros_total},
     )
+
+
+def _measured_refusal(config: Mapping[str, Any], budget_s: float, per_micro_s: float, accum: int) -> str:
+    how = f"as measured (its first micro-batch took {per_micro_s:.1f}s, and a step has {accum})"
+    return step_too_long_message(config, budget_s, per_micro_s * accum, how)
 
 
 def _optimisers(model: GPT, config: Mapping[str, Any], *, fused: bool) -> tuple[list[torch.optim.Optimizer], Muon]:

@@ -87,14 +87,16 @@ def keep_run_artifact(home: Home, source: Path) -> str | None:
 
 def records_from_path(path: Path, identity) -> list[bytes]:
     """Envelope bytes to publish from a run directory, a result.json, or a record file."""
-    from node.publishing import RESULT_FILE, read_run, sign_run
+    from node.publishing import RESULT_FILE, read_run, sign_run, sign_run_dir
     from protocol.errors import ProtocolError
     from protocol.signing import MAX_RECORD_BYTES, decode_record
 
     if path.is_dir():
         if not (path / RESULT_FILE).exists():
             raise ProtocolError(f"no {RESULT_FILE} in this directory; is it a run directory from `p2pgolf train`?")
-        return [sign_run(read_run(path), identity).raw]
+        return [sign_run_dir(path, identity).raw]  # the same record however often it is published
+    if path.name == RESULT_FILE:
+        return [sign_run_dir(path.parent, identity).raw]
     data = path.read_bytes()
     text = _json_text(data)
     if text is not None:

@@ -1,11 +1,15 @@
 """`p2pgolf train`: train one candidate (base config + knob diff) and write its run directory.
 
 What it guarantees: every knob, the seed, the budget and the backend are checked before
-anything starts (a bad value fails naming the knob and its allowed range); while training, a
-live line shows step, loss, tokens/s and time left; at the end one block prints one metric per
-line (`val_bpb:`, `val_loss:`, `steps:`, `training_seconds:`, `tokens_per_s:`,
-`artifact_bytes:` ...). Exit code 0 when the run is ok; 1 when it failed or its artifact is
-over the benchmark's size cap (the reason is printed on stderr, and result.json says so too).
+anything starts (a bad value fails naming the knob and its allowed range), and so is the budget:
+a config whose first step cannot fit is refused naming the knobs to change (trainer.step_budget).
+Without --base the base follows the benchmark and the hardware. A budget other than the
+benchmark's own is said to make another benchmark (NAME@SECONDSs). While training, a live line
+shows step (or micro-batch inside a long step), loss, tokens/s and time left; at the end one
+block prints one metric per line (`val_bpb:`, `val_loss:`, `steps:`, `training_seconds:`,
+`tokens_per_s:`, `artifact_bytes:`, `cpu_share:`, `degraded:` ...). Exit code 0 when the run is ok; 1 when it failed or its artifact is
+over the benchmark's size cap (the reason is printed on stderr, and result.json says so too);
+130 after Ctrl-C, which leaves result.json with status "abandoned".
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def parse_sets(sets: tuple[str, ...], seed: int | None) -> tuple[dict[str, Any],
 
 @click.command()
 @click.option("--bench", "bench_name", default="parameter-golf/sp1024-10min", show_default=True, help="Benchmark name (NAME or NAME@SECONDSs).")
-@click.option("--base", default="naive-baseline", show_default=True, help="Base config the knob diff applies to.")
+@click.option("--base", default=None, help="Base config the knob diff applies to (default: one that fits the benchmark and this hardware: smoke-tiny on smoke, naive-baseline on a GPU, cpu-small on a CPU).")
 @click.option("--set", "sets", multiple=True, metavar="KNOB=VALUE", help="Change one knob (repeatable).")
 @click.option("--budget", type=float, default=None, help="Training budget in seconds (default: the benchmark's).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 1337); recorded in the result.")
@@ -73,12 +77,18 @@ def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, 
     """Train one candidate and write a run directory."""
     from trainer.api import default_run_dir, prepare_run
     from trainer.backend import BackendUnavailable
+    from trainer.run_history import past_runs
     from trainer.runner import RunDirError, launch
+    from trainer.step_budget import BudgetError, check_run_fits
 
     diff, seed = parse_sets(sets, seed)
     if eval_tokens < 0:
         raise UserError(f"--eval-tokens must be 0 or more, got {eval_tokens}")
+    history = past_runs(Path(out_dir).resolve().parent if out_dir else home.runs_dir)
+    chosen = base is None
     try:
+        if chosen:
+            base = _default_base(bench_name, budget, backend, device, data_dir or home.data_dir, history)
         run = prepare_run(
             bench_name,
             base,
@@ -91,19 +101,51 @@ def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, 
             eval_token_cap=eval_tokens,
             compile=compile_mode,
         )
-    except BackendUnavailable as exc:
-        raise UserError(str(exc)) from None
+        check_run_fits(run, history)
+    except (BackendUnavailable, BudgetError) as exc:
+        raise UserError(f"{'base ' + base + ': ' if chosen else ''}{exc}") from None
     run_dir = Path(out_dir).resolve() if out_dir else default_run_dir(home.runs_dir, base, diff)
     click.echo(f"run_dir: {run_dir}")
-    click.echo(f"bench: {run.bench.name} base: {run.base} diff: {dict(run.diff)} seed: {run.seed} budget_s: {run.budget_s:g}")
+    click.echo(f"bench: {run.bench.name} base: {run.base}{' (default here)' if chosen else ''} diff: {dict(run.diff)} seed: {run.seed} budget_s: {run.budget_s:g}")
+    note = _budget_note(run)
+    if note:
+        click.echo(note)
     try:
         with _LiveLine() as live:
             outcome = launch(run, run_dir, progress=live.update, timeout_s=timeout)
-    except RunDirError as exc:
+    except (RunDirError, BudgetError) as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the run was stopped; {run_dir / 'result.json'} says status abandoned (nothing was measured)", err=True)
+        raise SystemExit(130) from None
     _print_summary(outcome)
     if outcome.status != "ok":
         raise UserError(f"run {outcome.status}: {outcome.error}")
+
+
+def _default_base(bench_name: str, budget, backend: str, device: str, data_dir, history) -> str:
+    """The base `train` uses when --base is not given: trainer.step_budget.default_base for the
+    benchmark and the hardware this run would train on."""
+    from trainer.backend import resolve_backend
+    from trainer.config import resolve_benchmark
+    from trainer.step_budget import default_base, run_hardware
+
+    bench = resolve_benchmark(bench_name, str(data_dir) if data_dir else None, budget)
+    return default_base(bench, run_hardware(resolve_backend(backend), device), bench.budget_s, history)
+
+
+def _budget_note(run) -> str:
+    """A line saying that a run under a non-standard budget is its own benchmark."""
+    from trainer.config import standard_budget_s
+
+    standard = standard_budget_s(run.bench_name)
+    if standard is None or float(run.budget_s) == standard:
+        return ""
+    plain = run.bench_name.split("@", 1)[0]
+    return (
+        f"note: a {run.budget_s:g}s budget makes this run count for benchmark {run.bench.name} (id {run.bench.id[:12]}), "
+        f"not for the network's {plain} ({standard:g}s); its results do not mix with {plain}'s"
+    )
 
 
 def _print_summary(outcome) -> None:
@@ -113,6 +155,13 @@ def _print_summary(outcome) -> None:
     for name in SUMMARY_FIELDS:
         if name in values:
             click.echo(f"{name}: {_fmt(values[name])}")
+    throughput = outcome.result.get("throughput") or {}
+    if throughput:
+        if throughput.get("cpu_share") is not None:
+            click.echo(f"cpu_share: {throughput['cpu_share']:.2f}")
+        if throughput.get("usual_tokens_per_s"):
+            click.echo(f"usual_tokens_per_s: {throughput['usual_tokens_per_s']:.1f}")
+        click.echo(f"degraded: {'yes: ' + throughput['reason'] if throughput.get('degraded') else 'no'}")
     click.echo(f"artifact_sha256: {outcome.result.get('artifact_sha256')}")
     click.echo(f"result: {outcome.run_dir / 'result.json'}")
 
@@ -151,9 +200,9 @@ class _LiveLine:
         text = _describe(event)
         if self.live is not None:
             self.live.update(text)
-        elif event.phase == "training" and event.step:
+        elif event.phase == "training" and (event.step or event.message):
             # Not a terminal: one line every few seconds of training, so logs show the loss fall.
-            if event.step == 1 or event.elapsed_s - self.last_print_s >= 5.0:
+            if event.step == 1 or not event.step or event.elapsed_s - self.last_print_s >= 5.0:
                 self.last_print_s = event.elapsed_s
                 self.console.print(text, highlight=False)
         elif event.phase in ("loading", "exporting", "done") or (event.phase == "evaluating" and event.message):
@@ -166,6 +215,8 @@ def _describe(event) -> str:
             f"step {event.step}  loss {event.train_loss:.4f}  {event.tokens_per_s:,.0f} tok/s  "
             f"{event.time_left_s:.0f}s left of {event.budget_s:.0f}s"
         )
+    if event.phase == "training" and event.message:
+        return f"training: {event.message}  {event.time_left_s:.0f}s left of {event.budget_s:.0f}s"
     if event.phase == "evaluating" and event.total:
         return f"evaluating {event.done}/{event.total} windows"
     return f"{event.phase}{': ' + event.message if event.message else '...'}"
