@@ -179,3 +179,19 @@ def test_spec_frame_vectors_are_what_the_exchange_writes():
     for name, message in (("has", {"op": "has", "sha": sha}), ("get", {"op": "get", "sha": sha, "offset": 0, "length": 1048576})):
         body = canonical.encode(message)
         assert (struct.pack(">I", len(body)) + body).hex() == vectors[name]
+
+
+def test_a_server_does_not_announce_a_blob_damaged_on_its_disk(tmp_path):
+    data = os.urandom(10_000)
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def main():
+        async with hosts(tmp_path, [lambda s: BlobServer(s, FAST)]) as ((h0, s0), (h1, s1)):
+            s1.put(data, kind="artifact")
+            exchange = BlobExchange(h0, s0, FAST)
+            assert await exchange.holders(sha, [_peer(h1)]) == [(_peer(h1), len(data))]
+            s1.path(sha).write_bytes(b"rotten" * 100)
+            assert await exchange.holders(sha, [_peer(h1)]) == []
+            assert not s1.has(sha)  # removed by the server's check
+
+    trio.run(main)
