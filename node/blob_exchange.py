@@ -70,13 +70,14 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 BLOB_PROTOCOL = "/p2pgolf/blobs/1.0.0"
+MAX_CHUNK = 1 << 20  # a server serves any get of up to this many bytes; a client asks no more
 
 
 @dataclass(frozen=True)
 class ExchangeSettings:
     """Sizes, rates and timeouts of the blob exchange (both sides)."""
 
-    chunk_bytes: int = 1 << 20  # asked for per request (a frame is at most 8 MiB)
+    chunk_bytes: int = MAX_CHUNK  # asked for per request
     min_bytes_per_s: float = 256 * 1024  # a holder slower than this per chunk is dropped
     open_timeout_s: float = 10.0
     has_timeout_s: float = 5.0
@@ -87,8 +88,8 @@ class ExchangeSettings:
     idle_timeout_s: float = 30.0  # a server waits this long for the next request
 
     def __post_init__(self) -> None:
-        if not 1024 <= self.chunk_bytes <= 4 << 20:
-            raise ValueError(f"chunk_bytes={self.chunk_bytes} is outside [1024, 4 MiB]")
+        if not 1024 <= self.chunk_bytes <= MAX_CHUNK:
+            raise ValueError(f"chunk_bytes={self.chunk_bytes} is outside [1024, {MAX_CHUNK}]")
         for name in ("min_bytes_per_s", "open_timeout_s", "has_timeout_s", "fetch_timeout_s", "serve_bytes_per_s", "idle_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -180,8 +181,8 @@ class BlobServer:
             return {"size": await self._verified_size(sha)}
         if op == "get":
             offset, length = request.get("offset"), request.get("length")
-            if type(offset) is not int or type(length) is not int or offset < 0 or not 0 < length <= self.settings.chunk_bytes:
-                raise ValueError(f"get needs offset >= 0 and 0 < length <= {self.settings.chunk_bytes}")
+            if type(offset) is not int or type(length) is not int or offset < 0 or not 0 < length <= MAX_CHUNK:
+                raise ValueError(f"get needs offset >= 0 and 0 < length <= {MAX_CHUNK}")
             data = await self._throttled_read(sha, offset, length, peer)
             self.served_bytes += len(data)
             return {"data": data}

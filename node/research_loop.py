@@ -158,7 +158,7 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
     if node.blobs is not None:
         from node.verification import LoopVerifier
 
-        verifier = LoopVerifier(node, bench, data_dir=settings.data_dir)
+        verifier = LoopVerifier(node, bench, data_dir=settings.data_dir, backend=settings.backend, device=settings.device)
     loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control, keep_artifact=node.keep_artifact, verifier=verifier)
     await loop.run()
 

@@ -195,3 +195,30 @@ def test_a_server_does_not_announce_a_blob_damaged_on_its_disk(tmp_path):
             assert not s1.has(sha)  # removed by the server's check
 
     trio.run(main)
+
+
+def test_requests_outside_the_protocol_are_refused_in_one_reply(tmp_path):
+    """A get over 1 MiB, a malformed digest or an unknown op gets an error reply (SPEC section 9)."""
+    from node.blob_exchange import BLOB_PROTOCOL, MAX_CHUNK
+    from node.sync import read_frame, write_frame
+
+    data = os.urandom(2000)
+    sha = hashlib.sha256(data).digest()
+
+    async def ask(h0, h1, message):
+        from libp2p.custom_types import TProtocol
+
+        stream = await h0.new_stream(h1.get_id(), [TProtocol(BLOB_PROTOCOL)])
+        await write_frame(stream, message)
+        return await read_frame(stream)
+
+    async def main():
+        async with hosts(tmp_path, [lambda s: BlobServer(s, FAST)]) as ((h0, s0), (h1, s1)):
+            s1.put(data, kind="artifact")
+            with trio.fail_after(10):
+                assert (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 0, "length": MAX_CHUNK + 1}))["error"].startswith("get needs")
+                assert "32 bytes" in (await ask(h0, h1, {"op": "has", "sha": b"short"}))["error"]
+                assert "unknown blob op" in (await ask(h0, h1, {"op": "put", "sha": sha}))["error"]
+                assert (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 1000, "length": MAX_CHUNK}))["data"] == data[1000:]
+
+    trio.run(main)
