@@ -183,7 +183,12 @@ class BlobServer:
             offset, length = request.get("offset"), request.get("length")
             if type(offset) is not int or type(length) is not int or offset < 0 or not 0 < length <= MAX_CHUNK:
                 raise ValueError(f"get needs offset >= 0 and 0 < length <= {MAX_CHUNK}")
-            data = await self._throttled_read(sha, offset, length, peer)
+            size = self.store.size(sha)
+            if size is None:
+                raise BlobError(f"blob {sha[:12]} is not held here")
+            if offset >= size and size > 0:
+                raise ValueError(f"offset {offset} is beyond the blob's {size} bytes")
+            data = await self._throttled_read(sha, offset, min(length, size - offset), peer)
             self.served_bytes += len(data)
             return {"data": data}
         raise ValueError(f"unknown blob op {op!r}; expected has or get")

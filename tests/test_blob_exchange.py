@@ -220,5 +220,34 @@ def test_requests_outside_the_protocol_are_refused_in_one_reply(tmp_path):
                 assert "32 bytes" in (await ask(h0, h1, {"op": "has", "sha": b"short"}))["error"]
                 assert "unknown blob op" in (await ask(h0, h1, {"op": "put", "sha": sha}))["error"]
                 assert (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 1000, "length": MAX_CHUNK}))["data"] == data[1000:]
+                assert "beyond the blob" in (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 2000, "length": 10}))["error"]
 
     trio.run(main)
+
+
+def test_any_request_map_a_peer_sends_gets_a_reply_or_a_named_refusal(tmp_path):
+    """Fuzzed requests: the server answers or refuses with BlobError/ValueError, never anything else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pool.blobs import BlobError
+
+    store = BlobStore(tmp_path / "blobs")
+    held = store.put(b"held blob" * 100, kind="artifact")
+    server = BlobServer(store, FAST)
+    values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64), st.text(max_size=8), st.binary(max_size=40), st.just(bytes.fromhex(held)), st.just("has"), st.just("get"))
+    requests = st.one_of(values, st.dictionaries(st.sampled_from(["op", "sha", "offset", "length", "x"]), values, max_size=5))
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(requests)
+    def check(request):
+        async def one():
+            try:
+                reply = await server._answer(request, "peer")
+            except (BlobError, ValueError):
+                return
+            assert isinstance(reply, dict) and set(reply) <= {"size", "data"}
+
+        trio.run(one)
+
+    check()
