@@ -5,6 +5,10 @@ the node (from its PoolStore) and the simulator (from synthetic measurements) fe
 code. A `ResultEvidence` says "author measured candidate on hardware class hw: val_bpb"; an
 `AttestationEvidence` says "author re-measured record subject: val_bpb". Converting a record
 never fails for a record that passed `protocol.signing.decode_record`.
+
+A result whose note marks it as imported from a competition folder (pool/bridge/provenance.py)
+is someone else's run that its signer only transcribed: its evidence author is
+`imported_author(signer)`, which the estimator weighs as an unknown key until it is reproduced.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool.bridge.provenance import imported_author, is_imported
 from protocol import knobs
 from protocol.signing import SignedRecord
 
@@ -110,7 +115,7 @@ def from_signed(signed: SignedRecord) -> ResultEvidence | AttestationEvidence:
         signed.id,
         base=record.base,
         diff=record.diff,
-        author=record.author,
+        author=imported_author(record.author) if is_imported(record.note) else record.author,
         hw=record.hw.key,
         val_bpb=record.metrics.val_bpb,
         budget_s=record.budget_s,
