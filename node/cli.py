@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "publish": "node.commands.publish_cmd:publish",
     "peers": "node.commands.status_cmd:peers",
     "status": "node.commands.status_cmd:status",
+    "submission": "node.commands.submission_cmd:submission",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -40,6 +41,7 @@ SUMMARIES: dict[str, str] = {
     "publish": "Sign a local result and deliver it to peers.",
     "peers": "List the peers of the running node.",
     "status": "Show the running node's status.",
+    "submission": "Write a pool candidate as a competition record folder.",
 }
 
 
