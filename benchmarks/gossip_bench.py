@@ -55,6 +55,7 @@ def make_record(author: Identity, seed: int, created_ms: int | None = None) -> b
         created_ms=created_ms if created_ms is not None else int(time.time() * 1000),
         base="smoke-tiny",
         diff={},
+        tokenizer=BENCH.tokenizer,
         hw=HardwareClass("cpu", "Bench CPU", 1, 8192),
         budget_s=BENCH.budget_s,
         seed=seed,

@@ -101,7 +101,7 @@ def make_records(n: int, seed: int) -> list:
         if results and rng.random() < 0.2:
             subject = rng.choice(results[-200:])
             record = Attestation(bench=subject.bench, author=who.public_hex, created_ms=created, subject=subject.id,
-                                 method=rng.choice(("reeval", "reproduce")), hw=rng.choice(classes), seed=rng.randrange(2**32),
+                                 method=rng.choice(("reeval", "reproduce")), tokenizer="sp1024", hw=rng.choice(classes), seed=rng.randrange(2**32),
                                  metrics=metrics, trainer="torch-2.6/cuda")
         else:
             diff = {}
@@ -111,7 +111,7 @@ def make_records(n: int, seed: int) -> list:
                 diff["num_layers"] = rng.randrange(4, 14)
             parents = tuple(sorted({r.id for r in rng.sample(results[-50:], min(len(results[-50:]), rng.randrange(0, 4)))}))
             record = Result(bench=rng.choice(benches), author=who.public_hex, created_ms=created, base="naive-baseline",
-                            diff=diff, hw=rng.choice(classes), budget_s=600.0, seed=rng.randrange(2**32), metrics=metrics,
+                            diff=diff, tokenizer="sp1024", hw=rng.choice(classes), budget_s=600.0, seed=rng.randrange(2**32), metrics=metrics,
                             parents=parents, trainer="torch-2.6/cuda", note=rng.choice(("", "", "wider mlp, lower lr")))
         try:
             signed = sign_record(record, who.signing_key)
@@ -122,7 +122,7 @@ def make_records(n: int, seed: int) -> list:
             results.append(signed)
     while len(out) < n:  # top up with plain results if any were skipped
         out.append(sign_record(Result(bench=benches[0], author=authors[0].public_hex, created_ms=t0 + len(out), base="naive-baseline",
-                                      diff={}, hw=classes[0], budget_s=600.0, seed=len(out), metrics=metrics), authors[0].signing_key))
+                                      diff={}, tokenizer="sp1024", hw=classes[0], budget_s=600.0, seed=len(out), metrics=metrics), authors[0].signing_key))
     return out[:n]
 
 

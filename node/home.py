@@ -36,6 +36,10 @@ class Home:
         return self.root / "runs"
 
     @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs"
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 

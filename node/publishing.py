@@ -64,12 +64,18 @@ def result_from_run(data: dict[str, Any], author: str, *, now_ms: int | None = N
     if not isinstance(diff, dict):
         raise ProtocolError("must be an object of knob names to values", "diff")
     note = data["note"] if data["note"] is not None else ""
+    tokenizer = data.get("tokenizer")
+    if tokenizer is None and isinstance(name, str) and name.split("@", 1)[0] in BENCHMARKS:
+        tokenizer = benchmark(name).tokenizer  # a result.json written before candidates named their tokenizer
+    if tokenizer is None:
+        raise ProtocolError("missing field tokenizer (the tokenizer variant the run used, e.g. sp1024)", RESULT_FILE)
     result = Result(
         bench=bench_id,
         author=author,
         created_ms=int(time.time() * 1000) if now_ms is None else now_ms,
         base=data["base"],
         diff=diff,
+        tokenizer=tokenizer,
         hw=HardwareClass.from_wire(hw),
         budget_s=budget,
         seed=data["seed"],

@@ -236,7 +236,9 @@ class ResearchLoop:
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
-        choice = bandit.choose(post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining)
+        choice = bandit.choose(
+            post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining, default_tokenizer=self.bench.tokenizer
+        )
         p = choice.proposal
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
@@ -360,6 +362,7 @@ class ResearchLoop:
                 created_ms=result.created_ms,
                 subject=entry["subject"],
                 method="reproduce",
+                tokenizer=result.tokenizer,
                 hw=result.hw,
                 seed=result.seed,
                 metrics=result.metrics,

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,12 @@ import numpy as np
 
 from pool.estimator import Posterior
 from pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
-from protocol import knobs
+from protocol import candidates, knobs
+
+
+def builtin_only(base: str) -> bool:
+    """The default `runnable`: built-in base configs run; scripts need their user's approval."""
+    return not candidates.is_script_base(base)
 
 
 @dataclass(frozen=True)
@@ -135,15 +140,19 @@ def choose(
     config: BanditConfig = BanditConfig(),
     default_base: str = "naive-baseline",
     operators: Sequence[str] = OPERATORS,
+    default_tokenizer: str = "sp1024",
+    runnable: Callable[[str], bool] = builtin_only,
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
-    node's finished experiments, oldest first."""
+    node's finished experiments, oldest first. `runnable(base)` says which bases this node may
+    train: a candidate of any other base is evidence only, never proposed."""
     incumbent = posterior.incumbent()
     if not posterior.candidates:
-        proposal = make_proposal(default_base, {}, (), "try_peer")
+        proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, None)
-    if config.intensify and incumbent is not None and "replicate" in operators and posterior.info[incumbent].established < 1.5:
+    incumbent_runs = incumbent is not None and runnable(posterior.info[incumbent].base)
+    if config.intensify and incumbent_runs and "replicate" in operators and posterior.info[incumbent].established < 1.5:
         # intensification (as in SMAC): one lucky run must not become the base of everything
         proposal = replicate(posterior.info[incumbent])
         return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
@@ -152,10 +161,11 @@ def choose(
     if incumbent is not None and "replicate" in operators and rng.random() < leader_probability(config, len(history), remaining):
         # top-two sampling: the leader (of the mean, or of a draw) is measured again
         leader = drawn_leader(posterior, posterior.mean + config.leader_temperature * (raw - posterior.mean), config)
-        return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
-    arms = _arms(posterior, draw, incumbent, rng, space, config, operators)
+        if runnable(posterior.info[leader].base):
+            return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
+    arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
     if not arms:
-        proposal = make_proposal(default_base, {}, (), "try_peer")
+        proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, incumbent)
     yields = operator_draws(history, [op for op in operators if arms.get(op)], rng, config)
     op = max(yields, key=yields.get)
@@ -262,24 +272,27 @@ def outcome(proposal: Proposal, measured: float, before: Posterior) -> bool:
 # ----------------------------------------------------------------------------- arms
 
 
-def _arms(posterior, draw, incumbent, rng, space, config, operators):
+def _arms(posterior, draw, incumbent, rng, space, config, operators, runnable=builtin_only):
     idx = posterior.index
     order = np.argsort(posterior.mean, kind="stable")
     established = [posterior.candidates[i] for i in order if posterior.info[posterior.candidates[i]].established >= posterior.established_weight]
     arms: dict[str, list[tuple[Proposal, float]]] = {op: [] for op in operators}
     if "replicate" in arms:
         for c in established[: config.top_k]:
-            if posterior.info[c].established < config.max_replicates:
+            if posterior.info[c].established < config.max_replicates and runnable(posterior.info[c].base):
                 arms["replicate"].append((_later(replicate, posterior.info[c]), draw[idx[c]]))
     if "try_peer" in arms:
         for c in posterior.candidates:
             inf = posterior.info[c]
-            if inf.established < posterior.established_weight and inf.base and inf.support >= config.min_support:
+            if inf.established < posterior.established_weight and inf.base and inf.support >= config.min_support and runnable(inf.base):
                 arms["try_peer"].append((_later(try_peer, inf), draw[idx[c]]))
-    if "mutate" in arms and incumbent is not None:
+    if "mutate" in arms and incumbent is not None and not posterior.info[incumbent].is_script:
         arms["mutate"] = _mutations(posterior, draw, incumbent, rng, space, config)
     if "recombine" in arms:
-        leaders = [c for c in (posterior.candidates[i] for i in order) if posterior.info[c].base and posterior.info[c].support >= config.build_support][: config.top_k]
+        leaders = [
+            c for c in (posterior.candidates[i] for i in order)
+            if posterior.info[c].base and not posterior.info[c].is_script and posterior.info[c].support >= config.build_support
+        ][: config.top_k]
         arms["recombine"] = _recombinations(posterior, draw, leaders, rng, config)
     return {op: v for op, v in arms.items() if v}
 
@@ -402,10 +415,10 @@ class MoveModel:
 
         for c in posterior.candidates:
             inf = posterior.info[c]
-            if len(inf.parents) != 1 or not inf.base:
+            if len(inf.parents) != 1 or not inf.base or inf.is_script:
                 continue
             p = inf.parents[0]
-            if not posterior.info[p].base:
+            if not posterior.info[p].base or posterior.info[p].is_script:
                 continue
             foreign = local_only and min(inf.established, posterior.info[p].established) < posterior.established_weight
             if foreign and (not math.isfinite(foreign_sd) or min(inf.support, posterior.info[p].support) < 0.5):

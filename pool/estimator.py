@@ -53,6 +53,7 @@ from pool.trust_weights import (
     claim_weight,
     volume_factor,
 )
+from protocol import candidates
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,12 @@ class CandidateInfo:
     established: float  # trusted weight of measurements on the target hardware
     n_results: int
     support: float = 1.0  # the largest weight any of its evidence carries (0 for none)
+    tokenizer: str = "sp1024"
+
+    @property
+    def is_script(self) -> bool:
+        """True if the candidate is a script (base `script:<sha256>`), not a built-in config."""
+        return candidates.is_script_base(self.base)
 
 
 @dataclass(frozen=True)
@@ -686,6 +693,7 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
             established=float(established.get(c, 0.0)),
             n_results=len(src),
             support=float(support.get(c, 0.0)),
+            tokenizer=first.tokenizer if first else "sp1024",
         )
     return Posterior(
         hw=hw,

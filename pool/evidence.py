@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool.bridge.provenance import imported_author, is_imported
-from protocol import knobs
+from protocol import candidates
 from protocol.signing import SignedRecord
+
+
+# The tokenizer of evidence built without one (the simulator's, tests'): the challenge's default.
+DEFAULT_TOKENIZER = "sp1024"
 
 
 @dataclass(frozen=True)
 class ResultEvidence:
-    """One measured result: candidate (base + diff) on a hardware class, by an author."""
+    """One measured result: candidate (base, diff, tokenizer) on a hardware class, by an author."""
 
     record_id: str
     candidate: str
@@ -37,6 +41,7 @@ class ResultEvidence:
     parents: tuple[str, ...] = ()
     created_ms: int = 0
     seed: int = 0
+    tokenizer: str = DEFAULT_TOKENIZER
     kind: str = field(default="result", init=False)
 
 
@@ -80,12 +85,14 @@ def result_evidence(
     parents: Iterable[str] = (),
     created_ms: int = 0,
     seed: int = 0,
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> ResultEvidence:
-    """A ResultEvidence with its candidate id computed (raises ProtocolError for a bad diff)."""
-    normal = knobs.normalise_diff(base, diff)
+    """A ResultEvidence with its candidate id computed (raises ProtocolError for a bad diff).
+    Both kinds of candidate: a script's diff is taken by shape, whether or not the script is held."""
+    normal = candidates.normalise_diff(base, diff)
     return ResultEvidence(
         record_id=record_id,
-        candidate=knobs.candidate_id(base, normal),
+        candidate=candidates.candidate_id(base, normal, tokenizer),
         base=base,
         diff=normal,
         author=author,
@@ -95,6 +102,7 @@ def result_evidence(
         parents=tuple(sorted(set(parents))),
         created_ms=int(created_ms),
         seed=int(seed),
+        tokenizer=tokenizer,
     )
 
 
@@ -122,6 +130,7 @@ def from_signed(signed: SignedRecord) -> ResultEvidence | AttestationEvidence:
         parents=record.parents,
         created_ms=record.created_ms,
         seed=record.seed,
+        tokenizer=record.tokenizer,
     )
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from pool.estimator import CandidateInfo
-from protocol import knobs
+from pool.evidence import DEFAULT_TOKENIZER
+from protocol import candidates, knobs
 from protocol.errors import ProtocolError
 
 OPERATORS = ("replicate", "mutate", "recombine", "try_peer")
@@ -28,7 +29,7 @@ OPERATORS = ("replicate", "mutate", "recombine", "try_peer")
 
 @dataclass(frozen=True)
 class Proposal:
-    """What to train next: base + diff, where it came from, and why."""
+    """What to train next: base + diff (+ tokenizer), where it came from, and why."""
 
     base: str
     diff: Mapping[str, Any]
@@ -36,11 +37,17 @@ class Proposal:
     operator: str
     subject: str | None = None  # for replicate / try_peer: the record being re-measured
     changed: tuple[tuple[str, Any], ...] = ()  # for mutate: (knob, new value) moved from the parent
-    candidate: str = ""  # candidate id of (base, diff), filled in by make_proposal
+    candidate: str = ""  # candidate id of (base, diff, tokenizer), filled in by make_proposal
+    tokenizer: str = DEFAULT_TOKENIZER
 
     def __post_init__(self) -> None:
         if not self.candidate:
-            object.__setattr__(self, "candidate", knobs.candidate_id(self.base, self.diff))
+            object.__setattr__(self, "candidate", candidates.candidate_id(self.base, self.diff, self.tokenizer))
+
+    @property
+    def is_script(self) -> bool:
+        """True if the proposal trains a script (base `script:<sha256>`), not the built-in trainer."""
+        return candidates.is_script_base(self.base)
 
 
 @dataclass(frozen=True)
@@ -92,15 +99,25 @@ DEFAULT_SPACE: tuple[Dim, ...] = (
 )
 
 
-def make_proposal(base: str, diff: Mapping[str, Any], parents: Sequence[str], operator: str, *, subject: str | None = None, changed: Sequence[tuple[str, Any]] = ()) -> Proposal:
-    """A checked proposal; ProtocolError if base + diff is not a valid config."""
+def make_proposal(
+    base: str,
+    diff: Mapping[str, Any],
+    parents: Sequence[str],
+    operator: str,
+    *,
+    subject: str | None = None,
+    changed: Sequence[tuple[str, Any]] = (),
+    tokenizer: str = DEFAULT_TOKENIZER,
+) -> Proposal:
+    """A checked proposal of a built-in base; ProtocolError if base + diff is not a valid config."""
     if operator not in OPERATORS:
         raise ValueError(f"unknown operator {operator!r}; known: {', '.join(OPERATORS)}")
     normal = knobs.normalise_diff(base, diff)  # checks every entry against its knob
     config = knobs.base_config(base)
     config.update(normal)
     knobs.check_config(config)  # rules between knobs
-    return Proposal(base, normal, tuple(sorted({p for p in parents if p})), operator, subject, tuple(changed), knobs.candidate_id(base, normal))
+    parents = tuple(sorted({p for p in parents if p}))
+    return Proposal(base, normal, parents, operator, subject, tuple(changed), candidates.candidate_id(base, normal, tokenizer), tokenizer)
 
 
 def replicate(leader: CandidateInfo) -> Proposal:
@@ -116,7 +133,7 @@ def try_peer(candidate: CandidateInfo) -> Proposal:
 def _remeasure(info: CandidateInfo, operator: str) -> Proposal:
     # the pool's candidates were validated when their records were; no need to resolve again
     rep = info.representative
-    return Proposal(info.base, dict(info.diff), (rep,) if rep else (), operator, rep or None, (), info.candidate)
+    return Proposal(info.base, dict(info.diff), (rep,) if rep else (), operator, rep or None, (), info.candidate, info.tokenizer)
 
 
 def mutate(
@@ -134,7 +151,10 @@ def mutate(
     Gaussian step of sd `step` in the unit range (log for log-scale knobs), shifted by
     `direction` (a signed step size) when a surrogate suggests one; categorical knobs to
     another choice. None if no valid, different config turns up in `tries` attempts.
-    `config` may pass the parent's resolved config when the caller has it already."""
+    `config` may pass the parent's resolved config when the caller has it already.
+    A script parent has no knobs: None."""
+    if parent.is_script:
+        return None
     dims = {d.name: d for d in space}
     config = config if config is not None else knobs.resolve(parent.base, parent.diff)
     for _ in range(tries):
@@ -153,7 +173,7 @@ def mutate(
         diff = dict(parent.diff)
         diff[dim.name] = value
         try:
-            return make_proposal(parent.base, diff, (parent.representative,), "mutate", changed=((dim.name, value),))
+            return make_proposal(parent.base, diff, (parent.representative,), "mutate", changed=((dim.name, value),), tokenizer=parent.tokenizer)
         except ProtocolError:
             continue
     return None
@@ -162,7 +182,9 @@ def mutate(
 def recombine(a: CandidateInfo, b: CandidateInfo, rng: np.random.Generator) -> Proposal | None:
     """The union of both candidates' diffs (over a's base); where they set the same knob
     differently, each conflict is settled by a coin. None if no valid union exists or the
-    union equals one of the parents."""
+    union equals one of the parents. Scripts have no knobs to unite: None."""
+    if a.is_script or b.is_script:
+        return None
     config_b = knobs.resolve(b.base, b.diff)
     base_b = knobs.base_config(b.base)
     from_b = {k: v for k, v in config_b.items() if v != base_b[k]}
@@ -173,7 +195,7 @@ def recombine(a: CandidateInfo, b: CandidateInfo, rng: np.random.Generator) -> P
             if k not in conflicts or rng.random() < 0.5:
                 diff[k] = v
         try:
-            proposal = make_proposal(a.base, diff, (a.representative, b.representative), "recombine")
+            proposal = make_proposal(a.base, diff, (a.representative, b.representative), "recombine", tokenizer=a.tokenizer)
         except ProtocolError:
             if not conflicts:
                 return None

@@ -26,10 +26,10 @@ import numpy as np
 
 from pool import bandit as bandit_mod
 from pool.estimator import EstimatorConfig, Posterior, estimate
-from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
+from pool.evidence import DEFAULT_TOKENIZER, AttestationEvidence, Evidence, ResultEvidence
 from pool.proposals import DEFAULT_SPACE, Dim, Proposal, mutate
 from pool.trust_weights import TrustPolicy, static_status
-from protocol import knobs
+from protocol import candidates, knobs
 
 MODES = ("isolated_hillclimb", "isolated_bandit", "naive", "trust", "malicious", "malicious_blocked")
 BASE = "naive-baseline"
@@ -248,7 +248,7 @@ def _hillclimb(land: Landscape, hw: str, rng: np.random.Generator, settings: Sim
     kept_diff: dict = {}
     kept_cfg = knobs.resolve(BASE, kept_diff)
     kept_measured = land.true_bpb(kept_cfg, hw) + rng.normal(0.0, noise)
-    kept_id = knobs.candidate_id(BASE, kept_diff)
+    kept_id = candidates.candidate_id(BASE, kept_diff, DEFAULT_TOKENIZER)
     trace.ran.append(kept_id)
     trace.operators.append("baseline")
     trace.on_fake.append(False)

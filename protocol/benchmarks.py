@@ -1,7 +1,9 @@
-"""Benchmark ids: which task, data, tokenizer, budget and size cap a result was measured on.
+"""Benchmark ids: which task, validation data, budget and size cap a result was measured on.
 
 Results from different benchmarks never mix, and each benchmark has its own gossip topic. The
-id is a hash over exactly the things that make two measurements comparable.
+id is a hash over exactly the things that make two measurements comparable. val_bpb is
+tokenizer-agnostic, so the tokenizer is part of the candidate (protocol/candidates.py), not of
+the id: a benchmark only names the tokenizer the built-in trainer uses on its data by default.
 """
 
 from __future__ import annotations
@@ -13,14 +15,24 @@ from dataclasses import dataclass, replace
 from protocol import canonical
 from protocol.errors import ProtocolError
 
-BENCHMARK_DOMAIN = b"p2pgolf/benchmark/v1\n"
+BENCHMARK_DOMAIN = b"p2pgolf/benchmark/v2\n"
+TOPIC_PREFIX = "/p2pgolf/records/2/"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # sha256 of the challenge tokenizer file fineweb_1024_bpe.model (sp1024).
 SP1024_TOKENIZER_SHA256 = "849ea920119b5135ace5016137e82ab397738fc29d723d5f9a6b74c4e31af191"
-# The challenge's validation split is identified by where it lives (its bytes are ~120 MB and are
-# not shipped): sha256 of this descriptor. `p2pgolf data fetch` checks the shards it downloads.
-CHALLENGE_VAL_DESCRIPTOR = "hf:willdepueoai/parameter-golf:datasets/fineweb10B_sp1024/fineweb_val_*.bin:first-50000-docs"
+# The challenge's validation text is identified by where it lives (its bytes are ~120 MB and are
+# not shipped): sha256 of this descriptor. Every tokenizer variant of the dataset tokenizes the
+# same first 50,000 documents, so one descriptor covers them all.
+CHALLENGE_VAL_DESCRIPTOR = "hf:willdepueoai/parameter-golf:datasets/fineweb10B_*/fineweb_val_*.bin:first-50000-docs"
+# Tokenizer variants with a known file digest (None: the variant exists but its file is not pinned here).
+BYTE256_TOKENIZER_SHA256 = hashlib.sha256(b"byte-level-256").hexdigest()
+TOKENIZERS: dict[str, str | None] = {
+    "sp1024": SP1024_TOKENIZER_SHA256,
+    "sp4096": None,
+    "sp8192": None,
+    "byte256": BYTE256_TOKENIZER_SHA256,
+}
 # The smoke benchmark's validation tokens are generated (trainer.smoke); this is the sha256 of
 # their bytes, checked by a test so every machine generates the same data.
 SMOKE_VAL_SHA256 = "510d25ecbf8ecb5d73a9d02e105c03b459119a774bb17b73e23d939a284f6599"  # trainer/smoke.py val_sha256()
@@ -28,7 +40,9 @@ SMOKE_VAL_SHA256 = "510d25ecbf8ecb5d73a9d02e105c03b459119a774bb17b73e23d939a284f
 
 @dataclass(frozen=True)
 class Benchmark:
-    """What a result is comparable under. `name` is a label; only the other fields are hashed."""
+    """What a result is comparable under. Hashed into the id: task, val_digest, budget_s and
+    size_cap. Not hashed: `name` (a label), `tokenizer` (the variant the built-in trainer uses
+    by default on this data) and `tokenizer_digest` (that tokenizer file's sha256)."""
 
     name: str
     task: str
@@ -36,6 +50,7 @@ class Benchmark:
     tokenizer_digest: str
     budget_s: float
     size_cap: int
+    tokenizer: str = "sp1024"
 
     def __post_init__(self) -> None:
         for field in ("val_digest", "tokenizer_digest"):
@@ -52,7 +67,6 @@ class Benchmark:
             {
                 "task": self.task,
                 "val": self.val_digest,
-                "tokenizer": self.tokenizer_digest,
                 "budget_s": float(self.budget_s),
                 "size_cap": int(self.size_cap),
             }
@@ -62,7 +76,7 @@ class Benchmark:
     @property
     def topic(self) -> str:
         """The gossip topic of this benchmark."""
-        return f"/p2pgolf/records/1/{self.id}"
+        return f"{TOPIC_PREFIX}{self.id}"
 
     def with_budget(self, budget_s: float) -> "Benchmark":
         """The same task and data under another budget (a different benchmark id)."""
@@ -86,14 +100,16 @@ BENCHMARKS: dict[str, Benchmark] = {
             tokenizer_digest=SP1024_TOKENIZER_SHA256,
             budget_s=600.0,
             size_cap=16_000_000,
+            tokenizer="sp1024",
         ),
         Benchmark(
             name="smoke",
             task="smoke-bytes",
             val_digest=SMOKE_VAL_SHA256,
-            tokenizer_digest=_sha256_text("byte-level-256"),
+            tokenizer_digest=BYTE256_TOKENIZER_SHA256,
             budget_s=60.0,
             size_cap=16_000_000,
+            tokenizer="byte256",
         ),
     )
 }

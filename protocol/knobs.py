@@ -2,8 +2,8 @@
 
 A candidate is (base config name, config diff). The diff maps knob names to values; each value
 is checked against the knob's type and range, so a record from a peer can never ask the trainer
-for something unknown or absurd (a node never executes anything a peer sent). The candidate id
-hashes (base, normalised diff), so results for the same configuration aggregate.
+for something unknown or absurd (a node never executes anything a peer sent). Candidate ids
+(over base, normalised diff and tokenizer) are computed in protocol/candidates.py.
 
 To add a knob: append a `Knob` to `_KNOBS` with its default as the challenge baseline uses it,
 then give every base config a value for it (they are checked to be complete at import time).
@@ -11,16 +11,13 @@ then give every base config a value for it (they are checked to be complete at i
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import canonical
 from protocol.errors import ProtocolError
 
-CANDIDATE_DOMAIN = b"p2pgolf/candidate/v1\n"
 MAX_DIFF_ENTRIES = 64
 MAX_PARAMETERS = 1_000_000_000  # a config a peer proposes may not ask for more than this
 
@@ -297,36 +294,6 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     blocks = config["unique_blocks"] or config["num_layers"]
     embed = config["vocab_size"] * dim * (1 if config["tie_embeddings"] else 2)
     return blocks * block + embed
-
-
-def candidate_id(base: str, diff: Mapping[str, Any]) -> str:
-    """Hex SHA-256 over the domain and the canonical encoding of (base, normalised diff)."""
-    if type(base) is not str or not isinstance(diff, Mapping) or not all(type(k) is str and type(v) in _SCALARS for k, v in diff.items()):
-        return _candidate_id(base, diff)
-    # Type and repr make the key exact: 1, 1.0 and True (and 0.0 and -0.0) hash alike.
-    return _candidate_ids_cached((base, tuple((k, type(v), repr(v)) for k, v in diff.items())), base, diff)
-
-
-def _candidate_id(base: str, diff: Mapping[str, Any]) -> str:
-    payload = canonical.encode({"base": base, "diff": normalise_diff(base, diff)})
-    return hashlib.sha256(CANDIDATE_DOMAIN + payload).hexdigest()
-
-
-_SCALARS = (str, int, float, bool, type(None))
-_CANDIDATE_CACHE: dict[tuple, str] = {}
-_CANDIDATE_CACHE_MAX = 4096
-
-
-def _candidate_ids_cached(key: tuple, base: str, diff: Mapping[str, Any]) -> str:
-    """A pool holds many results per candidate (seeds, hardware), so ids repeat. Only
-    successes are cached: a bad diff raises every time. Thread-safe: dict operations are atomic."""
-    cid = _CANDIDATE_CACHE.get(key)
-    if cid is None:
-        cid = _candidate_id(base, diff)
-        if len(_CANDIDATE_CACHE) >= _CANDIDATE_CACHE_MAX:
-            _CANDIDATE_CACHE.clear()
-        _CANDIDATE_CACHE[key] = cid
-    return cid
 
 
 def _check_base_configs() -> None:

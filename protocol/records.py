@@ -2,7 +2,9 @@
 
 A record body is a plain map (the wire form). `parse_body` turns a decoded map into a frozen
 dataclass after checking every field (exact key set, types, ranges, sizes, knob vocabulary,
-timestamps) and raises `ProtocolError` naming the field for anything else. `Result.to_wire()`
+timestamps) and raises `ProtocolError` naming the field for anything else. Version 2: a
+candidate is (base, diff, tokenizer) where base is a built-in base config or a script
+(protocol/candidates.py); only v2 bodies are accepted. `Result.to_wire()`
 and `Attestation.to_wire()` give back the map that is encoded and signed.
 """
 
@@ -14,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import knobs
+from protocol import candidates
 from protocol.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_PARENTS = 8
 MAX_NOTE_CHARS = 280
 MAX_SHORT_STR = 80
@@ -105,6 +107,7 @@ class Result:
     created_ms: int
     base: str
     diff: Mapping[str, Any]
+    tokenizer: str
     hw: HardwareClass
     budget_s: float
     seed: int
@@ -117,8 +120,13 @@ class Result:
 
     @property
     def candidate(self) -> str:
-        """Id of the configuration (base + normalised diff); same for every seed and author."""
-        return knobs.candidate_id(self.base, self.diff)
+        """Id of the configuration (base, normalised diff, tokenizer); same for every seed and author."""
+        return candidates.candidate_id(self.base, self.diff, self.tokenizer)
+
+    @property
+    def is_script(self) -> bool:
+        """True if the candidate is a script (base `script:<sha256>`), not a built-in config."""
+        return candidates.is_script_base(self.base)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -128,7 +136,8 @@ class Result:
             "author": self.author,
             "created_ms": int(self.created_ms),
             "base": self.base,
-            "diff": knobs.normalise_diff(self.base, self.diff),
+            "diff": candidates.normalise_diff(self.base, self.diff),
+            "tokenizer": self.tokenizer,
             "parents": sorted(set(self.parents)),
             "hw": self.hw.to_wire(),
             "budget_s": float(self.budget_s),
@@ -149,6 +158,7 @@ class Attestation:
     created_ms: int
     subject: str
     method: str
+    tokenizer: str
     hw: HardwareClass
     seed: int
     metrics: Metrics
@@ -166,6 +176,7 @@ class Attestation:
             "created_ms": int(self.created_ms),
             "subject": self.subject,
             "method": self.method,
+            "tokenizer": self.tokenizer,
             "hw": self.hw.to_wire(),
             "seed": int(self.seed),
             "metrics": self.metrics.to_wire(),
@@ -177,8 +188,8 @@ class Attestation:
 
 Record = Result | Attestation
 
-_RESULT_KEYS = ("v", "kind", "bench", "author", "created_ms", "base", "diff", "parents", "hw", "budget_s", "seed", "metrics", "artifact", "trainer", "note")
-_ATTESTATION_KEYS = ("v", "kind", "bench", "author", "created_ms", "subject", "method", "hw", "seed", "metrics", "artifact", "trainer", "note")
+_RESULT_KEYS = ("v", "kind", "bench", "author", "created_ms", "base", "diff", "tokenizer", "parents", "hw", "budget_s", "seed", "metrics", "artifact", "trainer", "note")
+_ATTESTATION_KEYS = ("v", "kind", "bench", "author", "created_ms", "subject", "method", "tokenizer", "hw", "seed", "metrics", "artifact", "trainer", "note")
 
 
 def parse_body(body: Any, *, now_ms: int | None = None) -> Record:
@@ -200,6 +211,7 @@ def parse_body(body: Any, *, now_ms: int | None = None) -> Record:
         bench=_hex64(m["bench"], "bench"),
         author=_hex64(m["author"], "author"),
         created_ms=_int(m["created_ms"], EARLIEST_MS, now_ms + FUTURE_SKEW_MS, "created_ms"),
+        tokenizer=candidates.check_tokenizer(m["tokenizer"]),
         hw=HardwareClass.from_wire(m["hw"]),
         seed=_int(m["seed"], 0, 2**32 - 1, "seed"),
         metrics=Metrics.from_wire(m["metrics"]),
@@ -215,11 +227,7 @@ def parse_body(body: Any, *, now_ms: int | None = None) -> Record:
         )
     base = m["base"]
     diff = m["diff"]
-    if not isinstance(base, str):
-        raise ProtocolError("must be a string", "base")
-    if not isinstance(diff, dict):
-        raise ProtocolError("must be a map of knob names to values", "diff")
-    knobs.check_normalised(base, diff)
+    candidates.check_normalised(base, diff)
     parents = m["parents"]
     if not isinstance(parents, list) or len(parents) > MAX_PARENTS:
         raise ProtocolError(f"must be a list of at most {MAX_PARENTS} record ids", "parents")

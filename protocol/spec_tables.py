@@ -22,9 +22,9 @@ def render() -> str:
     for name, config in BASE_CONFIGS.items():
         changes = ", ".join(f"`{k}={_show(v)}`" for k, v in config.items() if v != DEFAULTS[k]) or "(none: the challenge baseline)"
         lines.append(f"- `{name}`: {changes}")
-    lines += ["", "### 7.3 Named benchmarks", "", "| name | task | val digest | tokenizer digest | budget_s | size_cap | id |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "### 7.3 Named benchmarks", "", "| name | task | val digest | budget_s | size_cap | id | default tokenizer (not hashed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for b in BENCHMARKS.values():
-        lines.append(f"| `{b.name}` | {b.task} | `{b.val_digest}` | `{b.tokenizer_digest}` | {b.budget_s:g} | {b.size_cap} | `{b.id}` |")
+        lines.append(f"| `{b.name}` | {b.task} | `{b.val_digest}` | {b.budget_s:g} | {b.size_cap} | `{b.id}` | `{b.tokenizer}` |")
     lines += ["", END]
     return "\n".join(lines)
 

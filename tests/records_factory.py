@@ -25,6 +25,7 @@ def make_result(
     parents: tuple[str, ...] = (),
     created_ms: int | None = None,
     note: str = "",
+    tokenizer: str | None = None,
 ) -> Result:
     return Result(
         bench=benchmark(bench).id,
@@ -32,6 +33,7 @@ def make_result(
         created_ms=created_ms if created_ms is not None else int(time.time() * 1000),
         base=base,
         diff=diff or {},
+        tokenizer=tokenizer or benchmark(bench).tokenizer,
         hw=hw,
         budget_s=benchmark(bench).budget_s,
         seed=seed,
@@ -54,6 +56,7 @@ def signed_attestation(identity: Identity, subject: SignedRecord, *, val_bpb: fl
         created_ms=int(time.time() * 1000),
         subject=subject.id,
         method=method,
+        tokenizer=subject.record.tokenizer,
         hw=CPU,
         seed=0,
         metrics=Metrics(val_bpb=val_bpb, val_loss=val_bpb * 0.69, steps=0, train_tokens=0, artifact_bytes=123456, eval_tokens=65536),

@@ -13,7 +13,7 @@ from pool.estimator import estimate
 from pool.evidence import AttestationEvidence, Evidence, result_evidence
 from pool.proposals import DEFAULT_SPACE, Dim, make_proposal, mutate, recombine
 from pool.trust_weights import static_status
-from protocol import knobs
+from protocol import candidates, knobs
 from protocol.errors import ProtocolError
 
 ME = "a" * 64
@@ -79,7 +79,7 @@ def test_recombination_produces_a_valid_diff_whose_parents_are_both_recorded():
     assert dict(p.diff) == {"activation": "swiglu", "recurrence": "mirror", "unique_blocks": 3}
     assert p.parents == tuple(sorted((a.record_id, b.record_id)))
     knobs.resolve(p.base, p.diff)  # raises if invalid
-    assert p.candidate == knobs.candidate_id(p.base, p.diff)
+    assert p.candidate == candidates.candidate_id(p.base, p.diff, p.tokenizer)
     # the prior composes both gains over their common ancestor: it is drawn near 1.95
     assert abs(choice.sampled - 1.95) < 0.05
 

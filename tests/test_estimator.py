@@ -60,9 +60,9 @@ def test_estimator_recovers_known_per_class_offsets_and_translates_foreign_resul
         assert t.offset == pytest.approx(TRUE_OFFSETS[hw], abs=0.01)
         assert t.offset_sd < 0.01
     # a candidate only the friend measured (on gpu and mac) reads correctly on my hardware
-    from protocol.knobs import candidate_id
+    from protocol.candidates import candidate_id
 
-    only_theirs = candidate_id(BASE, _lr_diff(105))
+    only_theirs = candidate_id(BASE, _lr_diff(105), "sp1024")
     est = post.estimate(only_theirs)
     assert est.mean == pytest.approx(_true(105), abs=max(0.015, 3 * est.sd))
     assert est.established == 0.0  # nobody measured it here
@@ -183,10 +183,10 @@ def test_naive_pooling_believes_every_record_as_if_measured_here():
     evidence = Evidence(tuple(r for r in evidence.results if r.hw != "mac:z"))
     naive = estimate(evidence, static_status(ME), "cpu:x", config=EstimatorConfig(naive=True))
     adjusted = estimate(evidence, static_status(ME, pinned=[FRIEND]), "cpu:x")
-    from protocol.knobs import candidate_id
+    from protocol.candidates import candidate_id
 
     # a gpu-only candidate reads 0.3 better than it would on cpu: the naive mistake
-    gpu_only = candidate_id(BASE, _lr_diff(105))
+    gpu_only = candidate_id(BASE, _lr_diff(105), "sp1024")
     assert naive.estimate(gpu_only).mean < _true(105) - 0.2
     assert adjusted.estimate(gpu_only).mean == pytest.approx(_true(105), abs=0.02)
 

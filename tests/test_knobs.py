@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import knobs
+from protocol import candidates, knobs
 from protocol.benchmarks import benchmark
 from protocol.errors import ProtocolError
 
@@ -34,12 +34,13 @@ def test_command_line_values_parse_to_the_knob_type_or_name_the_rule():
 
 
 def test_candidate_id_ignores_order_types_and_entries_equal_to_the_base():
-    a = knobs.candidate_id("cpu-small", {"matrix_lr": 0.03, "activation": "swiglu"})
-    b = knobs.candidate_id("cpu-small", {"activation": "swiglu", "matrix_lr": 0.03, "num_layers": 4})
-    c = knobs.candidate_id("cpu-small", {"activation": "swiglu", "mlp_mult": 2, "matrix_lr": 0.03})  # int 2 == 2.0, the base
+    a = candidates.candidate_id("cpu-small", {"matrix_lr": 0.03, "activation": "swiglu"}, "sp1024")
+    b = candidates.candidate_id("cpu-small", {"activation": "swiglu", "matrix_lr": 0.03, "num_layers": 4}, "sp1024")
+    c = candidates.candidate_id("cpu-small", {"activation": "swiglu", "mlp_mult": 2, "matrix_lr": 0.03}, "sp1024")  # int 2 == 2.0, the base
     assert a == b == c
-    assert a != knobs.candidate_id("cpu-small", {"activation": "swiglu"})
-    assert a != knobs.candidate_id("naive-baseline", {"matrix_lr": 0.03, "activation": "swiglu"})
+    assert a != candidates.candidate_id("cpu-small", {"activation": "swiglu"}, "sp1024")
+    assert a != candidates.candidate_id("naive-baseline", {"matrix_lr": 0.03, "activation": "swiglu"}, "sp1024")
+    assert a != candidates.candidate_id("cpu-small", {"matrix_lr": 0.03, "activation": "swiglu"}, "sp4096")  # the tokenizer is part of it
 
 
 def test_resolve_applies_the_diff_and_checks_cross_knob_rules():
@@ -70,6 +71,6 @@ def test_benchmark_budget_suffix_makes_a_different_benchmark():
 
 def test_negative_zero_is_one_value_with_zero():
     assert repr(knobs.knob("logit_softcap").check(-0.0)) == "0.0"
-    assert knobs.candidate_id("cpu-small", {"logit_softcap": -0.0}) == knobs.candidate_id("cpu-small", {"logit_softcap": 0.0})
+    assert candidates.candidate_id("cpu-small", {"logit_softcap": -0.0}, "sp1024") == candidates.candidate_id("cpu-small", {"logit_softcap": 0.0}, "sp1024")
     with pytest.raises(ProtocolError, match="not normalised"):
         knobs.check_normalised("cpu-small", {"logit_softcap": -0.0})

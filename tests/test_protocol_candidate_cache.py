@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import knobs
+from protocol import candidates
 from protocol.errors import ProtocolError
 
 
@@ -14,22 +14,24 @@ def test_cached_candidate_ids_equal_freshly_computed_ones_for_values_that_hash_a
     for _ in range(2):  # the second round is answered from the cache
         for diff in diffs:
             try:
-                fresh = knobs._candidate_id("smoke-tiny", diff)
+                fresh = candidates._candidate_id("smoke-tiny", diff, "byte256")
             except ProtocolError as exc:
                 with pytest.raises(ProtocolError, match=str(exc)[:20]):
-                    knobs.candidate_id("smoke-tiny", diff)
+                    candidates.candidate_id("smoke-tiny", diff, "byte256")
             else:
-                assert knobs.candidate_id("smoke-tiny", diff) == fresh
+                assert candidates.candidate_id("smoke-tiny", diff, "byte256") == fresh
 
 
 def test_a_bad_diff_raises_every_time_and_is_never_cached():
     for _ in range(3):
         with pytest.raises(ProtocolError, match="tie_embeddings"):
-            knobs.candidate_id("smoke-tiny", {"tie_embeddings": 1})
+            candidates.candidate_id("smoke-tiny", {"tie_embeddings": 1}, "byte256")
         with pytest.raises(ProtocolError, match="unknown knob"):
-            knobs.candidate_id("smoke-tiny", {"no_such_knob": 1})
+            candidates.candidate_id("smoke-tiny", {"no_such_knob": 1}, "byte256")
     with pytest.raises(ProtocolError, match="unknown base"):
-        knobs.candidate_id("no-such-base", {})
+        candidates.candidate_id("no-such-base", {}, "byte256")
     with pytest.raises(ProtocolError):
-        knobs.candidate_id("smoke-tiny", ["not", "a", "map"])  # type: ignore[arg-type]
-    assert not any(k[0] == "no-such-base" or any(name == "no_such_knob" for name, _, _ in k[1]) for k in knobs._CANDIDATE_CACHE)
+        candidates.candidate_id("smoke-tiny", ["not", "a", "map"], "byte256")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="tokenizer"):
+        candidates.candidate_id("smoke-tiny", {}, "Not A Tokenizer")
+    assert not any(k[0] == "no-such-base" or k[1] == "Not A Tokenizer" or any(name == "no_such_knob" for name, _, _ in k[2]) for k in candidates._CACHE)

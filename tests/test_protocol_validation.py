@@ -130,8 +130,11 @@ def test_unknown_base_config_is_rejected():
 
 def test_unknown_version_and_kind_are_rejected():
     b = body()
-    b["v"] = 2
-    rejects(b, r"unsupported protocol version 2")
+    b["v"] = 1  # version 1 bodies are no longer accepted (SPEC.md section 3)
+    rejects(b, r"unsupported protocol version 1; this node speaks 2")
+    b = body()
+    b["v"] = 3
+    rejects(b, r"unsupported protocol version 3")
     b = body()
     b["kind"] = "gossip"
     rejects(b, r"unknown record kind 'gossip'")
@@ -180,3 +183,38 @@ def test_envelope_with_an_extra_field_is_rejected():
     extra = canonical.encode({"body": signed.body, "sig": signed.signature, "x": 1})
     with pytest.raises(ProtocolError, match="exactly the fields body and sig"):
         decode_record(extra)
+
+
+SCRIPT = "script:" + "ab" * 32
+
+
+def script_body(diff: dict, tokenizer: str = "sp8192") -> dict:
+    b = body()
+    b["base"], b["diff"], b["tokenizer"] = SCRIPT, diff, tokenizer
+    return b
+
+
+def test_a_script_candidate_parses_by_shape_alone():
+    parsed = parse_body(script_body({"MATRIX_LR": 0.05, "NUM_LAYERS": 11, "TIE_EMBEDDINGS": False, "OPTIM": "muon"}))
+    assert parsed.is_script and parsed.tokenizer == "sp8192"
+    assert parsed.diff == {"MATRIX_LR": 0.05, "NUM_LAYERS": 11, "OPTIM": "muon", "TIE_EMBEDDINGS": False}
+
+
+def test_script_base_and_diff_rules_are_named():
+    b = script_body({})
+    b["base"] = "script:ABC"
+    rejects(b, r"not a script base")
+    rejects(script_body({"matrix_lr": 0.05}), r"'matrix_lr' is not a hyperparameter name")
+    rejects(script_body({"LR": -0.0}), r"hyperparameter LR: diff is not normalised")
+    rejects(script_body({"LR": [1]}), r"hyperparameter LR: expected an int, float, bool or string")
+    rejects(script_body({"NAME": "x" * 257}), r"hyperparameter NAME: 257 characters; at most 256")
+    rejects(script_body({"NAME": "a\nb"}), r"hyperparameter NAME: control characters")
+    rejects(script_body({f"K{i}": i for i in range(65)}), r"65 entries; at most 64")
+
+
+def test_tokenizer_field_is_required_and_checked():
+    b = body()
+    del b["tokenizer"]
+    rejects(b, r"missing field\(s\) tokenizer")
+    rejects(script_body({}, tokenizer="SP 1024"), r"tokenizer: 'SP 1024' is not a tokenizer name")
+    rejects(script_body({}, tokenizer=""), r"tokenizer: '' is not a tokenizer name")

@@ -10,7 +10,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import knobs, spec_tables
+from protocol import candidates, spec_tables
 from protocol.benchmarks import benchmark
 from protocol.identity import Identity
 from protocol.signing import decode_record
@@ -58,12 +58,14 @@ def spec_encode(value) -> bytes:
         n = len(value)
         return (b"\xc4" + struct.pack(">B", n) if n < 256 else b"\xc5" + struct.pack(">H", n)) + value
     if isinstance(value, list):
-        assert len(value) < 16
-        return bytes([0x90 | len(value)]) + b"".join(spec_encode(v) for v in value)
+        n = len(value)
+        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n)
+        return head + b"".join(spec_encode(v) for v in value)
     if isinstance(value, dict):
-        assert len(value) < 16
+        n = len(value)
         keys = sorted(value, key=lambda k: k.encode())
-        return bytes([0x80 | len(value)]) + b"".join(spec_encode(k) + spec_encode(value[k]) for k in keys)
+        head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n)  # a v2 result has 16 keys: map16
+        return head + b"".join(spec_encode(k) + spec_encode(value[k]) for k in keys)
     raise TypeError(type(value))
 
 
@@ -109,16 +111,25 @@ def test_our_decoder_accepts_the_vector_envelope(vector):
     assert signed.record.to_wire() == vector["body_map"]
 
 
-def test_benchmark_and_candidate_ids_follow_the_spec_formulas():
+def test_benchmark_id_follows_the_spec_formula_without_the_tokenizer():
     bench = benchmark(VECTORS["benchmark"]["name"])
-    payload = spec_encode(
-        {"task": bench.task, "val": bench.val_digest, "tokenizer": bench.tokenizer_digest, "budget_s": float(bench.budget_s), "size_cap": bench.size_cap}
-    )
-    assert hashlib.sha256(b"p2pgolf/benchmark/v1\n" + payload).hexdigest() == bench.id == VECTORS["benchmark"]["id"]
-    result = VECTORS["records"][0]["body_map"]
-    payload = spec_encode({"base": result["base"], "diff": result["diff"]})
-    expected = hashlib.sha256(b"p2pgolf/candidate/v1\n" + payload).hexdigest()
-    assert knobs.candidate_id(result["base"], result["diff"]) == expected == VECTORS["candidate_id"]
+    payload = spec_encode({"task": bench.task, "val": bench.val_digest, "budget_s": float(bench.budget_s), "size_cap": bench.size_cap})
+    assert hashlib.sha256(b"p2pgolf/benchmark/v2\n" + payload).hexdigest() == bench.id == VECTORS["benchmark"]["id"]
+    assert bench.topic == f"/p2pgolf/records/2/{bench.id}"
+
+
+@pytest.mark.parametrize("index, key", [(0, "candidate_id"), (2, "script_candidate_id")])
+def test_candidate_ids_of_both_kinds_follow_the_spec_formula(index, key):
+    result = VECTORS["records"][index]["body_map"]
+    assert result["v"] == 2
+    payload = spec_encode({"base": result["base"], "diff": result["diff"], "tokenizer": result["tokenizer"]})
+    expected = hashlib.sha256(b"p2pgolf/candidate/v2\n" + payload).hexdigest()
+    assert candidates.candidate_id(result["base"], result["diff"], result["tokenizer"]) == expected == VECTORS[key]
+
+
+def test_the_script_vector_is_a_script_candidate():
+    signed = decode_record(bytes.fromhex(VECTORS["records"][2]["envelope_hex"]))
+    assert signed.record.is_script and candidates.script_sha(signed.record.base) == "5c" * 32
 
 
 def test_spec_reference_tables_match_the_code():

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.knobs import candidate_id
+from protocol.candidates import candidate_id
 from trainer.config import RunConfig, make_run_config
 from trainer.progress import Progress
 from trainer.runner import RunDirError, RunOutcome, launch
@@ -94,9 +94,9 @@ def run_experiment(
     return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s, cancel=cancel)
 
 
-def default_run_dir(runs_dir: str | os.PathLike, base: str, diff: Mapping[str, Any]) -> Path:
+def default_run_dir(runs_dir: str | os.PathLike, base: str, diff: Mapping[str, Any], tokenizer: str = "sp1024") -> Path:
     """runs_dir / <UTC timestamp>-<first 8 hex of the candidate id>, never an existing path."""
-    stem = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{candidate_id(base, diff)[:8]}"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{candidate_id(base, diff, tokenizer)[:8]}"
     path = Path(runs_dir) / stem
     n = 1
     while path.exists():

@@ -164,6 +164,8 @@ def custom_benchmark(
             tokenizer_digest=manifest["tokenizer_sha256"],
             budget_s=float(budget_s),
             size_cap=int(size_cap),
+            # a custom tokenizer is named by its digest: candidates on it never mix with sp1024's
+            tokenizer=f"custom-{str(manifest['tokenizer_sha256'])[:16]}",
         )
     except ProtocolError as exc:
         raise DataError(f"{Path(data_dir) / CUSTOM_MANIFEST}: {exc}") from None

@@ -11,7 +11,7 @@ What it guarantees:
 - A crash, out-of-memory, bad data or a hung run costs this experiment only; the parent never
   raises for a failed run, it returns status "failed" with a one-line error.
 - `result.json` has exactly the keys of RESULT_KEYS: bench (id), bench_name, base, diff
-  (normalised), seed, budget_s, hw {accel, model, count, memory_mib}, metrics {val_bpb,
+  (normalised), tokenizer (the variant the candidate used), seed, budget_s, hw {accel, model, count, memory_mib}, metrics {val_bpb,
   val_loss, steps, train_tokens, artifact_bytes, eval_tokens, eval_partial} (null when the run
   failed), artifact_sha256 (or null), trainer, status ("ok" | "oversize" | "failed" |
   "abandoned"), error (null or one line), parents ([]), note ("").
@@ -45,7 +45,7 @@ from trainer.progress import Progress, emit, parse_line
 __all__ = ["RunOutcome", "RunDirError", "launch", "child_main", "build_result", "write_json", "RESULT_KEYS", "ARTIFACT_NAME", "ABANDONED", "trainer_version"]
 
 RESULT_KEYS = (
-    "bench", "bench_name", "base", "diff", "seed", "budget_s", "hw", "metrics",
+    "bench", "bench_name", "base", "diff", "tokenizer", "seed", "budget_s", "hw", "metrics",
     "artifact_sha256", "trainer", "status", "error", "parents", "note",
 )  # fmt: skip
 ARTIFACT_NAME = "model.p2pgolf"
@@ -242,6 +242,7 @@ def build_result(
         "bench_name": run.bench.name,
         "base": run.base,
         "diff": dict(run.diff),
+        "tokenizer": run.bench.tokenizer,
         "seed": run.seed,
         "budget_s": float(run.budget_s),
         "hw": hw,
