@@ -4,7 +4,8 @@ Each folder is read by pool/bridge (judgement-free parsing) into one result per 
 supports, signed by this node's key with a provenance note that marks it as imported (the
 estimator weighs it as an unverified claim until someone reproduces it). A folder is stored
 whole or not at all: one that cannot be read gets one line naming the file and field, and the
-other folders go on. What `pool explain` needs beyond the note (the equivalent built-in
+other folders go on. The script (the file whose hyperparameters were run) goes
+into the blob store by its sha256. What `pool explain` needs beyond the note (the equivalent built-in
 candidate, the script's hash and file) is written to `imports/<candidate id>.json` in the home.
 `--json` prints one object: per folder what was imported and what was refused and why.
 """
@@ -39,13 +40,18 @@ def import_record(home: Home, dirs: tuple[Path, ...], as_json: bool) -> None:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
+    from pool.blobs import BlobError, BlobStore
+
+    blobs = BlobStore(home.blobs_dir)
     reports = []
     with open_pool(home) as store:
         for d in dirs:
             try:
                 found = import_folder(d, identity.public_hex)
                 signed = [sign_record(r, identity.signing_key) for r in found.records]
-            except (FolderError, ProtocolError, OSError) as exc:
+                # the script by its hash, so `submission` and the script runner find it (content-addressed: harmless if unused)
+                blobs.put(found.folder.script.read_bytes(), kind="script", sha=found.script_sha)
+            except (FolderError, ProtocolError, OSError, BlobError) as exc:
                 reports.append({"folder": str(d), "status": "refused", "reason": str(exc)})
                 if not as_json:
                     click.echo(f"{d}: refused: {exc}", err=True)
@@ -58,7 +64,7 @@ def import_record(home: Home, dirs: tuple[Path, ...], as_json: bool) -> None:
                 "records": [s.id for s in signed], "added": len(report.added), "already_present": len(report.duplicates),
                 "seeds": [r.seed for r in found.records], "val_bpb": [r.metrics.val_bpb for r in found.records],
                 "hardware": found.records[0].hw.key, "hardware_from": found.hardware_from, "skipped": list(found.skipped),
-                "builtin_equivalent": {"base": found.builtin.base, "diff": found.builtin.diff} if found.builtin.base else None,
+                "builtin_equivalent": {"base": found.builtin.base, "diff": found.builtin.diff, "candidate": found.builtin.candidate} if found.builtin.base else None,
                 "builtin_reason": found.builtin.reason,
             })  # fmt: skip
             if not as_json:
@@ -93,7 +99,7 @@ def _write_sidecar(home: Home, candidate: str, found) -> None:
         "script_sha256": found.script_sha,
         "folder_path": str(Path(found.folder.path).resolve()),
         "hyperparameter_sources": found.hyperparameter_sources,
-        "builtin_equivalent": {"base": found.builtin.base, "diff": found.builtin.diff} if found.builtin.base else None,
+        "builtin_equivalent": {"base": found.builtin.base, "diff": found.builtin.diff, "tokenizer": found.builtin.tokenizer, "candidate": found.builtin.candidate} if found.builtin.base else None,
         "builtin_reason": found.builtin.reason,
     }
     tmp = path.with_suffix(".tmp")

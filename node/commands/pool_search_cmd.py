@@ -183,10 +183,10 @@ def _add_provenance(doc: dict[str, Any], store: "PoolStore", home: Home) -> None
     side = read_sidecar(home, doc["candidate"])
     doc["builtin_equivalent"] = None
     if side and side.get("builtin_equivalent"):
-        from protocol import knobs
+        from protocol import candidates
 
         eq = side["builtin_equivalent"]
-        doc["builtin_equivalent"] = {**eq, "candidate": knobs.candidate_id(eq["base"], eq["diff"])}
+        doc["builtin_equivalent"] = {**eq, "candidate": candidates.candidate_id(eq["base"], eq["diff"], eq.get("tokenizer", "sp1024"))}
     elif side:
         doc["builtin_reason"] = side.get("builtin_reason", "")
 

@@ -9,8 +9,8 @@ marked as a draft: DRAFT in the README title, `"draft": true` in submission.json
 The folder: README.md (candidate, lineage and who found each part, run command, per-seed table,
 the test), submission.json in the track's schema, one log per seed (the run's own log when the
 run directory is in this home, else the signed record's numbers, said to be so), and
-train_gpt.py: for a script candidate the script (found by its sha256: `--script FILE`, or the
-folder it was imported from) with the diff written in as its defaults (trainer/script_defaults.py).
+train_gpt.py: for a script candidate the script (found by its sha256: `--script FILE`, the blob
+store, or the folder it was imported from) with the diff written in as its defaults (trainer/script_defaults.py).
 A built-in candidate needs our trainer bundled into one file, which is not built yet: that is
 reported as a failing rule.
 """
@@ -161,6 +161,10 @@ def _train_script(home: Home, result, script_file: Path | None):
         return None, Rule("script", False, f"built-in candidate ({result.base}): bundling our trainer into one train_gpt.py is not built yet")
     sha = script_sha(result.base)
     path = script_file
+    if path is None:
+        from pool.blobs import BlobStore
+
+        path = BlobStore(home.blobs_dir).path(sha)
     if path is None:
         from node.commands.import_record_cmd import read_sidecar
 

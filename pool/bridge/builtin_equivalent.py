@@ -23,6 +23,7 @@ from protocol import knobs
 from protocol.errors import ProtocolError
 
 BASE = "naive-baseline"
+TOKENIZER = "sp1024"  # the built-in trainer's tokenizer on the challenge data
 _NO_EFFECT = frozenset({
     "ITERATIONS", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY", "VAL_BATCH_SIZE", "WARMUP_STEPS", "RUN_ID",
     "DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS",
@@ -37,6 +38,14 @@ class BuiltinEquivalent:
     base: str | None
     diff: dict[str, Any]
     reason: str  # "" when expressible, else the first name or rule that is not
+    tokenizer: str = TOKENIZER
+
+    @property
+    def candidate(self) -> str | None:
+        """The built-in candidate's id, or None when there is none."""
+        from protocol.candidates import candidate_id
+
+        return candidate_id(self.base, self.diff, self.tokenizer) if self.base else None
 
 
 def builtin_equivalent(values: Mapping[str, Any], steps: int | None) -> BuiltinEquivalent:
@@ -50,6 +59,8 @@ def builtin_equivalent(values: Mapping[str, Any], steps: int | None) -> BuiltinE
                 return BuiltinEquivalent(None, {}, f"{name} needs the logged step count to become warmdown_frac")
             config["warmdown_frac"] = min(1.0, float(values[name]) / steps)
             continue
+        if name == "VOCAB_SIZE" and values[name] != 1024:
+            return BuiltinEquivalent(None, {}, f"VOCAB_SIZE={values[name]} needs another tokenizer than the built-in trainer's sp1024")
         knob = knobs.KNOBS.get(name.lower())
         if knob is None:
             return BuiltinEquivalent(None, {}, f"{name} has no built-in knob")
