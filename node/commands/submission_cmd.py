@@ -11,8 +11,8 @@ the test), submission.json in the track's schema, one log per seed (the run's ow
 run directory is in this home, else the signed record's numbers, said to be so), and
 train_gpt.py: for a script candidate the script (found by its sha256: `--script FILE`, the blob
 store, or the folder it was imported from) with the diff written in as its defaults (trainer/script_defaults.py).
-A built-in candidate needs our trainer bundled into one file, which is not built yet: that is
-reported as a failing rule.
+For a built-in candidate, our trainer bundled into one file (trainer/bundle.py) and a
+requirements.txt.
 """
 
 from __future__ import annotations
@@ -72,14 +72,12 @@ def submission(home: Home, candidate: str, out: Path, against: float | None, dra
     budget = benchmark(bench).budget_s if "/" in bench or bench in ("smoke",) else 600.0
     rules, sig = check_submission(runs, hw=hw_key, hw_label=TRACK_HW_LABEL if hw_key == TRACK_HW else hw_key, budget_s=budget, baseline_bpb=baseline)
     first = records[0].record
-    script_text, script_rule = _train_script(home, first, script_file)
+    script_text, script_rule = _train_script(home, first, script_file, bench)
     from pool.submission_rules import Rule
 
     rules.insert(0, script_rule)
     if script_text is not None:
-        size_total = max((r.artifact_bytes for r in runs if r.trusted and r.hw == hw_key), default=0)
-        rules[1] = Rule("size", rules[1].ok, rules[1].detail + f"; train_gpt.py is {len(script_text.encode()):,} bytes")
-        _ = size_total
+        rules[1] = Rule("size", rules[1].ok, rules[1].detail + f"; the train_gpt.py written is {len(script_text.encode()):,} bytes")
     failing = [r for r in rules if not r.ok]
     doc = {"candidate": cid, "rules": [{"rule": r.name, "ok": r.ok, "detail": r.detail} for r in rules], "baseline": baseline, "baseline_from": baseline_from, "written": False, "draft": draft}
     if not as_json:
@@ -152,13 +150,21 @@ def _lineage(store, trust, records) -> list[dict[str, Any]]:
     return out
 
 
-def _train_script(home: Home, result, script_file: Path | None):
+def _train_script(home: Home, result, script_file: Path | None, bench_name: str):
     """(train_gpt.py text or None, the "script" rule)."""
     from pool.submission_rules import Rule
     from protocol.candidates import is_script_base, script_sha
 
     if not is_script_base(result.base):
-        return None, Rule("script", False, f"built-in candidate ({result.base}): bundling our trainer into one train_gpt.py is not built yet")
+        if getattr(result, "tokenizer", "sp1024") != "sp1024":
+            return None, Rule("script", False, f"built-in candidate with tokenizer {result.tokenizer}: the bundled trainer reads the challenge's sp1024 data only")
+        from trainer.bundle import bundle_source
+
+        try:
+            text = bundle_source(bench_name=bench_name, base=result.base, diff=dict(result.diff), seed=result.seed, budget_s=result.budget_s)
+        except Exception as exc:  # a config the trainer refuses is a failing rule, named
+            return None, Rule("script", False, f"cannot bundle the trainer for {result.base}: {exc}")
+        return text, Rule("script", True, f"our trainer bundled into one file for {result.base} + {len(result.diff)} knob change(s)")
     sha = script_sha(result.base)
     path = script_file
     if path is None:
@@ -213,6 +219,12 @@ def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, 
     (out / "submission.json").write_text(json.dumps(doc, indent=2) + "\n")
     if script_text is not None:
         (out / "train_gpt.py").write_text(script_text)
+    from protocol.candidates import is_script_base
+
+    if not is_script_base(result.base):
+        from trainer.bundle import REQUIREMENTS
+
+        (out / "requirements.txt").write_text(REQUIREMENTS)
     for r in counted:
         (out / f"train_seed{r.seed}.log").write_text(_seed_log(home, by_seed[r.seed]))
     (out / "README.md").write_text(_readme(cid, result, counted, by_seed, rules, sig, lineage, draft=draft, name=name, baseline=baseline))
