@@ -123,7 +123,8 @@ def import_folder(path: str | Path, importer: str) -> FolderImport:
     for seed in sorted(runs):
         log, numbers = runs[seed]
         merged = merge_hyperparameters(vocab, env, readme_name, log.hyperparameters if log else {}, log.file if log else "")
-        sources.update(merged.source)
+        if not sources:
+            sources = dict(merged.source)  # the first seed's (each seed's log may differ; the diff is checked per record)
         budget = _budget(track, vocab, env, readme_name, log, sub)
         metrics = _metrics(seed, log, numbers, sub, merged.values, len(runs))
         if metrics.artifact_bytes > SIZE_CAP:
