@@ -14,7 +14,6 @@ import pytest
 
 from pool.store import PoolStore
 from pool.submission_rules import SeedRun, check_submission, significance, student_t_cdf
-from pool.trust import TrustStore
 from protocol.benchmarks import benchmark
 from protocol.identity import Identity, load_identity
 from protocol.records import HardwareClass, Metrics, Result
