@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "peers": "node.commands.status_cmd:peers",
     "status": "node.commands.status_cmd:status",
     "submission": "node.commands.submission_cmd:submission",
+    "script": "node.commands.script_cmd:script",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -42,6 +43,7 @@ SUMMARIES: dict[str, str] = {
     "peers": "List the peers of the running node.",
     "status": "Show the running node's status.",
     "submission": "Write a pool candidate as a competition record folder.",
+    "script": "Add, approve, list, show and revoke training scripts.",
 }
 
 

@@ -17,6 +17,10 @@ Guarantees:
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
   of the record it re-measured, anything else as a result citing its parents.
+- Script candidates run only if this node's user approved that exact script
+  (node/scripts.py), checked when the bandit chooses and again, with the bytes re-hashed, just
+  before the run; records of other scripts are evidence only. An approved script without any
+  result in the pool is tried first at its defaults (trainer/script_runner.py runs it).
 """
 
 from __future__ import annotations
@@ -146,7 +150,13 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
         eval_token_cap=eval_token_cap,
         max_experiments=max_experiments,
     )
-    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control)
+    scripts = None
+    if home is not None:
+        from node.scripts import ScriptStore
+
+        scripts = ScriptStore(home)
+    hide = (str(home.root),) if home is not None else ()
+    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control, scripts=scripts, hide=hide)
     await loop.run()
 
 
@@ -164,6 +174,9 @@ class ResearchLoop:
         *,
         runner: Callable[..., Any] | None = None,
         control: LoopControl | None = None,
+        scripts: Any = None,
+        script_runner: Callable[..., Any] | None = None,
+        hide: tuple[str, ...] = (),
     ) -> None:
         from protocol.benchmarks import benchmark
 
@@ -179,6 +192,9 @@ class ResearchLoop:
 
             runner = run_experiment
         self.runner = runner
+        self.scripts = scripts  # node.scripts.ScriptStore, or None: built-in candidates only
+        self.script_runner = script_runner
+        self.hide = hide  # what a script must not see (the node's home)
         self.control = control if control is not None else LoopControl()
         self._hw = settings.hw_key
 
@@ -236,10 +252,25 @@ class ResearchLoop:
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
-        choice = bandit.choose(
-            post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining, default_tokenizer=self.bench.tokenizer
-        )
-        p = choice.proposal
+        from protocol.candidates import candidate_id
+
+        runnable, vocabularies = self._script_view()
+        tried = self.journal.candidates()
+        untried = [
+            base for base in sorted(vocabularies)
+            if not any(info.base == base for info in post.info.values()) and candidate_id(base, {}, self.bench.tokenizer) not in tried
+        ]  # fmt: skip
+        if untried:
+            # a newly approved script is first measured at its own defaults
+            from pool.proposals import Proposal
+
+            p = Proposal(untried[0], {}, (), "try_peer", tokenizer=self.bench.tokenizer)
+        else:
+            choice = bandit.choose(
+                post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
+                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies,
+            )  # fmt: skip
+            p = choice.proposal
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
         log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
@@ -249,8 +280,10 @@ class ResearchLoop:
         control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic())
         try:
             try:
-                outcome = await self._train(
-                    functools.partial(
+                if p.is_script:
+                    call = functools.partial(self._run_script, p, seed=seed, out_dir=run_dir, timeout_s=timeout_s)
+                else:
+                    call = functools.partial(
                         self.runner,
                         self.settings.bench_name,
                         p.base,
@@ -264,9 +297,8 @@ class ResearchLoop:
                         eval_token_cap=self.settings.eval_token_cap,
                         timeout_s=timeout_s,
                         progress=self._on_progress,
-                    ),
-                    entry,
-                )
+                    )
+                outcome = await self._train(call, entry)
                 data = outcome.result
             except Exception as exc:  # a config the trainer refuses, a run dir it cannot write
                 log.warning("experiment %d could not run: %s", n, exc)
@@ -278,6 +310,41 @@ class ResearchLoop:
         finally:
             control.current = None
             control.progress = None
+
+    def _script_view(self) -> tuple[Callable[[str], bool], dict[str, Any]]:
+        """Which bases may run here, and the vocabularies of the approved scripts."""
+        from pool.bandit import builtin_only
+        from protocol.candidates import is_script_base, script_base, script_sha
+
+        if self.scripts is None:
+            return builtin_only, {}
+        vocabularies = {}
+        for sha in self.scripts.approved():
+            try:
+                vocabularies[script_base(sha)] = self.scripts.vocabulary(sha)
+            except Exception as exc:  # damaged bytes: not runnable, say so once per step
+                log.warning("approved script %s cannot be read: %s", sha[:12], exc)
+        return (lambda base: not is_script_base(base) or (base in vocabularies and self.scripts.runnable(script_sha(base)))), vocabularies
+
+    def _run_script(self, p: Any, *, seed: int, out_dir: Path, timeout_s: float, cancel: threading.Event) -> Any:
+        """Run an approved script candidate (in the trainer's thread). Approval and the bytes'
+        hash are checked here once more: nothing but approval makes a script run."""
+        from protocol.candidates import script_sha
+        from trainer.script_data import script_data_paths
+        from trainer.script_runner import ScriptRun, launch_script
+
+        sha = script_sha(p.base)
+        if self.scripts is None or not self.scripts.runnable(sha):
+            raise RuntimeError(f"script {sha[:12]} is not approved on this node; it does not run")
+        script = self.scripts.read_bytes(sha)
+        cache = self.settings.journal_dir.parent / "script-data"
+        data_path, tokenizer_path = script_data_paths(self.bench, p.tokenizer, self.settings.data_dir, cache)
+        run = ScriptRun(
+            script=script, bench=self.bench, tokenizer=p.tokenizer, diff=dict(p.diff), seed=seed, budget_s=self.bench.budget_s,
+            data_path=data_path, tokenizer_path=tokenizer_path, device=self.settings.device, hide=self.hide,
+        )  # fmt: skip
+        runner = self.script_runner or launch_script
+        return runner(run, out_dir, timeout_s=timeout_s, cancel=cancel)
 
     async def _train(self, call: Callable[..., Any], entry: dict[str, Any]) -> Any:
         """`call(cancel=event)` in a worker thread. If this task is cancelled, the event is set
@@ -393,6 +460,10 @@ class Journal:
     def count(self) -> int:
         """Experiments started so far (finished or not)."""
         return len(self._starts)
+
+    def candidates(self) -> set[str]:
+        """Candidate ids of every experiment started so far."""
+        return {e["candidate"] for e in self._starts.values()}
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [self._starts[n] for n in sorted(self._starts) if n not in self._ends]

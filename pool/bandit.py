@@ -142,11 +142,14 @@ def choose(
     operators: Sequence[str] = OPERATORS,
     default_tokenizer: str = "sp1024",
     runnable: Callable[[str], bool] = builtin_only,
+    vocabularies: Mapping[str, Any] | None = None,
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
     node's finished experiments, oldest first. `runnable(base)` says which bases this node may
-    train: a candidate of any other base is evidence only, never proposed."""
+    train: a candidate of any other base is evidence only, never proposed. `vocabularies` maps
+    a runnable script's base to its ScriptVocabulary: its best candidate here is mutated over
+    the script's hyperparameters, and its leaders recombined (pool/script_proposals.py)."""
     incumbent = posterior.incumbent()
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
@@ -164,6 +167,8 @@ def choose(
         if runnable(posterior.info[leader].base):
             return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
+    for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}).items():
+        arms.setdefault(op, []).extend(extra)
     if not arms:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, incumbent)
@@ -295,6 +300,44 @@ def _arms(posterior, draw, incumbent, rng, space, config, operators, runnable=bu
         ][: config.top_k]
         arms["recombine"] = _recombinations(posterior, draw, leaders, rng, config)
     return {op: v for op, v in arms.items() if v}
+
+
+def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies):
+    """Mutations of each runnable script's best supported candidate, and recombinations of its
+    leaders. No surrogate: a move is scored by its parent's draw plus move noise (the operator's
+    yield, at the meta level, says whether such moves pay)."""
+    from pool.script_proposals import mutate_script, recombine_scripts
+
+    idx = posterior.index
+    order = [posterior.candidates[i] for i in np.argsort(posterior.mean, kind="stable")]
+    out: dict[str, list] = {"mutate": [], "recombine": []}
+    for base, vocab in sorted(vocabularies.items()):
+        if not runnable(base):
+            continue
+        mine = [c for c in order if posterior.info[c].base == base and posterior.info[c].support >= config.min_support]
+        if not mine:
+            continue
+        seen = set(mine)
+        if "mutate" in operators:
+            parent = posterior.info[mine[0]]
+            for _ in range(config.n_mutations):
+                p = mutate_script(parent, vocab, rng, step=config.step)
+                if p is None or p.candidate in seen:
+                    continue
+                seen.add(p.candidate)
+                score = draw[idx[p.candidate]] if p.candidate in idx else draw[idx[parent.candidate]] + rng.normal(0.0, config.move_noise)
+                out["mutate"].append((p, float(score)))
+        if "recombine" in operators:
+            leaders = [c for c in mine if posterior.info[c].support >= config.build_support][: config.top_k]
+            for i, a in enumerate(leaders):
+                for b in leaders[i + 1 :]:
+                    p = recombine_scripts(posterior.info[a], posterior.info[b], vocab, rng)
+                    if p is None or p.candidate in seen:
+                        continue
+                    seen.add(p.candidate)
+                    score = draw[idx[p.candidate]] if p.candidate in idx else 0.5 * (draw[idx[a]] + draw[idx[b]]) + rng.normal(0.0, posterior.lineage_sd)
+                    out["recombine"].append((p, float(score)))
+    return {op: v for op, v in out.items() if v}
 
 
 def _later(make, info):

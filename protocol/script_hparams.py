@@ -35,8 +35,9 @@ from protocol.errors import ProtocolError
 
 # The runner sets these itself (data, tokenizer, seed, wall-clock cap, run id): a diff may not.
 RUNNER_SET = frozenset({"DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS", "RUN_ID"})
-# Default mutation range of a number: [default / FACTOR, default * FACTOR].
-RANGE_FACTOR = 4.0
+# A number's allowed (and searched) range unless stated: [default / FACTOR, default * FACTOR];
+# searches move within it by multiplicative steps (pool/script_proposals.py).
+RANGE_FACTOR = 16.0
 MAX_SOURCE_BYTES = 8 * 1024 * 1024  # a decoded wrapper larger than this is refused
 MAX_WRAPPER_DEPTH = 4
 

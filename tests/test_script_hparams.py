@@ -72,7 +72,7 @@ def test_mutation_ranges_come_from_defaults_unless_stated():
     vocab = read_hyperparameters(SOURCE)
     lr = vocab["MATRIX_LR"]
     assert (lr.low, lr.high) == pytest.approx((0.04 / RANGE_FACTOR, 0.04 * RANGE_FACTOR))
-    assert (vocab["ITERATIONS"].low, vocab["ITERATIONS"].high) == (5000, 80000)
+    assert (vocab["ITERATIONS"].low, vocab["ITERATIONS"].high) == (1250, 320000)
     assert vocab["TIE_EMBEDDINGS"].searchable  # a flip
     assert not vocab["LOGIT_SOFTCAP"].searchable  # a zero default has no multiplicative range
     assert not vocab["OPTIMIZER"].searchable and not vocab["RUN_ID"].searchable
@@ -92,7 +92,7 @@ def test_check_diff_normalises_and_names_what_is_wrong():
     }
     with pytest.raises(ProtocolError, match=r"unknown hyperparameter 'MATRIX_LRR': the script does not read it \(did you mean MATRIX_LR"):
         vocab.check_diff({"MATRIX_LRR": 0.05})
-    with pytest.raises(ProtocolError, match=r"hyperparameter MATRIX_LR: 1.0 is outside the allowed range \[0.01, 0.16\]"):
+    with pytest.raises(ProtocolError, match=r"hyperparameter MATRIX_LR: 1.0 is outside the allowed range \[0.0025, 0.64\]"):
         vocab.check_diff({"MATRIX_LR": 1.0})
     with pytest.raises(ProtocolError, match=r"hyperparameter TIE_EMBEDDINGS: expected true or false, got 0"):
         vocab.check_diff({"TIE_EMBEDDINGS": 0})

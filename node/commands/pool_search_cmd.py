@@ -76,6 +76,7 @@ def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: 
             bench_id = max(benches, key=lambda b: b[1])[0]
         hw = hw_key or _this_hardware()
         post = _posterior(store, trust, bench_id, hw)
+    script_state = _script_states(home)
     incumbent = post.incumbent()
     rows = []
     for rank, est in enumerate(post.ranked()[:limit], start=1):
@@ -91,6 +92,9 @@ def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: 
                 "incumbent": est.candidate == incumbent,
                 "base": info.base,
                 "diff": dict(info.diff),
+                "tokenizer": info.tokenizer,
+                "kind": "script" if info.is_script else "builtin",
+                "script": script_state(info.base),
             }
         )
     if as_json:
@@ -100,6 +104,33 @@ def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: 
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _script_states(home: Home):
+    """base -> None for built-ins, else "approved", "held" (not approved) or "not held" here."""
+    from node.scripts import ScriptStore
+    from protocol.candidates import is_script_base, script_sha
+
+    store = ScriptStore(home)
+    try:
+        approved, held = set(store.approved()), {e.sha for e in store.entries()}
+    except Exception:  # a damaged index must not hide the ranking
+        approved, held = set(), set()
+
+    def state(base: str) -> str | None:
+        if not is_script_base(base):
+            return None
+        sha = script_sha(base)
+        return "approved" if sha in approved else "held" if sha in held else "not held"
+
+    return state
+
+
+def _label(base: str, tokenizer: str, script: str | None) -> str:
+    """How a candidate's base reads in a table: built-in name, or script:<sha prefix> (state)."""
+    if script is None:
+        return base if tokenizer in ("sp1024", "byte256") else f"{base} [{tokenizer}]"
+    return f"script:{base.split(':', 1)[1][:10]} [{tokenizer}, {script}]"
 
 
 def _this_hardware() -> str:
@@ -157,6 +188,8 @@ def _explain_doc(post: "Posterior", cid: str, bench_id: str, trust: "TrustStore"
         "hw": post.hw,
         "base": info.base,
         "diff": dict(info.diff),
+        "tokenizer": info.tokenizer,
+        "kind": "script" if info.is_script else "builtin",
         "mean": est.mean,
         "sd": est.sd,
         "established_here": info.established,
@@ -210,7 +243,7 @@ def _print_explain(doc: dict[str, Any]) -> None:
     console = Console()
     diff = ", ".join(f"{k}={v}" for k, v in doc["diff"].items()) or "(no changes)"
     console.print(f"candidate {doc['candidate']}")
-    console.print(f"  {doc['base']} + {diff}")
+    console.print(f"  {doc['base']} + {diff} (tokenizer {doc['tokenizer']})")
     marker = "  [bold](incumbent)[/bold]" if doc["incumbent"] else ""
     console.print(f"  estimate on {doc['hw']}: [bold]{doc['mean']:.4f} ± {doc['sd']:.4f}[/bold] val_bpb{marker}")
     if not doc["evidence"]:
@@ -248,7 +281,8 @@ def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -
     for name, justify in (("#", "right"), ("candidate", "left"), ("val_bpb", "right"), ("± sd", "right"), ("here", "right"), ("results", "right"), ("diff", "left")):
         table.add_column(name, justify=justify, overflow="fold")
     for r in rows:
-        diff = ", ".join(f"{k}={v}" for k, v in r["diff"].items()) or f"({r['base']})"
+        label = _label(r["base"], r["tokenizer"], r["script"])
+        diff = label + (": " + ", ".join(f"{k}={v}" for k, v in r["diff"].items()) if r["diff"] else "")
         mark = " *" if r["incumbent"] else ""
         table.add_row(str(r["rank"]), r["candidate"][:12] + mark, f"{r['mean']:.4f}", f"{r['sd']:.4f}", f"{r['established_here']:.2g}", str(r["results"]), diff)
     Console().print(table)

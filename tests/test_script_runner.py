@@ -1,0 +1,122 @@
+"""An approved script runs in its own process group and directory, scrubbed, and is scored from its log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import pytest
+
+from protocol.benchmarks import benchmark
+from script_helpers import sample_byte_shards, script_bytes, wrapped
+from trainer.script_runner import ScriptRun, launch_script, score_from_log, user_namespaces_work
+
+SMOKE = benchmark("smoke")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return sample_byte_shards(tmp_path_factory.mktemp("sample-bytes"))
+
+
+def run_of(script: bytes, data, **kw) -> ScriptRun:
+    kw.setdefault("diff", {})
+    return ScriptRun(script=script, bench=kw.pop("bench", SMOKE), tokenizer="byte256", seed=7, budget_s=kw.pop("budget_s", 60.0), data_path=str(data), device="cpu", **kw)
+
+
+def test_a_tiny_script_trains_and_its_score_and_size_are_measured(data, tmp_path):
+    script = script_bytes("tiny_golf.py")
+    out = launch_script(run_of(script, data, diff={"ITERATIONS": 100, "LR": 0.01}), tmp_path / "run")
+    assert out.status == "ok", out.error
+    r = out.result
+    assert r["base"] == "script:" + hashlib.sha256(script).hexdigest() and r["tokenizer"] == "byte256"
+    assert r["diff"] == {"ITERATIONS": 100, "LR": 0.01}
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"val_bpb:{r['metrics']['val_bpb']:.8f}" in log.splitlines()[-1]  # the last exact line is the score
+    assert 0 < r["metrics"]["val_bpb"] < 8.0  # an untrained byte model is at 8 bits per byte
+    artifact = tmp_path / "run" / "artifact" / "final_model.int8.ptz"
+    assert r["metrics"]["artifact_bytes"] == artifact.stat().st_size + len(script)  # measured, not printed
+    assert r["artifact_sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert r["metrics"]["steps"] == 100
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == r
+
+
+def test_the_wrapped_form_runs_the_same_script(data, tmp_path):
+    script = wrapped(script_bytes("tiny_golf.py"))
+    out = launch_script(run_of(script, data, diff={"ITERATIONS": 20}), tmp_path / "run")
+    assert out.status == "ok", out.error
+    assert out.result["metrics"]["steps"] == 20
+
+
+def test_a_crash_is_one_failed_experiment_with_its_reason(data, tmp_path):
+    out = launch_script(run_of(script_bytes("crashing.py"), data), tmp_path / "run")
+    assert out.status == "failed"
+    assert "exit code 1" in out.error and "CUDA out of memory" in out.error
+
+
+def test_a_printed_score_with_an_oversize_artifact_is_refused(data, tmp_path):
+    bench = benchmark("smoke")
+    out = launch_script(run_of(script_bytes("oversize.py"), data, diff={"ARTIFACT_BYTES": 400_000}, bench=_capped(bench, 300_000)), tmp_path / "run")
+    assert out.status == "oversize"
+    assert "over the cap of 300000" in out.error
+    assert out.result["metrics"]["artifact_bytes"] > 400_000
+
+
+def test_no_score_line_is_a_failed_experiment(data, tmp_path):
+    out = launch_script(run_of(script_bytes("no_score.py"), data), tmp_path / "run")
+    assert out.status == "failed" and "no score line" in out.error
+
+
+def test_a_diff_outside_the_vocabulary_never_runs(data, tmp_path):
+    out = launch_script(run_of(script_bytes("crashing.py"), data, diff={"NOT_READ": 1}), tmp_path / "run")
+    assert out.status == "failed" and "unknown hyperparameter 'NOT_READ'" in out.error
+    assert not (tmp_path / "run" / "log.txt").exists()
+
+
+def test_the_script_cannot_read_the_node_key(data, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    key = home / "identity.key"
+    key.write_text("p2pgolf-ed25519-seed-v1\nSECRETSECRET\n")
+    monkeypatch.setenv("P2PGOLF_HOME", str(home))  # the node's own environment: must not leak
+    diff = {"KEY_PATH": str(key)} if user_namespaces_work() else {}
+    out = launch_script(run_of(script_bytes("reads_key.py"), data, diff=diff, hide=(str(home),)), tmp_path / "run")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert out.status == "ok", out.error
+    assert "stolen_keys:0" in log and "SECRET" not in log
+    assert out.isolated == user_namespaces_work()
+    assert key.read_text().endswith("SECRETSECRET\n")  # hidden, not harmed
+
+
+def test_data_inside_the_hidden_home_is_still_readable(tmp_path):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "identity.key").write_text("SECRET\n")
+    shards = sample_byte_shards(home / "data")
+    out = launch_script(run_of(script_bytes("tiny_golf.py"), shards, diff={"ITERATIONS": 10}, hide=(str(home),)), tmp_path / "run")
+    assert out.status == "ok", out.error
+
+
+def test_cancel_and_deadline_stop_the_script(data, tmp_path):
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    out = launch_script(run_of(script_bytes("tiny_golf.py"), data, diff={"ITERATIONS": 2400}), tmp_path / "a", cancel=cancel)
+    assert out.status == "abandoned"
+    out = launch_script(run_of(script_bytes("tiny_golf.py"), data, diff={"ITERATIONS": 2400}), tmp_path / "b", timeout_s=1.5)
+    assert out.status == "failed" and "hard deadline" in out.error
+
+
+def test_score_rule_takes_the_last_exact_line():
+    log = "val_bpb:9\nfinal_int8_zlib_roundtrip val_loss:2.1 val_bpb:1.3\nfinal_int8_zlib_roundtrip_exact val_loss:2.10000000 val_bpb:1.30000000\n"
+    assert score_from_log(log) == (2.1, 1.3, "final_int8_zlib_roundtrip_exact")
+    later = log + "final_sliding_window_exact val_loss:2.0 val_bpb:1.2\n"
+    assert score_from_log(later) == (2.0, 1.2, "final_sliding_window_exact")
+    assert score_from_log("final_int8_zlib_roundtrip val_loss:2.1 val_bpb:1.3\n") is None
+    assert score_from_log("final_x_exact val_loss:nan val_bpb:nan\n") is None
+
+
+def _capped(bench, cap):
+    from dataclasses import replace
+
+    return replace(bench, size_cap=cap)
