@@ -103,9 +103,12 @@ def make_pool(home: Path, n: int, rng: random.Random) -> dict[str, str]:
     with PoolStore(home / "pool.sqlite") as store:
         store.add_verified(records)
         TrustStore(store).pin(friend.public_hex, "friend")
-    from pool.blobs import BlobStore
+    from node.home import Home
+    from node.scripts import ScriptStore
 
-    BlobStore(home / "blobs").put(FIXTURE_SCRIPT.read_bytes(), kind="script", sha=sha)
+    scripts = ScriptStore(Home(home))
+    scripts.add_bytes(FIXTURE_SCRIPT.read_bytes(), name="bench/train_gpt.py", origin="added", source=str(FIXTURE_SCRIPT))
+    scripts.approve(sha)
     return {"builtin": records[-2].record.candidate, "script": records[-1].record.candidate}
 
 

@@ -188,7 +188,12 @@ def test_import_record_stores_every_good_folder_and_reports_the_refused(imported
         assert store.count() == sum(len(s) for s in GOOD.values())
         me = load_identity(home / "identity.key").public_hex
         assert {a for a, _ in store.authors()} == {me}
-    assert (home / "blobs").is_dir() and by_name["2026-03-20_ThreeSeeds"]["builtin_equivalent"]["base"] == "naive-baseline"
+    assert by_name["2026-03-20_ThreeSeeds"]["builtin_equivalent"]["base"] == "naive-baseline"
+    # each imported script is held by its hash, and none is approved (importing never makes a script runnable)
+    listed = json.loads(run("script", "ls", "--json", home=home).stdout)
+    held = {e["sha"] for e in listed}
+    assert {f["script_sha256"] for f in report["folders"] if f["status"] == "imported"} <= held
+    assert not any(e.get("approved_ms") for e in listed)
 
 
 def test_importing_again_adds_nothing(imported):

@@ -66,6 +66,15 @@ def node(tmp_path_factory):
     return home, cands, script
 
 
+@pytest.fixture(scope="module")
+def approved(node):
+    """The same node after its user approved the imported script (its exact hash)."""
+    home, cands, script = node
+    proc = run("script", "approve", script["script_sha256"], home=home)
+    assert proc.returncode == 0, proc.stderr
+    return node
+
+
 # --- the rules -------------------------------------------------------------------------------
 
 
@@ -89,8 +98,17 @@ def test_significance_needs_the_gain_and_the_p_value():
 # --- the command -----------------------------------------------------------------------------
 
 
-def test_a_script_candidate_is_written_with_its_diff_as_defaults(node, tmp_path):
-    home, cands, script = node
+def test_an_unapproved_script_is_not_exported(tmp_path):
+    home = tmp_path / "home"
+    assert run("init", home=home).returncode == 0
+    folder = json.loads(run("pool", "import-record", "--json", str(TRACK / "2026-03-20_ThreeSeeds"), home=home).stdout)["folders"][0]
+    proc = run("submission", folder["candidate"], "--out", str(tmp_path / "x"), "--draft", home=home)
+    assert "FAIL script:" in proc.stdout and f"{folder['script_sha256'][:12]} is not approved here" in proc.stdout
+    assert not (tmp_path / "x" / "train_gpt.py").exists()  # even a draft never carries an unapproved script
+
+
+def test_a_script_candidate_is_written_with_its_diff_as_defaults(approved, tmp_path):
+    home, cands, script = approved
     out = tmp_path / "sub"
     proc = run("submission", cands["script"], "--out", str(out), "--author", "Me", "--github-id", "me-gh", home=home)
     assert proc.returncode == 0, proc.stdout + proc.stderr

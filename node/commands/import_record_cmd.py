@@ -5,7 +5,8 @@ supports, signed by this node's key with a provenance note that marks it as impo
 estimator weighs it as an unverified claim until someone reproduces it). A folder is stored
 whole or not at all: one that cannot be read gets one line naming the file and field, and the
 other folders go on. The script (the file whose hyperparameters were run) goes
-into the blob store by its sha256. What `pool explain` needs beyond the note (the equivalent built-in
+into the node's script store (node/scripts.py) by its sha256, not approved: it is evidence, and
+runs (or is exported) only once the user approves that exact hash. What `pool explain` needs beyond the note (the equivalent built-in
 candidate, the script's hash and file) is written to `imports/<candidate id>.json` in the home.
 `--json` prints one object: per folder what was imported and what was refused and why.
 """
@@ -40,18 +41,18 @@ def import_record(home: Home, dirs: tuple[Path, ...], as_json: bool) -> None:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
-    from pool.blobs import BlobError, BlobStore
+    from node.scripts import ScriptStore, ScriptStoreError
 
-    blobs = BlobStore(home.blobs_dir)
+    scripts = ScriptStore(home)
     reports = []
     with open_pool(home) as store:
         for d in dirs:
             try:
                 found = import_folder(d, identity.public_hex)
                 signed = [sign_record(r, identity.signing_key) for r in found.records]
-                # the script by its hash, so `submission` and the script runner find it (content-addressed: harmless if unused)
-                blobs.put(found.folder.script.read_bytes(), kind="script", sha=found.script_sha)
-            except (FolderError, ProtocolError, OSError, BlobError) as exc:
+                # into the script store by its hash, never approved: only the user's `p2pgolf script approve` makes it runnable
+                scripts.add_bytes(found.folder.script.read_bytes(), name=f"{found.folder.name}/{found.folder.script.name}", origin="added", source=str(found.folder.script.resolve()))
+            except (FolderError, ProtocolError, OSError, ScriptStoreError) as exc:
                 reports.append({"folder": str(d), "status": "refused", "reason": str(exc)})
                 if not as_json:
                     click.echo(f"{d}: refused: {exc}", err=True)

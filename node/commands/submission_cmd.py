@@ -9,8 +9,9 @@ marked as a draft: DRAFT in the README title, `"draft": true` in submission.json
 The folder: README.md (candidate, lineage and who found each part, run command, per-seed table,
 the test), submission.json in the track's schema, one log per seed (the run's own log when the
 run directory is in this home, else the signed record's numbers, said to be so), and
-train_gpt.py: for a script candidate the script (found by its sha256: `--script FILE`, the blob
-store, or the folder it was imported from) with the diff written in as its defaults (trainer/script_defaults.py).
+train_gpt.py: for a script candidate the approved script (node/scripts.py: held by its sha256
+and approved by the user; `--script FILE` adds the file if its hash matches, never approves it)
+with the diff written in as its defaults (trainer/script_defaults.py).
 For a built-in candidate, our trainer bundled into one file (trainer/bundle.py) and a
 requirements.txt.
 """
@@ -105,9 +106,9 @@ def _code_delta(home: Home, result, script_text: str | None) -> int:
     from protocol.candidates import is_script_base, script_sha
 
     if is_script_base(result.base):
-        from pool.blobs import BlobStore
+        from node.scripts import ScriptStore
 
-        old = BlobStore(home.blobs_dir).size(script_sha(result.base)) or 0
+        old = len(ScriptStore(home).read_bytes(script_sha(result.base)))
     else:
         from trainer.artifact import code_bytes
 
@@ -182,23 +183,26 @@ def _train_script(home: Home, result, script_file: Path | None, bench_name: str)
         except Exception as exc:  # a config the trainer refuses is a failing rule, named
             return None, Rule("script", False, f"cannot bundle the trainer for {result.base}: {exc}")
         return text, Rule("script", True, f"our trainer bundled into one file for {result.base} + {len(result.diff)} knob change(s)")
+    from node.scripts import ScriptStore, ScriptStoreError
+
     sha = script_sha(result.base)
-    path = script_file
-    if path is None:
-        from pool.blobs import BlobStore
-
-        path = BlobStore(home.blobs_dir).path(sha)
-    if path is None:
-        from node.commands.import_record_cmd import read_sidecar
-
-        side = read_sidecar(home, result.candidate) or {}
-        if side.get("folder_path") and side.get("script"):
-            path = Path(side["folder_path"]) / side["script"]
-    if path is None or not path.is_file():
-        return None, Rule("script", False, f"the script {sha[:12]} is not held here; give --script FILE")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha:
-        return None, Rule("script", False, f"{path} has sha256 {hashlib.sha256(data).hexdigest()[:12]}, not the candidate's {sha[:12]}")
+    store = ScriptStore(home)
+    if script_file is not None:
+        data = script_file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            return None, Rule("script", False, f"{script_file} has sha256 {hashlib.sha256(data).hexdigest()[:12]}, not the candidate's {sha[:12]}")
+        try:
+            store.add_bytes(data, name=script_file.name, origin="added", source=str(script_file.resolve()))
+        except (ScriptStoreError, ValueError) as exc:
+            return None, Rule("script", False, str(exc))
+    if not store.has(sha):
+        return None, Rule("script", False, f"the script {sha[:12]} is not held here; give --script FILE or `p2pgolf script add`")
+    if not store.runnable(sha):
+        return None, Rule("script", False, f"the script {sha[:12]} is not approved here (a submission runs it); review it and run `p2pgolf script approve {sha[:12]}`")
+    try:
+        data = store.read_bytes(sha)
+    except ScriptStoreError as exc:
+        return None, Rule("script", False, str(exc))
     from trainer.script_defaults import ScriptRewriteError, write_defaults
 
     try:
