@@ -287,13 +287,13 @@ def _readme(cid, result, counted, by_seed, rules, sig, lineage, *, draft, name, 
     if finders:
         lines += ["", "Who found each part: " + "; ".join(f"`{k}` by {w}" for k, w in finders.items()) + "."]
     lines += ["", "## Run", "", "```bash", RUN_COMMAND, "```", "", "## Seeds", "",
-              "| seed | val_bpb | val_loss | steps | step time (ms) | train time (s) | artifact bytes | hardware |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| seed | val_bpb | val_loss | steps | step time (ms, budget/steps) | train budget (s) | artifact bytes | hardware |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in counted:
         rec = by_seed[r.seed].record
         m = rec.metrics
         step_ms = 1000 * rec.budget_s / m.steps if m.steps else 0
         lines.append(f"| {r.seed} | {m.val_bpb:.5f} | {m.val_loss:.5f} | {m.steps} | {step_ms:.1f} | {rec.budget_s:g} | {r.artifact_bytes:,} | {rec.hw.key} |")
-    lines += ["", "Eval time is not carried in signed records; the per-seed logs show it where the run log is held.", "", "## Rules", ""]
+    lines += ["", "Signed records carry the budget, not the measured train and eval times; the per-seed logs show those where the run's own log is held.", "", "## Rules", ""]
     for r in rules:
         lines.append(f"- {'pass' if r.ok else 'FAIL'} **{r.name}**: {r.detail}")
     if sig is not None:
