@@ -1,6 +1,6 @@
 """How long the competition bridge takes: importing record folders, and `p2pgolf submission`.
 
-1. Import: generates --folders record folders (a script, submission.json with three seeds and a
+1. Import: generates --folders record folders (a script of its own, submission.json with three seeds and a
    hardware string, three train_seed<N>.log with a Hyperparameters block and final exact lines;
    every folder a different configuration) and runs `p2pgolf pool import-record` over all of them
    in one command. Baseline in the same run: `p2pgolf pool import` of the same number of
@@ -49,7 +49,7 @@ def make_folders(root: Path, n: int, rng: random.Random) -> list[Path]:
     for i in range(n):
         d = track / f"2026-04-{1 + i % 28:02d}_Gen{i:05d}"
         d.mkdir(parents=True)
-        (d / "train_gpt.py").write_text(script)
+        (d / "train_gpt.py").write_text(script + f"# folder {i}\n")  # each record folder has its own script, as in the competition
         layers, lr = 6 + i % 10, round(0.01 + 0.001 * (i // 10), 4)
         seeds = {}
         for seed in (1, 2, 3):

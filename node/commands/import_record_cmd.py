@@ -51,7 +51,8 @@ def import_record(home: Home, dirs: tuple[Path, ...], as_json: bool) -> None:
                 found = import_folder(d, identity.public_hex)
                 signed = [sign_record(r, identity.signing_key) for r in found.records]
                 # into the script store by its hash, never approved: only the user's `p2pgolf script approve` makes it runnable
-                scripts.add_bytes(found.folder.script.read_bytes(), name=f"{found.folder.name}/{found.folder.script.name}", origin="added", source=str(found.folder.script.resolve()))
+                if not scripts.has(found.script_sha):  # many folders share a script: store (and fsync) it once
+                    scripts.add_bytes(found.folder.script.read_bytes(), name=f"{found.folder.name}/{found.folder.script.name}", origin="added", source=str(found.folder.script.resolve()))
             except (FolderError, ProtocolError, OSError, ScriptStoreError) as exc:
                 reports.append({"folder": str(d), "status": "refused", "reason": str(exc)})
                 if not as_json:

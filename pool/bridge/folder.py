@@ -20,7 +20,7 @@ from pathlib import Path
 from pool.bridge.errors import FolderError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # no record folder file is this large; refuse rather than read it
-_STUB_MAX_BYTES = 4096
+_STUB_MAX_BYTES = 1024  # a stub is a few lines; anything longer is the script itself
 _TRACK_DIR = re.compile(r"^track_(.+)$")
 
 

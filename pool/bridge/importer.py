@@ -36,6 +36,8 @@ from pool.bridge.provenance import make_note
 from pool.bridge.run_command import readme_env
 from pool.bridge.submission_json import SeedNumbers, Submission, parse_submission
 from pool.bridge.train_log import LogInfo, parse_log
+from protocol.benchmarks import benchmark
+from protocol.candidates import script_base
 from protocol.records import HardwareClass, Metrics, Result
 
 SIZE_CAP = 16_000_000
@@ -131,22 +133,16 @@ def import_folder(path: str | Path, importer: str) -> FolderImport:
             where = log.file if log and log.artifact_bytes else (sub.file if sub else folder.name)
             raise FolderError(where, "artifact bytes", f"{metrics.artifact_bytes:,} bytes is over the {SIZE_CAP:,}-byte cap")
         tokenizer = f"sp{merged.values['VOCAB_SIZE']}" if isinstance(merged.values.get("VOCAB_SIZE"), int) else "sp1024"
-        from protocol.benchmarks import benchmark
-        from protocol.candidates import script_base
-
         bench = benchmark(bench_name).with_budget(budget)
         note = make_note({
             "track": track, "folder": folder.name, "github": sub.github_id if sub else "",
             "pr": sub.pr if sub and sub.pr else None, "log": log.file if log else (sub.file if sub else ""), "seed": seed,
         })  # fmt: skip
-        try:
-            records.append(Result(
-                bench=bench.id, author=importer, created_ms=created_ms, base=script_base(hashlib.sha256(script_bytes).hexdigest()),
-                diff=merged.diff, tokenizer=tokenizer, hw=hw, budget_s=float(budget), seed=seed, metrics=metrics,
-                parents=(), artifact=None, trainer=TRAINER, note=note,
-            ))  # fmt: skip
-        except TypeError as exc:  # pragma: no cover - only before protocol v2 is merged
-            raise FolderError(folder.name, "record", str(exc)) from None
+        records.append(Result(
+            bench=bench.id, author=importer, created_ms=created_ms, base=script_base(hashlib.sha256(script_bytes).hexdigest()),
+            diff=merged.diff, tokenizer=tokenizer, hw=hw, budget_s=float(budget), seed=seed, metrics=metrics,
+            parents=(), artifact=None, trainer=TRAINER, note=note,
+        ))  # fmt: skip
         if builtin is None:
             builtin = builtin_equivalent(merged.values, metrics.steps or None)
     return FolderImport(
