@@ -65,11 +65,11 @@ def check_submission(runs: Sequence[SeedRun], *, hw: str, hw_label: str, budget_
     """The verdict on each rule for the seeds in `runs` (one run per seed: the caller picks)."""
     counted = [r for r in runs if r.trusted and r.hw == hw]
     rules: list[Rule] = []
-    worst = max((r.artifact_bytes for r in counted), default=0)
-    over = [r.seed for r in counted if r.artifact_bytes > size_cap]
-    rules.append(Rule("size", not over and bool(counted), f"largest artifact+code {worst:,} of {size_cap:,} bytes" + (f"; over the cap: seeds {over}" if over else "")))
-    slow = [r.seed for r in counted if r.budget_s > budget_s + 1e-9]
-    rules.append(Rule("budget", not slow and bool(counted), f"trained within {budget_s:g} s" if not slow else f"seeds {slow} trained under a budget above {budget_s:g} s"))
+    if not counted:
+        missing = f"no seed on {hw_label} from own or pinned keys to check"
+        rules += [Rule("size", False, missing), Rule("budget", False, missing)]
+    else:
+        rules += _size_and_budget(counted, size_cap, budget_s)
     seeds = sorted({r.seed for r in counted})
     others = len({r.seed for r in runs} - set(seeds))
     detail = f"{len(seeds)} of {min_seeds} seeds on {hw_label} from own or pinned keys"
@@ -86,6 +86,16 @@ def check_submission(runs: Sequence[SeedRun], *, hw: str, hw_label: str, budget_
     ok = sig.p < alpha
     rules.append(Rule("significance", ok, f"mean val_loss {sig.mean_loss:.5f} ± {sig.sd_loss:.5f} (n={sig.n}) vs baseline {sig.baseline_loss:.5f} nats ({baseline_bpb:.5f} bpb): gain {sig.gain_nats:.5f} nats, needed {min_gain_nats} at p < {alpha}; t={sig.t:.3f}, p={sig.p:.3g}"))
     return rules, sig
+
+
+def _size_and_budget(counted: Sequence[SeedRun], size_cap: int, budget_s: float) -> list[Rule]:
+    worst = max(r.artifact_bytes for r in counted)
+    over = [r.seed for r in counted if r.artifact_bytes > size_cap]
+    slow = [r.seed for r in counted if r.budget_s > budget_s + 1e-9]
+    return [
+        Rule("size", not over, f"largest artifact+code {worst:,} of {size_cap:,} bytes" + (f"; over the cap: seeds {over}" if over else "")),
+        Rule("budget", not slow, f"trained within {budget_s:g} s" if not slow else f"seeds {slow} trained under a budget above {budget_s:g} s"),
+    ]
 
 
 def significance(runs: Sequence[SeedRun], baseline_bpb: float, min_gain_nats: float = MIN_GAIN_NATS) -> Significance:

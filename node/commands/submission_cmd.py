@@ -71,6 +71,8 @@ def submission(home: Home, candidate: str, out: Path, against: float | None, dra
         runs, chosen = _seed_runs(records, trust, hw_key, delta)
         baseline, baseline_from = (against, "--against") if against is not None else _best_imported(store, bench_id, cid)
         lineage = _lineage(store, trust, chosen or records)
+        labels = trust.labels()
+        who = {rec.record.seed: _who(rec, trust, labels) for rec in chosen}
     from pool.submission_rules import Rule
 
     rules, sig = check_submission(runs, hw=hw_key, hw_label=TRACK_HW_LABEL if hw_key == TRACK_HW else hw_key, budget_s=TRACK_BUDGET_S, baseline_bpb=baseline)
@@ -86,7 +88,7 @@ def submission(home: Home, candidate: str, out: Path, against: float | None, dra
         if as_json:
             click.echo(json.dumps(doc))
         raise UserError(f"not written: {', '.join(r.name for r in failing)} failed ({failing[0].detail}); --draft writes it anyway, marked as a draft")
-    _write_folder(out, home, cid, first, chosen, runs, rules, sig, lineage, script_text, draft=bool(failing) or draft, author=author, github_id=github_id, title=title, hw_key=hw_key, baseline=(baseline, baseline_from))
+    _write_folder(out, home, cid, first, chosen, runs, rules, sig, lineage, script_text, draft=bool(failing) or draft, author=author, github_id=github_id, title=title, hw_key=hw_key, baseline=(baseline, baseline_from), who=who)
     doc["written"] = True
     doc["out"] = str(out)
     if as_json:
@@ -162,10 +164,20 @@ def _lineage(store, trust, records) -> list[dict[str, Any]]:
     labels = trust.labels()
     out = []
     for rec in chain:
-        status = trust.status(rec.author)
-        who = "me" if status == "own" else (labels.get(rec.author) or rec.author[:8])
+        who = _who(rec, trust, labels)
         out.append({"record": rec.id, "candidate": rec.record.candidate, "diff": dict(rec.record.diff), "who": who, "val_bpb": rec.record.metrics.val_bpb})
     return out
+
+
+def _who(rec, trust, labels) -> str:
+    """Who measured a record: me, a trust label or key prefix; an imported claim names its source."""
+    from pool.bridge.provenance import parse_note
+
+    prov = parse_note(rec.record.note)
+    if prov is not None:
+        return f"{prov.get('github') or prov.get('folder') or 'a competition record'} (imported claim)"
+    status = trust.status(rec.author)
+    return "me" if status == "own" else (labels.get(rec.author) or rec.author[:8])
 
 
 def _train_script(home: Home, result, script_file: Path | None, bench_name: str):
@@ -215,7 +227,7 @@ def _train_script(home: Home, result, script_file: Path | None, bench_name: str)
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, lineage, script_text, *, draft, author, github_id, title, hw_key, baseline) -> None:
+def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, lineage, script_text, *, draft, author, github_id, title, hw_key, baseline, who) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counted = [r for r in runs if r.trusted and r.hw == hw_key] or runs
     by_seed = {rec.record.seed: rec for rec in chosen}
@@ -248,7 +260,7 @@ def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, 
         (out / "requirements.txt").write_text(REQUIREMENTS)
     for r in counted:
         (out / f"train_seed{r.seed}.log").write_text(_seed_log(home, by_seed[r.seed]))
-    (out / "README.md").write_text(_readme(cid, result, counted, by_seed, rules, sig, lineage, draft=draft, name=name, baseline=baseline))
+    (out / "README.md").write_text(_readme(cid, result, counted, by_seed, rules, sig, lineage, draft=draft, name=name, baseline=baseline, who=who))
 
 
 def _seed_log(home: Home, rec) -> str:
@@ -272,7 +284,7 @@ def _seed_log(home: Home, rec) -> str:
     )
 
 
-def _readme(cid, result, counted, by_seed, rules, sig, lineage, *, draft, name, baseline) -> str:
+def _readme(cid, result, counted, by_seed, rules, sig, lineage, *, draft, name, baseline, who) -> str:
     lines = [f"# {'DRAFT: ' if draft else ''}{name}", ""]
     if draft:
         lines += ["**Draft**: not every rule below holds; do not open a pull request from this folder as it is.", ""]
@@ -287,12 +299,12 @@ def _readme(cid, result, counted, by_seed, rules, sig, lineage, *, draft, name, 
     if finders:
         lines += ["", "Who found each part: " + "; ".join(f"`{k}` by {w}" for k, w in finders.items()) + "."]
     lines += ["", "## Run", "", "```bash", RUN_COMMAND, "```", "", "## Seeds", "",
-              "| seed | val_bpb | val_loss | steps | step time (ms, budget/steps) | train budget (s) | artifact bytes | hardware |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| seed | val_bpb | val_loss | steps | step time (ms, budget/steps) | train budget (s) | artifact bytes | hardware | measured by |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in counted:
         rec = by_seed[r.seed].record
         m = rec.metrics
         step_ms = 1000 * rec.budget_s / m.steps if m.steps else 0
-        lines.append(f"| {r.seed} | {m.val_bpb:.5f} | {m.val_loss:.5f} | {m.steps} | {step_ms:.1f} | {rec.budget_s:g} | {r.artifact_bytes:,} | {rec.hw.key} |")
+        lines.append(f"| {r.seed} | {m.val_bpb:.5f} | {m.val_loss:.5f} | {m.steps} | {step_ms:.1f} | {rec.budget_s:g} | {r.artifact_bytes:,} | {rec.hw.key} | {who[r.seed]} |")
     lines += ["", "Signed records carry the budget, not the measured train and eval times; the per-seed logs show those where the run's own log is held.", "", "## Rules", ""]
     for r in rules:
         lines.append(f"- {'pass' if r.ok else 'FAIL'} **{r.name}**: {r.detail}")
