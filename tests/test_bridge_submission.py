@@ -186,3 +186,15 @@ def test_imported_seeds_never_count_as_our_evidence(tmp_path):
     # three seeds on 8xH100, all of them claims the importer transcribed from someone else's run
     proc = run("submission", candidate, "--out", str(tmp_path / "x"), "--against", "1.30", home=home)
     assert proc.returncode == 1 and "0 of 3 seeds on 8xH100" in proc.stdout and "imported claims, which do not count" in proc.stdout
+
+
+def test_defaults_are_written_into_a_decoded_wrapper_and_checked():
+    from trainer.script_defaults import ScriptRewriteError, write_defaults
+
+    wrapped = (TRACK / "2026-03-28_WrappedScript" / "train_gpt.py").read_bytes()
+    out = write_defaults(wrapped, {"NUM_LAYERS": 12, "TIE_EMBEDDINGS": False, "EMA_DECAY": 0.99})
+    assert "b85decode" not in out  # written out plain: the inner source, readable
+    defaults = read_hyperparameters(out).defaults()
+    assert (defaults["NUM_LAYERS"], defaults["TIE_EMBEDDINGS"], defaults["EMA_DECAY"]) == (12, False, 0.99)
+    with pytest.raises(ScriptRewriteError, match="NO_SUCH_NAME"):
+        write_defaults(wrapped, {"NO_SUCH_NAME": 1})
