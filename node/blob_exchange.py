@@ -40,11 +40,12 @@ Guarantees:
   re-hashes a blob before announcing it, and never raises into libp2p.
 
 Why not py-libp2p's Bitswap (0.8.1, libp2p.bitswap): it works on loopback (16,000,000 random
-bytes in 1.3-1.4 s, against about 0.3 s here), but it names blocks of at most 512 KiB by their
-CIDs in a dag-pb tree, while our records name an artifact by the SHA-256 of the whole file
-(changing that is a wire change); its fetch has no total size cap, its server no per-peer rate
-limit, its store lives in memory, and it raised "Nursery is closed to new arrivals" from its
-disconnect notifee on every shutdown we measured.
+bytes in 0.5-1.4 s on the 2-core dev machine, against 0.2-0.4 s here; benchmarks/verify_claims.py
+measures both), but it names blocks of at most 512 KiB by their CIDs in a dag-pb tree, while our
+records name an artifact by the SHA-256 of the whole file (mapping one to the other needs a
+protocol of our own anyway, and changing the record is a wire change); its fetch has no total
+size cap, its server no per-peer rate limit, its block store lives in memory, and its disconnect
+notifee raised "Nursery is closed to new arrivals" at every shutdown we measured.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "status": "node.commands.status_cmd:status",
     "submission": "node.commands.submission_cmd:submission",
     "script": "node.commands.script_cmd:script",
+    "verify": "node.commands.verify_cmd:verify",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -44,6 +45,7 @@ SUMMARIES: dict[str, str] = {
     "status": "Show the running node's status.",
     "submission": "Write a pool candidate as a competition record folder.",
     "script": "Add, approve, list, show and revoke training scripts.",
+    "verify": "Re-evaluate a record's artifact and publish a signed attestation.",
 }
 
 

@@ -11,6 +11,10 @@ peers this node remembers across restarts.
     [limits]
     unknown_key_cap = 1000
 
+    [blobs]              # retention of peers' artifacts (own results and the current best: always)
+    max_blobs = 200
+    max_bytes = 2147483648
+
 `known_peers.toml` is ours: peers we have been connected to, newest first, rewritten atomically
 (write to a temporary file, then rename) so a crash never leaves half a file. A bad value in
 either file is a ProtocolError naming the file and the field.
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from node.home import Home
 from node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
 from node.limits import Limits
+from pool.blobs import BlobError, Retention
 from protocol.errors import ProtocolError
 
 KNOWN_PEERS_FILE = "known_peers.toml"
@@ -40,6 +45,7 @@ class NodeConfig:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     mdns: bool = False
     limits: Limits = field(default_factory=Limits)
+    retention: Retention = field(default_factory=Retention)
 
 
 def load_config(home: Home) -> NodeConfig:
@@ -52,9 +58,9 @@ def load_config(home: Home) -> NodeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProtocolError(f"cannot read it: {exc}", where) from None
-    unknown = sorted(set(data) - {"network", "limits"})
+    unknown = sorted(set(data) - {"network", "limits", "blobs"})
     if unknown:
-        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network] and [limits]", where)
+        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits] and [blobs]", where)
     network = _table(data, "network", where)
     extra = sorted(set(network) - {"bootstrap", "listen", "mdns"})
     if extra:
@@ -83,7 +89,15 @@ def load_config(home: Home) -> NodeConfig:
         limits = Limits(**limits_table)
     except ProtocolError as exc:
         raise ProtocolError(str(exc), where) from None
-    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits)
+    blobs_table = _table(data, "blobs", where)
+    extra = sorted(set(blobs_table) - {"max_blobs", "max_bytes"})
+    if extra:
+        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected max_blobs, max_bytes", f"{where} [blobs]")
+    try:
+        retention = Retention(**blobs_table)
+    except BlobError as exc:
+        raise ProtocolError(str(exc), where) from None
+    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention)
 
 
 def load_known_peers(home: Home) -> list[str]:

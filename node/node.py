@@ -10,6 +10,10 @@ Guarantees:
   came by gossip or by sync; our own records are stored before they are sent.
 - A node syncs with each peer as soon as it is connected and again every `sync_interval_s`,
   so a node that was offline, or is new, catches up and partitions heal.
+- With a blob directory (the home's `blobs/`, or `blobs_dir`), the node serves every blob it
+  holds over the blob exchange (node.blob_exchange) and fetches blobs from its peers
+  (`fetch_blob`); `keep_artifact` stores a run's artifact and applies the retention rule, which
+  never drops this node's own results' artifacts nor the current best (pool.blobs).
 - The worker (`async def worker(node)`) runs in the node's nursery and is cancelled on
   shutdown; if it fails, the node logs it and keeps serving as a relay and pool node.
 """
@@ -26,6 +30,7 @@ from typing import Any
 
 import trio
 
+from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
 from node.config import load_known_peers, save_known_peers
 from node.control import serve as serve_control
 from node.discovery import Discovery
@@ -35,6 +40,7 @@ from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
 from node.limits import Admission, Limits, Verdict
 from node.status import NodeStatus, PeerStatus
 from node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
+from pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
 from protocol.benchmarks import Benchmark
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
@@ -62,6 +68,10 @@ class NodeOptions:
     max_parallel_syncs: int = 4
     control_socket: Path | None = None
     home: Home | None = None  # where known peers are remembered; None: remember nothing
+    blobs_dir: Path | None = None  # None: the home's blobs/ (no home: no blob store)
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
+    retention: Retention = field(default_factory=Retention)
+    fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
 
     def __post_init__(self) -> None:
         if not self.benches:
@@ -85,6 +95,11 @@ class Node:
         self.gossip: Gossip | None = None
         self.sync_server: SyncServer | None = None
         self.discovery: Discovery | None = None
+        blobs_dir = options.blobs_dir or (options.home.blobs_dir if options.home is not None else None)
+        # Artifacts are capped at the largest size cap among our benchmarks (the challenge's 16 MB).
+        self.blobs = BlobStore(blobs_dir, caps={"artifact": max(b.size_cap for b in options.benches)}) if blobs_dir else None
+        self.blob_server: BlobServer | None = None
+        self.exchange: BlobExchange | None = None
         self.records_published = 0
         self.syncs = 0
         self.synced_in = 0  # records added by finished syncs
@@ -130,6 +145,10 @@ class Node:
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
             self.sync_server.attach(self.host)
+            if self.blobs is not None:
+                self.blob_server = BlobServer(self.blobs, opts.exchange)
+                self.blob_server.attach(self.host)
+                self.exchange = BlobExchange(self.host, self.blobs, opts.exchange)
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
@@ -153,6 +172,11 @@ class Node:
                             await nursery.start(serve_control, opts.control_socket, self)
                     nursery.start_soon(self._sync_loop)
                     nursery.start_soon(self._ban_loop)
+                    if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
+                        from node.script_fetch import script_fetch_loop
+                        from node.scripts import ScriptStore
+
+                        nursery.start_soon(script_fetch_loop, self, ScriptStore(opts.home))
                     if self.worker is not None:
                         nursery.start_soon(self._run_worker)
                     self.started_at = time.monotonic()
@@ -214,6 +238,60 @@ class Node:
                 nursery.start_soon(ask, peer)
         return holders
 
+    # --- blobs -----------------------------------------------------------------------
+
+    def keep_artifact(self, path: Path, sha: str) -> bool:
+        """Store the artifact file at `path` under `sha` (refused, False, if it does not hash
+        to it or is over the cap), then apply retention. False also when there is no store."""
+        if self.blobs is None:
+            return False
+        try:
+            self.blobs.put_file(path, kind="artifact", sha=sha)
+        except (BlobError, OSError) as exc:
+            log.warning("cannot keep artifact %s: %s", sha[:12], exc)
+            return False
+        self.retain()
+        return True
+
+    def retain(self) -> list[str]:
+        """Apply the retention rule to the blob store; returns the digests removed."""
+        if self.blobs is None:
+            return []
+        keep = set(protected_artifacts(self.store, self.identity.public_hex, self.bench_ids, self.trust.status if self.trust is not None else None))
+        if self.options.home is not None:  # the scripts this node holds are kept: approval refers to them
+            from node.scripts import ScriptStore
+
+            try:
+                keep.update(e.sha for e in ScriptStore(self.options.home).entries())
+            except ValueError as exc:
+                log.warning("script index unreadable, no blob pruned: %s", exc)
+                return []
+        removed = self.blobs.prune(keep=keep, retention=self.options.retention)
+        if removed:
+            log.info("retention removed %d blob(s)", len(removed))
+        return removed
+
+    async def fetch_blob(self, sha: str, *, kind: str = "artifact", author: str | None = None, timeout_s: float | None = None) -> Path:
+        """Blob `sha` from this node's store or its peers (the author's node first, when
+        `author`, a public key hex, is connected). BlobFetchError / BlobError on failure."""
+        if self.blobs is None or self.exchange is None:
+            raise BlobFetchError("this node keeps no blobs (it has no home)")
+        peers = self.connected_peers()
+        if author:
+            from protocol.identity import peer_id_from_public_key
+
+            try:
+                first = peer_id_from_public_key(bytes.fromhex(author))
+            except (ValueError, ProtocolError):
+                first = None
+            if first in peers:
+                peers = [first, *[p for p in peers if p != first]]
+        held = self.blobs.has(sha)
+        path = await self.exchange.fetch(sha, kind=kind, peers=peers, timeout_s=timeout_s)
+        if not held:
+            self.retain()
+        return path
+
     # --- status ----------------------------------------------------------------------
 
     def status(self) -> NodeStatus:
@@ -271,7 +349,26 @@ class Node:
             if confirm_s > 0 and len(results) == 1 and "id" in results[0]:
                 results[0]["peers"] = await self.peers_holding(results[0]["id"], within_s=confirm_s)
             return {"ok": True, "results": results}
-        return {"ok": False, "error": f"unknown op {op!r}; expected status, peers or publish"}
+        if op == "fetch":
+            return await self._control_fetch(request)
+        return {"ok": False, "error": f"unknown op {op!r}; expected status, peers, publish or fetch"}
+
+    async def _control_fetch(self, request: dict) -> dict:
+        """{"op": "fetch", "sha": hex, "kind": "artifact", "author": hex | null, "timeout_s": s}
+        -> {"ok", "path", "size", "held" (already here), "seconds"}."""
+        sha, kind, author = request.get("sha"), request.get("kind", "artifact"), request.get("author")
+        timeout_s = request.get("timeout_s", self.options.exchange.fetch_timeout_s)
+        if not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 3600:
+            return {"ok": False, "error": "timeout_s must be a number of seconds in (0, 3600]"}
+        if author is not None and not isinstance(author, str):
+            return {"ok": False, "error": "author must be a public key in hex"}
+        started = time.monotonic()
+        try:
+            held = self.blobs is not None and isinstance(sha, str) and self.blobs.has(sha)
+            path = await self.fetch_blob(sha, kind=kind, author=author, timeout_s=float(timeout_s))
+        except (BlobError, BlobFetchError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "path": str(path), "size": path.stat().st_size, "held": held, "seconds": time.monotonic() - started}
 
     # --- internals -------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ Guarantees:
   restart and does not count against the operator that chose it.
 - `LoopControl.finish()` lets the run in progress complete, be signed, stored and published,
   and then `run` returns without starting another experiment.
+- Before an experiment, the untrusted claims its choice rests on (a parent or subject of the
+  proposal, or a claim in or entering the top of this node's ranking) are re-evaluated from
+  their artifacts (the verify operator, `verify_first`), while pool.verify_policy judges that a
+  check pays; the choice is then made again with the attestations in the pool. Each check is
+  journalled (verify.jsonl: its cost in seconds and whether it confirmed or refuted the claim).
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
   of the record it re-measured, anything else as a result citing its parents.
@@ -42,6 +47,9 @@ import trio
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
+VERIFY_JOURNAL_NAME = "verify.jsonl"  # the verify operator's checks: its cost and its yield
+MAX_VERIFY_PER_DECISION = 4
+MAX_VERIFY_TRIES = 3  # a claim whose artifact cannot be had is given up after this many checks
 ABANDONED = "abandoned"  # the journal status of a run stopped by cancellation (same as the trainer's)
 # How long a cancelled loop waits for the trainer thread to stop its child: the runner's poll
 # interval, its SIGTERM grace and its SIGKILL wait, with room to spare. Bounded, so a wedged
@@ -150,13 +158,21 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
         eval_token_cap=eval_token_cap,
         max_experiments=max_experiments,
     )
+    verifier = None
+    if node.blobs is not None:
+        from node.verification import LoopVerifier
+
+        verifier = LoopVerifier(node, bench, data_dir=settings.data_dir)
     scripts = None
     if home is not None:
         from node.scripts import ScriptStore
 
         scripts = ScriptStore(home)
     hide = (str(home.root),) if home is not None else ()
-    loop = ResearchLoop(node.identity, node.store, node.trust, node.publish, settings, control=control, scripts=scripts, hide=hide)
+    loop = ResearchLoop(
+        node.identity, node.store, node.trust, node.publish, settings, control=control, keep_artifact=node.keep_artifact, verifier=verifier,
+        scripts=scripts, hide=hide,
+    )  # fmt: skip
     await loop.run()
 
 
@@ -174,6 +190,8 @@ class ResearchLoop:
         *,
         runner: Callable[..., Any] | None = None,
         control: LoopControl | None = None,
+        keep_artifact: Callable[[Path, str], Any] | None = None,
+        verifier: Any = None,
         scripts: Any = None,
         script_runner: Callable[..., Any] | None = None,
         hide: tuple[str, ...] = (),
@@ -187,6 +205,7 @@ class ResearchLoop:
         self.settings = settings
         self.bench = benchmark(settings.bench_name)
         self.journal = Journal(settings.journal_dir / JOURNAL_NAME)
+        self.verify_journal = VerifyJournal(settings.journal_dir / VERIFY_JOURNAL_NAME)
         if runner is None:
             from trainer.api import run_experiment
 
@@ -196,6 +215,8 @@ class ResearchLoop:
         self.script_runner = script_runner
         self.hide = hide  # what a script must not see (the node's home)
         self.control = control if control is not None else LoopControl()
+        self.keep_artifact = keep_artifact  # (artifact path, sha): the node keeps and serves it
+        self.verifier = verifier  # node.verify_loop.Verifier or None: no verify operator
         self._hw = settings.hw_key
 
     @property
@@ -245,16 +266,24 @@ class ResearchLoop:
         from pool.trust_weights import TrustPolicy
 
         policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
-        post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
         n = self.journal.count()
         seed = int.from_bytes(hashlib.sha256(f"{self.identity.public_hex}/{n}".encode()).digest()[:4], "big")
-        rng = np.random.default_rng(seed)
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
         from protocol.candidates import candidate_id
 
         runnable, vocabularies = self._script_view()
+
+        def decide() -> tuple[Any, Any]:
+            post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
+            rng = np.random.default_rng(seed)
+            return post, bandit.choose(
+                post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
+                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies,
+            )  # fmt: skip
+
+        post, choice = decide()
         tried = self.journal.candidates()
         untried = [
             base for base in sorted(vocabularies)
@@ -266,10 +295,10 @@ class ResearchLoop:
 
             p = Proposal(untried[0], {}, (), "try_peer", tokenizer=self.bench.tokenizer)
         else:
-            choice = bandit.choose(
-                post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
-                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies,
-            )  # fmt: skip
+            # The verify operator: untrusted claims this decision rests on are re-evaluated first
+            # (an evaluation, not a budget), and the decision is taken again on what they showed.
+            if self.verifier is not None and await self.verify_first(post, choice.proposal, seed):
+                post, choice = decide()
             p = choice.proposal
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
@@ -346,6 +375,43 @@ class ResearchLoop:
         runner = self.script_runner or launch_script
         return runner(run, out_dir, timeout_s=timeout_s, cancel=cancel)
 
+    async def verify_first(self, post: Any, proposal: Any, seed: int) -> int:
+        """Re-evaluate the untrusted claims that would change this decision (pool.verify_policy),
+        while the meta level says a check pays; journal each. Returns how many were checked."""
+        import random
+
+        from node.verification import not_reevaluable
+        from pool.verify_policy import Claim, claims_to_verify, should_verify
+
+        claims = {}
+        for signed in self.store.query(bench=self.bench.id, kind="result"):
+            r = signed.record
+            claims[signed.id] = Claim(signed.id, r.candidate, signed.author, float(r.metrics.val_bpb), not_reevaluable(signed) is None)
+        status = lambda key: str(getattr(self.trust.status(key), "value", self.trust.status(key)))  # noqa: E731
+        targets = claims_to_verify(post, proposal, claims, status, checked=self.verify_journal.subjects())
+        rng = random.Random(seed)
+        checked = 0
+        for rid in targets[:MAX_VERIFY_PER_DECISION]:
+            decision = should_verify(self.verify_journal.history(), self.bench.budget_s, rng=rng)
+            if not decision.verify:
+                log.info("verify: not checking %s: %s", rid[:12], decision.why)
+                break
+            signed = self.store.get(rid)
+            started = time.monotonic()
+            try:
+                outcome = await self.verifier.verify(signed)
+            except Exception as exc:  # an unavailable or broken artifact costs this check, not the loop
+                log.warning("verify: %s could not be checked: %s", rid[:12], exc)
+                self.verify_journal.add(subject=rid, author=signed.author, agrees=None, seconds=time.monotonic() - started, note=str(exc)[:200])
+                continue
+            log.info("verify: %s %s (claimed %.4f, measured %.4f) in %.1f s", rid[:12], outcome.verdict, outcome.claimed, outcome.measured, outcome.reeval_s)
+            self.verify_journal.add(
+                subject=rid, author=signed.author, agrees=outcome.agrees, seconds=time.monotonic() - started,
+                claimed=outcome.claimed, measured=outcome.measured, attestation=outcome.attestation.id,
+            )  # fmt: skip
+            checked += 1
+        return checked
+
     async def _train(self, call: Callable[..., Any], entry: dict[str, Any]) -> Any:
         """`call(cancel=event)` in a worker thread. If this task is cancelled, the event is set
         (the runner stops its child), the thread is awaited (shielded, at most ABANDON_WAIT_S),
@@ -408,6 +474,9 @@ class ResearchLoop:
             raw, rid = self._sign(entry, data)
         except ProtocolError as exc:
             return self._end(entry["n"], status="unpublishable", record=None, gain=0.0, won=False, note=str(exc)[:200])
+        artifact = Path(entry["run_dir"]) / "model.p2pgolf"
+        if self.keep_artifact is not None and isinstance(data.get("artifact_sha256"), str) and artifact.is_file():
+            self.keep_artifact(artifact, data["artifact_sha256"])  # kept before peers hear of it
         try:
             await self.publish(raw)
         except ProtocolError as exc:
@@ -510,6 +579,46 @@ class Journal:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class VerifyJournal:
+    """Append-only JSON lines, one per claim the verify operator checked (or failed to)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: list[dict[str, Any]] = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    self.entries.append(json.loads(line))
+                except ValueError:
+                    continue  # a line torn by a crash: that check is simply done again
+
+    def subjects(self) -> set[str]:
+        """Claims not to check again: judged ones, and ones whose check failed MAX_VERIFY_TRIES times."""
+        failed: dict[str, int] = {}
+        done = set()
+        for e in self.entries:
+            if e.get("agrees") is None:
+                failed[e["subject"]] = failed.get(e["subject"], 0) + 1
+                if failed[e["subject"]] >= MAX_VERIFY_TRIES:
+                    done.add(e["subject"])
+            else:
+                done.add(e["subject"])
+        return done
+
+    def history(self) -> list[Any]:
+        from pool.verify_policy import VerifyRecord
+
+        return [VerifyRecord(e["subject"], e.get("agrees"), float(e.get("seconds", 0.0))) for e in self.entries]
+
+    def add(self, **entry: Any) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries.append(entry)
 
 
 def _seconds(seconds: float) -> str:

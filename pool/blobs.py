@@ -18,6 +18,7 @@ API (what node/blob_exchange.py, `p2pgolf pool fetch`, `verify` and the script s
     store.discard_partial(sha)
     store.prune(keep=shas, retention=Retention(...)) -> list of removed digests
     store.list() -> [BlobInfo(sha, size, mtime)]
+    protected_artifacts(pool, own_key, bench_ids, status) -> set of digests retention keeps
 
 Guarantees:
 - A blob is stored only if its bytes hash to its name, and only within its kind's size cap
@@ -36,9 +37,10 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KINDS = ("artifact", "script")
 # The challenge's cap for artifacts (the benchmark's size_cap; callers pass the bench's own);
@@ -259,6 +261,31 @@ class BlobStore:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def protected_artifacts(pool: Any, own_key: str, bench_ids: Iterable[str], status: Callable[[str], str] | None = None) -> set[str]:
+    """The artifacts retention always keeps: those of every result this node published (own
+    key), and per benchmark the current best, which is both the best result by an own or pinned
+    key (what this node builds on) and the best claim of anyone (what peers ask to verify).
+    `pool` is a PoolStore; `status(author)` gives own/pinned/unknown/blocked (None: own only)."""
+    keep: set[str] = set()
+    for signed in pool.query(author=own_key, kind="result"):
+        if signed.record.artifact:
+            keep.add(signed.record.artifact)
+    for bench in bench_ids:
+        best_trusted = best_any = None
+        for signed in pool.query(bench=bench, kind="result", order="val_bpb"):
+            if not signed.record.artifact:
+                continue
+            who = "own" if signed.author == own_key else (status(signed.author) if status else "unknown")
+            if who == "blocked":
+                continue
+            best_any = best_any or signed.record.artifact
+            if who in ("own", "pinned"):
+                best_trusted = signed.record.artifact
+                break
+        keep.update(a for a in (best_trusted, best_any) if a)
+    return keep
 
 
 def _hash_file(p: Path) -> str:

@@ -214,3 +214,65 @@ def test_any_manifest_from_the_network_gives_a_safe_plan_or_a_fetch_error(manife
         return
     assert n_val >= 1 and n_train >= 0
     assert all(f.startswith("tokenizers/") and ".." not in f.split("/") for f in files)
+
+
+def _sp_model(vocab: int) -> bytes:
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    text = (REPO.parent / "shared" / "data" / "fineweb_edu_sample.txt").read_text()[:300_000].split("\n")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=out, vocab_size=vocab, model_type="bpe", minloglevel=2)
+    return out.getvalue()
+
+
+def _variant_hub(tmp_path, model: bytes, max_token: int = 4095):
+    manifest = json.dumps({
+        "datasets": [{"name": "fineweb10B_sp4096", "tokenizer_name": "sp_bpe_4096", "stats": {"files_val": 1, "files_train": 2}}],
+        "tokenizers": [{"name": "sp_bpe_4096", "model_path": "tokenizers/fineweb_4096_bpe.model"}],
+    }).encode()
+    tokens = np.random.default_rng(5).integers(0, max_token + 1, 5000, dtype=np.uint16)
+    write_shard(tmp_path / "v.bin", tokens)
+    shard = (tmp_path / "v.bin").read_bytes()
+    base = "datasets/datasets/fineweb10B_sp4096"
+    files = {"datasets/manifest.json": manifest, f"{base}/fineweb_val_000000.bin": shard, f"{base}/fineweb_train_000000.bin": shard,
+             "datasets/tokenizers/fineweb_4096_bpe.model": model}
+    return FakeHub(HUB_REPO, files)
+
+
+def test_data_fetch_variant_gets_that_dataset_and_checks_its_tokenizer_and_ids(tmp_path):
+    model = _sp_model(4096)
+    hub = _variant_hub(tmp_path, model)
+    try:
+        proc = subprocess.run([sys.executable, "-c", "from node.cli import main; main()", "--home", str(tmp_path / "home"), "data", "fetch",
+                               "--variant", "sp4096", "--quiet", "--data-dir", str(tmp_path / "data")],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": hub.endpoint})
+        assert proc.returncode == 0, proc.stderr
+        assert "challenge data (sp4096)" in proc.stdout
+        assert (tmp_path / "data" / "datasets" / "fineweb10B_sp4096" / "fineweb_train_000000.bin").is_file()
+        assert (tmp_path / "data" / "tokenizers" / "fineweb_4096_bpe.model").read_bytes() == model
+    finally:
+        hub.close()
+    from trainer.script_data import script_data_paths
+
+    data_path, tok = script_data_paths(BENCHMARKS["parameter-golf/sp1024-10min"], "sp4096", tmp_path / "data", tmp_path / "cache")
+    assert data_path.endswith("datasets/fineweb10B_sp4096") and tok.endswith("tokenizers/fineweb_4096_bpe.model")
+
+
+def test_a_variant_with_the_wrong_tokenizer_or_out_of_vocabulary_ids_is_refused(tmp_path):
+    hub = _variant_hub(tmp_path, (REPO.parent / "shared" / "data" / "fineweb_1024_bpe.model").read_bytes())
+    try:
+        with pytest.raises(FetchError, match=r"fineweb_4096_bpe.model: 1024 pieces; the sp4096 tokenizer has 4096"):
+            fetch_challenge_data(tmp_path / "a", 1, endpoint=hub.endpoint, progress=False, variant="sp4096")
+    finally:
+        hub.close()
+    (tmp_path / "b").mkdir()
+    hub = _variant_hub(tmp_path / "b", b"", max_token=5000)
+    try:
+        with pytest.raises(FetchError, match=r"token id 5000 is outside the variant's vocabulary of 4096"):
+            fetch_challenge_data(tmp_path / "c", 1, endpoint=hub.endpoint, progress=False, variant="sp4096")
+    finally:
+        hub.close()
+    with pytest.raises(FetchError, match="unknown data variant 'sp2048'"):
+        fetch_challenge_data(tmp_path / "d", 1, progress=False, variant="sp2048")

@@ -1,4 +1,4 @@
-"""Download the Parameter Golf challenge data (sp1024) from the Hugging Face Hub.
+"""Download the Parameter Golf challenge data (sp1024, or another tokenizer variant) from the Hugging Face Hub.
 
 Files and layout follow the challenge's own downloader: dataset repo
 `willdepueoai/parameter-golf`, everything under `datasets/` there (`manifest.json`,
@@ -6,9 +6,13 @@ Files and layout follow the challenge's own downloader: dataset repo
 stored under the data directory without the leading `datasets/` (so `DATA/manifest.json`,
 `DATA/datasets/fineweb10B_sp1024/...`, `DATA/tokenizers/...`). The manifest says how many
 validation and training shards exist and which tokenizer files belong to the dataset.
+`variant` picks the dataset `fineweb10B_<variant>` (sp1024, sp4096, sp8192 as the challenge's
+dataset names them) and its tokenizer `fineweb_<N>_bpe.model`.
 
 Guarantees: a file appears under its final name only complete and checked (every shard's
-header and size, the tokenizer's sha256 against the benchmark's); a download runs into
+header and size, and for a variant other than sp1024 that its token ids fit the variant's
+vocabulary; the sp1024 tokenizer's sha256 against the pinned one, another variant's tokenizer
+loaded by SentencePiece with exactly N pieces); a download runs into
 `NAME.part` beside it, with the remote ETag in `NAME.part.json`, so an interrupted fetch -
 a dropped connection within a run (huggingface_hub retries with a Range request) or a killed
 process (the next run continues from the bytes on disk) - continues where it stopped instead
@@ -28,13 +32,32 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from protocol.benchmarks import SP1024_TOKENIZER_SHA256
-from trainer.datasets import CHALLENGE_DATASET, CHALLENGE_TOKENIZER, file_sha256
-from trainer.shards import ShardError, shard_token_count
+from trainer.datasets import file_sha256
+from trainer.shards import ShardError, read_shard, shard_token_count
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"
 MANIFEST = "manifest.json"
 _TOKENIZER_PATH = re.compile(r"tokenizers/[A-Za-z0-9._-]+")
+# Tokenizer variants of the challenge dataset and their vocabulary sizes.
+VARIANTS = {"sp1024": 1024, "sp4096": 4096, "sp8192": 8192}
+
+
+def dataset_name(variant: str) -> str:
+    """The dataset folder of a variant, e.g. fineweb10B_sp4096 (FetchError for an unknown one)."""
+    _vocab(variant)
+    return f"fineweb10B_{variant}"
+
+
+def tokenizer_file(variant: str) -> str:
+    """The tokenizer model file of a variant, e.g. fineweb_4096_bpe.model."""
+    return f"fineweb_{_vocab(variant)}_bpe.model"
+
+
+def _vocab(variant: str) -> int:
+    if variant not in VARIANTS:
+        raise FetchError(f"unknown data variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
 
 
 class FetchError(RuntimeError):
@@ -62,9 +85,11 @@ def fetch_challenge_data(
     endpoint: str | None = None,
     token: str | bool | None = None,
     progress: bool = True,
+    variant: str = "sp1024",
 ) -> FetchResult:
     """Fetch the manifest, every validation shard, the first `train_shards` training shards and
-    the tokenizer into `data_dir` (see the module docstring for what is guaranteed)."""
+    the tokenizer of `variant` into `data_dir` (see the module docstring for what is guaranteed)."""
+    vocab = _vocab(variant)
     if train_shards < 0:
         raise FetchError(f"--train-shards must be 0 or more, got {train_shards}")
     data_dir = Path(data_dir)
@@ -74,16 +99,17 @@ def fetch_challenge_data(
         manifest_local = data_dir / MANIFEST
         session.get(f"{REMOTE_ROOT}/{MANIFEST}", manifest_local, check=_check_manifest)
         manifest = _read_manifest(manifest_local)
-        n_val, n_train, tokenizer_files = _plan(manifest, manifest_local)
+        n_val, n_train, tokenizer_files = _plan(manifest, manifest_local, variant)
         if train_shards > n_train:
             raise FetchError(f"the challenge has {n_train} training shards; --train-shards {train_shards} asks for more")
         jobs: list[tuple[str, Path, Callable[[Path, str], None]]] = []
+        shard_check = _check_shard if variant == "sp1024" else _shard_check_within(vocab)
         for split, count in (("val", n_val), ("train", train_shards)):
             for i in range(count):
-                rel = f"datasets/{CHALLENGE_DATASET}/fineweb_{split}_{i:06d}.bin"
-                jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, _check_shard))
+                rel = f"datasets/{dataset_name(variant)}/fineweb_{split}_{i:06d}.bin"
+                jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, shard_check))
         for rel in tokenizer_files:
-            check = _check_tokenizer if PurePosixPath(rel).name == CHALLENGE_TOKENIZER else _check_nothing
+            check = _tokenizer_check(variant) if PurePosixPath(rel).name == tokenizer_file(variant) else _check_nothing
             jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, check))
         for remote, local, check in jobs:
             session.get(remote, local, check=check)
@@ -112,6 +138,36 @@ def _check_tokenizer(path: Path, name: str) -> None:
         raise FetchError(f"{name}: sha256 {digest} is not the challenge tokenizer's {SP1024_TOKENIZER_SHA256}")
 
 
+def _tokenizer_check(variant: str) -> Callable[[Path, str], None]:
+    """sp1024's file is pinned by digest; another variant's must load as a SentencePiece model
+    with exactly its vocabulary size (no digest is pinned for it yet)."""
+    if variant == "sp1024":
+        return _check_tokenizer
+    vocab = _vocab(variant)
+
+    def check(path: Path, name: str) -> None:
+        import sentencepiece as spm
+
+        try:
+            pieces = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+        except Exception as exc:  # sentencepiece raises RuntimeError/OSError for a bad file
+            raise FetchError(f"{name}: not a SentencePiece model ({_one_line(exc)})") from None
+        if pieces != vocab:
+            raise FetchError(f"{name}: {pieces} pieces; the {variant} tokenizer has {vocab}")
+
+    return check
+
+
+def _shard_check_within(vocab: int) -> Callable[[Path, str], None]:
+    def check(path: Path, name: str) -> None:
+        _check_shard(path, name)
+        tokens = read_shard(path)
+        if tokens.size and int(tokens.max()) >= vocab:
+            raise FetchError(f"{name}: token id {int(tokens.max())} is outside the variant's vocabulary of {vocab}")
+
+    return check
+
+
 def _check_manifest(path: Path, name: str) -> None:
     _read_manifest(path, name)
 
@@ -131,28 +187,29 @@ def _read_manifest(path: Path, name: str | None = None) -> dict[str, Any]:
     return manifest
 
 
-def _plan(manifest: dict[str, Any], where: Path) -> tuple[int, int, list[str]]:
+def _plan(manifest: dict[str, Any], where: Path, variant: str = "sp1024") -> tuple[int, int, list[str]]:
     """(validation shards, training shards available, tokenizer file paths) from the manifest."""
-    entry = _named(manifest.get("datasets"), CHALLENGE_DATASET)
+    dataset, tok_file = dataset_name(variant), tokenizer_file(variant)
+    entry = _named(manifest.get("datasets"), dataset)
     if entry is None:
-        raise FetchError(f"{where}: no dataset named {CHALLENGE_DATASET}")
+        raise FetchError(f"{where}: no dataset named {dataset}")
     stats = entry.get("stats")
     n_val = stats.get("files_val") if isinstance(stats, dict) else None
     n_train = stats.get("files_train") if isinstance(stats, dict) else None
     if type(n_val) is not int or type(n_train) is not int:
-        raise FetchError(f"{where}: dataset {CHALLENGE_DATASET} lacks integer stats.files_val / stats.files_train")
+        raise FetchError(f"{where}: dataset {dataset} lacks integer stats.files_val / stats.files_train")
     if not (1 <= n_val <= 10_000 and 0 <= n_train <= 100_000):
         raise FetchError(f"{where}: implausible shard counts val={n_val} train={n_train}")
     tok_name = entry.get("tokenizer_name")
     tok = _named(manifest.get("tokenizers"), tok_name) if isinstance(tok_name, str) else None
     if tok is None:
-        raise FetchError(f"{where}: tokenizer {tok_name!r} of {CHALLENGE_DATASET} is not listed")
+        raise FetchError(f"{where}: tokenizer {tok_name!r} of {dataset} is not listed")
     files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
     for rel in files:  # the manifest comes from the network: keep its paths inside tokenizers/
         if not isinstance(rel, str) or not _TOKENIZER_PATH.fullmatch(rel) or rel.endswith(("/.", "/..")):
             raise FetchError(f"{where}: tokenizer path {rel!r} is not a file under tokenizers/")
-    if not any(PurePosixPath(f).name == CHALLENGE_TOKENIZER for f in files):
-        raise FetchError(f"{where}: tokenizer {tok_name!r} does not provide {CHALLENGE_TOKENIZER}")
+    if not any(PurePosixPath(f).name == tok_file for f in files):
+        raise FetchError(f"{where}: tokenizer {tok_name!r} does not provide {tok_file}")
     return n_val, n_train, files
 
 

@@ -25,18 +25,19 @@ def data() -> None:
 @click.option("--repo", default=None, help="Hub dataset repo (default: the challenge's willdepueoai/parameter-golf).")
 @click.option("--revision", default="main", show_default=True, help="Branch, tag or commit of the dataset repo.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--variant", default="sp1024", show_default=True, type=click.Choice(["sp1024", "sp4096", "sp8192"]), help="Tokenizer variant of the dataset.")
 @click.pass_obj
-def fetch(home, train_shards: int, data_dir: str | None, repo: str | None, revision: str, quiet: bool) -> None:
-    """Download the sp1024 validation shards, N training shards and the tokenizer (resumable)."""
+def fetch(home, train_shards: int, data_dir: str | None, repo: str | None, revision: str, quiet: bool, variant: str) -> None:
+    """Download a variant's validation shards, N training shards and its tokenizer (resumable)."""
     from trainer.fetch import REPO_ID, FetchError, fetch_challenge_data
 
     target = Path(data_dir) if data_dir else home.data_dir
     try:
-        result = fetch_challenge_data(target, train_shards, repo_id=repo or REPO_ID, revision=revision, progress=not quiet)
+        result = fetch_challenge_data(target, train_shards, repo_id=repo or REPO_ID, revision=revision, progress=not quiet, variant=variant)
     except FetchError as exc:
         raise UserError(str(exc)) from None
     click.echo(
-        f"challenge data in {result.data_dir}: {result.val_shards} validation and {result.train_shards} training shards "
+        f"challenge data ({variant}) in {result.data_dir}: {result.val_shards} validation and {result.train_shards} training shards "
         f"({len(result.downloaded)} downloaded, {len(result.present)} already present, {result.bytes_received:,} bytes received)"
     )
 

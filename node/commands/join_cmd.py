@@ -98,6 +98,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         bootstrap=peers,
         mdns=config.mdns if mdns is None else mdns,
         limits=config.limits,
+        retention=config.retention,
         sync_interval_s=sync_every,
         control_socket=home.control_socket,
         home=home,

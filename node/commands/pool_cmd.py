@@ -37,6 +37,7 @@ SUMMARIES = {
     "explain": "Explain the estimate for a candidate.",
     "top": "Show the best candidates by estimate.",
     "import-record": "Import competition record folders as results.",
+    "fetch": "Get a record's artifact from whichever peers have it.",
 }
 
 
@@ -125,6 +126,7 @@ def bench_label(bench_id: str) -> str:
         "explain": "node.commands.pool_search_cmd:explain",
         "top": "node.commands.pool_search_cmd:top",
         "import-record": "node.commands.import_record_cmd:import_record",
+        "fetch": "node.commands.verify_cmd:fetch",
     },
     summaries=SUMMARIES,
 )
@@ -164,13 +166,15 @@ def show(home: Home, record_id: str, as_json: bool) -> None:
         trust = open_trust(store)
         rec = store.get(resolve_record_id(store, record_id))
         attestations = store.query(subject=rec.id, kind="attestation")
+        held = _artifact_held(home, rec)
         if as_json:
             doc = _record_json(rec, trust)
             doc["sig"] = rec.signature.hex()
             doc["attestations"] = [a.id for a in attestations]
+            doc["artifact_held"] = held
             click.echo(json.dumps(doc))
             return
-        _print_record(rec, trust, attestations, store)
+        _print_record(rec, trust, attestations, store, held)
 
 
 @pool.command("lineage")
@@ -333,7 +337,15 @@ def _print_table(records: list["SignedRecord"], trust: "TrustStore", total: int 
     Console().print(table)
 
 
-def _print_record(rec: "SignedRecord", trust: "TrustStore", attestations: list["SignedRecord"], store: "PoolStore") -> None:
+def _artifact_held(home: Home, rec: "SignedRecord") -> bool | None:
+    """Whether the record's artifact is in this home's blob store (None: it names none)."""
+    from pool.blobs import BlobStore
+
+    sha = rec.record.artifact
+    return None if not sha else BlobStore(home.blobs_dir).has(sha)
+
+
+def _print_record(rec: "SignedRecord", trust: "TrustStore", attestations: list["SignedRecord"], store: "PoolStore", held: bool | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -358,7 +370,10 @@ def _print_record(rec: "SignedRecord", trust: "TrustStore", attestations: list["
     table.add_row("seed", str(r.seed))
     for name, value in r.metrics.to_wire().items():
         table.add_row(name, repr(value) if isinstance(value, float) else str(value))
-    table.add_row("artifact", r.artifact or "(none)")
+    if r.artifact:
+        table.add_row("artifact", r.artifact + (" (held here)" if held else " (not held here; `p2pgolf pool fetch` gets it)"))
+    else:
+        table.add_row("artifact", "(none)")
     table.add_row("trainer", r.trainer or "(unknown)")
     if r.note:
         table.add_row("note", r.note)

@@ -7,7 +7,8 @@ Delivery: through the running node's control socket if one runs with this home; 
 short-lived node stores the records, dials the known peers (config.toml, remembered peers,
 --bootstrap), publishes, lets them sync, and exits. Either way the records are in the local
 pool first, so nothing is lost if no peer is reachable. It prints how many peers confirmed
-that they hold each record.
+that they hold each record. A run directory's artifact is kept in the home's blob store, so the
+node serves it to peers who want to re-evaluate the claim (`p2pgolf verify`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, 
         benches = _benchmarks(source, bench_names)
     except ProtocolError as exc:
         raise UserError(f"{source}: {exc}") from None
+    keep_run_artifact(home, source)
     try:
         reply = request(home.control_socket, {"op": "publish", "records": [r.hex() for r in raws], "confirm_s": min(timeout_s, 60.0)}, timeout=timeout_s + 30)
         results, via = reply["results"], "the running node"
@@ -63,6 +65,24 @@ def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, 
                 click.echo(f"published {r['id']} ({r['verdict']}) via {via}: sent to {r['subscribed']} subscribed peer(s)")
     if failed:
         raise SystemExit(1)
+
+
+def keep_run_artifact(home: Home, source: Path) -> str | None:
+    """Copy a run directory's artifact into the home's blob store (checked against the digest
+    its result.json names); returns the digest, or None when there is none to keep."""
+    from node.publishing import RESULT_FILE, read_run
+    from pool.blobs import BlobError, BlobStore
+    from trainer.runner import ARTIFACT_NAME
+
+    if not source.is_dir() or not (source / ARTIFACT_NAME).is_file() or not (source / RESULT_FILE).is_file():
+        return None
+    sha = read_run(source).get("artifact_sha256")
+    if not isinstance(sha, str):
+        return None
+    try:
+        return BlobStore(home.blobs_dir).put_file(source / ARTIFACT_NAME, kind="artifact", sha=sha)
+    except BlobError as exc:
+        raise UserError(f"{source}: the artifact cannot be kept for peers: {exc}") from None
 
 
 def records_from_path(path: Path, identity) -> list[bytes]:
