@@ -227,3 +227,28 @@ def test_explain_says_where_an_imported_claim_came_from(imported):
     assert doc["builtin_equivalent"]["diff"] == {"matrix_lr": 0.02, "num_layers": 11, "warmdown_frac": 0.1}
     text = run("pool", "explain", cid, "--hw", H100X8, home=home).stdout
     assert "imported claim (unverified until reproduced)" in text and "equivalent built-in candidate" in text
+
+
+def test_a_reproduction_by_a_trusted_key_makes_an_imported_claim_count(tmp_path):
+    import time
+
+    from protocol.records import Attestation, HardwareClass, Metrics
+    from protocol.signing import sign_record
+
+    home = tmp_path / "home"
+    assert run("init", home=home).returncode == 0
+    report = json.loads(run("pool", "import-record", "--json", str(TRACK / "2026-03-20_ThreeSeeds"), home=home).stdout)["folders"][0]
+    me = load_identity(home / "identity.key")
+    with PoolStore(home / "pool.sqlite") as store:
+        subject = store.get(report["records"][0])
+        reproduced = Attestation(
+            bench=subject.bench, author=me.public_hex, created_ms=int(time.time() * 1000), subject=subject.id, method="reproduce",
+            tokenizer=subject.record.tokenizer, hw=HardwareClass("cuda", "NVIDIA H100 80GB HBM3", 8, 81559), seed=subject.record.seed,
+            metrics=Metrics(1.2102, 1.2102 * 1.6929, 12000, 0, 15_899_000, 62_000_000), artifact=None, trainer="test/0", note="",
+        )  # fmt: skip
+        store.add_verified([sign_record(reproduced, me.signing_key)])
+        post = estimate(from_store(store, subject.bench), TrustStore(store).status, H100X8)
+    rows = {r.record_id: r for r in post.rows[report["candidate"]]}
+    assert rows[subject.id].claim == pytest.approx(1.0)  # reproduced by my own key: believed
+    others = [r for rid, r in rows.items() if rid in report["records"] and rid != subject.id]
+    assert len(others) == 2 and all(r.claim < 0.5 for r in others)  # the other seeds are still claims
