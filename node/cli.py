@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "publish": "node.commands.publish_cmd:publish",
     "peers": "node.commands.status_cmd:peers",
     "status": "node.commands.status_cmd:status",
+    "submission": "node.commands.submission_cmd:submission",
     "script": "node.commands.script_cmd:script",
     "verify": "node.commands.verify_cmd:verify",
 }
@@ -42,6 +43,7 @@ SUMMARIES: dict[str, str] = {
     "publish": "Sign a local result and deliver it to peers.",
     "peers": "List the peers of the running node.",
     "status": "Show the running node's status.",
+    "submission": "Write a pool candidate as a competition record folder.",
     "script": "Add, approve, list, show and revoke training scripts.",
     "verify": "Re-evaluate a record's artifact and publish a signed attestation.",
 }

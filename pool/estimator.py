@@ -42,11 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from pool.bridge.provenance import importer_of
 from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
 from pool.trust_weights import (
     BLOCKED,
     OWN,
     PINNED,
+    UNKNOWN,
     AttestationCheck,
     AuthorTrust,
     StatusFn,
@@ -254,13 +256,19 @@ def estimate(
     """The posterior of every candidate in `evidence` on hardware class `hw`.
 
     `status(author)` returns own / pinned / unknown / blocked. With `budget_s`, results
-    measured under another budget are left out (they are a different benchmark)."""
+    measured under another budget are left out (they are a different benchmark).
+    Imported claims (authors made by `pool.bridge.provenance.imported_author`) count as unknown
+    keys, whoever imported them (blocked if the importer is blocked): the importer did not run them."""
     results = [r for r in evidence.results if budget_s is None or _same_budget(r.budget_s, budget_s)]
     statuses: dict[str, str] = {}
 
     def st(key: str) -> str:
         if key not in statuses:
-            statuses[key] = status(key)
+            importer = importer_of(key)
+            if importer is None:
+                statuses[key] = status(key)
+            else:
+                statuses[key] = BLOCKED if status(importer) == BLOCKED else UNKNOWN
         return statuses[key]
 
     results = [r for r in results if st(r.author) != BLOCKED]

@@ -8,6 +8,10 @@ never fails for a record that passed `protocol.signing.decode_record`. A result'
 keeps what says which measurement it is (artifact digest and seed) and how fast its run trained
 (train_tokens in budget_s, and whether its note says "degraded: ..."), so the estimator can count
 one measurement once and weigh a run slowed by its machine's load down.
+
+A result whose note marks it as imported from a competition folder (pool/bridge/provenance.py)
+is someone else's run that its signer only transcribed: its evidence author is
+`imported_author(signer)`, which the estimator weighs as an unknown key until it is reproduced.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool.bridge.provenance import imported_author, is_imported
 from protocol import candidates
 from protocol.signing import SignedRecord
 
@@ -133,7 +138,7 @@ def from_signed(signed: SignedRecord) -> ResultEvidence | AttestationEvidence:
         signed.id,
         base=record.base,
         diff=record.diff,
-        author=record.author,
+        author=imported_author(record.author) if is_imported(record.note) else record.author,
         hw=record.hw.key,
         val_bpb=record.metrics.val_bpb,
         budget_s=record.budget_s,

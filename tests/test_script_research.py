@@ -76,7 +76,7 @@ class _BuiltinStub:
     def __call__(self, bench_name, base, diff, *, seed, out_dir, cancel=None, **kw):
         import types
 
-        from trainer.runner import build_result
+        from trainer.runner import RESULT_KEYS
 
         self.bases.append(base)
         bench = benchmark(bench_name)
@@ -86,7 +86,7 @@ class _BuiltinStub:
             "metrics": {"val_bpb": 3.0, "val_loss": 2.0, "steps": 1, "train_tokens": 1, "artifact_bytes": 1, "eval_tokens": 1, "eval_partial": False},
             "artifact_sha256": None, "trainer": "stub/0",
         }  # fmt: skip
-        assert set(result) == set(build_result.__globals__["RESULT_KEYS"])
+        assert set(result) == set(RESULT_KEYS)
         return types.SimpleNamespace(result=result, status="ok")
 
 

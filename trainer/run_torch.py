@@ -45,7 +45,8 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
             accel=device.type if device.type in ("cuda", "mps", "cpu") else "cpu",
             train=lambda knobs, data, **kw: train(
                 knobs, data.train_stream, budget_s=run.budget_s, seed=run.seed, device=device,
-                compile_model={"auto": None, "on": True, "off": False}[run.compile], **kw,
+                compile_model={"auto": None, "on": True, "off": False}[run.compile],
+                max_steps=run.extra.get("max_steps"), **kw,  # a step cap (bundled train_gpt.py's ITERATIONS; tests)
             ),  # fmt: skip
             evaluate_state=lambda state, config, data, progress: _evaluate_state(state, run, data, device, rank, world, progress, config=config),
             rank=rank,

@@ -36,6 +36,7 @@ SUMMARIES = {
     "stats": "Count records per bench, kind and author; database size.",
     "explain": "Explain the estimate for a candidate.",
     "top": "Show the best candidates by estimate.",
+    "import-record": "Import competition record folders as results.",
     "fetch": "Get a record's artifact from whichever peers have it.",
 }
 
@@ -121,7 +122,12 @@ def bench_label(bench_id: str) -> str:
 @click.group(
     "pool",
     cls=LazyGroup,
-    lazy={"explain": "node.commands.pool_search_cmd:explain", "top": "node.commands.pool_search_cmd:top", "fetch": "node.commands.verify_cmd:fetch"},
+    lazy={
+        "explain": "node.commands.pool_search_cmd:explain",
+        "top": "node.commands.pool_search_cmd:top",
+        "import-record": "node.commands.import_record_cmd:import_record",
+        "fetch": "node.commands.verify_cmd:fetch",
+    },
     summaries=SUMMARIES,
 )
 def pool() -> None:

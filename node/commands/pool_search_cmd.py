@@ -48,6 +48,7 @@ def explain(home: Home, candidate: str, bench: str | None, hw_key: str | None, a
         if cid not in post:
             raise UserError(f"candidate {cid[:12]} has no usable evidence on this benchmark (all of it from blocked keys, or none)")
         doc = _explain_doc(post, cid, bench_id, trust)
+        _add_provenance(doc, store, home)
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
         return
@@ -200,6 +201,36 @@ def _explain_doc(post: "Posterior", cid: str, bench_id: str, trust: "TrustStore"
     }
 
 
+def _add_provenance(doc: dict[str, Any], store: "PoolStore", home: Home) -> None:
+    """Where each imported claim came from (its note), and the built-in candidate an imported
+    script configuration amounts to, when the import found one (imports/<candidate>.json)."""
+    from node.commands.import_record_cmd import read_sidecar
+    from pool.bridge.provenance import importer_of, parse_note
+
+    for row in doc["evidence"]:
+        importer = importer_of(row["author"])
+        rec = store.get(row["record"]) if importer is not None else None
+        row["imported"] = None if rec is None else {"by": importer, **(parse_note(rec.record.note) or {})}
+        if rec is not None:
+            row["who"] = f"imported by {'me' if importer == _own_key(store) else importer[:8]}"
+    side = read_sidecar(home, doc["candidate"])
+    doc["builtin_equivalent"] = None
+    if side and side.get("builtin_equivalent"):
+        from protocol import candidates
+
+        eq = side["builtin_equivalent"]
+        doc["builtin_equivalent"] = {**eq, "candidate": candidates.candidate_id(eq["base"], eq["diff"], eq.get("tokenizer", "sp1024"))}
+    elif side:
+        doc["builtin_reason"] = side.get("builtin_reason", "")
+
+
+def _own_key(store: "PoolStore") -> str | None:
+    from pool.trust import TrustStore
+
+    own = [e.key for e in TrustStore(store).entries() if e.status == "own"]
+    return own[0] if own else None
+
+
 def _who(key: str, label: str, status: str) -> str:
     name = "me" if status == "own" else (label or key[:8])
     return f"{name} ({status})" if status != "own" else name
@@ -223,6 +254,17 @@ def _print_explain(doc: dict[str, Any]) -> None:
     for r in doc["evidence"]:
         table.add_row(r["record"][:12], r["kind"], r["who"], r["hw"], f"{r['val_bpb']:.4f}", f"{r['on_this_hw']:.4f}", f"{r['trust']:.3g}", f"{r['claim_weight']:.3g}", f"{r['cap']:.3g}", f"{r['sd']:.4f}", "\n".join(r["verdicts"]))
     console.print(table)
+    for r in doc["evidence"]:
+        if r.get("imported"):
+            i = r["imported"]
+            where = ", ".join(f"{k} {i[k]}" for k in ("track", "folder", "github", "pr", "log", "seed") if i.get(k))
+            console.print(f"  {r['record'][:12]} is an imported claim (unverified until reproduced): {where}")
+    if doc.get("builtin_equivalent"):
+        eq = doc["builtin_equivalent"]
+        diff = ", ".join(f"{k}={v}" for k, v in eq["diff"].items()) or "(no changes)"
+        console.print(f"  equivalent built-in candidate {eq['candidate'][:12]}: {eq['base']} + {diff}")
+    elif doc.get("builtin_reason"):
+        console.print(f"  no equivalent built-in candidate: {doc['builtin_reason']}")
     for p in doc["parents"]:
         console.print(f"  parent {p['candidate'][:12]}: {p['mean']:.4f} ± {p['sd']:.4f}")
     for h, t in doc["translations"].items():
