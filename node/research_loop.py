@@ -162,7 +162,7 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
     if node.blobs is not None:
         from node.verification import LoopVerifier
 
-        verifier = LoopVerifier(node, bench, data_dir=settings.data_dir)
+        verifier = LoopVerifier(node, bench, data_dir=settings.data_dir, backend=settings.backend, device=settings.device)
     scripts = None
     if home is not None:
         from node.scripts import ScriptStore
@@ -392,11 +392,11 @@ class ResearchLoop:
         rng = random.Random(seed)
         checked = 0
         for rid in targets[:MAX_VERIFY_PER_DECISION]:
-            decision = should_verify(self.verify_journal.history(), self.bench.budget_s, rng=rng)
+            signed = self.store.get(rid)
+            decision = should_verify(self.verify_journal.history(), self.bench.budget_s, author=signed.author, rng=rng)
             if not decision.verify:
                 log.info("verify: not checking %s: %s", rid[:12], decision.why)
-                break
-            signed = self.store.get(rid)
+                continue
             started = time.monotonic()
             try:
                 outcome = await self.verifier.verify(signed)
@@ -611,7 +611,7 @@ class VerifyJournal:
     def history(self) -> list[Any]:
         from pool.verify_policy import VerifyRecord
 
-        return [VerifyRecord(e["subject"], e.get("agrees"), float(e.get("seconds", 0.0))) for e in self.entries]
+        return [VerifyRecord(e["subject"], e.get("agrees"), float(e.get("seconds", 0.0)), e.get("author", "")) for e in self.entries]
 
     def add(self, **entry: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

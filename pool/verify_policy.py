@@ -4,16 +4,18 @@ experiment, and whether re-evaluating still pays, from its cost and its yield so
     targets = claims_to_verify(posterior, proposal, claims, status, top_k=3)
         # record ids, most consequential first: the proposal's parents and subject, then every
         # untrusted claim that is in (or, believed, would enter) the top_k of this node's ranking
-    decision = should_verify(history, budget_s)   # VerifyDecision(verify, p_refute, cost_s, why)
+    decision = should_verify(history, budget_s, author=key)  # VerifyDecision(verify, p_refute, cost_s, why)
 
 The meta level (`should_verify`): re-evaluating a claim costs an evaluation (the mean seconds of
 this node's past checks, start-up and fetch included; before any, `prior_cost_share` of a
 training budget), and pays when it refutes a claim this node would otherwise have spent an
 experiment on. An experiment costs its budget plus two evaluations of its own (the trainer scores
-the model before and after quantisation), so at least budget_s + 2 x cost_s. With a
-Beta(1 + refuted, 1 + confirmed) posterior of the refutation rate, a check runs while
-P(refute) x (budget_s + 2 cost_s) > cost_s; with probability `floor` it runs anyway, so a network
-that turns dishonest after a run of honest claims is noticed. Pure: no numpy, no I/O.
+the model before and after quantisation), so at least budget_s + 2 x cost_s. The yield is judged
+per author (whether one key lies says little about another): with a Beta(1 + refuted, 1 +
+confirmed) posterior of that author's refutation rate, a check runs while
+P(refute) x (budget_s + 2 cost_s) > cost_s. So a stranger's first claim is always checked
+(P = 1/2), a key that keeps being confirmed is checked less and less, and one caught lying is
+checked every time; with probability `floor` a check runs anyway. Pure: no numpy, no I/O.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class VerifyRecord:
     subject: str
     agrees: bool | None  # None: the check failed (artifact unavailable, unreadable)
     seconds: float
+    author: str = ""  # the claim's author
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,10 @@ def claims_to_verify(posterior: Any, proposal: Any, claims: Mapping[str, Claim],
     return out
 
 
-def should_verify(history: Sequence[VerifyRecord], budget_s: float, *, prior_cost_share: float = 0.1, floor: float = 0.05, rng: random.Random | None = None) -> VerifyDecision:
-    """Whether the next check is worth its cost (see the module docstring)."""
-    judged = [h for h in history if h.agrees is not None]
+def should_verify(history: Sequence[VerifyRecord], budget_s: float, *, author: str | None = None, prior_cost_share: float = 0.1, floor: float = 0.05, rng: random.Random | None = None) -> VerifyDecision:
+    """Whether the next check, of a claim by `author` (None: judge all authors together), is worth
+    its cost (see the module docstring)."""
+    judged = [h for h in history if h.agrees is not None and (author is None or h.author == author)]
     refuted = sum(1 for h in judged if not h.agrees)
     p_refute = (1.0 + refuted) / (2.0 + len(judged))
     costs = [h.seconds for h in history if h.seconds > 0]

@@ -179,3 +179,75 @@ def test_spec_frame_vectors_are_what_the_exchange_writes():
     for name, message in (("has", {"op": "has", "sha": sha}), ("get", {"op": "get", "sha": sha, "offset": 0, "length": 1048576})):
         body = canonical.encode(message)
         assert (struct.pack(">I", len(body)) + body).hex() == vectors[name]
+
+
+def test_a_server_does_not_announce_a_blob_damaged_on_its_disk(tmp_path):
+    data = os.urandom(10_000)
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def main():
+        async with hosts(tmp_path, [lambda s: BlobServer(s, FAST)]) as ((h0, s0), (h1, s1)):
+            s1.put(data, kind="artifact")
+            exchange = BlobExchange(h0, s0, FAST)
+            assert await exchange.holders(sha, [_peer(h1)]) == [(_peer(h1), len(data))]
+            s1.path(sha).write_bytes(b"rotten" * 100)
+            assert await exchange.holders(sha, [_peer(h1)]) == []
+            assert not s1.has(sha)  # removed by the server's check
+
+    trio.run(main)
+
+
+def test_requests_outside_the_protocol_are_refused_in_one_reply(tmp_path):
+    """A get over 1 MiB, a malformed digest or an unknown op gets an error reply (SPEC section 9)."""
+    from node.blob_exchange import BLOB_PROTOCOL, MAX_CHUNK
+    from node.sync import read_frame, write_frame
+
+    data = os.urandom(2000)
+    sha = hashlib.sha256(data).digest()
+
+    async def ask(h0, h1, message):
+        from libp2p.custom_types import TProtocol
+
+        stream = await h0.new_stream(h1.get_id(), [TProtocol(BLOB_PROTOCOL)])
+        await write_frame(stream, message)
+        return await read_frame(stream)
+
+    async def main():
+        async with hosts(tmp_path, [lambda s: BlobServer(s, FAST)]) as ((h0, s0), (h1, s1)):
+            s1.put(data, kind="artifact")
+            with trio.fail_after(10):
+                assert (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 0, "length": MAX_CHUNK + 1}))["error"].startswith("get needs")
+                assert "32 bytes" in (await ask(h0, h1, {"op": "has", "sha": b"short"}))["error"]
+                assert "unknown blob op" in (await ask(h0, h1, {"op": "put", "sha": sha}))["error"]
+                assert (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 1000, "length": MAX_CHUNK}))["data"] == data[1000:]
+                assert "beyond the blob" in (await ask(h0, h1, {"op": "get", "sha": sha, "offset": 2000, "length": 10}))["error"]
+
+    trio.run(main)
+
+
+def test_any_request_map_a_peer_sends_gets_a_reply_or_a_named_refusal(tmp_path):
+    """Fuzzed requests: the server answers or refuses with BlobError/ValueError, never anything else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pool.blobs import BlobError
+
+    store = BlobStore(tmp_path / "blobs")
+    held = store.put(b"held blob" * 100, kind="artifact")
+    server = BlobServer(store, FAST)
+    values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64), st.text(max_size=8), st.binary(max_size=40), st.just(bytes.fromhex(held)), st.just("has"), st.just("get"))
+    requests = st.one_of(values, st.dictionaries(st.sampled_from(["op", "sha", "offset", "length", "x"]), values, max_size=5))
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(requests)
+    def check(request):
+        async def one():
+            try:
+                reply = await server._answer(request, "peer")
+            except (BlobError, ValueError):
+                return
+            assert isinstance(reply, dict) and set(reply) <= {"size", "data"}
+
+        trio.run(one)
+
+    check()

@@ -37,8 +37,9 @@ def _train(root: Path, name: str, *sets: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
-    # the false claim's artifact really is worse: a learning rate far too small
-    trains = [_train(root, "true"), _train(root, "false", "matrix_lr=0.0005")]
+    # the false claim's artifact really is worse however few steps a loaded machine allows: a
+    # logit soft cap of 0.5 keeps every prediction close to uniform (about 8 bits per byte)
+    trains = [_train(root, "true"), _train(root, "false", "logit_softcap=0.5")]
     for p in trains:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]

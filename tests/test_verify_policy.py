@@ -6,6 +6,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from pool.verify_policy import Claim, VerifyRecord, claims_to_verify, should_verify
 
@@ -54,3 +55,13 @@ def test_a_check_pays_while_refutations_are_likely_enough_for_its_cost():
     # failed checks count as cost, not as verdicts
     failed = [VerifyRecord("r", None, 10.0)]
     assert should_verify(failed, budget).p_refute == 0.5 and should_verify(failed, budget).cost_s == 10.0
+
+
+def test_yield_is_judged_per_author_and_cost_over_all_checks():
+    budget = 60.0
+    history = [VerifyRecord(f"h{i}", True, 30.0, "honest") for i in range(10)] + [VerifyRecord("l0", False, 30.0, "liar")]
+    assert not should_verify(history, budget, author="honest", floor=0.0).verify  # confirmed ten times
+    liar = should_verify(history, budget, author="liar", floor=0.0)
+    assert liar.verify and liar.p_refute == pytest.approx(2 / 3)
+    stranger = should_verify(history, budget, author="new", floor=0.0)
+    assert stranger.verify and stranger.p_refute == 0.5 and stranger.cost_s == 30.0  # a stranger's first claim
