@@ -1,6 +1,9 @@
-"""Three `p2pgolf join` processes on loopback: two search an approved script's hyperparameters
-together; the third, which never had the script, fetches it from them, is told about it, and does
-not run it (it relays only, and the script stays unapproved there)."""
+"""Three `p2pgolf join` processes on loopback: two train an approved script and share every result
+(each pool holds both nodes' script results; which moves the bandit makes after the defaults is
+its draw, so which operators ran is not asserted here: tests/test_script_research.py shows the
+search deterministically, benchmarks/script_search.py measures it); the third, which never had
+the script, fetches it from them, is told about it, and does not run it (it relays only, and
+the script stays unapproved there)."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def _ends(home) -> list[dict]:
     return [e for e in map(json.loads, lines) if e.get("event") == "end"]
 
 
-def test_two_nodes_search_a_script_together_and_a_third_fetches_it_without_running_it(tmp_path):
+def test_two_nodes_share_a_script_s_results_and_a_third_fetches_it_without_running_it(tmp_path):
     homes = [make_home(tmp_path, f"n{i}") for i in range(3)]
     sha = None
     for home, _ in homes[:2]:
@@ -59,8 +62,9 @@ def test_two_nodes_search_a_script_together_and_a_third_fetches_it_without_runni
         stop_all(nodes)
     for node in nodes[:2]:
         assert [e["status"] for e in _ends(node.home)] == ["ok"] * EXPERIMENTS
-    results = script_results(nodes[0])
-    assert any(r.record.diff for r in results)  # hyperparameters were moved, not only the defaults run
+    for node in nodes[:2]:  # every experiment trained the script, none the built-in trainer
+        starts = [json.loads(line) for line in (node.home.root / "research" / JOURNAL_NAME).read_text().splitlines() if '"start"' in line]
+        assert [e["base"] for e in starts] == [script_base(sha)] * EXPERIMENTS
     third = ScriptStore(nodes[2].home).entry(sha)
     assert third.origin == "fetched" and not third.approved
     assert not (nodes[2].home.root / "research" / JOURNAL_NAME).exists()  # it ran nothing
