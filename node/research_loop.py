@@ -271,7 +271,7 @@ class ResearchLoop:
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
-        from protocol.candidates import candidate_id
+        from protocol.candidates import candidate_id, script_sha
 
         runnable, vocabularies = self._script_view()
 
@@ -285,15 +285,17 @@ class ResearchLoop:
 
         post, choice = decide()
         tried = self.journal.candidates()
+        tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
         untried = [
             base for base in sorted(vocabularies)
-            if not any(info.base == base for info in post.info.values()) and candidate_id(base, {}, self.bench.tokenizer) not in tried
+            if not any(info.base == base and info.tokenizer == tokenizer_of[base] for info in post.info.values())
+            and candidate_id(base, {}, tokenizer_of[base]) not in tried
         ]  # fmt: skip
         if untried:
-            # a newly approved script is first measured at its own defaults
+            # a newly approved script is first measured at its own defaults, on its chosen data
             from pool.proposals import Proposal
 
-            p = Proposal(untried[0], {}, (), "try_peer", tokenizer=self.bench.tokenizer)
+            p = Proposal(untried[0], {}, (), "try_peer", tokenizer=tokenizer_of[untried[0]])
         else:
             # The verify operator: untrusted claims this decision rests on are re-evaluated first
             # (an evaluation, not a budget), and the decision is taken again on what they showed.

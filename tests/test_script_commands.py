@@ -107,3 +107,14 @@ def test_pool_top_shows_both_kinds_and_whether_a_script_runs_here(tmp_path):
     from node.commands.pool_search_cmd import _label
 
     assert _label(script_base(held), "byte256", "held") == f"script:{held[:10]} [byte256, held]"  # the table's base column
+
+
+def test_approve_can_choose_the_data_variant(tmp_path):
+    home = tmp_path / "home"
+    sha = hashlib.sha256(script_bytes("tiny_golf.py")).hexdigest()
+    assert p2pgolf("script", "add", str(SCRIPTS / "tiny_golf.py"), home=home).returncode == 0
+    proc = p2pgolf("script", "approve", sha[:8], "--tokenizer", "sp8192", home=home)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("on sp8192")
+    assert ScriptStore(Home(home)).tokenizer(sha) == "sp8192"
+    bad = p2pgolf("script", "approve", sha[:8], "--tokenizer", "SP 8192", home=home)
+    assert bad.returncode == 1 and "is not a tokenizer name" in bad.stderr
