@@ -274,18 +274,18 @@ class ResearchLoop:
         from protocol.candidates import candidate_id, script_sha
 
         runnable, vocabularies = self._script_view()
+        tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
 
         def decide() -> tuple[Any, Any]:
             post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
             rng = np.random.default_rng(seed)
             return post, bandit.choose(
                 post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
-                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies,
+                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
             )  # fmt: skip
 
         post, choice = decide()
         tried = self.journal.candidates()
-        tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
         untried = [
             base for base in sorted(vocabularies)
             if not any(info.base == base and info.tokenizer == tokenizer_of[base] for info in post.info.values())
