@@ -145,10 +145,19 @@ def test_the_script_dies_with_the_process_that_launched_it(data, tmp_path):
     )  # fmt: skip
     try:
         def script_procs():
-            return [p for p in psutil.Process(launcher.pid).children(recursive=True) if "train_gpt.py" in " ".join(p.cmdline())]
+            """The script's own interpreter (not the guard, not the namespace's shell)."""
+            out = []
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                try:
+                    cmd = p.cmdline()
+                except psutil.Error:  # exec'ing or gone
+                    continue
+                if cmd and cmd[-1] == "train_gpt.py" and not any("script_guard" in c or c.endswith("sh") for c in cmd[:3]):
+                    out.append(p)
+            return out
 
-        wait_until(lambda: script_procs(), 60, interval=0.2, what="the script to start")
-        (script,) = [p for p in script_procs() if p.cmdline()[-1] == "train_gpt.py" and "script_guard" not in " ".join(p.cmdline())]
+        wait_until(lambda: len(script_procs()) == 1, 60, interval=0.2, what="the script to start")
+        (script,) = script_procs()
         os.kill(launcher.pid, signal.SIGKILL)  # the node dies without any clean-up
         launcher.wait(10)
         wait_until(lambda: not script.is_running() or script.status() == psutil.STATUS_ZOMBIE, 20, interval=0.2, what="the orphaned script to stop")
