@@ -271,29 +271,31 @@ class ResearchLoop:
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
-        from protocol.candidates import candidate_id
+        from protocol.candidates import candidate_id, script_sha
 
         runnable, vocabularies = self._script_view()
+        tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
 
         def decide() -> tuple[Any, Any]:
             post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
             rng = np.random.default_rng(seed)
             return post, bandit.choose(
                 post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
-                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies,
+                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
             )  # fmt: skip
 
         post, choice = decide()
         tried = self.journal.candidates()
         untried = [
             base for base in sorted(vocabularies)
-            if not any(info.base == base for info in post.info.values()) and candidate_id(base, {}, self.bench.tokenizer) not in tried
+            if not any(info.base == base and info.tokenizer == tokenizer_of[base] for info in post.info.values())
+            and candidate_id(base, {}, tokenizer_of[base]) not in tried
         ]  # fmt: skip
         if untried:
-            # a newly approved script is first measured at its own defaults
+            # a newly approved script is first measured at its own defaults, on its chosen data
             from pool.proposals import Proposal
 
-            p = Proposal(untried[0], {}, (), "try_peer", tokenizer=self.bench.tokenizer)
+            p = Proposal(untried[0], {}, (), "try_peer", tokenizer=tokenizer_of[untried[0]])
         else:
             # The verify operator: untrusted claims this decision rests on are re-evaluated first
             # (an evaluation, not a budget), and the decision is taken again on what they showed.

@@ -97,15 +97,25 @@ class ScriptStore:
 
     # --- approval ------------------------------------------------------------------------
 
-    def approve(self, sha_or_prefix: str) -> ScriptEntry:
-        """Mark the script runnable on this node (its bytes are re-hashed first)."""
+    def approve(self, sha_or_prefix: str, *, tokenizer: str | None = None) -> ScriptEntry:
+        """Mark the script runnable on this node (its bytes are re-hashed first). `tokenizer`:
+        the data variant it trains on here (default: the benchmark's, e.g. sp1024)."""
+        from protocol.candidates import check_tokenizer
+
         sha = self.resolve(sha_or_prefix)
         self.read_bytes(sha)
         index = self._read()
+        if tokenizer is not None:
+            index[sha]["tokenizer"] = check_tokenizer(tokenizer)
         if index[sha]["approved_ms"] is None:
             index[sha]["approved_ms"] = _now_ms()
-            self._write(index)
+        self._write(index)
         return self._entry(sha, index[sha])
+
+    def tokenizer(self, sha: str) -> str | None:
+        """The tokenizer variant the user chose for this script at approval, if any."""
+        value = self._read().get(sha, {}).get("tokenizer")
+        return value if isinstance(value, str) else None
 
     def revoke(self, sha_or_prefix: str) -> ScriptEntry:
         """Withdraw approval: the research loop stops proposing it; its records stay evidence."""

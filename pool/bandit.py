@@ -143,13 +143,15 @@ def choose(
     default_tokenizer: str = "sp1024",
     runnable: Callable[[str], bool] = builtin_only,
     vocabularies: Mapping[str, Any] | None = None,
+    script_tokenizers: Mapping[str, str] | None = None,
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
     node's finished experiments, oldest first. `runnable(base)` says which bases this node may
     train: a candidate of any other base is evidence only, never proposed. `vocabularies` maps
     a runnable script's base to its ScriptVocabulary: its best candidate here is mutated over
-    the script's hyperparameters, and its leaders recombined (pool/script_proposals.py)."""
+    the script's hyperparameters, and its leaders recombined (pool/script_proposals.py); with
+    `script_tokenizers` (base -> tokenizer) only its candidates on that tokenizer are built on."""
     incumbent = posterior.incumbent()
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
@@ -167,7 +169,7 @@ def choose(
         if runnable(posterior.info[leader].base):
             return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
-    for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}).items():
+    for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}, script_tokenizers or {}).items():
         arms.setdefault(op, []).extend(extra)
     if not arms:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
@@ -302,7 +304,7 @@ def _arms(posterior, draw, incumbent, rng, space, config, operators, runnable=bu
     return {op: v for op, v in arms.items() if v}
 
 
-def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies):
+def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies, tokenizers=None):
     """Mutations of each runnable script's best supported candidate, and recombinations of its
     leaders. No surrogate: a move is scored by its parent's draw plus move noise (the operator's
     yield, at the meta level, says whether such moves pay)."""
@@ -314,7 +316,11 @@ def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies
     for base, vocab in sorted(vocabularies.items()):
         if not runnable(base):
             continue
-        mine = [c for c in order if posterior.info[c].base == base and posterior.info[c].support >= config.min_support]
+        wanted = (tokenizers or {}).get(base)
+        mine = [
+            c for c in order
+            if posterior.info[c].base == base and posterior.info[c].support >= config.min_support and wanted in (None, posterior.info[c].tokenizer)
+        ]  # fmt: skip
         if not mine:
             continue
         seen = set(mine)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 
 import pytest
 
 from node.home import Home
 from node.scripts import ScriptStore, ScriptStoreError
 from script_helpers import SCRIPTS, script_bytes, wrapped
-from trainer_helpers import p2pgolf
+from trainer_helpers import P2PGOLF_CLI, p2pgolf
 
 
 def test_add_stores_by_hash_and_shows_hyperparameters_unapproved(tmp_path):
@@ -106,4 +108,20 @@ def test_pool_top_shows_both_kinds_and_whether_a_script_runs_here(tmp_path):
     assert rows[records[2].record.candidate]["tokenizer"] == "byte256"
     from node.commands.pool_search_cmd import _label
 
-    assert _label(script_base(held), "byte256", "held") == f"script:{held[:10]} [byte256, held]"  # the table's base column
+    assert _label(script_base(held), "byte256", "held") == f"script:{held[:10]} (byte256, held)"  # the table's base column
+    wide = subprocess.run(
+        [*P2PGOLF_CLI, "--home", str(home), "pool", "top", "--hw", g.CPU.key, "--bench", "smoke"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert f"script:{held[:10]} (byte256, held)" in wide and "(byte256, not held)" in wide
+
+
+def test_approve_can_choose_the_data_variant(tmp_path):
+    home = tmp_path / "home"
+    sha = hashlib.sha256(script_bytes("tiny_golf.py")).hexdigest()
+    assert p2pgolf("script", "add", str(SCRIPTS / "tiny_golf.py"), home=home).returncode == 0
+    proc = p2pgolf("script", "approve", sha[:8], "--tokenizer", "sp8192", home=home)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("on sp8192")
+    assert ScriptStore(Home(home)).tokenizer(sha) == "sp8192"
+    bad = p2pgolf("script", "approve", sha[:8], "--tokenizer", "SP 8192", home=home)
+    assert bad.returncode == 1 and "is not a tokenizer name" in bad.stderr

@@ -49,3 +49,20 @@ def test_recombination_unites_diffs_of_one_script_only():
     assert p.diff == {"LR": 0.01, "MODEL_DIM": 64} and p.parents == ("a" * 64, "b" * 64)
     assert recombine_scripts(a, info({"MODEL_DIM": 64}, base=script_base("cd" * 32)), VOCAB, rng) is None
     assert recombine_scripts(a, info({"MODEL_DIM": 64}, tokenizer="sp1024"), VOCAB, rng) is None
+
+
+def test_the_bandit_builds_only_on_the_script_s_chosen_tokenizer():
+    from pool import bandit
+    from pool.estimator import estimate
+    from pool.evidence import Evidence, result_evidence
+
+    me = "aa" * 32
+    rows = [
+        result_evidence("1" * 64, base=BASE, diff={"LR": 0.01}, author=me, hw="cpu:x", val_bpb=2.0, budget_s=60, tokenizer="sp1024"),
+        result_evidence("2" * 64, base=BASE, diff={"LR": 0.005}, author=me, hw="cpu:x", val_bpb=2.5, budget_s=60, tokenizer="sp8192"),
+    ]
+    post = estimate(Evidence(tuple(rows)), lambda key: "own", "cpu:x", budget_s=60)
+    for seed in range(20):
+        choice = bandit.choose(post, np.random.default_rng(seed), runnable=lambda b: True, vocabularies={BASE: VOCAB},
+                               script_tokenizers={BASE: "sp8192"}, operators=("mutate", "recombine"))
+        assert choice.proposal.tokenizer == "sp8192"

@@ -120,3 +120,47 @@ def _capped(bench, cap):
     from dataclasses import replace
 
     return replace(bench, size_cap=cap)
+
+
+def test_the_script_dies_with_the_process_that_launched_it(data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from conftest import REPO_ROOT
+    from node_procs import wait_until
+
+    (tmp_path / "long.py").write_bytes(script_bytes("tiny_golf.py"))
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
+            "from pathlib import Path\nfrom protocol.benchmarks import benchmark\nfrom trainer.script_runner import ScriptRun, launch_script\n"
+            "run = ScriptRun(script=Path(sys.argv[2]).read_bytes(), bench=benchmark('smoke'), tokenizer='byte256', seed=1, budget_s=600.0,"
+            " data_path=sys.argv[3], device='cpu', diff={'ITERATIONS': 2400, 'BATCH_SIZE': 128})\nlaunch_script(run, sys.argv[4])\n"
+        ), str(REPO_ROOT), str(tmp_path / "long.py"), str(data), str(tmp_path / "run")],
+    )  # fmt: skip
+    try:
+        def script_procs():
+            """The script's own interpreter (not the guard, not the namespace's shell)."""
+            out = []
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                try:
+                    cmd = p.cmdline()
+                except psutil.Error:  # exec'ing or gone
+                    continue
+                if cmd and cmd[-1] == "train_gpt.py" and not any("script_guard" in c or c.endswith("sh") for c in cmd[:3]):
+                    out.append(p)
+            return out
+
+        wait_until(lambda: len(script_procs()) == 1, 60, interval=0.2, what="the script to start")
+        (script,) = script_procs()
+        os.kill(launcher.pid, signal.SIGKILL)  # the node dies without any clean-up
+        launcher.wait(10)
+        wait_until(lambda: not script.is_running() or script.status() == psutil.STATUS_ZOMBIE, 20, interval=0.2, what="the orphaned script to stop")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -19,7 +19,8 @@ script's verified bytes. `launch_script` then:
   could still open a path it guesses: approval is the gate (`ScriptOutcome.isolated` says which);
 - applies the built-in runs' deadline (budget + grace), cancellation (`cancel` stops the whole
   process group within about CANCEL_POLL_S + CANCEL_GRACE_S) and crash containment (never
-  raises for a failed run);
+  raises for a failed run; trainer/script_guard.py kills the group if the launching process
+  dies);
 - reads the score by the benchmark's rule (`score_from_log`): the last line of the log of the
   form `final_<...>_exact val_loss:<float> val_bpb:<float>` (the challenge's
   `final_int8_zlib_roundtrip_exact` line: the score after the artifact's round trip; a
@@ -177,7 +178,8 @@ def launch_script(run: ScriptRun, run_dir: str | os.PathLike, *, timeout_s: floa
         (workdir / "tmp").mkdir()
         (workdir / SCRIPT_NAME).write_bytes(run.script)
         env = script_env(run, workdir, diff, run_id=f"p2pgolf-{started_ms}", reads=list(vocab.params))
-        argv = _command(run)
+        # the guard stops the script's group if this process dies (a node killed with -9)
+        argv = [sys.executable, str(Path(__file__).with_name("script_guard.py")), str(os.getpid()), "--", *_command(run)]
         hide = [str(Path(p).resolve()) for p in run.hide if Path(p).is_dir()]
         if hide and user_namespaces_work():
             argv = _isolate(argv, hide, env, workdir)

@@ -129,8 +129,8 @@ def _script_states(home: Home):
 def _label(base: str, tokenizer: str, script: str | None) -> str:
     """How a candidate's base reads in a table: built-in name, or script:<sha prefix> (state)."""
     if script is None:
-        return base if tokenizer in ("sp1024", "byte256") else f"{base} [{tokenizer}]"
-    return f"script:{base.split(':', 1)[1][:10]} [{tokenizer}, {script}]"
+        return base if tokenizer in ("sp1024", "byte256") else f"{base} ({tokenizer})"
+    return f"script:{base.split(':', 1)[1][:10]} ({tokenizer}, {script})"  # parentheses: rich reads [..] as markup
 
 
 def _this_hardware() -> str:

@@ -61,12 +61,15 @@ def add(home: Home, path: str, as_json: bool) -> None:
 
 @script.command("approve")
 @click.argument("sha")
+@click.option("--tokenizer", default=None, help="Data variant the script trains on here (sp1024, sp4096, sp8192; default: the benchmark's).")
 @click.pass_obj
 @_guard
-def approve(home: Home, sha: str) -> None:
+def approve(home: Home, sha: str, tokenizer: str | None) -> None:
     """Let the research loop train the script SHA (this exact digest) on this node."""
-    entry = _store(home).approve(sha)
-    click.echo(f"approved script {entry.sha} ({entry.name})")
+    store = _store(home)
+    entry = store.approve(sha, tokenizer=tokenizer)
+    chosen = store.tokenizer(entry.sha)
+    click.echo(f"approved script {entry.sha} ({entry.name}){f' on {chosen}' if chosen else ''}")
 
 
 @script.command("revoke")
