@@ -55,6 +55,8 @@ SUMMARIES: dict[str, str] = {
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# click >= 8.2 raises this for a group given no subcommand; older ones print the help themselves.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 # Options of the top-level group that may also be written after the subcommand.
 GLOBAL_VALUE_OPTIONS = ("--home",)
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except NO_ARGS_IS_HELP as exc:  # `p2pgolf` or `p2pgolf pool` alone: the help, as click shows it
+        exc.show()
+        sys.exit(EXIT_USAGE)
     except click.UsageError as exc:  # one line, naming where to read more, exit 2
         where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         click.echo(f"error: {exc.format_message()}{where}", err=True)

@@ -76,6 +76,12 @@ def test_a_wrong_command_line_is_one_error_line_and_exit_2(tmp_path, args, named
     assert named in line and "--help" in line
 
 
+def test_a_group_without_its_subcommand_prints_its_help_and_exits_2():
+    proc = run("pool")
+    assert proc.returncode == 2 and "error:" not in proc.stderr + proc.stdout
+    assert "Usage: p2pgolf pool" in proc.stdout + proc.stderr and "import" in proc.stdout + proc.stderr
+
+
 def test_a_command_that_cannot_do_its_job_is_one_error_line_and_exit_1(tmp_path):
     assert "run `p2pgolf init` first" in one_error_line(run("pool", "ls", "--home", str(tmp_path / "never")), 1)
     assert "no node is running" in one_error_line(run("status", "--home", str(tmp_path / "never")), 1)

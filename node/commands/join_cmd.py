@@ -134,16 +134,20 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
             raise
         raise UserError(str(found)) from None
     finally:
+        # From here on a SIGINT is ignored by the OS, through the interpreter's own exit too
+        # (Python resets its handlers to the default at exit, but leaves an ignored signal be).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         store.close()
         _reap_children()
 
 
 class _LateInterrupts:
-    """SIGINT handler outside the trio run (while the node shuts down or exits): says that
-    the node is already stopping, instead of a KeyboardInterrupt that would skip the rest."""
+    """SIGINT handler outside the node's signal receiver: a SIGINT after the node has stopped
+    (trio re-raises the ones still pending when its receiver closes) is ignored, instead of a
+    KeyboardInterrupt that would skip the clean-up; what is left of the exit is bounded."""
 
     def __call__(self, signum, frame) -> None:
-        _say("received SIGINT: already stopping")
+        pass
 
 
 async def _main(node, worker_note: str, status_every: float, control, on_interrupt: str) -> None:
