@@ -36,17 +36,19 @@ MAC_ARM = ("macosx_14_0_arm64", "macosx_13_0_arm64", "macosx_12_0_arm64", "macos
 MAC_INTEL = ("macosx_13_0_x86_64", "macosx_12_0_x86_64", "macosx_11_0_x86_64", "macosx_10_15_x86_64", "macosx_10_9_x86_64")
 LINUX_X86 = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 LINUX_ARM = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+TORCH, MLX = "torch>=2.4,<2.14", "mlx>=0.20"  # the README's extras: .[torch], on a Mac .[mlx]
 PLATFORMS = [
-    # (label, pip --platform tags, python version, expected to resolve with wheels only)
-    ("macOS arm64", MAC_ARM, "3.11", True),
-    ("macOS arm64", MAC_ARM, "3.12", True),
-    ("macOS arm64", MAC_ARM, "3.13", True),
+    # (label, pip --platform tags, python version, the extra's requirement, expected to resolve with wheels only)
+    ("macOS arm64 .[mlx]", MAC_ARM, "3.11", MLX, True),
+    ("macOS arm64 .[mlx]", MAC_ARM, "3.12", MLX, True),
+    ("macOS arm64 .[mlx]", MAC_ARM, "3.13", MLX, True),
+    ("macOS arm64 .[torch]", MAC_ARM, "3.12", TORCH, True),
     # zeroconf (libp2p's mDNS) has no macOS x86_64 wheel; its source falls back to pure
     # Python without a compiler (the zeroconf step shows it), so this one is expected to fail.
-    ("macOS x86_64", MAC_INTEL, "3.12", False),
-    ("Linux x86_64", LINUX_X86, "3.11", True),
-    ("Linux x86_64", LINUX_X86, "3.13", True),
-    ("Linux aarch64", LINUX_ARM, "3.12", True),
+    ("macOS x86_64 (no extra)", MAC_INTEL, "3.12", None, False),
+    ("Linux x86_64 .[torch]", LINUX_X86, "3.11", TORCH, True),
+    ("Linux x86_64 .[torch]", LINUX_X86, "3.13", TORCH, True),
+    ("Linux aarch64 .[torch]", LINUX_ARM, "3.12", TORCH, True),
 ]
 
 
@@ -83,8 +85,8 @@ def main() -> None:
         if not args.skip_platforms:
             wheels = pure_wheels(venv, work, install.get("built", []))
             steps.append(zeroconf_without_compiler(venv, work, env))
-            for label, tags, version, expect in PLATFORMS:
-                steps.append(resolve_for(label, tags, version, expect, wheels, work, env))
+            for label, tags, version, extra, expect in PLATFORMS:
+                steps.append(resolve_for(label, tags, version, extra, expect, wheels, work, env))
         for s in steps:
             s.pop("output", None)
         result["all_as_expected"] = all(s["ok"] == s["expect_ok"] for s in steps)
@@ -203,7 +205,7 @@ def zeroconf_without_compiler(venv: Path, work: Path, env: dict[str, str]) -> di
     return result
 
 
-def resolve_for(label: str, tags: tuple[str, ...], version: str, expect_ok: bool, wheels: Path, work: Path, env: dict[str, str]) -> dict:
+def resolve_for(label: str, tags: tuple[str, ...], version: str, extra: str | None, expect_ok: bool, wheels: Path, work: Path, env: dict[str, str]) -> dict:
     """Resolve p2pgolf's dependencies for another platform with wheels only (metadata only)."""
     report = work / f"report-{tags[0]}-{version}.json"
     argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), "--only-binary", ":all:",
@@ -211,7 +213,7 @@ def resolve_for(label: str, tags: tuple[str, ...], version: str, expect_ok: bool
     for tag in tags:
         argv += ["--platform", tag]
     # Our own package is a local directory (always built); give pip its dependencies directly.
-    argv += _our_requirements()
+    argv += _our_requirements() + ([extra] if extra else [])
     out = step(f"wheels only: {label}, Python {version}", argv, {**env, "PATH": os.environ["PATH"]}, expect_ok=expect_ok)
     if out["ok"]:
         installs = json.loads(report.read_text())["install"]

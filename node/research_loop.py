@@ -377,7 +377,7 @@ class ResearchLoop:
         end = self.journal.end(n, **fields)
         control = self.control
         run = control.current
-        start = self.journal._starts.get(n, {})
+        start = self.journal.started(n) or {}
         metrics = metrics or {}
         control.results = [*control.results[-(RECENT_RESULTS - 1):], {
             "n": n,
@@ -452,6 +452,10 @@ class Journal:
     def count(self) -> int:
         """Experiments started so far (finished or not)."""
         return len(self._starts)
+
+    def started(self, n: int) -> dict[str, Any] | None:
+        """The start entry of experiment `n`, if it was started."""
+        return self._starts.get(n)
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [self._starts[n] for n in sorted(self._starts) if n not in self._ends]

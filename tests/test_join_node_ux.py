@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(home, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([P2PGOLF, *args, "--home", str(home.root)], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run([P2PGOLF, *args, "--home", str(home.root)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_an_unanswered_bootstrap_gives_one_warning_is_retried_and_stop_waits_for_the_node(tmp_path):
@@ -86,6 +87,7 @@ def test_status_and_plain_lines_carry_the_experiment_and_each_finished_result(tm
         line = join.wait_line("experiment 0 finished: ")
         assert f"val_bpb {done['val_bpb']:.4f} after {done['steps']} steps" in line and end["record"][:12] in line
         table = cli(home, "status").stdout
+        assert max(map(len, table.splitlines())) <= 80
         assert "finished 0" in table and f"val_bpb {done['val_bpb']:.4f}, {done['steps']} steps" in table
         assert cli(home, "stop").returncode == 0
         assert join.wait(60) == 0

@@ -236,16 +236,15 @@ async def _interrupts(signals, control, on_interrupt: str, stop) -> None:
     import trio
 
     finishing = None
-    last_sigint = None
+    last_sigint = None  # when the last SIGINT that counted arrived
     stopped = False
     async for signum in signals:
         name = signal.Signals(signum).name
         now = trio.current_time()
         if signum == signal.SIGINT:
-            duplicate = last_sigint is not None and now - last_sigint < DUPLICATE_SIGINT_S
+            if last_sigint is not None and now - last_sigint < DUPLICATE_SIGINT_S:
+                continue  # a copy of the Ctrl-C that just counted
             last_sigint = now
-            if duplicate:
-                continue
         if stopped:
             _say(f"received {name}: already stopping")
             continue
