@@ -3,6 +3,14 @@
 Every subcommand lives in its own module under `node/commands/` and is imported only when it
 is invoked, so `p2pgolf pool ls` never pays for torch or libp2p. Errors a user can cause end
 with one line on stderr and a non-zero exit code, never a stack trace.
+
+Exit codes, the same for every command (README, "Exit codes"):
+  0    done (for `join`: stopped as asked, by Ctrl-C, SIGTERM or `p2pgolf stop`)
+  1    the command could not do what was asked (not found, not initialised, no peer reached, ...)
+  2    the command line is wrong (unknown option or command, a malformed value)
+  130  interrupted by Ctrl-C (any command but `join`, whose Ctrl-C is its normal stop)
+
+Global options (`--home DIR`, `-v`) may come before or after the subcommand, as in git.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "submission": "node.commands.submission_cmd:submission",
     "script": "node.commands.script_cmd:script",
     "verify": "node.commands.verify_cmd:verify",
+    "stop": "node.commands.status_cmd:stop",
+    "knobs": "node.commands.knobs_cmd:knobs",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -46,7 +56,17 @@ SUMMARIES: dict[str, str] = {
     "submission": "Write a pool candidate as a competition record folder.",
     "script": "Add, approve, list, show and revoke training scripts.",
     "verify": "Re-evaluate a record's artifact and publish a signed attestation.",
+    "stop": "Stop the running node and wait until it has stopped.",
+    "knobs": "List the knobs a candidate may set, their ranges, and the base configs.",
 }
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# click >= 8.2 raises this for a group given no subcommand; older ones print the help themselves.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+# Options of the top-level group that may also be written after the subcommand.
+GLOBAL_VALUE_OPTIONS = ("--home",)
+GLOBAL_FLAG_OPTIONS = ("-v", "-vv", "-vvv", "--verbose")
 
 
 class UserError(click.ClickException):
@@ -54,6 +74,41 @@ class UserError(click.ClickException):
 
     def show(self, file=None) -> None:  # one line, no "Usage:" banner
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BadInput(UserError):
+    """A malformed command line (a value that breaks its rule): one line, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`args` with the global options moved in front of the subcommand, so that
+    `p2pgolf pool ls --home DIR` means `p2pgolf --home DIR pool ls`. Stops at `--`."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 2
+            continue
+        if any(arg.startswith(f"{name}=") for name in GLOBAL_VALUE_OPTIONS) or arg in GLOBAL_FLAG_OPTIONS:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def verbosity(ctx: click.Context | None = None) -> int:
+    """How many -v the user gave (before or after the subcommand)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    return int(ctx.find_root().meta.get("p2pgolf.verbose", 0)) if ctx is not None else 0
 
 
 class LazyGroup(click.Group):
@@ -93,10 +148,16 @@ class LazyGroup(click.Group):
     envvar=HOME_ENV,
     help=f"Data directory of this node (env {HOME_ENV}; default: the platform's user data dir).",
 )
+@click.option("-v", "--verbose", count=True, help="Log more on stderr (-v info, -vv debug); also after the subcommand.")
 @click.version_option(package_name="p2pgolf")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
-    """p2pgolf: train candidates, gossip signed results, search together."""
+def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
+    """p2pgolf: train candidates, gossip signed results, search together.
+
+    Exit codes: 0 done, 1 could not do it, 2 bad command line, 130 interrupted.
+    Global options (--home, -v) may also follow the subcommand.
+    """
+    ctx.meta["p2pgolf.verbose"] = verbose
     ctx.obj = resolve_home(home)
 
 
@@ -104,25 +165,33 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line and a non-zero exit code."""
     from protocol.errors import ProtocolError
 
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         # Without standalone mode click returns ctx.exit(n)'s code instead of exiting.
-        code = cli.main(args=argv, prog_name="p2pgolf", standalone_mode=False)
+        code = cli.main(args=args, prog_name="p2pgolf", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except NO_ARGS_IS_HELP as exc:  # `p2pgolf` or `p2pgolf pool` alone: the help, as click shows it
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:  # one line, naming where to read more, exit 2
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except ProtocolError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         sys.exit(0)
 

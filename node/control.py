@@ -6,6 +6,7 @@ user who runs the node may use it. One JSON request line, one JSON reply line, t
 
     {"op": "status"}                      -> {"ok": true, "status": {...}}
     {"op": "publish", "records": [hex..]} -> {"ok": true, "results": [{"id", "verdict", "peers"}]}
+    {"op": "stop", "abandon": false}      -> {"ok": true, "stopping": "...", "pid": N}
     anything else                         -> {"ok": false, "error": "..."}
 
 Every read is bounded in size and time. A stale socket file left by a killed node is replaced;

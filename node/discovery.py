@@ -5,6 +5,9 @@ peers that dialled us and stayed, and (behind a flag) peers found by mDNS on the
 peer has one keeper task that re-dials it with exponential back-off (1 s doubling to 60 s, with
 jitter) whenever it is not connected, so a dropped peer comes back by itself. Every dial has a
 timeout. Peers we reach are handed to `on_connected` (the node remembers them and syncs).
+A peer the user named (`warn_unreachable`: the --bootstrap and config.toml addresses) that
+does not answer its first dial gets one WARNING line (address and reason) and is retried; a
+later success is logged once at WARNING too, so the user sees the problem end.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ INBOUND_KEEP_AFTER_S = 30.0  # an inbound peer connected this long is re-dialled
 class Discovery:
     """Keeps a set of peers dialled; runs in the node's nursery until cancelled."""
 
-    def __init__(self, host: "IHost", *, on_connected: Callable[[PeerAddr], None] | None = None, use_mdns_peerstore: bool = False) -> None:
+    def __init__(self, host: "IHost", *, on_connected: Callable[[PeerAddr], None] | None = None, use_mdns_peerstore: bool = False, warn_unreachable: frozenset[str] = frozenset()) -> None:
         self.host = host
+        self.warn_unreachable = warn_unreachable  # peer ids whose failed dials the user must hear of
+        self._warned: set[str] = set()
+        self.last_error: dict[str, str] = {}
         self.on_connected = on_connected
         self.use_mdns_peerstore = use_mdns_peerstore
         self.own_id = host.get_id().to_base58()
@@ -90,6 +96,7 @@ class Discovery:
                 await self.host.connect(peer_info(peer))
         except Exception as exc:  # dial errors are many and varied; all mean "not now"
             self.failed_dials += 1
+            self.last_error[peer.peer_id] = _reason(exc)
             log.debug("dial %s failed: %s", peer.addr, exc)
             return False
         finally:
@@ -107,7 +114,13 @@ class Discovery:
                 continue
             if await self.dial(peer):
                 delay = BACKOFF_START_S
+                if peer.peer_id in self._warned:
+                    self._warned.discard(peer.peer_id)
+                    log.warning("connected to bootstrap peer %s", peer.addr)
                 continue
+            if peer.peer_id in self.warn_unreachable and peer.peer_id not in self._warned:
+                self._warned.add(peer.peer_id)
+                log.warning("cannot reach bootstrap peer %s (%s); retrying in the background (every %g s at most)", peer.addr, self.last_error.get(peer.peer_id, "no answer"), BACKOFF_MAX_S)
             await trio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -154,3 +167,16 @@ class Discovery:
             except Exception:
                 continue
         return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a failed dial: the innermost message, on one line."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {DIAL_TIMEOUT_S:g} s"
+    for _ in range(10):  # bounded: a chain may loop
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:120]

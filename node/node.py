@@ -21,6 +21,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -115,6 +116,9 @@ class Node:
         self._stopping = trio.Event()
         self._connected_event = trio.Event()
         self.admission.on_added = self._on_added
+        self.research: Any = None  # the research loop's LoopControl (join sets it): status shows its experiments
+        # What `p2pgolf stop` does (join sets it: finish or abandon the run); returns a note.
+        self.on_stop_request: Callable[[bool], str] = lambda abandon: (self.stop(), "stopping")[1]
 
     # --- running ---------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class Node:
                 self.exchange = BlobExchange(self.host, self.blobs, opts.exchange)
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
-            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
+            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap))
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
             async with AsyncExitStack() as stack:
@@ -324,7 +328,14 @@ class Node:
             syncs=self.syncs,
             uptime_s=time.monotonic() - self.started_at,
             worker=self.worker_state,
+            **self._research_status(),
         )
+
+    def _research_status(self) -> dict:
+        if self.research is None:
+            return {}
+        snap = self.research.snapshot()
+        return {"experiment": snap["current"], "finished": tuple(snap["finished"])}
 
     async def control(self, request: dict) -> dict:
         """Answer one control-socket request (see node.control)."""
@@ -351,7 +362,9 @@ class Node:
             return {"ok": True, "results": results}
         if op == "fetch":
             return await self._control_fetch(request)
-        return {"ok": False, "error": f"unknown op {op!r}; expected status, peers, publish or fetch"}
+        if op == "stop":
+            return {"ok": True, "stopping": self.on_stop_request(bool(request.get("abandon", False))), "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown op {op!r}; expected status, peers, publish, fetch or stop"}
 
     async def _control_fetch(self, request: dict) -> dict:
         """{"op": "fetch", "sha": hex, "kind": "artifact", "author": hex | null, "timeout_s": s}
@@ -492,6 +505,18 @@ def _connection_notifee(callback: Callable[[], None]) -> Any:
             pass
 
     return ConnectionNotifee()
+
+
+def _peer_ids(addrs: tuple[str, ...]) -> frozenset[str]:
+    from node.host import parse_peer_addr
+
+    ids = set()
+    for addr in addrs:
+        try:
+            ids.add(parse_peer_addr(addr).peer_id)
+        except ProtocolError:
+            pass
+    return frozenset(ids)
 
 
 def _maddr(text: str) -> Any:

@@ -84,6 +84,16 @@ class CurrentRun:
     budget_s: float
     deadline_s: float  # the trainer's hard deadline, from `started_at`
     started_at: float  # time.monotonic()
+    base: str = ""
+    diff: tuple[tuple[str, Any], ...] = ()
+
+    def describe(self) -> str:
+        """One line for a person: operator, candidate, base and diff, budget."""
+        diff = " ".join(f"{k}={v}" for k, v in self.diff) or "(no diff)"
+        return f"{self.operator} candidate {self.candidate[:12]} = {self.base} {diff}; training {_seconds(self.budget_s)}, then evaluation"
+
+
+RECENT_RESULTS = 20  # finished experiments kept for `status`
 
 
 class LoopControl:
@@ -95,6 +105,7 @@ class LoopControl:
         self.progress: Any = None  # the current run's latest trainer.progress.Progress, if any
         self.progress_at = 0.0  # when it came (time.monotonic())
         self.last_end: dict[str, Any] | None = None  # the journal end entry of the latest experiment
+        self.results: list[dict[str, Any]] = []  # the latest finished experiments, newest last (see `snapshot`)
         self.finishing = False
         self.finish_requested = trio.Event()
         self.stopped = trio.Event()  # set when the loop's `run` has returned or was cancelled
@@ -110,6 +121,41 @@ class LoopControl:
         """Note the current run's latest progress event (called from the runner's thread)."""
         self.progress_at = time.monotonic() if now is None else now
         self.progress = event
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Plain JSON for `status`: the experiment in progress (None if none) with its progress,
+        and the latest finished ones (each with status, val_bpb, steps, seconds, record)."""
+        now = time.monotonic() if now is None else now
+        run = self.current
+        current = None
+        if run is not None:
+            event = self.progress
+            current = {
+                "n": run.n,
+                "operator": run.operator,
+                "candidate": run.candidate,
+                "base": run.base,
+                "diff": dict(run.diff),
+                "phase": getattr(event, "phase", "starting"),
+                "step": int(getattr(event, "step", 0)),
+                "train_loss": float(getattr(event, "train_loss", 0.0)),
+                "elapsed_s": round(now - run.started_at, 1),
+                "training_s": round(float(getattr(event, "elapsed_s", 0.0)), 1),
+                "budget_s": run.budget_s,
+                "deadline_s": run.deadline_s,
+                "remaining": self.remaining(now),
+            }
+        return {"current": current, "finished": list(self.results)}
+
+    def describe_end(self, end: dict[str, Any]) -> str:
+        """How experiment `end["n"]` ended, for a person: its score or why it failed."""
+        found = next((r for r in reversed(self.results) if r["n"] == end["n"]), None)
+        if end["status"] == "ok" and found is not None and found.get("val_bpb") is not None:
+            record = f", record {end['record'][:12]}" if end.get("record") else ""
+            took = f" in {_seconds(found['seconds'])}" if found.get("seconds") is not None else ""
+            return f"finished: val_bpb {found['val_bpb']:.4f} after {found['steps']} steps{took}{record}"
+        note = f" ({end['note']})" if end.get("note") else ""
+        return f"ended: {end['status']}{note}"
 
     def remaining(self, now: float | None = None) -> str:
         """Roughly what is left of the current run, for a person: where it is, and the hard
@@ -306,7 +352,7 @@ class ResearchLoop:
         timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
         control.progress = None
-        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic())
+        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()))
         try:
             try:
                 if p.is_script:
@@ -462,9 +508,24 @@ class ResearchLoop:
     def _on_progress(self, event: Any) -> None:
         self.control.saw(event)  # from the runner's thread: plain attribute assignments
 
-    def _end(self, n: int, **fields: Any) -> dict[str, Any]:
+    def _end(self, n: int, metrics: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         end = self.journal.end(n, **fields)
-        self.control.last_end = end
+        control = self.control
+        run = control.current
+        start = self.journal.started(n) or {}
+        metrics = metrics or {}
+        control.results = [*control.results[-(RECENT_RESULTS - 1):], {
+            "n": n,
+            "candidate": start.get("candidate", ""),
+            "operator": start.get("operator", ""),
+            "status": end["status"],
+            "val_bpb": metrics.get("val_bpb"),
+            "steps": metrics.get("steps"),
+            "seconds": round(time.monotonic() - run.started_at, 1) if run is not None and run.n == n else None,
+            "record": end.get("record"),
+            "note": end.get("note", ""),
+        }]
+        control.last_end = end
         return end
 
     async def _publish_run(self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False) -> dict[str, Any]:
@@ -483,13 +544,10 @@ class ResearchLoop:
             log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
         throughput = data.get("throughput") or {}
         degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
-        metrics = data.get("metrics") or {}
-        log.info(
-            "experiment %d finished: val_bpb %.4f, %s steps, %.0f tokens/s%s",
-            entry["n"], float(metrics.get("val_bpb", float("nan"))), metrics.get("steps", "?"),
-            float(throughput.get("tokens_per_s") or 0.0), f"; {degraded}" if degraded else "",
-        )  # fmt: skip
-        return self._end(entry["n"], status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
+        if degraded:
+            log.warning("experiment %d: %s", entry["n"], degraded)
+        metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        return self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
 
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
         """The run's record, made once: signing it again (a restart, `p2pgolf publish` of the
@@ -555,6 +613,10 @@ class Journal:
     def candidates(self) -> set[str]:
         """Candidate ids of every experiment started so far."""
         return {e["candidate"] for e in self._starts.values()}
+
+    def started(self, n: int) -> dict[str, Any] | None:
+        """The start entry of experiment `n`, if it was started."""
+        return self._starts.get(n)
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [self._starts[n] for n in sorted(self._starts) if n not in self._ends]

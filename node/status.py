@@ -36,6 +36,12 @@ class NodeStatus:
     syncs: int
     uptime_s: float
     worker: str  # "none", "running", "stopped" or "failed: ..."
+    # The research loop's experiment in progress (n, operator, candidate, base, diff, phase,
+    # step, train_loss, elapsed_s, training_s, budget_s, deadline_s, remaining) or None.
+    experiment: dict | None = None
+    # Its latest finished experiments, newest last (n, candidate, operator, status, val_bpb,
+    # steps, seconds, record, note).
+    finished: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,17 +49,27 @@ class NodeStatus:
     @classmethod
     def from_json(cls, data: dict) -> "NodeStatus":
         peers = tuple(PeerStatus(p["peer_id"], tuple(p["addrs"]), tuple(p["topics"]), int(p["invalid"])) for p in data["peers"])
-        fields = {k: v for k, v in data.items() if k != "peers"}
-        for key in ("addrs", "benches"):
-            fields[key] = tuple(fields[key])
+        fields = {k: v for k, v in data.items() if k != "peers" and k in cls.__dataclass_fields__}
+        for key in ("addrs", "benches", "finished"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
         return cls(peers=peers, **fields)
 
     def line(self) -> str:
-        """One line for a terminal or a log: peers, pool size, records in and out."""
-        return (
+        """One line for a terminal or a log: peers, pool size, records in and out, and the
+        experiment in progress (number, step, time against its budget) or the latest score."""
+        text = (
             f"peers {len(self.peers)}  pool {self.pool_records}  in {self.records_in}  out {self.records_out}"
             f"  rejected {self.rejected}  up {_duration(self.uptime_s)}"
         )
+        exp = self.experiment
+        if exp is not None:
+            text += f"  exp {exp['n']} {exp['phase']} step {exp['step']} {_duration(exp['training_s'])}/{_duration(exp['budget_s'])}"
+        elif self.finished:
+            last = self.finished[-1]
+            score = f"val_bpb {last['val_bpb']:.4f}" if last.get("val_bpb") is not None else last["status"]
+            text += f"  last exp {last['n']} {score}"
+        return text
 
 
 def _duration(seconds: float) -> str:

@@ -11,9 +11,19 @@ Ctrl-C while a training run is in progress (`--on-interrupt`, printed at start-u
   published, then the node stops. A second Ctrl-C abandons it.
 - abandon: the run's trainer is stopped at once and the journal records it as abandoned (it is
   not trained again), then the node stops.
-SIGTERM always abandons. With no run in progress, Ctrl-C just stops. Nothing outlives `join`:
-the research loop stops its trainer when cancelled, and any child process still running at the
-end is terminated as a last resort.
+SIGTERM always abandons. With no run in progress, Ctrl-C just stops. `p2pgolf stop` acts as a
+Ctrl-C does (`stop --abandon` as SIGTERM). A second SIGINT within DUPLICATE_SIGINT_S of the
+one before counts as the same Ctrl-C (a wrapper that forwards signals to the process group
+delivers each twice); SIGINTs after the node decided to stop are acknowledged and change
+nothing, so the node always ends with its `stopped:` line and exit code 0. Nothing outlives
+`join`: the research loop stops its trainer when cancelled, and any child process still running
+at the end is terminated as a last resort.
+
+Plain lines (not only the status line) say what the node does: each experiment as it starts
+(number, operator, candidate, base and diff, budget), and as it ends (val_bpb, steps, time,
+record id, or why it failed). A --bootstrap peer that does not answer gives one warning line.
+Logs go to stderr only; nothing is written to a log file (the research journal and each run's
+train.log are in the data directory, see README "Where things are").
 """
 
 from __future__ import annotations
@@ -23,10 +33,11 @@ import sys
 
 import click
 
-from node.cli import UserError
+from node.cli import BadInput, UserError, verbosity
 from node.home import Home
 
 ON_INTERRUPT = ("finish", "abandon")
+DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the previous one is the same Ctrl-C
 
 
 @click.command("join")
@@ -46,10 +57,11 @@ ON_INTERRUPT = ("finish", "abandon")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every, verbose) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
+    import signal
+
     import trio
 
     from node.config import load_config
@@ -61,7 +73,16 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     from protocol.errors import ProtocolError
     from protocol.identity import KeyFileError, load_identity
 
-    _configure_logging(verbose)
+    _configure_logging(verbosity())
+    # The command line is checked before anything is created: a typo costs nothing.
+    try:
+        benches = tuple(dict.fromkeys(benchmark(n) for n in bench_names))
+        for addr in listen:
+            parse_listen(addr)
+        for addr in bootstrap:
+            parse_peer_addr(addr)
+    except ProtocolError as exc:
+        raise BadInput(str(exc)) from None
     if not home.key_file.exists():
         # First run: `join` is the one command a new user types after installing.
         from node.commands.identity_cmd import initialise
@@ -74,7 +95,6 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         raise UserError(str(exc)) from None
     try:
         config = load_config(home)
-        benches = tuple(dict.fromkeys(benchmark(n) for n in bench_names))
         listen_addrs = tuple(listen) or config.listen
         for addr in listen_addrs:
             parse_listen(addr)
@@ -104,6 +124,9 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         home=home,
     )
     node = Node(identity, store, trust, options, worker=worker)
+    node.research = control  # status reports its current experiment and finished results
+    late = _LateInterrupts()
+    signal.signal(signal.SIGINT, late)  # trio restores this one: a SIGINT after the run is noted, not fatal
     try:
         trio.run(_main, node, worker_note, status_every, control, on_interrupt)
     except Exception as exc:
@@ -112,8 +135,20 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
             raise
         raise UserError(str(found)) from None
     finally:
+        # From here on a SIGINT is ignored by the OS, through the interpreter's own exit too
+        # (Python resets its handlers to the default at exit, but leaves an ignored signal be).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         store.close()
         _reap_children()
+
+
+class _LateInterrupts:
+    """SIGINT handler outside the node's signal receiver: a SIGINT after the node has stopped
+    (trio re-raises the ones still pending when its receiver closes) is ignored, instead of a
+    KeyboardInterrupt that would skip the clean-up; what is left of the exit is bounded."""
+
+    def __call__(self, signum, frame) -> None:
+        pass
 
 
 async def _main(node, worker_note: str, status_every: float, control, on_interrupt: str) -> None:
@@ -121,45 +156,100 @@ async def _main(node, worker_note: str, status_every: float, control, on_interru
 
     import trio
 
-    out = sys.stdout
     # The receiver stays open until the node has stopped, so a Ctrl-C during start-up or
     # shutdown is handled here instead of surfacing as a KeyboardInterrupt traceback.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         stopping_during: list[int] = []  # the experiment in progress when the node was told to stop
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as outer:
+            # Signals are read until the node has stopped (never left pending: trio would
+            # re-raise them as KeyboardInterrupt when the receiver closes).
+            async with trio.open_nursery() as nursery:
 
-            def stop() -> None:
-                if control is not None and control.current is not None:
-                    stopping_during.append(control.current.n)
-                node.stop()
-                nursery.cancel_scope.cancel()
+                def stop() -> None:
+                    if control is not None and control.current is not None:
+                        stopping_during.append(control.current.n)
+                    node.stop()
+                    nursery.cancel_scope.cancel()
 
-            nursery.start_soon(_interrupts, signals, control, on_interrupt, stop)
-            await nursery.start(node.run)
-            out.write(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}\n")
-            for addr in node.addrs:
-                out.write(f"listening: {addr}\n")
-            if any("/ip4/127.0.0.1/" in a or "/ip6/::1/" in a for a in node.options.listen):
-                out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
-            out.write(f"{worker_note}\n")
-            out.flush()
-            nursery.start_soon(_status_lines, node, status_every, control)
-            if control is not None:
-                nursery.start_soon(_stop_when_finished, control, stop)
+                node.on_stop_request = lambda abandon: _requested_stop(abandon, control, on_interrupt, stop)
+                outer.start_soon(_interrupts, signals, control, on_interrupt, stop)
+                await _run_node(nursery, node, worker_note, status_every, control, stop)
+            outer.cancel_scope.cancel()
     end = control.last_end if control is not None else None
     if end is not None and end["status"] == "abandoned" and end["n"] in stopping_during:
         _say(f"experiment {end['n']} was abandoned; it will not be trained again")
     _say(f"stopped: {node.status().line()}")
 
 
+async def _run_node(nursery, node, worker_note: str, status_every: float, control, stop) -> None:
+    out = sys.stdout
+    await nursery.start(node.run)
+    out.write(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}\n")
+    for addr in node.addrs:
+        out.write(f"listening: {addr}\n")
+    if any("/ip4/127.0.0.1/" in a or "/ip6/::1/" in a for a in node.options.listen):
+        out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
+    out.write(f"{worker_note}\n")
+    out.flush()
+    nursery.start_soon(_status_lines, node, status_every, control)
+    if control is not None:
+        nursery.start_soon(_stop_when_finished, control, stop)
+        nursery.start_soon(_experiment_lines, control)
+
+
+def _requested_stop(abandon: bool, control, on_interrupt: str, stop) -> str:
+    """`p2pgolf stop` (over the control socket): as a Ctrl-C (finish or abandon the run in
+    progress, by --on-interrupt), or abandon at once with --abandon. Returns what it does."""
+    if not abandon and on_interrupt == "finish" and control is not None and not control.finishing:
+        finishing = control.finish()
+        if finishing is not None:
+            _say(f"asked to stop: finishing experiment {finishing.n} ({control.remaining()}), then shutting down")
+            return f"finishing experiment {finishing.n}, then stopping"
+    current = control.current if control is not None else None
+    _say(f"asked to stop: abandoning experiment {current.n}; shutting down" if current is not None else "asked to stop; shutting down")
+    stop()
+    return "stopping"
+
+
+async def _experiment_lines(control, every: float = 0.5) -> None:
+    """One plain line when an experiment starts and one when it ends (with its result)."""
+    import trio
+
+    shown_start = shown_end = None
+    while True:
+        run = control.current
+        if run is not None and run.n != shown_start:
+            shown_start = run.n
+            _say(f"experiment {run.n}: {run.describe()}")
+        end = control.last_end
+        if end is not None and end["n"] != shown_end:
+            shown_end = end["n"]
+            _say(f"experiment {end['n']} {control.describe_end(end)}")
+        await trio.sleep(every)
+
+
 async def _interrupts(signals, control, on_interrupt: str, stop) -> None:
-    """Turn SIGINT / SIGTERM into finishing or abandoning the current run, then `stop()`."""
+    """Turn SIGINT / SIGTERM into finishing or abandoning the current run, then `stop()`.
+    A SIGINT within DUPLICATE_SIGINT_S of the previous one is the same Ctrl-C; signals after
+    the stop are acknowledged and change nothing (the shutdown is already bounded)."""
     import signal
 
+    import trio
+
     finishing = None
+    last_sigint = None  # when the last SIGINT that counted arrived
+    stopped = False
     async for signum in signals:
         name = signal.Signals(signum).name
-        if signum == signal.SIGINT and on_interrupt == "finish" and finishing is None and control is not None:
+        now = trio.current_time()
+        if signum == signal.SIGINT:
+            if last_sigint is not None and now - last_sigint < DUPLICATE_SIGINT_S:
+                continue  # a copy of the Ctrl-C that just counted
+            last_sigint = now
+        if stopped:
+            _say(f"received {name}: already stopping")
+            continue
+        if signum == signal.SIGINT and on_interrupt == "finish" and finishing is None and control is not None and not control.finishing:
             finishing = control.finish()
             if finishing is not None:
                 _say(
@@ -173,7 +263,7 @@ async def _interrupts(signals, control, on_interrupt: str, stop) -> None:
         else:
             _say(f"received {name}; shutting down")
         stop()
-        return
+        stopped = True
 
 
 async def _stop_when_finished(control, stop) -> None:

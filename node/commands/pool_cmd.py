@@ -95,8 +95,12 @@ def resolve_bench(text: str) -> str:
 
 
 def resolve_record_id(store: "PoolStore", text: str) -> str:
-    """A full record id or a unique prefix of at least MIN_PREFIX hex characters -> id."""
-    return _unique(store.complete_id, _hex_prefix(text, "record id"), "no record in the pool has an id", "record ids")
+    """A full record id or a unique prefix of at least MIN_PREFIX hex characters -> id. A
+    candidate id given instead is named as one (with the command that takes it)."""
+    prefix = _hex_prefix(text, "record id")
+    if not store.complete_id(prefix, limit=1) and store.complete_candidate(prefix, limit=1):
+        raise UserError(f"{prefix} is a candidate id, not a record id; list its records with `p2pgolf pool ls --candidate {prefix}`")
+    return _unique(store.complete_id, prefix, "no record in the pool has an id", "record ids")
 
 
 def _unique(complete, prefix: str, none: str, plural: str) -> str:
@@ -203,9 +207,20 @@ def lineage(home: Home, record_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_obj
 def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
-    """Verify and add records from a .jsonl or .msgpack file; report every reject."""
+    """Verify and add records from a .jsonl or .msgpack file; report every reject.
+
+    Into a new home it creates the data directory and the pool first (no identity: `init` or
+    `join` makes that when it is needed)."""
     from pool.transfer import TransferError, import_records
 
+    if not file.is_file():
+        raise UserError(f"{file}: no such file")
+    if not home.pool_db.exists():
+        from pool.store import PoolStore
+
+        home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        PoolStore(home.pool_db).close()
+        click.echo(f"created the pool {home.pool_db} (no identity yet: `p2pgolf init` or `p2pgolf join` makes one)", err=as_json)
     with open_pool(home) as store:
         try:
             report = import_records(store, file, format=fmt)
@@ -309,29 +324,32 @@ def _record_json(rec: "SignedRecord", trust: "TrustStore") -> dict[str, Any]:
 
 
 def _print_table(records: list["SignedRecord"], trust: "TrustStore", total: int | None) -> None:
+    """Record ids and candidate ids side by side (named so they are not confused); a borderless
+    table in which only the config column wraps and long names are cut with an ellipsis, so
+    every column fits an 80-column terminal."""
     from rich.console import Console
     from rich.table import Table
 
     labels, now = trust.labels(), time.time() * 1000
     statuses: dict[str, str] = {}
     title = f"{len(records)} of {total} records" if total is not None else f"{len(records)} records"
-    # A borderless table with one space between columns fits an 80-column terminal.
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
-    for name in ("id", "kind", "author", "base", "diff", "hw", "val_bpb", "age"):
-        # Only the diff may wrap; the short columns stay one line each so rows stay readable.
-        if name == "diff":
-            table.add_column(name, min_width=14, ratio=1, overflow="fold")
-        else:
-            table.add_column(name, justify="right" if name in ("val_bpb", "age") else "left", no_wrap=True, min_width=len(name) + 1)
+    table.add_column("record", no_wrap=True)
+    table.add_column("author", no_wrap=True, overflow="ellipsis", max_width=10)
+    table.add_column("candidate", no_wrap=True, max_width=9)
+    table.add_column("config", overflow="fold", min_width=12, ratio=1)
+    table.add_column("hw", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("val_bpb", justify="right", no_wrap=True)
+    table.add_column("age", justify="right", no_wrap=True)
     for rec in records:
         status = statuses.setdefault(rec.author, trust.status(rec.author))
         r = rec.record
         if rec.kind == "result":
-            base, diff = r.base, _diff_summary(r.diff)
+            candidate, config = r.candidate[:9], f"{r.base} {_diff_summary(r.diff)}"
         else:
-            base, diff = f"^{r.subject[:9]}", r.method
+            candidate, config = "", f"attests {r.subject[:9]} ({r.method})"
         table.add_row(
-            rec.id[:10], "attest" if rec.kind == "attestation" else rec.kind, _who(rec.author, labels.get(rec.author, ""), status), base, diff, r.hw.key,
+            rec.id[:10], _who(rec.author, labels.get(rec.author, ""), status), candidate, config, r.hw.key,
             f"{r.metrics.val_bpb:.4f}", _age(now - rec.created_ms),
         )
     Console().print(table)
@@ -425,7 +443,17 @@ def _parents(rec: "SignedRecord | None") -> tuple[str, ...]:
 
 
 def _resolve_candidate(store: "PoolStore", text: str) -> str:
-    return _unique(store.complete_candidate, _hex_prefix(text, "candidate id"), "no result in the pool has a candidate id", "candidate ids")
+    """A candidate id or unique prefix -> id. A record id given instead is named as one, with
+    the candidate it measured."""
+    prefix = _hex_prefix(text, "candidate id")
+    if not store.complete_candidate(prefix, limit=1):
+        records = store.complete_id(prefix, limit=2)
+        if len(records) == 1:
+            rec = store.get(records[0])
+            if rec.kind == "result":
+                raise UserError(f"{prefix} is a record id, not a candidate id; that record measured candidate {rec.record.candidate[:12]}")
+            raise UserError(f"{prefix} is the id of an attestation record, not a candidate id; it attests record {rec.record.subject[:12]}")
+    return _unique(store.complete_candidate, prefix, "no result in the pool has a candidate id", "candidate ids")
 
 
 def _hex_prefix(text: str, what: str) -> str:

@@ -8,7 +8,10 @@ short-lived node stores the records, dials the known peers (config.toml, remembe
 --bootstrap), publishes, lets them sync, and exits. Either way the records are in the local
 pool first, so nothing is lost if no peer is reachable. It prints how many peers confirmed
 that they hold each record. A run directory's artifact is kept in the home's blob store, so the
-node serves it to peers who want to re-evaluate the claim (`p2pgolf verify`).
+node serves it to peers who want to re-evaluate the claim (`p2pgolf verify`). Exit code 0 when
+every record reached at least one peer; 1 with one line on stderr when a record reached none (no
+peer known, or none answered), the records still kept in the local pool. libp2p's own log lines
+are shown only with -vv.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from node.cli import UserError
+from node.cli import BadInput, UserError, verbosity
 from node.home import Home
 
 
@@ -35,6 +38,14 @@ def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, 
     from protocol.errors import ProtocolError
     from protocol.identity import KeyFileError, load_identity
 
+    from node.host import parse_peer_addr
+
+    _quiet_logging(verbosity())
+    try:
+        for addr in bootstrap:
+            parse_peer_addr(addr)
+    except ProtocolError as exc:
+        raise BadInput(str(exc)) from None
     try:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
@@ -65,6 +76,24 @@ def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, 
                 click.echo(f"published {r['id']} ({r['verdict']}) via {via}: sent to {r['subscribed']} subscribed peer(s)")
     if failed:
         raise SystemExit(1)
+    unreached = [r for r in results if r.get("peers", r.get("subscribed", 0)) == 0]
+    if unreached:
+        raise UserError(
+            f"no peer received {len(unreached)} of {len(results)} record(s) (none connected, or none answered within {timeout_s:g} s);"
+            f" they are kept in the local pool ({home.pool_db}) and spread when a peer syncs with you"
+        )
+
+
+def _quiet_logging(verbose: int) -> None:
+    """As join's: our warnings on stderr, libp2p's only with -vv. At the default verbosity
+    the command's own last line says whether a peer was reached, so dial warnings are muted."""
+    import logging
+
+    from node.commands.join_cmd import _configure_logging
+
+    _configure_logging(verbose)
+    if verbose == 0:
+        logging.getLogger("node.discovery").setLevel(logging.ERROR)
 
 
 def keep_run_artifact(home: Home, source: Path) -> str | None:
@@ -211,7 +240,7 @@ def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, tim
             verdict = node.admission.admit_signed(rec) if rec.author == identity.public_hex else node.admission.admit(rec.raw, None)
             first[rec.id] = verdict.value
         if not peers:
-            raise UserError(f"no node is running and no peers are known; the record(s) are in the local pool ({home.pool_db}) and will spread when you `p2pgolf join` with --bootstrap")
+            raise UserError(f"no peer received the record(s): no node is running and no peers are known (give --bootstrap ADDR); they are kept in the local pool ({home.pool_db}) and spread when you `p2pgolf join` with --bootstrap")
         try:
             results = trio.run(_deliver, node, raws, timeout_s)
         except (Exception, BaseExceptionGroup) as exc:

@@ -1,7 +1,10 @@
-"""`p2pgolf status` and `p2pgolf peers`: ask the running node over its control socket.
+"""`p2pgolf status`, `peers` and `stop`: ask the running node over its control socket.
 
 If no node runs with this home they say so in one line and exit 1. `--json` prints one JSON
-object (the node's NodeStatus; `peers --json` prints only the peers).
+object (the node's NodeStatus, with the experiment in progress and the latest finished ones;
+`peers --json` prints only the peers). Tables fold long values, so they fit 80 columns.
+`stop` asks the node to stop as a Ctrl-C would (finishing the run in progress by default, or
+abandoning it with --abandon) and returns once the node has stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def status(home: Home, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
     table.add_row("peer id", st.peer_id)
     for addr in st.addrs:
         table.add_row("address", addr)
@@ -39,6 +44,14 @@ def status(home: Home, as_json: bool) -> None:
     table.add_row("syncs", str(st.syncs))
     table.add_row("worker", st.worker)
     table.add_row("uptime", f"{st.uptime_s:.0f} s")
+    exp = st.experiment
+    if exp is not None:
+        diff = " ".join(f"{k}={v}" for k, v in exp["diff"].items()) or "(no diff)"
+        table.add_row("experiment", f"{exp['n']}: {exp['operator']} {exp['candidate'][:12]} = {exp['base']} {diff}")
+        table.add_row("progress", f"{exp['phase']}, step {exp['step']}, {exp['training_s']:.0f} s of {exp['budget_s']:.0f} s trained ({exp['remaining']})")
+    for done in st.finished[-5:]:
+        score = f"val_bpb {done['val_bpb']:.4f}, {done['steps']} steps" if done.get("val_bpb") is not None else done["status"] + (f" ({done['note']})" if done.get("note") else "")
+        table.add_row(f"finished {done['n']}", f"{done['candidate'][:12]} {score}")
     Console().print(table)
 
 
@@ -58,9 +71,49 @@ def peers(home: Home, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table("peer id", "benchmarks", "invalid sent", "addresses")
+    for column in table.columns:
+        column.overflow = "fold"
     for p in st.peers:
         table.add_row(p.peer_id, ", ".join(p.topics) or "-", str(p.invalid), "\n".join(p.addrs) or "-")
     Console().print(table)
+
+
+@click.command("stop")
+@click.option("--abandon", is_flag=True, help="Drop the run in progress at once instead of finishing it (as SIGTERM does).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=0, show_default=True, help="Give up waiting after this many seconds (0: wait until the node has stopped).")
+@click.pass_obj
+def stop(home: Home, abandon: bool, timeout_s: float) -> None:
+    """Stop the running node and wait until it has stopped."""
+    import time
+
+    from node.control import ControlError, NotRunning, request
+
+    try:
+        reply = request(home.control_socket, {"op": "stop", "abandon": abandon})
+    except NotRunning:
+        raise UserError(f"no node is running with home {home.root}") from None
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"node {reply.get('pid', '?')}: {reply.get('stopping', 'stopping')}; waiting for it to stop")
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    # The node removes its control socket as it shuts down, then its process ends.
+    while home.control_socket.exists() or _alive(reply.get("pid")):
+        if deadline is not None and time.monotonic() > deadline:
+            raise UserError(f"the node is still stopping after {timeout_s:g} s (it finishes its run first; `p2pgolf stop --abandon` drops it)")
+        time.sleep(0.2)
+    click.echo("stopped")
+
+
+def _alive(pid) -> bool:
+    import psutil
+
+    if not isinstance(pid, int):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _fetch(home: Home):

@@ -75,11 +75,15 @@ def list_(home: Home, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"trust (every other key weighs {unknown:g})", title_justify="left")
-    for name in ("status", "label", "key", "peer id", "weight", "records"):
-        table.add_column(name, overflow="fold", justify="right" if name in ("weight", "records") else "left")
+    # Borderless, key over peer id in one folding cell: fits 80 columns with both shown whole.
+    table = Table(title=f"trust (every other key weighs {unknown:g})", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("status", no_wrap=True)
+    table.add_column("label", overflow="fold", max_width=16)
+    table.add_column("key / peer id", overflow="fold", ratio=1)
+    table.add_column("weight", justify="right", no_wrap=True)
+    table.add_column("records", justify="right", no_wrap=True)
     for e in entries:
-        table.add_row(e.status, e.label, e.key, e.peer_id, f"{_weight(e.status, unknown):g}", str(counts.get(e.key, 0)))
+        table.add_row(e.status, e.label, f"{e.key}\n{e.peer_id}", f"{_weight(e.status, unknown):g}", str(counts.get(e.key, 0)))
     Console().print(table)
 
 

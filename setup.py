@@ -1,0 +1,34 @@
+"""Dependencies that must be computed at build time (everything else is in pyproject.toml).
+
+libp2p 0.8.1 pins fastecdsa==2.3.2, which PyPI has only as source for Linux: installing it
+needs a C compiler and the GMP headers. p2pgolf never uses what libp2p needs it for (P-256
+keys, secio), so it depends on the pure-Python stand-in in shims/fastecdsa instead. A direct
+reference must be an absolute file URL (pip reads no relative ones), so it is made here from
+this file's own location; pip builds a local directory in place, so that is the clone.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+STAND_IN = HERE / "shims" / "fastecdsa"
+
+DEPENDENCIES = [
+    "msgpack>=1.0",
+    "pynacl>=1.5",
+    "cryptography>=41",
+    "base58>=2.1",
+    "click>=8.1",
+    "rich>=13",
+    "platformdirs>=3",
+    "numpy>=1.26",
+    "trio>=0.25",
+    "libp2p==0.8.1",
+    f"fastecdsa @ {STAND_IN.as_uri()} ; sys_platform != 'win32'",  # libp2p's pin, met without a C build
+    "sentencepiece>=0.2",
+    "huggingface_hub>=1.0,<3",  # fetch resumes through file_download.http_get (tqdm_class)
+    "psutil>=5.9",
+]
+
+setup(install_requires=DEPENDENCIES)

@@ -1,0 +1,1 @@
+"""Key encodings: SEC1 (raises) and the integer helper libp2p uses."""
