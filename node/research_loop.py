@@ -86,6 +86,7 @@ class CurrentRun:
     started_at: float  # time.monotonic()
     base: str = ""
     diff: tuple[tuple[str, Any], ...] = ()
+    why: str = ""  # the operator's reason, for a person (node/views/reason.py)
 
     def describe(self) -> str:
         """One line for a person: operator, candidate, base and diff, budget."""
@@ -136,6 +137,8 @@ class LoopControl:
                 "candidate": run.candidate,
                 "base": run.base,
                 "diff": dict(run.diff),
+                "why": run.why,
+                "tokens_per_s": float(getattr(event, "tokens_per_s", 0.0)),
                 "phase": getattr(event, "phase", "starting"),
                 "step": int(getattr(event, "step", 0)),
                 "train_loss": float(getattr(event, "train_loss", 0.0)),
@@ -352,7 +355,7 @@ class ResearchLoop:
         timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
         control.progress = None
-        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()))
+        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()), why=_reason(p))
         try:
             try:
                 if p.is_script:
@@ -588,6 +591,12 @@ class ResearchLoop:
                 note=note,
             )
         return record
+
+
+def _reason(p: Any) -> str:
+    from node.views.reason import proposal_reason
+
+    return proposal_reason(p)
 
 
 class Journal:

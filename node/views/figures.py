@@ -49,7 +49,7 @@ def _pyplot():
 
 def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -60,7 +60,7 @@ def _dates(times_ms):
 
 def _best_over_time(plt, data: ReportData) -> bytes:
     classes = list(data.curves)
-    fig, axes = plt.subplots(len(classes), 1, figsize=(9, 3.2 * len(classes)), squeeze=False)
+    fig, axes = plt.subplots(len(classes), 1, figsize=(9, 3.2 * len(classes)), squeeze=False, layout="constrained")
     for ax, hw in zip(axes[:, 0], classes):
         curves = data.curves[hw]
         for i, c in enumerate(curves[: MAX_AUTHOR_CURVES + 1]):
@@ -71,13 +71,12 @@ def _best_over_time(plt, data: ReportData) -> bytes:
         ax.set_ylabel("val_bpb")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right", ncol=2)
-    fig.autofmt_xdate()
     return _png(plt, fig)
 
 
 def _leaderboard(plt, board: Leaderboard) -> bytes:
     entries = list(board.entries)[::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(entries) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(entries) + 1.2), layout="constrained")
     ax.errorbar([e.estimate for e in entries], range(len(entries)), xerr=[2 * e.sd for e in entries], fmt="o", capsize=3)
     ax.set_yticks(range(len(entries)), [f"{e.candidate[:10]} ({', '.join(e.authors)[:24]})" for e in entries])
     ax.set_xlabel("estimated val_bpb (bars: 2 sd)")
@@ -96,16 +95,20 @@ def _lineage(plt, steps: list[Step]) -> bytes:
             pos[s.record] = (depth, i - (len(group) - 1) / 2)
     width = max(by_depth) + 1
     tallest = max(len(g) for g in by_depth.values())
-    fig, ax = plt.subplots(figsize=(min(2.2 * width + 2, 20), max(2.5, 0.8 * tallest + 1.5)))
-    for s in steps:
-        for p in s.parents:
-            (x0, y0), (x1, y1) = pos[p], pos[s.record]
-            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color="tab:purple" if s.recombination else "grey", lw=1.2))
+    fig, ax = plt.subplots(figsize=(min(2.2 * width + 2, 20), max(2.5, 0.8 * tallest + 1.5)), layout="constrained")
+    from matplotlib.collections import LineCollection
+
+    edges = [(pos[p], pos[s.record]) for s in steps for p in s.parents]
+    colours = ["tab:purple" if s.recombination else "grey" for s in steps for _ in s.parents]
+    ax.add_collection(LineCollection(edges, colors=colours, linewidths=1.2, zorder=1))
+    for marker in ("o", "D"):  # one scatter call per marker: a hundred nodes draw at once
+        group = [s for s in steps if (s.recombination == (marker == "D"))]
+        if group:
+            ax.scatter([pos[s.record][0] for s in group], [pos[s.record][1] for s in group], s=260, marker=marker, zorder=3,
+                       c=["gold" if s.leader else "white" for s in group], edgecolors=["tab:green" if s.verified else "black" for s in group],
+                       linewidths=[2.5 if s.verified else 1.0 for s in group])  # fmt: skip
     for s in steps:
         x, y = pos[s.record]
-        face = "gold" if s.leader else "white"
-        edge = "tab:green" if s.verified else "black"
-        ax.scatter([x], [y], s=260, c=face, edgecolors=edge, linewidths=2.5 if s.verified else 1.0, zorder=3, marker="D" if s.recombination else "o")
         ax.text(x, y - 0.28, f"{s.candidate[:8]}\n{s.author[:14]}\n{s.val_bpb:.4f}", ha="center", va="top", fontsize=7)
     ax.set_xlim(-0.7, width - 0.3)
     ax.set_ylim(-tallest / 2 - 0.9, tallest / 2 + 0.5)
@@ -115,7 +118,7 @@ def _lineage(plt, steps: list[Step]) -> bytes:
 
 
 def _operators(plt, ops: OperatorStats) -> bytes:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
     names = list(ops.shares)
     left.stackplot(_dates(ops.bins_ms), [ops.shares[o] for o in names], labels=[f"{o} ({ops.counts[o]})" for o in names], step="post")
     left.set_ylim(0, 1)

@@ -30,7 +30,7 @@ MIN_CLASS_RESULTS = 5  # a class with fewer results gets no leaderboard of its o
 ESTIMATOR_MAX_RECORDS = 3000  # the real estimator above this takes longer than the report's budget
 LEADERBOARD_ROWS = 15
 LINEAGE_LEADERS = 3
-LINEAGE_MAX_NODES = 60
+LINEAGE_MAX_NODES = 40
 TIME_BINS = 12
 DEFAULT_NOISE_SD = 0.01
 AGREE_SDS = 3.0  # an attestation within this many noise sds (at least AGREE_MIN) agrees
@@ -122,7 +122,9 @@ def build(rows: Sequence[Row], *, own_key: str | None, status: Callable[[str], s
         per_class[r.hw].append(r)
     order = sorted(per_class, key=lambda h: (h != own_hw, -len(per_class[h]), h))
     data.classes = {h: len(per_class[h]) for h in order}
-    noise = {h: _noise_sd(per_class[h], rows, by_id) for h in order}
+    repro = _reproductions(rows)
+    measured = {h: _measurements(per_class[h], by_id, repro) for h in order}
+    noise = {h: _noise_sd(measured[h]) for h in order}
     for h in order:
         data.curves[h] = _curves(per_class[h], label)
     for h in order:
@@ -131,7 +133,7 @@ def build(rows: Sequence[Row], *, own_key: str | None, status: Callable[[str], s
         entries = estimator(h) if estimator is not None and h == own_hw and len(rows) <= ESTIMATOR_MAX_RECORDS else None
         method = "the node's estimator (trust-weighted, with transfer from other classes)"
         if entries is None:
-            entries = _empirical(per_class[h], rows, by_id, noise[h], label)
+            entries = _empirical(per_class[h], noise[h], label, measured[h])
             method = f"mean of this class's measurements, standard error from its replicate noise (sd {noise[h]:.4f})"
         data.leaderboards.append(Leaderboard(h, method, tuple(entries[:LEADERBOARD_ROWS]), len(per_class[h])))
     target = data.leaderboards[0] if data.leaderboards else None
@@ -186,21 +188,30 @@ def _running_best(name: str, author: str, ordered: Sequence[Row]) -> Curve:
     return Curve(name, author, tuple(times), tuple(best))
 
 
-def _measurements(results: Sequence[Row], rows: Sequence[Row], by_id: dict[str, Row]) -> dict[str, list[float]]:
+def _measurements(results: Sequence[Row], by_id: dict[str, Row], repro: dict[str, list[Row]]) -> dict[str, list[float]]:
     """candidate -> its measurements on this class (results and reproductions of them)."""
     hw = results[0].hw if results else ""
     values: dict[str, list[float]] = defaultdict(list)
     for r in results:
         values[r.candidate].append(r.val_bpb)
-    for a in rows:
-        if a.kind == "attestation" and a.method == "reproduce" and a.hw == hw and a.subject in by_id:
+    for a in repro.get(hw, ()):
+        if a.subject in by_id:
             values[by_id[a.subject].candidate].append(a.val_bpb)
     return values
 
 
-def _noise_sd(results, rows, by_id) -> float:
+def _reproductions(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """hw -> the `reproduce` attestations measured there."""
+    found: dict[str, list[Row]] = defaultdict(list)
+    for a in rows:
+        if a.kind == "attestation" and a.method == "reproduce":
+            found[a.hw].append(a)
+    return found
+
+
+def _noise_sd(values: dict[str, list[float]]) -> float:
     ss, dof = 0.0, 0
-    for vals in _measurements(results, rows, by_id).values():
+    for vals in values.values():
         if len(vals) >= 2:
             m = sum(vals) / len(vals)
             ss += sum((v - m) ** 2 for v in vals)
@@ -208,8 +219,15 @@ def _noise_sd(results, rows, by_id) -> float:
     return math.sqrt(ss / dof) if dof >= 2 else DEFAULT_NOISE_SD
 
 
-def _empirical(results, rows, by_id, noise: float, label) -> list[Entry]:
-    values = _measurements(results, rows, by_id)
+def class_leaderboard(results: Sequence[Row], rows: Sequence[Row], label: Callable[[str], str]) -> list[Entry]:
+    """Candidates measured on one class (`results`, all of that class), best first: the mean
+    of their measurements there and its standard error from the class's replicate noise."""
+    by_id = {r.id: r for r in rows if r.kind == "result"}
+    values = _measurements(results, by_id, _reproductions(rows))
+    return _empirical(results, _noise_sd(values), label, values)
+
+
+def _empirical(results, noise: float, label, values: dict[str, list[float]]) -> list[Entry]:
     authors: dict[str, set[str]] = defaultdict(set)
     diffs: dict[str, dict] = {}
     for r in results:
