@@ -548,7 +548,7 @@ class ResearchLoop:
         throughput = data.get("throughput") or {}
         degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
         if degraded:
-            log.warning("experiment %d: %s", entry["n"], degraded)
+            log.info("experiment %d: %s", entry["n"], degraded)
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
         return self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
 

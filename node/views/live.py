@@ -146,7 +146,12 @@ def _run_panel(exp: dict | None, tokens_per_s: float, width: int, narrow: bool, 
     return Panel(Group(*rows), title="run", title_align="left")
 
 
-def _bests_table(b: Bests, narrow: bool) -> Table:
+def _bests_table(b: Bests, narrow: bool) -> Any:
+    if narrow:  # a table's columns wrap badly below 80 columns: one line each
+        lines = [Text(f"best on {b.hw or 'this class'}", overflow="fold")]
+        for name, best in (("this node", b.own), ("collective", b.collective)):
+            lines.append(Text(f"{name:<10} " + (f"{best[0]:.4f} ± {best[1]:.4f} ({best[2]} runs)" if best else "-"), overflow="fold"))
+        return Group(*lines)
     t = Table(title=Text(f"best on {b.hw or 'this class'}"), title_justify="left", expand=True, show_edge=False)
     t.add_column("")
     t.add_column("val_bpb")
@@ -165,7 +170,13 @@ def _bests_table(b: Bests, narrow: bool) -> Table:
     return t
 
 
-def _records_table(direction: str, rows, w: PoolWatch, narrow: bool) -> Table:
+def _records_table(direction: str, rows, w: PoolWatch, narrow: bool) -> Any:
+    if narrow:
+        lines = [Text(f"last records {direction}")]
+        for r in reversed(rows):
+            what = r.candidate[:8] if r.kind == "result" else f"{r.method[:5]} {r.subject[:6]}"
+            lines.append(Text(f" {w.label(r.author)[:12]:<12} {what:<12} {r.val_bpb:.4f}", overflow="ellipsis", no_wrap=True))
+        return Group(*lines)
     t = Table(title=Text(f"last records {direction}"), title_justify="left", expand=True, show_edge=False)
     for name in ("from" if direction == "in" else "by", "candidate", "val_bpb", *(() if narrow else ("hardware",))):
         t.add_column(name, overflow="ellipsis", no_wrap=True)
