@@ -54,7 +54,8 @@ class PoolWatch:
     hw: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     last_received_ms: int = -1
-    rows: list[Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # on this node's class (all while it is not known)
+    candidate_of: dict[str, str] = field(default_factory=dict)  # every result's record id -> candidate
     recent_in: deque = field(default_factory=lambda: deque(maxlen=RECENT))
     recent_out: deque = field(default_factory=lambda: deque(maxlen=RECENT))
     bests: Bests = field(default_factory=Bests)
@@ -67,7 +68,11 @@ class PoolWatch:
             return False
         first = self.last_received_ms < 0
         self.last_received_ms = max(r.received_ms for r in new)
-        self.rows.extend(new)
+        for r in new:
+            if r.kind == "result":
+                self.candidate_of[r.id] = r.candidate
+        # only this class's rows are kept: a 100,000-record pool's other classes need no memory here
+        self.rows.extend(r for r in new if self.hw is None or r.hw == self.hw)
         for r in new[-RECENT:] if first else new:
             (self.recent_out if r.author == self.own_key else self.recent_in).append(r)
         self.bests = self._bests()
@@ -83,7 +88,7 @@ class PoolWatch:
         hw = self.hw or next((r.hw for r in reversed(results) if r.author == self.own_key), None)
         if hw is None or not results:
             return Bests(hw)
-        board = class_leaderboard([r for r in results if r.hw == hw], self.rows, self.label)
+        board = class_leaderboard([r for r in results if r.hw == hw], self.rows, self.label, self.candidate_of)
         own_candidates = {r.candidate for r in results if r.author == self.own_key and r.hw == hw}
         own = next((e for e in board if e.candidate in own_candidates), None)
         top = board[0] if board else None

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from node.views.pool_rows import OPERATOR_ORDER, Row
 
@@ -188,15 +189,16 @@ def _running_best(name: str, author: str, ordered: Sequence[Row]) -> Curve:
     return Curve(name, author, tuple(times), tuple(best))
 
 
-def _measurements(results: Sequence[Row], by_id: dict[str, Row], repro: dict[str, list[Row]]) -> dict[str, list[float]]:
+def _measurements(results: Sequence[Row], by_id: Mapping[str, Any], repro: dict[str, list[Row]]) -> dict[str, list[float]]:
     """candidate -> its measurements on this class (results and reproductions of them)."""
     hw = results[0].hw if results else ""
     values: dict[str, list[float]] = defaultdict(list)
     for r in results:
         values[r.candidate].append(r.val_bpb)
     for a in repro.get(hw, ()):
-        if a.subject in by_id:
-            values[by_id[a.subject].candidate].append(a.val_bpb)
+        subject = by_id.get(a.subject)
+        if subject is not None:
+            values[subject if isinstance(subject, str) else subject.candidate].append(a.val_bpb)
     return values
 
 
@@ -219,10 +221,12 @@ def _noise_sd(values: dict[str, list[float]]) -> float:
     return math.sqrt(ss / dof) if dof >= 2 else DEFAULT_NOISE_SD
 
 
-def class_leaderboard(results: Sequence[Row], rows: Sequence[Row], label: Callable[[str], str]) -> list[Entry]:
+def class_leaderboard(results: Sequence[Row], rows: Sequence[Row], label: Callable[[str], str], candidate_of: Mapping[str, str] | None = None) -> list[Entry]:
     """Candidates measured on one class (`results`, all of that class), best first: the mean
-    of their measurements there and its standard error from the class's replicate noise."""
-    by_id = {r.id: r for r in rows if r.kind == "result"}
+    of their measurements there and its standard error from the class's replicate noise.
+    `candidate_of` maps result record ids (of any class) to their candidate, for the
+    reproductions among `rows` whose subject is not itself in `rows`."""
+    by_id: Mapping[str, Any] = candidate_of if candidate_of is not None else {r.id: r for r in rows if r.kind == "result"}
     values = _measurements(results, by_id, _reproductions(rows))
     return _empirical(results, _noise_sd(values), label, values)
 
