@@ -89,15 +89,17 @@ def test_reasons_name_what_the_operator_did():
     assert proposal_reason(Stated()) == "try a longer warmdown"
 
 
-def test_quiet_prints_nothing_and_log_gets_every_line(tmp_path):
-    from node_procs import P2PGOLF, make_home, wait_until
+def test_quiet_prints_nothing_and_log_gets_every_line_and_the_warnings(tmp_path):
+    from node_procs import P2PGOLF, free_port, make_home, wait_until
 
     home, _ = make_home(tmp_path, "q")
+    _, absent = make_home(tmp_path, "absent")
+    down = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{absent.peer_id}"  # nobody listens: one warning
     log = tmp_path / "join.log"
-    proc = subprocess.Popen([P2PGOLF, "--home", str(home.root), "join", "--bench", "smoke", "--no-train", "--quiet", "--log", str(log), "--status-every", "0.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([P2PGOLF, "--home", str(home.root), "join", "--bench", "smoke", "--no-train", "--quiet", "--log", str(log), "--status-every", "0.5",
+                             "--bootstrap", down], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        wait_until(lambda: log.exists() and "peers 0  pool" in log.read_text(), 30, what="a status line in the log")
+        wait_until(lambda: log.exists() and "peers 0  pool" in log.read_text() and "cannot reach bootstrap peer" in log.read_text(), 30, what="a status line and the warning in the log")
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -106,6 +108,8 @@ def test_quiet_prints_nothing_and_log_gets_every_line(tmp_path):
     lines = log.read_text().splitlines()
     stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
     assert all(re.match(stamp, line) for line in lines), lines
+    assert any(re.match(stamp + r"WARNING node.discovery: cannot reach bootstrap peer", line) for line in lines)
+    assert "cannot reach bootstrap peer" in err, "warnings still go to stderr with --quiet"
     assert any(re.match(stamp + r"p2pgolf node 12D3KooW", line) for line in lines)
     assert any(re.match(stamp + r"stopped: peers 0", line) for line in lines)
     assert (log.stat().st_mode & 0o777) == 0o600
@@ -117,3 +121,24 @@ def test_log_that_cannot_be_opened_is_one_line(tmp_path):
     result = subprocess.run([P2PGOLF, "--home", str(tmp_path / "h"), "join", "--no-train", "--log", str(tmp_path / "missing" / "x.log")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--log" in result.stderr and "x.log" in result.stderr
+
+
+def test_pool_rows_read_every_record_oldest_first_and_skip_what_no_longer_parses(tmp_path):
+    import sqlite3
+
+    from node.views import sim_pool
+    from node.views.pool_rows import read_rows
+    from pool.store import PoolStore
+
+    with PoolStore(tmp_path / "pool.sqlite") as store:
+        made = sim_pool.simulate_pool(store, sim_pool.identities(2, seed=3), 4, seed=3)
+    conn = sqlite3.connect(tmp_path / "pool.sqlite")
+    with conn:
+        conn.execute("UPDATE records SET raw = x'c1' WHERE id = ?", (made[0].id,))  # not msgpack any more
+    conn.close()
+    before = (tmp_path / "pool.sqlite").read_bytes()
+    rows = read_rows(tmp_path / "pool.sqlite")
+    assert [r.id for r in rows] == [r.id for r in sorted(made[1:], key=lambda r: (r.record.created_ms, r.id))]
+    assert {r.operator for r in rows} <= {"baseline", "mutate", "recombine", "replicate", "try_peer"}
+    assert all(r.operator in ("replicate", "try_peer") for r in rows if r.kind == "attestation")
+    assert (tmp_path / "pool.sqlite").read_bytes() == before

@@ -30,7 +30,9 @@ class JoinOutput:
             os.close(fd)
             handler = logging.FileHandler(log_path, encoding="utf-8")
             handler.setLevel(logging.WARNING)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            utc = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+            utc.converter = time.gmtime  # the same stamp as the lines around it
+            handler.setFormatter(utc)
             logging.getLogger().addHandler(handler)
             self._handler = handler
 
