@@ -301,6 +301,12 @@ async def _live_view(node, control) -> None:
     _OUTPUT.live = view
     try:
         await view.run(node, control, node.options.benches[0].id)
+    except Exception as exc:  # a view must never take the node down: plain lines from here on
+        _OUTPUT.live = None
+        _OUTPUT.tty = False
+        logging.getLogger(__name__).warning("the live view stopped (%s: %s); plain status lines from here on", type(exc).__name__, exc)
+        if _OUTPUT.log_path is None:  # with --log, the status loop already runs and now writes stdout too
+            await _status_lines(node, 10.0, control)
     finally:
         _OUTPUT.live = None
 
