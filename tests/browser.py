@@ -31,8 +31,8 @@ def find_chromium() -> tuple[str | None, str]:
         return None, "Chromium is not installed and this set-up cannot install it (needs root and apt-get: apt-get install -y chromium)"
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300, env=env)
-        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=100, env=env)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=170, env=env)  # within pytest-timeout's 300 s
     except (subprocess.SubprocessError, OSError) as exc:
         return None, f"Chromium is not installed and apt-get install chromium failed: {exc}"
     path = shutil.which("chromium")
