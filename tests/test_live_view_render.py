@@ -142,3 +142,15 @@ def test_pool_rows_read_every_record_oldest_first_and_skip_what_no_longer_parses
     assert {r.operator for r in rows} <= {"baseline", "mutate", "recombine", "replicate", "try_peer"}
     assert all(r.operator in ("replicate", "try_peer") for r in rows if r.kind == "attestation")
     assert (tmp_path / "pool.sqlite").read_bytes() == before
+
+
+def test_status_snapshot_carries_the_reason_and_tokens_per_s():
+    from node.research_loop import CurrentRun, LoopControl
+    from trainer.progress import Progress
+
+    control = LoopControl()
+    control.current = CurrentRun(2, "mutate", "ab" * 32, budget_s=60.0, deadline_s=360.0, started_at=100.0, why="moves matrix_lr=0.05 from record 1234abcd")
+    control.saw(Progress("training", step=5, train_loss=3.0, elapsed_s=10.0, budget_s=60.0, tokens_per_s=2500.0), now=110.0)
+    current = control.snapshot(now=111.0)["current"]
+    assert current["why"] == "moves matrix_lr=0.05 from record 1234abcd"
+    assert current["tokens_per_s"] == 2500.0
