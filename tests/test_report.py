@@ -142,3 +142,19 @@ def test_report_in_a_real_browser_shows_its_sections_and_images_and_fetches_noth
     assert title.startswith("p2pgolf report") and scripts == 0
     leaving = [u for u in page.requests if not (u.startswith("data:") or u == (report_dir / "report.html").as_uri())]
     assert leaving == []
+
+
+def test_report_of_an_empty_pool_says_so_and_leaves_no_stale_figures(tmp_path, report_dir):
+    import shutil
+
+    home = Home(tmp_path / "empty")
+    home.root.mkdir()
+    PoolStore(home.pool_db).close()
+    out = tmp_path / "out"
+    shutil.copytree(report_dir, out)  # an earlier report's figures in the same folder
+    result = CliRunner().invoke(cli, ["--home", str(home.root), "report", "--out", str(out), "--bench", sim_pool.BENCH])
+    assert result.exit_code == 0, result.output
+    assert "0 records" in result.output and "0 figure(s)" in result.output
+    page = (out / "report.html").read_text()
+    assert "no results yet" in page and "no lineage yet" in page
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]

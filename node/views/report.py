@@ -19,6 +19,7 @@ from node.views.report_data import Entry, ReportData
 
 HTML_NAME = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+FIGURE_NAMES = ("best_over_time", "leaderboard", "lineage", "operators")  # node/views/figures.py draws these
 SECTIONS = ("best-over-time", "leaderboard", "lineage", "operators", "peers", "notes")
 RECENT_NOTES = 20
 
@@ -36,6 +37,9 @@ def write_report(out_dir: Path, data: ReportData, pngs: dict[str, bytes], *, tit
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    for name in FIGURE_NAMES:  # a figure this pool does not allow must not be left from an earlier report
+        if name not in pngs:
+            (out_dir / f"{name}.png").unlink(missing_ok=True)
     for name, png in pngs.items():
         path = out_dir / f"{name}.png"
         path.write_bytes(png)
