@@ -107,13 +107,14 @@ class Screen:
     tokens_per_s: float
     watch: PoolWatch
     finishing: str = ""  # "finishing experiment n: ..." after a Ctrl-C
+    since_event_s: float = 0.0  # seconds since the run's latest progress event
 
 
 def render(screen: Screen, width: int) -> Group:
     """The frame for a terminal `width` columns wide."""
     st, w = screen.status, screen.watch
     narrow = width < WIDE
-    parts: list[Any] = [_run_panel(st.experiment, screen.tokens_per_s, width, narrow, screen.finishing)]
+    parts: list[Any] = [_run_panel(st.experiment, screen.tokens_per_s, width, narrow, screen.finishing, screen.since_event_s)]
     parts.append(_bests_table(w.bests, narrow))
     parts.append(_records_table("in", w.recent_in, w, narrow))
     parts.append(_records_table("out", w.recent_out, w, narrow))
@@ -127,12 +128,14 @@ def render(screen: Screen, width: int) -> Group:
     return Group(*parts)
 
 
-def _run_panel(exp: dict | None, tokens_per_s: float, width: int, narrow: bool, finishing: str) -> Panel:
+def _run_panel(exp: dict | None, tokens_per_s: float, width: int, narrow: bool, finishing: str, since_event_s: float = 0.0) -> Panel:
     if exp is None:
         return Panel(Text("no experiment in progress" + (f"  {finishing}" if finishing else "")), title="run", title_align="left")
     budget = float(exp.get("budget_s") or 0.0)
-    done = min(float(exp.get("training_s") or 0.0), budget) if budget > 0 else 0.0
     phase = str(exp.get("phase", ""))
+    # Events come once per logged step (minutes apart on a slow machine): count on from the last.
+    trained = float(exp.get("training_s") or 0.0) + (max(since_event_s, 0.0) if phase == "training" else 0.0)
+    done = min(trained, budget) if budget > 0 else 0.0
     if phase in ("exporting", "evaluating", "done"):
         done = budget
     bar = ProgressBar(total=budget or 1.0, completed=done, width=max(10, width - 30))
@@ -252,7 +255,8 @@ class LiveView:
         finishing = ""
         if control is not None and control.finishing and control.current is not None:
             finishing = f"finishing experiment {control.current.n}: {control.remaining()}"
-        return render(Screen(status, float(getattr(event, "tokens_per_s", 0.0) or 0.0), watch, finishing), self.console.width)
+        since = time.monotonic() - control.progress_at if event is not None else 0.0
+        return render(Screen(status, float(getattr(event, "tokens_per_s", 0.0) or 0.0), watch, finishing, since), self.console.width)
 
 
 class _LinesAbove:
