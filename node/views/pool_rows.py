@@ -22,7 +22,7 @@ import msgpack
 OPERATOR_ORDER = ("baseline", "mutate", "recombine", "replicate", "try_peer", "verify", "imported")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a 100,000-row pool builds faster (treat rows as read-only)
 class Row:
     id: str
     kind: str  # result | attestation

@@ -134,7 +134,7 @@ def build(rows: Sequence[Row], *, own_key: str | None, status: Callable[[str], s
         entries = estimator(h) if estimator is not None and h == own_hw and len(rows) <= ESTIMATOR_MAX_RECORDS else None
         method = "the node's estimator (trust-weighted, with transfer from other classes)"
         if entries is None:
-            entries = _empirical(per_class[h], noise[h], label, measured[h])
+            entries = _empirical(per_class[h], noise[h], label, measured[h], LEADERBOARD_ROWS)
             method = f"mean of this class's measurements, standard error from its replicate noise (sd {noise[h]:.4f})"
         data.leaderboards.append(Leaderboard(h, method, tuple(entries[:LEADERBOARD_ROWS]), len(per_class[h])))
     target = data.leaderboards[0] if data.leaderboards else None
@@ -166,7 +166,7 @@ def _own_hw(results: Sequence[Row], own_key: str | None) -> str | None:
 
 
 def _curves(results: Sequence[Row], label) -> list[Curve]:
-    ordered = sorted(results, key=lambda r: (r.created_ms, r.id))
+    ordered = sorted(results, key=_when)
     curves = [_running_best("collective", "", ordered)]
     by_author: dict[str, list[Row]] = defaultdict(list)
     for r in ordered:
@@ -174,6 +174,10 @@ def _curves(results: Sequence[Row], label) -> list[Curve]:
     for author in sorted(by_author, key=lambda a: min(x.val_bpb for x in by_author[a])):
         curves.append(_running_best(label(author), author, by_author[author]))
     return curves
+
+
+def _when(r: Row) -> tuple[int, str]:
+    return r.created_ms, r.id
 
 
 def _running_best(name: str, author: str, ordered: Sequence[Row]) -> Curve:
@@ -231,14 +235,19 @@ def class_leaderboard(results: Sequence[Row], rows: Sequence[Row], label: Callab
     return _empirical(results, _noise_sd(values), label, values)
 
 
-def _empirical(results, noise: float, label, values: dict[str, list[float]]) -> list[Entry]:
+def _empirical(results, noise: float, label, values: dict[str, list[float]], limit: int | None = None) -> list[Entry]:
+    """Best first by mean + sd; with `limit`, only the first `limit` are built."""
     authors: dict[str, set[str]] = defaultdict(set)
     diffs: dict[str, dict] = {}
     for r in results:
-        authors[r.candidate].add(label(r.author))
+        authors[r.candidate].add(r.author)
         diffs.setdefault(r.candidate, r.diff)
-    entries = [Entry(c, sum(v) / len(v), noise / math.sqrt(len(v)), len(v), tuple(sorted(authors[c])), diffs[c]) for c, v in values.items() if c in diffs]
-    return sorted(entries, key=lambda e: (e.estimate + e.sd, e.candidate))
+    scored = sorted((sum(v) / len(v) + noise / math.sqrt(len(v)), c) for c, v in values.items() if c in diffs)
+    entries = []
+    for _, c in scored[:limit]:
+        v = values[c]
+        entries.append(Entry(c, sum(v) / len(v), noise / math.sqrt(len(v)), len(v), tuple(sorted({label(a) for a in authors[c]})), diffs[c]))
+    return entries
 
 
 def _verified(rows: Sequence[Row], by_id: dict[str, Row], noise: dict[str, float]) -> set[str]:
@@ -294,7 +303,7 @@ def _operators(rows: Sequence[Row], by_id: dict[str, Row]) -> OperatorStats:
     won: Counter = Counter()
     judged: Counter = Counter()
     best: dict[tuple[str, str], float] = {}
-    for r in sorted(rows, key=lambda r: (r.created_ms, r.id)):
+    for r in sorted(rows, key=_when):
         op = r.operator
         b = min(int((r.created_ms - start) / width), TIME_BINS - 1)
         totals[b] += 1
