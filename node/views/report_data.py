@@ -269,9 +269,9 @@ def _tolerance(noise_sd: float) -> float:
 def _lineage(board: Leaderboard, results, rows, by_id, noise, label) -> list[Step]:
     """The ancestry of the board's leading candidates (their best record each), breadth first."""
     best_record: dict[str, Row] = {}
-    for r in results:
-        if r.candidate not in best_record or r.val_bpb < best_record[r.candidate].val_bpb:
-            best_record[r.candidate] = r
+    # a leader the estimator ranks by transfer may have been measured on other classes only
+    for r in sorted(by_id.values(), key=lambda r: (r.hw == board.hw, -r.val_bpb)):
+        best_record[r.candidate] = r  # this class's best run wins, else the best elsewhere
     leaders = [best_record[e.candidate] for e in board.entries[:LINEAGE_LEADERS] if e.candidate in best_record]
     verified = _verified(rows, by_id, noise)
     seen: dict[str, int] = {}
