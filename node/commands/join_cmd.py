@@ -2,10 +2,10 @@
 
 It prints the multiaddr others dial, then on a terminal a live view redrawn in place
 (node/views/live.py), otherwise plain status lines every --status-every seconds; --quiet prints
-nothing on stdout, --log FILE appends every line with a timestamp (node/views/join_output.py). Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine
-only); to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001. Without
---no-train it runs the research loop (node.research_loop.run_research_loop) as the node's
-worker.
+nothing on stdout, --log FILE appends every line with a timestamp (node/views/join_output.py).
+Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine only); to be reachable from other
+machines pass --listen /ip4/0.0.0.0/tcp/4001. Without --no-train it runs the research loop
+(node.research_loop.run_research_loop) as the node's worker.
 
 Ctrl-C while a training run is in progress (`--on-interrupt`, printed at start-up):
 - finish (default): no new experiment starts; the run completes, is signed, stored and
