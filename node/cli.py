@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "script": "node.commands.script_cmd:script",
     "verify": "node.commands.verify_cmd:verify",
     "stop": "node.commands.status_cmd:stop",
+    "report": "node.commands.report_cmd:report",
     "knobs": "node.commands.knobs_cmd:knobs",
 }
 
@@ -57,6 +58,7 @@ SUMMARIES: dict[str, str] = {
     "script": "Add, approve, list, show and revoke training scripts.",
     "verify": "Re-evaluate a record's artifact and publish a signed attestation.",
     "stop": "Stop the running node and wait until it has stopped.",
+    "report": "Write an HTML report with figures of the local pool.",
     "knobs": "List the knobs a candidate may set, their ranges, and the base configs.",
 }
 

@@ -86,6 +86,7 @@ class CurrentRun:
     started_at: float  # time.monotonic()
     base: str = ""
     diff: tuple[tuple[str, Any], ...] = ()
+    why: str = ""  # the operator's reason, for a person (node/views/reason.py)
 
     def describe(self) -> str:
         """One line for a person: operator, candidate, base and diff, budget."""
@@ -136,6 +137,8 @@ class LoopControl:
                 "candidate": run.candidate,
                 "base": run.base,
                 "diff": dict(run.diff),
+                "why": run.why,
+                "tokens_per_s": float(getattr(event, "tokens_per_s", 0.0)),
                 "phase": getattr(event, "phase", "starting"),
                 "step": int(getattr(event, "step", 0)),
                 "train_loss": float(getattr(event, "train_loss", 0.0)),
@@ -354,7 +357,7 @@ class ResearchLoop:
         timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
         control.progress = None
-        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()))
+        control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()), why=_reason(p))
         try:
             try:
                 if p.is_script:
@@ -546,13 +549,10 @@ class ResearchLoop:
             log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
         throughput = data.get("throughput") or {}
         degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
-        metrics = data.get("metrics") or {}
-        log.info(
-            "experiment %d finished: val_bpb %.4f, %s steps, %.0f tokens/s%s",
-            entry["n"], float(metrics.get("val_bpb", float("nan"))), metrics.get("steps", "?"),
-            float(throughput.get("tokens_per_s") or 0.0), f"; {degraded}" if degraded else "",
-        )  # fmt: skip
-        return self._end(entry["n"], metrics if isinstance(metrics, dict) else {}, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
+        if degraded:
+            log.info("experiment %d: %s", entry["n"], degraded)
+        metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        return self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
 
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
         """The run's record, made once: signing it again (a restart, `p2pgolf publish` of the
@@ -593,6 +593,12 @@ class ResearchLoop:
                 note=note,
             )
         return record
+
+
+def _reason(p: Any) -> str:
+    from node.views.reason import proposal_reason
+
+    return proposal_reason(p)
 
 
 class Journal:

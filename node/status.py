@@ -36,8 +36,9 @@ class NodeStatus:
     syncs: int
     uptime_s: float
     worker: str  # "none", "running", "stopped" or "failed: ..."
-    # The research loop's experiment in progress (n, operator, candidate, base, diff, phase,
-    # step, train_loss, elapsed_s, training_s, budget_s, deadline_s, remaining) or None.
+    # The research loop's experiment in progress (n, operator, candidate, base, diff, why,
+    # phase, step, train_loss, tokens_per_s, elapsed_s, training_s, budget_s, deadline_s,
+    # remaining) or None.
     experiment: dict | None = None
     # Its latest finished experiments, newest last (n, candidate, operator, status, val_bpb,
     # steps, seconds, record, note).

@@ -1,10 +1,11 @@
 """`p2pgolf join`: run this node until Ctrl-C or SIGTERM, then shut down cleanly.
 
-It prints the multiaddr others dial, then a live status line (a rewritten line on a terminal,
-plain periodic lines otherwise). Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine
-only); to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001. Without
---no-train it runs the research loop (node.research_loop.run_research_loop) as the node's
-worker.
+It prints the multiaddr others dial, then on a terminal a live view redrawn in place
+(node/views/live.py), otherwise plain status lines every --status-every seconds; --quiet prints
+nothing on stdout, --log FILE appends every line with a timestamp (node/views/join_output.py).
+Listening defaults to /ip4/127.0.0.1/tcp/0 (this machine only); to be reachable from other
+machines pass --listen /ip4/0.0.0.0/tcp/4001. Without --no-train it runs the research loop
+(node.research_loop.run_research_loop) as the node's worker.
 
 Ctrl-C while a training run is in progress (`--on-interrupt`, printed at start-up):
 - finish (default): no new experiment starts; the run completes, is signed, stored and
@@ -22,14 +23,15 @@ at the end is terminated as a last resort.
 Plain lines (not only the status line) say what the node does: each experiment as it starts
 (number, operator, candidate, base and diff, budget), and as it ends (val_bpb, steps, time,
 record id, or why it failed). A --bootstrap peer that does not answer gives one warning line.
-Logs go to stderr only; nothing is written to a log file (the research journal and each run's
-train.log are in the data directory, see README "Where things are").
+Logs go to stderr (and with --log, warnings also to FILE); the research journal and each run's
+train.log are in the data directory, see README "Where things are".
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -38,6 +40,7 @@ from node.home import Home
 
 ON_INTERRUPT = ("finish", "abandon")
 DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the previous one is the same Ctrl-C
+_OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where lines go
 
 
 @click.command("join")
@@ -56,11 +59,15 @@ DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the previous one is the sam
 @click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout (no live view, no status lines); warnings and errors still go to stderr.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append every line (and a status line every --status-every seconds, and warnings) to FILE with UTC timestamps.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, quiet, log_file, sync_every) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
+
+    from node.views.join_output import JoinOutput
 
     import trio
 
@@ -74,6 +81,11 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     from protocol.identity import KeyFileError, load_identity
 
     _configure_logging(verbosity())
+    global _OUTPUT
+    try:
+        _OUTPUT = JoinOutput(quiet=quiet, log_path=log_file)
+    except OSError as exc:
+        raise BadInput(f"--log {log_file}: cannot open it for appending: {exc.strerror}") from None
     # The command line is checked before anything is created: a typo costs nothing.
     try:
         benches = tuple(dict.fromkeys(benchmark(n) for n in bench_names))
@@ -182,15 +194,15 @@ async def _main(node, worker_note: str, status_every: float, control, on_interru
 
 
 async def _run_node(nursery, node, worker_note: str, status_every: float, control, stop) -> None:
-    out = sys.stdout
     await nursery.start(node.run)
-    out.write(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}\n")
+    _say(f"p2pgolf node {node.peer_id} on {', '.join(b.name for b in node.options.benches)}")
     for addr in node.addrs:
-        out.write(f"listening: {addr}\n")
+        _say(f"listening: {addr}")
     if any("/ip4/127.0.0.1/" in a or "/ip6/::1/" in a for a in node.options.listen):
-        out.write("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)\n")
-    out.write(f"{worker_note}\n")
-    out.flush()
+        _say("(loopback only: to be reachable from other machines pass --listen /ip4/0.0.0.0/tcp/4001)")
+    _say(worker_note)
+    if _OUTPUT is not None and _OUTPUT.wants_live:
+        nursery.start_soon(_live_view, node, control)
     nursery.start_soon(_status_lines, node, status_every, control)
     if control is not None:
         nursery.start_soon(_stop_when_finished, control, stop)
@@ -281,27 +293,46 @@ async def _stop_when_finished(control, stop) -> None:
     stop()
 
 
+async def _live_view(node, control) -> None:
+    """The live view on a terminal (node/views/live.py); lines print above it meanwhile."""
+    from node.views.live import LiveView
+
+    view = LiveView()
+    _OUTPUT.live = view
+    try:
+        await view.run(node, control, node.options.benches[0].id)
+    except Exception as exc:  # a view must never take the node down: plain lines from here on
+        _OUTPUT.live = None
+        _OUTPUT.tty = False
+        logging.getLogger(__name__).warning("the live view stopped (%s: %s); plain status lines from here on", type(exc).__name__, exc)
+        if _OUTPUT.log_path is None:  # with --log, the status loop already runs and now writes stdout too
+            await _status_lines(node, 10.0, control)
+    finally:
+        _OUTPUT.live = None
+
+
 async def _status_lines(node, every: float, control=None) -> None:
+    """A status line every `every` seconds to stdout (not a terminal) and to --log."""
     import trio
 
-    tty = sys.stdout.isatty()
+    out = _OUTPUT
+    if out is None or (not out.wants_status_lines and out.log_path is None):
+        return  # the live view shows it, or --quiet without a log
     while True:
-        await trio.sleep(1.0 if tty else every)
+        await trio.sleep(every)
         line = node.status().line()
         if control is not None and control.finishing and control.current is not None:
             line += f"  finishing experiment {control.current.n}: {control.remaining()}"
-        if tty:
-            sys.stdout.write("\r\x1b[2K" + line)
-        else:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        out.status(line)
 
 
 def _say(text: str) -> None:
-    """Print `text` on a line of its own; on a terminal, first clear the status line."""
-    out = sys.stdout
-    out.write(("\r\x1b[2K" if out.isatty() else "") + text + "\n")
-    out.flush()
+    """Print `text` on a line of its own (above the live view on a terminal; to --log too)."""
+    if _OUTPUT is not None:
+        _OUTPUT.say(text)
+        return
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _reap_children(grace_s: float = 5.0) -> None:

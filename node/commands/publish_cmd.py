@@ -10,7 +10,8 @@ pool first, so nothing is lost if no peer is reachable. It prints how many peers
 that they hold each record. A run directory's artifact is kept in the home's blob store, so the
 node serves it to peers who want to re-evaluate the claim (`p2pgolf verify`). Exit code 0 when
 every record reached at least one peer; 1 with one line on stderr when a record reached none (no
-peer known, or none answered), the records still kept in the local pool. libp2p's own log lines are shown only with -vv.
+peer known, or none answered), the records still kept in the local pool. libp2p's own log lines
+are shown only with -vv.
 """
 
 from __future__ import annotations
