@@ -324,7 +324,16 @@ class Node:
             syncs=self.syncs,
             uptime_s=time.monotonic() - self.started_at,
             worker=self.worker_state,
+            proposers=self._proposer_usage(),
         )
+
+    def _proposer_usage(self) -> dict:
+        """Today's use of each external proposer, from the research journal (empty without one)."""
+        if self.options.home is None:
+            return {}
+        from node.proposers.operator import PROPOSERS_JOURNAL, usage_summary
+
+        return usage_summary(self.options.home.root / "research" / PROPOSERS_JOURNAL)
 
     async def control(self, request: dict) -> dict:
         """Answer one control-socket request (see node.control)."""

@@ -6,7 +6,7 @@ prints); rendering never touches the node itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class NodeStatus:
     syncs: int
     uptime_s: float
     worker: str  # "none", "running", "stopped" or "failed: ..."
+    proposers: dict = field(default_factory=dict)  # name -> today's requests, tokens, kept, dropped (node.proposers.operator.usage_summary)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -46,9 +46,13 @@ ON_INTERRUPT = ("finish", "abandon")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
+@click.option(
+    "--proposer", "proposers", multiple=True, metavar="NAME=COMMAND",
+    help="An external proposer: COMMAND runs once per request, reads the situation as JSON on stdin and answers proposals (checked like a peer's); repeatable; added to config.toml's [proposers]. Its share of experiments follows its yield.",
+)  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every, verbose) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every, proposers, verbose) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import trio
 
@@ -81,6 +85,9 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         peers = tuple(dict.fromkeys([*config.bootstrap, *bootstrap]))
         for addr in peers:
             parse_peer_addr(addr)
+        from node.proposers.spec import merge_specs, parse_spec
+
+        specs = merge_specs(config.proposers, tuple(parse_spec(p) for p in proposers))
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
 
@@ -88,7 +95,9 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     worker_note = "serving as a relay and pool node (--no-train)"
     if not no_train:
         _ensure_training_data(home, benches[0])
-        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens, experiments)
+        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens, experiments, specs)
+        if specs:
+            worker_note += f"; proposers: {', '.join(s.name for s in specs)}"
 
     store = PoolStore(home.pool_db)
     trust = TrustStore(store)
@@ -271,14 +280,14 @@ def _ensure_training_data(home: Home, bench) -> None:
         raise UserError(f"could not get the challenge data: {exc}; run `p2pgolf data fetch` when the Hub is reachable, or join with --no-train to relay only") from None
 
 
-def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None = None):
+def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None = None, proposers: tuple = ()):
     """The node's worker, the handle join's Ctrl-C handling uses on it, and the start-up line."""
     import functools
 
     from node.research_loop import LoopControl, run_research_loop
 
     control = LoopControl()
-    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments)
+    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments, proposers=proposers)
     if on_interrupt == "finish":
         note = "running the research loop; Ctrl-C finishes the current run, publishes it and stops (Ctrl-C twice abandons it)"
     else:
