@@ -160,7 +160,8 @@ def choose(
     the script's hyperparameters, and its leaders recombined (pool/script_proposals.py).
     `external` maps an operator name ("proposer:NAME") to a call that returns that proposer's
     checked proposals: the meta level weighs it like any operator, by its yield per cost, with
-    the value of the incumbent's draw (a proposer's ideas have no prior here, only a record);
+    the best value any built-in operator drew (a proposer's ideas have no model value here,
+    only a record, so it is chosen over the best-valued operator when its yield is higher);
     it is called only when chosen, and if it gives nothing the next operator in the meta
     level's order runs. Its first proposal runs (the proposer ranks its own ideas)."""
     experiments = sum(1 for o in history if o.experiment)
@@ -188,8 +189,9 @@ def choose(
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, incumbent)
     yields = operator_draws(history, [op for op in operators if arms.get(op)] + list(external), rng, config)
-    # an external proposer's ideas are worth the incumbent's draw until its yield says otherwise
-    neutral = float(draw[posterior.index[incumbent]]) if incumbent is not None else min((s for v in arms.values() for _, s in v), default=0.0)
+    # An external proposer's idea has no model value here: it is given the best value any
+    # built-in operator drew, so that the choice between them is its yield against theirs.
+    neutral = min((float(s) for v in arms.values() for _, s in v), default=float(draw[posterior.index[incumbent]]) if incumbent is not None else 0.0)
     value = {o: min(s for _, s in arms[o]) for o in arms} | {o: neutral for o in external}
     for op in _meta_order(yields, value, config):
         if op in external:
@@ -266,7 +268,7 @@ def operator_draws(history: Sequence[Outcome], available: Sequence[str], rng: np
         for o in reversed(history):
             if len(gains[o.operator]) < config.window:
                 gains[o.operator].append(o.gain)
-        every = [g for gs in gains.values() for g in gs]
+        every = [max(0.0, g) for gs in gains.values() for g in gs]  # a proposer's losses are its own
         centre = float(np.mean(every)) if every else 0.0
         spread = max(float(np.std(every)) if len(every) > 1 else 0.0, 0.002)
         costs = _mean_costs(history, config.window)
@@ -305,13 +307,17 @@ def _mean_costs(history: Sequence[Outcome], window: int) -> dict[str, float]:
 
 def gain(proposal: Proposal, measured: float, before: Posterior) -> float:
     """By how much (bpb) an experiment beat the incumbent as it stood (0 if it did not); for
-    a replicate, by how much it showed the leader worse than believed beyond 2 sd."""
+    a replicate, by how much it showed the leader worse than believed beyond 2 sd. An external
+    proposer's is not clipped at 0: how much worse its idea measured counts against it, since
+    no model here judged the idea before it ran (a random proposer is starved by its losses)."""
     inc = before.incumbent()
     if inc is None:
         return 0.0
     est = before.estimate(inc)
     if proposal.operator == "replicate":
         return max(0.0, measured - est.mean - 2.0 * est.sd)
+    if proposal.operator.startswith(EXTERNAL_PREFIX):
+        return float(est.mean - measured)
     return max(0.0, est.mean - measured)
 
 
