@@ -22,6 +22,9 @@ Guarantees:
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
   of the record it re-measured, anything else as a result citing its parents.
+- External proposers (node/proposers, `join --proposer`) are operators of the bandit's meta
+  level: one is spawned only when chosen, its proposals are checked as a peer's diff, its
+  rationale goes into the record's note, and every request is journalled (proposers.jsonl).
 - Script candidates run only if this node's user approved that exact script
   (node/scripts.py), checked when the bandit chooses and again, with the bytes re-hashed, just
   before the run; records of other scripts are evidence only. An approved script without any
@@ -299,8 +302,9 @@ class ResearchLoop:
             )  # fmt: skip
 
         def decide() -> Any:
-            # a proposer runs for up to its timeout: then the choice is made off the trio thread
-            return trio.to_thread.run_sync(decide_now) if self.proposers else _ready(decide_now())
+            # A proposer runs for up to its timeout: the choice is then made off the trio thread,
+            # abandoned on cancellation (the proposer is killed at its timeout, or by join's reaper).
+            return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True) if self.proposers else _ready(decide_now())
 
         post, choice = await decide()
         tried = self.journal.candidates()

@@ -16,7 +16,13 @@ Two levels.
   "gain": the operator with the highest drawn gain runs; "yield": Beta posterior of the win
   rate, highest draw runs; "global": the best value draw over all arms, yield ignored.
   In every mode each operator keeps at least `min_share` of the chances, so a dry spell never
-  starves it. benchmarks/sim_collective.py chose "blend" at temperature 0.5 (10 seeds: fewer
+  starves it.
+  External proposers (`external`: user-plugged programs, node/proposers) are operators here
+  too: asked only when chosen, given the best value a built-in operator drew (no model judges
+  their ideas before they run), so they win on yield per cost; their losses are not clipped
+  (`gain`) and a request that gave nothing counts as an outcome of gain 0. A new one is asked
+  first. benchmarks/sim_proposers.py: a proposer that knows the landscape is fed and lowers
+  regret, a random one falls to about the floor. benchmarks/sim_collective.py chose "blend" at temperature 0.5 (10 seeds: fewer
   experiments to match an isolated node and lower regret than "yield" at 1.0 or 0.5).
 - Top-two sampling (after Russo 2016, "Simple Bayesian algorithms for best arm
   identification"): before any operator is asked, with probability beta the run re-measures a
@@ -280,11 +286,11 @@ def operator_draws(history: Sequence[Outcome], available: Sequence[str], rng: np
             # yield per cost: an operator whose choices cost more than a run must gain more
             c = costs.get(op, 1.0)
             draws[op] = d / c if d > 0 else d * c
-        if available and rng.random() < config.min_share * len(available):
+        unheard = [op for op in available if op.startswith(EXTERNAL_PREFIX) and not gains[op]]
+        for op in unheard:
+            draws[op] = math.inf  # a proposer never heard is asked before anything else, to be assessed
+        if not unheard and available and rng.random() < config.min_share * len(available):
             draws[available[int(rng.integers(len(available)))]] = math.inf
-        for op in available:
-            if op.startswith(EXTERNAL_PREFIX) and not gains[op]:
-                draws[op] = math.inf  # a proposer never heard is asked once, to be assessed
         return draws
     for op in available:
         wins = sum(recent[op])

@@ -5,6 +5,7 @@ shows its use."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from node.proposers.operator import PROPOSERS_JOURNAL
 from node.research_loop import JOURNAL_NAME
-from node_procs import NodeProc, make_home, wait_until
+from node_procs import P2PGOLF, NodeProc, make_home, wait_until
 from pool.store import PoolStore
 from protocol.identity import create_identity
 from records_factory import H100, signed_result
@@ -38,7 +39,8 @@ def test_join_runs_the_scripted_proposer_s_port_of_a_peer_idea_with_its_rational
         node.start([], "--experiments", "1", "--eval-tokens", "4096", "--proposer", f"heuristics={sys.executable} {SCRIPTED}")
         node.wait_ready(60)
         wait_until(lambda: any(e.get("event") == "end" for e in _lines(journal)), 240, interval=0.5, what="the first experiment")
-        usage = node.status()["proposers"]
+        shown = subprocess.run([P2PGOLF, "--home", str(home.root), "status", "--json"], capture_output=True, text=True, timeout=60)
+        usage = json.loads(shown.stdout)["proposers"]
     finally:
         node.stop()
     (start,) = [e for e in _lines(journal) if e["event"] == "start"]
