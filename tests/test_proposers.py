@@ -37,10 +37,12 @@ def _journal(tmp_path) -> list[dict]:
 
 def test_a_proposer_s_idea_runs_and_its_rationale_travels_in_the_record_s_note(tmp_path):
     me, peer = g.identity(1), g.identity(2)
-    argv = program(tmp_path, "good", """
+    seen = tmp_path / "situation.json"
+    argv = program(tmp_path, "good", f"""
+        open({str(seen)!r}, "w").write(json.dumps(situation))
         idea = situation["untested"][0]
-        json.dump({"proposals": [{"base": idea["base"], "diff": {**idea["diff"], "mlp_mult": 3.0}, "parents": [idea["record"]],
-                                  "rationale": "port the peer's swiglu\\nwith a wider MLP"}], "usage": {"tokens": 7}}, sys.stdout)
+        json.dump({{"proposals": [{{"base": idea["base"], "diff": {{**idea["diff"], "mlp_mult": 3.0}}, "parents": [idea["record"]],
+                                  "rationale": "port the peer's swiglu\\nwith a wider MLP"}}], "usage": {{"tokens": 7}}}}, sys.stdout)
     """)
     with PoolStore(tmp_path / "pool.sqlite") as store:
         trust = TrustStore(store)
@@ -55,6 +57,14 @@ def test_a_proposer_s_idea_runs_and_its_rationale_travels_in_the_record_s_note(t
         (mine,) = store.query(author=me.public_hex)
         assert mine.record.note == "good: port the peer's swiglu with a wider MLP"
         assert mine.record.parents == (idea.id,)
+    doc = json.loads(seen.read_text())
+    assert doc["benchmark"]["name"] == "smoke" and doc["hardware"] == "cpu:Test CPU:x2"
+    lr = next(k for k in doc["knobs"] if k["name"] == "matrix_lr")
+    assert lr["range"] and lr["meaning"] and lr["type"] == "float"
+    (untested,) = doc["untested"]
+    assert untested["record"] == idea.id and untested["measured_on"] == ["cuda:NVIDIA H100 80GB HBM3:x1"] and untested["sd_bpb"] > 0
+    assert doc["peer_notes"] == [{"record": idea.id, "author": peer.public_hex, "candidate": idea.record.candidate, "note": "swiglu helped on my H100", "val_bpb": 2.2}]
+    assert doc["recent"] == [] and doc["usage"]["requests"] == 0 and "smoke-tiny" in doc["bases"]
     (entry,) = _journal(tmp_path)
     assert entry["kept"] == 1 and entry["dropped"] == [] and entry["tokens"] == 7 and entry["error"] is None
     assert usage_summary(tmp_path / "research" / PROPOSERS_JOURNAL)["good"]["tokens"] == 7
