@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,7 +182,3 @@ def _proposal(base: str, diff: dict, parents: tuple[str, ...], op: str) -> Propo
     except ProtocolError:
         return None
     return Proposal(base, normal, tuple(sorted(parents)), op, None, (), candidates.candidate_id(base, normal, DEFAULT_TOKENIZER), DEFAULT_TOKENIZER)
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -157,15 +157,19 @@ def test_an_answer_is_checked_as_a_peer_s_diff_and_normalised():
     assert _read([1, 2]).dropped == ['answer must be an object with a "proposals" list']
 
 
-def test_proposers_come_from_config_toml_and_bad_names_are_refused(tmp_path):
+def test_proposers_come_from_config_toml_and_bad_names_are_refused(tmp_path, monkeypatch):
     home = Home(tmp_path / "home")
     home.root.mkdir()
     home.config_file.write_text('[proposers]\nheuristics = "python3 examples/proposers/scripted.py --fast"\n')
+    monkeypatch.chdir(tmp_path)
     (spec,) = load_config(home).proposers
-    assert spec.name == "heuristics" and spec.argv == ("python3", "examples/proposers/scripted.py", "--fast")
+    assert spec.name == "heuristics" and spec.argv == ("python3", "examples/proposers/scripted.py", "--fast")  # no such file here: kept
     home.config_file.write_text('[proposers]\n"Bad Name" = "x"\n')
     with pytest.raises(ProtocolError, match="proposer name 'Bad Name' must be"):
         load_config(home)
     with pytest.raises(ProtocolError, match="is not NAME=COMMAND"):
         parse_spec("just-a-command")
     assert parse_spec(f"a={sys.executable} -c 'print(1)'").argv == (sys.executable, "-c", "print(1)")
+    (tmp_path / "mine.py").write_text("")
+    monkeypatch.chdir(tmp_path)  # the proposer runs elsewhere: a path that exists here is made absolute
+    assert parse_spec("b=python3 mine.py --flag").argv == ("python3", str(tmp_path / "mine.py"), "--flag")

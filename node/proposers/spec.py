@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ class ProposerSpec:
 
 
 def parse_spec(text: str) -> ProposerSpec:
-    """NAME=COMMAND (the command split as a shell would, never run by one); ProtocolError naming
-    what is wrong."""
+    """NAME=COMMAND (the command split as a shell would, never run by one; relative paths of
+    existing files made absolute); ProtocolError naming what is wrong."""
     name, sep, command = text.partition("=")
     if not sep:
         raise ProtocolError(f"{text!r} is not NAME=COMMAND", "--proposer")
@@ -44,6 +45,9 @@ def make_spec(name: str, command: str, where: str) -> ProposerSpec:
         raise ProtocolError(f"cannot split the command of proposer {name!r}: {exc}", where) from None
     if not argv:
         raise ProtocolError(f"proposer {name!r} has an empty command", where)
+    # the proposer runs in an empty private directory: a relative path that names a file here
+    # (examples/proposers/scripted.py) is made absolute now
+    argv = tuple(os.path.abspath(a) if not os.path.isabs(a) and os.path.exists(a) else a for a in argv)
     return ProposerSpec(name, argv)
 
 
