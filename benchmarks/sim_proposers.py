@@ -87,6 +87,17 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, jobs: int, a
         ops = [o for r in runs[mode] for t in r.traces for o in t.operators[after:]]
         return sum(o.startswith("proposer:") for o in ops) / max(1, len(ops))
 
+    def pooled_share_first(mode: str) -> float:
+        ops = [o for r in runs[mode] for t in r.traces for o in t.operators[:AFTER]]
+        return sum(o.startswith("proposer:") for o in ops) / max(1, len(ops))
+
+    def by_hardware(rs) -> dict[str, float]:
+        per: dict[str, list[float]] = {}
+        for r in rs:
+            for t in r.traces:
+                per.setdefault(t.hw, []).append(t.incumbent_true[-1] - r.optimum[t.hw])
+        return {hw: float(np.mean(v)) for hw, v in sorted(per.items())}
+
     good_d, good_se = paired(regret["good"], regret["none"])
     rand_d, rand_se = paired(regret["random"], regret["none"])
     out = {
@@ -102,6 +113,10 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, jobs: int, a
         "random_calls": int(sum(t.calls for r in runs["random"] for t in r.traces)),
         "seconds": round(time.time() - started, 1),
     }  # fmt: skip
+    # where it happens: each proposer's share of the first 20 experiments and the regret per hardware class
+    out["good_share_first_20"] = pooled_share_first("good")
+    out["random_share_first_20"] = pooled_share_first("random")
+    out["regret_by_hardware"] = {mode: by_hardware(rs) for mode, rs in runs.items()}
     out["good_ok"] = good_d + 2 * good_se < 0
     out["random_share_ok"] = out["random_share"] < 0.10
     out["random_ok"] = rand_d <= floor_cost + 2 * rand_se
@@ -114,6 +129,10 @@ def main(seeds: int, first_seed: int, nodes: int, experiments: int, jobs: int, a
     print(f"{'none':<10} {out['regret_none']:>9.4f} ± {out['regret_none_sd']:.4f} {'':>20} {'':>8} {'':>15}")
     print(f"{'good':<10} {out['regret_good']:>9.4f} ± {out['regret_good_sd']:.4f} {good_d:>+11.4f} ± {good_se:.4f} {out['good_share']:>8.3f} {out['good_share_after_20']:>15.3f}")
     print(f"{'random':<10} {out['regret_random']:>9.4f} ± {out['regret_random_sd']:.4f} {rand_d:>+11.4f} ± {rand_se:.4f} {out['random_share_all']:>8.3f} {out['random_share']:>15.3f}")
+    print(f"share of the first {AFTER} experiments: good {out['good_share_first_20']:.3f}, random {out['random_share_first_20']:.3f}")
+    for hw in out["regret_by_hardware"]["none"]:
+        row = "  ".join(f"{mode} {out['regret_by_hardware'][mode][hw]:.4f}" for mode in PROPOSER_MODES)
+        print(f"regret on {hw}: {row}")
     print(f"ratio regret good / none: {out['regret_ratio_good_vs_none']:.3f}; the floor's share costs {floor_cost:+.4f} bpb of regret without a proposer")
     print(f"goals: good lowers regret {out['good_ok']}; random under 10% after 20 {out['random_share_ok']}; random within its floor's cost {out['random_ok']}")
 
