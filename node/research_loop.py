@@ -383,10 +383,14 @@ class ResearchLoop:
             from protocol.knobs import BASE_CONFIGS
 
             records = self.store.query(bench=self.bench.id, kind="result")
-            doc = situation(
-                post, bench=self.bench, hw=self.hw, starts=self.journal.starts(), ends=self.journal.ends_by_n(), peer_records=records[::-1],
-                me=self.identity.public_hex, vocabularies=vocabularies, bases=[b for b in sorted(BASE_CONFIGS) if runnable(b)], usage=op.usage_today(),
-            )  # fmt: skip
+            try:
+                doc = situation(
+                    post, bench=self.bench, hw=self.hw, starts=self.journal.starts(), ends=self.journal.ends_by_n(), peer_records=records[::-1],
+                    me=self.identity.public_hex, vocabularies=vocabularies, bases=[b for b in sorted(BASE_CONFIGS) if runnable(b)], usage=op.usage_today(),
+                )  # fmt: skip
+            except Exception:  # a bug describing the situation costs this request, not the experiment
+                log.exception("proposer %s: the situation could not be written; not asked", op.spec.name)
+                return []
             asked[op.operator] = op.request(
                 doc, n, tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, known_record=lambda rid: self.store.get(rid) is not None,
             )  # fmt: skip

@@ -13,6 +13,8 @@ import time
 import psutil
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import recordgen as g
 from node.config import load_config
@@ -155,6 +157,10 @@ def test_an_answer_is_checked_as_a_peer_s_diff_and_normalised():
     control = _read({"proposals": [{"base": "smoke-tiny", "diff": {}, "rationale": "bell\x07"}]})
     assert "control characters" in control.dropped[0]
     assert _read([1, 2]).dropped == ['answer must be an object with a "proposals" list']
+    deep = read_answer(b"[" * 100_000 + b"]" * 100_000, "proposer:t", tokenizer="byte256", runnable=builtin_only, vocabularies={}, known_record=lambda r: False)
+    assert deep.dropped == ["answer is nested too deeply to read"]
+    long = _read({"proposals": [{"base": "smoke-tiny", "diff": {"activation": "x" * 100_000}}]})
+    assert long.proposals == [] and len(long.dropped[0]) <= 320
 
 
 def test_proposers_come_from_config_toml_and_bad_names_are_refused(tmp_path, monkeypatch):
@@ -173,3 +179,10 @@ def test_proposers_come_from_config_toml_and_bad_names_are_refused(tmp_path, mon
     (tmp_path / "mine.py").write_text("")
     monkeypatch.chdir(tmp_path)  # the proposer runs elsewhere: a path that exists here is made absolute
     assert parse_spec("b=python3 mine.py --flag").argv == ("python3", str(tmp_path / "mine.py"), "--flag")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=400), st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["proposals", "base", "diff", "parents", "rationale", "script", "tokenizer", "usage", "activation", "num_layers"]), c, max_size=4), max_leaves=20).map(lambda d: json.dumps({"proposals": [d]}).encode())))
+def test_no_answer_makes_the_check_raise(raw):
+    out = read_answer(raw, "proposer:t", tokenizer="byte256", runnable=builtin_only, vocabularies={}, known_record=lambda r: False)
+    assert all(p.operator == "proposer:t" for p in out.proposals) and all(isinstance(r, str) for r in out.dropped)

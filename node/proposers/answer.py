@@ -27,6 +27,7 @@ from protocol.errors import ProtocolError
 
 MAX_PROPOSALS = 16  # more are dropped unread
 MAX_PARENTS = 8
+REASON_CHARS = 300  # a dropped proposal's reason is cut to this (a value in it may be huge)
 RATIONALE_CHARS = 200  # the record's note holds 280; the rest says who proposed it
 PROPOSAL_KEYS = {"base", "script", "diff", "parents", "tokenizer", "rationale"}
 
@@ -57,6 +58,9 @@ def read_answer(
     except (UnicodeDecodeError, ValueError) as exc:
         out.dropped.append(f"answer is not JSON: {str(exc)[:120]}")
         return out
+    except RecursionError:
+        out.dropped.append("answer is nested too deeply to read")
+        return out
     if not isinstance(doc, dict) or not isinstance(doc.get("proposals", []), list):
         out.dropped.append('answer must be an object with a "proposals" list')
         return out
@@ -71,7 +75,7 @@ def read_answer(
         try:
             p, why = _proposal(item, operator, tokenizer, runnable, vocabularies, known_record)
         except ProtocolError as exc:
-            out.dropped.append(f"proposal {k}: {exc}")
+            out.dropped.append(f"proposal {k}: {str(exc)[:REASON_CHARS]}")
             continue
         if p.candidate in out.rationale:
             out.dropped.append(f"proposal {k}: the same candidate as an earlier one")

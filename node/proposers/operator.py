@@ -54,7 +54,11 @@ class ProposerOperator:
             if result.stderr_tail.strip():
                 log.info("proposer %s stderr: %s", self.spec.name, result.stderr_tail.strip()[-300:])
         else:
-            answer = read_answer(result.stdout, self.operator, **check)
+            try:
+                answer = read_answer(result.stdout, self.operator, **check)
+            except Exception as exc:  # a bug in checking costs this request, never the node
+                log.exception("proposer %s: its answer could not be checked", self.spec.name)
+                answer = Answer(dropped=[f"answer could not be checked: {type(exc).__name__}: {str(exc)[:200]}"])
         for reason in answer.dropped:
             log.warning("proposer %s: dropped: %s", self.spec.name, reason)
         offered = len(answer.proposals) + sum(1 for r in answer.dropped if r.startswith("proposal "))
