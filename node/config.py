@@ -15,6 +15,9 @@ peers this node remembers across restarts.
     max_blobs = 200
     max_bytes = 2147483648
 
+    [proposers]          # external proposers (node/proposers), as `join --proposer NAME=COMMAND`
+    heuristics = "python3 examples/proposers/scripted.py"
+
 `known_peers.toml` is ours: peers we have been connected to, newest first, rewritten atomically
 (write to a temporary file, then rename) so a crash never leaves half a file. A bad value in
 either file is a ProtocolError naming the file and the field.
@@ -46,6 +49,7 @@ class NodeConfig:
     mdns: bool = False
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
+    proposers: tuple = ()  # node.proposers.spec.ProposerSpec values
 
 
 def load_config(home: Home) -> NodeConfig:
@@ -58,9 +62,9 @@ def load_config(home: Home) -> NodeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProtocolError(f"cannot read it: {exc}", where) from None
-    unknown = sorted(set(data) - {"network", "limits", "blobs"})
+    unknown = sorted(set(data) - {"network", "limits", "blobs", "proposers"})
     if unknown:
-        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits] and [blobs]", where)
+        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits], [blobs] and [proposers]", where)
     network = _table(data, "network", where)
     extra = sorted(set(network) - {"bootstrap", "listen", "mdns"})
     if extra:
@@ -97,7 +101,10 @@ def load_config(home: Home) -> NodeConfig:
         retention = Retention(**blobs_table)
     except BlobError as exc:
         raise ProtocolError(str(exc), where) from None
-    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention)
+    from node.proposers.spec import make_spec
+
+    proposers = tuple(make_spec(name, command, f"{where} [proposers]") for name, command in _table(data, "proposers", where).items())
+    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers)
 
 
 def load_known_peers(home: Home) -> list[str]:

@@ -329,6 +329,7 @@ class Node:
             uptime_s=time.monotonic() - self.started_at,
             worker=self.worker_state,
             **self._research_status(),
+            proposers=self._proposer_usage(),
         )
 
     def _research_status(self) -> dict:
@@ -336,6 +337,14 @@ class Node:
             return {}
         snap = self.research.snapshot()
         return {"experiment": snap["current"], "finished": tuple(snap["finished"])}
+
+    def _proposer_usage(self) -> dict:
+        """Today's use of each external proposer, from the research journal (empty without one)."""
+        if self.options.home is None:
+            return {}
+        from node.proposers.operator import PROPOSERS_JOURNAL, usage_summary
+
+        return usage_summary(self.options.home.root / "research" / PROPOSERS_JOURNAL)
 
     async def control(self, request: dict) -> dict:
         """Answer one control-socket request (see node.control)."""

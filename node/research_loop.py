@@ -22,6 +22,9 @@ Guarantees:
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
   of the record it re-measured, anything else as a result citing its parents.
+- External proposers (node/proposers, `join --proposer`) are operators of the bandit's meta
+  level: one is spawned only when chosen, its proposals are checked as a peer's diff, its
+  rationale goes into the record's note, and every request is journalled (proposers.jsonl).
 - Script candidates run only if this node's user approved that exact script
   (node/scripts.py), checked when the bandit chooses and again, with the bytes re-hashed, just
   before the run; records of other scripts are evidence only. An approved script without any
@@ -190,11 +193,14 @@ class LoopControl:
         return f"{where}; at most {_seconds(bound)}"
 
 
-async def run_research_loop(node: Any, *, control: LoopControl | None = None, eval_token_cap: int = 0, max_experiments: int | None = None) -> None:
+async def run_research_loop(
+    node: Any, *, control: LoopControl | None = None, eval_token_cap: int = 0, max_experiments: int | None = None, proposers: tuple[Any, ...] = (),
+) -> None:
     """The node's worker: research on the node's first benchmark until cancelled, until
     `control.finish()` and the current run is published, or until `max_experiments` have been
     run in this data directory. `eval_token_cap` > 0 scores each run on at most that many
-    validation tokens (marked partial), for quick tries."""
+    validation tokens (marked partial), for quick tries. `proposers`: node.proposers.spec
+    ProposerSpec values, each an external operator of the bandit's meta level."""
     home = node.options.home
     bench = node.options.benches[0]
     root = Path(home.root) if home is not None else Path.cwd() / ".p2pgolf"
@@ -220,9 +226,17 @@ async def run_research_loop(node: Any, *, control: LoopControl | None = None, ev
     hide = (str(home.root),) if home is not None else ()
     loop = ResearchLoop(
         node.identity, node.store, node.trust, node.publish, settings, control=control, keep_artifact=node.keep_artifact, verifier=verifier,
-        scripts=scripts, hide=hide,
+        scripts=scripts, hide=hide, proposers=_proposer_operators(proposers, settings.journal_dir),
     )  # fmt: skip
     await loop.run()
+
+
+def _proposer_operators(specs: tuple[Any, ...], journal_dir: Path) -> tuple[Any, ...]:
+    if not specs:
+        return ()
+    from node.proposers.operator import ProposerOperator
+
+    return tuple(ProposerOperator(spec, journal_dir) for spec in specs)
 
 
 class ResearchLoop:
@@ -244,6 +258,7 @@ class ResearchLoop:
         scripts: Any = None,
         script_runner: Callable[..., Any] | None = None,
         hide: tuple[str, ...] = (),
+        proposers: tuple[Any, ...] = (),
     ) -> None:
         from protocol.benchmarks import benchmark
 
@@ -266,6 +281,7 @@ class ResearchLoop:
         self.control = control if control is not None else LoopControl()
         self.keep_artifact = keep_artifact  # (artifact path, sha): the node keeps and serves it
         self.verifier = verifier  # node.verify_loop.Verifier or None: no verify operator
+        self.proposers = tuple(proposers)  # node.proposers.operator.ProposerOperator: external operators
         self._hw = settings.hw_key
 
     @property
@@ -324,16 +340,24 @@ class ResearchLoop:
 
         runnable, vocabularies = self._script_view()
         tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
+        asked: dict[str, Any] = {}  # proposer operator -> its answer for this experiment (asked once)
 
-        def decide() -> tuple[Any, Any]:
+        def decide_now() -> tuple[Any, Any]:
             post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
             rng = np.random.default_rng(seed)
+            external = {op.operator: functools.partial(self._ask, op, post, n, runnable, vocabularies, asked) for op in self.proposers}
             return post, bandit.choose(
-                post, rng, history=self.journal.history(), default_base=self.settings.default_base, remaining=remaining,
+                post, rng, history=self._history(), default_base=self.settings.default_base, remaining=remaining,
                 default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
+                external=external,
             )  # fmt: skip
 
-        post, choice = decide()
+        def decide() -> Any:
+            # A proposer runs for up to its timeout: the choice is then made off the trio thread,
+            # abandoned on cancellation (the proposer is killed at its timeout, or by join's reaper).
+            return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True) if self.proposers else _ready(decide_now())
+
+        post, choice = await decide()
         tried = self.journal.candidates()
         untried = [
             base for base in sorted(vocabularies)
@@ -349,10 +373,15 @@ class ResearchLoop:
             # The verify operator: untrusted claims this decision rests on are re-evaluated first
             # (an evaluation, not a budget), and the decision is taken again on what they showed.
             if self.verifier is not None and await self.verify_first(post, choice.proposal, seed):
-                post, choice = decide()
+                post, choice = await decide()
             p = choice.proposal
         run_dir = self.settings.runs_dir / f"exp-{n:05d}-{p.candidate[:8]}"
-        entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir))
+        extra = {}
+        if p.operator in asked:
+            answer, seconds = asked[p.operator]
+            # the proposer's one-line reason travels in the record's note; its seconds are its cost
+            extra = {"rationale": answer.rationale.get(p.candidate, ""), "cost": 1.0 + seconds / max(self.bench.budget_s, 1.0)}
+        entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir), **extra)
         log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
         timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
@@ -390,6 +419,35 @@ class ResearchLoop:
         finally:
             control.current = None
             control.progress = None
+
+    def _history(self) -> list[Any]:
+        """The meta level's history: experiments, and proposers' requests that gave nothing."""
+        if not self.proposers:
+            return self.journal.history()
+        from node.proposers.operator import merged_history
+
+        return merged_history(self.journal.numbered_history(), list(self.proposers), self.bench.budget_s)
+
+    def _ask(self, op: Any, post: Any, n: int, runnable: Any, vocabularies: dict[str, Any], asked: dict[str, Any]) -> list[Any]:
+        """One request to a proposer (in a worker thread): its checked proposals, at most once per experiment."""
+        if op.operator not in asked:
+            from node.proposers.situation import situation
+            from protocol.knobs import BASE_CONFIGS
+
+            records = self.store.query(bench=self.bench.id, kind="result")
+            try:
+                doc = situation(
+                    post, bench=self.bench, hw=self.hw, starts=self.journal.starts(), ends=self.journal.ends_by_n(), peer_records=records[::-1],
+                    me=self.identity.public_hex, vocabularies=vocabularies, bases=[b for b in sorted(BASE_CONFIGS) if runnable(b)], usage=op.usage_today(),
+                )  # fmt: skip
+            except Exception:  # a bug describing the situation costs this request, not the experiment
+                log.exception("proposer %s: the situation could not be written; not asked", op.spec.name)
+                return []
+            asked[op.operator] = op.request(
+                doc, n, tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, known_record=lambda rid: self.store.get(rid) is not None,
+            )  # fmt: skip
+            log.info("proposer %s: %d proposal(s) kept, %d dropped", op.spec.name, len(asked[op.operator][0].proposals), len(asked[op.operator][0].dropped))
+        return asked[op.operator][0].proposals
 
     def _script_view(self) -> tuple[Callable[[str], bool], dict[str, Any]]:
         """Which bases may run here, and the vocabularies of the approved scripts."""
@@ -572,6 +630,10 @@ class ResearchLoop:
         from protocol.records import Attestation
 
         data = {**data, "parents": list(entry["parents"])}
+        if entry.get("rationale") is not None:
+            # "<proposer>: <its rationale>", then whatever the run itself says (degraded)
+            said = f"{entry['operator'].split(':', 1)[-1]}: {entry['rationale']}".strip()
+            data["note"] = " | ".join(t for t in (said, data.get("note") or "") if t)[:280]
         result = result_from_run(data, self.identity.public_hex)
         record: Any = result
         if entry.get("subject"):
@@ -637,16 +699,30 @@ class Journal:
         about the operator that chose it (the user stopped it), so it is left out."""
         from pool.bandit import Outcome
 
+        return [o for _, o in self.numbered_history()]
+
+    def numbered_history(self) -> list[tuple[int, Any]]:
+        """(experiment number, Outcome) of `history`; an experiment's cost is 1 plus what
+        choosing it cost (a proposer's seconds over the budget, from its start entry)."""
+        from pool.bandit import Outcome
+
         return [
-            Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]))
+            (n, Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]), float(self._starts[n].get("cost", 1.0))))
             for n, e in sorted(self._ends.items())
             if n in self._starts and e.get("status") != ABANDONED
         ]
 
+    def starts(self) -> list[dict[str, Any]]:
+        return [self._starts[n] for n in sorted(self._starts)]
+
+    def ends_by_n(self) -> dict[int, dict[str, Any]]:
+        return dict(self._ends)
+
     def ends(self) -> list[dict[str, Any]]:
         return [self._ends[n] for n in sorted(self._ends)]
 
-    def start(self, n: int, *, proposal: Any, seed: int, run_dir: str) -> dict[str, Any]:
+    def start(self, n: int, *, proposal: Any, seed: int, run_dir: str, **extra: Any) -> dict[str, Any]:
+        """Journal an experiment's start; `extra` (a proposer's rationale, the choice's cost) is kept with it."""
         entry = {
             "event": "start",
             "n": n,
@@ -658,6 +734,7 @@ class Journal:
             "subject": proposal.subject,
             "seed": seed,
             "run_dir": run_dir,
+            **extra,
         }
         self._append(entry)
         self._starts[n] = entry
@@ -714,6 +791,10 @@ class VerifyJournal:
             f.flush()
             os.fsync(f.fileno())
         self.entries.append(entry)
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 def _default_base(bench: Any, runs_dir: Path) -> str:

@@ -6,7 +6,7 @@ prints); rendering never touches the node itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class NodeStatus:
     # Its latest finished experiments, newest last (n, candidate, operator, status, val_bpb,
     # steps, seconds, record, note).
     finished: tuple[dict, ...] = ()
+    proposers: dict = field(default_factory=dict)  # name -> today's requests, tokens, kept, dropped (node.proposers.operator.usage_summary)
 
     def to_json(self) -> dict:
         return asdict(self)

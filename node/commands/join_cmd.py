@@ -62,8 +62,12 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout (no live view, no status lines); warnings and errors still go to stderr.")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append every line (and a status line every --status-every seconds, and warnings) to FILE with UTC timestamps.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
+@click.option(
+    "--proposer", "proposers", multiple=True, metavar="NAME=COMMAND",
+    help="An external proposer: COMMAND runs once per request, reads the situation as JSON on stdin and answers proposals (checked like a peer's); repeatable; added to config.toml's [proposers]. Its share of experiments follows its yield.",
+)  # fmt: skip
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, quiet, log_file, sync_every) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, quiet, log_file, sync_every, proposers) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
@@ -113,6 +117,9 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         peers = tuple(dict.fromkeys([*config.bootstrap, *bootstrap]))
         for addr in peers:
             parse_peer_addr(addr)
+        from node.proposers.spec import merge_specs, parse_spec
+
+        specs = merge_specs(config.proposers, tuple(parse_spec(p) for p in proposers))
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
 
@@ -120,7 +127,9 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     worker_note = "serving as a relay and pool node (--no-train)"
     if not no_train:
         _ensure_training_data(home, benches[0])
-        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens, experiments)
+        worker, control, worker_note = _research_loop(on_interrupt, eval_tokens, experiments, specs)
+        if specs:
+            worker_note += f"; proposers: {', '.join(s.name for s in specs)}"
 
     store = PoolStore(home.pool_db)
     trust = TrustStore(store)
@@ -392,14 +401,14 @@ def _ensure_training_data(home: Home, bench) -> None:
         raise UserError(f"could not get the challenge data: {exc}; run `p2pgolf data fetch` when the Hub is reachable, or join with --no-train to relay only") from None
 
 
-def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None = None):
+def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None = None, proposers: tuple = ()):
     """The node's worker, the handle join's Ctrl-C handling uses on it, and the start-up line."""
     import functools
 
     from node.research_loop import LoopControl, run_research_loop
 
     control = LoopControl()
-    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments)
+    worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments, proposers=proposers)
     if on_interrupt == "finish":
         note = "running the research loop; Ctrl-C finishes the current run, publishes it and stops (Ctrl-C twice abandons it)"
     else:
