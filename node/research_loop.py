@@ -479,7 +479,7 @@ class ResearchLoop:
         data_path, tokenizer_path = script_data_paths(self.bench, p.tokenizer, self.settings.data_dir, cache)
         run = ScriptRun(
             script=script, bench=self.bench, tokenizer=p.tokenizer, diff=dict(p.diff), seed=seed, budget_s=self.bench.budget_s,
-            data_path=data_path, tokenizer_path=tokenizer_path, device=self.settings.device, hide=self.hide,
+            data_path=data_path, tokenizer_path=tokenizer_path, device=self.settings.device, backend=self.settings.backend, hide=self.hide,
         )  # fmt: skip
         runner = self.script_runner or launch_script
         return runner(run, out_dir, timeout_s=timeout_s, cancel=cancel)

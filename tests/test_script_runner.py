@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
 from protocol.benchmarks import benchmark
 from script_helpers import sample_byte_shards, script_bytes, wrapped
-from trainer.script_runner import ScriptRun, launch_script, score_from_log, user_namespaces_work
+from trainer.script_runner import SCRIPT_NAME, ScriptRun, _command, launch_script, score_from_log, script_framework, user_namespaces_work
 
 SMOKE = benchmark("smoke")
 
@@ -47,6 +48,41 @@ def test_the_wrapped_form_runs_the_same_script(data, tmp_path):
     out = launch_script(run_of(script, data, diff={"ITERATIONS": 20}), tmp_path / "run")
     assert out.status == "ok", out.error
     assert out.result["metrics"]["steps"] == 20
+
+
+def test_an_mlx_script_runs_with_plain_python_and_its_score_and_size_are_measured(data, tmp_path):
+    script = script_bytes("tiny_golf_mlx.py")
+    out = launch_script(run_of(script, data, diff={"ITERATIONS": 40}, backend="mlx"), tmp_path / "run")
+    assert out.status == "ok", out.error
+    r = out.result
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"val_bpb:{r['metrics']['val_bpb']:.8f}" in log.splitlines()[-1]
+    assert 0 < r["metrics"]["val_bpb"] < 8.0 and r["metrics"]["steps"] == 40
+    artifact = tmp_path / "run" / "artifact" / "final_model.int8.ptz"
+    assert r["metrics"]["artifact_bytes"] == artifact.stat().st_size + len(script)
+
+
+def test_an_mlx_script_is_found_through_its_wrapper_and_never_goes_under_torchrun(data):
+    import sys
+
+    mlx_script = wrapped(script_bytes("tiny_golf_mlx.py")).decode()
+    assert script_framework(mlx_script) == "torch"  # the wrapper itself imports only lzma and base64
+    from protocol.script_hparams import read_hyperparameters
+
+    inner = read_hyperparameters(mlx_script).inner_source
+    assert script_framework(inner) == "mlx" and script_framework(script_bytes("tiny_golf.py").decode()) == "torch"
+    assert script_framework("from mlx import core\n") == "mlx" and script_framework("import mlxtend\n") == "torch"
+    eight_gpus = replace(run_of(b"", data, gpus=8), device="auto")
+    assert _command(eight_gpus, "mlx") == [sys.executable, SCRIPT_NAME]
+    assert _command(eight_gpus, "torch")[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+
+
+@pytest.mark.parametrize(("setting", "reason"), [({"backend": "torch"}, "--backend torch does not run"), ({"device": "cuda"}, "does not run on device 'cuda'")])
+def test_an_mlx_script_is_refused_with_its_reason_where_mlx_cannot_run(data, tmp_path, setting, reason):
+    run = run_of(wrapped(script_bytes("tiny_golf_mlx.py")), data)
+    out = launch_script(replace(run, **setting), tmp_path / "run")
+    assert out.status == "failed" and "imports mlx" in out.error and reason in out.error
+    assert not (tmp_path / "run" / "log.txt").exists()  # refused before it started
 
 
 def test_a_crash_is_one_failed_experiment_with_its_reason(data, tmp_path):
@@ -117,8 +153,6 @@ def test_score_rule_takes_the_last_exact_line():
 
 
 def _capped(bench, cap):
-    from dataclasses import replace
-
     return replace(bench, size_cap=cap)
 
 

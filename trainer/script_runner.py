@@ -6,6 +6,11 @@ script's verified bytes. `launch_script` then:
 - writes the script into a fresh working directory outside the node's home (system temp), and
   runs it there in its own process group: `python train_gpt.py` on CPU, `python -m
   torch.distributed.run --standalone --nproc_per_node=N train_gpt.py` on CUDA with N GPUs;
+  a script that imports mlx (the challenge's train_gpt_mlx.py convention; `script_framework`
+  reads its imports with ast, through a self-extracting wrapper, never running it) always runs
+  with plain `python` (MLX on a Mac, the mlx[cpu] wheel on Linux), never under torchrun, and is
+  refused before it starts, with the reason, on a node whose backend or device cannot run MLX
+  (--backend torch, --device cuda, or mlx not installed);
 - gives it a scrubbed environment: PATH, LANG, HOME and TMPDIR inside the working directory,
   CUDA_VISIBLE_DEVICES if set, and the settings the script reads (`script_env`): DATA_PATH,
   TOKENIZER_PATH, SEED, MAX_WALLCLOCK_SECONDS (the budget, as the challenge's train_gpt.py
@@ -80,7 +85,8 @@ class ScriptRun:
     budget_s: float
     data_path: str
     tokenizer_path: str = ""
-    device: str = "auto"  # "cpu", "cuda" or "auto"
+    device: str = "auto"  # "cpu", "cuda", "mps" or "auto"
+    backend: str = "auto"  # the node's --backend: "torch" refuses an MLX script
     gpus: int | None = None  # None: every visible CUDA device
     hide: tuple[str, ...] = ()  # paths the script must not see (the node's home)
     parents: tuple[str, ...] = field(default=())
@@ -166,6 +172,7 @@ def launch_script(run: ScriptRun, run_dir: str | os.PathLike, *, timeout_s: floa
         if bad:
             raise ProtocolError(f"{', '.join(bad)} set by the runner, not by a diff")
         diff = vocab.check_diff(run.diff)
+        command = _command(run, script_framework(vocab.inner_source))
     except ProtocolError as exc:
         return _write(run, run_dir, dict(run.diff), None, status="failed", error=_one_line(exc))
     deadline_s = run.budget_s + DEFAULT_GRACE_S if timeout_s is None else timeout_s
@@ -179,7 +186,7 @@ def launch_script(run: ScriptRun, run_dir: str | os.PathLike, *, timeout_s: floa
         (workdir / SCRIPT_NAME).write_bytes(run.script)
         env = script_env(run, workdir, diff, run_id=f"p2pgolf-{started_ms}", reads=list(vocab.params))
         # the guard stops the script's group if this process dies (a node killed with -9)
-        argv = [sys.executable, str(Path(__file__).with_name("script_guard.py")), str(os.getpid()), "--", *_command(run)]
+        argv = [sys.executable, str(Path(__file__).with_name("script_guard.py")), str(os.getpid()), "--", *command]
         hide = [str(Path(p).resolve()) for p in run.hide if Path(p).is_dir()]
         if hide and user_namespaces_work():
             argv = _isolate(argv, hide, env, workdir)
@@ -256,7 +263,33 @@ def _isolate(argv: list[str], hide: list[str], env: dict[str, str], workdir: Pat
     return [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c", script, "sh", *args, *argv]
 
 
-def _command(run: ScriptRun) -> list[str]:
+def script_framework(source: str) -> str:
+    """"mlx" if the (decoded) source imports mlx anywhere, else "torch"; read with ast, never run."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n == "mlx" or n.startswith("mlx.") for n in names):
+            return "mlx"
+    return "torch"
+
+
+def _command(run: ScriptRun, framework: str = "torch") -> list[str]:
+    if framework == "mlx":
+        from trainer.backend import installed
+
+        if run.backend == "torch":
+            raise ProtocolError("the script imports mlx, which this node's --backend torch does not run; use --backend mlx or auto")
+        if run.device not in ("auto", "cpu", "mps"):
+            raise ProtocolError(f"the script imports mlx, which does not run on device {run.device!r}; use --device auto, cpu or mps")
+        if not installed("mlx"):
+            raise ProtocolError("the script imports mlx, which is not installed here: pip install 'p2pgolf[mlx]' (on Linux: pip install 'mlx[cpu]')")
+        return [sys.executable, SCRIPT_NAME]  # MLX runs in one process: never torchrun
     gpus = 0
     if run.device in ("auto", "cuda"):
         gpus = run.gpus if run.gpus is not None else _cuda_count()
