@@ -1,9 +1,16 @@
-"""Three `p2pgolf join` processes on loopback: two train an approved script and share every result
-(each pool holds both nodes' script results; which moves the bandit makes after the defaults is
-its draw, so which operators ran is not asserted here: tests/test_script_research.py shows the
-search deterministically, benchmarks/script_search.py measures it); the third, which never had
-the script, fetches it from them, is told about it, and does not run it (it relays only, and
-the script stays unapproved there)."""
+"""Three `p2pgolf join` processes on loopback: two train an approved script, share every result
+(each pool holds both nodes' script results) and move its hyperparameters; the third, which
+never had the script, fetches it from them, is told about it, and does not run it (it relays
+only, and the script stays unapproved there).
+
+Why the move is certain enough to assert: each searcher plans PLANNED experiments, so at its
+second (n=1, a quarter of the way) the bandit never re-measures its leader (top-two sampling's
+beta is 0 in the first quarter), and between replicating the defaults and a script mutation the
+meta level picks the mutation unless its 10% exploration floor or the yield noise says
+otherwise (about 6% a node, measured by the formulas in pool/bandit.py). The searchers' keys
+are fixed, and with them the rng of that choice (seeded by key and experiment number), so the
+choice does not depend on the scores or the timing; if a change to the bandit's rng use moves
+it, the chance that neither searcher mutates is still well under 1%."""
 
 from __future__ import annotations
 
@@ -13,16 +20,31 @@ import pytest
 
 from node.research_loop import JOURNAL_NAME
 from node.scripts import ScriptStore
+from node.home import Home
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until
 from pool.store import PoolStore
 from pool.trust import TrustStore
 from protocol.benchmarks import benchmark
 from protocol.candidates import script_base
+from protocol.identity import KEY_FILE_HEADER, Identity
 from script_helpers import SCRIPTS
 
 pytestmark = pytest.mark.timeout(400)
 BENCH = "smoke@3s"
-EXPERIMENTS = 2
+EXPERIMENTS = 2  # waited for; the defaults, then a move
+PLANNED = 4  # --experiments: the horizon the bandit plans for
+
+
+def _searcher_home(root, name: str, seed: bytes) -> tuple[Home, Identity]:
+    """make_home with a fixed key (the key seeds the bandit's rng)."""
+    home = Home(root / name)
+    home.root.mkdir(parents=True, mode=0o700)
+    identity = Identity.from_seed(seed)
+    home.key_file.write_text(f"{KEY_FILE_HEADER}\n{identity.seed.hex()}\n")
+    home.key_file.chmod(0o600)
+    with TrustStore(home.pool_db) as trust:
+        trust.set_own(identity.public_hex)
+    return home, identity
 
 
 def _ends(home) -> list[dict]:
@@ -32,7 +54,7 @@ def _ends(home) -> list[dict]:
 
 
 def test_two_nodes_share_a_script_s_results_and_a_third_fetches_it_without_running_it(tmp_path):
-    homes = [make_home(tmp_path, f"n{i}") for i in range(3)]
+    homes = [_searcher_home(tmp_path, f"n{i}", bytes([i + 1]) * 32) for i in range(2)] + [make_home(tmp_path, "n2")]
     sha = None
     for home, _ in homes[:2]:
         store = ScriptStore(home)
@@ -46,7 +68,7 @@ def test_two_nodes_share_a_script_s_results_and_a_third_fetches_it_without_runni
     nodes = [NodeProc(h, i, port=free_port(), bench=BENCH, train=(k < 2)) for k, (h, i) in enumerate(homes)]
     try:
         for k, node in enumerate(nodes):
-            node.start([n.addr for n in nodes[:k]], *(["--experiments", str(EXPERIMENTS)] if node.train else []))
+            node.start([n.addr for n in nodes[:k]], *(["--experiments", str(PLANNED)] if node.train else []))
         for node in nodes:
             node.wait_ready(60)
         wait_until(lambda: all(len(_ends(n.home)) >= EXPERIMENTS for n in nodes[:2]), 300, interval=0.5, what="both searchers' experiments")
@@ -61,10 +83,18 @@ def test_two_nodes_share_a_script_s_results_and_a_third_fetches_it_without_runni
     finally:
         stop_all(nodes)
     for node in nodes[:2]:
-        assert [e["status"] for e in _ends(node.home)] == ["ok"] * EXPERIMENTS
+        assert [e["status"] for e in _ends(node.home)][:EXPERIMENTS] == ["ok"] * EXPERIMENTS
+    defaults = ScriptStore(homes[0][0]).vocabulary(sha).defaults()
+    moved = []
     for node in nodes[:2]:  # every experiment trained the script, none the built-in trainer
         starts = [json.loads(line) for line in (node.home.root / "research" / JOURNAL_NAME).read_text().splitlines() if '"start"' in line]
-        assert [e["base"] for e in starts] == [script_base(sha)] * EXPERIMENTS
+        assert {e["base"] for e in starts} == {script_base(sha)}
+        assert starts[0]["diff"] == {}  # first the script's own defaults
+        second = starts[1]
+        if second["operator"] in ("mutate", "recombine"):
+            assert second["diff"] and all(name in defaults and value != defaults[name] for name, value in second["diff"].items()), second
+            moved.append(second["diff"])
+    assert moved, "neither searcher moved a hyperparameter of the script in its second experiment"
     third = ScriptStore(nodes[2].home).entry(sha)
     assert third.origin == "fetched" and not third.approved
     assert not (nodes[2].home.root / "research" / JOURNAL_NAME).exists()  # it ran nothing
