@@ -66,12 +66,7 @@ class Knob:
         """Parse a command-line string (`--set name=value`) into a checked value."""
         where = f"knob {self.name}"
         if self.type is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ProtocolError(f"expected true or false, got {text!r}", where)
+            return parse_bool_text(text, where)
         if self.type is str:
             return self.check(text.strip())
         try:
@@ -86,6 +81,16 @@ class Knob:
         if self.type is str:
             return "|".join(self.choices or ())
         return f"[{_fmt(self.low)}, {_fmt(self.high)}]"
+
+
+def parse_bool_text(text: str, where: str) -> bool:
+    """A command-line boolean: 1/true/yes/on or 0/false/no/off (any case); ProtocolError else."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ProtocolError(f"expected true or false, got {text!r}", where)
 
 
 def _parse_int(text: str) -> int:

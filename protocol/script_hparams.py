@@ -32,6 +32,7 @@ from typing import Any
 
 from protocol.candidates import HPARAM_NAME, MAX_SCRIPT_DIFF_ENTRIES, check_script_value
 from protocol.errors import ProtocolError
+from protocol.knobs import parse_bool_text
 
 # The runner sets these itself (data, tokenizer, seed, wall-clock cap, run id): a diff may not.
 RUNNER_SET = frozenset({"DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS", "RUN_ID"})
@@ -96,12 +97,7 @@ class ScriptHparam:
         """A command-line string (`--set NAME=value`) as a checked value."""
         where = f"hyperparameter {self.name}"
         if self.type is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ProtocolError(f"expected true or false, got {text!r}", where)
+            return parse_bool_text(text, where)
         if self.type is str:
             return self.check(text)
         try:
