@@ -38,6 +38,7 @@ from node.gossip import Gossip, GossipSettings
 from node.home import Home
 from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
 from node.limits import Admission, Limits, Verdict
+from node.peer_exchange import MeshSettings, PeerExchange
 from node.status import NodeStatus, PeerStatus
 from node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
 from pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
@@ -71,6 +72,7 @@ class NodeOptions:
     blobs_dir: Path | None = None  # None: the home's blobs/ (no home: no blob store)
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     retention: Retention = field(default_factory=Retention)
+    mesh: MeshSettings = field(default_factory=MeshSettings)  # degree kept by peer exchange (node/peer_exchange.py)
     fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,7 @@ class Node:
         self.gossip: Gossip | None = None
         self.sync_server: SyncServer | None = None
         self.discovery: Discovery | None = None
+        self.peer_exchange: PeerExchange | None = None
         blobs_dir = options.blobs_dir or (options.home.blobs_dir if options.home is not None else None)
         # Artifacts are capped at the largest size cap among our benchmarks (the challenge's 16 MB).
         self.blobs = BlobStore(blobs_dir, caps={"artifact": max(b.size_cap for b in options.benches)}) if blobs_dir else None
@@ -152,10 +155,11 @@ class Node:
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
+            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh)
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
             async with AsyncExitStack() as stack:
-                for service in self.gossip.services():
+                for service in [*self.gossip.services(), *self.peer_exchange.services()]:
                     await stack.enter_async_context(background_trio_service(service))
                 await stack.enter_async_context(self.host.run([_maddr(a) for a in opts.listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
@@ -171,6 +175,7 @@ class Node:
                         if opts.control_socket is not None:
                             await nursery.start(serve_control, opts.control_socket, self)
                     nursery.start_soon(self._sync_loop)
+                    nursery.start_soon(self.peer_exchange.run)
                     nursery.start_soon(self._ban_loop)
                     if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
                         from node.script_fetch import script_fetch_loop
