@@ -461,7 +461,7 @@ class Node:
             return
         self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
         try:
-            save_known_peers(self.options.home, self._remembered)
+            save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
         except OSError as exc:
             log.warning("cannot remember peers: %s", exc)
 
