@@ -35,6 +35,7 @@ from pool.blobs import BlobError, Retention
 from protocol.errors import ProtocolError
 
 KNOWN_PEERS_FILE = "known_peers.toml"
+LISTEN_PORT_FILE = "listen_port"  # the port this node listened on last time (one number)
 MAX_KNOWN_PEERS = 64
 
 
@@ -125,6 +126,23 @@ def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[
     lines.append("]")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def load_listen_port(home: Home) -> int | None:
+    """The TCP port this node listened on last time, or None (none yet, or an unreadable file)."""
+    try:
+        port = int((home.root / LISTEN_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def save_listen_port(home: Home, port: int) -> None:
+    """Remember `port` (atomically), so the next start listens where peers last saw us."""
+    path = home.root / LISTEN_PORT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
     os.replace(tmp, path)
 
 

@@ -31,12 +31,12 @@ from typing import Any
 import trio
 
 from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from node.config import load_known_peers, save_known_peers
+from node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
 from node.control import serve as serve_control
 from node.discovery import Discovery
 from node.gossip import Gossip, GossipSettings
 from node.home import Home
-from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
+from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port, make_host, refuse_taken_ports, with_port
 from node.limits import Admission, Limits, Verdict
 from node.peer_exchange import MeshSettings, PeerExchange
 from node.status import NodeStatus, PeerStatus
@@ -72,6 +72,7 @@ class NodeOptions:
     blobs_dir: Path | None = None  # None: the home's blobs/ (no home: no blob store)
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     retention: Retention = field(default_factory=Retention)
+    keep_port: bool = True  # a /tcp/0 listen address takes the port remembered in the home
     mesh: MeshSettings = field(default_factory=MeshSettings)  # degree kept by peer exchange (node/peer_exchange.py)
     fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
 
@@ -144,7 +145,8 @@ class Node:
 
         with trio.CancelScope(shield=True):
             opts = self.options
-            self.host = make_host(self.identity, list(opts.listen), enable_mdns=opts.mdns)
+            listen = self._listen_addrs()
+            self.host = make_host(self.identity, listen, enable_mdns=opts.mdns)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
             self.sync_server.attach(self.host)
@@ -161,11 +163,12 @@ class Node:
             async with AsyncExitStack() as stack:
                 for service in [*self.gossip.services(), *self.peer_exchange.services()]:
                     await stack.enter_async_context(background_trio_service(service))
-                await stack.enter_async_context(self.host.run([_maddr(a) for a in opts.listen]))
+                await stack.enter_async_context(self.host.run([_maddr(a) for a in listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
                 if len(self.host.get_addrs()) < len(opts.listen):
                     # py-libp2p logs a failed listen and carries on without it; we refuse instead.
-                    raise ProtocolError(f"cannot listen on {', '.join(opts.listen)} (address in use or not available here)", "listen")
+                    raise ProtocolError(f"cannot listen on {', '.join(listen)} (address in use or not available here)", "listen")
+                self._remember_port()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     with trio.fail_after(STARTUP_TIMEOUT_S):
@@ -455,6 +458,33 @@ class Node:
     def _on_added(self, record_id: str) -> None:
         self.new_records.set()
         self.new_records = trio.Event()
+
+    def _listen_addrs(self) -> list[str]:
+        """The listen addresses, /tcp/0 ones on the port remembered from the last run (when
+        `keep_port` and it is free: a port another program took meanwhile means a fresh one).
+        ProtocolError if a port given explicitly is taken (SO_REUSEPORT would share it silently)."""
+        opts = self.options
+        refuse_taken_ports(opts.listen)
+        port = load_listen_port(opts.home) if opts.home is not None and opts.keep_port else None
+        if port is None:
+            return list(opts.listen)
+        stable = [with_port(a, port) if listen_port(a) == 0 else a for a in opts.listen]
+        try:
+            refuse_taken_ports([a for a, b in zip(stable, opts.listen) if a != b])
+        except ProtocolError as exc:
+            log.warning("%s; listening on a fresh port instead", exc)
+            return list(opts.listen)
+        return stable
+
+    def _remember_port(self) -> None:
+        if self.options.home is None or not self.options.keep_port:
+            return
+        ports = [int(a.value_for_protocol("tcp")) for a in self.host.get_addrs() if "/tcp/" in str(a)]
+        if ports:
+            try:
+                save_listen_port(self.options.home, ports[0])
+            except OSError as exc:
+                log.warning("cannot remember the listen port: %s", exc)
 
     def _remember(self, peer: PeerAddr) -> None:
         if self.options.home is None:
