@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from node.home import Home
-from node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
+from node.host import DEFAULT_LISTEN, listen_port, parse_listen, parse_peer_addr, with_port
 from node.limits import Limits
 from pool.blobs import BlobError, Retention
 from protocol.errors import ProtocolError
@@ -144,6 +144,21 @@ def save_listen_port(home: Home, port: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"{port}\n")
     os.replace(tmp, path)
+
+
+def dialable_addrs(home: Home, peer_id: str) -> list[str]:
+    """The addresses others can dial this node at when it runs (config.toml's listen addresses,
+    /tcp/0 ones on the remembered port; those with no port known yet are left out).
+    ProtocolError for a bad config.toml."""
+    port = load_listen_port(home)
+    out = []
+    for addr in load_config(home).listen:
+        if listen_port(addr) == 0:
+            if port is None:
+                continue
+            addr = with_port(addr, port)
+        out.append(f"{addr}/p2p/{peer_id}")
+    return out
 
 
 def _read_known_peers(home: Home) -> tuple[list[str], list[str]]:

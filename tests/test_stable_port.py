@@ -8,7 +8,7 @@ import socket
 import pytest
 import trio
 
-from node.config import load_listen_port
+from node.config import dialable_addrs, load_listen_port
 from node.home import Home
 from node.node import Node, NodeOptions
 from pool.store import PoolStore
@@ -39,11 +39,13 @@ def test_a_restarted_node_keeps_its_listen_port_and_address(tmp_path):
     home = Home(tmp_path / "a")
     home.root.mkdir()
     identity = Identity.generate()
+    assert dialable_addrs(home, identity.peer_id) == []  # no port chosen yet
 
     async def main() -> None:
         first = await _addrs_of_one_life(_node(home.pool_db, identity, home=home))
         second = await _addrs_of_one_life(_node(home.pool_db, identity, home=home))
         assert first == second and "/tcp/0/" not in first[0]
+        assert dialable_addrs(home, identity.peer_id) == first  # what `p2pgolf id` prints
         assert load_listen_port(home) == int(first[0].split("/tcp/")[1].split("/")[0])
         fresh = await _addrs_of_one_life(_node(home.pool_db, identity, home=home, keep_port=False))
         assert load_listen_port(home) == int(first[0].split("/tcp/")[1].split("/")[0])  # not overwritten
