@@ -2,7 +2,8 @@
 
 Peer exchange (node/peer_exchange.py, libp2p's Kademlia DHT) must turn the star that bootstrap
 makes into a mesh: every node ends with at least 3 direct peers, so killing node 0 (kill -9, by
-PID) leaves the other nine connected, and a record published afterwards still reaches all nine.
+PID) leaves the other nine connected, a record published afterwards still reaches all nine, and
+a node restarted with only dead bootstrap addresses finds its peers again from known_peers.toml.
 Every wait is a generous deadline on a condition, never a fixed sleep.
 """
 
@@ -53,8 +54,9 @@ def test_ten_nodes_bootstrapped_from_one_form_a_mesh_that_survives_losing_it(tmp
     try:
         nodes[0].start([])
         nodes[0].wait_ready()
+        nobody = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{Identity.generate().peer_id}"
         for node in nodes[1:]:
-            node.start([nodes[0].addr])
+            node.start([nobody, nodes[0].addr])  # several bootstrap addresses, one of them dead
         for node in nodes[1:]:
             node.wait_ready(60)
         wait_until(lambda: min(len(v) for v in neighbours(nodes).values()) >= MIN_DEGREE, 60, interval=1, what=f"every node to have {MIN_DEGREE} peers")
@@ -71,5 +73,13 @@ def test_ten_nodes_bootstrapped_from_one_form_a_mesh_that_survives_losing_it(tmp
         raw = signed_result(Identity.generate(), seed=1).raw
         assert survivors[0].publish([raw])[0]["verdict"] == "added"
         wait_until(lambda: [n.pool_count() - b for n, b in zip(survivors, before)] == [1] * len(survivors), 30, interval=0.5, what="the record in all nine pools")
+
+        # After first contact the bootstrap peers are not needed: a restart with only dead ones
+        # comes back through the peers it learned (known_peers.toml).
+        restarted = survivors[-1]
+        restarted.stop()
+        restarted.start([nobody, nodes[0].addr])
+        restarted.wait_ready(60)
+        wait_until(lambda: len(restarted.status()["peers"]) >= MIN_DEGREE, 60, interval=1, what="the restarted node to find its peers again")
     finally:
         stop_all(nodes)
