@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from node.home import Home
-from node.host import DEFAULT_LISTEN, listen_port, parse_listen, parse_peer_addr, with_port
+from node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
 from node.limits import Limits
 from pool.blobs import BlobError, Retention
 from protocol.errors import ProtocolError
@@ -148,7 +148,8 @@ def save_listen_port(home: Home, port: int) -> None:
 
 def dialable_addrs(home: Home, peer_id: str) -> list[str]:
     """The addresses others can dial this node at when it runs (config.toml's listen addresses,
-    /tcp/0 ones on the remembered port; those with no port known yet are left out).
+    /tcp/0 ones on the remembered port, wildcards as this machine's interface addresses; those
+    with no port known yet are left out).
     ProtocolError for a bad config.toml."""
     port = load_listen_port(home)
     out = []
@@ -157,8 +158,8 @@ def dialable_addrs(home: Home, peer_id: str) -> list[str]:
             if port is None:
                 continue
             addr = with_port(addr, port)
-        out.append(f"{addr}/p2p/{peer_id}")
-    return out
+        out += [f"{a}/p2p/{peer_id}" for a in concrete_addrs(addr)]
+    return list(dict.fromkeys(out))
 
 
 def _read_known_peers(home: Home) -> tuple[list[str], list[str]]:

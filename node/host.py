@@ -95,13 +95,28 @@ def peer_info(peer: PeerAddr) -> Any:
 
 
 def full_addrs(host: "IHost") -> list[str]:
-    """The host's listen addresses with /p2p/<our id>, ready to give to other people."""
+    """The host's listen addresses with /p2p/<our id>, ready to give to other people (a
+    wildcard such as 0.0.0.0 is replaced by this machine's interface addresses)."""
     own = host.get_id().to_string()
     out = []
     for addr in host.get_addrs():
-        text = str(addr)
-        out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
-    return out
+        for text in concrete_addrs(str(addr)):
+            out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
+    return list(dict.fromkeys(out))
+
+
+def concrete_addrs(text: str) -> list[str]:
+    """`text` itself, or for a wildcard listen address (0.0.0.0, ::) the same port on each of
+    this machine's interfaces (read locally; nothing is sent)."""
+    if not text.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
+        return [text]
+    import multiaddr
+    from libp2p.utils.address_validation import expand_wildcard_address
+
+    try:
+        return [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(text))] or [text]
+    except Exception:
+        return [text]
 
 
 def listen_port(text: str) -> int:

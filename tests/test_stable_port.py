@@ -92,3 +92,11 @@ def test_a_second_node_on_a_port_in_use_is_refused_naming_the_port(tmp_path):
             a.stop()
 
     trio.run(main)
+
+
+def test_a_wildcard_listen_address_is_printed_as_this_machines_interface_addresses(tmp_path):
+    home = Home(tmp_path)
+    (tmp_path / "config.toml").write_text('[network]\nlisten = ["/ip4/0.0.0.0/tcp/4001"]\n')
+    peer = Identity.generate().peer_id
+    addrs = dialable_addrs(home, peer)
+    assert addrs and all(a.endswith(f"/tcp/4001/p2p/{peer}") and "0.0.0.0" not in a for a in addrs)
