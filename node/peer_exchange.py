@@ -1,7 +1,8 @@
 """Peer exchange: nodes learn peers from peers, over libp2p's own Kademlia DHT.
 
 Each node runs py-libp2p's KadDHT (protocol /ipfs/kad/1.0.0, server mode, random walks on) as
-a routing table only: provider and value records are off, so peers cannot store anything here.
+a routing table only: peers' provider and value records are dropped, so they cannot store
+anything here.
 Once a node has any connection (its bootstrap peer), DHT lookups return that peer's neighbours
 and every routing-table peer is one dial away. `PeerExchange.run` keeps the node at
 `target_degree` direct connections: while it has fewer, it asks the DHT for more peers and
@@ -58,6 +59,10 @@ class PeerExchange:
         self.discovery = discovery
         self.settings = settings
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True, protocol_prefix=TProtocol("/p2pgolf"), enable_providers=False, enable_values=False)
+        # In py-libp2p 0.8.1 those two flags only gate config checks; the handler still stores
+        # any peer's PUT_VALUE / ADD_PROVIDER in memory. We route peers, we keep nothing for them.
+        self.dht.value_store.put_record = _refuse_to_store
+        self.dht.provider_store.add_provider = _refuse_to_store
         self.lookups = 0
         self.learned_dials = 0
 
@@ -137,3 +142,7 @@ class PeerExchange:
             except Exception:
                 continue
         return out
+
+
+def _refuse_to_store(key: bytes, value: Any) -> None:
+    log.debug("dropped a DHT record for %s from a peer: this node keeps none", key.hex()[:16] if isinstance(key, bytes) else key)
