@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -39,6 +40,26 @@ from node.peer_exchange import MeshSettings  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
 GOAL_MIN_DEGREE = 3
+
+
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def stop_together(nodes: list[NodeProc]) -> None:
+    """SIGTERM every node at once (one by one takes 30 x their shutdown), then reap them."""
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for node in nodes:
+        if node.proc is None:
+            continue
+        try:
+            node.proc.wait(max(1.0, deadline - time.monotonic()))
+        except Exception:
+            node.proc.kill()
+    stop_all(nodes)  # closes their files; kills nothing that already exited
 GOAL_P99_S = 1.0
 
 
@@ -118,6 +139,7 @@ def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Ident
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still stops every node (finally)
     rng = random.Random(seed)
     target = min(MeshSettings().target_degree, n - 1)
     author = Identity.generate()
@@ -136,6 +158,7 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
             for node in nodes[1:]:
                 node.wait_ready(120)
             all_listening_s = time.monotonic() - started
+            progress(f"all {n} listening after {all_listening_s:.1f} s")
             time_to_mesh: float | None = None
             deadline = started + mesh_deadline
             while time.monotonic() < deadline:
@@ -146,7 +169,9 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
                 time.sleep(1)
             g = graph(nodes)
             min_degree, diam = min(len(v) for v in g.values()), diameter(g)
+            progress(f"mesh: time {time_to_mesh}, min degree {min_degree}, diameter {diam}")
             alive = deliver(nodes, records, rng, author, 0, 30)
+            progress(f"with bootstrap: {alive}")
 
             nodes[0].kill()
             survivors = nodes[1:]
@@ -154,8 +179,9 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
             wait_until(lambda: all(gone not in {p["peer_id"] for p in s.status()["peers"]} for s in survivors), 60, interval=1, what="the survivors to drop node 0")
             g_after = graph(survivors)
             after = deliver(survivors, records, rng, author, records, 30)
+            progress(f"after bootstrap loss: {after}")
         finally:
-            stop_all(nodes)
+            stop_together(nodes)
     out = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
         "nodes": n,
