@@ -40,6 +40,7 @@ class MeshSettings:
 
     target_degree: int = 8
     interval_s: float = 3.0  # one round of "enough peers?" this often (with jitter)
+    max_interval_s: float = 60.0  # the pause after rounds that found nobody new grows to this
     dials_per_round: int = 4
     lookup_timeout_s: float = 20.0
 
@@ -81,11 +82,15 @@ class PeerExchange:
             return []
 
     async def run(self) -> None:
-        """Until cancelled: whenever below the target degree, look up and dial more peers."""
+        """Until cancelled: whenever below the target degree, look up and dial more peers. A
+        round that finds nobody new doubles the pause (up to `max_interval_s`): a network smaller
+        than the target is not asked again every few seconds."""
         own = self.host.get_id().to_base58()
+        pause = self.settings.interval_s
         while True:
-            await trio.sleep(self.settings.interval_s * random.uniform(0.7, 1.3))
+            await trio.sleep(pause * random.uniform(0.7, 1.3))
             if self.degree() == 0 or self.degree() >= self.settings.target_degree:
+                pause = self.settings.interval_s
                 continue  # nobody to ask yet, or enough
             await self._add_connected_to_table()
             with trio.move_on_after(self.settings.lookup_timeout_s):
@@ -98,6 +103,7 @@ class PeerExchange:
             candidates = [p for p in self.routing_peers() if p not in connected and p != own]
             random.shuffle(candidates)
             wanted = min(self.settings.dials_per_round, self.settings.target_degree - len(connected))
+            pause = self.settings.interval_s if candidates else min(pause * 2, self.settings.max_interval_s)
             async with trio.open_nursery() as nursery:
                 for peer in candidates[:max(wanted, 0)]:
                     nursery.start_soon(self._dial_any, peer)

@@ -70,3 +70,24 @@ def test_a_peers_put_value_and_add_provider_are_not_stored(tmp_path):
             a.stop()
 
     trio.run(main)
+
+
+def test_a_network_smaller_than_the_target_is_not_asked_again_every_round(tmp_path):
+    async def main() -> None:
+        a = _node(tmp_path, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            store = PoolStore(tmp_path / "b.sqlite")
+            settings = MeshSettings(interval_s=0.1, max_interval_s=1.6)
+            b = Node(Identity.generate(), store, TrustStore(store), NodeOptions(benches=(BENCH,), bootstrap=(a.addrs[0],), mesh=settings))
+            await nursery.start(b.run)
+            with trio.fail_after(20):
+                while b.peer_exchange.lookups == 0:
+                    await trio.sleep(0.05)
+            await trio.sleep(4)
+            # Rounds every 0.1 s would be ~40 lookups; doubling pauses (0.2, 0.4, ... 1.6) give ~6.
+            assert 1 <= b.peer_exchange.lookups <= 12
+            a.stop()
+            b.stop()
+
+    trio.run(main)
