@@ -74,6 +74,7 @@ class NodeOptions:
     retention: Retention = field(default_factory=Retention)
     keep_port: bool = True  # a /tcp/0 listen address takes the port remembered in the home
     mesh: MeshSettings = field(default_factory=MeshSettings)  # degree kept by peer exchange (node/peer_exchange.py)
+    peer_exchange: bool = True  # False: only the peers named (no DHT), for fixed topologies
     fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
 
     def __post_init__(self) -> None:
@@ -157,11 +158,11 @@ class Node:
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns)
-            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh)
+            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
             async with AsyncExitStack() as stack:
-                for service in [*self.gossip.services(), *self.peer_exchange.services()]:
+                for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else [])]:
                     await stack.enter_async_context(background_trio_service(service))
                 await stack.enter_async_context(self.host.run([_maddr(a) for a in listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
@@ -178,7 +179,8 @@ class Node:
                         if opts.control_socket is not None:
                             await nursery.start(serve_control, opts.control_socket, self)
                     nursery.start_soon(self._sync_loop)
-                    nursery.start_soon(self.peer_exchange.run)
+                    if self.peer_exchange is not None:
+                        nursery.start_soon(self.peer_exchange.run)
                     nursery.start_soon(self._ban_loop)
                     if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
                         from node.script_fetch import script_fetch_loop

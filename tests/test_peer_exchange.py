@@ -41,6 +41,27 @@ def test_two_nodes_bootstrapped_from_a_third_connect_to_each_other_directly(tmp_
     trio.run(main)
 
 
+def test_without_peer_exchange_two_nodes_bootstrapped_from_a_third_stay_a_star(tmp_path):
+    async def main() -> None:
+        a = _node(tmp_path, "a", peer_exchange=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = _node(tmp_path, "b", bootstrap=(a.addrs[0],), peer_exchange=False)
+            c = _node(tmp_path, "c", bootstrap=(a.addrs[0],), peer_exchange=False)
+            await nursery.start(b.run)
+            await nursery.start(c.run)
+            with trio.fail_after(20):
+                while len(a.connected_peers()) < 2:
+                    await trio.sleep(0.1)
+            await trio.sleep(3)  # what the test above gives peer exchange, and more
+            assert b.connected_peers() == [a.peer_id] and c.connected_peers() == [a.peer_id]
+            assert b.peer_exchange is None
+            for node in (a, b, c):
+                node.stop()
+
+    trio.run(main)
+
+
 def test_a_peers_put_value_and_add_provider_are_not_stored(tmp_path):
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.tools.anyio_service import background_trio_service

@@ -44,11 +44,12 @@ ON_INTERRUPT = ("finish", "abandon")
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Score each run on at most this many validation tokens (0: all); a capped score is marked partial. For quick tries.")
 @click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
+@click.option("--no-peer-exchange", is_flag=True, help="Connect only to the peers named (bootstrap, remembered): no DHT, no peers learned from peers. For fixed topologies.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--sync-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between anti-entropy syncs with every peer.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, sync_every, verbose) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, status_every, sync_every, verbose) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import trio
 
@@ -102,6 +103,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         sync_interval_s=sync_every,
         control_socket=home.control_socket,
         home=home,
+        peer_exchange=not no_peer_exchange,
     )
     node = Node(identity, store, trust, options, worker=worker)
     try:
