@@ -18,7 +18,8 @@ peers this node remembers across restarts.
     [proposers]          # external proposers (node/proposers), as `join --proposer NAME=COMMAND`
     heuristics = "python3 examples/proposers/scripted.py"
 
-`known_peers.toml` is ours: peers we have been connected to, newest first, rewritten atomically
+`known_peers.toml` is ours: `pinned` (bootstrap peers, never evicted) and `peers` (peers we have
+been connected to, newest first, at most MAX_KNOWN_PEERS), rewritten atomically
 (write to a temporary file, then rename) so a crash never leaves half a file. A bad value in
 either file is a ProtocolError naming the file and the field.
 """
@@ -31,12 +32,13 @@ import tomllib
 from dataclasses import dataclass, field
 
 from node.home import Home
-from node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
+from node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
 from node.limits import Limits
 from pool.blobs import BlobError, Retention
 from protocol.errors import ProtocolError
 
 KNOWN_PEERS_FILE = "known_peers.toml"
+LISTEN_PORT_FILE = "listen_port"  # the port this node listened on last time (one number)
 MAX_KNOWN_PEERS = 64
 
 
@@ -108,34 +110,84 @@ def load_config(home: Home) -> NodeConfig:
 
 
 def load_known_peers(home: Home) -> list[str]:
-    """Peer multiaddrs remembered from earlier runs (bad lines are skipped, never fatal)."""
-    path = home.root / KNOWN_PEERS_FILE
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return []
-    out = []
-    for addr in data.get("peers", []) if isinstance(data.get("peers"), list) else []:
-        try:
-            out.append(parse_peer_addr(addr).addr)
-        except (ProtocolError, TypeError):
-            continue
-    return out[:MAX_KNOWN_PEERS]
+    """Peer multiaddrs remembered from earlier runs: the pinned ones first, then the learned ones
+    newest first (bad lines are skipped, never fatal)."""
+    pinned, learned = _read_known_peers(home)
+    return list(dict.fromkeys([*pinned, *learned]))
 
 
-def save_known_peers(home: Home, addrs: list[str]) -> None:
-    """Remember `addrs` (newest first, duplicates removed, at most MAX_KNOWN_PEERS)."""
-    unique = list(dict.fromkeys(addrs))[:MAX_KNOWN_PEERS]
+def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[str, ...] = ()) -> None:
+    """Remember `addrs` (newest first, duplicates removed, at most MAX_KNOWN_PEERS) and pin
+    `pinned` (bootstrap addresses). Pinned addresses, those given now and those already in the
+    file (a user may add their own), are never evicted and do not count against the cap."""
+    old_pinned, _ = _read_known_peers(home)
+    keep = list(dict.fromkeys([*old_pinned, *(_valid(a) for a in pinned)]))
+    keep = [a for a in keep if a]
+    unique = [a for a in dict.fromkeys(addrs) if a not in keep][:MAX_KNOWN_PEERS]
     path = home.root / KNOWN_PEERS_FILE
     tmp = path.with_suffix(".toml.tmp")
-    lines = ["# Written by p2pgolf: peers this node has been connected to, newest first.", "peers = ["]
+    lines = ["# Written by p2pgolf. pinned: bootstrap peers (and any you add), never evicted.", "pinned = ["]
+    lines += [f'    "{a}",' for a in keep if '"' not in a and "\\" not in a]
+    lines += ["]", "# Peers this node has been connected to, newest first.", "peers = ["]
     lines += [f'    "{a}",' for a in unique if '"' not in a and "\\" not in a]
     lines.append("]")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+def load_listen_port(home: Home) -> int | None:
+    """The TCP port this node listened on last time, or None (none yet, or an unreadable file)."""
+    try:
+        port = int((home.root / LISTEN_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def save_listen_port(home: Home, port: int) -> None:
+    """Remember `port` (atomically), so the next start listens where peers last saw us."""
+    path = home.root / LISTEN_PORT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def dialable_addrs(home: Home, peer_id: str) -> list[str]:
+    """The addresses others can dial this node at when it runs (config.toml's listen addresses,
+    /tcp/0 ones on the remembered port, wildcards as this machine's interface addresses; those
+    with no port known yet are left out).
+    ProtocolError for a bad config.toml."""
+    port = load_listen_port(home)
+    out = []
+    for addr in load_config(home).listen:
+        if listen_port(addr) == 0:
+            if port is None:
+                continue
+            addr = with_port(addr, port)
+        out += [f"{a}/p2p/{peer_id}" for a in concrete_addrs(addr)]
+    return list(dict.fromkeys(out))
+
+
+def _read_known_peers(home: Home) -> tuple[list[str], list[str]]:
+    path = home.root / KNOWN_PEERS_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return [], []
+
+    def addrs(key: str) -> list[str]:
+        value = data.get(key)
+        return [a for a in map(_valid, value if isinstance(value, list) else []) if a]
+
+    return addrs("pinned"), addrs("peers")[:MAX_KNOWN_PEERS]
+
+
+def _valid(addr: object) -> str | None:
+    try:
+        return parse_peer_addr(addr).addr  # type: ignore[arg-type]
+    except (ProtocolError, TypeError):
+        return None
 
 
 def _table(data: dict, name: str, where: str) -> dict:

@@ -95,10 +95,62 @@ def peer_info(peer: PeerAddr) -> Any:
 
 
 def full_addrs(host: "IHost") -> list[str]:
-    """The host's listen addresses with /p2p/<our id>, ready to give to other people."""
+    """The host's listen addresses with /p2p/<our id>, ready to give to other people (a
+    wildcard such as 0.0.0.0 is replaced by this machine's interface addresses)."""
     own = host.get_id().to_string()
     out = []
     for addr in host.get_addrs():
-        text = str(addr)
-        out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
-    return out
+        for text in concrete_addrs(str(addr)):
+            out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
+    return list(dict.fromkeys(out))
+
+
+def concrete_addrs(text: str) -> list[str]:
+    """`text` itself, or for a wildcard listen address (0.0.0.0, ::) the same port on each of
+    this machine's interfaces (read locally; nothing is sent)."""
+    if not text.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
+        return [text]
+    import multiaddr
+    from libp2p.utils.address_validation import expand_wildcard_address
+
+    try:
+        return [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(text))] or [text]
+    except Exception:
+        return [text]
+
+
+def listen_port(text: str) -> int:
+    """The TCP port of a listen multiaddr (0: any free port)."""
+    return int(parse_listen(text).value_for_protocol("tcp"))
+
+
+def with_port(text: str, port: int) -> str:
+    """`text` (a listen multiaddr) with its TCP port replaced by `port`."""
+    addr = parse_listen(text)
+    names = [p.name for p in addr.protocols()]
+    return f"/{names[0]}/{addr.value_for_protocol(names[0])}/tcp/{port}"
+
+
+def refuse_taken_ports(listen: list[str] | tuple[str, ...]) -> None:
+    """ProtocolError if another process already listens on one of these fixed ports.
+
+    py-libp2p binds with SO_REUSEPORT (for hole punching), so on Linux a second node would share
+    a port with the first and silently get half its connections. A plain bind without
+    SO_REUSEPORT fails against any listener on the port, which is what this checks; SO_REUSEADDR
+    still lets a restarted node take its port back while old connections sit in TIME_WAIT."""
+    import errno
+    import socket
+
+    for text in listen:
+        port = listen_port(text)
+        if port == 0:
+            continue
+        addr = parse_listen(text)
+        family, host = (socket.AF_INET6, addr.value_for_protocol("ip6")) if "ip6" in [p.name for p in addr.protocols()] else (socket.AF_INET, addr.value_for_protocol("ip4"))
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                why = "already in use (another p2pgolf node or program listens there)" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise ProtocolError(f"cannot listen on {text}: port {port} is {why}; pick another port with --listen", "listen") from None

@@ -32,13 +32,14 @@ from typing import Any
 import trio
 
 from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from node.config import load_known_peers, save_known_peers
+from node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
 from node.control import serve as serve_control
 from node.discovery import Discovery
 from node.gossip import Gossip, GossipSettings
 from node.home import Home
-from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, make_host
+from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port, make_host, refuse_taken_ports, with_port
 from node.limits import Admission, Limits, Verdict
+from node.peer_exchange import MeshSettings, PeerExchange
 from node.status import NodeStatus, PeerStatus
 from node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
 from pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
@@ -72,6 +73,9 @@ class NodeOptions:
     blobs_dir: Path | None = None  # None: the home's blobs/ (no home: no blob store)
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     retention: Retention = field(default_factory=Retention)
+    keep_port: bool = True  # a /tcp/0 listen address takes the port remembered in the home
+    mesh: MeshSettings = field(default_factory=MeshSettings)  # degree kept by peer exchange (node/peer_exchange.py)
+    peer_exchange: bool = True  # False: only the peers named (no DHT), for fixed topologies
     fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,7 @@ class Node:
         self.gossip: Gossip | None = None
         self.sync_server: SyncServer | None = None
         self.discovery: Discovery | None = None
+        self.peer_exchange: PeerExchange | None = None
         blobs_dir = options.blobs_dir or (options.home.blobs_dir if options.home is not None else None)
         # Artifacts are capped at the largest size cap among our benchmarks (the challenge's 16 MB).
         self.blobs = BlobStore(blobs_dir, caps={"artifact": max(b.size_cap for b in options.benches)}) if blobs_dir else None
@@ -145,7 +150,8 @@ class Node:
 
         with trio.CancelScope(shield=True):
             opts = self.options
-            self.host = make_host(self.identity, list(opts.listen), enable_mdns=opts.mdns)
+            listen = self._listen_addrs()
+            self.host = make_host(self.identity, listen, enable_mdns=opts.mdns)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
             self.sync_server.attach(self.host)
@@ -156,16 +162,18 @@ class Node:
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap))
+            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
             async with AsyncExitStack() as stack:
-                for service in self.gossip.services():
+                for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else [])]:
                     await stack.enter_async_context(background_trio_service(service))
-                await stack.enter_async_context(self.host.run([_maddr(a) for a in opts.listen]))
+                await stack.enter_async_context(self.host.run([_maddr(a) for a in listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
                 if len(self.host.get_addrs()) < len(opts.listen):
                     # py-libp2p logs a failed listen and carries on without it; we refuse instead.
-                    raise ProtocolError(f"cannot listen on {', '.join(opts.listen)} (address in use or not available here)", "listen")
+                    raise ProtocolError(f"cannot listen on {', '.join(listen)} (address in use or not available here)", "listen")
+                self._remember_port()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     with trio.fail_after(STARTUP_TIMEOUT_S):
@@ -175,6 +183,8 @@ class Node:
                         if opts.control_socket is not None:
                             await nursery.start(serve_control, opts.control_socket, self)
                     nursery.start_soon(self._sync_loop)
+                    if self.peer_exchange is not None:
+                        nursery.start_soon(self.peer_exchange.run)
                     nursery.start_soon(self._ban_loop)
                     if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
                         from node.script_fetch import script_fetch_loop
@@ -473,12 +483,39 @@ class Node:
         self.new_records.set()
         self.new_records = trio.Event()
 
+    def _listen_addrs(self) -> list[str]:
+        """The listen addresses, /tcp/0 ones on the port remembered from the last run (when
+        `keep_port` and it is free: a port another program took meanwhile means a fresh one).
+        ProtocolError if a port given explicitly is taken (SO_REUSEPORT would share it silently)."""
+        opts = self.options
+        refuse_taken_ports(opts.listen)
+        port = load_listen_port(opts.home) if opts.home is not None and opts.keep_port else None
+        if port is None:
+            return list(opts.listen)
+        stable = [with_port(a, port) if listen_port(a) == 0 else a for a in opts.listen]
+        try:
+            refuse_taken_ports([a for a, b in zip(stable, opts.listen) if a != b])
+        except ProtocolError as exc:
+            log.warning("%s; listening on a fresh port instead", exc)
+            return list(opts.listen)
+        return stable
+
+    def _remember_port(self) -> None:
+        if self.options.home is None or not self.options.keep_port:
+            return
+        ports = [int(a.value_for_protocol("tcp")) for a in self.host.get_addrs() if "/tcp/" in str(a)]
+        if ports:
+            try:
+                save_listen_port(self.options.home, ports[0])
+            except OSError as exc:
+                log.warning("cannot remember the listen port: %s", exc)
+
     def _remember(self, peer: PeerAddr) -> None:
         if self.options.home is None:
             return
         self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
         try:
-            save_known_peers(self.options.home, self._remembered)
+            save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
         except OSError as exc:
             log.warning("cannot remember peers: %s", exc)
 

@@ -70,3 +70,19 @@ def test_peer_addresses_must_name_an_ed25519_peer_id():
         parse_peer_addr("/ip4/127.0.0.1/tcp/1/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")
     with pytest.raises(ProtocolError, match="listen"):
         parse_listen("hello")
+
+
+def test_bootstrap_and_hand_pinned_peers_are_never_evicted_by_learned_ones(tmp_path):
+    from node.config import MAX_KNOWN_PEERS
+
+    home = Home(tmp_path)
+    save_known_peers(home, [], pinned=[PEER])
+    text = (tmp_path / "known_peers.toml").read_text()
+    by_hand = f"/ip4/127.0.0.1/tcp/4009/p2p/{Identity.generate().peer_id}"
+    (tmp_path / "known_peers.toml").write_text(text.replace("pinned = [", f'pinned = [\n    "{by_hand}",'))
+    learned = [f"/ip4/127.0.0.1/tcp/{5000 + i}/p2p/{Identity.generate().peer_id}" for i in range(MAX_KNOWN_PEERS + 10)]
+    for addr in learned:  # one at a time, newest first, as a node remembers them
+        save_known_peers(home, [addr, *load_known_peers(home)])
+    kept = load_known_peers(home)
+    assert kept[:2] == [by_hand, PEER]  # pinned first, both still there
+    assert kept[2:] == learned[::-1][:MAX_KNOWN_PEERS]  # the newest learned ones, up to the cap

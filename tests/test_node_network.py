@@ -63,7 +63,7 @@ def ring(tmp_path_factory):
 
 def start_all_with_sync_off(r: Ring) -> None:
     for i, node in enumerate(r.nodes):
-        node.start(r.bootstrap_of(i), "--sync-every", "3600")
+        node.start(r.bootstrap_of(i), "--sync-every", "3600", "--no-peer-exchange")  # the ring stays a ring
     for node in r.nodes:
         node.wait_ready()
 
@@ -97,7 +97,7 @@ def test_node_started_after_200_records_were_published_gets_all_of_them_by_sync(
     home, identity = make_home(ring.root, "late")
     late = NodeProc(home, identity)
     try:
-        late.start([ring.nodes[3].addr], "--sync-every", "3600")
+        late.start([ring.nodes[3].addr], "--sync-every", "3600", "--no-peer-exchange")
         late.wait_ready()
         wait_until(lambda: late.pool_count() == total, 15, interval=0.25, what=f"the late node to hold all {total} records")
         st = late.status()
@@ -151,7 +151,7 @@ def test_kill_9_node_catches_up_after_restart_while_the_others_kept_delivering(r
     wait_until(lambda: [n.pool_count() for n in (left, right)] == [b + 20 for b in before], 15, interval=0.25, what="the survivors to deliver around the gap")
     total = right.pool_count()
     _outlive_gossip_replay(time.monotonic())
-    victim.start(ring.bootstrap_of(2), "--sync-every", "3600")
+    victim.start(ring.bootstrap_of(2), "--sync-every", "3600", "--no-peer-exchange")
     victim.wait_ready()
     wait_until(lambda: victim.pool_count() == total, 15, interval=0.25, what="the restarted node to catch up")
     assert victim.status()["records_in_by_sync"] >= 20

@@ -123,7 +123,7 @@ def test_join_on_a_port_in_use_fails_in_one_line_instead_of_running_deaf(tmp_pat
         port = taken.getsockname()[1]
         out = subprocess.run([P2PGOLF, "--home", str(home.root), "join", "--bench", "smoke", "--no-train", "--listen", f"/ip4/127.0.0.1/tcp/{port}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr == f"error: listen: cannot listen on /ip4/127.0.0.1/tcp/{port} (address in use or not available here)\n"
+    assert out.stderr == f"error: listen: cannot listen on /ip4/127.0.0.1/tcp/{port}: port {port} is already in use (another p2pgolf node or program listens there); pick another port with --listen\n"
     assert not home.control_socket.exists()
 
 

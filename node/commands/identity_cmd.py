@@ -49,16 +49,27 @@ def initialise(home: Home):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
 def show_id(home: Home, as_json: bool) -> None:
-    """Print this node's peer id and public key."""
+    """Print this node's peer id, public key and the addresses others can dial."""
     from protocol.identity import KeyFileError, load_identity
 
     try:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
+    from node.config import dialable_addrs
+    from protocol.errors import ProtocolError
+
+    try:
+        addrs = dialable_addrs(home, identity.peer_id)
+    except ProtocolError as exc:
+        raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root)}))
+        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root), "addrs": addrs}))
         return
     click.echo(f"peer id:    {identity.peer_id}")
     click.echo(f"public key: {identity.public_hex}")
     click.echo(f"home:       {home.root}")
+    for addr in addrs:  # 0.0.0.0 stands for every address of this machine
+        click.echo(f"address:    {addr}")
+    if not addrs:
+        click.echo("address:    none yet (the first `join` picks a port and keeps it)")

@@ -58,6 +58,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Score each run on at most this many validation tokens (0: all); a capped score is marked partial. For quick tries.")
 @click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
+@click.option("--no-peer-exchange", is_flag=True, help="Connect only to the peers named (bootstrap, remembered): no DHT, no peers learned from peers. For fixed topologies.")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout (no live view, no status lines); warnings and errors still go to stderr.")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append every line (and a status line every --status-every seconds, and warnings) to FILE with UTC timestamps.")
@@ -67,7 +68,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
     help="An external proposer: COMMAND runs once per request, reads the situation as JSON on stdin and answers proposals (checked like a peer's); repeatable; added to config.toml's [proposers]. Its share of experiments follows its yield.",
 )  # fmt: skip
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, status_every, quiet, log_file, sync_every, proposers) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, status_every, quiet, log_file, sync_every, proposers) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
@@ -143,6 +144,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         sync_interval_s=sync_every,
         control_socket=home.control_socket,
         home=home,
+        peer_exchange=not no_peer_exchange,
     )
     node = Node(identity, store, trust, options, worker=worker)
     node.research = control  # status reports its current experiment and finished results
