@@ -159,7 +159,8 @@ class LoopControl:
         if end["status"] == "ok" and found is not None and found.get("val_bpb") is not None:
             record = f", record {end['record'][:12]}" if end.get("record") else ""
             took = f" in {_seconds(found['seconds'])}" if found.get("seconds") is not None else ""
-            return f"finished: val_bpb {found['val_bpb']:.4f} after {found['steps']} steps{took}{record}"
+            degraded = f"; {end['note']}" if end.get("note") else ""  # "DEGRADED: <reason>"
+            return f"finished: val_bpb {found['val_bpb']:.4f} after {found['steps']} steps{took}{record}{degraded}"
         note = f" ({end['note']})" if end.get("note") else ""
         return f"ended: {end['status']}{note}"
 
@@ -607,10 +608,11 @@ class ResearchLoop:
             log.warning("experiment %d: our own record was refused: %s", entry["n"], exc)
         throughput = data.get("throughput") or {}
         degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
-        if degraded:
-            log.info("experiment %d: %s", entry["n"], degraded)
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-        return self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
+        end = self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
+        if degraded:  # join prints every end; the log keeps a degraded one with its reason
+            log.info("experiment %d %s", entry["n"], self.control.describe_end(end))
+        return end
 
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
         """The run's record, made once: signing it again (a restart, `p2pgolf publish` of the
