@@ -148,6 +148,7 @@ class SimSettings:
     policy: TrustPolicy = TrustPolicy()
     bandit: bandit_mod.BanditConfig = bandit_mod.BanditConfig()
     hillclimb_step: float = 0.15  # the isolated baseline's own step: tuning the bandit must not move the target
+    landscape: str = "base"  # a kind of pool/landscapes.py's family; "base" is `Landscape.seeded`
 
 
 @dataclass
@@ -191,11 +192,25 @@ def isolated_reference(seed: int, settings: SimSettings = SimSettings(), runs: i
     return run_mode("isolated_hillclimb", seed, replace(settings, nodes=classes * per_class))
 
 
+def isolated_bandit_reference(seed: int, settings: SimSettings = SimSettings(), runs: int = 4) -> RunResult:
+    """At least `runs` independent isolated bandit nodes (our own search, alone) per hardware
+    class on the seed's landscape; as `isolated_reference`, the first `settings.nodes` traces
+    are mode 2's own, so the reference only adds runs. An isolated node sees only its own
+    records, so how many nodes run side by side changes nothing but their number."""
+    if runs < 1:
+        raise ValueError(f"need at least one reference run per hardware class, not {runs}")
+    classes = len(settings.hardware)
+    per_class = max(runs, -(-settings.nodes // classes))
+    return run_mode("isolated_bandit", seed, replace(settings, nodes=classes * per_class))
+
+
 def run_mode(mode: str, seed: int, settings: SimSettings = SimSettings()) -> RunResult:
     """Simulate `settings.nodes` nodes for `settings.experiments` rounds in one mode."""
+    from pool.landscapes import make_landscape
+
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    land = Landscape.seeded(seed)
+    land = make_landscape(settings.landscape, seed)
     hws = node_hardware(settings)
     optimum = {h: land.optimum(h) for h in set(hws)}
     if mode == "isolated_hillclimb":
