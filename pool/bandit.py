@@ -109,6 +109,9 @@ class BanditConfig:
     locality: float = math.inf  # length scale (unit range) over which the surrogate trusts moves measured elsewhere
     foreign_move_sd: float = 0.01  # extra sd of a move measured on other hardware (inf: this hardware's moves only)
     leader_temperature: float = 0.0  # which leader beta re-measures: 0 the incumbent, 1 the leader of an untempered draw
+    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
+    floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
+    calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class Outcome:
     operator: str
     won: bool
     gain: float = 0.0  # bpb by which it beat the incumbent (replicate: exposed the leader by)
+    predicted: float = math.nan  # what the bandit's score promised over the incumbent's mean (bpb)
+    realised: float = math.nan  # what the run delivered over the incumbent's mean (bpb, negative: worse)
 
 
 @dataclass(frozen=True)
@@ -143,13 +148,17 @@ def choose(
     default_tokenizer: str = "sp1024",
     runnable: Callable[[str], bool] = builtin_only,
     vocabularies: Mapping[str, Any] | None = None,
+    running: Sequence[str] = (),
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
     node's finished experiments, oldest first. `runnable(base)` says which bases this node may
     train: a candidate of any other base is evidence only, never proposed. `vocabularies` maps
     a runnable script's base to its ScriptVocabulary: its best candidate here is mutated over
-    the script's hyperparameters, and its leaders recombined (pool/script_proposals.py)."""
+    the script's hyperparameters, and its leaders recombined (pool/script_proposals.py).
+    `running`: candidate ids that peers of this hardware class are running now (announced, or
+    inferred from their latest records): a re-measurement a peer is already making counts as
+    made for `confirm_cap`, and a new candidate a peer is already training is not proposed."""
     incumbent = posterior.incumbent()
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
@@ -161,28 +170,96 @@ def choose(
         return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
     raw = posterior.sample(rng, 1)[0]
     draw = posterior.mean + config.temperature * (raw - posterior.mean)
+    pending = defaultdict(int)
+    for c in running:
+        pending[c] += 1
     if incumbent is not None and "replicate" in operators and rng.random() < leader_probability(config, len(history), remaining):
         # top-two sampling: the leader (of the mean, or of a draw) is measured again
         leader = drawn_leader(posterior, posterior.mean + config.leader_temperature * (raw - posterior.mean), config)
-        if runnable(posterior.info[leader].base):
+        if _settled(posterior, leader, pending, config):
+            leader = _challenger(posterior, raw, leader, pending, config)
+        if leader is not None and runnable(posterior.info[leader].base):
             return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
+    if running:
+        # a peer is training it now: its record will be here by the next choice
+        arms = {
+            op: [(p, sc) for p, sc in v if (not _settled(posterior, p.candidate, pending, config) if op == "replicate" else p.candidate not in pending)]
+            for op, v in arms.items()
+        }
+        arms = {op: v for op, v in arms.items() if v}
     for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}).items():
         arms.setdefault(op, []).extend(extra)
     if not arms:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, incumbent)
     yields = operator_draws(history, [op for op in operators if arms.get(op)], rng, config)
+    over = over_promise(history, list(arms), config) if config.calibrate else {o: 0.0 for o in arms}
     op = max(yields, key=yields.get)
+    forced = max(yields.values()) == math.inf
+    if forced and math.isfinite(config.floor_margin) and incumbent is not None:
+        # the floor explores, but not by running what the model expects to be clearly worse
+        worst_ok = float(posterior.mean[posterior.index[incumbent]]) + config.floor_margin * _noise_sd(posterior)
+        if min(s for _, s in arms[op]) + over.get(op, 0.0) > worst_ok:
+            yields[op] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
+            forced = False
     if config.meta == "global" and max(yields.values()) < 1.5:
         op = min(arms, key=lambda o: min(s for _, s in arms[o]))
-    if config.meta == "blend" and max(yields.values()) < math.inf:
-        # the operator's recent gain (a draw) is credited against its best value draw
-        op = min(arms, key=lambda o: min(s for _, s in arms[o]) - yields[o])
+    if config.meta == "blend" and not forced:
+        # the operator's recent gain (a draw) is credited against its best value draw, and
+        # (calibrate) charged what its scores recently promised beyond what its runs delivered
+        op = min(arms, key=lambda o: min(s for _, s in arms[o]) - yields[o] + over.get(o, 0.0))
     proposal, score = min(arms[op], key=lambda ps: ps[1])
     if callable(proposal):
         proposal = proposal()
     return Choice(proposal, float(score), yields, incumbent)
+
+
+def _noise_sd(posterior: Posterior) -> float:
+    return float(posterior.noise_sd)
+
+
+def _settled(posterior: Posterior, candidate: str, pending: Mapping[str, int], config: BanditConfig) -> bool:
+    """Whether another run of `candidate` here would tell little: it was measured (or is being
+    measured by peers) `confirm_cap` times on this hardware, its posterior at the noise floor."""
+    return posterior.info[candidate].established + pending.get(candidate, 0) >= config.confirm_cap
+
+
+def _challenger(posterior: Posterior, raw: np.ndarray, leader: str, pending: Mapping[str, int], config: BanditConfig) -> str | None:
+    """Top-two's second arm once the leader is settled: the best, in an untempered draw, of the
+    other top established candidates not settled themselves, if that draw beats the leader's."""
+    idx = posterior.index
+    established = sorted((c for c in posterior.candidates if posterior.info[c].established >= posterior.established_weight and c != leader), key=lambda c: posterior.mean[idx[c]])
+    open_ = [c for c in established[: config.top_k] if not _settled(posterior, c, pending, config)]
+    if not open_:
+        return None
+    best = min(open_, key=lambda c: raw[idx[c]])
+    return best if raw[idx[best]] < raw[idx[leader]] else None
+
+
+def over_promise(history: Sequence[Outcome], available: Sequence[str], config: BanditConfig = BanditConfig()) -> dict[str, float]:
+    """Per operator, how much its recent runs fell short of what their scores promised (mean of
+    predicted minus realised gain over its last `window` runs that recorded both, shrunk
+    towards 0 by two pseudo-runs; never negative, so luck is not rewarded twice with yield).
+    Re-measurements promise nothing new and are not charged."""
+    out = {}
+    for op in available:
+        if op == "replicate":
+            out[op] = 0.0
+            continue
+        gaps = [o.predicted - o.realised for o in reversed(history) if o.operator == op and math.isfinite(o.predicted) and math.isfinite(o.realised)][: config.window]
+        out[op] = max(0.0, sum(gaps) / (2.0 + len(gaps))) if gaps else 0.0
+    return out
+
+
+def predicted_and_realised(choice: Choice, measured: float, before: Posterior) -> tuple[float, float]:
+    """What a choice promised over the incumbent's mean (its score's margin) and what its run
+    delivered (the measurement's margin); nan without an incumbent or a finite score."""
+    inc = before.incumbent()
+    if inc is None or not math.isfinite(choice.sampled):
+        return math.nan, math.nan
+    mean = float(before.mean[before.index[inc]])
+    return mean - choice.sampled, mean - float(measured)
 
 
 def leader_probability(config: BanditConfig, done: int, remaining: int | None = None) -> float:
@@ -284,7 +361,7 @@ def _arms(posterior, draw, incumbent, rng, space, config, operators, runnable=bu
     arms: dict[str, list[tuple[Proposal, float]]] = {op: [] for op in operators}
     if "replicate" in arms:
         for c in established[: config.top_k]:
-            if posterior.info[c].established < config.max_replicates and runnable(posterior.info[c].base):
+            if posterior.info[c].established < min(config.max_replicates, config.confirm_cap) and runnable(posterior.info[c].base):
                 arms["replicate"].append((_later(replicate, posterior.info[c]), draw[idx[c]]))
     if "try_peer" in arms:
         for c in posterior.candidates:
@@ -340,8 +417,16 @@ def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies
     return {op: v for op, v in out.items() if v}
 
 
-def _later(make, info):
-    return lambda: make(info)
+class _later:
+    """A proposal made only if its arm wins; knows its candidate for filtering before that."""
+
+    __slots__ = ("make", "info", "candidate")
+
+    def __init__(self, make, info):
+        self.make, self.info, self.candidate = make, info, info.candidate
+
+    def __call__(self):
+        return self.make(self.info)
 
 
 def _mutations(posterior, draw, incumbent, rng, space, config):
