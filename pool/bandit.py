@@ -58,6 +58,20 @@ experiments to match an isolated hill climber with foreign moves at 0.01 against
 (22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
 from 10.6% to 5%.
 
+Calibration and coordination (issue 14; off at their defaults here, see BanditConfig):
+- `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
+  of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
+  challenger only where an untempered draw ranks it above the leader, else the run explores.
+- `running`: candidates peers of this class are training now (announced, or inferred from
+  their latest records); a new candidate a peer is training is not proposed again.
+- `floor_margin`: the operator floor forces an operator only if its best arm is within this
+  many noise sds of the incumbent's mean: it explores without running what the model expects
+  to be clearly worse (a node alone on its class otherwise runs foreign try-peer arms).
+- `calibrate`: each operator's recent over-promise (its score's predicted gain over the
+  incumbent minus the gain its run realised, `over_promise`) is added to its score at the meta
+  level, so an operator whose predictions run optimistic (recombining with a foreign lineage
+  through a wide, shrunk posterior, best of many pairs) loses share.
+
 The incumbent is the best candidate established on this hardware by trusted measurements;
 mutations start from it, so improvements are kept and regressions reverted.
 

@@ -11,6 +11,13 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
 - `delta` is the candidate-by-hardware interaction: results from another class carry extra
   variance `interaction_sd**2`, learned per class from the overlaps, so when a class disagrees with this one about the
   ranking, foreign evidence counts for less.
+- Per-knob transfer (`knob_transfer_sd` > 0): delta is also given a part that is linear in the
+  candidate's knob features (pool/knob_features.py), one coefficient per foreign class and
+  feature: a class that disagrees with this one about batch size and schedule is discounted on
+  those knobs and believed on the ones that carry (learning rate, momentum, architecture). The
+  coefficients are solved jointly with everything else, so a candidate only another class
+  measured carries their uncertainty; each feature's prior sd is learned across the foreign
+  classes (empirical Bayes), so a class with few overlaps borrows from the others.
 - Each record's noise variance is the class's run-to-run variance divided by its weight
   (trust, reproduction checks, per-author caps) plus a "could be lying" variance that is zero
   for weight one and grows as weight falls: an untrusted claim moves the estimate a little,
