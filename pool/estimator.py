@@ -86,7 +86,7 @@ class EstimatorConfig:
     degraded_ratio: float = 0.5  # a run below this fraction of its class's usual speed is degraded...
     degraded_factor: float = 0.25  # ...and its weight is multiplied by this
     naive: bool = False  # believe every record as if measured on this hardware at full weight
-    knob_transfer_sd: float = 0.0  # prior sd (bpb per unit feature) of per-knob transfer terms per foreign class; 0: off
+    knob_transfer_sd: float = 0.05  # prior sd (bpb per unit feature) of per-knob transfer terms per foreign class; 0: off
     knob_transfer_pseudo: float = 2.0  # pseudo-classes that hold each knob's learned sd near the prior
 
 
@@ -486,9 +486,16 @@ def _fit_translations(obs, hw, noise, st, policy, config, results=()):
 
 
 def _candidate_features(results) -> dict[str, np.ndarray]:
+    """Each candidate's knob features, centred on their mean over the pool's candidates: a
+    knob nobody varied is then zero everywhere, so it cannot blur the class offsets (which
+    stay the level difference at the pool's typical config)."""
     from pool.knob_features import features
 
-    return {r.candidate: features(r.base, r.diff) for r in results}
+    raw = {r.candidate: features(r.base, r.diff) for r in results}
+    if not raw:
+        return raw
+    centre = np.mean([raw[c] for c in sorted(raw)], axis=0)
+    return {c: f - centre for c, f in raw.items()}
 
 
 def _fit_knob_transfer(cells, shared, classes, hw, tau, scale, off_prior, m_target, phi, config):

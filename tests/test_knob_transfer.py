@@ -19,6 +19,7 @@ FRIEND = "b" * 64
 BASE = "naive-baseline"
 HERE, THERE = "cuda:fast", "mps:slow"
 ON = EstimatorConfig(knob_transfer_sd=0.05)
+OFF = EstimatorConfig(knob_transfer_sd=0.0)
 
 
 def _truth(lr: float, batch: int, hw: str) -> float:
@@ -79,9 +80,10 @@ def test_transfer_is_learned_on_the_knob_that_differs_and_not_on_the_one_that_ca
 def test_per_knob_transfer_predicts_a_candidate_measured_only_elsewhere_better_than_one_discount():
     evidence, only_there = _pool(16)
     status = static_status(ME, pinned=[FRIEND])
-    off = estimate(evidence, status, HERE)
-    on = estimate(evidence, status, HERE, config=ON)
-    assert off.knob_transfer == {}  # off by default: the model is the old one
+    off = estimate(evidence, status, HERE, config=OFF)
+    on = estimate(evidence, status, HERE)  # on by default
+    assert off.knob_transfer == {}  # switched off, the model is the one before per-knob transfer
+    assert on.knob_transfer
     assert _errors(on, only_there).mean() < 0.5 * _errors(off, only_there).mean()
 
 
