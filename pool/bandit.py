@@ -58,7 +58,12 @@ experiments to match an isolated hill climber with foreign moves at 0.01 against
 (22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
 from 10.6% to 5%.
 
-Calibration and coordination (issue 14; off at their defaults here, see BanditConfig):
+Calibration and coordination (issue 14; off at their defaults here, see BanditConfig). Measured
+together (confirm_cap 6, floor_margin 1, calibrate; per-knob transfer on; seeds 100-103, against
+the default bandit alone) they made things worse: 48.6 / 48.4 experiments to the isolated
+bandit's expected result on the base / per-knob-transfer landscapes against 38.6 / 30.0
+without them (standard errors 9-12 on 4 seeds), replicate share 58% against 52%: the
+challenger re-measurements replaced the incumbent's. Each is tested; none is tuned yet.
 - `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
   of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
   challenger only where an untempered draw ranks it above the leader, else the run explores.
