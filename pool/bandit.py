@@ -67,6 +67,25 @@ experiments to match an isolated hill climber with foreign moves at 0.01 against
 (22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
 from 10.6% to 5%.
 
+Calibration and coordination (issue 14; off at their defaults here, see BanditConfig). Measured
+together (confirm_cap 6, floor_margin 1, calibrate; per-knob transfer on; seeds 100-103, against
+the default bandit alone) they made things worse: 48.6 / 48.4 experiments to the isolated
+bandit's expected result on the base / per-knob-transfer landscapes against 38.6 / 30.0
+without them (standard errors 9-12 on 4 seeds), replicate share 58% against 52%: the
+challenger re-measurements replaced the incumbent's. Each is tested; none is tuned yet.
+- `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
+  of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
+  challenger only where an untempered draw ranks it above the leader, else the run explores.
+- `running`: candidates peers of this class are training now (announced, or inferred from
+  their latest records); a new candidate a peer is training is not proposed again.
+- `floor_margin`: the operator floor forces an operator only if its best arm is within this
+  many noise sds of the incumbent's mean: it explores without running what the model expects
+  to be clearly worse (a node alone on its class otherwise runs foreign try-peer arms).
+- `calibrate`: each operator's recent over-promise (its score's predicted gain over the
+  incumbent minus the gain its run realised, `over_promise`) is added to its score at the meta
+  level, so an operator whose predictions run optimistic (recombining with a foreign lineage
+  through a wide, shrunk posterior, best of many pairs) loses share.
+
 The incumbent is the best candidate established on this hardware by trusted measurements;
 mutations start from it, so improvements are kept and regressions reverted.
 
@@ -118,6 +137,9 @@ class BanditConfig:
     locality: float = math.inf  # length scale (unit range) over which the surrogate trusts moves measured elsewhere
     foreign_move_sd: float = 0.01  # extra sd of a move measured on other hardware (inf: this hardware's moves only)
     leader_temperature: float = 0.0  # which leader beta re-measures: 0 the incumbent, 1 the leader of an untempered draw
+    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
+    floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
+    calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,8 @@ class Outcome:
     gain: float = 0.0  # bpb by which it beat the incumbent (replicate: exposed the leader by)
     cost: float = 1.0  # in experiments: 1 for a run, plus what choosing it cost (a proposer's seconds / the budget)
     experiment: bool = True  # False: a proposer's request that gave nothing to run
+    predicted: float = math.nan  # what the bandit's score promised over the incumbent's mean (bpb)
+    realised: float = math.nan  # what the run delivered over the incumbent's mean (bpb, negative: worse)
 
 
 EXTERNAL_PREFIX = "proposer:"  # operator names of external proposers (node/proposers)
@@ -161,6 +185,7 @@ def choose(
     vocabularies: Mapping[str, Any] | None = None,
     script_tokenizers: Mapping[str, str] | None = None,
     external: Mapping[str, Callable[[], Sequence[Proposal]]] | None = None,
+    running: Sequence[str] = (),
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
@@ -174,7 +199,10 @@ def choose(
     the best value any built-in operator drew (a proposer's ideas have no model value here,
     only a record, so it is chosen over the best-valued operator when its yield is higher);
     it is called only when chosen, and if it gives nothing the next operator in the meta
-    level's order runs. Its first proposal runs (the proposer ranks its own ideas)."""
+    level's order runs. Its first proposal runs (the proposer ranks its own ideas).
+    `running`: candidate ids that peers of this hardware class are running now (announced, or
+    inferred from their latest records): a re-measurement a peer is already making counts as
+    made for `confirm_cap`, and a new candidate a peer is already training is not proposed."""
     experiments = sum(1 for o in history if o.experiment)
     incumbent = posterior.incumbent()
     if not posterior.candidates:
@@ -187,12 +215,24 @@ def choose(
         return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
     raw = posterior.sample(rng, 1)[0]
     draw = posterior.mean + config.temperature * (raw - posterior.mean)
+    pending = defaultdict(int)
+    for c in running:
+        pending[c] += 1
     if incumbent is not None and "replicate" in operators and rng.random() < leader_probability(config, experiments, remaining):
         # top-two sampling: the leader (of the mean, or of a draw) is measured again
         leader = drawn_leader(posterior, posterior.mean + config.leader_temperature * (raw - posterior.mean), config)
-        if runnable(posterior.info[leader].base):
+        if _settled(posterior, leader, pending, config):
+            leader = _challenger(posterior, raw, leader, pending, config)
+        if leader is not None and runnable(posterior.info[leader].base):
             return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
+    if running:
+        # a peer is training it now: its record will be here by the next choice
+        arms = {
+            op: [(p, sc) for p, sc in v if (not _settled(posterior, p.candidate, pending, config) if op == "replicate" else p.candidate not in pending)]
+            for op, v in arms.items()
+        }
+        arms = {op: v for op, v in arms.items() if v}
     for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}, script_tokenizers or {}).items():
         arms.setdefault(op, []).extend(extra)
     external = dict(external or {})
@@ -200,10 +240,18 @@ def choose(
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, incumbent)
     yields = operator_draws(history, [op for op in operators if arms.get(op)] + list(external), rng, config)
+    over = over_promise(history, list(arms), config) if config.calibrate else {o: 0.0 for o in arms}
+    first = max(yields, key=yields.get)
+    if yields[first] == math.inf and first in arms and math.isfinite(config.floor_margin) and incumbent is not None:
+        # the floor explores, but not by running what the model expects to be clearly worse
+        worst_ok = float(posterior.mean[posterior.index[incumbent]]) + config.floor_margin * _noise_sd(posterior)
+        if min(s for _, s in arms[first]) + over.get(first, 0.0) > worst_ok:
+            yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
     # An external proposer's idea has no model value here: it is given the best value any
     # built-in operator drew, so that the choice between them is its yield against theirs.
     neutral = min((float(s) for v in arms.values() for _, s in v), default=float(draw[posterior.index[incumbent]]) if incumbent is not None else 0.0)
-    value = {o: min(s for _, s in arms[o]) for o in arms} | {o: neutral for o in external}
+    # (calibrate) an operator is charged what its scores recently promised beyond what its runs delivered
+    value = {o: min(s for _, s in arms[o]) + over.get(o, 0.0) for o in arms} | {o: neutral for o in external}
     for op in _meta_order(yields, value, config):
         if op in external:
             offered = list(external[op]())
@@ -230,6 +278,53 @@ def _meta_order(yields: Mapping[str, float], value: Mapping[str, float], config:
         # the operator's recent gain (a draw) is credited against its best value draw
         return sorted(ops, key=lambda o: value[o] - yields[o])
     return sorted(ops, key=lambda o: -yields[o])
+
+
+def _noise_sd(posterior: Posterior) -> float:
+    return float(posterior.noise_sd)
+
+
+def _settled(posterior: Posterior, candidate: str, pending: Mapping[str, int], config: BanditConfig) -> bool:
+    """Whether another run of `candidate` here would tell little: it was measured (or is being
+    measured by peers) `confirm_cap` times on this hardware, its posterior at the noise floor."""
+    return posterior.info[candidate].established + pending.get(candidate, 0) >= config.confirm_cap
+
+
+def _challenger(posterior: Posterior, raw: np.ndarray, leader: str, pending: Mapping[str, int], config: BanditConfig) -> str | None:
+    """Top-two's second arm once the leader is settled: the best, in an untempered draw, of the
+    other top established candidates not settled themselves, if that draw beats the leader's."""
+    idx = posterior.index
+    established = sorted((c for c in posterior.candidates if posterior.info[c].established >= posterior.established_weight and c != leader), key=lambda c: posterior.mean[idx[c]])
+    open_ = [c for c in established[: config.top_k] if not _settled(posterior, c, pending, config)]
+    if not open_:
+        return None
+    best = min(open_, key=lambda c: raw[idx[c]])
+    return best if raw[idx[best]] < raw[idx[leader]] else None
+
+
+def over_promise(history: Sequence[Outcome], available: Sequence[str], config: BanditConfig = BanditConfig()) -> dict[str, float]:
+    """Per operator, how much its recent runs fell short of what their scores promised (mean of
+    predicted minus realised gain over its last `window` runs that recorded both, shrunk
+    towards 0 by two pseudo-runs; never negative, so luck is not rewarded twice with yield).
+    Re-measurements promise nothing new and are not charged."""
+    out = {}
+    for op in available:
+        if op == "replicate":
+            out[op] = 0.0
+            continue
+        gaps = [o.predicted - o.realised for o in reversed(history) if o.operator == op and math.isfinite(o.predicted) and math.isfinite(o.realised)][: config.window]
+        out[op] = max(0.0, sum(gaps) / (2.0 + len(gaps))) if gaps else 0.0
+    return out
+
+
+def predicted_and_realised(choice: Choice, measured: float, before: Posterior) -> tuple[float, float]:
+    """What a choice promised over the incumbent's mean (its score's margin) and what its run
+    delivered (the measurement's margin); nan without an incumbent or a finite score."""
+    inc = before.incumbent()
+    if inc is None or not math.isfinite(choice.sampled):
+        return math.nan, math.nan
+    mean = float(before.mean[before.index[inc]])
+    return mean - choice.sampled, mean - float(measured)
 
 
 def leader_probability(config: BanditConfig, done: int, remaining: int | None = None) -> float:
@@ -354,7 +449,7 @@ def _arms(posterior, draw, incumbent, rng, space, config, operators, runnable=bu
     arms: dict[str, list[tuple[Proposal, float]]] = {op: [] for op in operators}
     if "replicate" in arms:
         for c in established[: config.top_k]:
-            if posterior.info[c].established < config.max_replicates and runnable(posterior.info[c].base):
+            if posterior.info[c].established < min(config.max_replicates, config.confirm_cap) and runnable(posterior.info[c].base):
                 arms["replicate"].append((_later(replicate, posterior.info[c]), draw[idx[c]]))
     if "try_peer" in arms:
         for c in posterior.candidates:
@@ -414,8 +509,16 @@ def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies
     return {op: v for op, v in out.items() if v}
 
 
-def _later(make, info):
-    return lambda: make(info)
+class _later:
+    """A proposal made only if its arm wins; knows its candidate for filtering before that."""
+
+    __slots__ = ("make", "info", "candidate")
+
+    def __init__(self, make, info):
+        self.make, self.info, self.candidate = make, info, info.candidate
+
+    def __call__(self):
+        return self.make(self.info)
 
 
 def _mutations(posterior, draw, incumbent, rng, space, config):

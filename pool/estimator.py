@@ -11,6 +11,17 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
 - `delta` is the candidate-by-hardware interaction: results from another class carry extra
   variance `interaction_sd**2`, learned per class from the overlaps, so when a class disagrees with this one about the
   ranking, foreign evidence counts for less.
+- Per-knob transfer (`knob_transfer_sd` > 0): delta is also given a part that is linear in the
+  candidate's knob features (pool/knob_features.py), one coefficient per foreign class and
+  feature: a class that disagrees with this one about batch size and schedule is discounted on
+  those knobs and believed on the ones that carry (learning rate, momentum, architecture). The
+  coefficients are solved jointly with everything else, so a candidate only another class
+  measured carries their uncertainty; each feature's prior sd is learned across the foreign
+  classes (empirical Bayes), so a class with few overlaps borrows from the others.
+  benchmarks/sim_collective.py (8 seeds, whole family, with the simulator's announcements):
+  worst class ratio 1.89 -> 1.52, same-class M2 swarm of 8 26.2 -> 22.9 experiments, but 4
+  mixed nodes 41.7 -> 44.5 (standard errors 4-9 per scenario): not a demonstrated gain yet;
+  off by default (`knob_transfer_sd=0`, the model as it was); 0.05 turns it on.
 - Each record's noise variance is the class's run-to-run variance divided by its weight
   (trust, reproduction checks, per-author caps) plus a "could be lying" variance that is zero
   for weight one and grows as weight falls: an untrusted claim moves the estimate a little,
@@ -81,6 +92,11 @@ class EstimatorConfig:
     degraded_ratio: float = 0.5  # a run below this fraction of its class's usual speed is degraded...
     degraded_factor: float = 0.25  # ...and its weight is multiplied by this
     naive: bool = False  # believe every record as if measured on this hardware at full weight
+    # Prior sd (bpb per unit feature) of per-knob transfer terms per foreign class; 0: off. Off by
+    # default until the family benchmark shows a gain (16 seeds: 40.4 -> 41.5 experiments, worst
+    # class ratio 1.73 -> 1.69, every scenario's change within about two standard errors).
+    knob_transfer_sd: float = 0.0
+    knob_transfer_pseudo: float = 2.0  # pseudo-classes that hold each knob's learned sd near the prior
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,8 @@ class Posterior:
     _ancestors: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict, repr=False)
     _chol: np.ndarray | None = field(default=None, repr=False)
     index: dict[str, int] = field(default_factory=dict)
+    noise_sd: float = 0.005  # run-to-run sd on this hardware, as learned from replicates
+    knob_transfer: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (mean, sd) per knob feature
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.candidates)}
@@ -286,7 +304,7 @@ def estimate(
     noise = _noise_by_class(obs, st, policy, config)
 
     # --- pass 1: translation between classes from overlaps (trusted weights, no lineage)
-    translations, tau = _fit_translations(obs, hw, noise, st, policy, config)
+    translations, tau, transfer = _fit_translations(obs, hw, noise, st, policy, config, results)
     interaction_sd = float(np.mean(list(tau.values()))) if tau else config.interaction_sd
 
     # --- attestation verdicts, then trust moved by them
@@ -323,7 +341,7 @@ def estimate(
             continue
         weighted.append((o, trust, claim, cap, claim * cap))
 
-    return _solve(weighted, results, hw, noise, translations, tau, interaction_sd, authors, checks, checks_by_subject, st, config)
+    return _solve(weighted, results, hw, noise, translations, tau, interaction_sd, authors, checks, checks_by_subject, st, config, transfer)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -431,9 +449,11 @@ def _obs_var(noise_sd: float, weight: float, config: EstimatorConfig) -> float:
     return noise_sd**2 / w + config.lie_sd**2 * (1.0 - w) / w
 
 
-def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Translation], float]:
+def _fit_translations(obs, hw, noise, st, policy, config, results=()):
     """Offsets (and scales) of each class relative to `hw`, from candidates seen on several
-    classes, using starting trust only; and the interaction sd from the residuals."""
+    classes, using starting trust only; and the interaction sd from the residuals.
+    With `config.knob_transfer_sd`, also per-knob transfer (see `_fit_knob_transfer`): returns
+    (translations, tau, transfer) where transfer is None when off."""
     classes = sorted({o.hw for o in obs} - {hw})
     cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # precision, precision*y
     for o in obs:
@@ -451,7 +471,7 @@ def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Tra
     class_mean = _class_means(cells)
     m_target = class_mean.get(hw, float(np.mean(list(class_mean.values()))) if class_mean else 0.0)
     if not classes:
-        return {}, {}
+        return {}, {}, None
     overlaps = {h: sum(1 for c in shared if h in seen_on[c] and hw in seen_on[c]) for h in classes}
     scale = {h: 1.0 for h in classes}
     tau = {h: config.interaction_sd for h in classes}
@@ -472,7 +492,86 @@ def _fit_translations(obs, hw, noise, st, policy, config) -> tuple[dict[str, Tra
         h: Translation(h, float(off_mean[h]), float(off_sd[h]), float(scale[h]), overlaps[h], noise.get(h, config.noise_sd), float(m_target), float(tau[h]))
         for h in classes
     }
-    return out, tau
+    transfer = None
+    if config.knob_transfer_sd > 0 and not config.naive:
+        phi = _candidate_features(results)
+        beta_sd, tau_b = _fit_knob_transfer(cells, shared, classes, hw, tau, scale, off_mean, m_target, phi, config)
+        transfer = (phi, beta_sd, tau_b)
+    return out, tau, transfer
+
+
+def _candidate_features(results) -> dict[str, np.ndarray]:
+    """Each candidate's knob features, centred on their mean over the pool's candidates: a
+    knob nobody varied is then zero everywhere, so it cannot blur the class offsets (which
+    stay the level difference at the pool's typical config)."""
+    from pool.knob_features import features
+
+    raw = {r.candidate: features(r.base, r.diff) for r in results}
+    if not raw:
+        return raw
+    centre = np.mean([raw[c] for c in sorted(raw)], axis=0)
+    return {c: f - centre for c, f in raw.items()}
+
+
+def _fit_knob_transfer(cells, shared, classes, hw, tau, scale, off_prior, m_target, phi, config):
+    """Per foreign class h and knob feature k, a transfer term beta[h, k]: class h's result on
+    candidate c departs from the target's by offset[h] + phi(c) . beta[h] (+ a residual
+    interaction). Fitted on the overlaps (candidates measured on both), jointly with the
+    candidates and offsets; each feature's prior sd is learned across all foreign classes
+    (empirical Bayes, `knob_transfer_pseudo` pseudo-classes at `knob_transfer_sd`), so a class
+    with few overlaps borrows what the others showed about which knobs transfer. The residual
+    interaction sd per class is re-estimated after the transfer terms. Returns
+    (feature sds, tau per class) for the joint solve."""
+    from pool.knob_features import N_FEATURES
+
+    zero = np.zeros(N_FEATURES)
+    beta_sd = np.full(N_FEATURES, config.knob_transfer_sd)
+    tau_b = dict(tau)
+    if not shared:
+        return beta_sd, tau_b
+    ci = {c: i for i, c in enumerate(shared)}
+    hi = {h: len(shared) + j for j, h in enumerate(classes)}
+    bi = {h: len(shared) + len(classes) + j * N_FEATURES for j, h in enumerate(classes)}
+    n = len(shared) + len(classes) * (1 + N_FEATURES)
+    for _ in range(3):
+        A = np.zeros((n, n))
+        b = np.zeros(n)
+        A[np.arange(len(shared)), np.arange(len(shared))] += 1.0
+        b[: len(shared)] += m_target
+        for h in classes:
+            A[hi[h], hi[h]] += 1.0 / config.offset_sd**2
+            b[hi[h]] += off_prior[h] / config.offset_sd**2
+            sl = slice(bi[h], bi[h] + N_FEATURES)
+            A[sl, sl] += np.diag(1.0 / beta_sd**2)
+        rows = []
+        for (c, h), (p, py) in cells.items():
+            if c not in ci:
+                continue
+            y, v = py / p, 1.0 / p
+            if h == hw:
+                A[ci[c], ci[c]] += 1.0 / v
+                b[ci[c]] += y / v
+                continue
+            s = scale[h]
+            y = m_target + (y - m_target) / s
+            v = v / s**2 + tau_b[h] ** 2
+            idx = np.concatenate(([ci[c], hi[h]], np.arange(bi[h], bi[h] + N_FEATURES)))
+            coef = np.concatenate(([1.0, 1.0], phi.get(c, zero)))
+            A[np.ix_(idx, idx)] += np.outer(coef, coef) / v
+            b[idx] += coef * y / v
+            rows.append((idx, coef, y, v - tau_b[h] ** 2, h))
+        cov = np.linalg.inv(A)
+        theta = cov @ b
+        # each feature's sd, learned over the classes (EM step for the shared variance)
+        second = np.zeros(N_FEATURES)
+        for h in classes:
+            sl = slice(bi[h], bi[h] + N_FEATURES)
+            second += theta[sl] ** 2 + np.diag(cov)[sl]
+        k0 = config.knob_transfer_pseudo
+        beta_sd = np.sqrt((k0 * config.knob_transfer_sd**2 + second) / (k0 + len(classes)))
+        resid = [(y - float(coef @ theta[idx]), v, h) for idx, coef, y, v, h in rows]
+        tau_b = {h: _interaction_from_residuals([r for r in resid if r[2] == h], config) for h in classes}
+    return beta_sd, tau_b
 
 
 def _class_means(cells) -> dict[str, float]:
@@ -616,7 +715,7 @@ def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
     return math.sqrt((prior_families * config.lineage_sd**2 + excess) / (prior_families + families))
 
 
-def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, checks, checks_by_subject, st, config) -> Posterior:
+def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, checks, checks_by_subject, st, config, transfer=None) -> Posterior:
     # candidates: everything with evidence, plus known parents of those
     rec_candidate = {r.record_id: r.candidate for r in results}
     info_src: dict[str, list[ResultEvidence]] = defaultdict(list)
@@ -633,6 +732,12 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     classes = sorted({o.hw for o, *_ in weighted} - {hw})
     hi = {h: len(candidates) + j for j, h in enumerate(classes)}
     n = len(candidates) + len(classes)
+    # per-knob transfer terms of each foreign class (see _fit_knob_transfer), after the offsets
+    phi, beta_sd, tau_b = transfer if transfer is not None else ({}, None, {})
+    n_feat = len(beta_sd) if beta_sd is not None else 0
+    bi = {h: n + j * n_feat for j, h in enumerate(classes)}
+    n += len(classes) * n_feat
+    tau = {**tau, **tau_b}
 
     # pool level on the target hardware: trusted target measurements, else translated others
     ys, ws = [], []
@@ -689,6 +794,7 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         cell[0] += 1.0 / v
         cell[1] += y / v
         row_sd[o.record_id] = math.sqrt(v + (tau.get(o.hw, config.interaction_sd) ** 2 if o.hw != hw else 0.0))
+    dense: list[tuple[np.ndarray, np.ndarray, float]] = []  # (indices, coefficients, 1/v) of cells with transfer terms
     for (c, h), (p, py) in cells.items():
         v = 1.0 / p + (tau.get(h, config.interaction_sd) ** 2 if h != hw else 0.0)
         y = py / p
@@ -696,6 +802,11 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         if h == hw:
             ai.append(i), aj.append(i), av.append(1.0 / v)
             b[i] += y / v
+        elif n_feat and c in phi:
+            idx = np.concatenate(([i, hi[h]], np.arange(bi[h], bi[h] + n_feat)))
+            coef = np.concatenate(([1.0, 1.0], phi[c]))
+            dense.append((idx, coef, 1.0 / v))
+            b[idx] += coef * y / v
         else:
             j = hi[h]
             ai.extend((i, j, i, j)), aj.extend((i, j, j, i)), av.extend((1.0 / v,) * 4)
@@ -703,6 +814,11 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
             b[j] += y / v
     A = np.zeros((n, n))
     np.add.at(A, (np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp)), np.asarray(av))
+    for h in classes if n_feat else ():
+        sl = np.arange(bi[h], bi[h] + n_feat)
+        A[sl, sl] += 1.0 / beta_sd**2
+    for idx, coef, prec in dense:
+        A[np.ix_(idx, idx)] += np.outer(coef, coef) * prec
     if n:
         cov = np.linalg.inv(A)
         cov = (cov + cov.T) / 2.0
@@ -775,6 +891,8 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         _build_rows=build_rows,
         established_weight=config.established_weight,
         _cov=cov[:k, :k].copy(),
+        noise_sd=float(noise.get(hw, config.noise_sd)),
+        knob_transfer={h: (theta[bi[h] : bi[h] + n_feat].copy(), np.sqrt(np.maximum(np.diag(cov)[bi[h] : bi[h] + n_feat], 0.0))) for h in classes} if n_feat else {},
     )
 
 

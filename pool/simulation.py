@@ -148,6 +148,8 @@ class SimSettings:
     policy: TrustPolicy = TrustPolicy()
     bandit: bandit_mod.BanditConfig = bandit_mod.BanditConfig()
     hillclimb_step: float = 0.15  # the isolated baseline's own step: tuning the bandit must not move the target
+    landscape: str = "base"  # a kind of pool/landscapes.py's family; "base" is `Landscape.seeded`
+    announce: bool = True  # nodes see which candidates peers of their class started this round
 
 
 @dataclass
@@ -191,11 +193,25 @@ def isolated_reference(seed: int, settings: SimSettings = SimSettings(), runs: i
     return run_mode("isolated_hillclimb", seed, replace(settings, nodes=classes * per_class))
 
 
+def isolated_bandit_reference(seed: int, settings: SimSettings = SimSettings(), runs: int = 4) -> RunResult:
+    """At least `runs` independent isolated bandit nodes (our own search, alone) per hardware
+    class on the seed's landscape; as `isolated_reference`, the first `settings.nodes` traces
+    are mode 2's own, so the reference only adds runs. An isolated node sees only its own
+    records, so how many nodes run side by side changes nothing but their number."""
+    if runs < 1:
+        raise ValueError(f"need at least one reference run per hardware class, not {runs}")
+    classes = len(settings.hardware)
+    per_class = max(runs, -(-settings.nodes // classes))
+    return run_mode("isolated_bandit", seed, replace(settings, nodes=classes * per_class))
+
+
 def run_mode(mode: str, seed: int, settings: SimSettings = SimSettings()) -> RunResult:
     """Simulate `settings.nodes` nodes for `settings.experiments` rounds in one mode."""
+    from pool.landscapes import make_landscape
+
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    land = Landscape.seeded(seed)
+    land = make_landscape(settings.landscape, seed)
     hws = node_hardware(settings)
     optimum = {h: land.optimum(h) for h in set(hws)}
     if mode == "isolated_hillclimb":
@@ -299,16 +315,21 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
     for k in range(settings.experiments):
         new_results: list[ResultEvidence] = []
         new_attestations: list[AttestationEvidence] = []
+        running: list[tuple[int, str]] = []
         for i, hw in enumerate(hws):
             post = estimate(visible(i), statuses[i], hw, budget_s=BUDGET_S, policy=settings.policy, config=config)
             posteriors[i] = post
             if k > 0:
                 traces[i].incumbent_true.append(_incumbent_true(post, ledger, hw, traces[i]))
-            choice = bandit_mod.choose(post, rngs[i], history=histories[i], remaining=settings.experiments - k, space=settings.space, config=settings.bandit, default_base=BASE)
+            # what peers of this class announced this round (nodes start one after another)
+            peers_running = [c for j, c in running if j != i and hws[j] == hw] if settings.announce and not isolated else []
+            choice = bandit_mod.choose(post, rngs[i], history=histories[i], remaining=settings.experiments - k, space=settings.space, config=settings.bandit, default_base=BASE, running=peers_running)
             p = choice.proposal
+            running.append((i, p.candidate))
             cfg = ledger.config(p.base, p.diff, p.candidate)
             measured = land.true_bpb(cfg, hw) + rngs[i].normal(0.0, land.hardware[hw].noise_sd)
-            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post)))
+            predicted, realised = bandit_mod.predicted_and_realised(choice, measured, post)
+            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted, realised))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
             traces[i].on_fake.append(_spent_on_fake(p, post, fake_records))

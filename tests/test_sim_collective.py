@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pool.bandit import BanditConfig
-from pool.simulation import HARDWARE, MODES, Landscape, NodeTrace, RunResult, SimSettings, experiments_to_reach, isolated_reference, run_mode, summarise
+from pool.simulation import HARDWARE, MODES, Landscape, NodeTrace, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode, summarise
 from protocol import knobs
 
 TINY = SimSettings(nodes=3, experiments=20)
@@ -129,3 +129,57 @@ def test_experiments_to_reach_times_each_node_against_its_class_summary_of_the_r
     assert experiments_to_reach(collective, reference, "median") == [4, 5]  # 1.1 <= 1.2 only after four
     with pytest.raises(ValueError, match="unknown statistic"):
         experiments_to_reach(collective, reference, "max")
+
+
+def test_the_isolated_bandit_reference_adds_independent_bandit_runs_to_mode_two():
+    settings = SimSettings(nodes=3, experiments=8)
+    alone = run_mode("isolated_bandit", 4, settings)
+    reference = isolated_bandit_reference(4, settings, runs=2)
+    assert len(reference.traces) == 6 and {t.hw for t in reference.traces} == {h.key for h in HARDWARE}
+    for own, ref in zip(alone.traces, reference.traces):
+        assert (own.hw, own.ran, own.incumbent_true) == (ref.hw, ref.ran, ref.incumbent_true)
+    assert reference.traces[0].ran != reference.traces[3].ran  # same class, another search
+    with pytest.raises(ValueError, match="at least one reference run"):
+        isolated_bandit_reference(4, settings, runs=0)
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sim_collective.py"
+    spec = importlib.util.spec_from_file_location("sim_collective_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_definitions():
+    bench = _benchmark()
+    from pool.landscapes import Scenario
+
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+    optimum = {fast: 1.0, slow: 2.0}
+
+    def node(hw, curve, ops):
+        return NodeTrace(hw, incumbent_true=list(curve), final_true=curve[-1], operators=list(ops), ran=["x"] * len(ops))
+
+    collective, bandit_ref, hill_ref = {}, {}, {}
+    for seed, (slow_final, slow_alone) in enumerate(((2.04, 2.02), (2.02, 2.04))):
+        collective[seed] = RunResult("trust", seed, [node(fast, [1.2, 1.05, 1.01], ["mutate", "replicate", "replicate"]), node(slow, [2.3, 2.1, slow_final], ["mutate", "mutate", "replicate"])], optimum)
+        # the isolated bandit's expected result: fast 1.03 (mean of 1.02 and 1.04), slow as given
+        bandit_ref[seed] = RunResult("isolated_bandit", seed, [node(fast, [1.02], ["m"]), node(fast, [1.04], ["m"]), node(slow, [slow_alone], ["m"])], optimum)
+        hill_ref[seed] = RunResult("isolated_hillclimb", seed, [node(fast, [1.1], ["m"]), node(slow, [2.2], ["m"])], optimum)
+    r = bench.judge(Scenario("t"), [0, 1], collective, bandit_ref, hill_ref, 3)
+    # fast hits 1.03 after 3 experiments; slow hits 2.02 never in seed 0 (4 = K + 1), after 3 in seed 1
+    assert r["exps_vs_isolated_bandit"] == pytest.approx(np.mean([np.mean([3, 4]), np.mean([3, 3])]))
+    assert r["exps_vs_isolated_bandit_se"] == pytest.approx(np.std([3.5, 3.0], ddof=1) / np.sqrt(2))
+    assert r["replicate_share"] == pytest.approx(0.5)
+    f, s = r["classes"][fast], r["classes"][slow]
+    assert f["collective_regret"] == pytest.approx(0.01) and f["isolated_bandit_regret"] == pytest.approx(0.03)
+    assert f["paired_difference"] == pytest.approx(-0.02) and f["class_ratio"] == pytest.approx(1 / 3)
+    # the slow class: +0.02 then -0.02 over the seeds: no mean difference, ratio 1
+    assert s["paired_difference"] == pytest.approx(0.0) and s["paired_difference_se"] == pytest.approx(0.02)
+    assert s["class_ratio"] == pytest.approx(1.0)
+    assert r["worst_class_ratio"] == pytest.approx(1.0)
+    assert r["exps_vs_isolated_hillclimb"] == pytest.approx(2.0)  # 1.05 <= 1.1 and 2.1 <= 2.2 after two
