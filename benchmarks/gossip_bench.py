@@ -128,6 +128,28 @@ def received_ms(node: NodeProc, ids: set[str]) -> dict[str, int]:
     return {i: ms for i, ms in rows if i in ids}
 
 
+def delivery(origin: dict[str, int], seen: list[dict[str, int]]) -> tuple[int, int, list[float]]:
+    """Records published at node `origin[id]`, and when each node stored them (`seen[j]`: id ->
+    ms): (deliveries, deliveries expected, sorted latencies in seconds from the origin's store)."""
+    latencies, delivered, expected = [], 0, 0
+    for rid, o in origin.items():
+        t0 = seen[o].get(rid)
+        for j, s in enumerate(seen):
+            if j == o:
+                continue
+            expected += 1
+            if rid in s:
+                delivered += 1
+                if t0 is not None:
+                    latencies.append(max(0, s[rid] - t0) / 1000)
+    return delivered, expected, sorted(latencies)
+
+
+def percentile(latencies: list[float], p: float) -> float | None:
+    """The p-quantile (0..1) of sorted latencies, by the nearest lower rank; None when empty."""
+    return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
+
+
 def run_stage(nodes: list[NodeProc], rate: float, duration: float, rng: random.Random, authors: list[Identity], seed0: int) -> dict:
     pids = [n.proc.pid for n in nodes]
     count = max(1, int(rate * duration))
@@ -153,21 +175,10 @@ def run_stage(nodes: list[NodeProc], rate: float, duration: float, rng: random.R
     time.sleep(1)
     cpu1, net1 = cpu_seconds(pids), bytes_sent(set(pids))
     seen = [received_ms(n, ids) for n in nodes]
-    latencies, delivered, expected = [], 0, 0
-    for rid, o in origin.items():
-        t0 = seen[o].get(rid)
-        for j, s in enumerate(seen):
-            if j == o:
-                continue
-            expected += 1
-            if rid in s:
-                delivered += 1
-                if t0 is not None:
-                    latencies.append(max(0, s[rid] - t0) / 1000)
-    latencies.sort()
+    delivered, expected, latencies = delivery(origin, seen)
 
     def pct(p: float) -> float | None:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
+        return percentile(latencies, p)
 
     return {
         "rate": rate,

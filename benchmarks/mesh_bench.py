@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gossip_bench import make_record, received_ms  # noqa: E402
+from gossip_bench import delivery, make_record, percentile, received_ms  # noqa: E402
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
 
 from node.peer_exchange import MeshSettings  # noqa: E402
@@ -113,21 +113,11 @@ def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Ident
         if all(len(s) == len(ids) for s in seen):
             break
         time.sleep(0.5)
-    latencies, delivered, expected = [], 0, 0
-    for rid, o in origin.items():
-        t0 = seen[o].get(rid)
-        for j, s in enumerate(seen):
-            if j == o:
-                continue
-            expected += 1
-            if rid in s:
-                delivered += 1
-                if t0 is not None:
-                    latencies.append(max(0, s[rid] - t0) / 1000)
-    latencies.sort()
+    delivered, expected, latencies = delivery(origin, seen)
 
     def pct(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else None
+        value = percentile(latencies, p)
+        return None if value is None else round(value, 3)
 
     return {"records": count, "delivery": delivered / expected if expected else None, "p50_s": pct(0.5), "p99_s": pct(0.99)}
 
