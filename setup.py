@@ -1,4 +1,5 @@
-"""Dependencies that must be computed at build time (everything else is in pyproject.toml).
+"""What must be computed at build time (everything else is in pyproject.toml): the dependencies,
+and the package list (the four room folders, installed as p2pgolf.node, p2pgolf.pool, ...).
 
 libp2p 0.8.1 pins fastecdsa==2.3.2, which PyPI has only as source for Linux: installing it
 needs a C compiler and the GMP headers. p2pgolf never uses what libp2p needs it for (P-256
@@ -9,7 +10,7 @@ this file's own location; pip builds a local directory in place, so that is the 
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 STAND_IN = HERE / "shims" / "fastecdsa"
@@ -31,4 +32,9 @@ DEPENDENCIES = [
     "psutil>=5.9",
 ]
 
-setup(install_requires=DEPENDENCIES)
+ROOMS = ("node", "pool", "protocol", "trainer")
+# Each room folder at the repository's top is installed under the p2pgolf namespace.
+PACKAGES = [f"p2pgolf.{name}" for room in ROOMS for name in [room, *(f"{room}.{sub}" for sub in find_packages(room))]]
+PACKAGE_DIR = {f"p2pgolf.{room}": room for room in ROOMS}
+
+setup(install_requires=DEPENDENCIES, packages=PACKAGES, package_dir=PACKAGE_DIR)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer_helpers import P2PGOLF_CLI, p2pgolf  # also: one torch thread, for the children too
-from protocol.records import HardwareClass, Metrics
-from trainer.runner import RESULT_KEYS
+from trainer_helpers import P2PGOLF_CLI, hostile_folder, p2pgolf  # also: one torch thread, for the children too
+from p2pgolf.protocol.records import HardwareClass, Metrics
+from p2pgolf.trainer.runner import RESULT_KEYS
 
 SUMMARY = ("status:", "val_bpb:", "val_loss:", "steps:", "training_seconds:", "tokens_per_s:", "artifact_bytes:", "eval_tokens:")
 
@@ -21,12 +21,21 @@ SUMMARY = ("status:", "val_bpb:", "val_loss:", "steps:", "training_seconds:", "t
 def smoke_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     out = home / "run"
-    proc = p2pgolf("train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "4", "--out", str(out), "--seed", "5", home=home)
-    return proc, out
+    # Started from a folder holding modules named like ours (see the test below).
+    cwd = hostile_folder(tmp_path_factory.mktemp("cwd"))
+    proc = p2pgolf("train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "4", "--out", str(out), "--seed", "5", home=home, cwd=cwd)
+    return proc, out, cwd
+
+
+def test_the_training_child_imports_nothing_from_the_current_directory(smoke_run):
+    proc, out, cwd = smoke_run
+    assert proc.returncode == 0, proc.stderr
+    assert not (cwd / "imported").exists(), (cwd / "imported").read_text()
+    assert json.loads((out / "result.json").read_text())["status"] == "ok"
 
 
 def test_train_command_on_smoke_writes_the_run_directory_and_prints_the_summary(smoke_run):
-    proc, out = smoke_run
+    proc, out, _ = smoke_run
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     for field in SUMMARY:
@@ -39,14 +48,14 @@ def test_train_command_on_smoke_writes_the_run_directory_and_prints_the_summary(
 
 
 def test_the_run_trains_for_its_budget_and_stops_within_a_step_of_it(smoke_run):
-    _, out = smoke_run
+    _, out, _ = smoke_run
     metrics = json.loads((out / "metrics.json").read_text())
     step_s = metrics["step_avg_ms"] / 1000.0
     assert 4.0 - 3 * step_s <= metrics["training_seconds"] <= 4.0 + step_s
 
 
 def test_result_json_has_exactly_the_agreed_fields_and_valid_values(smoke_run):
-    _, out = smoke_run
+    _, out, _ = smoke_run
     result = json.loads((out / "result.json").read_text())
     assert tuple(result) == RESULT_KEYS
     assert result["status"] == "ok" and result["error"] is None
@@ -60,7 +69,7 @@ def test_result_json_has_exactly_the_agreed_fields_and_valid_values(smoke_run):
 
 
 def test_loss_falls_during_the_smoke_run(smoke_run):
-    _, out = smoke_run
+    _, out, _ = smoke_run
     losses = [float(part.split(":")[1]) for line in (out / "log.txt").read_text().splitlines() for part in line.split() if part.startswith("train_loss:")]
     assert len(losses) >= 2 and losses[-1] < losses[0] - 1.0, losses
 
@@ -68,11 +77,11 @@ def test_loss_falls_during_the_smoke_run(smoke_run):
 def test_reported_val_bpb_is_that_of_the_model_reloaded_from_the_artifact_file(smoke_run):
     import torch
 
-    from trainer.config import RunConfig
-    from trainer.datasets import load_benchmark_data
-    from trainer.run_torch import evaluate_artifact
+    from p2pgolf.trainer.config import RunConfig
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.run_torch import evaluate_artifact
 
-    _, out = smoke_run
+    _, out, _ = smoke_run
     run = RunConfig.from_json(json.loads((out / "config.json").read_text()))
     data = load_benchmark_data(run.bench, None)
     again = evaluate_artifact((out / "model.p2pgolf").read_bytes(), run, data, torch.device("cpu"))
@@ -102,7 +111,7 @@ def test_a_bad_knob_fails_before_anything_starts_naming_the_knob_and_range(tmp_p
 
 
 def test_an_existing_run_directory_is_never_overwritten(smoke_run, tmp_path):
-    _, out = smoke_run
+    _, out, _ = smoke_run
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = p2pgolf("train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "2", "--out", str(out), home=tmp_path, timeout=60)
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
@@ -139,7 +148,7 @@ def test_a_run_that_fails_in_the_child_leaves_a_failed_result_naming_the_fix(tmp
 def test_a_run_past_its_hard_deadline_is_stopped_and_reported_failed(tmp_path):
     import time
 
-    from trainer.api import run_experiment
+    from p2pgolf.trainer.api import run_experiment
 
     started = time.monotonic()
     outcome = run_experiment("smoke", "smoke-tiny", {}, budget_s=120, seed=0, out_dir=tmp_path / "run", timeout_s=4)
@@ -149,8 +158,8 @@ def test_a_run_past_its_hard_deadline_is_stopped_and_reported_failed(tmp_path):
 
 
 def test_seed_comes_from_seed_or_set_seed_and_never_enters_the_diff():
-    from node.cli import UserError
-    from node.commands.train_cmd import parse_sets
+    from p2pgolf.node.cli import UserError
+    from p2pgolf.node.commands.train_cmd import parse_sets
 
     assert parse_sets(("seed=9", "model_dim=32"), None) == ({"model_dim": 32}, 9)
     assert parse_sets(("seed=9",), 9) == ({}, 9)
@@ -196,7 +205,7 @@ def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadlin
          "train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "300", "--out", str(tmp_path / "run")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: "trainer.runner" in " ".join(c.cmdline()), "the trainer child")
+    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: "p2pgolf.trainer.runner" in " ".join(c.cmdline()), "the trainer child")
 
 
 def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_group():
@@ -204,9 +213,9 @@ def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_
     # line; a child busy without output (compiling, a long evaluation, a torchrun worker) cannot.
     silent_child = (
         "import os, subprocess, sys, time\n"
-        "from trainer.runner import PARENT_ENV\n"
+        "from p2pgolf.trainer.runner import PARENT_ENV\n"
         "env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})\n"
-        "code = 'from trainer.runner import _stop_when_orphaned; _stop_when_orphaned(); import time; time.sleep(120)'\n"
+        "code = 'from p2pgolf.trainer.runner import _stop_when_orphaned; _stop_when_orphaned(); import time; time.sleep(120)'\n"
         "subprocess.Popen([sys.executable, '-c', code], env=env, start_new_session=True, stdout=subprocess.DEVNULL)\n"
         "time.sleep(120)\n"
     )

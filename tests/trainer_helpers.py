@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import knobs
+from p2pgolf.protocol import knobs
 
 # The test machine's few cores are shared: one torch thread avoids OpenMP spin-waiting, which
 # makes multi-threaded CPU steps several times slower under load. Children get the same.
@@ -25,12 +25,24 @@ FINEWEB_TEXT = SHARED_DATA / "fineweb_edu_sample.txt"
 TOKENIZER = SHARED_DATA / "fineweb_1024_bpe.model"
 
 # The p2pgolf command as this interpreter runs it (no dependence on the console script's location).
-P2PGOLF_CLI = (sys.executable, "-c", "from node.cli import main; main()")
+# -P: like the console script, the current directory is not on sys.path.
+P2PGOLF_CLI = (sys.executable, "-P", "-c", "from p2pgolf.node.cli import main; main()")
 
 
-def p2pgolf(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def p2pgolf(*args: str, home: Path, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `p2pgolf --home HOME ARGS...` in a fresh interpreter; output captured as text."""
-    return subprocess.run([*P2PGOLF_CLI, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*P2PGOLF_CLI, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def hostile_folder(path: Path) -> Path:
+    """A folder whose `p2pgolf`, `trainer`, `node`, `pool` and `protocol` modules each leave a
+    mark and exit: started from here, nothing of ours may import them."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("trainer", "node", "pool", "protocol", "p2pgolf"):
+        (path / f"{name}.py").write_text(f"open({str(path / 'imported')!r}, 'a').write({name!r} + '\\n')\nraise SystemExit(3)\n")
+    (path / "p2pgolf").mkdir(exist_ok=True)  # a package beats a module of the same name
+    (path / "p2pgolf" / "__init__.py").write_text((path / "p2pgolf.py").read_text())
+    return path
 
 
 # A model small enough that a CPU step takes tens of milliseconds.
@@ -55,8 +67,8 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
 def build_fineweb(out_dir: Path):
     """Challenge-format shards of the FineWeb-Edu sample (one document per line, 5% validation)
     and the BenchData over them."""
-    from trainer.build import build_shards_from_text
-    from trainer.datasets import custom_benchmark, load_benchmark_data
+    from p2pgolf.trainer.build import build_shards_from_text
+    from p2pgolf.trainer.datasets import custom_benchmark, load_benchmark_data
 
     build_shards_from_text([FINEWEB_TEXT], TOKENIZER, out_dir, val_fraction=0.05, doc_split="line", name="fineweb-sample")
     bench = custom_benchmark(out_dir)

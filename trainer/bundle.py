@@ -30,10 +30,11 @@ from typing import Any
 _REPO = Path(__file__).resolve().parents[1]
 # What the torch backend runs, imported to find every repository module it pulls in.
 _ENTRY_MODULES = (
-    "trainer.run_torch", "trainer.run_common", "trainer.train_torch", "trainer.evaluate_torch", "trainer.model_torch",
-    "trainer.muon_torch", "trainer.datasets", "trainer.artifact", "trainer.hardware", "trainer.config", "trainer.smoke",
-    "trainer.eval_plan", "trainer.byte_accounting", "trainer.memory", "trainer.schedule", "trainer.shards", "trainer.progress",
+    "p2pgolf.trainer.run_torch", "p2pgolf.trainer.run_common", "p2pgolf.trainer.train_torch", "p2pgolf.trainer.evaluate_torch", "p2pgolf.trainer.model_torch",
+    "p2pgolf.trainer.muon_torch", "p2pgolf.trainer.datasets", "p2pgolf.trainer.artifact", "p2pgolf.trainer.hardware", "p2pgolf.trainer.config", "p2pgolf.trainer.smoke",
+    "p2pgolf.trainer.eval_plan", "p2pgolf.trainer.byte_accounting", "p2pgolf.trainer.memory", "p2pgolf.trainer.schedule", "p2pgolf.trainer.shards", "p2pgolf.trainer.progress",
 )  # fmt: skip
+_PACKAGES = ("p2pgolf.protocol", "p2pgolf.trainer")
 REQUIREMENTS = "numpy\ntorch\nsentencepiece\n"
 
 
@@ -44,26 +45,27 @@ def bundled_modules() -> dict[str, str]:
     out: dict[str, str] = {}
     for name, module in sorted(sys.modules.items()):
         path = getattr(module, "__file__", None)
-        if not path or not (name == "protocol" or name == "trainer" or name.startswith(("protocol.", "trainer."))):
+        if not path or not (name in _PACKAGES or name.startswith(tuple(p + "." for p in _PACKAGES))):
             continue
         p = Path(path).resolve()
         if _REPO not in p.parents:
             continue
         out[name] = p.read_text(encoding="utf-8")
-    for package in ("protocol", "trainer"):
-        out.setdefault(package, (_REPO / package / "__init__.py").read_text(encoding="utf-8"))
+    for package in _PACKAGES:
+        out.setdefault(package, (_REPO / package.removeprefix("p2pgolf.") / "__init__.py").read_text(encoding="utf-8"))
+    out["p2pgolf"] = ""  # the namespace both rooms live in, served empty
     return out
 
 
 def bundle_source(*, bench_name: str, base: str, diff: Mapping[str, Any], seed: int, budget_s: float, title: str = "", data_dir: str | None = None) -> str:
     """The text of a self-contained train_gpt.py for the built-in candidate (base, diff).
     The config is checked here (a custom benchmark needs its `data_dir` for that), not on 8 GPUs."""
-    from trainer.config import make_run_config
+    from p2pgolf.trainer.config import make_run_config
 
     make_run_config(bench_name, base, diff, seed=seed, budget_s=budget_s, data_dir=data_dir)
     candidate = {"bench_name": bench_name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": float(budget_s)}
     modules = bundled_modules()
-    packages = sorted(n for n in modules if n in ("protocol", "trainer"))
+    packages = sorted(n for n in modules if n in ("p2pgolf", *_PACKAGES))
     return _TEMPLATE.format(
         title=title or f"{base} + {json.dumps(dict(diff), sort_keys=True)}",
         candidate=json.dumps(candidate, sort_keys=True),
@@ -111,9 +113,9 @@ sys.meta_path.insert(0, _Bundled())
 
 
 def main():
-    from trainer import artifact
-    from trainer.config import make_run_config
-    from trainer.run_torch import run_torch
+    from p2pgolf.trainer import artifact
+    from p2pgolf.trainer.config import make_run_config
+    from p2pgolf.trainer.run_torch import run_torch
 
     own_bytes = os.path.getsize(os.path.abspath(__file__))
     artifact.code_bytes = lambda backend: own_bytes  # the code counted is this one file

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Reeval", "ReevalError", "reevaluate", "run_reeval"]
+from p2pgolf.trainer.child_env import child_env
 
-_REPO = Path(__file__).resolve().parents[1]
+__all__ = ["Reeval", "ReevalError", "reevaluate", "run_reeval"]
 
 
 class ReevalError(Exception):
@@ -63,13 +63,13 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     """Score the artifact at `path` on `bench_name`'s validation split, in this process."""
     import math
 
-    from protocol.benchmarks import benchmark
-    from trainer.artifact import code_bytes
-    from trainer.backend import check_device, resolve_backend
-    from trainer.datasets import load_benchmark_data
-    from trainer.hardware import detect_hardware
-    from trainer.run_common import evaluate_artifact_with
-    from trainer.runner import trainer_version
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.trainer.artifact import code_bytes
+    from p2pgolf.trainer.backend import check_device, resolve_backend
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.hardware import detect_hardware
+    from p2pgolf.trainer.run_common import evaluate_artifact_with
+    from p2pgolf.trainer.runner import trainer_version
 
     started = time.perf_counter()
     bench = benchmark(bench_name)
@@ -78,8 +78,8 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     check_device(chosen, device)
     data = load_benchmark_data(bench, data_dir)
     if chosen == "mlx":
-        from trainer.run_mlx import evaluate_state as mlx_evaluate
-        from trainer.train_mlx import select_device
+        from p2pgolf.trainer.run_mlx import evaluate_state as mlx_evaluate
+        from p2pgolf.trainer.train_mlx import select_device
 
         mlx_device = select_device(device)
         evaluate_state = lambda state, config, data, progress: mlx_evaluate(state, config, data, device=mlx_device, token_cap=eval_token_cap, progress=progress)  # noqa: E731
@@ -87,8 +87,8 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     else:
         from types import SimpleNamespace
 
-        from trainer.run_torch import _evaluate_state
-        from trainer.train_torch import resolve_device
+        from p2pgolf.trainer.run_torch import _evaluate_state
+        from p2pgolf.trainer.train_torch import resolve_device
 
         torch_device = resolve_device(device)
         # _evaluate_state reads only the token cap from the run; the config comes from the artifact
@@ -120,9 +120,8 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
 
 def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto", eval_token_cap: int = 0, timeout_s: float = 600.0) -> Reeval:
     """`reevaluate` in a child process, stopped after `timeout_s`. ReevalError on any failure."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap))]
+    env = child_env()
+    args = [sys.executable, "-m", "p2pgolf.trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap))]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
