@@ -17,6 +17,7 @@ peers this node remembers across restarts.
 
     [proposers]          # external proposers (node/proposers), as `join --proposer NAME=COMMAND`
     heuristics = "python3 examples/proposers/scripted.py"
+    agent = { command = "python3 examples/proposers/chat.py", timeout_s = 120, max_output_bytes = 65536 }
 
 `known_peers.toml` is ours: `pinned` (bootstrap peers, never evicted) and `peers` (peers we have
 been connected to, newest first, at most MAX_KNOWN_PEERS), rewritten atomically
@@ -103,9 +104,9 @@ def load_config(home: Home) -> NodeConfig:
         retention = Retention(**blobs_table)
     except BlobError as exc:
         raise ProtocolError(str(exc), where) from None
-    from p2pgolf.node.proposers.spec import make_spec
+    from p2pgolf.node.proposers.spec import config_spec
 
-    proposers = tuple(make_spec(name, command, f"{where} [proposers]") for name, command in _table(data, "proposers", where).items())
+    proposers = tuple(config_spec(name, value, f"{where} [proposers]") for name, value in _table(data, "proposers", where).items())
     return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers)
 
 

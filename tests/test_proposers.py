@@ -6,6 +6,7 @@ environment holds nothing of the node; answers are checked as a peer's diff is."
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import time
@@ -95,7 +96,7 @@ def test_proposers_that_misbehave_are_dropped_with_reasons_and_the_loop_runs_on(
         trust = TrustStore(store)
         trust.set_own(me.public_hex)
         store.add(peer_idea(peer).raw)
-        ops = [ProposerOperator(ProposerSpec(name, argv), tmp_path / "research", timeout_s=2.0, max_bytes=64 * 1024) for name, argv in bad.items()]
+        ops = [ProposerOperator(ProposerSpec(name, argv, timeout_s=2.0, max_bytes=64 * 1024), tmp_path / "research") for name, argv in bad.items()]
         started = time.monotonic()
         trio.run(make_loop(tmp_path, store, trust, me, 2, ops).run)
         assert time.monotonic() - started < 90
@@ -179,6 +180,29 @@ def test_proposers_come_from_config_toml_and_bad_names_are_refused(tmp_path, mon
     (tmp_path / "mine.py").write_text("")
     monkeypatch.chdir(tmp_path)  # the proposer runs elsewhere: a path that exists here is made absolute
     assert parse_spec("b=python3 mine.py --flag").argv == ("python3", str(tmp_path / "mine.py"), "--flag")
+
+
+def test_a_proposer_s_timeout_and_output_cap_come_from_config_toml_or_the_command_line(tmp_path):
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+    home.config_file.write_text('[proposers]\nplain = "x"\nagent = { command = "y --fast", timeout_s = 120, max_output_bytes = 65536 }\n')
+    plain, agent = load_config(home).proposers
+    assert (plain.timeout_s, plain.max_bytes) == (60.0, 256 * 1024)  # the defaults
+    assert agent.argv == ("y", "--fast") and (agent.timeout_s, agent.max_bytes) == (120.0, 65536)
+    assert ProposerOperator(agent, tmp_path / "research").timeout_s == 120.0
+    for table, message in (
+        ("{ command = 'y', timeout_s = 0 }", "the timeout of proposer 'agent' is 0; it must be 1 to 3600 seconds"),
+        ("{ command = 'y', max_output_bytes = 10 }", "the output cap of proposer 'agent' is 10; it must be 1024 to"),
+        ("{ command = 'y', timeout = 5 }", "unknown key(s) timeout; expected command, timeout_s, max_output_bytes"),
+        ("{ timeout_s = 5 }", "proposer 'agent' has no command"),
+    ):
+        home.config_file.write_text(f"[proposers]\nagent = {table}\n")
+        with pytest.raises(ProtocolError, match=re.escape(message)):
+            load_config(home)
+    spec = parse_spec("c=z", timeout_s=7, max_bytes=4096)
+    assert (spec.timeout_s, spec.max_bytes) == (7.0, 4096)
+    with pytest.raises(ProtocolError, match="must be 1 to 3600 seconds"):
+        parse_spec("c=z", timeout_s=1e9)
 
 
 @settings(max_examples=150, deadline=None)

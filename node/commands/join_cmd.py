@@ -37,6 +37,7 @@ import click
 
 from p2pgolf.node.cli import BadInput, UserError, verbosity
 from p2pgolf.node.home import Home
+from p2pgolf.node.proposers.spec import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S
 
 ON_INTERRUPT = ("finish", "abandon")
 DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the previous one is the same Ctrl-C
@@ -67,8 +68,10 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
     "--proposer", "proposers", multiple=True, metavar="NAME=COMMAND",
     help="An external proposer: COMMAND runs once per request, reads the situation as JSON on stdin and answers proposals (checked like a peer's); repeatable; added to config.toml's [proposers]. Its share of experiments follows its yield.",
 )  # fmt: skip
+@click.option("--proposer-timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS", help="Seconds one request to a --proposer may take before it is killed (config.toml: timeout_s per proposer).")
+@click.option("--proposer-max-output", type=int, default=DEFAULT_MAX_BYTES, show_default=True, metavar="BYTES", help="The most a --proposer may write per request; one that writes more is killed (config.toml: max_output_bytes).")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, status_every, quiet, log_file, sync_every, proposers) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, status_every, quiet, log_file, sync_every, proposers, proposer_timeout, proposer_max_output) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
@@ -120,7 +123,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
             parse_peer_addr(addr)
         from p2pgolf.node.proposers.spec import merge_specs, parse_spec
 
-        specs = merge_specs(config.proposers, tuple(parse_spec(p) for p in proposers))
+        specs = merge_specs(config.proposers, tuple(parse_spec(p, timeout_s=proposer_timeout, max_bytes=proposer_max_output) for p in proposers))
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
 

@@ -26,17 +26,15 @@ from p2pgolf.node.proposers.spec import ProposerSpec
 log = logging.getLogger(__name__)
 
 PROPOSERS_JOURNAL = "proposers.jsonl"
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MAX_BYTES = 256 * 1024
 
 
 class ProposerOperator:
     """One proposer with its journal. `request` never raises for anything the proposer does."""
 
-    def __init__(self, spec: ProposerSpec, journal_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, spec: ProposerSpec, journal_dir: Path) -> None:
         self.spec = spec
-        self.timeout_s = timeout_s
-        self.max_bytes = max_bytes
+        self.timeout_s = spec.timeout_s
+        self.max_bytes = spec.max_bytes
         self.path = journal_dir / PROPOSERS_JOURNAL
         journal_dir.mkdir(parents=True, exist_ok=True)
 
