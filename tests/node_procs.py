@@ -139,3 +139,18 @@ def stop_all(nodes: list[NodeProc]) -> None:
             node.stop()
         except AssertionError:
             pass
+
+
+def descendants_running(pid: int, needle: str) -> list:
+    """The live descendants of `pid` whose command line contains `needle`. A child that exits
+    between listing and reading its command line (a zombie, gone) is skipped, not an error."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if needle in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from node_procs import P2PGOLF, free_port, make_home, wait_until
+from node_procs import P2PGOLF, descendants_running, free_port, make_home, wait_until
 
 from p2pgolf.node.cli import cli
 from p2pgolf.node.commands.join_cmd import DUPLICATE_SIGINT_S
@@ -55,7 +55,7 @@ class Join:
 
         def started() -> bool:
             assert self.proc.poll() is None, f"join exited with {self.proc.returncode}: {self.stderr_path.read_text()[-2000:]}"
-            found[:] = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "p2pgolf.trainer.runner" in " ".join(c.cmdline())]
+            found[:] = descendants_running(self.proc.pid, "p2pgolf.trainer.runner")
             return bool(found)
 
         wait_until(started, timeout, interval=0.1, what="the research loop to start a training run")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 import recordgen as g
+from node_procs import descendants_running
 from p2pgolf.node.home import Home
 from p2pgolf.node.node import Node, NodeOptions
 from p2pgolf.node.research_loop import CurrentRun, Journal, LoopControl, LoopSettings, ResearchLoop, run_research_loop
@@ -102,7 +104,7 @@ def test_a_torn_journal_line_is_skipped_and_the_rest_is_kept(tmp_path):
 
 
 def _trainer_children() -> list[psutil.Process]:
-    return [c for c in psutil.Process().children(recursive=True) if "p2pgolf.trainer.runner" in " ".join(c.cmdline())]
+    return descendants_running(os.getpid(), "p2pgolf.trainer.runner")
 
 
 def test_cancelling_a_node_mid_run_stops_its_trainer_at_once_and_journals_the_run_abandoned(tmp_path):
