@@ -108,7 +108,7 @@ def test_quiet_prints_nothing_and_log_gets_every_line_and_the_warnings(tmp_path)
     lines = log.read_text().splitlines()
     stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
     assert all(re.match(stamp, line) for line in lines), lines
-    assert any(re.match(stamp + r"WARNING node.discovery: cannot reach bootstrap peer", line) for line in lines)
+    assert any(re.match(stamp + r"WARNING p2pgolf.node.discovery: cannot reach bootstrap peer", line) for line in lines)
     assert "cannot reach bootstrap peer" in err, "warnings still go to stderr with --quiet"
     assert any(re.match(stamp + r"p2pgolf node 12D3KooW", line) for line in lines)
     assert any(re.match(stamp + r"stopped: peers 0", line) for line in lines)

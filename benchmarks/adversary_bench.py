@@ -1,0 +1,104 @@
+"""What each attack of issue 20 costs a victim node, beside the same figure with no attack.
+
+Each attack lives in benchmarks/adversary/<part>.py, whose `measure(quick=...)` runs it and
+the matching no-attack baseline in the same run and returns a flat dict of figures; a figure
+`x_baseline` is `x` measured with no attack. This script runs every part, prints one table
+(machine, settings, figure, under attack, baseline, ratio, goal, met) and, with --json, one
+JSON object holding every figure.
+
+The goals (issue 20), fixed before measuring:
+- sybil_share, extreme_claim_share, self_attesting_liar_share <= 0.05 (share of the victim's
+  experiments that went to the attacker's candidates);
+- failed_candidate_repicks == 0;
+- decision_s_100k < 1 (one estimate + choice on 100,000 records over 20,000 candidates);
+- honest_p99_under_flood_s < 2 (an honest record's gossip p99 while unknown keys flood
+  10,000 records/s);
+- rss_mb_under_frames < 200 (RSS growth under hostile sync frames);
+- unknown_disk_bytes <= unknown_quota_bytes;
+- catchup_100k_s < 15 (a late joiner gets 100,000 records, every one verified).
+
+    .venv/bin/python benchmarks/adversary_bench.py [--quick] [--only claims,scale,edge] [--json]
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent / "tests"))
+
+PARTS = ("claims", "scale", "edge")
+GOALS = {
+    "sybil_share": ("<=", 0.05),
+    "extreme_claim_share": ("<=", 0.05),
+    "self_attesting_liar_share": ("<=", 0.05),
+    "failed_candidate_repicks": ("==", 0),
+    "decision_s_100k": ("<", 1.0),
+    "honest_p99_under_flood_s": ("<", 2.0),
+    "rss_mb_under_frames": ("<", 200.0),
+    "unknown_disk_bytes": ("<=", "unknown_quota_bytes"),
+    "catchup_100k_s": ("<", 15.0),
+}
+
+
+def met(name: str, figures: dict) -> bool | None:
+    if name not in GOALS or figures.get(name) is None:
+        return None
+    op, bound = GOALS[name]
+    bound = figures.get(bound) if isinstance(bound, str) else bound
+    if bound is None:
+        return None
+    value = figures[name]
+    return {"<=": value <= bound, "<": value < bound, "==": value == bound}[op]
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Smaller runs (a smoke check of the benchmark itself).")
+@click.option("--only", default=",".join(PARTS), show_default=True, help="Comma-separated parts to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def main(quick: bool, only: str, as_json: bool) -> None:
+    figures: dict = {}
+    seconds: dict = {}
+    for part in [p.strip() for p in only.split(",") if p.strip()]:
+        if part not in PARTS:
+            raise click.BadParameter(f"unknown part {part!r}; expected some of {', '.join(PARTS)}", param_hint="--only")
+        started = time.monotonic()
+        module = importlib.import_module(f"adversary.{part}")
+        figures.update(module.measure(quick=quick))
+        seconds[part] = round(time.monotonic() - started, 1)
+    goals = {name: met(name, figures) for name in GOALS if name in figures}
+    if as_json:
+        print(json.dumps({"machine": machine(), "quick": quick, "seconds": seconds, **figures, "goals_met": goals}, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"adversary_bench on {machine()}; quick={quick}; seconds per part {seconds}")
+    for column in ("figure", "under attack", "no attack", "ratio", "goal", "met"):
+        table.add_column(column)
+    for name, value in sorted(figures.items()):
+        if name.endswith("_baseline") or not isinstance(value, (int, float)):
+            continue
+        base = figures.get(f"{name}_baseline")
+        ratio = f"{value / base:.2f}" if isinstance(base, (int, float)) and base else ""
+        goal = " ".join(str(x) for x in GOALS[name]) if name in GOALS else ""
+        ok = goals.get(name)
+        table.add_row(name, f"{value:.4g}", "" if base is None else f"{base:.4g}", ratio, goal, "" if ok is None else ("yes" if ok else "NO"))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
