@@ -133,4 +133,4 @@ def test_the_script_vector_is_a_script_candidate():
 
 
 def test_spec_reference_tables_match_the_code():
-    assert spec_tables.render() in SPEC, "SPEC.md is stale: run `python -m protocol.spec_tables`"
+    assert spec_tables.render() in SPEC, "SPEC.md is stale: run `python -m p2pgolf.protocol.spec_tables`"

@@ -12,7 +12,7 @@ Guarantees: `artifact_bytes` counts what training counts (the compressed file pl
 code files, trainer.artifact.code_bytes); a file that is not a well-formed artifact is an
 ArtifactError / ReevalError naming what is wrong, never a score; `eval_token_cap` > 0 scores only
 the first that many validation targets (a claim scored on a capped split is re-scored on the same
-cap). `python -m trainer.reeval ARTIFACT BENCH [DATA_DIR] [BACKEND] [DEVICE] [TOKEN_CAP]` prints
+cap). `python -m p2pgolf.trainer.reeval ARTIFACT BENCH [DATA_DIR] [BACKEND] [DEVICE] [TOKEN_CAP]` prints
 one JSON object.
 """
 
@@ -140,7 +140,7 @@ def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 6:
-        print("usage: python -m trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP", file=sys.stderr)
+        print("usage: python -m p2pgolf.trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP", file=sys.stderr)
         return 2
     path, bench, data_dir, backend, device, cap = argv
     try:

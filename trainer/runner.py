@@ -1,6 +1,6 @@
 """Run one experiment in a child process with a wall-clock budget, and write its run directory.
 
-Parent side (`launch`): writes `config.json`, starts `python -m trainer.runner RUN_DIR` in its
+Parent side (`launch`): writes `config.json`, starts `python -m p2pgolf.trainer.runner RUN_DIR` in its
 own process group, relays its progress events (`trainer.progress`), kills the group if it runs
 past a hard deadline or its caller cancels it, and always leaves a `result.json` behind. Child side (`child_main`):
 loads the data, trains, exports the artifact, reloads it and evaluates the round-tripped model
@@ -428,6 +428,6 @@ def _is_user_facing(exc: BaseException) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m trainer.runner RUN_DIR", file=sys.stderr)
+        print("usage: python -m p2pgolf.trainer.runner RUN_DIR", file=sys.stderr)
         sys.exit(2)
     sys.exit(child_main(sys.argv[1]))
