@@ -30,6 +30,8 @@ DEPENDENCIES = [
     "sentencepiece>=0.2",
     "huggingface_hub>=1.0,<3",  # fetch resumes through file_download.http_get (tqdm_class)
     "psutil>=5.9",
+    "zstandard>=0.22",  # artifact compressors the competition's records use (trainer/compression.py)
+    "brotli>=1.1",
 ]
 
 ROOMS = ("node", "pool", "protocol", "trainer")

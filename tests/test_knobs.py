@@ -29,8 +29,8 @@ def test_command_line_values_parse_to_the_knob_type_or_name_the_rule():
         knobs.knob("num_layers").parse("1.5")
     with pytest.raises(ProtocolError, match=r"knob matrix_lr: 5.0 is outside the allowed range \[1e-05, 1\]"):
         knobs.knob("matrix_lr").parse("5")
-    with pytest.raises(ProtocolError, match=r"knob compressor: 'zstd' is not one of zlib, lzma"):
-        knobs.knob("compressor").parse("zstd")
+    with pytest.raises(ProtocolError, match=r"knob compressor: 'zpaq' is not one of zlib, lzma, zstd, brotli"):
+        knobs.knob("compressor").parse("zpaq")
 
 
 def test_candidate_id_ignores_order_types_and_entries_equal_to_the_base():

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
 from p2pgolf.protocol.knobs import resolve  # noqa: E402
 from p2pgolf.trainer import evaluate_mlx, evaluate_torch, model_mlx, model_torch, train_mlx, train_torch  # noqa: E402
-from p2pgolf.trainer.artifact import export_artifact, load_artifact  # noqa: E402
+from p2pgolf.trainer.artifact import export_artifact, export_options, load_artifact  # noqa: E402
 from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
 
 CONFIG = {"model_dim": 32, "num_heads": 2, "train_seq_len": 64, "train_batch_tokens": 1024}
@@ -46,11 +46,15 @@ def _assert_same_score(on_mlx, on_torch) -> None:
     assert abs(on_mlx.val_loss - on_torch.val_loss) < 1e-4
 
 
-@pytest.mark.parametrize("extra", [{}, {"eval_stride": 32, "activation": "swiglu", "quant_bits": 6, "compressor": "lzma"}])
+@pytest.mark.parametrize("extra", [
+    {},
+    {"eval_stride": 32, "activation": "swiglu", "quant_bits": 6, "compressor": "lzma"},
+    {"quant_bits": 6, "embed_precision": "int8", "mlp_precision": "int5", "code_container": "bytes", "byte_shuffle": True, "compressor": "zstd"},
+])
 def test_mlx_trained_artifact_scores_the_same_in_torch(smoke, extra):
     config = resolve("smoke-tiny", {**CONFIG, **extra})
     trained = train_mlx.train(config, smoke.train_stream, budget_s=3600, seed=0, device="cpu", max_steps=12)
-    blob = export_artifact(trained.state, config, quant_bits=config["quant_bits"], compressor=config["compressor"])
+    blob = export_artifact(trained.state, config, **export_options(config))
     on_mlx, on_torch = _both_scores(blob, smoke)
     _assert_same_score(on_mlx, on_torch)
     # Training worked (far below the 8 bits/byte of a uniform guess), so the scores mean something.

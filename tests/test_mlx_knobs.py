@@ -18,7 +18,7 @@ mx = pytest.importorskip("mlx.core")
 from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
 from p2pgolf.protocol.knobs import KNOBS, resolve  # noqa: E402
 from p2pgolf.trainer import evaluate_mlx, train_mlx  # noqa: E402
-from p2pgolf.trainer.artifact import export_artifact  # noqa: E402
+from p2pgolf.trainer.artifact import export_artifact, export_options  # noqa: E402
 from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
 
 TINY = {
@@ -76,6 +76,11 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "eval_stride": ({}, 4, "evaluation"),
     "quant_bits": ({}, 4, "artifact"),
     "compressor": ({}, "lzma", "artifact"),
+    "embed_precision": ({}, "fp16", "artifact"),
+    "mlp_precision": ({}, "int4", "artifact"),
+    "fp16_max_numel": ({}, 65536, "artifact"),
+    "code_container": ({"quant_bits": 6}, "bytes", "artifact"),  # at 8 bits both containers are the same bytes
+    "byte_shuffle": ({}, True, "artifact"),
 }
 
 
@@ -143,8 +148,8 @@ def test_knob_changes_what_mlx_produces(name):
         before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)
         assert before.val_loss != after.val_loss
     elif where == "artifact":
-        before = export_artifact(base.state, base_config, quant_bits=base_config["quant_bits"], compressor=base_config["compressor"])
-        after = export_artifact(base.state, config, quant_bits=config["quant_bits"], compressor=config["compressor"])
+        before = export_artifact(base.state, base_config, **export_options(base_config))
+        after = export_artifact(base.state, config, **export_options(config))
         assert len(before) != len(after)
     else:  # pragma: no cover - a typo in the table
         raise AssertionError(f"unknown effect {where!r}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from p2pgolf.protocol import knobs
-from p2pgolf.trainer.artifact import load_artifact, export_artifact
+from p2pgolf.trainer.artifact import load_artifact, export_artifact, export_options
 from p2pgolf.trainer.model_torch import build_model
 from p2pgolf.trainer.model_spec import block_schedule
 from p2pgolf.trainer.train_torch import load_numpy_state, train
@@ -115,7 +115,7 @@ def test_every_activation_and_recurrence_variant_trains_and_exports(fineweb, act
     assert result.steps == 12
     first, last = np.mean(result.losses[:2]), np.mean(result.losses[-2:])
     assert last < first - 0.3, f"loss did not fall: {result.losses}"
-    blob = export_artifact(result.state, config, quant_bits=config["quant_bits"], compressor=config["compressor"])
+    blob = export_artifact(result.state, config, **export_options(config))
     loaded = load_artifact(blob)
     assert loaded.config == config
     model = build_model(loaded.config)

@@ -4,19 +4,28 @@ Backend-free (numpy only), so a torch model and an MLX model produce and read th
 
 Layout of an artifact file (all integers little-endian):
 
-    b"P2PGOLF-ARTIFACT\\n"  1 byte compressor id (b"z" zlib level 9, b"x" lzma preset 9)
+    b"P2PGOLF-ARTIFACT\\n"  1 byte compressor id (b"z" zlib level 9, b"x" lzma preset 9,
+                           b"s" zstd level 22, b"b" brotli quality 11; trainer/compression.py)
     compressed payload:
         u32 header length, header (UTF-8 JSON, sorted keys), then the tensor bytes back to back.
-    header = {"format": "p2pgolf-artifact/1", "config": {every knob}, "tensors": [
+    header = {"format": "p2pgolf-artifact/1" or "/2", "config": {every knob}, "tensors": [
         {"name", "shape", "encoding": "int" | "f16" | "f32", "offset", "nbytes",
-         "bits", "scale_offset", "scale_nbytes"   (the last three only for "int")} ...]}
+         "bits", "scale_offset", "scale_nbytes"   (the last three only for "int"),
+         "container": "bytes", "shuffle": true    (format 2 only, each only when used)} ...]}
 
-Encodings, chosen by name and shape (`encoding_for`):
+Encodings, chosen by name and shape (`encoding_for`) and the layout (trainer/precision.py):
 - "int": 2-D weight matrices. Each row is clipped at a high quantile of its magnitudes and
   stored as signed integers in [-(2^(bits-1)-1), 2^(bits-1)-1] with one fp16 scale per row;
-  the integers are offset to unsigned and bit-packed (`bits` bits each, row-major).
+  the integers are offset to unsigned and either bit-packed (`bits` bits each, row-major) or,
+  with "container": "bytes", stored one per byte. The layout may give the embedding and the MLP
+  matrices their own bits, or keep them (and matrices up to `fp16_max_numel` elements) in fp16.
 - "f32": control tensors (gains and mixes, see CONTROL_SUFFIXES): tiny, and precision-sensitive.
 - "f16": every other tensor (vectors, scalars).
+- "shuffle": true: the array's bytes are stored as byte planes (every value's first byte, then
+  every value's second byte, ...), for fp16/f32 values and for the fp16 row scales.
+
+Format 1 is written whenever the layout uses neither containers nor shuffling, so such files
+are byte for byte what earlier versions wrote; both formats are read.
 
 What it guarantees: export is deterministic (same arrays, same bytes); `load_artifact` returns
 float32 arrays of the original shapes, and raises ArtifactError naming what is wrong for a file
@@ -27,9 +36,7 @@ compressed file plus the bytes of the code that produced it (`code_files`).
 from __future__ import annotations
 
 import json
-import lzma
 import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +44,15 @@ from typing import Any
 
 import numpy as np
 
+from p2pgolf.trainer.compression import COMPRESSORS, CompressionError, compress, compressor_for_id, decompress
+from p2pgolf.trainer.precision import Layout
+
 __all__ = [
     "ArtifactError",
     "LoadedArtifact",
     "CONTROL_SUFFIXES",
     "export_artifact",
+    "export_options",
     "load_artifact",
     "encoding_for",
     "quantise_rows",
@@ -52,8 +63,10 @@ __all__ = [
 ]
 
 FORMAT = "p2pgolf-artifact/1"
+FORMAT_2 = "p2pgolf-artifact/2"  # byte containers or shuffled bytes in the tensor table
 MAGIC = b"P2PGOLF-ARTIFACT\n"
-COMPRESSORS = {"zlib": b"z", "lzma": b"x"}
+# Decompressed payloads are refused past this (a peer's few bytes of zeros can claim gigabytes).
+MAX_PAYLOAD_BYTES = 1 << 30
 CONTROL_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
 # Per-row clip: the baseline's quantile of |w| (ignores a handful of outliers per row).
 CLIP_QUANTILE = 0.9999984
@@ -69,6 +82,8 @@ _SHARED_CODE = (
     "trainer/config.py",
     "trainer/schedule.py",
     "trainer/artifact.py",
+    "trainer/precision.py",
+    "trainer/compression.py",
     "trainer/shards.py",
     "trainer/datasets.py",
     "trainer/byte_accounting.py",
@@ -104,14 +119,21 @@ def encoding_for(name: str, shape: tuple[int, ...]) -> str:
     return "int" if len(shape) == 2 and shape[0] > 0 and shape[1] > 0 else "f16"
 
 
+def export_options(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """`export_artifact`'s keyword arguments for a knob config (quant_bits, compressor, layout)."""
+    return {"quant_bits": knobs["quant_bits"], "compressor": knobs["compressor"], "layout": Layout.from_knobs(knobs)}
+
+
 def export_artifact(
     state: Mapping[str, np.ndarray],
     config: Mapping[str, Any],
     *,
     quant_bits: int = 8,
     compressor: str = "zlib",
+    layout: Layout | None = None,
 ) -> bytes:
     """The artifact bytes for the named arrays of a model built from the knob `config`."""
+    layout = layout or Layout()
     if not 2 <= quant_bits <= 8:
         raise ArtifactError(f"quant_bits={quant_bits} is outside [2, 8]")
     if compressor not in COMPRESSORS:
@@ -133,25 +155,30 @@ def export_artifact(
         if not np.all(np.isfinite(array)):
             raise ArtifactError(f"tensor {name} holds NaN or infinite values")
         encoding = encoding_for(name, array.shape)
+        bits = layout.matrix_bits(name, array.shape, quant_bits) if encoding == "int" else None
+        if encoding == "int" and bits is None:
+            encoding = "f16"
         entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "encoding": encoding}
+        if layout.byte_shuffle:
+            entry["shuffle"] = True
         if encoding == "int":
-            packed, scales = quantise_rows(array, quant_bits)
-            entry["offset"], entry["nbytes"] = add(packed.tobytes())
-            entry["scale_offset"], entry["scale_nbytes"] = add(scales.astype("<f2").tobytes())
-            entry["bits"] = quant_bits
+            codes, scales = quantise_codes(array, bits)
+            if layout.container == "bytes":
+                entry["container"] = "bytes"
+            else:
+                codes = _pack(codes, bits)
+            entry["offset"], entry["nbytes"] = add(codes.tobytes())
+            entry["scale_offset"], entry["scale_nbytes"] = add(_to_bytes(scales.astype("<f2"), layout.byte_shuffle))
+            entry["bits"] = bits
         else:
             dtype = "<f4" if encoding == "f32" else "<f2"
-            entry["offset"], entry["nbytes"] = add(np.ascontiguousarray(array, dtype=dtype).tobytes())
+            entry["offset"], entry["nbytes"] = add(_to_bytes(np.ascontiguousarray(array, dtype=dtype), layout.byte_shuffle))
         entries.append(entry)
     header = json.dumps(
-        {"format": FORMAT, "config": dict(config), "tensors": entries}, sort_keys=True, separators=(",", ":")
+        {"format": FORMAT if layout.is_legacy else FORMAT_2, "config": dict(config), "tensors": entries}, sort_keys=True, separators=(",", ":")
     ).encode()
     payload = struct.pack("<I", len(header)) + header + b"".join(chunks)
-    if compressor == "zlib":
-        body = zlib.compress(payload, 9)
-    else:
-        body = lzma.compress(payload, preset=9)
-    return MAGIC + COMPRESSORS[compressor] + body
+    return MAGIC + COMPRESSORS[compressor] + compress(payload, compressor)
 
 
 def load_artifact(blob: bytes) -> LoadedArtifact:
@@ -161,13 +188,9 @@ def load_artifact(blob: bytes) -> LoadedArtifact:
     tag = blob[len(MAGIC) : len(MAGIC) + 1]
     body = blob[len(MAGIC) + 1 :]
     try:
-        if tag == b"z":
-            payload, compressor = zlib.decompress(body), "zlib"
-        elif tag == b"x":
-            payload, compressor = lzma.decompress(body), "lzma"
-        else:
-            raise ArtifactError(f"unknown compressor id {tag!r}")
-    except (zlib.error, lzma.LZMAError) as exc:
+        compressor = compressor_for_id(tag)
+        payload = decompress(body, compressor, MAX_PAYLOAD_BYTES)
+    except CompressionError as exc:
         raise ArtifactError(f"corrupt compressed payload: {exc}") from None
     if len(payload) < 4:
         raise ArtifactError("truncated artifact header")
@@ -178,12 +201,14 @@ def load_artifact(blob: bytes) -> LoadedArtifact:
         header = json.loads(payload[4 : 4 + header_len])
     except ValueError as exc:
         raise ArtifactError(f"artifact header is not JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT, FORMAT_2):
         raise ArtifactError(f"unsupported artifact format {header.get('format') if isinstance(header, dict) else None!r}")
     data = memoryview(payload)[4 + header_len :]
     state: dict[str, np.ndarray] = {}
     try:
         for entry in header["tensors"]:
+            if header["format"] == FORMAT and ("container" in entry or "shuffle" in entry):
+                raise ValueError(f"tensor {entry['name']} uses format-2 fields in a format-1 file")
             state[entry["name"]] = _decode(entry, data)
         config = dict(header["config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -193,19 +218,29 @@ def load_artifact(blob: bytes) -> LoadedArtifact:
 
 def quantise_rows(matrix: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-row symmetric quantisation: (bit-packed uint8 codes, float16 scale per row)."""
+    codes, scales = quantise_codes(matrix, bits)
+    return _pack(codes, bits), scales
+
+
+def quantise_codes(matrix: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric quantisation: (one unsigned code per byte, row-major; fp16 scale per row)."""
     m = np.asarray(matrix, dtype=np.float32)
     qmax = 2 ** (bits - 1) - 1
     clip = np.quantile(np.abs(m), CLIP_QUANTILE, axis=1) if m.size else np.zeros(m.shape[0], np.float32)
     scales = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
     s = scales.astype(np.float32)[:, None]
     codes = np.clip(np.rint(m / s), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
-    return _pack(codes.astype(np.uint8).ravel(), bits), scales
+    return codes.astype(np.uint8).ravel(), scales
 
 
-def dequantise_rows(packed: np.ndarray, scales: np.ndarray, shape: tuple[int, int], bits: int) -> np.ndarray:
-    """Inverse of `quantise_rows` (up to the rounding)."""
+def dequantise_rows(packed: np.ndarray, scales: np.ndarray, shape: tuple[int, int], bits: int, *, container: str = "packed") -> np.ndarray:
+    """Inverse of `quantise_rows` (or of `quantise_codes` with container="bytes"), up to the rounding."""
     qmax = 2 ** (bits - 1) - 1
-    codes = _unpack(packed, bits, shape[0] * shape[1]).astype(np.int16) - qmax
+    count = shape[0] * shape[1]
+    raw = packed[:count] if container == "bytes" else _unpack(packed, bits, count)
+    if container == "bytes" and int(raw.max(initial=0)) > 2 * qmax:
+        raise ValueError(f"a code is above {2 * qmax}, the largest {bits}-bit code")
+    codes = raw.astype(np.int16) - qmax
     return codes.reshape(shape).astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
@@ -219,6 +254,23 @@ def code_files(backend: str) -> list[Path]:
 def code_bytes(backend: str) -> int:
     """Bytes of the code that produces a model, as the challenge counts its script."""
     return sum(path.stat().st_size for path in code_files(backend))
+
+
+def _to_bytes(values: np.ndarray, shuffle: bool) -> bytes:
+    """The array's little-endian bytes, as byte planes when `shuffle` (see the module doc)."""
+    if not shuffle or values.itemsize == 1:
+        return values.tobytes()
+    return values.view(np.uint8).reshape(-1, values.itemsize).T.tobytes()
+
+
+def _from_bytes(raw: np.ndarray, dtype: str, shuffle: bool) -> np.ndarray:
+    """Inverse of `_to_bytes` for `raw` (uint8) holding values of `dtype`."""
+    size = np.dtype(dtype).itemsize
+    if len(raw) % size:
+        raise ValueError(f"{len(raw)} bytes do not hold whole {dtype} values")
+    if not shuffle or size == 1:
+        return raw.view(dtype)
+    return np.ascontiguousarray(raw.reshape(size, -1).T).view(dtype).ravel()
 
 
 def _pack(values: np.ndarray, bits: int) -> np.ndarray:
@@ -248,8 +300,12 @@ def _decode(entry: Mapping[str, Any], data: memoryview) -> np.ndarray:
         return np.frombuffer(data[offset : offset + nbytes], dtype=dtype)
 
     encoding = entry["encoding"]
+    shuffle = entry.get("shuffle", False) is True
+    container = entry.get("container", "packed")
+    if container not in ("packed", "bytes"):
+        raise ValueError(f"tensor {entry['name']} has unknown container {container!r}")
     if encoding in ("f16", "f32"):
-        values = view(entry["offset"], entry["nbytes"], "<f2" if encoding == "f16" else "<f4")
+        values = _from_bytes(view(entry["offset"], entry["nbytes"], "u1"), "<f2" if encoding == "f16" else "<f4", shuffle)
         if values.size != count:
             raise ValueError(f"tensor {entry['name']} has {values.size} values for shape {shape}")
         return values.astype(np.float32).reshape(shape)
@@ -259,9 +315,9 @@ def _decode(entry: Mapping[str, Any], data: memoryview) -> np.ndarray:
     if not 2 <= bits <= 8:
         raise ValueError(f"tensor {entry['name']} has {bits} bits")
     packed = view(entry["offset"], entry["nbytes"], "u1")
-    if packed.size * 8 < count * bits:
+    if packed.size * (8 if container == "packed" else bits) < count * bits:
         raise ValueError(f"tensor {entry['name']} is truncated")
-    scales = view(entry["scale_offset"], entry["scale_nbytes"], "<f2")
+    scales = _from_bytes(view(entry["scale_offset"], entry["scale_nbytes"], "u1"), "<f2", shuffle)
     if scales.size != shape[0]:
         raise ValueError(f"tensor {entry['name']} has {scales.size} scales for {shape[0]} rows")
-    return dequantise_rows(packed, scales, shape, bits)
+    return dequantise_rows(packed, scales, shape, bits, container=container)

@@ -15,7 +15,8 @@ directory: for the challenge, the one `p2pgolf data fetch` fills; for a custom b
 after this many steps; default: the wall-clock budget alone decides, as the rules require),
 DATA_PATH may also name the challenge's shard folder (./data/datasets/fineweb10B_sp1024), as
 the challenge's own command does. EVAL_TOKENS (score at most this many validation targets; default all), DEVICE (auto|cpu|cuda).
-Third-party packages it imports: numpy, torch, sentencepiece (requirements.txt).
+Third-party packages it imports: numpy, torch, sentencepiece, and zstandard or brotli when the
+candidate's compressor is one of those (requirements.txt, `requirements_for`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ _ENTRY_MODULES = (
 )  # fmt: skip
 _PACKAGES = ("p2pgolf.protocol", "p2pgolf.trainer")
 REQUIREMENTS = "numpy\ntorch\nsentencepiece\n"
+# The compressors outside the standard library, by the compressor knob's value.
+_COMPRESSOR_PACKAGES = {"zstd": "zstandard", "brotli": "brotli"}
+
+
+def requirements_for(knobs: Mapping[str, Any]) -> str:
+    """requirements.txt for a bundled candidate: REQUIREMENTS, plus its compressor's package."""
+    extra = _COMPRESSOR_PACKAGES.get(knobs.get("compressor", ""))
+    return REQUIREMENTS + (f"{extra}\n" if extra else "")
 
 
 def bundled_modules() -> dict[str, str]:

@@ -56,7 +56,7 @@ class Backend:
 
 def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Callable[[str], None], emit: Callable[[Progress], None]) -> dict[str, Any]:
     """Run `run` with `backend`; write run_dir/{artifact, metrics.json, result.json}; returns the result."""
-    from p2pgolf.trainer.artifact import code_bytes, export_artifact
+    from p2pgolf.trainer.artifact import code_bytes, export_artifact, export_options
     from p2pgolf.trainer.datasets import load_benchmark_data
     from p2pgolf.trainer.hardware import detect_hardware
 
@@ -93,7 +93,7 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         log(f"DEGRADED: {throughput.reason}")
 
     emit(Progress("exporting", elapsed_s=trained.training_seconds, budget_s=run.budget_s))
-    blob = export_artifact(trained.state, run.knobs, quant_bits=run.knobs["quant_bits"], compressor=run.knobs["compressor"])
+    blob = export_artifact(trained.state, run.knobs, **export_options(run.knobs))
     code = code_bytes(backend.name)
     artifact_bytes = len(blob) + code
     sha = hashlib.sha256(blob).hexdigest()

@@ -255,9 +255,10 @@ def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, 
     from p2pgolf.protocol.candidates import is_script_base
 
     if not is_script_base(result.base):
-        from p2pgolf.trainer.bundle import REQUIREMENTS
+        from p2pgolf.protocol.knobs import resolve
+        from p2pgolf.trainer.bundle import requirements_for
 
-        (out / "requirements.txt").write_text(REQUIREMENTS)
+        (out / "requirements.txt").write_text(requirements_for(resolve(result.base, dict(result.diff))))
     for r in counted:
         (out / f"train_seed{r.seed}.log").write_text(_seed_log(home, by_seed[r.seed]))
     (out / "README.md").write_text(_readme(cid, result, counted, by_seed, rules, sig, lineage, draft=draft, name=name, baseline=baseline, who=who))
