@@ -112,12 +112,39 @@ def test_non_finite_weights_are_not_exported():
         export_artifact(state, CONFIG)
 
 
-def test_code_bytes_count_every_source_file_that_makes_the_model():
+def test_code_bytes_are_the_size_of_the_packed_bundle_of_every_source_file_that_makes_the_model():
+    """The rule: what `p2pgolf submission` writes as train_gpt.py (trainer/bundle.py) is what is
+    counted; its modules are those of code_files, docstrings removed, in one lzma stream."""
+    import ast
+    import base64
+    import json
+    import lzma
+    import re
+
+    from p2pgolf.trainer.bundle import bundle_source
+
     files = {p.name for p in code_files("torch")}
-    assert {"model_torch.py", "train_torch.py", "muon_torch.py", "evaluate_torch.py", "artifact.py", "knobs.py"} <= files
-    assert code_bytes("torch") == sum(p.stat().st_size for p in code_files("torch"))
+    assert {"model_torch.py", "train_torch.py", "muon_torch.py", "evaluate_torch.py", "artifact.py", "knobs.py", "compression.py"} <= files
+    source = bundle_source(bench_name="smoke", base="smoke-tiny", diff={}, seed=0, budget_s=600.0)
+    assert code_bytes("torch") == len(source.encode())
+    # A real candidate's bundle differs only by its candidate line (its exact size is counted
+    # by the submission itself).
+    other = bundle_source(bench_name="smoke", base="smoke-tiny", diff={"num_layers": 3}, seed=7, budget_s=600.0)
+    assert abs(len(other.encode()) - code_bytes("torch")) < 200
+    packed = re.search(r'b85decode\("([^"]+)"\)', source).group(1)
+    modules = json.loads(lzma.decompress(base64.b85decode(packed)))
+    by_file = {str(p): p for p in code_files("torch")}
+    assert len(modules) == len(by_file) + 1  # and the empty p2pgolf namespace
+    for path in by_file.values():
+        tree = ast.parse(path.read_text())
+        kept = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        assert any(ast.unparse(n).split("\n")[0] in "".join(modules.values()) for n in kept) or not kept, path
+    # Far less than the sources as written: the prose and the repetition cost nothing.
+    assert code_bytes("torch") < sum(p.stat().st_size for p in code_files("torch")) / 3
     with pytest.raises(ArtifactError, match="backend"):
         code_files("jax")
+    with pytest.raises(ArtifactError, match="backend"):
+        code_bytes("jax")
 
 
 def test_int8_round_trip_changes_val_bpb_by_less_than_0_01_on_a_trained_model(tmp_path):

@@ -30,7 +30,8 @@ are byte for byte what earlier versions wrote; both formats are read.
 What it guarantees: export is deterministic (same arrays, same bytes); `load_artifact` returns
 float32 arrays of the original shapes, and raises ArtifactError naming what is wrong for a file
 that is not a well-formed artifact. `artifact_bytes` counts what the challenge counts: the
-compressed file plus the bytes of the code that produced it (`code_files`).
+compressed file plus the bytes of the code that produced it, packed as a submission packs it
+(`code_bytes`).
 """
 
 from __future__ import annotations
@@ -73,31 +74,6 @@ CLIP_QUANTILE = 0.9999984
 # Smallest normal fp16: scales below it would lose precision in their fp16 storage.
 MIN_SCALE = 2.0**-14
 MAX_HEADER_BYTES = 16 << 20
-
-_REPO = Path(__file__).resolve().parents[1]
-# The source files whose bytes count towards the artifact size, per backend: everything that
-# defines, trains, evaluates and serialises the model (the challenge counts its one script).
-_SHARED_CODE = (
-    "protocol/knobs.py",
-    "trainer/config.py",
-    "trainer/schedule.py",
-    "trainer/artifact.py",
-    "trainer/precision.py",
-    "trainer/compression.py",
-    "trainer/shards.py",
-    "trainer/datasets.py",
-    "trainer/byte_accounting.py",
-    "trainer/model_spec.py",
-    "trainer/train_common.py",
-    "trainer/memory.py",
-    "trainer/eval_plan.py",
-    "trainer/run_common.py",  # the pipeline: train, export, reload, evaluate
-)
-_BACKEND_CODE = {
-    "torch": ("trainer/model_torch.py", "trainer/muon_torch.py", "trainer/train_torch.py", "trainer/evaluate_torch.py", "trainer/run_torch.py"),
-    "mlx": ("trainer/model_mlx.py", "trainer/optim_mlx.py", "trainer/train_mlx.py", "trainer/evaluate_mlx.py", "trainer/run_mlx.py"),
-}
-
 
 class ArtifactError(ValueError):
     """An artifact file that cannot be read, or arrays that cannot be exported."""
@@ -245,15 +221,27 @@ def dequantise_rows(packed: np.ndarray, scales: np.ndarray, shape: tuple[int, in
 
 
 def code_files(backend: str) -> list[Path]:
-    """The source files counted as the artifact's code for `backend` (those that exist)."""
-    if backend not in _BACKEND_CODE:
-        raise ArtifactError(f"unknown backend {backend!r}; expected one of {', '.join(_BACKEND_CODE)}")
-    return [path for rel in (*_SHARED_CODE, *_BACKEND_CODE[backend]) if (path := _REPO / rel).is_file()]
+    """The source files whose code is counted for `backend`: its entry module and every
+    protocol/ and trainer/ module that imports (trainer.bundle.bundled_modules)."""
+    from p2pgolf.trainer.bundle import bundled_modules, module_path
+
+    try:
+        names = bundled_modules(backend)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+    return [module_path(name) for name in names if name != "p2pgolf"]
 
 
 def code_bytes(backend: str) -> int:
-    """Bytes of the code that produces a model, as the challenge counts its script."""
-    return sum(path.stat().st_size for path in code_files(backend))
+    """Bytes of the code that produces a model, as the challenge counts its script: the size
+    of the train_gpt.py `p2pgolf submission` writes (trainer.bundle: the modules of
+    `code_files`, docstrings removed, in one lzma stream, behind a fixed loader), for a default
+    candidate (a submission counts its own file exactly)."""
+    from p2pgolf.trainer.bundle import bundle_size
+
+    if backend not in ("torch", "mlx"):
+        raise ArtifactError(f"unknown backend {backend!r}; expected one of torch, mlx")
+    return bundle_size(backend)
 
 
 def _to_bytes(values: np.ndarray, shuffle: bool) -> bytes:

@@ -2,9 +2,10 @@
 
 The challenge runs `torchrun --standalone --nproc_per_node=8 train_gpt.py` inside the record
 folder, with everything the run needs in that one file. `bundle_source` writes such a file:
-the sources of every `protocol/` and `trainer/` module the torch backend imports, embedded as
-strings and served by an import hook (so the modules are the same code p2pgolf ran, not a
-rewrite), the candidate (base, diff, tokenizer) and its benchmark baked in, and an entry point
+the sources of every `protocol/` and `trainer/` module the torch backend imports, with their
+docstrings removed (`ast.unparse`: the same statements p2pgolf ran, without the prose), packed
+as one lzma stream in base85 as the competition's records pack their code, and served by an
+import hook; the candidate (base, diff, tokenizer) and its benchmark baked in, and an entry point
 that trains, exports the artifact, reloads it and prints the challenge's final line
 `final_int<bits>_<compressor>_roundtrip_exact val_loss:X val_bpb:Y` from the round-tripped model.
 The artifact's code bytes are this file's own size.
@@ -21,20 +22,23 @@ candidate's compressor is one of those (requirements.txt, `requirements_for`).
 
 from __future__ import annotations
 
-import importlib
+import ast
+import base64
+import functools
 import json
-import sys
+import lzma
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 _REPO = Path(__file__).resolve().parents[1]
-# What the torch backend runs, imported to find every repository module it pulls in.
-_ENTRY_MODULES = (
-    "p2pgolf.trainer.run_torch", "p2pgolf.trainer.run_common", "p2pgolf.trainer.train_torch", "p2pgolf.trainer.evaluate_torch", "p2pgolf.trainer.model_torch",
-    "p2pgolf.trainer.muon_torch", "p2pgolf.trainer.datasets", "p2pgolf.trainer.artifact", "p2pgolf.trainer.hardware", "p2pgolf.trainer.config", "p2pgolf.trainer.smoke",
-    "p2pgolf.trainer.eval_plan", "p2pgolf.trainer.byte_accounting", "p2pgolf.trainer.memory", "p2pgolf.trainer.schedule", "p2pgolf.trainer.shards", "p2pgolf.trainer.progress",
-)  # fmt: skip
+# What each backend runs; the bundle holds these and every protocol/ and trainer/ module they
+# import (found by reading their import statements, so the set does not depend on what the
+# current process happens to have imported).
+ENTRY_MODULES = {
+    "torch": ("p2pgolf.trainer.run_torch",),
+    "mlx": ("p2pgolf.trainer.run_mlx",),
+}
 _PACKAGES = ("p2pgolf.protocol", "p2pgolf.trainer")
 REQUIREMENTS = "numpy\ntorch\nsentencepiece\n"
 # The compressors outside the standard library, by the compressor knob's value.
@@ -47,23 +51,62 @@ def requirements_for(knobs: Mapping[str, Any]) -> str:
     return REQUIREMENTS + (f"{extra}\n" if extra else "")
 
 
-def bundled_modules() -> dict[str, str]:
-    """module name -> source of every protocol/ and trainer/ module the torch backend imports."""
-    for name in _ENTRY_MODULES:
-        importlib.import_module(name)
+def module_path(name: str) -> Path:
+    """The source file of one of our modules (a package's __init__.py)."""
+    rel = Path(*name.removeprefix("p2pgolf.").split("."))
+    return _REPO / rel / "__init__.py" if (_REPO / rel).is_dir() else (_REPO / rel).with_suffix(".py")
+
+
+def bundled_modules(backend: str = "torch") -> dict[str, str]:
+    """module name -> source (docstrings removed) of every protocol/ and trainer/ module that
+    `backend`'s entry modules import, at module level or inside functions, transitively."""
+    if backend not in ENTRY_MODULES:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(ENTRY_MODULES)}")
     out: dict[str, str] = {}
-    for name, module in sorted(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if not path or not (name in _PACKAGES or name.startswith(tuple(p + "." for p in _PACKAGES))):
+    todo = [*ENTRY_MODULES[backend], *_PACKAGES]
+    while todo:
+        name = todo.pop()
+        if name in out:
             continue
-        p = Path(path).resolve()
-        if _REPO not in p.parents:
-            continue
-        out[name] = p.read_text(encoding="utf-8")
-    for package in _PACKAGES:
-        out.setdefault(package, (_REPO / package.removeprefix("p2pgolf.") / "__init__.py").read_text(encoding="utf-8"))
+        tree = ast.parse(module_path(name).read_text(encoding="utf-8"))
+        todo.extend(_our_imports(tree, name))
+        out[name] = ast.unparse(_without_docstrings(tree))
     out["p2pgolf"] = ""  # the namespace both rooms live in, served empty
-    return out
+    return dict(sorted(out.items()))
+
+
+def pack_modules(modules: Mapping[str, str]) -> str:
+    """The modules as the bundle embeds them: JSON, lzma (preset 9, extreme), base85."""
+    raw = json.dumps(dict(modules), sort_keys=True, separators=(",", ":")).encode()
+    return base64.b85encode(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
+
+
+@functools.lru_cache(maxsize=None)
+def bundle_size(backend: str = "torch") -> int:
+    """Bytes of the bundle of a default candidate with `backend`'s modules: what a submission's
+    train_gpt.py costs, and so the code bytes every run counts (trainer.artifact.code_bytes)."""
+    candidate = {"bench_name": "smoke", "base": "smoke-tiny", "diff": {}, "seed": 0, "budget_s": 600.0}
+    return len(_render(candidate=candidate, title="smoke-tiny + {}", modules=bundled_modules(backend)).encode())
+
+
+def _our_imports(tree: ast.Module, name: str) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+            found.extend(f"{node.module}.{a.name}" for a in node.names)  # `from p2pgolf.trainer import x`
+        elif isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+    return [m for m in found if m.startswith(tuple(p + "." for p in _PACKAGES)) and module_path(m).is_file()]
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
 
 
 def bundle_source(*, bench_name: str, base: str, diff: Mapping[str, Any], seed: int, budget_s: float, title: str = "", data_dir: str | None = None) -> str:
@@ -73,30 +116,30 @@ def bundle_source(*, bench_name: str, base: str, diff: Mapping[str, Any], seed: 
 
     make_run_config(bench_name, base, diff, seed=seed, budget_s=budget_s, data_dir=data_dir)
     candidate = {"bench_name": bench_name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": float(budget_s)}
-    modules = bundled_modules()
-    packages = sorted(n for n in modules if n in ("p2pgolf", *_PACKAGES))
-    return _TEMPLATE.format(
-        title=title or f"{base} + {json.dumps(dict(diff), sort_keys=True)}",
-        candidate=json.dumps(candidate, sort_keys=True),
-        packages=repr(tuple(packages)),
-        modules="{\n" + "".join(f"    {name!r}: {src!r},\n" for name, src in modules.items()) + "}",
-    )
+    return _render(candidate=candidate, title=title or f"{base} + {json.dumps(dict(diff), sort_keys=True)}", modules=bundled_modules("torch"))
+
+
+def _render(*, candidate: Mapping[str, Any], title: str, modules: Mapping[str, str]) -> str:
+    packages = sorted(n for n in modules if n in ("p2pgolf", *_PACKAGES) or module_path(n).name == "__init__.py")
+    return _TEMPLATE.format(title=title, candidate=json.dumps(dict(candidate), sort_keys=True), packages=repr(tuple(packages)), packed=pack_modules(modules))
 
 
 _TEMPLATE = '''"""p2pgolf candidate {title}: our trainer bundled into one file (generated; see p2pgolf trainer/bundle.py).
 
 Run: torchrun --standalone --nproc_per_node=8 train_gpt.py
 """
+import base64
 import importlib.abc
 import importlib.util
 import json
+import lzma
 import os
 import sys
 import time
 
 CANDIDATE = json.loads({candidate!r})
 PACKAGES = {packages}
-MODULES = {modules}
+MODULES = json.loads(lzma.decompress(base64.b85decode("{packed}")))
 
 
 class _Bundled(importlib.abc.MetaPathFinder, importlib.abc.Loader):
