@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
+from node.config import load_known_peers, load_listen_port, load_pinned_peers, save_known_peers, save_listen_port
 from node.control import serve as serve_control
 from node.discovery import Discovery
 from node.gossip import Gossip, GossipSettings
@@ -161,7 +161,8 @@ class Node:
                 self.exchange = BlobExchange(self.host, self.blobs, opts.exchange)
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
-            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap))
+            pinned = _peer_ids((*opts.bootstrap, *(load_pinned_peers(opts.home) if opts.home is not None else ())))
+            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap), pinned=pinned)
             self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
@@ -515,7 +516,7 @@ class Node:
             return
         self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
         try:
-            save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
+            self._remembered = save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
         except OSError as exc:
             log.warning("cannot remember peers: %s", exc)
 
