@@ -125,16 +125,23 @@ def load_pinned_peers(home: Home) -> list[str]:
     return _read_known_peers(home)[0]
 
 
-def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[str, ...] = ()) -> list[str]:
+def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[str, ...] = (), established: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Remember `addrs` (newest first; one address per peer id, at most PER_RANGE per address
     range (node/address_ranges.py), at most MAX_KNOWN_PEERS) and pin `pinned` (bootstrap
     addresses). Pinned addresses, those given now and those already in the file (a user may add
-    their own), are never evicted and count against neither bound. Returns the learned
-    addresses kept."""
+    their own), are never evicted and count against neither bound. Of `established` (the learned
+    peers of earlier runs) up to half of MAX_KNOWN_PEERS stay however many newer peers come, so
+    the peers of one run cannot push out every peer that worked before (loopback has no address
+    range to bound it). Returns the learned addresses kept."""
     old_pinned, _ = _read_known_peers(home)
     keep = list(dict.fromkeys([*old_pinned, *(_valid(a) for a in pinned)]))
     keep = [a for a in keep if a]
-    unique = _learned([a for a in addrs if a not in keep])
+    unique = _learned([a for a in addrs if a not in keep], limit=None)
+    old = set(established)
+    chosen = {a for a in unique if a in old}
+    chosen = set([a for a in unique if a in chosen][: MAX_KNOWN_PEERS // 2])
+    chosen |= set([a for a in unique if a not in chosen][: MAX_KNOWN_PEERS - len(chosen)])
+    unique = [a for a in unique if a in chosen]
     path = home.root / KNOWN_PEERS_FILE
     tmp = path.with_suffix(".toml.tmp")
     lines = ["# Written by p2pgolf. pinned: bootstrap peers (and any you add), never evicted.", "pinned = ["]
@@ -148,8 +155,8 @@ def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[
     return unique
 
 
-def _learned(addrs: list[str]) -> list[str]:
-    """Newest first: the first address of each peer id, PER_RANGE per range, MAX_KNOWN_PEERS."""
+def _learned(addrs: list[str], limit: int | None = MAX_KNOWN_PEERS) -> list[str]:
+    """Newest first: the first address of each peer id, PER_RANGE per range, at most `limit`."""
     seen: set[str] = set()
     newest = []
     for addr in addrs:
@@ -157,7 +164,7 @@ def _learned(addrs: list[str]) -> list[str]:
         if peer_id not in seen:
             seen.add(peer_id)
             newest.append(addr)
-    return bounded_by_range(newest)[:MAX_KNOWN_PEERS]
+    return bounded_by_range(newest)[:limit]
 
 
 def load_listen_port(home: Home) -> int | None:

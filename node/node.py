@@ -117,6 +117,7 @@ class Node:
         self._synced: set[str] = set()
         self._sync_retry_at: dict[str, float] = {}  # peers whose last sync failed: when to try again
         self._remembered: list[str] = []
+        self._established: tuple[str, ...] = ()
         self._nursery: Any = None
         self._stopping = trio.Event()
         self._connected_event = trio.Event()
@@ -166,6 +167,7 @@ class Node:
             self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
+                self._established = tuple(self._remembered)  # what worked in earlier runs
             async with AsyncExitStack() as stack:
                 for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else [])]:
                     await stack.enter_async_context(background_trio_service(service))
@@ -516,7 +518,7 @@ class Node:
             return
         self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
         try:
-            self._remembered = save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
+            self._remembered = save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap, established=self._established)
         except OSError as exc:
             log.warning("cannot remember peers: %s", exc)
 

@@ -127,3 +127,17 @@ def test_the_host_dials_no_peer_of_its_peerstore_on_its_own():
                 assert a.get_connected_peers() == [] and b.get_connected_peers() == []
 
     trio.run(main)
+
+
+def test_peers_of_one_run_cannot_push_out_every_peer_that_worked_before_even_on_loopback(tmp_path):
+    """Loopback has no address range, so the bound per range cannot help there."""
+    home = Home(tmp_path)
+    earlier = [addr("127.0.0.1", n, 4000 + n) for n in range(10)]
+    save_known_peers(home, earlier)
+    established = load_known_peers(home)
+    sybils = [addr("127.0.0.1", 20 + n % 79, 6000 + n) for n in range(70)]
+    remembered = list(established)
+    for s in sybils:  # each connects in turn, newest first, as Node._remember saves them
+        remembered = save_known_peers(home, [s, *remembered], established=established)
+    kept = load_known_peers(home)
+    assert set(earlier) <= set(kept) and len(kept) == MAX_KNOWN_PEERS
