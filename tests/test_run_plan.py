@@ -56,6 +56,10 @@ def test_eval_stride_of_one_is_refused_and_the_floor_is_accepted():
     make_run_config("smoke", "naive-baseline", {"eval_stride": 1024 // MAX_EVAL_OVERLAP})
     make_run_config("smoke", "naive-baseline", {"eval_seq_len": 2048, "eval_stride": 64})  # the challenge's usual setting
     refused(make_run_config, "smoke", "naive-baseline", {"eval_seq_len": 4096, "eval_stride": 32})
+    # short windows at a tiny stride: little overlap, but one window per validation token
+    exc = refused(make_run_config, "smoke", "smoke-tiny", {"eval_seq_len": 16, "eval_stride": 1})
+    assert exc.knob == "eval_stride" and "at least 16" in str(exc)
+    make_run_config("smoke", "smoke-tiny", {"eval_seq_len": 64, "eval_stride": 16})
 
 
 def test_the_parameter_cap_follows_the_benchmarks_size_cap():

@@ -14,7 +14,9 @@ instead of failing after minutes of training (or never finishing).
 - Evaluation work (same function): sliding windows of `eval_seq_len` moved by `eval_stride`
   read every validation token about `eval_seq_len / eval_stride` times; at most
   MAX_EVAL_OVERLAP. So `eval_stride >= ceil(eval_seq_len / MAX_EVAL_OVERLAP)`, or 0
-  (non-overlapping windows).
+  (non-overlapping windows). The evaluation plans one window per `eval_stride` tokens, so a
+  sliding stride is also at least MIN_SLIDING_STRIDE (short windows at stride 1 would be one
+  window per validation token: tens of millions).
 - Memory (`check_memory`, given a device budget): training as trainer/memory.py estimates it,
   for the micro-batching a fixed `grad_accum_steps` imposes (or the best automatic one), and
   evaluation (the resident model plus one batch of windows of `eval_seq_len`, with the
@@ -36,6 +38,7 @@ from trainer.plan_refused import EVAL_WORK, MEMORY, PARAMETERS, PlanRefused
 __all__ = ["DeviceBudget", "MAX_EVAL_OVERLAP", "check_config_cost", "check_memory", "device_budget", "estimate_eval_memory"]
 
 MAX_EVAL_OVERLAP = 64  # the challenge's strongest entries evaluate 2048-token windows at stride 64: 32
+MIN_SLIDING_STRIDE = 16  # windows per validation token at most 1/16 (~3.9 M windows on 62 M tokens)
 MIN_COMPRESSION = 2.0  # compressed artifact bytes >= packed quantised bytes / this
 # Knobs that set the parameter count, in the order a refusal names them.
 SIZE_KNOBS = ("num_layers", "unique_blocks", "model_dim", "mlp_mult", "mlp_hidden", "vocab_size", "tie_embeddings", "num_kv_heads", "activation", "quant_bits")
@@ -75,12 +78,13 @@ def check_config_cost(config: Mapping[str, Any], size_cap: int, diff: Mapping[st
         )  # fmt: skip
     eval_len = config["eval_seq_len"] or config["train_seq_len"]
     stride = config["eval_stride"]
-    if 0 < stride < eval_len and eval_len > MAX_EVAL_OVERLAP * stride:
-        floor = -(-eval_len // MAX_EVAL_OVERLAP)
+    floor = max(MIN_SLIDING_STRIDE, -(-eval_len // MAX_EVAL_OVERLAP))
+    if 0 < stride < eval_len and stride < floor:
         raise PlanRefused(
             EVAL_WORK, "eval_stride",
-            f"eval_stride={stride} reads every validation token about {eval_len // stride} times in windows of {eval_len}; "
-            f"at most {MAX_EVAL_OVERLAP}: eval_stride >= {floor}, or 0 for non-overlapping windows",
+            f"eval_stride={stride} reads every validation token about {eval_len // stride} times in windows of {eval_len} "
+            f"and plans one window per {stride} tokens; eval_stride >= {floor} (at most {MAX_EVAL_OVERLAP} reads per token, "
+            f"at least {MIN_SLIDING_STRIDE} tokens per window), or 0 for non-overlapping windows",
         )  # fmt: skip
 
 
