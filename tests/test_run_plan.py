@@ -44,10 +44,12 @@ def test_fixed_micro_batching_names_a_count_that_fits_and_the_same_config_passes
 def test_training_and_evaluation_lengths_that_cannot_fit_name_their_knob():
     long_train = resolve("naive-baseline", {"train_seq_len": 65536, "train_batch_tokens": 1 << 20})
     assert refused(check_memory, long_train, MAC_16).knob == "train_seq_len"
-    long_eval = resolve("naive-baseline", {"eval_seq_len": 65536})
+    long_eval = resolve("naive-baseline", {"eval_seq_len": 65536, "vocab_size": 65536})
     exc = refused(check_memory, long_eval, MAC_16)
     assert (exc.reason, exc.knob) == (MEMORY, "eval_seq_len") and "eval_seq_len=65536" in str(exc)
-    assert check_memory(resolve("naive-baseline", {"eval_seq_len": 2048}), MAC_16)
+    assert refused(check_memory, resolve("naive-baseline", {"vocab_size": 65536}), MAC_16).knob == "vocab_size"
+    assert check_memory(resolve("naive-baseline", {"eval_seq_len": 65536}), MAC_16)  # fused attention: fits
+    assert check_memory(resolve("naive-baseline", {"vocab_size": 8192}), GPU_80)  # the largest challenge tokenizer
 
 
 def test_eval_stride_of_one_is_refused_and_the_floor_is_accepted():

@@ -19,8 +19,8 @@ instead of failing after minutes of training (or never finishing).
   window per validation token: tens of millions).
 - Memory (`check_memory`, given a device budget): training as trainer/memory.py estimates it,
   for the micro-batching a fixed `grad_accum_steps` imposes (or the best automatic one), and
-  evaluation (the resident model plus one batch of windows of `eval_seq_len`, with the
-  attention matrices where the backend materialises them). Budget: DEFAULT_MEMORY_FRACTION of
+  evaluation (the resident training state plus one batch of windows of `eval_seq_len`; its
+  logits grow with `vocab_size`). Budget: DEFAULT_MEMORY_FRACTION of
   one device's memory.
 """
 
@@ -91,19 +91,18 @@ def check_config_cost(config: Mapping[str, Any], size_cap: int, diff: Mapping[st
 def estimate_eval_memory(config: Mapping[str, Any], budget: DeviceBudget) -> int:
     """Peak bytes of evaluation: the training state still resident (weights, gradients and
     optimiser moments: trainer/memory.py's static part) plus one batch of windows of
-    `eval_seq_len`: per token the live activations of one layer and the head's float32 logits,
-    log-probabilities and losses, and per window the attention matrices where materialised."""
+    `eval_seq_len` (`eval_batch_tokens` of them, at least one window): per token the live
+    activations of one layer and the head's float32 logits, log-probabilities and losses.
+    Inference attention is fused on every backend (torch's and MLX's scaled_dot_product_attention),
+    so no seq_len x seq_len matrix is counted."""
     seq_len = config["eval_seq_len"] or config["train_seq_len"]
     windows = max(1, budget.eval_batch_tokens // seq_len)
     dim, heads = config["model_dim"], config["num_heads"]
     kv_dim = dim // heads * config["num_kv_heads"]
     hidden = mlp_hidden_size(config)
     per_token = (4 * dim + 2 * kv_dim + 3 * hidden) * budget.activation_bytes + 3 * config["vocab_size"] * 4
-    per_window = per_token * seq_len
-    if budget.attention_scores:
-        per_window += 2 * heads * seq_len * seq_len * budget.activation_bytes
     static = estimate_training_memory(config).static_bytes
-    return static + windows * per_window
+    return static + windows * seq_len * per_token
 
 
 def check_memory(config: Mapping[str, Any], budget: DeviceBudget) -> str:
@@ -133,9 +132,12 @@ def check_memory(config: Mapping[str, Any], budget: DeviceBudget) -> str:
     eval_need = estimate_eval_memory(config, budget)
     if eval_need > limit:
         eval_len = config["eval_seq_len"] or seq_len
+        # below the batch, windows of any length make the same tokens per batch: the vocabulary decides
+        knob = "eval_seq_len" if eval_len >= budget.eval_batch_tokens else "vocab_size"
         raise PlanRefused(
-            MEMORY, "eval_seq_len",
-            f"evaluating windows of eval_seq_len={eval_len} needs about {eval_need / GIB:.1f} GiB, more than {budget.describe()}",
+            MEMORY, knob,
+            f"evaluating windows of eval_seq_len={eval_len} with vocab_size={config['vocab_size']} "
+            f"needs about {eval_need / GIB:.1f} GiB, more than {budget.describe()}",
         )
     return f"fits {budget.describe()}: training {estimate.total_bytes(1) / GIB:.2f} GiB at one sequence per micro-batch, evaluation {eval_need / GIB:.2f} GiB"
 
