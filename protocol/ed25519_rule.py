@@ -1,4 +1,4 @@
-"""The Ed25519 verification rule of SPEC.md section 6.1, checked before libsodium runs.
+"""The encoding checks of SPEC.md section 6.1's Ed25519 rule, made after libsodium's equation.
 
 libsodium (through PyNaCl) computes the cofactorless equation and compares R's bytes; the
 encoding checks it also makes (depending on its version and build) are made here explicitly,

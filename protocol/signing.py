@@ -93,16 +93,17 @@ def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
 
 
 def verify_signature(author_hex: str, message: bytes, signature: bytes) -> None:
-    """Ed25519 verification by SPEC.md section 6.1: the encoding rules of
-    protocol/ed25519_rule.py, then the cofactorless equation with R compared byte for byte
-    (libsodium). Raises ProtocolError naming the field and the rule broken."""
-    problem = encoding_problem(bytes.fromhex(author_hex), signature)
-    if problem is not None:
-        raise ProtocolError(problem[1], problem[0])
+    """Ed25519 verification by SPEC.md section 6.1: libsodium's cofactorless equation with R
+    compared byte for byte, and the encoding rules of protocol/ed25519_rule.py, which our
+    libsodium also applies but a laxer build might not. Raises ProtocolError ("sig: signature
+    does not verify against the author key", with the rule broken when only ours caught it)."""
     try:
         _verify_key(author_hex).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         raise ProtocolError("signature does not verify against the author key", "sig") from None
+    problem = encoding_problem(bytes.fromhex(author_hex), signature)
+    if problem is not None:
+        raise ProtocolError(f"signature does not verify against the author key ({problem[0]}: {problem[1]})", "sig")
 
 
 _ENVELOPE_HEAD = b"\x82\xa4body"

@@ -88,5 +88,20 @@ def test_a_record_signed_under_a_small_order_key_is_refused_naming_the_author():
     r = 12345
     sig = m.encode(m.mul(r, m.B)) + r.to_bytes(32, "little")
     assert m.cofactored_equation_holds(bytes.fromhex(case["public_key_hex"]), record_id(raw_body), sig)
-    with pytest.raises(ProtocolError, match="author: public key is a point of small order"):
+    with pytest.raises(ProtocolError, match="sig: signature does not verify"):
         decode_record(canonical.encode({"body": raw_body, "sig": sig}))
+
+
+def test_the_rule_holds_even_under_a_libsodium_that_accepts_everything(monkeypatch):
+    """A laxer libsodium build (or version) must not change which records are valid."""
+    import protocol.signing as signing
+
+    class Lax:
+        def verify(self, message, signature):
+            return message
+
+    monkeypatch.setattr(signing, "_verify_key", lambda author_hex: Lax())
+    for case in CASES:
+        if case["name"] in ("mixed-order R",):
+            continue  # only the equation refuses it: a verifier that skips the equation accepts it
+        assert ours(case) == case["verdict"], case["name"]
