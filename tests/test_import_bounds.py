@@ -69,7 +69,7 @@ def test_a_huge_line_is_rejected_by_its_size_without_being_held_in_memory(tmp_pa
     assert peak < size / 4, f"peak {peak} bytes while reading an {size}-byte line"
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _valid_line() -> str:
