@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-import node.control as control
-from node.control import XUCRED, ControlError, parse_xucred, peer_uid, serve
+import p2pgolf.node.control as control
+from p2pgolf.node.control import XUCRED, ControlError, parse_xucred, peer_uid, serve
 
 
 def xucred(uid: int, version: int = 0, groups: tuple[int, ...] = (20, 12, 61)) -> bytes:

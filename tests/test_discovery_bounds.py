@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from node.address_ranges import PER_RANGE, address_range, bounded_by_range
-from node.config import MAX_KNOWN_PEERS, load_known_peers, save_known_peers
-from node.home import Home
-from node.host import parse_peer_addr
-from protocol.identity import Identity
+from p2pgolf.node.address_ranges import PER_RANGE, address_range, bounded_by_range
+from p2pgolf.node.config import MAX_KNOWN_PEERS, load_known_peers, save_known_peers
+from p2pgolf.node.home import Home
+from p2pgolf.node.host import parse_peer_addr
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 IDS = [Identity.from_seed(bytes([i]) * 32).peer_id for i in range(1, 100)]
@@ -55,13 +55,13 @@ def test_a_hand_edited_file_full_of_one_network_is_bounded_when_read(tmp_path):
 
 
 def _host():
-    from node.host import make_host
+    from p2pgolf.node.host import make_host
 
     return make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
 
 
 def test_kept_peers_are_bounded_per_range_and_pinned_ones_always_kept():
-    from node.discovery import Discovery
+    from p2pgolf.node.discovery import Discovery
 
     pinned_id = parse_peer_addr(PINNED).peer_id
     d = Discovery(_host(), pinned=frozenset({pinned_id}))
@@ -76,8 +76,8 @@ def test_kept_peers_are_bounded_per_range_and_pinned_ones_always_kept():
 def test_an_inbound_peers_address_is_not_persisted_or_kept_until_a_dial_to_it_works(monkeypatch):
     import multiaddr
 
-    import node.discovery as discovery
-    from node.host import full_addrs, peer_info
+    import p2pgolf.node.discovery as discovery
+    from p2pgolf.node.host import full_addrs, peer_info
 
     monkeypatch.setattr(discovery, "INBOUND_KEEP_AFTER_S", 0.2)
     monkeypatch.setattr(discovery, "WATCH_INTERVAL_S", 0.05)
@@ -115,7 +115,7 @@ def test_the_host_dials_no_peer_of_its_peerstore_on_its_own():
     """py-libp2p's AutoConnector would dial every address a peer ever advertised, for ever."""
     import multiaddr
 
-    from node.host import full_addrs
+    from p2pgolf.node.host import full_addrs
 
     async def main() -> None:
         a, b = _host(), _host()

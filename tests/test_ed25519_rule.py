@@ -13,11 +13,11 @@ import pytest
 
 import ed25519_math as m
 from conftest import REPO_ROOT
-from protocol import canonical
-from protocol.ed25519_rule import SMALL_ORDER_Y, encoding_problem
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.signing import decode_record, record_id, verify_signature
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.ed25519_rule import SMALL_ORDER_Y, encoding_problem
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record, record_id, verify_signature
 from records_factory import make_result
 
 SPEC = (REPO_ROOT / "protocol" / "SPEC.md").read_text()
@@ -94,8 +94,7 @@ def test_a_record_signed_under_a_small_order_key_is_refused_naming_the_author():
 
 def test_the_rule_holds_even_under_a_libsodium_that_accepts_everything(monkeypatch):
     """A laxer libsodium build (or version) must not change which records are valid."""
-    import protocol.signing as signing
-
+    import p2pgolf.protocol.signing as signing
     class Lax:
         def verify(self, message, signature):
             return message

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recordgen as g
-from node.cli import cli
-from pool.store import PoolStore
-from pool.transfer import MAX_LINE_BYTES, decode_json_line, export_records, import_records
-from protocol.errors import ProtocolError
+from p2pgolf.node.cli import cli
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.transfer import MAX_LINE_BYTES, decode_json_line, export_records, import_records
+from p2pgolf.protocol.errors import ProtocolError
 
 WHO = g.identity(7)
 GOOD = g.batch(2, who=WHO)

@@ -14,12 +14,12 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from node.cli import cli
-from node.control import serve
-from node.status import NodeStatus, PeerStatus
-from pool.store import PoolStore
-from protocol.identity import Identity
-from protocol.records import HardwareClass
+from p2pgolf.node.cli import cli
+from p2pgolf.node.control import serve
+from p2pgolf.node.status import NodeStatus, PeerStatus
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import HardwareClass
 from records_factory import signed_result
 
 REPO = Path(__file__).resolve().parents[1]

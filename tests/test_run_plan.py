@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.knobs import resolve
-from trainer.api import prepare_run, run_experiment
-from trainer.config import make_run_config
-from trainer.memory import GIB, MemoryBudgetError
-from trainer.plan_refused import EVAL_WORK, MEMORY, PARAMETERS, PlanRefused
-from trainer.run_plan import MAX_EVAL_OVERLAP, DeviceBudget, check_config_cost, check_memory
+from p2pgolf.protocol.knobs import resolve
+from p2pgolf.trainer.api import prepare_run, run_experiment
+from p2pgolf.trainer.config import make_run_config
+from p2pgolf.trainer.memory import GIB, MemoryBudgetError
+from p2pgolf.trainer.plan_refused import EVAL_WORK, MEMORY, PARAMETERS, PlanRefused
+from p2pgolf.trainer.run_plan import MAX_EVAL_OVERLAP, DeviceBudget, check_config_cost, check_memory
 
 GPU_80 = DeviceBudget(80 * GIB, activation_bytes=2, attention_scores=False, eval_batch_tokens=131072)
 MAC_16 = DeviceBudget(16 * GIB, activation_bytes=2, attention_scores=True, eval_batch_tokens=65536)

@@ -8,11 +8,11 @@ import pytest
 import trio
 
 import recordgen as g
-from node.research_loop import Journal, LoopSettings, ResearchLoop
-from pool import bandit
-from pool.proposals import make_proposal
-from pool.store import PoolStore
-from pool.trust import TrustStore
+from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+from p2pgolf.pool import bandit
+from p2pgolf.pool.proposals import make_proposal
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,9 +10,9 @@ import re
 import pytest
 
 from conftest import REPO_ROOT
-from protocol import canonical, knobs
-from protocol.errors import ProtocolError
-from protocol.spec_tables import PARAMETER_EXAMPLES
+from p2pgolf.protocol import canonical, knobs
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.spec_tables import PARAMETER_EXAMPLES
 
 SPEC = (REPO_ROOT / "protocol" / "SPEC.md").read_text()
 

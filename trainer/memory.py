@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.knobs import estimate_parameters, mlp_hidden_size
-from trainer.plan_refused import MEMORY, PlanRefused
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.knobs import estimate_parameters, mlp_hidden_size
+from p2pgolf.trainer.plan_refused import MEMORY, PlanRefused
 
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",

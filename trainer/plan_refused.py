@@ -8,7 +8,7 @@ remembers failed candidates keys them on `(reason, knob)`.
 
 from __future__ import annotations
 
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 MEMORY = "memory"  # training or evaluation would not fit the device's memory
 PARAMETERS = "parameters"  # more parameters than the benchmark's size cap could ever hold

@@ -31,9 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.knobs import estimate_parameters, mlp_hidden_size
-from trainer.memory import DEFAULT_MEMORY_FRACTION, GIB, estimate_training_memory, machine_memory_bytes, sequences_per_step
-from trainer.plan_refused import EVAL_WORK, MEMORY, PARAMETERS, PlanRefused
+from p2pgolf.protocol.knobs import estimate_parameters, mlp_hidden_size
+from p2pgolf.trainer.memory import DEFAULT_MEMORY_FRACTION, GIB, estimate_training_memory, machine_memory_bytes, sequences_per_step
+from p2pgolf.trainer.plan_refused import EVAL_WORK, MEMORY, PARAMETERS, PlanRefused
 
 __all__ = ["DeviceBudget", "MAX_EVAL_OVERLAP", "check_config_cost", "check_memory", "device_budget", "estimate_eval_memory"]
 
@@ -166,7 +166,7 @@ def _cuda_gpus() -> tuple[tuple[str, int], ...]:
     import shutil
     import subprocess
 
-    from trainer.hardware import gpus_from_nvidia_smi
+    from p2pgolf.trainer.hardware import gpus_from_nvidia_smi
 
     smi = shutil.which("nvidia-smi")
     if smi is None:

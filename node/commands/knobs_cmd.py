@@ -17,7 +17,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def knobs(as_json: bool) -> None:
     """List the knobs a candidate may set, their ranges, and the base configs."""
-    from protocol.knobs import BASE_CONFIGS, DEFAULTS, KNOBS
+    from p2pgolf.protocol.knobs import BASE_CONFIGS, DEFAULTS, KNOBS
 
     if as_json:
         doc = {
@@ -43,7 +43,7 @@ def knobs(as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     console = plain_console()
     table = Table(title=f"{len(KNOBS)} knobs (set with --set NAME=VALUE)", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))

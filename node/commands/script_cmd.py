@@ -10,12 +10,12 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 
 def _store(home: Home):
-    from node.scripts import ScriptStore
+    from p2pgolf.node.scripts import ScriptStore
 
     return ScriptStore(home)
 
@@ -26,7 +26,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from node.scripts import ScriptStoreError
+        from p2pgolf.node.scripts import ScriptStoreError
 
         try:
             return fn(*args, **kwargs)
@@ -97,7 +97,7 @@ def ls(home: Home, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(title="scripts", title_justify="left")
     for name in ("sha", "name", "approved", "origin", "from"):
@@ -138,7 +138,7 @@ def _vocab_json(vocab) -> list[dict]:
 def _print_vocab(vocab) -> None:
     from rich.table import Table
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(title=f"{len(vocab)} hyperparameters{' (self-extracting wrapper decoded)' if vocab.wrapped else ''}", title_justify="left")
     for name in ("name", "type", "default", "search range"):

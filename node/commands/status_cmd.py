@@ -13,8 +13,8 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 
 @click.command("status")
@@ -28,7 +28,7 @@ def status(home: Home, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(show_header=False, box=None)
     table.add_column("field", no_wrap=True)
@@ -70,7 +70,7 @@ def peers(home: Home, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table("peer id", "benchmarks", "invalid sent", "addresses")
     for column in table.columns:
@@ -88,7 +88,7 @@ def stop(home: Home, abandon: bool, timeout_s: float) -> None:
     """Stop the running node and wait until it has stopped."""
     import time
 
-    from node.control import ControlError, NotRunning, request
+    from p2pgolf.node.control import ControlError, NotRunning, request
 
     try:
         reply = request(home.control_socket, {"op": "stop", "abandon": abandon})
@@ -119,8 +119,8 @@ def _alive(pid) -> bool:
 
 
 def _fetch(home: Home):
-    from node.control import ControlError, NotRunning, request
-    from node.status import NodeStatus
+    from p2pgolf.node.control import ControlError, NotRunning, request
+    from p2pgolf.node.status import NodeStatus
 
     try:
         reply = request(home.control_socket, {"op": "status"})

@@ -10,9 +10,9 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.commands.pool_cmd import open_pool, open_trust, resolve_key
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.commands.pool_cmd import open_pool, open_trust, resolve_key
+from p2pgolf.node.home import Home
 
 
 @click.group("trust")
@@ -74,7 +74,7 @@ def list_(home: Home, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from node.views.plain_console import plain_console
+    from p2pgolf.node.views.plain_console import plain_console
 
     # Borderless, key over peer id in one folding cell: fits 80 columns with both shown whole.
     table = Table(title=f"trust (every other key weighs {unknown:g})", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
@@ -93,7 +93,7 @@ def list_(home: Home, as_json: bool) -> None:
 @click.pass_obj
 def default_weight(home: Home, value: str | None) -> None:
     """Show, or set to VALUE (strictly between 0 and 1), the weight of unknown keys."""
-    from pool.trust import TrustError
+    from p2pgolf.pool.trust import TrustError
 
     with open_pool(home) as store:
         ts = open_trust(store)
@@ -112,7 +112,7 @@ def default_weight(home: Home, value: str | None) -> None:
 
 
 def _change(home: Home, action: str, key: str, label: str = "") -> None:
-    from pool.trust import TrustError
+    from p2pgolf.pool.trust import TrustError
 
     with open_pool(home) as store:
         ts = open_trust(store)
