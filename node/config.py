@@ -20,7 +20,9 @@ peers this node remembers across restarts.
     agent = { command = "python3 examples/proposers/chat.py", timeout_s = 120, max_output_bytes = 65536 }
 
 `known_peers.toml` is ours: `pinned` (bootstrap peers, never evicted) and `peers` (peers we have
-been connected to, newest first, at most MAX_KNOWN_PEERS), rewritten atomically
+been connected to, newest first, one address per peer id, at most PER_RANGE per address range
+and MAX_KNOWN_PEERS in all: ids are free, so many fresh ids from one network cannot push the
+others out), rewritten atomically
 (write to a temporary file, then rename) so a crash never leaves half a file. A bad value in
 either file is a ProtocolError naming the file and the field.
 """
@@ -32,6 +34,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from p2pgolf.node.address_ranges import bounded_by_range
 from p2pgolf.node.home import Home
 from p2pgolf.node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
 from p2pgolf.node.limits import Limits
@@ -117,14 +120,29 @@ def load_known_peers(home: Home) -> list[str]:
     return list(dict.fromkeys([*pinned, *learned]))
 
 
-def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[str, ...] = ()) -> None:
-    """Remember `addrs` (newest first, duplicates removed, at most MAX_KNOWN_PEERS) and pin
-    `pinned` (bootstrap addresses). Pinned addresses, those given now and those already in the
-    file (a user may add their own), are never evicted and do not count against the cap."""
+def load_pinned_peers(home: Home) -> list[str]:
+    """known_peers.toml's `pinned` addresses (bootstrap peers of earlier runs and any the user
+    added): kept for ever, never evicted."""
+    return _read_known_peers(home)[0]
+
+
+def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[str, ...] = (), established: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Remember `addrs` (newest first; one address per peer id, at most PER_RANGE per address
+    range (node/address_ranges.py), at most MAX_KNOWN_PEERS) and pin `pinned` (bootstrap
+    addresses). Pinned addresses, those given now and those already in the file (a user may add
+    their own), are never evicted and count against neither bound. Of `established` (the learned
+    peers of earlier runs) up to half of MAX_KNOWN_PEERS stay however many newer peers come, so
+    the peers of one run cannot push out every peer that worked before (loopback has no address
+    range to bound it). Returns the learned addresses kept."""
     old_pinned, _ = _read_known_peers(home)
     keep = list(dict.fromkeys([*old_pinned, *(_valid(a) for a in pinned)]))
     keep = [a for a in keep if a]
-    unique = [a for a in dict.fromkeys(addrs) if a not in keep][:MAX_KNOWN_PEERS]
+    unique = _learned([a for a in addrs if a not in keep], limit=None)
+    old = set(established)
+    chosen = {a for a in unique if a in old}
+    chosen = set([a for a in unique if a in chosen][: MAX_KNOWN_PEERS // 2])
+    chosen |= set([a for a in unique if a not in chosen][: MAX_KNOWN_PEERS - len(chosen)])
+    unique = [a for a in unique if a in chosen]
     path = home.root / KNOWN_PEERS_FILE
     tmp = path.with_suffix(".toml.tmp")
     lines = ["# Written by p2pgolf. pinned: bootstrap peers (and any you add), never evicted.", "pinned = ["]
@@ -135,6 +153,19 @@ def save_known_peers(home: Home, addrs: list[str], *, pinned: list[str] | tuple[
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+    return unique
+
+
+def _learned(addrs: list[str], limit: int | None = MAX_KNOWN_PEERS) -> list[str]:
+    """Newest first: the first address of each peer id, PER_RANGE per range, at most `limit`."""
+    seen: set[str] = set()
+    newest = []
+    for addr in addrs:
+        peer_id = addr.rsplit("/p2p/", 1)[-1]
+        if peer_id not in seen:
+            seen.add(peer_id)
+            newest.append(addr)
+    return bounded_by_range(newest)[:limit]
 
 
 def load_listen_port(home: Home) -> int | None:
@@ -181,7 +212,7 @@ def _read_known_peers(home: Home) -> tuple[list[str], list[str]]:
         value = data.get(key)
         return [a for a in map(_valid, value if isinstance(value, list) else []) if a]
 
-    return addrs("pinned"), addrs("peers")[:MAX_KNOWN_PEERS]
+    return addrs("pinned"), _learned(addrs("peers"))
 
 
 def _valid(addr: object) -> str | None:

@@ -1,8 +1,9 @@
 """The local control socket: how `p2pgolf status`, `peers` and `publish` talk to a running node.
 
 A unix socket at `Home.control_socket`, created with mode 0600 (umask set around bind) and
-checked again by peer credentials where the OS offers them (Linux SO_PEERCRED): only the
-user who runs the node may use it. One JSON request line, one JSON reply line, then close:
+checked again by peer credentials (Linux SO_PEERCRED, macOS and FreeBSD LOCAL_PEERCRED, the
+`struct xucred` getpeereid reads): only the user who runs the node may use it; a peer whose
+credentials cannot be read is refused. One JSON request line, one JSON reply line, then close:
 
     {"op": "status"}                      -> {"ok": true, "status": {...}}
     {"op": "publish", "records": [hex..]} -> {"ok": true, "results": [{"id", "verdict", "peers"}]}
@@ -160,9 +161,45 @@ async def _send(conn: trio.socket.SocketType, reply: dict) -> None:
             data = data[sent:]
 
 
-def _same_user(conn: trio.socket.SocketType) -> bool:
+# macOS and FreeBSD: getsockopt(SOL_LOCAL, LOCAL_PEERCRED) fills a `struct xucred` (sys/ucred.h):
+# u_int cr_version (XUCRED_VERSION, 0); uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16],
+# 76 bytes with the padding after cr_ngroups. It is what getpeereid(3) reads.
+SOL_LOCAL = 0
+LOCAL_PEERCRED = getattr(socket, "LOCAL_PEERCRED", 0x001)
+XUCRED = struct.Struct("=IIh2x16I")
+XUCRED_VERSION = 0
+
+
+def parse_xucred(data: bytes) -> int:
+    """The effective uid in a `struct xucred`; ControlError for one too short or of another version."""
+    if len(data) < XUCRED.size:
+        raise ControlError(f"peer credentials are {len(data)} bytes, not a struct xucred of {XUCRED.size}")
+    version, uid, _ngroups, *_groups = XUCRED.unpack_from(data)
+    if version != XUCRED_VERSION:
+        raise ControlError(f"peer credentials have version {version}, not {XUCRED_VERSION}")
+    return uid
+
+
+def parse_ucred(data: bytes) -> int:
+    """The uid in Linux's `struct ucred` (pid, uid, gid: three 32-bit ints)."""
+    _pid, uid, _gid = struct.unpack("3i", data[: struct.calcsize("3i")])
+    return uid
+
+
+def peer_uid(conn: Any) -> int | None:
+    """The uid of the process at the other end of a connected unix socket (Linux SO_PEERCRED,
+    macOS and FreeBSD LOCAL_PEERCRED), or None where the OS offers neither."""
     if sys.platform.startswith("linux"):
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid == os.getuid()
-    return True  # elsewhere the 0600 mode of the socket file is the guard
+        return parse_ucred(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if sys.platform == "darwin" or sys.platform.startswith("freebsd"):
+        return parse_xucred(conn.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, XUCRED.size))
+    return None
+
+
+def _same_user(conn: trio.socket.SocketType) -> bool:
+    try:
+        uid = peer_uid(conn)
+    except (OSError, ControlError) as exc:
+        log.warning("control socket: cannot read the peer's credentials (%s); refusing it", exc)
+        return False
+    return uid is None or uid == os.getuid()  # None: elsewhere the 0600 socket file is the guard

@@ -5,6 +5,16 @@ peers that dialled us and stayed, and (behind a flag) peers found by mDNS on the
 peer has one keeper task that re-dials it with exponential back-off (1 s doubling to 60 s, with
 jitter) whenever it is not connected, so a dropped peer comes back by itself. Every dial has a
 timeout. Peers we reach are handed to `on_connected` (the node remembers them and syncs).
+
+What a stranger cannot do with it (ids are free, an inbound peer says what it likes):
+- Pinned peers (bootstrap and known_peers.toml's `pinned`) are kept for ever and never count
+  against a bound. Any other kept peer is dropped after GIVE_UP_AFTER dials in a row fail.
+- The kept peers other than pinned ones are at most MAX_KEPT, and at most PER_RANGE per
+  address range (node/address_ranges.py: an IPv4 /24, an IPv6 /48); `add` refuses the rest.
+- An inbound peer's advertised address is only a candidate (at most MAX_PROBATION of them):
+  never dialled while the peer is connected, never handed to `on_connected` (so never
+  persisted) until a dial of ours to it has worked. When the peer drops, that address is
+  tried at most PROBE_DIALS times; if none works it is forgotten.
 A peer the user named (`warn_unreachable`: the --bootstrap and config.toml addresses) that
 does not answer its first dial gets one WARNING line (address and reason) and is retried; a
 later success is logged once at WARNING too, so the user sees the problem end.
@@ -19,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pgolf.node.address_ranges import PER_RANGE, address_range
 from p2pgolf.node.host import PeerAddr, parse_peer_addr, peer_info
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,14 +42,21 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
 WATCH_INTERVAL_S = 1.0
 INBOUND_KEEP_AFTER_S = 30.0  # an inbound peer connected this long is re-dialled if it drops
+PROBE_DIALS = 3  # tries of an inbound peer's advertised address once it dropped
+GIVE_UP_AFTER = 8  # failed dials in a row after which a peer not pinned is no longer kept (~4 min)
+MAX_KEPT = 128  # kept peers besides pinned ones
+MAX_PROBATION = 64  # inbound peers' addresses waiting to be tried
 
 
 class Discovery:
     """Keeps a set of peers dialled; runs in the node's nursery until cancelled."""
 
-    def __init__(self, host: "IHost", *, on_connected: Callable[[PeerAddr], None] | None = None, use_mdns_peerstore: bool = False, warn_unreachable: frozenset[str] = frozenset()) -> None:
+    def __init__(self, host: "IHost", *, on_connected: Callable[[PeerAddr], None] | None = None, use_mdns_peerstore: bool = False, warn_unreachable: frozenset[str] = frozenset(), pinned: frozenset[str] = frozenset()) -> None:
         self.host = host
         self.warn_unreachable = warn_unreachable  # peer ids whose failed dials the user must hear of
+        self.pinned = pinned | warn_unreachable  # peer ids kept for ever, outside every bound
+        self.probation: dict[str, PeerAddr] = {}  # inbound peers' advertised addresses, untried
+        self._probing: set[str] = set()
         self._warned: set[str] = set()
         self.last_error: dict[str, str] = {}
         self.on_connected = on_connected
@@ -50,13 +68,26 @@ class Discovery:
         self._nursery: Any = None
         self._inbound_since: dict[str, float] = {}
 
-    def add(self, peer: PeerAddr) -> None:
-        """Keep `peer` connected from now on (no-op for ourselves or a peer already kept)."""
+    def add(self, peer: PeerAddr) -> bool:
+        """Keep `peer` connected from now on; False (and nothing kept) for ourselves, a peer
+        already kept, or one over MAX_KEPT or over PER_RANGE in its address range (pinned
+        peers are never refused)."""
         if peer.peer_id == self.own_id or peer.peer_id in self.known:
-            return
+            return False
+        if peer.peer_id not in self.pinned and not self._room_for(peer):
+            log.debug("not keeping %s: bound of kept peers (per address range or in all) reached", peer.addr)
+            return False
         self.known[peer.peer_id] = peer
         if self._nursery is not None:
             self._nursery.start_soon(self._keep, peer)
+        return True
+
+    def _room_for(self, peer: PeerAddr) -> bool:
+        learned = [p for p in self.known.values() if p.peer_id not in self.pinned]
+        if len(learned) >= MAX_KEPT:
+            return False
+        key = address_range(peer.addr)
+        return key is None or sum(address_range(p.addr) == key for p in learned) < PER_RANGE
 
     async def run(self, initial: list[str], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Dial `initial` (multiaddr strings; bad ones are logged and skipped) and keep them."""
@@ -91,33 +122,42 @@ class Discovery:
             network.unblock_peer(ID.from_base58(peer.peer_id))  # we do our own back-off
         except Exception:
             pass
+        failed = False
         try:
             with trio.fail_after(DIAL_TIMEOUT_S):
                 await self.host.connect(peer_info(peer))
         except Exception as exc:  # dial errors are many and varied; all mean "not now"
+            failed = True
             self.failed_dials += 1
             self.last_error[peer.peer_id] = _reason(exc)
             log.debug("dial %s failed: %s", peer.addr, exc)
             return False
         finally:
-            # Also when cancelled after the connection was made (a short-lived node stopping).
-            if self.on_connected is not None and self.is_connected(peer.peer_id):
+            # Also when cancelled after the connection was made (a short-lived node stopping);
+            # never for a failed dial, even if the peer meanwhile dialled us (its address is untried).
+            if not failed and self.on_connected is not None and self.is_connected(peer.peer_id):
                 self.on_connected(peer)
         return True
 
     async def _keep(self, peer: PeerAddr) -> None:
         delay = BACKOFF_START_S
+        failures = 0
         while True:
             if self.is_connected(peer.peer_id):
-                delay = BACKOFF_START_S
+                delay, failures = BACKOFF_START_S, 0
                 await trio.sleep(WATCH_INTERVAL_S)
                 continue
             if await self.dial(peer):
-                delay = BACKOFF_START_S
+                delay, failures = BACKOFF_START_S, 0
                 if peer.peer_id in self._warned:
                     self._warned.discard(peer.peer_id)
                     log.warning("connected to bootstrap peer %s", peer.addr)
                 continue
+            failures += 1
+            if failures >= GIVE_UP_AFTER and peer.peer_id not in self.pinned:
+                log.debug("giving up on %s after %d failed dials", peer.addr, failures)
+                self.known.pop(peer.peer_id, None)
+                return
             if peer.peer_id in self.warn_unreachable and peer.peer_id not in self._warned:
                 self._warned.add(peer.peer_id)
                 log.warning("cannot reach bootstrap peer %s (%s); retrying in the background (every %g s at most)", peer.addr, self.last_error.get(peer.peer_id, "no answer"), BACKOFF_MAX_S)
@@ -134,15 +174,17 @@ class Discovery:
                 del self._inbound_since[key]  # the clock restarts if it comes back
             for pid in self.host.get_connected_peers():
                 key = pid.to_base58()
-                if key in self.known:
+                if key in self.known or key in self.probation:
                     continue
                 since = self._inbound_since.setdefault(key, now)
-                if now - since >= INBOUND_KEEP_AFTER_S:
+                if now - since >= INBOUND_KEEP_AFTER_S and len(self.probation) < MAX_PROBATION:
                     addr = self._listen_addr(pid)
                     if addr is not None:
-                        self.add(addr)
-                        if self.on_connected is not None:
-                            self.on_connected(addr)
+                        self.probation[key] = addr  # what it says it listens on: untried
+            for key, addr in list(self.probation.items()):
+                if key not in connected and key not in self._probing and self._nursery is not None:
+                    self._probing.add(key)
+                    self._nursery.start_soon(self._probe, addr)
             if self.use_mdns_peerstore:
                 for pid in self.host.get_peerstore().peers_with_addrs():
                     key = pid.to_base58()
@@ -150,6 +192,24 @@ class Discovery:
                         addr = self._listen_addr(pid)
                         if addr is not None:
                             self.add(addr)
+
+    async def _probe(self, peer: PeerAddr) -> None:
+        """Try an inbound peer's advertised address (it has dropped); kept if a dial works."""
+        delay = BACKOFF_START_S
+        try:
+            for _ in range(PROBE_DIALS):
+                if self.is_connected(peer.peer_id):
+                    return  # it dialled us again: still untried, it stays a candidate
+                if await self.dial(peer):
+                    self.add(peer)
+                    return
+                await trio.sleep(delay * random.uniform(0.8, 1.2))
+                delay *= 2
+            log.debug("forgetting %s: its advertised address did not answer %d dials", peer.addr, PROBE_DIALS)
+        finally:
+            self._probing.discard(peer.peer_id)
+            if peer.peer_id in self.known or not self.is_connected(peer.peer_id):
+                self.probation.pop(peer.peer_id, None)
 
     def _listen_addr(self, pid: Any) -> PeerAddr | None:
         try:

@@ -3,7 +3,9 @@
 `make_host` builds a host that offers exactly one security protocol (Noise; never plaintext,
 where a dialer could claim any peer id) and one muxer (Yamux). `parse_listen` and
 `parse_peer_addr` turn user-supplied multiaddr strings into values or a one-line error naming
-the bad address. libp2p is imported inside functions so importing this module stays cheap.
+the bad address. libp2p's own background dialler (AutoConnector) is switched off: the node
+dials only whom node/discovery.py and node/peer_exchange.py choose. libp2p is imported inside
+functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -44,13 +46,22 @@ def make_host(identity: Identity, listen: list[str] | tuple[str, ...], *, enable
     private = Ed25519PrivateKey.from_bytes(identity.seed)
     key_pair = KeyPair(private, private.get_public_key())
     noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={YAMUX_ID: Yamux},
         listen_addrs=[parse_listen(a) for a in listen],
         enable_mDNS=enable_mdns,
     )
+    # py-libp2p 0.8.1's AutoConnector dials every peer in the peerstore (below 100 connections,
+    # again every 5 s to 5 min), so any address a peer advertised would be dialled for ever.
+    # node/discovery.py and node/peer_exchange.py choose whom to dial; this host dials no one else.
+    host.get_network().auto_connector.maybe_connect = _dial_nobody
+    return host
+
+
+async def _dial_nobody() -> None:
+    return None
 
 
 def parse_listen(text: str) -> "multiaddr.Multiaddr":

@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from p2pgolf.node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from p2pgolf.node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
+from p2pgolf.node.config import load_known_peers, load_listen_port, load_pinned_peers, save_known_peers, save_listen_port
 from p2pgolf.node.control import serve as serve_control
 from p2pgolf.node.discovery import Discovery
 from p2pgolf.node.gossip import Gossip, GossipSettings
@@ -117,6 +117,7 @@ class Node:
         self._synced: set[str] = set()
         self._sync_retry_at: dict[str, float] = {}  # peers whose last sync failed: when to try again
         self._remembered: list[str] = []
+        self._established: tuple[str, ...] = ()
         self._nursery: Any = None
         self._stopping = trio.Event()
         self._connected_event = trio.Event()
@@ -161,10 +162,12 @@ class Node:
                 self.exchange = BlobExchange(self.host, self.blobs, opts.exchange)
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
-            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap))
+            pinned = _peer_ids((*opts.bootstrap, *(load_pinned_peers(opts.home) if opts.home is not None else ())))
+            self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap), pinned=pinned)
             self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
+                self._established = tuple(self._remembered)  # what worked in earlier runs
             async with AsyncExitStack() as stack:
                 for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else [])]:
                     await stack.enter_async_context(background_trio_service(service))
@@ -515,7 +518,7 @@ class Node:
             return
         self._remembered = [peer.addr, *[a for a in self._remembered if a != peer.addr]]
         try:
-            save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap)
+            self._remembered = save_known_peers(self.options.home, self._remembered, pinned=self.options.bootstrap, established=self._established)
         except OSError as exc:
             log.warning("cannot remember peers: %s", exc)
 

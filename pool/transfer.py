@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgpack
 
@@ -137,6 +138,9 @@ def decode_json_line(line: str | bytes, *, now_ms: int | None = None) -> SignedR
         item = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except ProtocolError:
         raise
+    except RecursionError:
+        # json's scanner recurses once per `[` or `{`; a record nests at most MAX_DEPTH levels.
+        raise ProtocolError(f"JSON nested too deeply (a record nests at most {canonical.MAX_DEPTH} levels)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not valid JSON ({exc})") from None
     if not isinstance(item, dict) or set(item) != {"id", "sig", "record"}:
@@ -174,16 +178,37 @@ def _json_line(id_: str, raw: bytes) -> bytes:
 
 def _read_jsonl(path: Path, now_ms: int) -> Iterator[tuple[int, SignedRecord | None, str | None]]:
     with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
+        for number, line, length in _bounded_lines(f, MAX_LINE_BYTES):
+            if line is None:
+                yield number, None, f"line is {length} bytes; a record's line is at most {MAX_LINE_BYTES}"
+                continue
             if not line.strip():
                 continue  # blank lines (a trailing newline, hand edits) are not records
-            if len(line) > MAX_LINE_BYTES:
-                yield number, None, f"line is {len(line)} bytes; a record's line is at most {MAX_LINE_BYTES}"
-                continue
             try:
                 yield number, decode_json_line(line, now_ms=now_ms), None
             except ProtocolError as exc:
                 yield number, None, str(exc)
+
+
+def _bounded_lines(f: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line, its length in bytes) for each line of `f`, newline included. A line
+    longer than `limit` comes as None: it is skipped in chunks, never held whole in memory."""
+    number = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) <= limit:
+            yield number, line, len(line)
+            continue
+        length = len(line)
+        while not line.endswith(b"\n"):
+            line = f.readline(1 << 16)
+            if not line:
+                break
+            length += len(line)
+        yield number, None, length
 
 
 def _read_msgpack(path: Path, now_ms: int) -> Iterator[tuple[int, SignedRecord | None, str | None]]:

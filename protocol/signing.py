@@ -2,8 +2,9 @@
 
 Envelope = canonical msgpack map {"body": bin, "sig": bin(64)}, at most 16 KiB, where `body`
 is the canonical encoding of the record map. Record id = SHA-256(RECORD_DOMAIN || body), and
-`sig` is the author's Ed25519 signature over the 32 id bytes. `decode_record` is the only way
-bytes from a peer become a `SignedRecord`, and it raises only `ProtocolError`.
+`sig` is the author's Ed25519 signature over the 32 id bytes, verified by the rule of SPEC.md
+section 6.1 (protocol/ed25519_rule.py, then libsodium's cofactorless equation). `decode_record`
+is the only way bytes from a peer become a `SignedRecord`, and it raises only `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pgolf.protocol import canonical
+from p2pgolf.protocol.ed25519_rule import encoding_problem
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.records import Record, parse_body
 
@@ -86,11 +88,22 @@ def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
         raise ProtocolError("must be 64 bytes of binary", "sig")
     record = parse_body(canonical.decode(body, max_len=MAX_RECORD_BYTES), now_ms=now_ms)
     rid = record_id(body)
+    verify_signature(record.author, rid, signature)
+    return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=bytes(raw))
+
+
+def verify_signature(author_hex: str, message: bytes, signature: bytes) -> None:
+    """Ed25519 verification by SPEC.md section 6.1: libsodium's cofactorless equation with R
+    compared byte for byte, and the encoding rules of protocol/ed25519_rule.py, which our
+    libsodium also applies but a laxer build might not. Raises ProtocolError ("sig: signature
+    does not verify against the author key", with the rule broken when only ours caught it)."""
     try:
-        _verify_key(record.author).verify(rid, signature)
+        _verify_key(author_hex).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         raise ProtocolError("signature does not verify against the author key", "sig") from None
-    return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=bytes(raw))
+    problem = encoding_problem(bytes.fromhex(author_hex), signature)
+    if problem is not None:
+        raise ProtocolError(f"signature does not verify against the author key ({problem[0]}: {problem[1]})", "sig")
 
 
 _ENVELOPE_HEAD = b"\x82\xa4body"

@@ -40,12 +40,15 @@ def prepare_run(
     compile: str = "auto",
 ) -> RunConfig:
     """The checked config of a run (nothing is started). Raises ProtocolError or
-    BackendUnavailable with a one-line reason."""
+    BackendUnavailable with a one-line reason; PlanRefused (a ProtocolError naming the knob)
+    for a config whose parameters, evaluation work or memory this device cannot afford
+    (trainer/run_plan.py)."""
     from p2pgolf.trainer.backend import check_device, resolve_backend
+    from p2pgolf.trainer.run_plan import check_memory, device_budget
 
     chosen = resolve_backend(backend)
     check_device(chosen, device)
-    return make_run_config(
+    run = make_run_config(
         bench_name,
         base,
         diff,
@@ -57,6 +60,10 @@ def prepare_run(
         compile=compile,
         data_dir=data_dir,
     )
+    budget = device_budget(chosen, device)
+    if budget is not None:
+        check_memory(run.knobs, budget)
+    return run
 
 
 def run_experiment(

@@ -16,6 +16,7 @@ from typing import Any
 from p2pgolf.protocol import knobs
 from p2pgolf.protocol.benchmarks import Benchmark, benchmark
 from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.trainer.run_plan import check_config_cost
 
 __all__ = [
     "BACKENDS", "COMPILE_MODES", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark",
@@ -170,6 +171,7 @@ def make_run_config(
             f"grad_accum_steps={accum} must divide the {seqs} sequences of a step (train_batch_tokens / train_seq_len)",
             "knob grad_accum_steps",
         )
+    check_config_cost(config, bench.size_cap, normalised)
     need = benchmark_vocab_size(bench)
     if need and config["vocab_size"] < need:
         raise ProtocolError(

@@ -33,7 +33,7 @@ class EvalResult:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a plan may hold millions of them
 class Window:
     """Inputs tokens[start : start+length], targets tokens[start+1 : start+1+length]; targets
     at positions [score_from, length) are scored."""

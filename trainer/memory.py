@@ -30,6 +30,7 @@ from typing import Any
 
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.knobs import estimate_parameters, mlp_hidden_size
+from p2pgolf.trainer.plan_refused import MEMORY, PlanRefused
 
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",
@@ -46,8 +47,11 @@ DEFAULT_MEMORY_FRACTION = 0.6
 GIB = 1 << 30
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(PlanRefused):
     """Even one sequence per micro-batch would not fit the memory budget."""
+
+    def __init__(self, message: str):
+        super().__init__(MEMORY, "train_seq_len", message)
 
 
 @dataclass(frozen=True)

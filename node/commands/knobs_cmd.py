@@ -40,10 +40,12 @@ def knobs(as_json: bool) -> None:
         }
         click.echo(json.dumps(doc))
         return
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    from p2pgolf.node.views.plain_console import plain_console
+
+    console = plain_console()
     table = Table(title=f"{len(KNOBS)} knobs (set with --set NAME=VALUE)", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
     table.add_column("knob", no_wrap=True)
     table.add_column("type", no_wrap=True)
@@ -54,7 +56,7 @@ def knobs(as_json: bool) -> None:
     for k in KNOBS.values():
         if k.group != group:
             group = k.group
-            table.add_row(f"[bold]{group}[/bold]", "", "", "", "")
+            table.add_row(Text(group, style="bold"), "", "", "", "")
         table.add_row(f"  {k.name}", k.type.__name__, k.describe_range(), _value(k.default), k.help)
     console.print(table)
     console.print()

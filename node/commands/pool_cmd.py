@@ -285,10 +285,11 @@ def stats(home: Home, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from p2pgolf.node.views.plain_console import plain_console
+
+    console = plain_console()
     console.print(f"{doc['records']} records in {doc['pool']} ({_size(doc['db_bytes'])}, schema v{doc['schema_version']})")
     for title, rows, head in (
         ("by bench", [(b["name"], b["records"]) for b in doc["benches"]], "bench"),
@@ -327,8 +328,9 @@ def _print_table(records: list["SignedRecord"], trust: "TrustStore", total: int 
     """Record ids and candidate ids side by side (named so they are not confused); a borderless
     table in which only the config column wraps and long names are cut with an ellipsis, so
     every column fits an 80-column terminal."""
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     labels, now = trust.labels(), time.time() * 1000
     statuses: dict[str, str] = {}
@@ -352,7 +354,7 @@ def _print_table(records: list["SignedRecord"], trust: "TrustStore", total: int 
             rec.id[:10], _who(rec.author, labels.get(rec.author, ""), status), candidate, config, r.hw.key,
             f"{r.metrics.val_bpb:.4f}", _age(now - rec.created_ms),
         )
-    Console().print(table)
+    plain_console().print(table)
 
 
 def _artifact_held(home: Home, rec: "SignedRecord") -> bool | None:
@@ -364,8 +366,9 @@ def _artifact_held(home: Home, rec: "SignedRecord") -> bool | None:
 
 
 def _print_record(rec: "SignedRecord", trust: "TrustStore", attestations: list["SignedRecord"], store: "PoolStore", held: bool | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     r = rec.record
     entry = trust.entry(rec.author)
@@ -398,12 +401,13 @@ def _print_record(rec: "SignedRecord", trust: "TrustStore", attestations: list["
     table.add_row("signature", rec.signature.hex())
     if attestations:
         table.add_row("attested by", "\n".join(f"{a.id[:12]} {a.record.method} val_bpb={a.record.metrics.val_bpb:.4f} by {a.author[:12]}" for a in attestations))
-    Console().print(table)
+    plain_console().print(table)
 
 
 def _print_lineage(info, trust: "TrustStore") -> None:
-    from rich.console import Console
     from rich.tree import Tree
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     labels = trust.labels()
     by_id = {r.id: r for r in [*info.ancestors, *info.descendants]}
@@ -435,7 +439,7 @@ def _print_lineage(info, trust: "TrustStore") -> None:
     grow(up, info.id, lambda i: _parents(by_id.get(i)), {info.id})
     down = root.add(f"descendants ({len(info.descendants)})")
     grow(down, info.id, lambda i: children.get(i, []), {info.id})
-    Console().print(root)
+    plain_console().print(root)
 
 
 def _parents(rec: "SignedRecord | None") -> tuple[str, ...]:

@@ -237,15 +237,19 @@ def _who(key: str, label: str, status: str) -> str:
 
 
 def _print_explain(doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    from p2pgolf.node.views.plain_console import plain_console
+
+    console = plain_console()
     diff = ", ".join(f"{k}={v}" for k, v in doc["diff"].items()) or "(no changes)"
     console.print(f"candidate {doc['candidate']}")
     console.print(f"  {doc['base']} + {diff} (tokenizer {doc['tokenizer']})")
-    marker = "  [bold](incumbent)[/bold]" if doc["incumbent"] else ""
-    console.print(f"  estimate on {doc['hw']}: [bold]{doc['mean']:.4f} ± {doc['sd']:.4f}[/bold] val_bpb{marker}")
+    line = Text.assemble(f"  estimate on {doc['hw']}: ", (f"{doc['mean']:.4f} ± {doc['sd']:.4f}", "bold"), " val_bpb")
+    if doc["incumbent"]:
+        line.append("  ").append("(incumbent)", "bold")
+    console.print(line)
     if not doc["evidence"]:
         console.print("  no direct evidence: the estimate comes from its parents (lineage prior)")
     table = Table(title="evidence", title_justify="left")
@@ -272,8 +276,9 @@ def _print_explain(doc: dict[str, Any]) -> None:
 
 
 def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     from p2pgolf.node.commands.pool_cmd import bench_label
 
@@ -285,6 +290,6 @@ def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -
         diff = label + (": " + ", ".join(f"{k}={v}" for k, v in r["diff"].items()) if r["diff"] else "")
         mark = " *" if r["incumbent"] else ""
         table.add_row(str(r["rank"]), r["candidate"][:12] + mark, f"{r['mean']:.4f}", f"{r['sd']:.4f}", f"{r['established_here']:.2g}", str(r["results"]), diff)
-    Console().print(table)
+    plain_console().print(table)
     if any(r["incumbent"] for r in rows):
-        Console().print("* incumbent: best among those measured on this hardware by trusted keys")
+        plain_console().print("* incumbent: best among those measured on this hardware by trusted keys")

@@ -132,7 +132,7 @@ def records_from_path(path: Path, identity) -> list[bytes]:
         stripped = text.strip()
         try:
             whole = json.loads(stripped) if stripped.startswith("{") else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not one JSON object: read as lines below
             whole = None
         if isinstance(whole, dict) and "status" in whole:
             return [sign_run(read_run(path), identity).raw]

@@ -95,15 +95,16 @@ def ls(home: Home, as_json: bool) -> None:
     if not entries:
         click.echo("no scripts; add one with `p2pgolf script add PATH`")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(title="scripts", title_justify="left")
     for name in ("sha", "name", "approved", "origin", "from"):
         table.add_column(name, overflow="fold")
     for e in entries:
         table.add_row(e.sha[:16], e.name, "yes" if e.approved else "no", e.origin, e.source)
-    Console(soft_wrap=True).print(table)
+    plain_console(soft_wrap=True).print(table)
 
 
 @script.command("show")
@@ -135,8 +136,9 @@ def _vocab_json(vocab) -> list[dict]:
 
 
 def _print_vocab(vocab) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(title=f"{len(vocab)} hyperparameters{' (self-extracting wrapper decoded)' if vocab.wrapped else ''}", title_justify="left")
     for name in ("name", "type", "default", "search range"):
@@ -144,7 +146,7 @@ def _print_vocab(vocab) -> None:
     for p in vocab.params.values():
         rng = "flip" if p.type is bool and p.searchable else f"[{p.low:g}, {p.high:g}]" if p.searchable else "-"
         table.add_row(p.name, p.type.__name__, "(unreadable)" if p.default is None else repr(p.default), rng)
-    console = Console(soft_wrap=True)
+    console = plain_console(soft_wrap=True)
     console.print(table)
     for problem in vocab.problems:
         console.print(f"note: {problem}", markup=False)

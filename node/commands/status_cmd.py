@@ -26,8 +26,9 @@ def status(home: Home, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st.to_json()))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table(show_header=False, box=None)
     table.add_column("field", no_wrap=True)
@@ -52,7 +53,7 @@ def status(home: Home, as_json: bool) -> None:
     for done in st.finished[-5:]:
         score = f"val_bpb {done['val_bpb']:.4f}, {done['steps']} steps" if done.get("val_bpb") is not None else done["status"] + (f" ({done['note']})" if done.get("note") else "")
         table.add_row(f"finished {done['n']}", f"{done['candidate'][:12]} {score}")
-    Console().print(table)
+    plain_console().print(table)
 
 
 @click.command("peers")
@@ -67,15 +68,16 @@ def peers(home: Home, as_json: bool) -> None:
     if not st.peers:
         click.echo("no peers connected")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     table = Table("peer id", "benchmarks", "invalid sent", "addresses")
     for column in table.columns:
         column.overflow = "fold"
     for p in st.peers:
         table.add_row(p.peer_id, ", ".join(p.topics) or "-", str(p.invalid), "\n".join(p.addrs) or "-")
-    Console().print(table)
+    plain_console().print(table)
 
 
 @click.command("stop")

@@ -178,9 +178,9 @@ class _LiveLine:
     """One rich line that is rewritten in place as progress events arrive (only on a terminal)."""
 
     def __init__(self) -> None:
-        from rich.console import Console
+        from p2pgolf.node.views.plain_console import plain_console
 
-        self.console = Console(stderr=True)
+        self.console = plain_console(stderr=True)
         self.live = None
         self.last_print_s = 0.0
 

@@ -72,8 +72,9 @@ def list_(home: Home, as_json: bool) -> None:
             ],
         }))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     # Borderless, key over peer id in one folding cell: fits 80 columns with both shown whole.
     table = Table(title=f"trust (every other key weighs {unknown:g})", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
@@ -84,7 +85,7 @@ def list_(home: Home, as_json: bool) -> None:
     table.add_column("records", justify="right", no_wrap=True)
     for e in entries:
         table.add_row(e.status, e.label, f"{e.key}\n{e.peer_id}", f"{_weight(e.status, unknown):g}", str(counts.get(e.key, 0)))
-    Console().print(table)
+    plain_console().print(table)
 
 
 @trust.command("default-weight")

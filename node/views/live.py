@@ -29,6 +29,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from p2pgolf.node.views.plain_console import plain_console
 from p2pgolf.node.views.pool_rows import Row, read_rows
 
 WIDE = 80  # columns from which the view uses two columns per row
@@ -208,7 +209,7 @@ class LiveView:
     """The live display of one join process; `run` redraws until cancelled."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
+        self.console = console or plain_console()
         self.live: Live | None = None
 
     def say(self, text: str) -> None:
