@@ -11,8 +11,8 @@ Two rules apply to it before the model is solved:
   else the level of the trusted candidates here, widened by their spread (at least `prior_sd`).
   Cross-class values are translated, with the translation's uncertainty added. A claim more
   than `plausible_z` standard deviations off is *implausible*, and its weight is multiplied by
-  (plausible_z / z)^2: the further out, the less it counts and the less it pulls (its pull on the
-  mean falls as 1 / z), so stating an absurd number never buys influence. With no trusted
+  (plausible_z / z)^4: the further out, the less it counts and the less it pulls (far out, its
+  pull on the mean falls as 1 / z^3), so stating an absurd number never buys influence. With no trusted
   evidence at all there is nothing to judge by, and nothing is marked.
 - Crowds (`trust_weights.crowd_factors`): the untrusted keys behind one candidate count
   together as `unknown_crowd` keys (one, by default), however many they are.
@@ -110,7 +110,7 @@ def discount(
     plausible_z: float,
 ) -> tuple[list[tuple[Any, float, float, float, float]], dict[str, float]]:
     """The observations with untrusted ones discounted: an implausible claim's weight times
-    (plausible_z / z)^2, then each candidate's crowd of untrusted keys pooled. Returns the new
+    (plausible_z / z)^4, then each candidate's crowd of untrusted keys pooled. Returns the new
     list and the implausible record ids with their z."""
     implausible = {rid: float(v) for rid, v in z.items() if abs(v) > plausible_z}
     crowd = crowd_factors(((o.candidate, o.author) for o, _, claim, _, _ in weighted if not is_trusted(claim)), policy)
@@ -118,7 +118,7 @@ def discount(
     for o, trust, claim, cap, w in weighted:
         if not is_trusted(claim):
             if o.record_id in implausible:
-                claim *= (plausible_z / implausible[o.record_id]) ** 2
+                claim *= (plausible_z / implausible[o.record_id]) ** 4
             cap *= crowd[(o.candidate, o.author)]
             w = claim * cap
         out.append((o, trust, claim, cap, w))
