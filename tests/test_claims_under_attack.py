@@ -161,3 +161,21 @@ def test_the_simulated_attacks_capture_a_small_share_of_honest_experiments():
         assert runs[kind].captured_share() <= 2 / 24
     again = run_attack("liar", 0, settings, attack)
     assert [t.ran for t in again.run.traces] == [t.ran for t in runs["liar"].run.traces]
+
+
+def test_the_claims_benchmark_reports_each_attacks_share_beside_the_same_run_without_attack():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adversary" / "claims.py"
+    spec = importlib.util.spec_from_file_location("adversary_claims_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.measure(seeds=2, nodes=2, experiments=8)
+    for key in ("sybil_share", "extreme_claim_share", "self_attesting_liar_share", "no_attack_share"):
+        assert 0.0 <= out[key] <= 1.0 and key + "_se" in out
+    assert out["no_attack_share"] == 0.0
+    assert out["shares_ok"] == all(out[k] <= 0.05 for k in ("sybil_share", "extreme_claim_share", "self_attesting_liar_share"))
+    assert {"machine", "seeds", "nodes", "experiments", "regret_none", "regret_sybil_minus_none"} <= set(out)
+    with pytest.raises(ValueError, match="seeds >= 1"):
+        module.measure(seeds=0)
