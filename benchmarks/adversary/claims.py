@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     def cli(seeds, first_seed, nodes, experiments, jobs, quick, as_json):
         out = measure(seeds, quick, nodes=None if quick else nodes, experiments=None if quick else experiments, jobs=jobs, first_seed=first_seed)
         if as_json:
-            print(json.dumps(out, sort_keys=True))
+            # one seed has no standard error: null, since NaN is not JSON
+            print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}, sort_keys=True))
         else:
             print_table(out)
 
