@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
 from node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
 from protocol import knobs
 
