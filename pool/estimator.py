@@ -63,10 +63,10 @@ import numpy as np
 from pool.bridge.provenance import importer_of
 from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
 from pool.trust_weights import (
-    TRUSTED_WEIGHT,
     BLOCKED,
     OWN,
     PINNED,
+    TRUSTED_WEIGHT,
     UNKNOWN,
     AttestationCheck,
     AuthorTrust,
