@@ -11,6 +11,10 @@ What an isolated node reaches is itself random, so the benchmark compares the co
 `isolated_reference`: many independent isolated runs per hardware class, whose mean is the
 isolated node's expected result on that landscape.
 
+Attackers with free keys (sybils, extreme claims, a liar that attests its own fakes) are in
+pool/adversaries.py; an experiment counts as spent on a fake by the truth (no honest node had
+measured that candidate yet), not by what the victim believed.
+
 Guarantee: `run_mode(mode, seed, ...)` is deterministic for a given seed.
 """
 

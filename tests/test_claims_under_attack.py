@@ -16,6 +16,7 @@ from pool.estimator import estimate
 from pool.evidence import AttestationEvidence, Evidence, result_evidence
 from pool.simulation import SimSettings
 from pool.trust_weights import TrustPolicy, crowd_factors, static_status
+from pool.untrusted import discount
 
 ME = "a" * 64
 FRIEND = "b" * 64
@@ -136,8 +137,21 @@ def test_with_nothing_believed_yet_a_strangers_claim_is_still_worth_trying():
     pool.results = []  # a new node: no results of its own
     idea = pool.add({"matrix_lr": 0.03}, 1.97, author=fresh_key(0))
     post = pool.posterior()
-    assert post.incumbent() is None
+    assert post.incumbent() is None and post.implausible == {}  # nothing trusted to judge it by
     assert choose(post, np.random.default_rng(0), operators=("try_peer",)).proposal.subject == idea.record_id
+
+
+def test_before_anything_is_believed_here_a_strangers_claim_never_beats_a_pinned_peers_idea():
+    pool = Pool()
+    pool.results = []  # nothing of its own yet; a pinned peer measured an idea on its hardware
+    peer = pool.add({"matrix_lr": 0.03}, 1.60, author=FRIEND, hw="gpu:peer")
+    pool.add({"matrix_lr": 0.04}, 1.62, author=FRIEND, hw="gpu:peer")
+    claim = pool.add({"matrix_lr": 0.05}, 1.40, author=fresh_key(0), hw="gpu:peer")
+    post = pool.posterior(pinned=[FRIEND])
+    assert post.incumbent() is None
+    assert post.estimate(claim.candidate).mean < post.estimate(peer.candidate).mean - 0.05  # looks better by value...
+    picks = [choose(post, np.random.default_rng(s), operators=("try_peer",)).proposal.subject for s in range(30)]
+    assert picks == [peer.record_id] * 30  # ...but ranks no better than trusted evidence
 
 
 def test_the_bandit_tries_strangers_claims_about_stranger_share_of_the_time():
@@ -179,3 +193,24 @@ def test_the_claims_benchmark_reports_each_attacks_share_beside_the_same_run_wit
     assert {"machine", "seeds", "nodes", "experiments", "regret_none", "regret_sybil_minus_none"} <= set(out)
     with pytest.raises(ValueError, match="seeds >= 1"):
         module.measure(seeds=0)
+
+
+class _Obs:
+    def __init__(self, record_id, candidate, author):
+        self.record_id, self.candidate, self.author = record_id, candidate, author
+
+
+def test_discounting_leaves_trusted_evidence_alone_never_raises_a_weight_and_ignores_order():
+    weighted = [(_Obs("r0", "c", ME), 1.0, 1.0, 1.0, 1.0)]
+    weighted += [(_Obs(f"r{i}", "c", fresh_key(i)), 0.1, 0.1, 1.0, 0.1) for i in range(1, 6)]
+    weighted += [(_Obs("r9", "d", fresh_key(9)), 0.1, 0.1, 0.5, 0.05)]
+    z = {"r1": -12.0, "r2": 3.0, "r9": 5.0}
+    out, implausible = discount(weighted, z, TrustPolicy(), 4.0)
+    assert out[0] == weighted[0]
+    assert implausible == {"r1": -12.0, "r9": 5.0}
+    for (o, _, claim, cap, w), (_, _, claim0, cap0, _) in zip(out[1:], weighted[1:]):
+        assert claim <= claim0 and cap <= cap0 and w == pytest.approx(claim * cap)
+    assert sum(cap for o, _, _, cap, _ in out if o.candidate == "c" and o.author != ME) == pytest.approx(1.0)  # five keys count as one
+    assert out[1][2] == pytest.approx(0.1 * (4.0 / 12.0) ** 4)
+    backwards, _ = discount(list(reversed(weighted)), z, TrustPolicy(), 4.0)
+    assert {o.record_id: rest for o, *rest in backwards} == {o.record_id: rest for o, *rest in out}
