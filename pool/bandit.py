@@ -22,10 +22,12 @@ Two levels.
   their ideas before they run), so they win on yield per cost; their losses are not clipped
   (`gain`) and a request that gave nothing counts as an outcome of gain 0. A new one is asked
   first. benchmarks/sim_proposers.py (20 seeds, 4 nodes x 84): a proposer that knows the
-  landscape gets 19% of experiments and cuts final regret from 0.0068 to 0.0011 bpb; a random
-  one gets 1.4% after each node's first 20, but 14.5% of those first 20 (on slow hardware its
-  random configs beat the poor baseline, a real yield), and ends 0.0033 +- 0.0013 bpb worse than
-  none, mostly on the slowest class: more than the floor's share costs. benchmarks/sim_collective.py chose "blend" at temperature 0.5 (10 seeds: fewer
+  landscape gets 19.5% of experiments and cuts final regret from 0.0084 to 0.0013 bpb; a random
+  one gets 1.9% after each node's first 20, but 14.6% of those first 20 (on slow hardware its
+  random configs beat the poor baseline, a real yield), and ends 0.0007 +- 0.0011 bpb better
+  than none (paired), within its floor's cost. Before the estimator's lineage prior was made
+  robust to outlying parent-child gaps, its very bad children (citing the incumbent) widened
+  that prior and it ended 0.0033 +- 0.0013 worse, mostly on the slowest class. benchmarks/sim_collective.py chose "blend" at temperature 0.5 (10 seeds: fewer
   experiments to match an isolated node and lower regret than "yield" at 1.0 or 0.5).
 - Top-two sampling (after Russo 2016, "Simple Bayesian algorithms for best arm
   identification"): before any operator is asked, with probability beta the run re-measures a
