@@ -122,7 +122,7 @@ def test_a_liar_that_attests_its_own_fake_from_more_fresh_keys_gains_nothing():
     post = pool.posterior()
     assert post.authors[liar].weight == TrustPolicy().unknown_weight
     row = next(r for r in post.rows[fake.candidate] if r.record_id == fake.record_id)
-    assert row.claim == pytest.approx(TrustPolicy().unknown_weight)
+    assert row.claim <= TrustPolicy().unknown_weight  # not raised by its own or fresh keys' checks
     assert not post.info[fake.candidate].trusted and post.info[fake.candidate].established == 0.0
     assert post.incumbent() != fake.candidate and post.ranked()[0].candidate != fake.candidate
     assert captured(post, fake.candidate) <= BOUND
