@@ -341,7 +341,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted, realised))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
-            traces[i].on_fake.append(_spent_on_fake(p, fake_records, honest_measured))
+            traces[i].on_fake.append(_spent_on_fake(p, post, fake_records, honest_measured))
             if p.subject is not None:
                 new_attestations.append(AttestationEvidence(ledger.new_id(), p.subject, authors[i], "reproduce", hw, float(measured), k))
             else:
@@ -373,12 +373,15 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
     return traces
 
 
-def _spent_on_fake(p: Proposal, fake_records: Mapping[str, str], honest_measured: set[str]) -> bool:
+def _spent_on_fake(p: Proposal, post: Posterior, fake_records: Mapping[str, str], honest_measured: set[str]) -> bool:
     """An experiment is spent on a fake when it re-measures or builds on a fake record, or runs a
-    fake record's candidate, while no honest node had measured that candidate yet (the
-    simulator knows the truth; a node may have been made to believe the fake)."""
+    fake record's candidate that the node knew of (from the fakes), while no honest node had
+    measured that candidate yet (the simulator knows the truth; a node may have been made to
+    believe the fake). A node that never saw the fake (blocked) and proposed the same config on
+    its own was not misled."""
     fakes = {c for c in fake_records.values() if c not in honest_measured}
-    return p.candidate in fakes or any(fake_records.get(r) in fakes for r in (p.subject, *p.parents) if r is not None)
+    known = p.candidate in fakes and p.candidate in post.index
+    return known or any(fake_records.get(r) in fakes for r in (p.subject, *p.parents) if r is not None)
 
 
 def _incumbent_true(post: Posterior, ledger: _Ledger, hw: str, trace: NodeTrace) -> float:
