@@ -734,21 +734,16 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
     return out
 
 
-_LINEAGE_TRIM = 4.0  # a family whose gap is beyond this many robust sds is an outlier to the lineage prior
-
-
 def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
     """How far children land from their parents here, learned from families that trusted keys
-    measured on this hardware: squared child-minus-parents gaps, less what measurement noise
-    explains, shrunk towards `config.lineage_sd`, after a trim: gaps beyond `_LINEAGE_TRIM`
-    robust sds (from the median square gap) are left out. A fixed width would let the prior
-    overrule repeated measurements wherever configs differ by more than it (a tiny model on a
-    laptop moves by whole bits per byte). Trimmed because a proposer's very bad children that
-    cite the incumbent as parent would otherwise widen the prior of every child
+    measured on this hardware: a robust variance of the child-minus-parents gaps (their median
+    square over that of a unit normal, 0.455), less the median variance that measurement noise
+    explains, shrunk towards `config.lineage_sd`. A fixed width would let the prior overrule
+    repeated measurements wherever configs differ by more than it (a tiny model on a laptop
+    moves by whole bits per byte). Robust because gaps are heavy-tailed: a proposer's very bad
+    children that cite the incumbent as parent would otherwise widen the prior of every child
     (benchmarks/sim_proposers.py: the random proposer's children raised regret this way); up to
-    half the families can be such outliers. Not the median alone: ordinary gaps are
-    heavy-tailed too (most moves do little, a few architecture moves a lot), and a median scale
-    halved the prior in the simulator, which cost regret without a proposer."""
+    half the families can be outliers without moving it much."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for o, trust, claim, cap, w in weighted:
         if o.hw == hw and o.kind != "reeval" and trust >= _TRUSTED:
@@ -762,13 +757,8 @@ def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
         gap = sums[child][0] / sums[child][1] - sum(sums[p][0] / sums[p][1] for p in parents) / len(parents)
         squares.append(gap * gap)
         explained.append(noise_var * (1.0 / sums[child][1] + sum(1.0 / sums[p][1] for p in parents) / len(parents) ** 2))
-    # trimmed fit: families whose gap is beyond `_LINEAGE_TRIM` robust sds (median square over
-    # that of a unit normal, 0.455) are left out, the rest count by their squared gap as before
-    # (never below what noise alone explains: identical replicates must not trim every real gap)
-    cut = _LINEAGE_TRIM**2 * max(float(np.median(squares)) / 0.4549, float(np.median(explained))) if squares else 0.0
-    kept = [(g2, e) for g2, e in zip(squares, explained) if g2 <= cut]
-    excess = sum(max(0.0, g2 - e) for g2, e in kept)
-    families = len(kept)
+    families = len(squares)
+    excess = max(0.0, float(np.median(squares)) / 0.4549 - float(np.median(explained))) * families if families else 0.0
     prior_families = 2.0
     return math.sqrt((prior_families * config.lineage_sd**2 + excess) / (prior_families + families))
 
