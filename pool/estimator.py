@@ -743,7 +743,11 @@ def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
     moves by whole bits per byte). Robust because gaps are heavy-tailed: a proposer's very bad
     children that cite the incumbent as parent would otherwise widen the prior of every child
     (benchmarks/sim_proposers.py: the random proposer's children raised regret this way); up to
-    half the families can be outliers without moving it much."""
+    half the families can be outliers without moving it much. Its price: ordinary gaps are
+    heavy-tailed too, and in the simulator without a proposer it about halves the prior (20
+    seeds: regret +0.0016 +- 0.0012 bpb against the mean of squares, within the spread); a
+    trimmed mean of squares (gaps beyond 4 robust sds left out) kept the prior but not the fix
+    (random proposer +0.0030 +- 0.0017 against none)."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for o, trust, claim, cap, w in weighted:
         if o.hw == hw and o.kind != "reeval" and trust >= _TRUSTED:
