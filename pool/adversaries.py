@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pool.evidence import AttestationEvidence, ResultEvidence
-from pool.simulation import BUDGET_S, RunResult, SimSettings, _collective, _Ledger, node_hardware
+from p2pgolf.pool.evidence import AttestationEvidence, ResultEvidence
+from p2pgolf.pool.simulation import BUDGET_S, RunResult, SimSettings, _collective, _Ledger, node_hardware
 
 ATTACKS = ("none", "sybil", "extreme", "liar")
 
@@ -96,8 +96,8 @@ class Attacker:
         return [fake], atts
 
     def _mutation(self, best: ResultEvidence):
-        from pool.estimator import CandidateInfo
-        from pool.proposals import mutate
+        from p2pgolf.pool.estimator import CandidateInfo
+        from p2pgolf.pool.proposals import mutate
 
         info = CandidateInfo(best.candidate, best.base, best.diff, (best.record_id,), best.record_id, (), (), (), 0.0, 1)
         return mutate(info, self.rng, space=self.settings.space, step=0.3)
@@ -123,7 +123,7 @@ class AttackRun:
 
 def run_attack(kind: str, seed: int, settings: SimSettings = SimSettings(), attack: AttackSettings = AttackSettings()) -> AttackRun:
     """The honest collective ("trust" mode: nodes pin each other) under one attack."""
-    from pool.landscapes import make_landscape
+    from p2pgolf.pool.landscapes import make_landscape
 
     land = make_landscape(settings.landscape, seed)
     hws = node_hardware(settings)

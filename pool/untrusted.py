@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pool.trust_weights import TRUSTED_WEIGHT, TrustPolicy, crowd_factors
+from p2pgolf.pool.trust_weights import TRUSTED_WEIGHT, TrustPolicy, crowd_factors
 
 _MAX_GENERATIONS = 32  # how far up a lineage a prediction is sought
 

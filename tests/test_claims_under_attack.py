@@ -10,13 +10,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from pool.adversaries import ATTACKS, AttackSettings, run_attack
-from pool.bandit import BanditConfig, choose
-from pool.estimator import estimate
-from pool.evidence import AttestationEvidence, Evidence, result_evidence
-from pool.simulation import SimSettings
-from pool.trust_weights import TrustPolicy, crowd_factors, static_status
-from pool.untrusted import discount
+from p2pgolf.pool.adversaries import ATTACKS, AttackSettings, run_attack
+from p2pgolf.pool.bandit import BanditConfig, choose
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, result_evidence
+from p2pgolf.pool.simulation import SimSettings
+from p2pgolf.pool.trust_weights import TrustPolicy, crowd_factors, static_status
+from p2pgolf.pool.untrusted import discount
 
 ME = "a" * 64
 FRIEND = "b" * 64

@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pool.adversaries import ATTACKS, AttackSettings, run_attack  # noqa: E402
-from pool.simulation import SimSettings  # noqa: E402
+from p2pgolf.pool.adversaries import ATTACKS, AttackSettings, run_attack  # noqa: E402
+from p2pgolf.pool.simulation import SimSettings  # noqa: E402
 
 SHARE_KEYS = {"none": "no_attack_share", "sybil": "sybil_share", "extreme": "extreme_claim_share", "liar": "self_attesting_liar_share"}
 GOAL = 0.05

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
-from protocol import knobs
+from p2pgolf.node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
+from p2pgolf.protocol import knobs
 
 VERSION = 1
 MAX_LEADERS = 10
