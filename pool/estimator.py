@@ -27,8 +27,15 @@ One Gaussian linear model over the whole pool, solved exactly (numpy, no iterati
   for weight one and grows as weight falls: an untrusted claim moves the estimate a little,
   whatever number it states.
 - Lineage is the prior: a candidate starts near the mean of its parents (`lineage_sd`, widened
-  by how far trusted children here actually landed from their parents);
+  by how far trusted children here typically landed from their parents: a robust scale, so a
+  few very bad children of one parent do not widen it for everyone);
   candidates without known parents start near the pool's level (`prior_sd`).
+- Untrusted evidence (pool/untrusted.py) is judged before the solve: a claim far from what
+  trusted evidence, lineage and translation predict is implausible and weighs less the further
+  out it is, and the untrusted keys behind one candidate count together as one key. A
+  candidate only untrusted evidence backs is worth trying, never believing: it is never
+  established here (so never the incumbent), and `ranked` lists it after every candidate that
+  trusted evidence backs, whatever value it states.
 - Attestations are measurements too (re-evaluations of the subject's class, reproductions on
   the attester's) and are checked against the claim; the verdicts move trust
   (pool/trust_weights.py).
@@ -59,6 +66,7 @@ from p2pgolf.pool.trust_weights import (
     BLOCKED,
     OWN,
     PINNED,
+    TRUSTED_WEIGHT,
     UNKNOWN,
     AttestationCheck,
     AuthorTrust,
@@ -69,6 +77,7 @@ from p2pgolf.pool.trust_weights import (
     claim_weight,
     volume_factor,
 )
+from p2pgolf.pool.untrusted import discount, parents_by_candidate, plausibility
 from p2pgolf.protocol import candidates
 
 
@@ -97,6 +106,7 @@ class EstimatorConfig:
     # class ratio 1.73 -> 1.69, every scenario's change within about two standard errors).
     knob_transfer_sd: float = 0.0
     knob_transfer_pseudo: float = 2.0  # pseudo-classes that hold each knob's learned sd near the prior
+    plausible_z: float = 4.0  # an untrusted claim this many sds from what trusted evidence predicts is implausible
 
 
 @dataclass(frozen=True)
@@ -133,10 +143,15 @@ class CandidateInfo:
     parents: tuple[str, ...]  # parent candidate ids
     authors: tuple[str, ...]
     hw_classes: tuple[str, ...]
-    established: float  # trusted weight of measurements on the target hardware
+    established: float  # trusted weight of measurements on the target hardware (untrusted evidence adds nothing)
     n_results: int
     support: float = 1.0  # the largest weight any of its evidence carries (0 for none)
     tokenizer: str = "sp1024"
+
+    @property
+    def trusted(self) -> bool:
+        """True if trusted evidence backs it (own, pinned, or vouched for by a trusted check)."""
+        return self.support >= TRUSTED_WEIGHT
 
     @property
     def is_script(self) -> bool:
@@ -196,6 +211,7 @@ class Posterior:
     index: dict[str, int] = field(default_factory=dict)
     noise_sd: float = 0.005  # run-to-run sd on this hardware, as learned from replicates
     knob_transfer: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (mean, sd) per knob feature
+    implausible: dict[str, float] = field(default_factory=dict)  # record id -> z of each implausible untrusted claim
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.candidates)}
@@ -216,10 +232,16 @@ class Posterior:
         inf = self.info[candidate]
         return Estimate(candidate, float(self.mean[i]), float(self.sd[i]), inf.established, inf.n_results)
 
+    def order(self) -> list[str]:
+        """Candidate ids, best first: those trusted evidence backs by mean, then the others by
+        mean. A stranger's claim may make a candidate worth trying, never worth believing, so
+        whatever value it states it never ranks above a candidate with trusted evidence."""
+        by_mean = [self.candidates[i] for i in np.argsort(self.mean, kind="stable")]
+        return [c for c in by_mean if self.info[c].trusted] + [c for c in by_mean if not self.info[c].trusted]
+
     def ranked(self) -> list[Estimate]:
-        """All candidates, best (lowest mean) first."""
-        order = np.argsort(self.mean, kind="stable")
-        return [self.estimate(self.candidates[i]) for i in order]
+        """All candidates in `order`: trusted ones best (lowest mean) first, then the rest."""
+        return [self.estimate(c) for c in self.order()]
 
     def incumbent(self) -> str | None:
         """The best candidate by mean among those established on this hardware by trusted
@@ -341,7 +363,28 @@ def estimate(
             continue
         weighted.append((o, trust, claim, cap, claim * cap))
 
-    return _solve(weighted, results, hw, noise, translations, tau, interaction_sd, authors, checks, checks_by_subject, st, config, transfer)
+    # --- untrusted evidence: implausible claims discounted, crowds of keys pooled (pool/untrusted.py)
+    implausible: dict[str, float] = {}
+    if not config.naive:
+        parents = parents_by_candidate(results)
+        z = plausibility(weighted, parents, hw, noise, translations, _lineage_sd(weighted, parents, hw, noise, config), config)
+        weighted, implausible = discount(weighted, z, policy, config.plausible_z)
+
+    post = _solve(weighted, results, hw, noise, translations, tau, interaction_sd, authors, checks, checks_by_subject, st, config, transfer)
+    if implausible:
+        post.implausible = implausible
+        post._build_rows = _marking_implausible(post._build_rows, implausible)
+    return post
+
+
+def _marking_implausible(build_rows, implausible: Mapping[str, float]):
+    """`build_rows` with each implausible claim's row saying so (for `pool explain`)."""
+
+    def build() -> dict[str, list[EvidenceRow]]:
+        rows = build_rows()
+        return {c: [replace(r, verdicts=r.verdicts + (f"implausible (z {implausible[r.record_id]:+.1f})",)) if r.record_id in implausible else r for r in rs] for c, rs in rows.items()}
+
+    return build
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -693,24 +736,33 @@ def _check_attestations(attestations, by_id, translations, noise, hw, tau, confi
 
 def _lineage_sd(weighted, parents_of, hw, noise, config) -> float:
     """How far children land from their parents here, learned from families that trusted keys
-    measured on this hardware: squared child-minus-parents gaps, less what measurement noise
+    measured on this hardware: a robust variance of the child-minus-parents gaps (their median
+    square over that of a unit normal, 0.455), less the median variance that measurement noise
     explains, shrunk towards `config.lineage_sd`. A fixed width would let the prior overrule
     repeated measurements wherever configs differ by more than it (a tiny model on a laptop
-    moves by whole bits per byte)."""
+    moves by whole bits per byte). Robust because gaps are heavy-tailed: a proposer's very bad
+    children that cite the incumbent as parent would otherwise widen the prior of every child
+    (benchmarks/sim_proposers.py: the random proposer's children raised regret this way); up to
+    half the families can be outliers without moving it much. Its price: ordinary gaps are
+    heavy-tailed too, and in the simulator without a proposer it about halves the prior (20
+    seeds: regret +0.0016 +- 0.0012 bpb against the mean of squares, within the spread); a
+    trimmed mean of squares (gaps beyond 4 robust sds left out) kept the prior but not the fix
+    (random proposer +0.0030 +- 0.0017 against none)."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for o, trust, claim, cap, w in weighted:
         if o.hw == hw and o.kind != "reeval" and trust >= _TRUSTED:
             sums[o.candidate][0] += o.y
             sums[o.candidate][1] += 1.0
     noise_var = noise.get(hw, config.noise_sd) ** 2
-    excess, families = 0.0, 0
-    for child, parents in parents_of.items():
+    squares, explained = [], []
+    for child, parents in sorted(parents_of.items()):
         if not parents or child not in sums or any(p not in sums for p in parents):
             continue
         gap = sums[child][0] / sums[child][1] - sum(sums[p][0] / sums[p][1] for p in parents) / len(parents)
-        explained = noise_var * (1.0 / sums[child][1] + sum(1.0 / sums[p][1] for p in parents) / len(parents) ** 2)
-        excess += max(0.0, gap * gap - explained)
-        families += 1
+        squares.append(gap * gap)
+        explained.append(noise_var * (1.0 / sums[child][1] + sum(1.0 / sums[p][1] for p in parents) / len(parents) ** 2))
+    families = len(squares)
+    excess = max(0.0, float(np.median(squares)) / 0.4549 - float(np.median(explained))) * families if families else 0.0
     prior_families = 2.0
     return math.sqrt((prior_families * config.lineage_sd**2 + excess) / (prior_families + families))
 
@@ -856,7 +908,7 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     support: dict[str, float] = defaultdict(float)
     for o, trust, claim, cap, w in weighted:
         support[o.candidate] = max(support[o.candidate], min(1.0, claim))
-        if o.hw == hw and o.kind != "reeval":
+        if o.hw == hw and o.kind != "reeval" and claim >= TRUSTED_WEIGHT:
             established[o.candidate] += min(1.0, claim)
     info: dict[str, CandidateInfo] = {}
     for c in candidates:

@@ -11,6 +11,10 @@ What an isolated node reaches is itself random, so the benchmark compares the co
 `isolated_reference`: many independent isolated runs per hardware class, whose mean is the
 isolated node's expected result on that landscape.
 
+Attackers with free keys (sybils, extreme claims, a liar that attests its own fakes) are in
+pool/adversaries.py; an experiment counts as spent on a fake by the truth (no honest node had
+measured that candidate yet), not by what the victim believed.
+
 Guarantee: `run_mode(mode, seed, ...)` is deterministic for a given seed.
 """
 
@@ -290,7 +294,10 @@ def _hillclimb(land: Landscape, hw: str, rng: np.random.Generator, settings: Sim
     return trace
 
 
-def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings: SimSettings) -> list[NodeTrace]:
+def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings: SimSettings, attack=None) -> list[NodeTrace]:
+    """The nodes' rounds in one mode. `attack(ledger, k)` (pool/adversaries.py), if given, returns
+    the (results, attestations) an attacker gossips after round k; experiments spent on them are
+    marked in each trace's `on_fake`."""
     ledger = _Ledger(seed, land)
     authors = [_author(i) for i in range(len(hws))]
     isolated = mode == "isolated_bandit"
@@ -304,6 +311,8 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
     traces = [NodeTrace(hw) for hw in hws]
     histories: list[list[bandit_mod.Outcome]] = [[] for _ in hws]
     fake_records: dict[str, str] = {}  # record id -> candidate
+    honest_measured: set[str] = set()  # candidates some honest node measured (results or reproductions)
+    candidate_of: dict[str, str] = {}  # record id -> candidate
     malicious = mode in ("malicious", "malicious_blocked")
     posteriors: list[Posterior | None] = [None] * len(hws)
 
@@ -332,16 +341,26 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted, realised))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
-            traces[i].on_fake.append(_spent_on_fake(p, post, fake_records))
+            traces[i].on_fake.append(_spent_on_fake(p, post, fake_records, honest_measured))
             if p.subject is not None:
                 new_attestations.append(AttestationEvidence(ledger.new_id(), p.subject, authors[i], "reproduce", hw, float(measured), k))
             else:
                 new_results.append(ResultEvidence(ledger.new_id(), p.candidate, p.base, dict(p.diff), authors[i], hw, float(measured), BUDGET_S, p.parents, k))
+        # what the honest nodes measured this round (before any fake joins the lists)
+        honest_measured.update(r.candidate for r in new_results)
+        honest_measured.update(candidate_of[a.subject] for a in new_attestations if a.subject in candidate_of)
         if malicious:
             fake = _fake(ledger, mal_rng, settings, land)
             if fake is not None:
                 fake_records[fake.record_id] = fake.candidate
                 new_results.append(fake)
+        if attack is not None:
+            fakes, fake_attestations = attack(ledger, k)
+            for r in fakes:
+                fake_records[r.record_id] = r.candidate
+            new_results.extend(fakes)
+            new_attestations.extend(fake_attestations)
+        candidate_of.update((r.record_id, r.candidate) for r in new_results)
         ledger.results.extend(new_results)  # gossip: everyone sees this round's records next round
         ledger.attestations.extend(new_attestations)
     for i, hw in enumerate(hws):
@@ -354,15 +373,15 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
     return traces
 
 
-def _spent_on_fake(p: Proposal, post: Posterior, fake_records: Mapping[str, str]) -> bool:
-    """An experiment is spent on a fake when it re-measures or builds on a fake record whose
-    candidate nothing but the fake vouched for (no trusted measurement anywhere)."""
-    for r in (p.subject, *p.parents):
-        if r in fake_records:
-            info = post.info.get(fake_records[r])
-            if info is not None and info.established < post.established_weight and info.support < 0.5:
-                return True
-    return False
+def _spent_on_fake(p: Proposal, post: Posterior, fake_records: Mapping[str, str], honest_measured: set[str]) -> bool:
+    """An experiment is spent on a fake when it re-measures or builds on a fake record, or runs a
+    fake record's candidate that the node knew of (from the fakes), while no honest node had
+    measured that candidate yet (the simulator knows the truth; a node may have been made to
+    believe the fake). A node that never saw the fake (blocked) and proposed the same config on
+    its own was not misled."""
+    fakes = {c for c in fake_records.values() if c not in honest_measured}
+    known = p.candidate in fakes and p.candidate in post.index
+    return known or any(fake_records.get(r) in fakes for r in (p.subject, *p.parents) if r is not None)
 
 
 def _incumbent_true(post: Posterior, ledger: _Ledger, hw: str, trace: NodeTrace) -> float:

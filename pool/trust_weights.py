@@ -7,9 +7,14 @@ Guarantees:
   believed outright) and moves with attestations by other trusted keys: each agreeing check
   multiplies its weight by `agree_gain`, each disagreeing check by `disagree_factor` (both
   raised to the attester's weight), kept within [min_weight, max_earned_weight];
+- only trusted keys vouch: an attestation moves trust or a claim's weight only if its attester's
+  starting weight is at least `TRUSTED_WEIGHT` (own and pinned keys), since keys are free and a
+  liar can attest its own fakes from as many fresh keys as it likes;
 - no single key dominates by volume: an author's results on one candidate count as at most
   `per_candidate_cap` results, and an unknown author's results beyond `author_volume_cap`
-  records are scaled down so that together they weigh as much as that many.
+  records are scaled down so that together they weigh as much as that many;
+- no crowd of keys dominates by number (sybils): the untrusted evidence of one candidate, from
+  however many keys, counts together as much as `unknown_crowd` keys' (`crowd_factors`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ OWN, PINNED, BLOCKED, UNKNOWN = "own", "pinned", "blocked", "unknown"
 STATUSES = (OWN, PINNED, BLOCKED, UNKNOWN)
 
 StatusFn = Callable[[str], str]
+
+# Weight from which evidence is trusted: own and pinned keys, an unknown key's claim raised by an
+# agreeing check from a trusted key, or a key that trusted checks raised this far.
+TRUSTED_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,12 +43,15 @@ class TrustPolicy:
     disagree_factor: float = 0.05
     per_candidate_cap: float = 3.0
     author_volume_cap: int = 100
+    unknown_crowd: float = 1.0  # however many untrusted keys back one candidate, they count as this many
 
     def __post_init__(self) -> None:
         if not 0.0 < self.unknown_weight < 1.0:
             raise ValueError(f"unknown_weight={self.unknown_weight} must be in (0, 1): strangers count a little, never zero, never fully")
         if not self.min_weight <= self.unknown_weight <= self.max_earned_weight <= 1.0:
             raise ValueError("trust policy needs min_weight <= unknown_weight <= max_earned_weight <= 1")
+        if not self.unknown_crowd > 0.0:
+            raise ValueError(f"unknown_crowd={self.unknown_crowd} must be > 0: a crowd of strangers counts as this many keys")
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,8 @@ def author_trust(
     policy: TrustPolicy = TrustPolicy(),
 ) -> dict[str, AuthorTrust]:
     """Each author's trust after the attestation checks. Attesters count with their starting
-    weight (not their earned one) so that trust cannot bootstrap itself in a loop."""
+    weight (not their earned one) so that trust cannot bootstrap itself in a loop, and only
+    trusted ones (starting weight >= TRUSTED_WEIGHT) count at all."""
     statuses = {a: status(a) for a in authors}
     for check in checks:
         for key in (check.subject_author, check.attester):
@@ -98,8 +111,8 @@ def author_trust(
         if check.attester == check.subject_author or not check.conclusive:
             continue  # nobody vouches for themselves; a blurred check proves nothing
         w = base_weight(statuses[check.attester], policy)
-        if w <= 0.0:
-            continue
+        if w < TRUSTED_WEIGHT:
+            continue  # a stranger's check is free to make from a fresh key: it proves nothing
         if check.agrees:
             agree[check.subject_author] += w
         else:
@@ -117,12 +130,15 @@ def author_trust(
 
 def claim_weight(author_weight: float, checks: Iterable[AttestationCheck], attester_weight: Callable[[str], float]) -> float:
     """The weight of one claimed result: its author's, raised by agreeing re-measurements from
-    others (as if each were an independent vouch) and cut by disagreeing ones."""
+    trusted others (as if each were an independent vouch) and cut by disagreeing ones; checks
+    by attesters whose weight is below TRUSTED_WEIGHT move nothing."""
     w = author_weight
     for check in checks:
         if check.attester == check.subject_author or not check.conclusive:
             continue
         a = attester_weight(check.attester)
+        if a < TRUSTED_WEIGHT:
+            continue
         if check.agrees:
             w = 1.0 - (1.0 - w) * (1.0 - a)
         else:
@@ -135,6 +151,22 @@ def volume_factor(status: str, n_records: int, policy: TrustPolicy) -> float:
     if status in (OWN, PINNED) or n_records <= policy.author_volume_cap:
         return 1.0
     return policy.author_volume_cap / n_records
+
+
+def crowd_factors(backers: Iterable[tuple[str, str]], policy: TrustPolicy) -> dict[tuple[str, str], float]:
+    """Scale for each (candidate, author) pair of untrusted evidence so that the untrusted keys
+    behind one candidate count together as `policy.unknown_crowd` keys, however many they are:
+    n keys each get min(1, unknown_crowd / n). Keys are free, so fifty fresh keys backing one
+    claim are no more independent than one."""
+    keys: dict[str, set[str]] = {}
+    for candidate, author in backers:
+        keys.setdefault(candidate, set()).add(author)
+    out: dict[tuple[str, str], float] = {}
+    for candidate, authors in keys.items():
+        factor = min(1.0, policy.unknown_crowd / len(authors))
+        for author in authors:
+            out[(candidate, author)] = factor
+    return out
 
 
 def static_status(own: str, pinned: Iterable[str] = (), blocked: Iterable[str] = ()) -> StatusFn:

@@ -172,14 +172,15 @@ def test_the_incumbent_keeps_improvements_and_reverts_regressions():
 def test_a_strangers_claim_is_tried_but_never_becomes_the_incumbent_unreproduced():
     pool = Pool()
     root = pool.add({}, 2.00)
-    fake = pool.add({"matrix_lr": 0.03}, 1.50, author=STRANGER, parents=[root.record_id])
+    # a plausible claim (an absurd one is discounted and not tried at all: test_claims_under_attack.py)
+    fake = pool.add({"matrix_lr": 0.03}, 1.97, author=STRANGER, parents=[root.record_id])
     post = estimate(pool.evidence, static_status(ME), HW)
     assert post.incumbent() == root.candidate
     choice = choose(post, np.random.default_rng(0), operators=("try_peer",))
     assert choice.proposal.subject == fake.record_id
     # once a trusted reproduction refutes it, its author's other candidates are not tried
     pool.attest(fake.record_id, 2.01)
-    other = pool.add({"matrix_lr": 0.05}, 1.40, author=STRANGER, parents=[root.record_id])
+    other = pool.add({"matrix_lr": 0.05}, 1.96, author=STRANGER, parents=[root.record_id])
     post = estimate(pool.evidence, static_status(ME), HW)
     assert post.info[other.candidate].support < BanditConfig().min_support
     for seed in range(10):

@@ -13,7 +13,9 @@ import pytest
 from p2pgolf.pool.bandit import BanditConfig, Outcome, choose, over_promise
 from p2pgolf.pool.estimator import estimate
 from p2pgolf.pool.trust_weights import static_status
-from test_bandit import HW, ME, STRANGER, Pool
+from test_bandit import FRIEND, HW, ME, STRANGER, Pool
+
+PEER_HW = "gpu:peer"
 
 
 def _settled_leader(runs: int):
@@ -68,8 +70,11 @@ def test_the_operator_floor_does_not_run_an_arm_expected_to_be_clearly_worse():
     pool = Pool()
     root = pool.add({}, 2.00)
     pool.attest(root.record_id, 2.001)
-    pool.add({"matrix_lr": 0.03}, 2.60, author=STRANGER)  # a peer's candidate far worse than anything here
-    post = estimate(pool.evidence, static_status(ME), HW)
+    # a pinned peer's candidate on its own class, far worse than anything here once translated
+    # (a stranger's candidate is no operator's arm at all: test_claims_under_attack.py)
+    pool.add({}, 1.70, author=FRIEND, hw=PEER_HW)
+    pool.add({"matrix_lr": 0.03}, 2.30, author=FRIEND, hw=PEER_HW)
+    post = estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW)
     ops = ("mutate", "try_peer")
     floor = BanditConfig(leader_share=0.0, min_share=0.25)
     guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_margin=2.0)

@@ -246,3 +246,21 @@ def test_the_lineage_prior_stays_narrow_where_children_land_close_to_their_paren
     ]
     post = estimate(Evidence(tuple(rows)), static_status(ME), "cpu:x")
     assert post.lineage_sd <= EstimatorConfig().lineage_sd
+
+
+def test_a_few_very_bad_children_do_not_widen_the_lineage_prior_for_everyone():
+    """Issue 18: a random proposer's children that cite the incumbent as parent and land far
+    worse widened the learned lineage prior, so every honest child's single measurement was
+    shrunk less towards its parent; the prior's scale is robust to such outliers."""
+    ids = _ids()
+    rng = np.random.default_rng(5)
+    parent = result_evidence(next(ids), base=BASE, diff={}, author=ME, hw="cpu:x", val_bpb=2.000, budget_s=60)
+    rows = [parent]
+    for i in range(30):  # ordinary children: within about 0.01 of their parent
+        rows.append(result_evidence(next(ids), base=BASE, diff={"matrix_lr": round(0.02 + 0.001 * i, 4)}, author=ME, hw="cpu:x", val_bpb=2.0 + rng.normal(0, 0.012), budget_s=60, parents=[parent.record_id]))
+    clean = estimate(Evidence(tuple(rows)), static_status(ME), "cpu:x").lineage_sd
+    for i in range(4):  # a few random configurations, far worse
+        rows.append(result_evidence(next(ids), base=BASE, diff={"num_layers": 3 + i}, author=ME, hw="cpu:x", val_bpb=2.5 + 0.1 * i, budget_s=60, parents=[parent.record_id]))
+    post = estimate(Evidence(tuple(rows)), static_status(ME), "cpu:x")
+    assert 0.005 < clean < 0.02
+    assert post.lineage_sd < 0.02  # the mean of squared gaps gives 0.22 here

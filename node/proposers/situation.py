@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from p2pgolf.node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
 from p2pgolf.protocol import knobs
 
@@ -41,7 +39,7 @@ def situation(
     usage: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The document for one request (see the module docstring)."""
-    order = [post.candidates[i] for i in np.argsort(post.mean, kind="stable")] if post.candidates else []
+    order = post.order()  # trusted evidence first: a stranger's claim never leads, whatever it states
 
     def describe(c: str) -> dict[str, Any]:
         info = post.info[c]
