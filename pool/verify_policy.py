@@ -60,7 +60,9 @@ class Claim:
 def claims_to_verify(posterior: Any, proposal: Any, claims: Mapping[str, Claim], status: Callable[[str], str], *, checked: Iterable[str] = (), top_k: int = 3) -> list[str]:
     """Untrusted, checkable, not yet checked claims that would change what this node does next:
     a parent or the subject of `proposal`, a record behind a candidate in the top `top_k` of
-    `posterior` (by mean), or one whose claimed value, believed, would enter that top."""
+    `posterior` (by mean), or one whose claimed value, believed, would enter that top, unless
+    the estimator found it implausible (it then weighs too little to change anything, and each
+    fake would otherwise cost an evaluation)."""
     done = set(checked)
     ranked = sorted(posterior.candidates, key=lambda c: float(posterior.mean[posterior.index[c]]))
     top = ranked[:top_k]
@@ -68,7 +70,8 @@ def claims_to_verify(posterior: Any, proposal: Any, claims: Mapping[str, Claim],
     wanted: list[str] = [*getattr(proposal, "parents", ()), *([proposal.subject] if getattr(proposal, "subject", None) else [])]
     for c in top:
         wanted.extend(posterior.info[c].record_ids)
-    wanted.extend(rid for rid, claim in sorted(claims.items(), key=lambda kv: kv[1].val_bpb) if claim.val_bpb < bar)
+    implausible = getattr(posterior, "implausible", {}) or {}
+    wanted.extend(rid for rid, claim in sorted(claims.items(), key=lambda kv: kv[1].val_bpb) if claim.val_bpb < bar and rid not in implausible)
     out: list[str] = []
     for rid in dict.fromkeys(wanted):
         claim = claims.get(rid)

@@ -33,6 +33,10 @@ def test_only_untrusted_checkable_claims_the_decision_rests_on_are_checked():
     proposal = SimpleNamespace(parents=("r6", "r5"), subject="r8")
     assert claims_to_verify(post, proposal, claims, STATUS) == ["r5", "r8", "r2", "r4"]
     assert claims_to_verify(post, proposal, claims, STATUS, checked={"r5", "r2"}) == ["r8", "r4"]
+    # A claim the estimator found implausible would enter the top only if believed: it is not
+    # worth an evaluation. As a parent or the subject it still is.
+    post.implausible = {"r4": 9.0, "r8": 7.0}
+    assert claims_to_verify(post, proposal, claims, STATUS) == ["r5", "r8", "r2"]
 
 
 def test_a_check_pays_while_refutations_are_likely_enough_for_its_cost():
