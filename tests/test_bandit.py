@@ -8,9 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from evidence_pool import EvidencePool
 from p2pgolf.pool.bandit import BanditConfig, MoveModel, Outcome, choose, leader_probability, operator_draws, outcome
 from p2pgolf.pool.estimator import estimate
-from p2pgolf.pool.evidence import AttestationEvidence, Evidence, result_evidence
+from p2pgolf.pool.evidence import Evidence
 from p2pgolf.pool.proposals import DEFAULT_SPACE, Dim, make_proposal, mutate, recombine
 from p2pgolf.pool.trust_weights import static_status
 from p2pgolf.protocol import candidates, knobs
@@ -23,29 +24,8 @@ BASE = "naive-baseline"
 HW = "cpu:x"
 
 
-class Pool:
+class Pool(EvidencePool):
     """A growing evidence list with fresh record ids."""
-
-    def __init__(self):
-        self.results = []
-        self.attestations = []
-        self.n = 0
-
-    def rid(self) -> str:
-        self.n += 1
-        return f"{self.n:064x}"
-
-    def add(self, diff, value, *, author=ME, parents=(), hw=HW):
-        r = result_evidence(self.rid(), base=BASE, diff=diff, author=author, hw=hw, val_bpb=value, budget_s=600, parents=parents)
-        self.results.append(r)
-        return r
-
-    def attest(self, subject, value, *, author=ME, hw=HW):
-        self.attestations.append(AttestationEvidence(self.rid(), subject, author, "reproduce", hw, value))
-
-    @property
-    def evidence(self) -> Evidence:
-        return Evidence(tuple(self.results), tuple(self.attestations))
 
 
 def test_thompson_sampling_concentrates_on_a_clearly_best_arm():

@@ -10,10 +10,11 @@ import hashlib
 import numpy as np
 import pytest
 
+from evidence_pool import EvidencePool
 from p2pgolf.pool.adversaries import ATTACKS, AttackSettings, run_attack
 from p2pgolf.pool.bandit import BanditConfig, choose
 from p2pgolf.pool.estimator import estimate
-from p2pgolf.pool.evidence import AttestationEvidence, Evidence, result_evidence
+
 from p2pgolf.pool.simulation import SimSettings
 from p2pgolf.pool.trust_weights import TrustPolicy, crowd_factors, static_status
 from p2pgolf.pool.untrusted import discount
@@ -30,31 +31,19 @@ def fresh_key(i: int) -> str:
     return hashlib.sha256(f"fresh-key-{i}".encode()).hexdigest()
 
 
-class Pool:
+class Pool(EvidencePool):
     """The victim's own results: a root measured twice and six children near it."""
 
     def __init__(self):
-        self.results, self.attestations, self.n = [], [], 0
+        super().__init__()
         self.root = self.add({}, 2.000)
         self.add({}, 2.002)
         rng = np.random.default_rng(0)
         for i in range(6):
             self.add({"matrix_lr": round(0.01 + 0.005 * i, 4)}, 1.97 + 0.03 * rng.random(), parents=[self.root.record_id])
 
-    def rid(self) -> str:
-        self.n += 1
-        return f"{self.n:064x}"
-
-    def add(self, diff, value, *, author=ME, parents=(), hw=HW):
-        r = result_evidence(self.rid(), base=BASE, diff=diff, author=author, hw=hw, val_bpb=value, budget_s=600, parents=parents)
-        self.results.append(r)
-        return r
-
-    def attest(self, subject, value, author, method="reproduce"):
-        self.attestations.append(AttestationEvidence(self.rid(), subject, author, method, HW, value))
-
     def posterior(self, pinned=()):
-        return estimate(Evidence(tuple(self.results), tuple(self.attestations)), static_status(ME, pinned=pinned), HW, budget_s=600)
+        return estimate(self.evidence, static_status(ME, pinned=pinned), HW, budget_s=600)
 
 
 def captured(post, candidate: str) -> int:
@@ -116,9 +105,9 @@ def test_a_liar_that_attests_its_own_fake_from_more_fresh_keys_gains_nothing():
     pool = Pool()
     liar = fresh_key(0)
     fake = pool.add({"matrix_lr": 0.2}, 1.90, author=liar, parents=[pool.root.record_id])
-    pool.attest(fake.record_id, 1.90, liar)
+    pool.attest(fake.record_id, 1.90, author=liar)
     for i in range(1, 11):
-        pool.attest(fake.record_id, 1.90 + 0.001 * i, fresh_key(i))
+        pool.attest(fake.record_id, 1.90 + 0.001 * i, author=fresh_key(i))
     post = pool.posterior()
     assert post.authors[liar].weight == TrustPolicy().unknown_weight
     row = next(r for r in post.rows[fake.candidate] if r.record_id == fake.record_id)
@@ -127,7 +116,7 @@ def test_a_liar_that_attests_its_own_fake_from_more_fresh_keys_gains_nothing():
     assert post.incumbent() != fake.candidate and post.ranked()[0].candidate != fake.candidate
     assert captured(post, fake.candidate) <= BOUND
     # one agreeing re-measurement from a trusted key is what makes a stranger's claim believable
-    pool.attest(fake.record_id, 1.901, FRIEND)
+    pool.attest(fake.record_id, 1.901, author=FRIEND)
     vouched = pool.posterior(pinned=[FRIEND])
     assert vouched.info[fake.candidate].trusted
 
