@@ -14,7 +14,6 @@ from evidence_pool import EvidencePool
 from p2pgolf.pool.adversaries import ATTACKS, AttackSettings, run_attack
 from p2pgolf.pool.bandit import BanditConfig, choose
 from p2pgolf.pool.estimator import estimate
-
 from p2pgolf.pool.simulation import SimSettings
 from p2pgolf.pool.trust_weights import TrustPolicy, crowd_factors, static_status
 from p2pgolf.pool.untrusted import discount
