@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from pool import gmrf
 from pool.bridge.provenance import importer_of
 from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
 from pool.trust_weights import (
@@ -189,7 +190,7 @@ class Posterior:
     lineage_sd: float
     _build_rows: Callable[[], dict[str, list[EvidenceRow]]] = field(repr=False)
     established_weight: float
-    _cov: np.ndarray = field(repr=False)
+    _solution: gmrf.GaussianSolution = field(repr=False)
     _rows: dict[str, list[EvidenceRow]] | None = field(default=None, repr=False)
     _ancestors: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict, repr=False)
     _chol: np.ndarray | None = field(default=None, repr=False)
@@ -235,8 +236,11 @@ class Posterior:
         n = len(self.candidates)
         if n == 0:
             return np.zeros((size, 0))
+        if n > DENSE_DRAW_MAX:
+            return self.mean[None, :] + self._solution.draw(rng, size)
         if self._chol is None:
-            cov = self._cov + np.eye(n) * 1e-12
+            # small pools draw from the dense covariance's factor, as before: seeded runs keep their choices
+            cov = self._solution.candidate_cov() + np.eye(n) * 1e-12
             self._chol = np.linalg.cholesky(cov)
         z = rng.standard_normal((size, n))
         return self.mean[None, :] + z @ self._chol.T
@@ -259,6 +263,7 @@ class Posterior:
         return seen
 
 
+DENSE_DRAW_MAX = 1_000  # up to this many candidates a joint draw uses the dense covariance's Cholesky factor
 _TRUSTED = 0.5  # starting weight from which a key's replicates inform the noise level
 
 
@@ -383,7 +388,6 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
     """`degraded_factor` for each result whose run was degraded: its author said so, or it
     trained fewer than `degraded_ratio` times the tokens that results of the same hardware
     class and model shape usually train in the budget (their median; needs two or more)."""
-    from protocol import knobs
 
     shapes: dict[str, str] = {}
     speeds: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -392,10 +396,7 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
         if r.train_tokens <= 0 or r.budget_s <= 0:
             continue
         if r.candidate not in shapes:
-            try:
-                shapes[r.candidate] = knobs.throughput_shape(knobs.resolve(r.base, r.diff))
-            except Exception:  # a diff that no longer resolves: no speed comparison for it
-                shapes[r.candidate] = ""
+            shapes[r.candidate] = _throughput_shape(r.candidate, r.base, r.diff)
         if not shapes[r.candidate]:
             continue
         key = (r.hw, shapes[r.candidate])
@@ -403,11 +404,31 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
         speeds[key].append(speed)
         keyed.append((r, key, speed))
     factors = {r.record_id: config.degraded_factor for r in results if r.degraded}
+    usual = {key: float(np.median(v)) for key, v in speeds.items() if len(v) >= 2}  # once per class and shape
     for r, key, speed in keyed:
-        usual = speeds[key]
-        if len(usual) >= 2 and speed < config.degraded_ratio * float(np.median(usual)):
+        if key in usual and speed < config.degraded_ratio * usual[key]:
             factors[r.record_id] = config.degraded_factor
     return factors
+
+
+_SHAPES: dict[str, str] = {}
+
+
+def _throughput_shape(candidate: str, base: str, diff) -> str:
+    """knobs.throughput_shape of a candidate's config ("" if its diff no longer resolves);
+    memoised by candidate id (the id fixes base and diff), so a decision resolves only new ones."""
+    from protocol import knobs
+
+    shape = _SHAPES.get(candidate)
+    if shape is None:
+        if len(_SHAPES) > 200_000:
+            _SHAPES.clear()
+        try:
+            shape = knobs.throughput_shape(knobs.resolve(base, diff))
+        except Exception:  # a diff that no longer resolves: no speed comparison for it
+            shape = ""
+        _SHAPES[candidate] = shape
+    return shape
 
 
 def _same_budget(a: float, b: float) -> bool:
@@ -588,14 +609,14 @@ def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, c
     ci = {c: i for i, c in enumerate(shared)}
     hi = {h: len(shared) + j for j, h in enumerate(classes)}
     n = len(shared) + len(classes)
-    A = np.zeros((n, n))
+    ai: list[int] = list(range(n))
+    aj: list[int] = list(range(n))
+    av: list[float] = [1.0] * len(shared)  # flat prior on mu around m_target (sd 1 bpb)
     b = np.zeros(n)
-    for i in range(len(shared)):
-        A[i, i] += 1.0 / 1.0  # flat prior on mu around m_target (sd 1 bpb)
-        b[i] += m_target
+    b[: len(shared)] += m_target
     for h in classes:
         j = hi[h]
-        A[j, j] += 1.0 / config.offset_sd**2
+        av.append(1.0 / config.offset_sd**2)
         b[j] += off_prior[h] / config.offset_sd**2
     rows = []
     for (c, h), (p, py) in cells.items():
@@ -611,14 +632,15 @@ def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, c
         for a in idx:
             b[a] += y / v
             for bb in idx:
-                A[a, bb] += 1.0 / v
+                ai.append(a), aj.append(bb), av.append(1.0 / v)
         rows.append((idx, y, v, h))
-    cov = np.linalg.inv(A)
-    theta = cov @ b
+    # candidates couple only through the class offsets: a diagonal block, eliminated exactly
+    solution = gmrf.solve(np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp), np.asarray(av, dtype=float), b, len(shared))
+    theta, var = solution.mean, solution.var
     mu = {c: float(theta[ci[c]]) for c in shared}
-    mu_var = {c: float(cov[ci[c], ci[c]]) for c in shared}
+    mu_var = {c: float(var[ci[c]]) for c in shared}
     off = {h: float(theta[hi[h]]) for h in classes}
-    off_v = {h: float(cov[hi[h], hi[h]]) for h in classes}
+    off_v = {h: float(var[hi[h]]) for h in classes}
     resid = []
     for idx, y, v, h in rows:
         if h != hw:
@@ -812,29 +834,24 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
             ai.extend((i, j, i, j)), aj.extend((i, j, j, i)), av.extend((1.0 / v,) * 4)
             b[i] += y / v
             b[j] += y / v
-    A = np.zeros((n, n))
-    np.add.at(A, (np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp)), np.asarray(av))
     for h in classes if n_feat else ():
         sl = np.arange(bi[h], bi[h] + n_feat)
-        A[sl, sl] += 1.0 / beta_sd**2
+        ai.extend(sl.tolist()), aj.extend(sl.tolist()), av.extend((1.0 / beta_sd**2).tolist())
     for idx, coef, prec in dense:
-        A[np.ix_(idx, idx)] += np.outer(coef, coef) * prec
-    if n:
-        cov = np.linalg.inv(A)
-        cov = (cov + cov.T) / 2.0
-        theta = cov @ b
-    else:
-        cov, theta = np.zeros((0, 0)), np.zeros(0)
+        ai.extend(np.repeat(idx, len(idx)).tolist()), aj.extend(np.tile(idx, len(idx)).tolist()), av.extend((np.outer(coef, coef) * prec).ravel().tolist())
+    # sparse in the candidates (lineage), dense only in the few class and transfer terms
     k = len(candidates)
+    solution = gmrf.solve(np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp), np.asarray(av, dtype=float), b, k)
+    theta, var = solution.mean, solution.var
     mean = theta[:k].copy()
-    sd = np.sqrt(np.maximum(np.diag(cov)[:k], 1e-12))
+    sd = np.sqrt(np.maximum(var[:k], 1e-12))
 
     # translations as the joint model sees them
     final_tr: dict[str, Translation] = {}
     for h in classes:
         t = translations.get(h)
         j = hi[h]
-        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(cov[j, j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0, t.interaction_sd if t else config.interaction_sd)
+        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(var[j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0, t.interaction_sd if t else config.interaction_sd)
 
     # per-candidate info and explanation rows
     verdicts: dict[str, list[str]] = defaultdict(list)
@@ -890,9 +907,9 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         lineage_sd=lineage_sd,
         _build_rows=build_rows,
         established_weight=config.established_weight,
-        _cov=cov[:k, :k].copy(),
+        _solution=solution,
         noise_sd=float(noise.get(hw, config.noise_sd)),
-        knob_transfer={h: (theta[bi[h] : bi[h] + n_feat].copy(), np.sqrt(np.maximum(np.diag(cov)[bi[h] : bi[h] + n_feat], 0.0))) for h in classes} if n_feat else {},
+        knob_transfer={h: (theta[bi[h] : bi[h] + n_feat].copy(), np.sqrt(np.maximum(var[bi[h] : bi[h] + n_feat], 0.0))) for h in classes} if n_feat else {},
     )
 
 
