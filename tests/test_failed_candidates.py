@@ -100,3 +100,32 @@ def test_a_failure_is_lifted_by_a_trusted_result_or_by_the_user_not_by_a_strange
         assert memory.avoid(g.SMOKE, HW, trusted) == {bad.record.candidate}
         assert memory.failures()[0].times == 2
         assert memory.retry(bad.record.candidate) == 1 and memory.avoid(g.SMOKE, HW, trusted) == set()
+
+
+def test_pool_failed_lists_and_pool_retry_lifts_a_failure(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from node.cli import cli as main
+    from node.home import Home
+
+    home = Home(tmp_path / "home")
+    with PoolStore(home.pool_db) as store:
+        memory = FailureMemory(store)
+        memory.record(g.SMOKE, HW, "ab" * 32, "oversize", "artifact [bold]17,000,001[/] bytes", now_ms=g.T0)
+        memory.record(g.SMOKE, HW, "cd" * 32, "failed", "crashed", now_ms=g.T0)
+    cli = CliRunner()
+    listed = cli.invoke(main, ["--home", str(home.root), "pool", "failed", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert sorted(f["candidate"] for f in json.loads(listed.output)) == ["ab" * 32, "cd" * 32]
+    shown = cli.invoke(main, ["--home", str(home.root), "pool", "failed"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "[bold]17,000,001[/]" in shown.output  # a peer's words are printed, not rendered
+    assert cli.invoke(main, ["--home", str(home.root), "pool", "retry", "abab"]).exit_code != 0  # too short a prefix
+    done = cli.invoke(main, ["--home", str(home.root), "pool", "retry", "ababab"])
+    assert done.exit_code == 0 and "abababababab may be chosen again" in done.output
+    with PoolStore(home.pool_db) as store:
+        assert [f.candidate for f in FailureMemory(store).failures()] == ["cd" * 32]
+    assert cli.invoke(main, ["--home", str(home.root), "pool", "retry", "--all"]).exit_code == 0
+    with PoolStore(home.pool_db) as store:
+        assert FailureMemory(store).failures() == []

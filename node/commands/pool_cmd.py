@@ -38,6 +38,8 @@ SUMMARIES = {
     "top": "Show the best candidates by estimate.",
     "import-record": "Import competition record folders as results.",
     "fetch": "Get a record's artifact from whichever peers have it.",
+    "failed": "List the candidates that failed on this node.",
+    "retry": "Let the research loop choose a failed candidate again.",
 }
 
 
@@ -131,6 +133,8 @@ def bench_label(bench_id: str) -> str:
         "top": "node.commands.pool_search_cmd:top",
         "import-record": "node.commands.import_record_cmd:import_record",
         "fetch": "node.commands.verify_cmd:fetch",
+        "failed": "node.commands.pool_failures_cmd:failed",
+        "retry": "node.commands.pool_failures_cmd:retry",
     },
     summaries=SUMMARIES,
 )
