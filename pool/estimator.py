@@ -798,12 +798,14 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
 
     # every observation as arrays, in one pass: candidate, class (-1: the target), kind, value, weights
     cls_of = {h: j for j, h in enumerate(classes)}
-    o_c, o_h, o_re, o_y, o_w, o_claim, o_cap = [], [], [], [], [], [], []
-    for o, trust, claim, cap, w in weighted:
-        o_c.append(ci[o.candidate]), o_h.append(cls_of.get(o.hw, -1)), o_re.append(o.kind == "reeval")
-        o_y.append(o.y), o_w.append(w), o_claim.append(claim), o_cap.append(cap)
-    o_c, o_h, o_re = np.asarray(o_c, dtype=np.intp), np.asarray(o_h, dtype=np.intp), np.asarray(o_re, dtype=bool)
-    o_y, o_w, o_claim, o_cap = (np.asarray(x, dtype=float) for x in (o_y, o_w, o_claim, o_cap))
+    m = len(weighted)
+    columns = list(zip(*weighted)) if weighted else [(), (), (), (), ()]
+    obs_col = columns[0]
+    o_c = np.fromiter(map(ci.__getitem__, [o.candidate for o in obs_col]), np.intp, m)
+    o_h = np.fromiter((cls_of.get(h, -1) for h in [o.hw for o in obs_col]), np.intp, m)
+    o_re = np.fromiter((o.kind == "reeval" for o in obs_col), bool, m)
+    o_y = np.fromiter((o.y for o in obs_col), float, m)
+    o_claim, o_cap, o_w = (np.asarray(columns[q], dtype=float).reshape(m) for q in (2, 3, 4))
     on_target = o_h < 0
     # per class (the target last, at index -1): translation, noise and interaction
     tr = [translations.get(h) for h in classes]
