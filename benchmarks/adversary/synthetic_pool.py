@@ -1,8 +1,8 @@
 """A synthetic but realistic season of records in a real SQLite pool file, for scale benchmarks.
 
 `build_pool(path, n_records, n_candidates)` writes signed records the way a busy network would
-leave them: candidates grown as lineages (mostly single-knob mutations of a good parent, some
-recombinations of two, a few fresh roots), measured on several hardware classes (each with its
+leave them: candidates grown as lineages (mostly mutations of one of the current leaders, some
+recombinations of two, now and then of any recent candidate, a few fresh roots), measured on several hardware classes (each with its
 own offset and noise), by many keys (one own, a few pinned, the rest unknown and free), with
 replicates of good candidates and attestations (re-evaluations and reproductions) of claims.
 Deterministic for a seed. Records are stored with `PoolStore.add_verified` (they were just
@@ -25,6 +25,14 @@ CLASSES = (
     ("cuda", "RTX 3090", 1, 24576, 0.04),
 )
 TARGET_CLASS = 0  # the node under test trains on the first class
+
+
+FLOOR = 1.0  # no candidate gets below this val_bpb: gains shrink as the search closes in on it
+
+
+def _step(value: float, relative: float) -> float:
+    """A child's value: the parent's distance to the floor, changed by `relative` (positive: better)."""
+    return FLOOR + (value - FLOOR) * (1.0 - relative)
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,17 @@ def build_pool(path: Path, n_records: int = 100_000, n_candidates: int = 20_000,
             diff[knob.name] = float(f"{rng.uniform(knob.low, hi):.6g}")
         return diff
 
+    leaders: list[int] = []
+
     def pick_parent() -> int:
-        # good candidates are built on more often: the best of a few random draws from recent ones
-        pool = range(max(0, len(cands) - 4000), len(cands))
-        return min(rng.sample(pool, min(3, len(pool))), key=lambda i: cands[i][1])
+        # as bandits do: mutations and recombinations start from the current leaders (the best 32
+        # of the recent candidates, refreshed every 200), now and then from any recent candidate
+        if not leaders or len(cands) % 200 == 0:
+            recent = range(max(0, len(cands) - 4000), len(cands))
+            leaders[:] = sorted(recent, key=lambda i: cands[i][1])[:32]
+        if rng.random() < 0.1:
+            return rng.randrange(max(0, len(cands) - 4000), len(cands))
+        return rng.choice(leaders)
 
     made = 0
     while made < n_results:
@@ -91,13 +106,13 @@ def build_pool(path: Path, n_records: int = 100_000, n_candidates: int = 20_000,
                 p = pick_parent()
                 diff = dict(cands[p][0])
                 diff.update(new_diff())
-                value, parents = cands[p][1] + rng.gauss(0.002, 0.02), (p,)
+                value, parents = _step(cands[p][1], rng.gauss(0.01, 0.02)), (p,)
             else:
                 a, b = pick_parent(), pick_parent()
                 if a == b:
                     continue
                 diff = {**cands[a][0], **cands[b][0]}
-                value, parents = 0.5 * (cands[a][1] + cands[b][1]) + rng.gauss(0.0, 0.015), tuple(sorted((a, b)))
+                value, parents = _step(0.5 * (cands[a][1] + cands[b][1]), rng.gauss(0.0, 0.015)), tuple(sorted((a, b)))
             c = len(cands)
             cands.append((diff, value, parents))
         else:
