@@ -22,8 +22,9 @@ Guarantees:
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
   pool/bandit.py), computed in a worker thread so that the trio loop (gossip, sync, the control
   socket) keeps serving while a large pool is estimated; the pool's evidence is read
-  incrementally (pool/evidence_cache.py). A replicate or a try of a peer's candidate is published as an attestation
-  of the record it re-measured, anything else as a result citing its parents.
+  incrementally (pool/evidence_cache.py). A replicate or a try of a peer's candidate is
+  published as an attestation of the record it re-measured, anything else as a result citing
+  its parents.
 - A candidate whose run failed here (crashed, out of memory, over the size cap, timed out, its
   plan refused) is remembered for this hardware class in the pool file (pool/failures.py) and
   not chosen again, until a trusted key's result for it arrives or the user runs
@@ -371,8 +372,8 @@ class ResearchLoop:
         def decide() -> Any:
             # Off the trio thread: estimating a large pool takes a while (the interpreter hands the
             # GIL back every few ms, numpy and SuperLU release it), and a proposer runs for up to
-            # its timeout; abandoned on cancellation (the
-            # proposer is killed at its timeout, or by join's reaper).
+            # its timeout. Abandoned on cancellation (the proposer is killed at its timeout, or
+            # by join's reaper).
             return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True)
 
         post, choice = await decide()
