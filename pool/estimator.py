@@ -395,18 +395,20 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
     trained fewer than `degraded_ratio` times the tokens that results of the same hardware
     class and model shape usually train in the budget (their median; needs two or more)."""
 
-    shapes: dict[str, str] = {}
     speeds: dict[tuple[str, str], list[float]] = defaultdict(list)
     keyed: list[tuple[ResultEvidence, tuple[str, str], float]] = []
+    known = _SHAPES
     for r in results:
-        if r.train_tokens <= 0 or r.budget_s <= 0:
+        tokens, budget = r.train_tokens, r.budget_s
+        if tokens <= 0 or budget <= 0:
             continue
-        if r.candidate not in shapes:
-            shapes[r.candidate] = _throughput_shape(r.candidate, r.base, r.diff)
-        if not shapes[r.candidate]:
+        shape = known.get(r.candidate)
+        if shape is None:
+            shape = _throughput_shape(r.candidate, r.base, r.diff)
+        if not shape:
             continue
-        key = (r.hw, shapes[r.candidate])
-        speed = r.train_tokens / r.budget_s
+        key = (r.hw, shape)
+        speed = tokens / budget
         speeds[key].append(speed)
         keyed.append((r, key, speed))
     factors = {r.record_id: config.degraded_factor for r in results if r.degraded}
@@ -468,9 +470,9 @@ def _noise_by_class(obs, st, policy, config) -> dict[str, float]:
     ss: dict[str, float] = defaultdict(float)
     dof: dict[str, int] = defaultdict(int)
     for (h, _), ys in groups.items():
-        if len(ys) > 1:
-            arr = np.asarray(ys)
-            ss[h] += float(((arr - arr.mean()) ** 2).sum())
+        if len(ys) > 1:  # a few replicates each: plain sums beat an array per group
+            m = sum(ys) / len(ys)
+            ss[h] += sum((y - m) ** 2 for y in ys)
             dof[h] += len(ys) - 1
     prior_dof = 4.0
     classes = {o.hw for o in obs}
