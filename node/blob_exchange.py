@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.sync import SyncError, _close, _remote_peer, read_frame, write_frame
-from pool.blobs import BlobError, BlobStore, check_sha
+from p2pgolf.node.sync import SyncError, _close, _remote_peer, read_frame, write_frame
+from p2pgolf.pool.blobs import BlobError, BlobStore, check_sha
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.limits import Admission, Verdict
+from p2pgolf.node.limits import Admission, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.signing import SignedRecord, decode_record
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.signing import SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 

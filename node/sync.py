@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.limits import Admission, Verdict, verify_all
-from protocol import canonical
-from protocol.errors import ProtocolError
+from p2pgolf.node.limits import Admission, Verdict, verify_all
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

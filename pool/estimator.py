@@ -57,10 +57,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pool import gmrf
-from pool.bridge.provenance import importer_of
-from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
-from pool.trust_weights import (
+from p2pgolf.pool import gmrf
+from p2pgolf.pool.bridge.provenance import importer_of
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.trust_weights import (
     BLOCKED,
     OWN,
     PINNED,
@@ -74,7 +74,7 @@ from pool.trust_weights import (
     claim_weight,
     volume_factor,
 )
-from protocol import candidates
+from p2pgolf.protocol import candidates
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,7 @@ _SHAPES: dict[str, str] = {}
 def _throughput_shape(candidate: str, base: str, diff) -> str:
     """knobs.throughput_shape of a candidate's config ("" if its diff no longer resolves);
     memoised by candidate id (the id fixes base and diff), so a decision resolves only new ones."""
-    from protocol import knobs
+    from p2pgolf.protocol import knobs
 
     shape = _SHAPES.get(candidate)
     if shape is None:
@@ -547,7 +547,7 @@ def _candidate_features(results) -> dict[str, np.ndarray]:
     """Each candidate's knob features, centred on their mean over the pool's candidates: a
     knob nobody varied is then zero everywhere, so it cannot blur the class offsets (which
     stay the level difference at the pool's typical config)."""
-    from pool.knob_features import features
+    from p2pgolf.pool.knob_features import features
 
     raw = {r.candidate: features(r.base, r.diff) for r in results}
     if not raw:
@@ -565,7 +565,7 @@ def _fit_knob_transfer(cells, shared, classes, hw, tau, scale, off_prior, m_targ
     with few overlaps borrows what the others showed about which knobs transfer. The residual
     interaction sd per class is re-estimated after the transfer terms. Returns
     (feature sds, tau per class) for the joint solve."""
-    from pool.knob_features import N_FEATURES
+    from p2pgolf.pool.knob_features import N_FEATURES
 
     zero = np.zeros(N_FEATURES)
     beta_sd = np.full(N_FEATURES, config.knob_transfer_sd)

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgpack
 
-from pool.bridge.provenance import imported_author, is_imported
-from pool.evidence import DEGRADED_NOTE_PREFIX, AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.bridge.provenance import imported_author, is_imported
+from p2pgolf.pool.evidence import DEGRADED_NOTE_PREFIX, AttestationEvidence, Evidence, ResultEvidence
 
 
 class EvidenceCache:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pool import schema
+from p2pgolf.pool import schema
 
 _TABLE = """CREATE TABLE IF NOT EXISTS failed_candidates (
     bench     TEXT NOT NULL,
@@ -38,7 +38,7 @@ _TABLE = """CREATE TABLE IF NOT EXISTS failed_candidates (
 ) WITHOUT ROWID"""
 
 if TYPE_CHECKING:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import msgpack
 
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
 
-from pool.store import PoolStore
+from p2pgolf.pool.store import PoolStore
 
 FORMATS = ("jsonl", "msgpack")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".msgpack": "msgpack", ".mpk": "msgpack"}

@@ -11,11 +11,11 @@ import numpy as np
 import trio
 
 import recordgen as g
-from pool import estimator, gmrf
-from pool.evidence import AttestationEvidence, Evidence, from_store, result_evidence
-from pool.evidence_cache import EvidenceCache
-from pool.store import PoolStore
-from pool.trust_weights import static_status
+from p2pgolf.pool import estimator, gmrf
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, from_store, result_evidence
+from p2pgolf.pool.evidence_cache import EvidenceCache
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust_weights import static_status
 
 ME = "aa" * 32
 PINNED = "bb" * 32
@@ -115,7 +115,7 @@ def test_the_research_loop_decides_off_the_trio_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(estimator, "estimate", slow_estimate)
     ticks: list[float] = []
     with PoolStore(tmp_path / "pool.sqlite") as store:
-        from pool.trust import TrustStore
+        from p2pgolf.pool.trust import TrustStore
 
         trust = TrustStore(store)
         trust.set_own(me.public_hex)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import trio
 
 import recordgen as g
-from node.research_loop import Journal, LoopSettings, ResearchLoop
-from pool.failures import FailureMemory
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
+from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+from p2pgolf.pool.failures import FailureMemory
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
 
 HW = g.CPU.key
 UNRUNNABLE = {"num_layers": 3}  # stands for a diff whose plan the trainer refuses here
@@ -55,7 +55,7 @@ def _loop(tmp_path, store, trust, me):
 
 
 def _unrunnable_starts(tmp_path) -> int:
-    from protocol.candidates import candidate_id
+    from p2pgolf.protocol.candidates import candidate_id
 
     bad = candidate_id("smoke-tiny", UNRUNNABLE, "byte256")
     return sum(1 for s in Journal(tmp_path / "research" / "journal.jsonl").starts() if s["candidate"] == bad)
@@ -107,8 +107,8 @@ def test_pool_failed_lists_and_pool_retry_lifts_a_failure(tmp_path):
 
     from click.testing import CliRunner
 
-    from node.cli import cli as main
-    from node.home import Home
+    from p2pgolf.node.cli import cli as main
+    from p2pgolf.node.home import Home
 
     home = Home(tmp_path / "home")
     with PoolStore(home.pool_db) as store:
@@ -134,11 +134,11 @@ def test_pool_failed_lists_and_pool_retry_lifts_a_failure(tmp_path):
 def test_the_bandit_never_proposes_an_avoided_candidate_by_any_operator():
     import numpy as np
 
-    from pool import bandit
-    from pool.estimator import estimate
-    from pool.evidence import Evidence, result_evidence
-    from pool.proposals import make_proposal
-    from pool.trust_weights import static_status
+    from p2pgolf.pool import bandit
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import Evidence, result_evidence
+    from p2pgolf.pool.proposals import make_proposal
+    from p2pgolf.pool.trust_weights import static_status
 
     me = "aa" * 32
     rows = [result_evidence(f"{i:064x}", base="smoke-tiny", diff=d, author=me, hw=HW, val_bpb=v, budget_s=60.0, seed=i)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pool import gmrf
+from p2pgolf.pool import gmrf
 
 
 def _system(k: int, classes: int, seed: int):

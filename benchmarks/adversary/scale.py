@@ -114,10 +114,10 @@ class _Decider:
     """One node's decision, as node/research_loop.py's step makes it."""
 
     def __init__(self, sp, *, dense: bool = False) -> None:
-        from pool.evidence_cache import EvidenceCache
-        from pool.failures import FailureMemory
-        from pool.store import PoolStore
-        from pool.trust import TrustStore
+        from p2pgolf.pool.evidence_cache import EvidenceCache
+        from p2pgolf.pool.failures import FailureMemory
+        from p2pgolf.pool.store import PoolStore
+        from p2pgolf.pool.trust import TrustStore
 
         self.sp, self.dense = sp, dense
         self.store = PoolStore(sp.path)
@@ -128,9 +128,9 @@ class _Decider:
     def decide(self):
         import numpy as np
 
-        from pool import bandit, gmrf
-        from pool.estimator import estimate
-        from pool.trust_weights import OWN, PINNED, TrustPolicy
+        from p2pgolf.pool import bandit, gmrf
+        from p2pgolf.pool.estimator import estimate
+        from p2pgolf.pool.trust_weights import OWN, PINNED, TrustPolicy
 
         solve = gmrf.solve
         if self.dense:
@@ -146,9 +146,9 @@ class _Decider:
 
     def arrive(self, n: int, salt: int) -> None:
         """n new results from unknown keys, as gossip would deliver them between two decisions."""
-        from protocol.identity import Identity
-        from protocol.records import HardwareClass, Metrics, Result
-        from protocol.signing import sign_record
+        from p2pgolf.protocol.identity import Identity
+        from p2pgolf.protocol.records import HardwareClass, Metrics, Result
+        from p2pgolf.protocol.signing import sign_record
 
         CLASSES = _synthetic().CLASSES
 
@@ -171,7 +171,7 @@ def dense_solve(rows, cols, vals, b, k, **_):
     """Today's solve before pool/gmrf.py: the dense n x n precision, inverted whole."""
     import numpy as np
 
-    from pool.gmrf import GaussianSolution
+    from p2pgolf.pool.gmrf import GaussianSolution
 
     n = len(b)
     a = np.zeros((n, n))
@@ -218,14 +218,14 @@ def _repicks(tmp: Path, experiments: int = 8) -> int:
     """How often a real research loop started an unrunnable candidate again after it failed."""
     import trio
 
-    from node.research_loop import Journal, LoopSettings, ResearchLoop
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.benchmarks import benchmark
-    from protocol.candidates import candidate_id
-    from protocol.identity import Identity
-    from protocol.records import HardwareClass, Metrics, Result
-    from protocol.signing import sign_record
+    from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.candidates import candidate_id
+    from p2pgolf.protocol.identity import Identity
+    from p2pgolf.protocol.records import HardwareClass, Metrics, Result
+    from p2pgolf.protocol.signing import sign_record
 
     bench = benchmark("smoke")
     hw = HardwareClass("cpu", "Bench CPU", 1, 0)

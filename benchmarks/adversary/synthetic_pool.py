@@ -53,13 +53,13 @@ class SyntheticPool:
 
 def build_pool(path: Path, n_records: int = 100_000, n_candidates: int = 20_000, *, n_keys: int = 2_000, seed: int = 1, attestation_share: float = 0.15) -> SyntheticPool:
     """Write `n_records` signed records over about `n_candidates` candidates into a new pool at `path`."""
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol import knobs
-    from protocol.benchmarks import benchmark
-    from protocol.identity import Identity
-    from protocol.records import Attestation, HardwareClass, Metrics, Result
-    from protocol.signing import sign_record
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol import knobs
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.identity import Identity
+    from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
+    from p2pgolf.protocol.signing import sign_record
 
     rng = random.Random(seed)
     bench = benchmark("parameter-golf/sp1024-10min")

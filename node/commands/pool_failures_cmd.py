@@ -11,9 +11,9 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.commands.pool_cmd import _hex_prefix, _iso, _unique, open_pool
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.commands.pool_cmd import _hex_prefix, _iso, _unique, open_pool
+from p2pgolf.node.home import Home
 
 
 @click.command("failed")
@@ -21,7 +21,7 @@ from node.home import Home
 @click.pass_obj
 def failed(home: Home, as_json: bool) -> None:
     """List the candidates that failed on this node and are not chosen again."""
-    from pool.failures import FailureMemory
+    from p2pgolf.pool.failures import FailureMemory
 
     with open_pool(home) as store:
         rows = FailureMemory(store).failures()
@@ -49,7 +49,7 @@ def failed(home: Home, as_json: bool) -> None:
 @click.pass_obj
 def retry(home: Home, candidate: str | None, every: bool) -> None:
     """Let the research loop choose a candidate that failed here again."""
-    from pool.failures import FailureMemory
+    from p2pgolf.pool.failures import FailureMemory
 
     if every == (candidate is not None):
         raise UserError("give one CANDIDATE (id or unique prefix) or --all")
