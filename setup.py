@@ -24,6 +24,7 @@ DEPENDENCIES = [
     "rich>=13",
     "platformdirs>=3",
     "numpy>=1.26",
+    "scipy>=1.11",  # sparse factorisation of the estimator's lineage model (pool/gmrf.py)
     "trio>=0.25",
     "libp2p==0.8.1",
     f"fastecdsa @ {STAND_IN.as_uri()} ; sys_platform != 'win32'",  # libp2p's pin, met without a C build

@@ -20,8 +20,15 @@ Guarantees:
   check pays; the choice is then made again with the attestations in the pool. Each check is
   journalled (verify.jsonl: its cost in seconds and whether it confirmed or refuted the claim).
 - Choices come from the pool through the real estimator and bandit (pool/estimator.py,
-  pool/bandit.py); a replicate or a try of a peer's candidate is published as an attestation
-  of the record it re-measured, anything else as a result citing its parents.
+  pool/bandit.py), computed in a worker thread so that the trio loop (gossip, sync, the control
+  socket) keeps serving while a large pool is estimated; the pool's evidence is read
+  incrementally (pool/evidence_cache.py). A replicate or a try of a peer's candidate is
+  published as an attestation of the record it re-measured, anything else as a result citing
+  its parents.
+- A candidate whose run failed here (crashed, out of memory, over the size cap, timed out, its
+  plan refused) is remembered for this hardware class in the pool file (pool/failures.py) and
+  not chosen again, until a trusted key's result for it arrives or the user runs
+  `p2pgolf pool retry`.
 - External proposers (node/proposers, `join --proposer`) are operators of the bandit's meta
   level: one is spawned only when chosen, its proposals are checked as a peer's diff, its
   rationale goes into the record's note, and every request is journalled (proposers.jsonl).
@@ -284,6 +291,14 @@ class ResearchLoop:
         self.verifier = verifier  # node.verify_loop.Verifier or None: no verify operator
         self.proposers = tuple(proposers)  # node.proposers.operator.ProposerOperator: external operators
         self._hw = settings.hw_key
+        self.failures = None  # pool.failures.FailureMemory, where the store is a real pool file
+        self._evidence = None  # pool.evidence_cache.EvidenceCache, likewise
+        if hasattr(store, "rows_after"):
+            from p2pgolf.pool.evidence_cache import EvidenceCache
+            from p2pgolf.pool.failures import FailureMemory
+
+            self.failures = FailureMemory(store)
+            self._evidence = EvidenceCache(store, self.bench.id)
 
     @property
     def hw(self) -> str:
@@ -344,19 +359,22 @@ class ResearchLoop:
         asked: dict[str, Any] = {}  # proposer operator -> its answer for this experiment (asked once)
 
         def decide_now() -> tuple[Any, Any]:
-            post = estimate(from_store(self.store, self.bench.id), self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
+            evidence = self._evidence.evidence() if self._evidence is not None else from_store(self.store, self.bench.id)
+            post = estimate(evidence, self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
             rng = np.random.default_rng(seed)
             external = {op.operator: functools.partial(self._ask, op, post, n, runnable, vocabularies, asked) for op in self.proposers}
             return post, bandit.choose(
                 post, rng, history=self._history(), default_base=self.settings.default_base, remaining=remaining,
                 default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
-                external=external,
+                external=external, avoid=self._failed_here(),
             )  # fmt: skip
 
         def decide() -> Any:
-            # A proposer runs for up to its timeout: the choice is then made off the trio thread,
-            # abandoned on cancellation (the proposer is killed at its timeout, or by join's reaper).
-            return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True) if self.proposers else _ready(decide_now())
+            # Off the trio thread: estimating a large pool takes a while (the interpreter hands the
+            # GIL back every few ms, numpy and SuperLU release it), and a proposer runs for up to
+            # its timeout. Abandoned on cancellation (the proposer is killed at its timeout, or
+            # by join's reaper).
+            return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True)
 
         post, choice = await decide()
         tried = self.journal.candidates()
@@ -412,14 +430,30 @@ class ResearchLoop:
                 data = outcome.result
             except Exception as exc:  # a config the trainer refuses, a run dir it cannot write
                 log.warning("experiment %d could not run: %s", n, exc)
+                self._remember_failure(p, "failed", str(exc))
                 return self._end(n, status="failed", record=None, gain=0.0, won=False, note=str(exc)[:200])
             if data.get("status") != "ok":
+                self._remember_failure(p, str(data.get("status")), str(data.get("error")))
                 return self._end(n, status=str(data.get("status")), record=None, gain=0.0, won=False, note=str(data.get("error"))[:200])
             measured = float(data["metrics"]["val_bpb"])
             return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post))
         finally:
             control.current = None
             control.progress = None
+
+    def _failed_here(self) -> set[str]:
+        """Candidates that failed on this hardware class and are not to be chosen again."""
+        if self.failures is None:
+            return set()
+        from p2pgolf.pool.trust_weights import OWN, PINNED
+
+        trusted = lambda author: str(getattr(self.trust.status(author), "value", self.trust.status(author))) in (OWN, PINNED)  # noqa: E731
+        return self.failures.avoid(self.bench.id, self.hw, trusted)
+
+    def _remember_failure(self, p: Any, status: str, reason: str) -> None:
+        if self.failures is not None:
+            self.failures.record(self.bench.id, self.hw, p.candidate, status, reason)
+            log.info("candidate %s failed here (%s) and is not chosen again; `p2pgolf pool retry %s` lifts that", p.candidate[:12], status, p.candidate[:12])
 
     def _history(self) -> list[Any]:
         """The meta level's history: experiments, and proposers' requests that gave nothing."""
@@ -793,10 +827,6 @@ class VerifyJournal:
             f.flush()
             os.fsync(f.fileno())
         self.entries.append(entry)
-
-
-async def _ready(value: Any) -> Any:
-    return value
 
 
 def _default_base(bench: Any, runs_dir: Path) -> str:

@@ -109,7 +109,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +198,7 @@ def choose(
     script_tokenizers: Mapping[str, str] | None = None,
     external: Mapping[str, Callable[[], Sequence[Proposal]]] | None = None,
     running: Sequence[str] = (),
+    avoid: Collection[str] = (),
 ) -> Choice:
     """The next experiment. With an empty pool: the default base config itself.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
@@ -214,14 +215,17 @@ def choose(
     level's order runs. Its first proposal runs (the proposer ranks its own ideas).
     `running`: candidate ids that peers of this hardware class are running now (announced, or
     inferred from their latest records): a re-measurement a peer is already making counts as
-    made for `confirm_cap`, and a new candidate a peer is already training is not proposed."""
+    made for `confirm_cap`, and a new candidate a peer is already training is not proposed.
+    `avoid`: candidate ids that failed on this node (pool/failures.py): never proposed, by any
+    operator or proposer (only the empty-pool default can still come back when nothing else is left)."""
     experiments = sum(1 for o in history if o.experiment)
     incumbent = posterior.incumbent()
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
         return Choice(proposal, math.nan, {}, None)
     incumbent_runs = incumbent is not None and runnable(posterior.info[incumbent].base)
-    if config.intensify and incumbent_runs and "replicate" in operators and posterior.info[incumbent].established < 1.5:
+    avoid = frozenset(avoid)
+    if config.intensify and incumbent_runs and incumbent not in avoid and "replicate" in operators and posterior.info[incumbent].established < 1.5:
         # intensification (as in SMAC): one lucky run must not become the base of everything
         proposal = replicate(posterior.info[incumbent])
         return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
@@ -235,7 +239,7 @@ def choose(
         leader = drawn_leader(posterior, posterior.mean + config.leader_temperature * (raw - posterior.mean), config)
         if _settled(posterior, leader, pending, config):
             leader = _challenger(posterior, raw, leader, pending, config)
-        if leader is not None and runnable(posterior.info[leader].base):
+        if leader is not None and leader not in avoid and runnable(posterior.info[leader].base):
             return Choice(replicate(posterior.info[leader]), float(draw[posterior.index[leader]]), {"replicate": math.inf}, incumbent)
     arms = _arms(posterior, draw, incumbent, rng, space, config, operators, runnable)
     strangers = arms.pop(_STRANGERS, [])
@@ -254,6 +258,9 @@ def choose(
         strangers = [(p, sc) for p, sc in strangers if p.candidate not in pending]
     for op, extra in _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies or {}, script_tokenizers or {}).items():
         arms.setdefault(op, []).extend(extra)
+    if avoid:  # it failed here: the same run would fail again
+        arms = {op: [(p, sc) for p, sc in v if p.candidate not in avoid] for op, v in arms.items()}
+        arms = {op: v for op, v in arms.items() if v}
     external = dict(external or {})
     if strangers and ((not arms and not external) or rng.random() < config.stranger_share):
         # exploration with a bounded share: a stranger's claim is tried, never believed (its
@@ -278,7 +285,7 @@ def choose(
     value = {o: min(s for _, s in arms[o]) + over.get(o, 0.0) for o in arms} | {o: neutral for o in external}
     for op in _meta_order(yields, value, config):
         if op in external:
-            offered = list(external[op]())
+            offered = [p for p in external[op]() if p.candidate not in avoid]
             if not offered:
                 continue  # broken or silent this time: its request is on its record, the next operator runs
             proposal = offered[0]

@@ -1,6 +1,9 @@
 """The estimator: a posterior of every candidate's val_bpb on this node's hardware class.
 
-One Gaussian linear model over the whole pool, solved exactly (numpy, no iteration):
+One Gaussian linear model over the whole pool, solved exactly (no iteration) by a sparse
+factorisation of the lineage block and a Schur complement of the few class terms (pool/gmrf.py:
+no n x n matrix, so 20,000 candidates fit; beyond a fill budget the marginal sds of a lineage
+that cross-links at random are a Monte Carlo estimate, the means stay exact):
 
     y(record) = mu[candidate] + offset[hw class] + delta[candidate, hw] + noise
 
@@ -53,13 +56,15 @@ has a finite mean and a positive sd.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from p2pgolf.pool import gmrf
 from p2pgolf.pool.bridge.provenance import importer_of
 from p2pgolf.pool.evidence import AttestationEvidence, Evidence, ResultEvidence
 from p2pgolf.pool.trust_weights import (
@@ -204,7 +209,7 @@ class Posterior:
     lineage_sd: float
     _build_rows: Callable[[], dict[str, list[EvidenceRow]]] = field(repr=False)
     established_weight: float
-    _cov: np.ndarray = field(repr=False)
+    _solution: gmrf.GaussianSolution = field(repr=False)
     _rows: dict[str, list[EvidenceRow]] | None = field(default=None, repr=False)
     _ancestors: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict, repr=False)
     _chol: np.ndarray | None = field(default=None, repr=False)
@@ -257,8 +262,11 @@ class Posterior:
         n = len(self.candidates)
         if n == 0:
             return np.zeros((size, 0))
+        if n > DENSE_DRAW_MAX:
+            return self.mean[None, :] + self._solution.draw(rng, size)
         if self._chol is None:
-            cov = self._cov + np.eye(n) * 1e-12
+            # small pools draw from the dense covariance's factor, as before: seeded runs keep their choices
+            cov = self._solution.candidate_cov() + np.eye(n) * 1e-12
             self._chol = np.linalg.cholesky(cov)
         z = rng.standard_normal((size, n))
         return self.mean[None, :] + z @ self._chol.T
@@ -281,6 +289,7 @@ class Posterior:
         return seen
 
 
+DENSE_DRAW_MAX = 1_000  # up to this many candidates a joint draw uses the dense covariance's Cholesky factor
 _TRUSTED = 0.5  # starting weight from which a key's replicates inform the noise level
 
 
@@ -390,8 +399,7 @@ def _marking_implausible(build_rows, implausible: Mapping[str, float]):
 # ----------------------------------------------------------------------------- helpers
 
 
-@dataclass(frozen=True)
-class _Obs:
+class _Obs(NamedTuple):  # a tuple: ~100,000 per decision, made far faster than a frozen dataclass
     record_id: str
     kind: str  # result, reeval, reproduce
     candidate: str
@@ -413,6 +421,9 @@ def _collapse_duplicates(results: list[ResultEvidence], st, policy) -> tuple[lis
             out.append(r)
     alias: dict[str, str] = {}
     for group in groups.values():
+        if len(group) == 1:  # the common case: one key signed this measurement
+            out.append(group[0])
+            continue
         keep = min(group, key=lambda r: (-base_weight(st(r.author), policy), r.created_ms, r.record_id))
         out.append(keep)
         for r in group:
@@ -426,31 +437,49 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
     """`degraded_factor` for each result whose run was degraded: its author said so, or it
     trained fewer than `degraded_ratio` times the tokens that results of the same hardware
     class and model shape usually train in the budget (their median; needs two or more)."""
-    from p2pgolf.protocol import knobs
 
-    shapes: dict[str, str] = {}
     speeds: dict[tuple[str, str], list[float]] = defaultdict(list)
     keyed: list[tuple[ResultEvidence, tuple[str, str], float]] = []
+    known = _SHAPES
     for r in results:
-        if r.train_tokens <= 0 or r.budget_s <= 0:
+        tokens, budget = r.train_tokens, r.budget_s
+        if tokens <= 0 or budget <= 0:
             continue
-        if r.candidate not in shapes:
-            try:
-                shapes[r.candidate] = knobs.throughput_shape(knobs.resolve(r.base, r.diff))
-            except Exception:  # a diff that no longer resolves: no speed comparison for it
-                shapes[r.candidate] = ""
-        if not shapes[r.candidate]:
+        shape = known.get(r.candidate)
+        if shape is None:
+            shape = _throughput_shape(r.candidate, r.base, r.diff)
+        if not shape:
             continue
-        key = (r.hw, shapes[r.candidate])
-        speed = r.train_tokens / r.budget_s
+        key = (r.hw, shape)
+        speed = tokens / budget
         speeds[key].append(speed)
         keyed.append((r, key, speed))
     factors = {r.record_id: config.degraded_factor for r in results if r.degraded}
+    usual = {key: float(statistics.median(v)) for key, v in speeds.items() if len(v) >= 2}  # once per class and shape
     for r, key, speed in keyed:
-        usual = speeds[key]
-        if len(usual) >= 2 and speed < config.degraded_ratio * float(np.median(usual)):
+        if key in usual and speed < config.degraded_ratio * usual[key]:
             factors[r.record_id] = config.degraded_factor
     return factors
+
+
+_SHAPES: dict[str, str] = {}
+
+
+def _throughput_shape(candidate: str, base: str, diff) -> str:
+    """knobs.throughput_shape of a candidate's config ("" if its diff no longer resolves);
+    memoised by candidate id (the id fixes base and diff), so a decision resolves only new ones."""
+    from p2pgolf.protocol import knobs
+
+    shape = _SHAPES.get(candidate)
+    if shape is None:
+        if len(_SHAPES) > 200_000:
+            _SHAPES.clear()
+        try:
+            shape = knobs.throughput_shape(knobs.resolve(base, diff))
+        except Exception:  # a diff that no longer resolves: no speed comparison for it
+            shape = ""
+        _SHAPES[candidate] = shape
+    return shape
 
 
 def _same_budget(a: float, b: float) -> bool:
@@ -472,15 +501,21 @@ def _observations(results, attestations, by_id, hw, config) -> list[_Obs]:
 def _noise_by_class(obs, st, policy, config) -> dict[str, float]:
     """Run-to-run sd per class from trusted replicates, shrunk towards the prior."""
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    trusted: dict[str, bool] = {}
     for o in obs:
-        if o.kind != "reeval" and base_weight(st(o.author), policy) >= _TRUSTED:
+        if o.kind == "reeval":
+            continue
+        t = trusted.get(o.author)
+        if t is None:
+            t = trusted[o.author] = base_weight(st(o.author), policy) >= _TRUSTED
+        if t:
             groups[(o.hw, o.candidate)].append(o.y)
     ss: dict[str, float] = defaultdict(float)
     dof: dict[str, int] = defaultdict(int)
     for (h, _), ys in groups.items():
-        if len(ys) > 1:
-            arr = np.asarray(ys)
-            ss[h] += float(((arr - arr.mean()) ** 2).sum())
+        if len(ys) > 1:  # a few replicates each: plain sums beat an array per group
+            m = sum(ys) / len(ys)
+            ss[h] += sum((y - m) ** 2 for y in ys)
             dof[h] += len(ys) - 1
     prior_dof = 4.0
     classes = {o.hw for o in obs}
@@ -499,11 +534,18 @@ def _fit_translations(obs, hw, noise, st, policy, config, results=()):
     (translations, tau, transfer) where transfer is None when off."""
     classes = sorted({o.hw for o in obs} - {hw})
     cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # precision, precision*y
+    weights: dict[str, float] = {}
+    variances: dict[tuple[str, str, bool], float] = {}
     for o in obs:
-        w = base_weight(st(o.author), policy)
+        w = weights.get(o.author)
+        if w is None:
+            w = weights[o.author] = base_weight(st(o.author), policy)
         if w <= 0:
             continue
-        v = _obs_var(noise.get(o.hw, config.noise_sd), w, config) if o.kind != "reeval" else config.reeval_sd**2 / w + config.lie_sd**2 * (1 - w) / w
+        key = (o.author, o.hw, o.kind == "reeval")
+        v = variances.get(key)
+        if v is None:
+            v = variances[key] = _obs_var(noise.get(o.hw, config.noise_sd), w, config) if o.kind != "reeval" else config.reeval_sd**2 / w + config.lie_sd**2 * (1 - w) / w
         cell = cells[(o.candidate, o.hw)]
         cell[0] += 1.0 / v
         cell[1] += o.y / v
@@ -516,19 +558,20 @@ def _fit_translations(obs, hw, noise, st, policy, config, results=()):
     if not classes:
         return {}, {}, None
     overlaps = {h: sum(1 for c in shared if h in seen_on[c] and hw in seen_on[c]) for h in classes}
+    table = _CellTable(cells, shared, classes, hw)  # the cells as arrays, for the three fits below
     scale = {h: 1.0 for h in classes}
     tau = {h: config.interaction_sd for h in classes}
     off_mean = {h: class_mean[h] - m_target for h in classes}
     off_sd = {h: config.offset_sd for h in classes}
     if shared:
         for _ in range(3):  # fit, re-estimate interaction and scales, fit again (settles in a few)
-            mu, mu_var, off, off_v, resid = _additive_fit(cells, shared, classes, hw, tau, scale, off_mean, m_target, config)
+            off, off_v, (r_res, v_res, h_res) = _additive_fit(table, tau, scale, off_mean, m_target, config)
             off_mean = {h: off[h] for h in classes}
             off_sd = {h: math.sqrt(off_v[h]) for h in classes}
-            tau = {h: _interaction_from_residuals([r for r in resid if r[2] == h], config) for h in classes}
+            tau = {h: _interaction_sd(r_res[h_res == j], v_res[h_res == j], config) for j, h in enumerate(classes)}
             for h in classes:
                 if overlaps[h] >= config.min_scale_overlaps:
-                    scale[h] = _fit_scale(cells, shared, h, hw, tau[h], config)
+                    scale[h] = _fit_scale(table, h, tau[h], config)
         # offsets after the loop are from the last fit; restore the original prior centre for
         # classes without overlaps (the additive fit could only move them through chains)
     out = {
@@ -626,78 +669,90 @@ def _class_means(cells) -> dict[str, float]:
     return {h: num[h] / den[h] for h in num if den[h] > 0}
 
 
-def _additive_fit(cells, shared, classes, hw, tau, scale, off_prior, m_target, config):
-    """Weighted least squares of y = mu_c + off_h on the shared candidates."""
-    ci = {c: i for i, c in enumerate(shared)}
-    hi = {h: len(shared) + j for j, h in enumerate(classes)}
-    n = len(shared) + len(classes)
-    A = np.zeros((n, n))
+class _CellTable:
+    """The translation fit's cells (candidate, class) -> (precision, precision * y) as arrays,
+    in the cells' order, keeping only candidates in `shared`; and per foreign class the pairs of
+    cells (shared candidate on that class and on the target) that a scale is fitted to."""
+
+    def __init__(self, cells, shared, classes, hw) -> None:
+        ci = {c: i for i, c in enumerate(shared)}
+        hi = {h: j for j, h in enumerate(classes)}
+        self.shared, self.classes, self.hw = shared, classes, hw
+        keep = [(ci[c], hi.get(h, -1), p, py) for (c, h), (p, py) in cells.items() if c in ci]
+        arr = np.asarray(keep, dtype=float).reshape(-1, 4)
+        self.cand = arr[:, 0].astype(np.intp)
+        self.cls = arr[:, 1].astype(np.intp)  # -1: the target class
+        self.p, self.py = arr[:, 2], arr[:, 3]
+        target = {c: cell for (c, h), cell in cells.items() if h == hw}
+        self.pairs: dict[str, tuple[np.ndarray, ...]] = {}
+        for h in classes:
+            both = [(target[c][0], target[c][1], cells[(c, h)][0], cells[(c, h)][1]) for c in shared if (c, h) in cells and c in target]
+            self.pairs[h] = tuple(np.asarray(both, dtype=float).reshape(-1, 4).T)
+
+
+def _additive_fit(table, tau, scale, off_prior, m_target, config):
+    """Weighted least squares of y = mu_c + off_h on the shared candidates. Returns the offsets,
+    their variances, and the residuals of foreign cells as arrays (residual, variance less the
+    interaction, class index)."""
+    classes = table.classes
+    ks, m = len(table.shared), len(classes)
+    n = ks + m
+    tau_arr = np.asarray([tau[h] for h in classes] + [0.0])
+    scale_arr = np.asarray([scale[h] for h in classes] + [1.0])
+    foreign = table.cls >= 0
+    y = table.py / table.p
+    v = 1.0 / table.p
+    s = scale_arr[table.cls]
+    y = np.where(foreign, m_target + (y - m_target) / s, y)  # put gains on the target's scale
+    v = np.where(foreign, v / s**2 + tau_arr[table.cls] ** 2, v)
+    prec = 1.0 / v
+    c, j = table.cand, ks + table.cls
+    cf, jf, pf = c[foreign], j[foreign], prec[foreign]
+    rows = np.concatenate([np.arange(n), c, cf, jf, jf])
+    cols = np.concatenate([np.arange(n), c, jf, cf, jf])
+    vals = np.concatenate([np.ones(ks), np.full(m, 1.0 / config.offset_sd**2), prec, pf, pf, pf])  # flat prior on mu around m_target (sd 1 bpb)
     b = np.zeros(n)
-    for i in range(len(shared)):
-        A[i, i] += 1.0 / 1.0  # flat prior on mu around m_target (sd 1 bpb)
-        b[i] += m_target
-    for h in classes:
-        j = hi[h]
-        A[j, j] += 1.0 / config.offset_sd**2
-        b[j] += off_prior[h] / config.offset_sd**2
-    rows = []
-    for (c, h), (p, py) in cells.items():
-        if c not in ci:
-            continue
-        y = py / p
-        v = 1.0 / p
-        if h != hw:
-            s = scale[h]
-            y = m_target + (y - m_target) / s  # put gains on the target's scale
-            v = v / s**2 + tau[h] ** 2
-        idx = [ci[c]] + ([hi[h]] if h != hw else [])
-        for a in idx:
-            b[a] += y / v
-            for bb in idx:
-                A[a, bb] += 1.0 / v
-        rows.append((idx, y, v, h))
-    cov = np.linalg.inv(A)
-    theta = cov @ b
-    mu = {c: float(theta[ci[c]]) for c in shared}
-    mu_var = {c: float(cov[ci[c], ci[c]]) for c in shared}
-    off = {h: float(theta[hi[h]]) for h in classes}
-    off_v = {h: float(cov[hi[h], hi[h]]) for h in classes}
-    resid = []
-    for idx, y, v, h in rows:
-        if h != hw:
-            pred = sum(theta[k] for k in idx)
-            resid.append((y - pred, v - tau[h] ** 2, h))
-    return mu, mu_var, off, off_v, resid
+    b[:ks] = m_target
+    b[ks:] = np.asarray([off_prior[h] for h in classes]) / config.offset_sd**2
+    b += np.bincount(c, weights=y * prec, minlength=n) + np.bincount(jf, weights=y[foreign] * pf, minlength=n)
+    # candidates couple only through the class offsets: a diagonal block, eliminated exactly
+    solution = gmrf.solve(rows, cols, vals, b, ks)
+    theta, var = solution.mean, solution.var
+    off = {h: float(theta[ks + i]) for i, h in enumerate(classes)}
+    off_v = {h: float(var[ks + i]) for i, h in enumerate(classes)}
+    resid = y[foreign] - theta[cf] - theta[jf]
+    return off, off_v, (resid, v[foreign] - tau_arr[table.cls[foreign]] ** 2, table.cls[foreign])
+
+
+def _interaction_sd(r: np.ndarray, v: np.ndarray, config) -> float:
+    """`_interaction_from_residuals` of residuals r with variances v (arrays)."""
+    return config.interaction_sd if len(r) < 3 else _interaction_from_excess(r * r - v, config)
 
 
 def _interaction_from_residuals(resid, config) -> float:
     if len(resid) < 3:
         return config.interaction_sd
-    excess = [r * r - v for r, v, _ in resid]
+    return _interaction_from_excess(np.asarray([r * r - v for r, v, _ in resid]), config)
+
+
+def _interaction_from_excess(excess: np.ndarray, config) -> float:
     # residuals are shrunk by the fit; the factor 2 roughly undoes that for pairs
     est = max(0.0, 2.0 * float(np.mean(excess)))
     k0 = 4.0
-    n = len(resid)
+    n = len(excess)
     var = (k0 * config.interaction_sd**2 + n * est) / (k0 + n)
     return math.sqrt(var)
 
 
-def _fit_scale(cells, shared, h, hw, tau_h, config) -> float:
+def _fit_scale(table, h, tau_h, config) -> float:
     """How much class h stretches differences between candidates, relative to the target.
 
     Fitted only where the two classes agree on the ranking (weighted correlation >= 0.8):
     where they disagree, a slope would mostly measure the disagreement. The reduced major
     axis slope (ratio of spreads) avoids the dilution an ordinary regression suffers when
     both axes are noisy; it is shrunk towards 1 by its prior."""
-    xs, ys, ws = [], [], []
-    for c in shared:
-        if (c, h) in cells and (c, hw) in cells:
-            p_t, py_t = cells[(c, hw)]
-            p_h, py_h = cells[(c, h)]
-            xs.append(py_t / p_t)
-            ys.append(py_h / p_h)
-            ws.append(1.0 / (1.0 / p_t + 1.0 / p_h + tau_h**2))
-    x, y, w = np.asarray(xs), np.asarray(ys), np.asarray(ws)
+    p_t, py_t, p_h, py_h = table.pairs[h]
+    x, y, w = py_t / p_t, py_h / p_h, 1.0 / (1.0 / p_t + 1.0 / p_h + tau_h**2)
     xm, ym = np.average(x, weights=w), np.average(y, weights=w)
     sxx = float(np.sum(w * (x - xm) ** 2))
     syy = float(np.sum(w * (y - ym) ** 2))
@@ -771,18 +826,22 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     # candidates: everything with evidence, plus known parents of those
     rec_candidate = {r.record_id: r.candidate for r in results}
     info_src: dict[str, list[ResultEvidence]] = defaultdict(list)
+    cited: dict[str, set[str]] = defaultdict(set)  # candidate -> record ids its results cite
     for r in results:
         info_src[r.candidate].append(r)
+        if r.parents:
+            cited[r.candidate].update(r.parents)
     observed = {o.candidate for o, *_ in weighted}
     candidates = sorted(observed)
     ci = {c: i for i, c in enumerate(candidates)}
     parents_of: dict[str, tuple[str, ...]] = {}
     for c in candidates:
-        ps = {rec_candidate[p] for r in info_src.get(c, ()) for p in r.parents if p in rec_candidate}
+        ps = {rec_candidate[p] for p in cited[c] if p in rec_candidate} if c in cited else set()
         ps.discard(c)
         parents_of[c] = tuple(sorted(p for p in ps if p in ci))
     classes = sorted({o.hw for o, *_ in weighted} - {hw})
-    hi = {h: len(candidates) + j for j, h in enumerate(classes)}
+    k_off = len(candidates)  # the class offsets follow the candidates
+    hi = {h: k_off + j for j, h in enumerate(classes)}
     n = len(candidates) + len(classes)
     # per-knob transfer terms of each foreign class (see _fit_knob_transfer), after the offsets
     phi, beta_sd, tau_b = transfer if transfer is not None else ({}, None, {})
@@ -791,14 +850,31 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
     n += len(classes) * n_feat
     tau = {**tau, **tau_b}
 
+    # every observation as arrays, in one pass: candidate, class (-1: the target), kind, value, weights
+    cls_of = {h: j for j, h in enumerate(classes)}
+    m = len(weighted)
+    columns = list(zip(*weighted)) if weighted else [(), (), (), (), ()]
+    obs_col = columns[0]
+    o_c = np.fromiter(map(ci.__getitem__, [o.candidate for o in obs_col]), np.intp, m)
+    o_h = np.fromiter((cls_of.get(h, -1) for h in [o.hw for o in obs_col]), np.intp, m)
+    o_re = np.fromiter((o.kind == "reeval" for o in obs_col), bool, m)
+    o_y = np.fromiter((o.y for o in obs_col), float, m)
+    o_claim, o_cap, o_w = (np.asarray(columns[q], dtype=float).reshape(m) for q in (2, 3, 4))
+    on_target = o_h < 0
+    # per class (the target last, at index -1): translation, noise and interaction
+    tr = [translations.get(h) for h in classes]
+    has_t = np.asarray([t is not None for t in tr] + [False])
+    pivot = np.asarray([t.pivot if t else 0.0 for t in tr] + [0.0])
+    scale = np.asarray([t.scale if t else 1.0 for t in tr] + [1.0])
+    offset = np.asarray([t.offset if t else 0.0 for t in tr] + [0.0])
+    class_noise = np.asarray([noise.get(h, config.noise_sd) for h in classes] + [noise.get(hw, config.noise_sd)])
+    class_tau2 = np.asarray([tau.get(h, config.interaction_sd) ** 2 for h in classes] + [0.0])
+    translated = has_t[o_h]
+
     # pool level on the target hardware: trusted target measurements, else translated others
-    ys, ws = [], []
-    for o, trust, claim, cap, w in weighted:
-        t = translations.get(o.hw)
-        y = o.y if o.hw == hw or t is None else t.to_target(o.y)
-        ys.append(y)
-        ws.append(w * (4.0 if o.hw == hw else 1.0))
-    m0 = float(np.average(ys, weights=ws)) if ys else 0.0
+    ys = np.where(translated, pivot[o_h] + (o_y - pivot[o_h]) / scale[o_h] - offset[o_h], o_y)
+    ws = o_w * np.where(on_target, 4.0, 1.0)
+    m0 = float(np.average(ys, weights=ws)) if len(ys) else 0.0
 
     # the normal equations, assembled as (row, col, value) triples and summed in one go
     ai: list[int] = []
@@ -832,89 +908,81 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         b[j] += centre / config.offset_sd**2
 
     # observations, aggregated per (candidate, class): they share one interaction term
-    cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
-    row_sd: dict[str, float] = {}
-    for o, trust, claim, cap, w in weighted:
-        nsd = config.reeval_sd if o.kind == "reeval" else noise.get(o.hw, config.noise_sd)
-        v = nsd**2 / min(1.0, w) + config.lie_sd**2 * (1.0 - min(1.0, claim)) / max(claim, 1e-12) / max(cap, 1e-12)
-        y = o.y
-        if o.hw != hw and o.hw in translations:
-            t = translations[o.hw]
-            y = t.pivot + (y - t.pivot) / t.scale  # the offset stays a parameter of the model
-            v = v / t.scale**2
-        cell = cells[(o.candidate, o.hw)]
-        cell[0] += 1.0 / v
-        cell[1] += y / v
-        row_sd[o.record_id] = math.sqrt(v + (tau.get(o.hw, config.interaction_sd) ** 2 if o.hw != hw else 0.0))
+    nsd = np.where(o_re, config.reeval_sd, class_noise[o_h])
+    v = nsd**2 / np.minimum(1.0, o_w) + config.lie_sd**2 * (1.0 - np.minimum(1.0, o_claim)) / np.maximum(o_claim, 1e-12) / np.maximum(o_cap, 1e-12)
+    y = np.where(translated, pivot[o_h] + (o_y - pivot[o_h]) / scale[o_h], o_y)  # the offset stays a parameter of the model
+    v = np.where(translated, v / scale[o_h] ** 2, v)
+    row_sd = np.sqrt(v + class_tau2[o_h])  # per observation, for `explain`
+    cell_keys, cell_of = np.unique(o_c * (len(classes) + 1) + (o_h + 1), return_inverse=True)
+    cell_c, cell_h = cell_keys // (len(classes) + 1), cell_keys % (len(classes) + 1) - 1
+    cell_p = np.bincount(cell_of, weights=1.0 / v, minlength=len(cell_keys))
+    cell_py = np.bincount(cell_of, weights=y / v, minlength=len(cell_keys))
+    cell_prec = 1.0 / (1.0 / cell_p + class_tau2[cell_h])
+    cell_info = cell_prec * cell_py / cell_p
     dense: list[tuple[np.ndarray, np.ndarray, float]] = []  # (indices, coefficients, 1/v) of cells with transfer terms
-    for (c, h), (p, py) in cells.items():
-        v = 1.0 / p + (tau.get(h, config.interaction_sd) ** 2 if h != hw else 0.0)
-        y = py / p
-        i = ci[c]
-        if h == hw:
-            ai.append(i), aj.append(i), av.append(1.0 / v)
-            b[i] += y / v
-        elif n_feat and c in phi:
-            idx = np.concatenate(([i, hi[h]], np.arange(bi[h], bi[h] + n_feat)))
-            coef = np.concatenate(([1.0, 1.0], phi[c]))
-            dense.append((idx, coef, 1.0 / v))
-            b[idx] += coef * y / v
-        else:
-            j = hi[h]
-            ai.extend((i, j, i, j)), aj.extend((i, j, j, i)), av.extend((1.0 / v,) * 4)
-            b[i] += y / v
-            b[j] += y / v
-    A = np.zeros((n, n))
-    np.add.at(A, (np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp)), np.asarray(av))
+    plain = np.ones(len(cell_keys), dtype=bool)
+    if n_feat:
+        for q in np.flatnonzero(cell_h >= 0):
+            c, h = candidates[cell_c[q]], classes[cell_h[q]]
+            if c in phi:
+                plain[q] = False
+                idx = np.concatenate(([cell_c[q], hi[h]], np.arange(bi[h], bi[h] + n_feat)))
+                coef = np.concatenate(([1.0, 1.0], phi[c]))
+                dense.append((idx, coef, float(cell_prec[q])))
+                b[idx] += coef * cell_info[q]
+    target_cell = plain & (cell_h < 0)
+    foreign_cell = plain & (cell_h >= 0)
+    ti, fi, fj = cell_c[target_cell], cell_c[foreign_cell], k_off + cell_h[foreign_cell]
+    fp = cell_prec[foreign_cell]
+    ai.extend(ti.tolist()), aj.extend(ti.tolist()), av.extend(cell_prec[target_cell].tolist())
+    ai.extend(np.concatenate([fi, fj, fi, fj]).tolist()), aj.extend(np.concatenate([fi, fj, fj, fi]).tolist()), av.extend(np.tile(fp, 4).tolist())
+    b += np.bincount(cell_c[plain], weights=cell_info[plain], minlength=n) + np.bincount(fj, weights=cell_info[foreign_cell], minlength=n)
     for h in classes if n_feat else ():
         sl = np.arange(bi[h], bi[h] + n_feat)
-        A[sl, sl] += 1.0 / beta_sd**2
+        ai.extend(sl.tolist()), aj.extend(sl.tolist()), av.extend((1.0 / beta_sd**2).tolist())
     for idx, coef, prec in dense:
-        A[np.ix_(idx, idx)] += np.outer(coef, coef) * prec
-    if n:
-        cov = np.linalg.inv(A)
-        cov = (cov + cov.T) / 2.0
-        theta = cov @ b
-    else:
-        cov, theta = np.zeros((0, 0)), np.zeros(0)
+        ai.extend(np.repeat(idx, len(idx)).tolist()), aj.extend(np.tile(idx, len(idx)).tolist()), av.extend((np.outer(coef, coef) * prec).ravel().tolist())
+    # sparse in the candidates (lineage), dense only in the few class and transfer terms
     k = len(candidates)
+    solution = gmrf.solve(np.asarray(ai, dtype=np.intp), np.asarray(aj, dtype=np.intp), np.asarray(av, dtype=float), b, k)
+    theta, var = solution.mean, solution.var
     mean = theta[:k].copy()
-    sd = np.sqrt(np.maximum(np.diag(cov)[:k], 1e-12))
+    sd = np.sqrt(np.maximum(var[:k], 1e-12))
 
     # translations as the joint model sees them
     final_tr: dict[str, Translation] = {}
     for h in classes:
         t = translations.get(h)
         j = hi[h]
-        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(cov[j, j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0, t.interaction_sd if t else config.interaction_sd)
+        final_tr[h] = Translation(h, float(theta[j]), float(math.sqrt(max(var[j], 0.0))), t.scale if t else 1.0, t.overlaps if t else 0, noise.get(h, config.noise_sd), t.pivot if t else 0.0, t.interaction_sd if t else config.interaction_sd)
 
     # per-candidate info and explanation rows
     verdicts: dict[str, list[str]] = defaultdict(list)
     for chk in checks:
         word = ("agrees" if chk.agrees else "DISAGREES") if chk.conclusive else "inconclusive"
         verdicts[chk.subject_id].append(f"{chk.attestation_id[:12]} {word} ({chk.residual:+.4f}, tol {chk.tolerance:.4f})")
-    established: dict[str, float] = defaultdict(float)
 
     def build_rows() -> dict[str, list[EvidenceRow]]:
         # only `explain` reads these; the bandit never pays for building them
         rows: dict[str, list[EvidenceRow]] = defaultdict(list)
-        for o, trust, claim, cap, w in weighted:
+        for q, (o, trust, claim, cap, w) in enumerate(weighted):
             t = final_tr.get(o.hw)
             translated = o.y if t is None else t.to_target(o.y)
             status = authors[o.author].status if o.author in authors else st(o.author)
-            rows[o.candidate].append(EvidenceRow(o.record_id, o.kind, o.author, status, o.hw, o.y, float(translated), trust, claim, cap, row_sd[o.record_id], tuple(verdicts.get(o.record_id, ()))))
+            rows[o.candidate].append(EvidenceRow(o.record_id, o.kind, o.author, status, o.hw, o.y, float(translated), trust, claim, cap, float(row_sd[q]), tuple(verdicts.get(o.record_id, ()))))
         return dict(rows)
 
-    support: dict[str, float] = defaultdict(float)
-    for o, trust, claim, cap, w in weighted:
-        support[o.candidate] = max(support[o.candidate], min(1.0, claim))
-        if o.hw == hw and o.kind != "reeval" and claim >= TRUSTED_WEIGHT:
-            established[o.candidate] += min(1.0, claim)
+    held = np.minimum(1.0, o_claim)
+    support = np.zeros(k)
+    np.maximum.at(support, o_c, held)
+    here = on_target & ~o_re & (o_claim >= TRUSTED_WEIGHT)  # untrusted evidence never establishes
+    established = np.bincount(o_c[here], weights=held[here], minlength=k)
     info: dict[str, CandidateInfo] = {}
-    for c in candidates:
+    rank = {a: (t.status != OWN, -t.weight) for a, t in authors.items()}
+    for i, c in enumerate(candidates):
         src = info_src.get(c, [])
         first = src[0] if src else None
-        rep = _representative(src, authors)
+        rep = _representative(src, rank)
         info[c] = CandidateInfo(
             candidate=c,
             base=first.base if first else "",
@@ -924,9 +992,9 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
             parents=parents_of[c],
             authors=tuple(sorted({r.author for r in src})),
             hw_classes=tuple(sorted({r.hw for r in src})),
-            established=float(established.get(c, 0.0)),
+            established=float(established[i]),
             n_results=len(src),
-            support=float(support.get(c, 0.0)),
+            support=float(support[i]),
             tokenizer=first.tokenizer if first else "sp1024",
         )
     return Posterior(
@@ -942,17 +1010,16 @@ def _solve(weighted, results, hw, noise, translations, tau, tau_mean, authors, c
         lineage_sd=lineage_sd,
         _build_rows=build_rows,
         established_weight=config.established_weight,
-        _cov=cov[:k, :k].copy(),
+        _solution=solution,
         noise_sd=float(noise.get(hw, config.noise_sd)),
-        knob_transfer={h: (theta[bi[h] : bi[h] + n_feat].copy(), np.sqrt(np.maximum(np.diag(cov)[bi[h] : bi[h] + n_feat], 0.0))) for h in classes} if n_feat else {},
+        knob_transfer={h: (theta[bi[h] : bi[h] + n_feat].copy(), np.sqrt(np.maximum(var[bi[h] : bi[h] + n_feat], 0.0))) for h in classes} if n_feat else {},
     )
 
 
-def _representative(src: list[ResultEvidence], authors: Mapping[str, AuthorTrust]) -> str:
+def _representative(src: list[ResultEvidence], rank: Mapping[str, tuple[bool, float]]) -> str:
+    """The record to cite: own first, then the most trusted author's, the earliest, the smallest
+    id. `rank[author]` is (not own, -weight)."""
     if not src:
         return ""
-    def key(r: ResultEvidence):
-        a = authors.get(r.author)
-        own = a is not None and a.status == OWN
-        return (not own, -(a.weight if a else 0.0), r.created_ms, r.record_id)
-    return min(src, key=key).record_id
+    unknown = (True, -0.0)
+    return min(src, key=lambda r: (*rank.get(r.author, unknown), r.created_ms, r.record_id)).record_id

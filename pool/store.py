@@ -236,6 +236,13 @@ class PoolStore:
             params.append(limit)
         return [_load(bytes(r[0])) for r in self._all(sql, params)]
 
+    def rows_after(self, bench: str, rowid: int) -> list[tuple[int, str, str, str | None, bytes]]:
+        """(rowid, id, kind, candidate, raw) of the records of `bench` stored after row `rowid`,
+        in storage order: the pool only grows, so a reader that keeps the last rowid it saw reads
+        each record once (pool/evidence_cache.py)."""
+        rows = self._all("SELECT rowid, id, kind, candidate, raw FROM records WHERE bench = ? AND rowid > ? ORDER BY rowid", (bench, rowid))
+        return [(r, i, k, c, bytes(raw)) for r, i, k, c, raw in rows]
+
     def iter_raw(self, *, bench: str | None = None, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
         """(id, raw) of every record (of `bench`), oldest first, read in pages of `batch`."""
         last: tuple[int, str] = (-1, "")

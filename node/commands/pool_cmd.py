@@ -38,6 +38,8 @@ SUMMARIES = {
     "top": "Show the best candidates by estimate.",
     "import-record": "Import competition record folders as results.",
     "fetch": "Get a record's artifact from whichever peers have it.",
+    "failed": "List the candidates that failed on this node.",
+    "retry": "Let the research loop choose a failed candidate again.",
 }
 
 
@@ -131,6 +133,8 @@ def bench_label(bench_id: str) -> str:
         "top": "p2pgolf.node.commands.pool_search_cmd:top",
         "import-record": "p2pgolf.node.commands.import_record_cmd:import_record",
         "fetch": "p2pgolf.node.commands.verify_cmd:fetch",
+        "failed": "p2pgolf.node.commands.pool_failures_cmd:failed",
+        "retry": "p2pgolf.node.commands.pool_failures_cmd:retry",
     },
     summaries=SUMMARIES,
 )
