@@ -6,6 +6,10 @@ Guarantees:
   forwarded; invalid, blocked, over-cap and rate-limited ones are neither stored nor forwarded.
 - A peer that keeps sending invalid records is blacklisted for `Limits.ban_s` (which also drops
   its connection): the penalty gossipsub's own scoring cannot yet give in py-libp2p 0.8.1.
+- A message's id is the SHA-256 of its payload (`content_message_id`), not sender + seqno, so
+  a record re-sent with a fresh seqno (or by another sender) is a message already seen and is
+  dropped by the pubsub layer for `seen_ttl_s`, before our validator runs; gossipsub's message
+  cache (IHAVE/IWANT) uses the same ids.
 - py-libp2p's silent limits are raised (outbound queue per peer, subscription channel, spam
   protection of 10 messages per topic per second), so bursts are not dropped; the pubsub
   sequence number starts at time.time_ns() so a restarted node's messages are not taken for
@@ -14,12 +18,15 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.limits import Admission, Verdict
+from node.limits import Admission
+from pool.admission import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost
@@ -36,7 +43,7 @@ class GossipSettings:
     degree_high: int = 12
     heartbeat_s: float = 1.0
     queue_size: int = 4096  # outbound RPCs per peer and messages per subscription before drops
-    seen_ttl_s: int = 120
+    seen_ttl_s: int = 600  # a replay within this long is dropped unseen by the validator
 
 
 class Gossip:
@@ -61,7 +68,8 @@ class Gossip:
             heartbeat_initial_delay=0.1,
             spam_protection_enabled=False,  # per-peer limits live in the admission gate instead
         )
-        self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s)
+        self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s, msg_id_constructor=content_message_id)
+        self.router.mcache = ContentMessageCache(self.router.mcache.window_size, self.router.mcache.history_size)
         self.pubsub.counter = time.time_ns()
         self.received = 0  # messages from peers that reached the validator
         self.published = 0
@@ -127,6 +135,33 @@ class Gossip:
             return False
 
 
+def content_message_id(msg: Any) -> bytes:
+    """The gossip message id: SHA-256 of the payload (the record's envelope bytes)."""
+    return hashlib.sha256(bytes(msg.data)).digest()
+
+
+@functools.cache
+def _content_cache_class() -> type:
+    from libp2p.pubsub.mcache import CacheEntry, MessageCache
+
+    class ContentMessageCache(MessageCache):
+        """gossipsub's message cache keyed by `content_message_id` (py-libp2p 0.8.1 keys it by
+        sender + seqno whatever id function pubsub uses, so IHAVE would name ids pubsub never saw)."""
+
+        def put(self, msg: Any) -> None:
+            mid = content_message_id(msg)
+            if mid in self.msgs:
+                return
+            self.msgs[mid] = msg
+            self.history[0].append(CacheEntry(mid, msg.topicIDs))
+
+    return ContentMessageCache
+
+
+def ContentMessageCache(window_size: int, history_size: int) -> Any:  # noqa: N802 (a class made lazily: libp2p is a heavy import)
+    return _content_cache_class()(window_size, history_size)
+
+
 def raise_library_limits(queue_size: int) -> None:
     """Lift py-libp2p's silent drop points (module-level in 0.8.1): the per-peer outbound RPC
     queue (32) and the subscription channel (32)."""
@@ -152,4 +187,4 @@ async def _drain(subscription: Any) -> None:
         await subscription.get()
 
 
-__all__ = ["Gossip", "GossipSettings", "Verdict", "raise_library_limits"]
+__all__ = ["Gossip", "GossipSettings", "Verdict", "content_message_id", "raise_library_limits"]

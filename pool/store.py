@@ -276,6 +276,16 @@ class PoolStore:
         with self._lock:
             return schema.current_version(self._conn)
 
+    def untrusted_usage(self, own_key: str | None = None) -> tuple[int, int]:
+        """(bytes, records) held from keys that are neither `own_key` nor own or pinned in the
+        trust table (blocked keys' records count: they take space too)."""
+        row = self._one(
+            "SELECT coalesce(sum(length(raw)), 0), count(*) FROM records WHERE author != ?"
+            " AND author NOT IN (SELECT key FROM trust WHERE status IN ('own', 'pinned'))",
+            (own_key or "",),
+        )
+        return int(row[0]), int(row[1])
+
     def count_by_author(self, author: str, bench: str) -> int:
         return self.count(bench=bench, author=author)
 

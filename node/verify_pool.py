@@ -1,0 +1,59 @@
+"""Verifying many records at once, in worker processes, so a late joiner's catch-up is bounded
+by the machine's Ed25519 rate on every core rather than by one interpreter.
+
+`verify_batch(raws, in_processes=True)` decodes and verifies a batch (`node.limits.verify_all`:
+canonical decoding, validation, signature) in a pool of spawned processes, one per core, made on
+first use and kept for the life of the node; small batches (or `in_processes=False`) run in a
+worker thread instead, where starting processes would cost more than it saves. Either way the
+result is the same list: a `SignedRecord` or None (invalid) per envelope, in order. Workers are
+spawned, not forked: the node has threads (libp2p, SQLite) that a fork would copy mid-flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import logging
+import multiprocessing
+import os
+import threading
+
+import trio
+
+from node.limits import verify_all
+from protocol.signing import SignedRecord
+
+log = logging.getLogger(__name__)
+
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+
+
+def process_pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers(), mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+async def verify_batch(raws: list[bytes], *, in_processes: bool = True) -> list[SignedRecord | None]:
+    if not in_processes:
+        return await trio.to_thread.run_sync(verify_all, raws)
+    try:
+        future = process_pool().submit(verify_all, raws)
+    except Exception:  # a broken pool (a worker was killed): verify here rather than not at all
+        log.exception("verification processes unavailable; verifying in a thread")
+        return await trio.to_thread.run_sync(verify_all, raws)
+    try:
+        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+    except concurrent.futures.process.BrokenProcessPool:
+        global _pool
+        with _pool_lock:
+            _pool = None  # the next large batch starts a fresh pool
+        log.warning("a verification process died; verifying this batch in a thread")
+        return await trio.to_thread.run_sync(verify_all, raws)
