@@ -4,8 +4,9 @@ by the machine's Ed25519 rate on every core rather than by one interpreter.
 `verify_batch(raws, in_processes=True)` decodes and verifies a batch (`node.limits.verify_all`:
 canonical decoding, validation, signature) in a pool of spawned processes, one per core, made on
 first use and kept for the life of the node; small batches (or `in_processes=False`) run in a
-worker thread instead, where starting processes would cost more than it saves. Either way the
-result is the same list: a `SignedRecord` or None (invalid) per envelope, in order. Workers are
+worker thread instead, where starting processes would cost more than it saves. The result is a
+list with, per envelope in order, what the pool stores of it (a `pool.store.Row`, flat so that
+it crosses processes cheaply; from a thread, the `SignedRecord` itself) or None (invalid). Workers are
 spawned, not forked: the node has threads (libp2p, SQLite) that a fork would copy mid-flight.
 """
 
@@ -21,6 +22,7 @@ import threading
 import trio
 
 from node.limits import verify_all
+from pool.store import Row
 from protocol.signing import SignedRecord
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,16 @@ def process_pool() -> concurrent.futures.ProcessPoolExecutor:
         return _pool
 
 
-async def verify_batch(raws: list[bytes], *, in_processes: bool = True) -> list[SignedRecord | None]:
+def verify_rows(raws: list[bytes]) -> list[Row | None]:
+    """`verify_all`, flattened to the rows the pool stores (runs in a worker process)."""
+    return [None if rec is None else Row.of(rec) for rec in verify_all(raws)]
+
+
+async def verify_batch(raws: list[bytes], *, in_processes: bool = True) -> list[SignedRecord | Row | None]:
     if not in_processes:
         return await trio.to_thread.run_sync(verify_all, raws)
     try:
-        future = process_pool().submit(verify_all, raws)
+        future = process_pool().submit(verify_rows, raws)
     except Exception:  # a broken pool (a worker was killed): verify here rather than not at all
         log.exception("verification processes unavailable; verifying in a thread")
         return await trio.to_thread.run_sync(verify_all, raws)

@@ -72,6 +72,7 @@ class StorageGate:
         self._clock = clock
         self._usage: tuple[int, int] | None = None
         self._usage_at = 0.0
+        self._per_key: dict[tuple[str, str], int] = {}  # (bench, author) -> records held, refreshed with the usage
 
     def usage(self, quota_bytes: int) -> QuotaUsage:
         used, n = self._unknown_usage()
@@ -82,8 +83,8 @@ class StorageGate:
         verdicts: list[Verdict | None] = [None] * len(records)
         lacking = set(self.store.missing([r.id for r in records]))
         statuses: dict[str, str] = {}
-        per_key: dict[tuple[str, str], int] = {}
         used, _ = self._unknown_usage()
+        per_key = self._per_key
         keep: list[int] = []
         for i, signed in enumerate(records):
             if self.bench_ids is not None and signed.bench not in self.bench_ids:
@@ -123,6 +124,8 @@ class StorageGate:
             for i in keep:
                 new = records[i].id in fresh
                 verdicts[i] = Verdict.ADDED if new else Verdict.DUPLICATE
+                if not new and statuses[records[i].author] not in TRUSTED:
+                    per_key[(records[i].bench, records[i].author)] -= 1  # another writer stored it first
                 if new and statuses[records[i].author] not in TRUSTED:
                     grown, count = grown + len(records[i].raw), count + 1
             if self._usage is not None:
@@ -132,8 +135,10 @@ class StorageGate:
     def _unknown_usage(self) -> tuple[int, int]:
         now = self._clock()
         if self._usage is None or now - self._usage_at >= USAGE_REFRESH_S:
+            # recounted now and then: other processes (pool import, publish) write the same file
             self._usage = self.store.untrusted_usage(self.own_key)
             self._usage_at = now
+            self._per_key.clear()
         return self._usage
 
     def _trusted_attestation(self, record_id: str) -> bool:
