@@ -157,14 +157,14 @@ class PeerLimiter:
 class Admission:
     """The gate every record from a peer passes through before it reaches the pool."""
 
-    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None) -> None:
+    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None) -> None:
         self.store = store
         self.trust = trust
         self.bench_ids = frozenset(bench_ids)
         self.limits = limits
         self.own_key = own_key
         self.limiter = limiter or PeerLimiter(limits)
-        self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key)
+        self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key, budgets=budgets)
         self.counts: dict[Verdict, int] = {v: 0 for v in Verdict}
         self.on_added = None  # optional callback(record id), e.g. to wake the research loop
         self.on_ban = None  # optional callback(peer id) when a peer is shut out

@@ -100,7 +100,7 @@ class Node:
         self.options = options
         self.worker = worker
         self.bench_ids = frozenset(b.id for b in options.benches)
-        self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex)
+        self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex, budgets={b.id: b.budget_s for b in options.benches})
         self.host: Any = None
         self.gossip: Gossip | None = None
         self.sync_server: SyncServer | None = None

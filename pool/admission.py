@@ -3,7 +3,8 @@
 `StorageGate.admit(records, ...)` is the storage half of the one admission path (node/limits.py
 adds the peer half in front of it: bans, rate limits, bounded decoding and verification). In
 order, for each record: its benchmark must be one this pool serves (when the gate has a set of
-benchmarks), its author must not be blocked, a record already held is a duplicate, and a record
+benchmarks) and a result's `budget_s` must be that benchmark's budget (where the gate knows the
+benchmark: the node's own, or a named one at its default budget), its author must not be blocked, a record already held is a duplicate, and a record
 by a key that is neither our own nor pinned must fit both the per-key cap and the global quota
 of bytes held for unknown keys. Beyond the quota, a record a trusted key (own or pinned) has
 attested is still kept (trusted evidence comes first); nothing by our own or a pinned key is ever
@@ -64,10 +65,13 @@ class QuotaUsage:
 class StorageGate:
     """The storage checks of admission, on one pool and trust store."""
 
-    def __init__(self, store: Any, trust: Any, bench_ids: frozenset[str] | None, *, own_key: str | None, clock=time.monotonic) -> None:
+    def __init__(self, store: Any, trust: Any, bench_ids: frozenset[str] | None, *, own_key: str | None, budgets: dict[str, float] | None = None, clock=time.monotonic) -> None:
+        from protocol.benchmarks import BENCHMARKS
+
         self.store = store
         self.trust = trust
         self.bench_ids = bench_ids  # None: any benchmark (a file imported by hand)
+        self.budgets = {b.id: b.budget_s for b in BENCHMARKS.values()} | dict(budgets or {})  # bench id -> budget_s
         self.own_key = own_key
         self._clock = clock
         self._usage: tuple[int, int] | None = None
@@ -89,6 +93,10 @@ class StorageGate:
         for i, signed in enumerate(records):
             if self.bench_ids is not None and signed.bench not in self.bench_ids:
                 verdicts[i] = Verdict.WRONG_BENCH
+                continue
+            budget = _budget_of(signed)
+            if budget is not None and signed.bench in self.budgets and budget != self.budgets[signed.bench]:
+                verdicts[i] = Verdict.WRONG_BENCH  # a result under another budget belongs to another benchmark
                 continue
             author = signed.author
             if author not in statuses:
@@ -143,6 +151,13 @@ class StorageGate:
 
     def _trusted_attestation(self, record_id: str) -> bool:
         return any(_trust_status(self.trust, a.author) in TRUSTED or a.author == self.own_key for a in self.store.query(subject=record_id, kind="attestation"))
+
+
+def _budget_of(rec: Any) -> float | None:
+    """A result's budget_s (a SignedRecord or a pool Row); None for an attestation."""
+    if hasattr(rec, "record"):
+        return getattr(rec.record, "budget_s", None)
+    return rec.budget_s
 
 
 def _trust_status(trust: Any, author: str) -> str:

@@ -77,12 +77,13 @@ class Row(NamedTuple):
     val_bpb: float
     parents: tuple[str, ...]
     raw: bytes
+    budget_s: float | None = None  # a result's; None for an attestation
 
     @classmethod
     def of(cls, rec: SignedRecord) -> "Row":
         r = rec.record
         if r.kind == "result":
-            return cls(rec.id, r.kind, r.bench, r.author, r.created_ms, r.candidate, None, r.metrics.val_bpb, tuple(r.parents), rec.raw)
+            return cls(rec.id, r.kind, r.bench, r.author, r.created_ms, r.candidate, None, r.metrics.val_bpb, tuple(r.parents), rec.raw, r.budget_s)
         return cls(rec.id, r.kind, r.bench, r.author, r.created_ms, None, r.subject, r.metrics.val_bpb, (), rec.raw)
 
 

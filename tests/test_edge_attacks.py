@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from dataclasses import replace
 import tracemalloc
 
 import pytest
@@ -187,12 +188,12 @@ def test_a_legal_size_frame_of_millions_of_empty_containers_is_refused_before_it
 
 
 def test_a_slow_sync_server_cannot_hold_a_sync_past_its_deadline(tmp_path, monkeypatch):
-    """The server answers every request just inside the request timeout and always has more."""
+    """The server answers every request well inside the request timeout, and has 79 batches to send."""
     import node.sync as sync
     from contextlib import AsyncExitStack
 
-    monkeypatch.setattr(sync, "REQUEST_TIMEOUT_S", 0.6)
-    monkeypatch.setattr(sync, "SYNC_DEADLINE_S", 1.5, raising=False)
+    monkeypatch.setattr(sync, "REQUEST_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(sync, "SYNC_DEADLINE_S", 1.0, raising=False)
     start = (int(time.time() * 1000) // HOUR - 400) * HOUR
 
     async def slow(stream) -> None:
@@ -201,11 +202,11 @@ def test_a_slow_sync_server_cannot_hold_a_sync_past_its_deadline(tmp_path, monke
                 req = await sync.read_frame(stream, allow_eof=True)
                 if req is None:
                     return
-                await trio.sleep(0.3)
+                await trio.sleep(0.2)
                 if req["op"] == "summary":
                     await sync.write_frame(stream, {"buckets": [[start + i * HOUR, 100, "ab" * 32] for i in range(400)], "more": False})
                 elif req["op"] == "ids":
-                    await sync.write_frame(stream, {"ids": [i.to_bytes(32, "big") for i in range(60_000)]})
+                    await sync.write_frame(stream, {"ids": [i.to_bytes(32, "big") for i in range(20_000)]})
                 else:
                     await sync.write_frame(stream, {"records": []})
         except sync.SyncError:
@@ -226,7 +227,7 @@ def test_a_slow_sync_server_cannot_hold_a_sync_past_its_deadline(tmp_path, monke
                     outcome = "finished"
                 except sync.SyncError as exc:
                     outcome = str(exc)
-            assert "did not finish within 1.5 s" in outcome
+            assert "did not finish within 1 s" in outcome
             assert trio.current_time() - began < 3.0
             with trio.CancelScope(shield=True):
                 await evil.close()
@@ -327,7 +328,7 @@ def test_a_record_replayed_with_fresh_seqnos_is_dropped_before_the_validator(tmp
                     with trio.fail_after(10):
                         while store.count() < 2:
                             await trio.sleep(0.05)
-                    await trio.sleep(0.3)
+                    await trio.sleep(0.2)
                     assert node.gossip.received == 2  # the record once, then the other one
                 finally:
                     with trio.CancelScope(shield=True):
@@ -385,3 +386,17 @@ def test_pool_stats_shows_unknown_key_usage_against_the_quota(tmp_path):
     assert doc["unknown_keys"] == {"bytes": expected[0], "records": 3, "quota_bytes": 100000}
     text = runner.invoke(main, ["--home", str(home), "pool", "stats"]).output
     assert "unknown keys:" in text and "of the 97.7 KiB quota" in text
+
+
+def test_a_result_whose_budget_is_not_its_benchmark_s_is_refused_like_another_benchmark(tmp_path):
+    from records_factory import make_result
+    from protocol.signing import sign_record
+
+    store = PoolStore(tmp_path / "pool.sqlite")
+    admission = Admission(store, TrustStore(store), {BENCH.id}, Limits(), own_key="0" * 64)
+    key = Identity.generate()
+    honest = sign_record(make_result(key, seed=1), key.signing_key)
+    longer = sign_record(replace(make_result(key, seed=2), budget_s=BENCH.budget_s * 10), key.signing_key)  # ten times the training
+    assert admission.admit(honest.raw, "12D3KooWPeer") == Verdict.ADDED
+    assert admission.admit(longer.raw, "12D3KooWPeer") == Verdict.WRONG_BENCH
+    assert store.count() == 1
