@@ -69,7 +69,10 @@ async def fetch_new_scripts(node: Any, scripts: Any, *, timeout_s: float = 60.0,
     from protocol.errors import ProtocolError
 
     fetched = []
-    for sha, usage in sorted(scripts_in_use(node.store, node.bench_ids).items()):
+    # In a thread: it parses every result in the pool (100,000 after a catch-up), which inside
+    # trio's thread froze the node for seconds at a time.
+    in_use = await trio.to_thread.run_sync(scripts_in_use, node.store, node.bench_ids)
+    for sha, usage in sorted(in_use.items()):
         if scripts.has(sha) or (skip is not None and sha in skip):
             continue
         author = usage.authors[0] if usage.authors else None

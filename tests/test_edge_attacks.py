@@ -400,3 +400,38 @@ def test_a_result_whose_budget_is_not_its_benchmark_s_is_refused_like_another_be
     assert admission.admit(honest.raw, "12D3KooWPeer") == Verdict.ADDED
     assert admission.admit(longer.raw, "12D3KooWPeer") == Verdict.WRONG_BENCH
     assert store.count() == 1
+
+
+# --- SPEC ------------------------------------------------------------------------------------
+
+
+def test_spec_gossip_message_id_and_sync_frame_vectors_hold():
+    """SPEC.md sections 12 and 13: the message id vector, and the sync frames from our encoder."""
+    import hashlib
+    import json
+    import re
+    from pathlib import Path
+
+    from node.gossip import content_message_id
+    from node.sync import SYNC_PROTOCOL
+
+    spec = (Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md").read_text()
+    vectors = json.loads(re.search(r"## 8\. Test vectors.*?```json\n(.*?)\n```", spec, re.S).group(1))
+    envelope = bytes.fromhex(next(r for r in vectors["records"] if r["name"] == "result")["envelope_hex"])
+    stated = re.search(r"the\s+message id is `([0-9a-f]{64})`", spec).group(1)
+
+    class Msg:
+        data = envelope
+
+    assert content_message_id(Msg()).hex() == stated == hashlib.sha256(envelope).hexdigest()
+    assert f"## 13. Sync protocol (`{SYNC_PROTOCOL}`)" in spec
+    ids = bytes(range(32)), bytes(range(1, 33))
+    frames = {
+        "summary request": {"op": "summary", "bench": BENCH.id, "after": -1},
+        "summary reply": {"buckets": [[1764590400000, 2, hashlib.sha256(b"".join(sorted(ids))).hexdigest()]], "more": False},
+        "get request": {"op": "get", "ids": [ids[0]]},
+    }
+    for name, message in frames.items():
+        data = canonical.encode(message)
+        stated_hex = re.search(rf"{name}:\s+([0-9a-f]+)", spec).group(1)
+        assert stated_hex == (struct.pack(">I", len(data)) + data).hex(), name
