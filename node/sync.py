@@ -33,7 +33,7 @@ import trio
 
 from node.limits import FETCHED, Admission, Verdict
 from node.stream_limits import StreamSlots, remote_peer
-from node.verify_pool import verify_batch
+from node.verify_pool import verify_batch, warm
 from protocol import canonical
 from protocol.errors import ProtocolError
 from protocol.signing import MAX_RECORD_BYTES
@@ -196,6 +196,8 @@ async def _sync(host: "IHost", peer: str, bench: str, store: Any, admission: Adm
         send_decoded, receive_decoded = trio.open_memory_channel[tuple](VERIFY_PARALLEL)
         failure: SyncError | None = None
         in_processes = report.expected > 4 * MAX_GET
+        if in_processes:
+            warm()
         async with trio.open_nursery() as nursery:
             async with receive, send_decoded:
                 for _ in range(VERIFY_PARALLEL):

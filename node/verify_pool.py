@@ -43,6 +43,17 @@ def process_pool() -> concurrent.futures.ProcessPoolExecutor:
         return _pool
 
 
+def warm() -> None:
+    """Start the worker processes now (a sync about to fetch many records calls this first, so
+    spawning overlaps the summary and id exchange instead of delaying the first batch)."""
+    try:
+        pool = process_pool()
+        for _ in range(workers()):
+            pool.submit(verify_rows, [])
+    except Exception:
+        log.exception("cannot start the verification processes")
+
+
 def verify_rows(raws: list[bytes]) -> list[Row | None]:
     """`verify_all`, flattened to the rows the pool stores (runs in a worker process)."""
     return [None if rec is None else Row.of(rec) for rec in verify_all(raws)]

