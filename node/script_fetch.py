@@ -46,7 +46,7 @@ def scripts_in_use(store: Any, bench_ids) -> dict[str, ScriptInUse]:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     best: dict[str, float] = {}
     for bench in sorted(bench_ids):
-        for signed in store.query(bench=bench, kind="result"):
+        for signed in store.script_results(bench):
             r = signed.record
             if not is_script_base(r.base):
                 continue

@@ -261,6 +261,16 @@ class PoolStore:
             params.append(limit)
         return [_load(bytes(r[0])) for r in self._all(sql, params)]
 
+    def script_results(self, bench: str) -> list[SignedRecord]:
+        """The results of `bench` whose envelope holds the bytes `script:` (every result with a
+        script base does; a note may too, so callers still check the base), oldest first. The
+        byte filter runs in SQLite, so a pool of 100,000 built-in results costs one scan."""
+        rows = self._all(
+            "SELECT raw FROM records WHERE bench = ? AND kind = 'result' AND instr(raw, ?) > 0 ORDER BY created_ms, id",
+            (bench, b"script:"),
+        )
+        return [_load(bytes(r[0])) for r in rows]
+
     def iter_raw(self, *, bench: str | None = None, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
         """(id, raw) of every record (of `bench`), oldest first, read in pages of `batch`."""
         last: tuple[int, str] = (-1, "")

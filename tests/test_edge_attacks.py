@@ -485,3 +485,23 @@ def test_bounded_decoding_agrees_with_plain_decoding_and_raises_only_protocol_er
             assert outcome(bytes(data)) == bounded
             assert objects(bounded[1]) <= bounds.max_items
     assert accepted > 100  # the mutations left many frames decodable, so the agreement was tested
+
+
+def test_finding_the_scripts_a_pool_uses_parses_only_results_that_mention_a_script(tmp_path):
+    """A pool full of built-in results (a catch-up) is scanned in SQLite, not parsed record by
+    record; a note that says `script:` is read and then skipped by its base."""
+    import recordgen as g
+
+    from node.script_fetch import scripts_in_use
+    from protocol.candidates import script_base
+    from protocol.records import Result
+    from protocol.signing import sign_record
+
+    key = Identity.generate()
+    sha = "ab" * 32
+    scripted = sign_record(Result(bench=BENCH.id, author=key.public_hex, created_ms=g.T0, base=script_base(sha), diff={"LR": 0.004}, tokenizer="byte256",
+                                  hw=g.CPU, budget_s=BENCH.budget_s, seed=1, metrics=g.metrics(2.0), trainer="script/0"), key.signing_key)  # fmt: skip
+    store = PoolStore(tmp_path / "pool.sqlite")
+    store.add_many([*(signed_result(key, seed=i).raw for i in range(50)), signed_result(key, seed=99, note="a script: mention").raw, scripted.raw])
+    assert sorted(r.record.seed for r in store.script_results(BENCH.id)) == [1, 99]
+    assert list(scripts_in_use(store, {BENCH.id})) == [sha]

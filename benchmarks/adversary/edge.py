@@ -93,6 +93,18 @@ def _store_raws(home, raws: list[bytes]) -> None:
             store.add_many(raws[i : i + 5000])
 
 
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
@@ -150,6 +162,7 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
             time.sleep(0.2)
         took = time.monotonic() - started
         held = b.status()["pool_records"]
+        cpu = {"late joiner": _cpu([b.proc.pid]), "its verifying processes": _cpu([c.pid for c in psutil.Process(b.proc.pid).children(recursive=True)]), "server": _cpu([a.proc.pid])}
     finally:
         stop_all([b, a])
     sample = raws[: min(2000, len(raws))]
@@ -161,6 +174,7 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
     return {
         "catchup_records": len(raws), "catchup_held": held, "catchup_s": took, "catchup_startup_s": startup,
         "catchup_floor_s": per_record * len(raws) / workers(), "verify_us_per_record": per_record * 1e6,
+        "catchup_cpu_s": cpu, "catchup_load_avg_1m": os.getloadavg()[0],
         "catchup_progress_shown": len(shown), "catchup_progress_sample": shown[len(shown) // 2] if shown else None,
         "home_a": home_a,
     }
@@ -440,6 +454,8 @@ def _table(r: dict) -> None:
     t.add_row("unknown-key bytes kept", f"{r['unknown_disk_bytes']:,}", f"quota {r['unknown_quota_bytes']:,}", ratio(r["unknown_disk_bytes"], r["unknown_quota_bytes"]), "<= quota")
     t.add_row(f"catch-up of {r['catchup_records']:,} records", f"{r['catchup_s']:.1f} s ({r['catchup_held']:,} held)", f"Ed25519 floor {r['catchup_floor_s']:.1f} s", ratio(r["catchup_s"], r["catchup_floor_s"]), "< 15 s per 100k")
     t.add_row("catch-up, per 100,000", f"{r['catchup_100k_s']:.1f} s", f"process start-up {r['catchup_startup_s']:.1f} s (not counted)", "", "< 15 s")
+    cpu = r["catchup_cpu_s"]
+    t.add_row("catch-up CPU seconds", " + ".join(f"{name} {v:.1f}" for name, v in cpu.items()), f"load avg {r['catchup_load_avg_1m']:.1f} on {m['cpus']} CPUs", "", "")
     t.add_row("status showed sync progress", f"{r['catchup_progress_shown']} polls", str(r["catchup_progress_sample"]), "", "> 0")
     console.print(t)
 
