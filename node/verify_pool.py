@@ -7,7 +7,8 @@ first use and kept for the life of the node; small batches (or `in_processes=Fal
 worker thread instead, where starting processes would cost more than it saves. The result is a
 list with, per envelope in order, what the pool stores of it (a `pool.store.Row`, flat so that
 it crosses processes cheaply; from a thread, the `SignedRecord` itself) or None (invalid). Workers are
-spawned, not forked: the node has threads (libp2p, SQLite) that a fork would copy mid-flight.
+spawned, not forked: the node has threads (libp2p, SQLite) that a fork would copy mid-flight;
+and each leaves within a second of its node, however the node ended.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 
 import trio
 
@@ -39,8 +41,21 @@ def process_pool() -> concurrent.futures.ProcessPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers(), mp_context=multiprocessing.get_context("spawn"))
+            _pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers(), mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
         return _pool
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: leave as soon as the node is gone (even after kill -9, which runs no clean-up)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def warm() -> None:

@@ -505,3 +505,21 @@ def test_finding_the_scripts_a_pool_uses_parses_only_results_that_mention_a_scri
     store.add_many([*(signed_result(key, seed=i).raw for i in range(50)), signed_result(key, seed=99, note="a script: mention").raw, scripted.raw])
     assert sorted(r.record.seed for r in store.script_results(BENCH.id)) == [1, 99]
     assert list(scripts_in_use(store, {BENCH.id})) == [sha]
+
+
+def test_batches_verify_alike_in_worker_processes_and_in_a_thread():
+    from node.verify_pool import verify_batch
+    from pool.store import Row
+
+    raws = _records(6, keys=2)
+    broken = bytearray(raws[0])
+    broken[-1] ^= 1
+    batch = [*raws, bytes(broken), b"junk"]
+
+    async def main():
+        return await verify_batch(batch, in_processes=True), await verify_batch(batch, in_processes=False)
+
+    in_processes, in_thread = trio.run(main)
+    assert [None if r is None else r.id for r in in_processes] == [None if r is None else r.id for r in in_thread]
+    assert in_processes[-2:] == [None, None] and all(isinstance(r, Row) for r in in_processes[:-2])
+    assert [Row.of(r) for r in in_thread[:-2]] == in_processes[:-2]
