@@ -1,8 +1,11 @@
 """Gossip: fresh records travel over gossipsub v1.1, one topic per benchmark.
 
 Guarantees:
-- Every message from a peer passes `Admission.admit` inside a synchronous topic validator that
-  never raises. Only records the gate accepts (new or already held) are delivered and
+- Every message from a peer passes the admission path (node/limits.py) in its order: the ban
+  and rate stage (`Admission.screen`) as soon as the message is read, before py-libp2p checks its
+  pubsub signature (so a flood from a peer over its rate, or shut out, costs a lookup per message,
+  not a verification), then the rest (`Admission.admit_screened`) inside a synchronous topic
+  validator that never raises. Only records the gate accepts (new or already held) are delivered and
   forwarded; invalid, blocked, over-cap and rate-limited ones are neither stored nor forwarded.
 - A peer that keeps sending invalid records is blacklisted for `Limits.ban_s` (which also drops
   its connection): the penalty gossipsub's own scoring cannot yet give in py-libp2p 0.8.1.
@@ -25,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.limits import Admission
+from node.limits import PUSHED, Admission
 from pool.admission import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +79,8 @@ class Gossip:
         self._subscriptions: list[Any] = []
         for topic in self.topics.values():
             self.pubsub.set_topic_validator(topic, self._validate, False)
+        self._push_msg = self.pubsub.push_msg
+        self.pubsub.push_msg = self._screen_then_push  # pubsub's read loop looks it up per message
 
     def services(self) -> list[Any]:
         """The libp2p services to run (pubsub first, then the router), before the host starts."""
@@ -117,6 +122,16 @@ class Gossip:
         except Exception:
             log.exception("cannot lift the blacklist of %s", peer)
 
+    async def _screen_then_push(self, forwarder: Any, msg: Any) -> None:
+        try:
+            if forwarder != self.own_id and not self.pubsub._is_msg_seen(msg):
+                if not self.admission.screen([bytes(msg.data)], forwarder.to_base58(), path=PUSHED):
+                    return  # shut out or over its rate: dropped before any verification
+        except Exception:
+            log.exception("gossip screen failed; dropping the message")
+            return
+        await self._push_msg(forwarder, msg)
+
     def _validate(self, forwarder: Any, msg: Any) -> bool:
         # Runs synchronously inside pubsub: an exception here would end the whole node.
         try:
@@ -126,7 +141,7 @@ class Gossip:
             topics = list(msg.topicIDs)
             if len(topics) != 1 or topics[0] not in self._bench_of:
                 return False
-            verdict = self.admission.admit(bytes(msg.data), forwarder.to_base58())
+            verdict = self.admission.admit_screened(bytes(msg.data), forwarder.to_base58())
             if not verdict.accepted:
                 log.debug("rejected a gossiped record from %s: %s", forwarder, verdict.value)
             return verdict.accepted

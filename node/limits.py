@@ -42,13 +42,13 @@ class Limits:
     unknown_key_cap: int = DEFAULT_UNKNOWN_KEY_CAP  # records stored per unknown author and benchmark
     unknown_quota_bytes: int = DEFAULT_UNKNOWN_QUOTA_BYTES  # bytes of records from unknown keys, all together
     records_per_s: float = 200.0  # sustained records a peer may push (gossip)
-    records_burst: int = 2000  # records a peer may push at once
+    records_burst: int = 1000  # records a peer may push at once
     fetched_per_s: float = 20_000.0  # sustained records a peer may serve us (sync)
     fetched_burst: int = 200_000  # records a peer may serve at once (two seasons)
     sync_requests_per_s: float = 20.0  # sync requests served per peer
     sync_burst: int = 200
     invalid_before_ban: int = 20  # invalid records from one peer before it is shut out
-    flood_before_ban: int = 2000  # pushed records over the rate from one peer before it is shut out
+    flood_before_ban: int = 500  # pushed records over the rate from one peer before it is shut out
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
     ban_s: float = 600.0
 
@@ -175,6 +175,12 @@ class Admission:
     def admit(self, raw: bytes, peer: str | None) -> Verdict:
         """Check and store one record that `peer` pushed to us (None: it came from this process)."""
         tally = self.admit_batch([raw], peer, path=PUSHED)
+        return next(v for v, n in tally.items() if n)
+
+    def admit_screened(self, raw: bytes, peer: str | None) -> Verdict:
+        """Stages 3 and 4 for one pushed record that `screen` already let through (gossip screens
+        as a message arrives, and validates after py-libp2p has checked its pubsub signature)."""
+        tally = self.admit_decoded(verify_all([raw]), peer)
         return next(v for v, n in tally.items() if n)
 
     def admit_signed(self, signed: SignedRecord) -> Verdict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
 import tracemalloc
 
@@ -293,46 +294,74 @@ def test_a_summary_reply_is_bounded_however_many_buckets_the_pool_holds(tmp_path
 # --- gossip replays ----------------------------------------------------------------------------
 
 
-def test_a_record_replayed_with_fresh_seqnos_is_dropped_before_the_validator(tmp_path):
+@asynccontextmanager
+async def _gossip_attacker(node: Node):
+    """A validator-less gossipsub host (default ids: sender + seqno) meshed with `node`; yields its pubsub."""
     from contextlib import AsyncExitStack
 
+    import multiaddr
     from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
 
+    async with AsyncExitStack() as stack:
+        host = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        router = GossipSub([PROTOCOL_ID_V11], 6, 4, 12, heartbeat_interval=1, spam_protection_enabled=False)
+        pubsub = Pubsub(host, router)
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(router))
+        await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        try:
+            await pubsub.wait_until_ready()
+            await pubsub.subscribe(BENCH.topic)
+            await host.connect(peer_info(parse_peer_addr(node.addrs[0])))
+            with trio.fail_after(10):
+                while node.peer_id not in {p.to_base58() for p in pubsub.peer_topics.get(BENCH.topic, ())}:
+                    await trio.sleep(0.05)
+            yield pubsub
+        finally:
+            with trio.CancelScope(shield=True):
+                await host.close()
+
+
+def test_a_record_replayed_with_fresh_seqnos_is_dropped_before_the_validator(tmp_path):
     record = signed_result(Identity.generate(), seed=7)
 
     async def main() -> None:
         node, store = _node(tmp_path / "a.sqlite")
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            async with AsyncExitStack() as stack:
-                host = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
-                router = GossipSub([PROTOCOL_ID_V11], 6, 4, 12, heartbeat_interval=1, spam_protection_enabled=False)
-                pubsub = Pubsub(host, router)  # the attacker's: default ids (sender + seqno)
-                await stack.enter_async_context(background_trio_service(pubsub))
-                await stack.enter_async_context(background_trio_service(router))
-                import multiaddr
+            async with _gossip_attacker(node) as pubsub:
+                for _ in range(5):
+                    await pubsub.publish(BENCH.topic, record.raw)  # a fresh seqno each time
+                await pubsub.publish(BENCH.topic, signed_result(Identity.generate(), seed=8).raw)
+                with trio.fail_after(10):
+                    while store.count() < 2:
+                        await trio.sleep(0.05)
+                await trio.sleep(0.3)
+                assert node.gossip.received == 2  # the record once, then the other one
+            node.stop()
 
-                await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
-                try:
-                    await pubsub.wait_until_ready()
-                    await pubsub.subscribe(BENCH.topic)
-                    await host.connect(peer_info(parse_peer_addr(node.addrs[0])))
-                    with trio.fail_after(10):
-                        while node.peer_id not in {p.to_base58() for p in pubsub.peer_topics.get(BENCH.topic, ())}:
-                            await trio.sleep(0.05)
-                    for _ in range(5):
-                        await pubsub.publish(BENCH.topic, record.raw)  # a fresh seqno each time
-                    await pubsub.publish(BENCH.topic, signed_result(Identity.generate(), seed=8).raw)
-                    with trio.fail_after(10):
-                        while store.count() < 2:
-                            await trio.sleep(0.05)
-                    await trio.sleep(0.2)
-                    assert node.gossip.received == 2  # the record once, then the other one
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await host.close()
+    trio.run(main)
+
+
+def test_a_gossip_flood_is_dropped_before_verification_and_its_sender_shut_out(tmp_path):
+    flood = _records(60, keys=60)
+
+    async def main() -> None:
+        node, store = _node(tmp_path / "a.sqlite", limits=Limits(records_per_s=0.001, records_burst=5, flood_before_ban=10))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            async with _gossip_attacker(node) as pubsub:
+                for raw in flood:
+                    await pubsub.publish(BENCH.topic, raw)
+                with trio.fail_after(10):
+                    while not node.gossip.pubsub.get_blacklisted_peers():
+                        await trio.sleep(0.05)
+                await trio.sleep(0.3)
+            assert store.count() == 5
+            assert node.gossip.received == 5  # the other 55 never reached signature checks or the validator
+            assert node.admission.counts[Verdict.RATE_LIMITED] == 10
             node.stop()
 
     trio.run(main)
