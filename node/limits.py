@@ -10,8 +10,12 @@
    shut out like one that sends invalid records;
 3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
    parsed), counting invalid records against the peer;
-4. storage (pool/admission.StorageGate): benchmark, blocked key, duplicate, per-key cap, global
-   quota for unknown keys (trusted keys are never refused), then one transaction.
+4. storage (pool/admission.StorageGate): benchmark (and a result's budget), blocked key,
+   duplicate, per-key cap, global quota for unknown keys (trusted keys are never refused), then
+   one transaction.
+
+Gossip runs stages 1-2 as a message is read (before py-libp2p checks its pubsub signature) and
+3-4 in its validator; sync runs 1-2 before it hands a batch to the verifying processes.
 
 Nothing here raises: every failure becomes a `Verdict`.
 """
