@@ -45,14 +45,14 @@ class Limits:
 
     unknown_key_cap: int = DEFAULT_UNKNOWN_KEY_CAP  # records stored per unknown author and benchmark
     unknown_quota_bytes: int = DEFAULT_UNKNOWN_QUOTA_BYTES  # bytes of records from unknown keys, all together
-    records_per_s: float = 200.0  # sustained records a peer may push (gossip)
-    records_burst: int = 1000  # records a peer may push at once
+    records_per_s: float = 50.0  # sustained records a peer may push (gossip carries a few a minute)
+    records_burst: int = 200  # records a peer may push at once
     fetched_per_s: float = 20_000.0  # sustained records a peer may serve us (sync)
     fetched_burst: int = 200_000  # records a peer may serve at once (two seasons)
     sync_requests_per_s: float = 20.0  # sync requests served per peer
     sync_burst: int = 200
     invalid_before_ban: int = 20  # invalid records from one peer before it is shut out
-    flood_before_ban: int = 500  # pushed records over the rate from one peer before it is shut out
+    flood_before_ban: int = 200  # pushed records over the rate from one peer before it is shut out
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
     ban_s: float = 600.0
 
