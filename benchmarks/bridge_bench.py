@@ -38,7 +38,7 @@ def cli(home: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
     env = {k: v for k, v in os.environ.items() if k != "P2PGOLF_HOME"}
     env["PYTHONPATH"] = str(REPO)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), *args], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", "--home", str(home), *args], cwd=REPO, env=env, capture_output=True, text=True)
     return time.perf_counter() - started, proc
 
 
@@ -67,13 +67,13 @@ def make_folders(root: Path, n: int, rng: random.Random) -> list[Path]:
 
 
 def make_pool(home: Path, n: int, rng: random.Random) -> dict[str, str]:
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.benchmarks import benchmark
-    from protocol.candidates import script_base
-    from protocol.identity import Identity, load_identity
-    from protocol.records import HardwareClass, Metrics, Result
-    from protocol.signing import sign_record
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.candidates import script_base
+    from p2pgolf.protocol.identity import Identity, load_identity
+    from p2pgolf.protocol.records import HardwareClass, Metrics, Result
+    from p2pgolf.protocol.signing import sign_record
     import hashlib
 
     me = load_identity(home / "identity.key")
@@ -103,8 +103,8 @@ def make_pool(home: Path, n: int, rng: random.Random) -> dict[str, str]:
     with PoolStore(home / "pool.sqlite") as store:
         store.add_verified(records)
         TrustStore(store).pin(friend.public_hex, "friend")
-    from node.home import Home
-    from node.scripts import ScriptStore
+    from p2pgolf.node.home import Home
+    from p2pgolf.node.scripts import ScriptStore
 
     scripts = ScriptStore(Home(home))
     scripts.add_bytes(FIXTURE_SCRIPT.read_bytes(), name="bench/train_gpt.py", origin="added", source=str(FIXTURE_SCRIPT))

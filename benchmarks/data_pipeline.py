@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer import smoke  # noqa: E402
-from trainer.byte_accounting import ByteTables  # noqa: E402
-from trainer.datasets import TokenStream, _ShardChunk, train_batches  # noqa: E402
-from trainer.shards import write_shard  # noqa: E402
+from p2pgolf.trainer import smoke  # noqa: E402
+from p2pgolf.trainer.byte_accounting import ByteTables  # noqa: E402
+from p2pgolf.trainer.datasets import TokenStream, _ShardChunk, train_batches  # noqa: E402
+from p2pgolf.trainer.shards import write_shard  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "fineweb_1024_bpe.model"
 

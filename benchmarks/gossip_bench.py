@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.records import HardwareClass, Metrics, Result  # noqa: E402
-from protocol.signing import sign_record  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.identity import Identity  # noqa: E402
+from p2pgolf.protocol.records import HardwareClass, Metrics, Result  # noqa: E402
+from p2pgolf.protocol.signing import sign_record  # noqa: E402
 
 BENCH = benchmark("smoke")
 GOAL_P99_S = 1.0
@@ -200,11 +200,11 @@ def catchup(n_records: int, root: Path) -> dict:
     connects, and syncs. Then the summary re-sync and the naive full transfer between equal pools."""
     import trio
 
-    from node.host import parse_peer_addr, peer_info
-    from node.node import Node, NodeOptions
-    from node.sync import MAX_GET, MAX_STARTS, open_sync_stream, request, sync_with
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
+    from p2pgolf.node.host import parse_peer_addr, peer_info
+    from p2pgolf.node.node import Node, NodeOptions
+    from p2pgolf.node.sync import MAX_GET, MAX_STARTS, open_sync_stream, request, sync_with
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
 
     authors = [Identity.generate() for _ in range((n_records + 499) // 500)]  # under the unknown-key cap
     now = int(time.time() * 1000)

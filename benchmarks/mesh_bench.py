@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gossip_bench import delivery, make_record, percentile, received_ms  # noqa: E402
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
 
-from node.peer_exchange import MeshSettings  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from p2pgolf.node.peer_exchange import MeshSettings  # noqa: E402
+from p2pgolf.protocol.identity import Identity  # noqa: E402
 
 GOAL_MIN_DEGREE = 3
 

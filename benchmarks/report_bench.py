@@ -50,11 +50,11 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  # imported once, before any timing
 
-    from node.home import Home
-    from node.views import sim_pool
-    from node.views.build_report import make_report
-    from pool.store import PoolStore
-    from protocol.benchmarks import benchmark
+    from p2pgolf.node.home import Home
+    from p2pgolf.node.views import sim_pool
+    from p2pgolf.node.views.build_report import make_report
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.protocol.benchmarks import benchmark
 
     bench = benchmark(sim_pool.BENCH)
     rows = []

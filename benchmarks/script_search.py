@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
 
-from node.research_loop import JOURNAL_NAME  # noqa: E402
-from node.scripts import ScriptStore  # noqa: E402
-from pool.store import PoolStore  # noqa: E402
-from pool.trust import TrustStore  # noqa: E402
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.candidates import script_base  # noqa: E402
+from p2pgolf.node.research_loop import JOURNAL_NAME  # noqa: E402
+from p2pgolf.node.scripts import ScriptStore  # noqa: E402
+from p2pgolf.pool.store import PoolStore  # noqa: E402
+from p2pgolf.pool.trust import TrustStore  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.candidates import script_base  # noqa: E402
 
 
 def _setup(root: Path, name: str, script: Path):

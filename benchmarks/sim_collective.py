@@ -71,8 +71,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pool.landscapes import FAMILY, SCENARIOS, Scenario  # noqa: E402
-from pool.simulation import HARDWARE, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode  # noqa: E402
+from p2pgolf.pool.landscapes import FAMILY, SCENARIOS, Scenario  # noqa: E402
+from p2pgolf.pool.simulation import HARDWARE, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode  # noqa: E402
 
 HILL_REFERENCE_RUNS = 16
 SHORT = {h.key: h.key.split(":")[1].replace("NVIDIA ", "").replace("GeForce ", "").replace(" 80GB HBM3", "") for h in HARDWARE}

@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pool.proposer_simulation import PROPOSER_MODES, run_proposers  # noqa: E402
-from pool.simulation import SimSettings  # noqa: E402
+from p2pgolf.pool.proposer_simulation import PROPOSER_MODES, run_proposers  # noqa: E402
+from p2pgolf.pool.simulation import SimSettings  # noqa: E402
 
 AFTER = 20  # the share is measured from each node's 21st experiment on
 

@@ -44,8 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from protocol import knobs  # noqa: E402
-from protocol.knobs import mlp_hidden_size  # noqa: E402
+from p2pgolf.protocol import knobs  # noqa: E402
+from p2pgolf.protocol.knobs import mlp_hidden_size  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 CPU_GOAL_MFU = 0.30
@@ -146,11 +146,11 @@ def run_ours(backend: str, config: dict[str, Any], steps: int, warmup: int, devi
 
 def _backend_train(backend: str) -> Callable:
     if backend == "torch":
-        from trainer.train_torch import train
+        from p2pgolf.trainer.train_torch import train
 
         return train
     if backend == "mlx":
-        from trainer.train_mlx import train
+        from p2pgolf.trainer.train_mlx import train
 
         return train
     raise SystemExit(f"unknown backend {backend!r}; expected torch or mlx")
@@ -168,7 +168,7 @@ def run_reference(
     (TRAIN_LOG_EVERY=0) because each logged step synchronises, which our loop does not.
     `log_path` gets its whole output (stdout, then stderr), also when it fails.
     """
-    from trainer.build import build_shards_from_text
+    from p2pgolf.trainer.build import build_shards_from_text
 
     if not script.is_file():
         raise SystemExit(f"--reference {script}: file not found")
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from trainer.backend import BackendUnavailable, is_apple_silicon, resolve_backend
-    from trainer.hardware import detect_hardware
+    from p2pgolf.trainer.backend import BackendUnavailable, is_apple_silicon, resolve_backend
+    from p2pgolf.trainer.hardware import detect_hardware
 
     try:
         resolve_backend(args.backend)

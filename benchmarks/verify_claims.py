@@ -42,8 +42,8 @@ BIG = 16_000_000
 @click.option("--no-bitswap", is_flag=True, help="skip the Bitswap baseline of the 16 MB fetch")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
 def main(budget: float, device: str, eval_tokens: int, no_bitswap: bool, as_json: bool) -> None:
-    from protocol.benchmarks import benchmark
-    from trainer.hardware import detect_hardware
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.trainer.hardware import detect_hardware
 
     bench = benchmark("smoke" if budget == 60.0 else f"smoke@{budget:g}s")
     root = Path(tempfile.mkdtemp(prefix="verify-claims-"))
@@ -65,7 +65,7 @@ def main(budget: float, device: str, eval_tokens: int, no_bitswap: bool, as_json
 
 
 def _train_claim(bench, root: Path, device: str, eval_tokens: int) -> dict:
-    from trainer.api import run_experiment
+    from p2pgolf.trainer.api import run_experiment
 
     started = time.perf_counter()
     outcome = run_experiment(bench.name, "smoke-tiny", {}, out_dir=root / "claim", device=device, eval_token_cap=eval_tokens, seed=1337)
@@ -76,13 +76,13 @@ def _train_claim(bench, root: Path, device: str, eval_tokens: int) -> dict:
 
 
 async def _exchange(bench, root: Path, claim: dict, device: str, bitswap: bool) -> dict:
-    from node.host import parse_peer_addr, peer_info
-    from node.node import Node, NodeOptions
-    from node.publishing import sign_run
-    from node.verification import verify_artifact
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.identity import Identity
+    from p2pgolf.node.host import parse_peer_addr, peer_info
+    from p2pgolf.node.node import Node, NodeOptions
+    from p2pgolf.node.publishing import sign_run
+    from p2pgolf.node.verification import verify_artifact
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.identity import Identity
 
     nodes = []
     for name in ("a", "b"):
@@ -131,8 +131,8 @@ async def _bitswap(data: bytes) -> float:
     from libp2p.bitswap import BitswapClient, MemoryBlockStore
     from libp2p.bitswap.dag import MerkleDag
 
-    from node.host import full_addrs, make_host, parse_peer_addr, peer_info
-    from protocol.identity import Identity
+    from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+    from p2pgolf.protocol.identity import Identity
 
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its notifee logs a traceback at shutdown
     a, b = (make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(2))

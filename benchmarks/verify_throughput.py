@@ -76,11 +76,11 @@ def main() -> None:
 
 def make_records(n: int, seed: int) -> list:
     """n varied signed records: ~80% results (knob diffs, 0-3 parents), ~20% attestations."""
-    from protocol import knobs
-    from protocol.benchmarks import benchmark
-    from protocol.identity import Identity
-    from protocol.records import Attestation, HardwareClass, Metrics, Result
-    from protocol.signing import sign_record
+    from p2pgolf.protocol import knobs
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.identity import Identity
+    from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
+    from p2pgolf.protocol.signing import sign_record
 
     rng = random.Random(seed)
     authors = [Identity.from_seed(rng.randbytes(32)) for _ in range(16)]
@@ -127,7 +127,7 @@ def make_records(n: int, seed: int) -> list:
 
 
 def _decode_all(raws: list[bytes]) -> None:
-    from protocol.signing import decode_record
+    from p2pgolf.protocol.signing import decode_record
 
     for raw in raws:
         decode_record(raw)
@@ -145,7 +145,7 @@ def _bare_verify(records: list) -> float:
 
 
 def _store_many(raws: list[bytes], batch: int) -> float:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with tempfile.TemporaryDirectory() as d, PoolStore(Path(d) / "pool.sqlite") as store:
         start = time.perf_counter()
@@ -155,7 +155,7 @@ def _store_many(raws: list[bytes], batch: int) -> float:
 
 
 def _store_single(raws: list[bytes]) -> float:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with tempfile.TemporaryDirectory() as d, PoolStore(Path(d) / "pool.sqlite") as store:
         start = time.perf_counter()
@@ -165,7 +165,7 @@ def _store_single(raws: list[bytes]) -> float:
 
 
 def _store_many_again(raws: list[bytes], batch: int) -> float:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with tempfile.TemporaryDirectory() as d, PoolStore(Path(d) / "pool.sqlite") as store:
         for i in range(0, len(raws), batch):
@@ -177,7 +177,7 @@ def _store_many_again(raws: list[bytes], batch: int) -> float:
 
 
 def _store_verified(records: list, batch: int) -> float:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with tempfile.TemporaryDirectory() as d, PoolStore(Path(d) / "pool.sqlite") as store:
         start = time.perf_counter()

@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-P2PGOLF = [sys.executable, "-m", "node.cli"]
+P2PGOLF = [sys.executable, "-m", "p2pgolf.node.cli"]
 NAMES = ("A", "B", "C")
 
 

@@ -61,10 +61,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.stream_limits import remote_peer as _remote_peer
-from node.sync import SyncError, _close, read_frame, write_frame
-from protocol import canonical
-from pool.blobs import BlobError, BlobStore, check_sha
+from p2pgolf.node.stream_limits import remote_peer as _remote_peer
+from p2pgolf.node.sync import SyncError, _close, read_frame, write_frame
+from p2pgolf.protocol import canonical
+from p2pgolf.pool.blobs import BlobError, BlobStore, check_sha
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -20,26 +20,26 @@ import sys
 
 import click
 
-from node.home import HOME_ENV, resolve_home
+from p2pgolf.node.home import HOME_ENV, resolve_home
 
 # name -> "module:attribute", loaded lazily. Each room that adds a command adds a line here.
 COMMANDS: dict[str, str] = {
-    "init": "node.commands.identity_cmd:init",
-    "id": "node.commands.identity_cmd:show_id",
-    "trust": "node.commands.trust_cmd:trust",
-    "pool": "node.commands.pool_cmd:pool",
-    "train": "node.commands.train_cmd:train",
-    "data": "node.commands.data_cmd:data",
-    "join": "node.commands.join_cmd:join",
-    "publish": "node.commands.publish_cmd:publish",
-    "peers": "node.commands.status_cmd:peers",
-    "status": "node.commands.status_cmd:status",
-    "submission": "node.commands.submission_cmd:submission",
-    "script": "node.commands.script_cmd:script",
-    "verify": "node.commands.verify_cmd:verify",
-    "stop": "node.commands.status_cmd:stop",
-    "report": "node.commands.report_cmd:report",
-    "knobs": "node.commands.knobs_cmd:knobs",
+    "init": "p2pgolf.node.commands.identity_cmd:init",
+    "id": "p2pgolf.node.commands.identity_cmd:show_id",
+    "trust": "p2pgolf.node.commands.trust_cmd:trust",
+    "pool": "p2pgolf.node.commands.pool_cmd:pool",
+    "train": "p2pgolf.node.commands.train_cmd:train",
+    "data": "p2pgolf.node.commands.data_cmd:data",
+    "join": "p2pgolf.node.commands.join_cmd:join",
+    "publish": "p2pgolf.node.commands.publish_cmd:publish",
+    "peers": "p2pgolf.node.commands.status_cmd:peers",
+    "status": "p2pgolf.node.commands.status_cmd:status",
+    "submission": "p2pgolf.node.commands.submission_cmd:submission",
+    "script": "p2pgolf.node.commands.script_cmd:script",
+    "verify": "p2pgolf.node.commands.verify_cmd:verify",
+    "stop": "p2pgolf.node.commands.status_cmd:stop",
+    "report": "p2pgolf.node.commands.report_cmd:report",
+    "knobs": "p2pgolf.node.commands.knobs_cmd:knobs",
 }
 
 # One-line summaries so `p2pgolf --help` lists commands without importing them.
@@ -165,7 +165,7 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line and a non-zero exit code."""
-    from protocol.errors import ProtocolError
+    from p2pgolf.protocol.errors import ProtocolError
 
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:

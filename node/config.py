@@ -32,11 +32,11 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from node.home import Home
-from node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
-from node.limits import Limits
-from pool.blobs import BlobError, Retention
-from protocol.errors import ProtocolError
+from p2pgolf.node.home import Home
+from p2pgolf.node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
+from p2pgolf.node.limits import Limits
+from p2pgolf.pool.blobs import BlobError, Retention
+from p2pgolf.protocol.errors import ProtocolError
 
 KNOWN_PEERS_FILE = "known_peers.toml"
 LISTEN_PORT_FILE = "listen_port"  # the port this node listened on last time (one number)
@@ -104,7 +104,7 @@ def load_config(home: Home) -> NodeConfig:
         retention = Retention(**blobs_table)
     except BlobError as exc:
         raise ProtocolError(str(exc), where) from None
-    from node.proposers.spec import make_spec
+    from p2pgolf.node.proposers.spec import make_spec
 
     proposers = tuple(make_spec(name, command, f"{where} [proposers]") for name, command in _table(data, "proposers", where).items())
     return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers)

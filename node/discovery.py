@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.host import PeerAddr, parse_peer_addr, peer_info
+from p2pgolf.node.host import PeerAddr, parse_peer_addr, peer_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

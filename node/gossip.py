@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.limits import PUSHED, Admission
-from pool.admission import Verdict
+from p2pgolf.node.limits import PUSHED, Admission
+from p2pgolf.pool.admission import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocol.errors import ProtocolError
-from protocol.identity import Identity, public_key_from_peer_id
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity, public_key_from_peer_id
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import multiaddr

@@ -28,9 +28,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, QuotaUsage, StorageGate, Verdict
-from protocol.errors import ProtocolError
-from protocol.signing import SignedRecord, decode_record
+from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, QuotaUsage, StorageGate, Verdict
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.signing import SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 

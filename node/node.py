@@ -34,24 +34,24 @@ from typing import Any
 
 import trio
 
-from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
-from node.control import serve as serve_control
-from node.discovery import Discovery
-from node.gossip import Gossip, GossipSettings
-from node.home import Home
-from node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port, make_host, refuse_taken_ports, with_port
-from node.limits import Admission, Limits, Verdict
-from node.peer_exchange import MeshSettings, PeerExchange
-from node.status import NodeStatus, PeerStatus
-from node.stream_limits import StreamSlots
-from node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
-from pool.admission import REJECTED
-from pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
-from protocol.benchmarks import Benchmark
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.signing import SignedRecord, decode_record
+from p2pgolf.node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
+from p2pgolf.node.config import load_known_peers, load_listen_port, save_known_peers, save_listen_port
+from p2pgolf.node.control import serve as serve_control
+from p2pgolf.node.discovery import Discovery
+from p2pgolf.node.gossip import Gossip, GossipSettings
+from p2pgolf.node.home import Home
+from p2pgolf.node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port, make_host, refuse_taken_ports, with_port
+from p2pgolf.node.limits import Admission, Limits, Verdict
+from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
+from p2pgolf.node.status import NodeStatus, PeerStatus
+from p2pgolf.node.stream_limits import StreamSlots
+from p2pgolf.node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
+from p2pgolf.pool.admission import REJECTED
+from p2pgolf.pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ class Node:
                         nursery.start_soon(self.peer_exchange.run)
                     nursery.start_soon(self._ban_loop)
                     if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
-                        from node.script_fetch import script_fetch_loop
-                        from node.scripts import ScriptStore
+                        from p2pgolf.node.script_fetch import script_fetch_loop
+                        from p2pgolf.node.scripts import ScriptStore
 
                         nursery.start_soon(script_fetch_loop, self, ScriptStore(opts.home))
                     if self.worker is not None:
@@ -281,7 +281,7 @@ class Node:
             return []
         keep = set(protected_artifacts(self.store, self.identity.public_hex, self.bench_ids, self.trust.status if self.trust is not None else None))
         if self.options.home is not None:  # the scripts this node holds are kept: approval refers to them
-            from node.scripts import ScriptStore
+            from p2pgolf.node.scripts import ScriptStore
 
             try:
                 keep.update(e.sha for e in ScriptStore(self.options.home).entries())
@@ -300,7 +300,7 @@ class Node:
             raise BlobFetchError("this node keeps no blobs (it has no home)")
         peers = self.connected_peers()
         if author:
-            from protocol.identity import peer_id_from_public_key
+            from p2pgolf.protocol.identity import peer_id_from_public_key
 
             try:
                 first = peer_id_from_public_key(bytes.fromhex(author))
@@ -362,7 +362,7 @@ class Node:
         """Today's use of each external proposer, from the research journal (empty without one)."""
         if self.options.home is None:
             return {}
-        from node.proposers.operator import PROPOSERS_JOURNAL, usage_summary
+        from p2pgolf.node.proposers.operator import PROPOSERS_JOURNAL, usage_summary
 
         return usage_summary(self.options.home.root / "research" / PROPOSERS_JOURNAL)
 
@@ -568,7 +568,7 @@ def _connection_notifee(callback: Callable[[], None]) -> Any:
 
 
 def _peer_ids(addrs: tuple[str, ...]) -> frozenset[str]:
-    from node.host import parse_peer_addr
+    from p2pgolf.node.host import parse_peer_addr
 
     ids = set()
     for addr in addrs:

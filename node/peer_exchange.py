@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.host import PeerAddr, parse_peer_addr
+from p2pgolf.node.host import PeerAddr, parse_peer_addr
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost
 
-    from node.discovery import Discovery
+    from p2pgolf.node.discovery import Discovery
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol.benchmarks import BENCHMARKS, benchmark
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.records import HardwareClass, Metrics, Result
-from protocol.signing import SignedRecord, sign_record
+from p2pgolf.protocol.benchmarks import BENCHMARKS, benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import HardwareClass, Metrics, Result
+from p2pgolf.protocol.signing import SignedRecord, sign_record
 
 RESULT_FILE = "result.json"
 RECORD_FILE = "record.p2pgolf"  # the signed record of the run, as its first signer made it
@@ -136,7 +136,7 @@ def sign_run_dir(run_dir: Path, identity: Identity, *, build: Callable[[dict[str
 def remembered_record(run_dir: Path, author: str, data: dict[str, Any]) -> SignedRecord | None:
     """The record RECORD_FILE holds, if it verifies, is `author`'s and measures this run
     (benchmark, artifact, seed and score); else None."""
-    from protocol.signing import decode_record
+    from p2pgolf.protocol.signing import decode_record
 
     try:
         signed = decode_record((run_dir / RECORD_FILE).read_bytes())

@@ -216,12 +216,12 @@ async def run_research_loop(
     )
     verifier = None
     if node.blobs is not None:
-        from node.verification import LoopVerifier
+        from p2pgolf.node.verification import LoopVerifier
 
         verifier = LoopVerifier(node, bench, data_dir=settings.data_dir, backend=settings.backend, device=settings.device)
     scripts = None
     if home is not None:
-        from node.scripts import ScriptStore
+        from p2pgolf.node.scripts import ScriptStore
 
         scripts = ScriptStore(home)
     hide = (str(home.root),) if home is not None else ()
@@ -235,7 +235,7 @@ async def run_research_loop(
 def _proposer_operators(specs: tuple[Any, ...], journal_dir: Path) -> tuple[Any, ...]:
     if not specs:
         return ()
-    from node.proposers.operator import ProposerOperator
+    from p2pgolf.node.proposers.operator import ProposerOperator
 
     return tuple(ProposerOperator(spec, journal_dir) for spec in specs)
 
@@ -261,7 +261,7 @@ class ResearchLoop:
         hide: tuple[str, ...] = (),
         proposers: tuple[Any, ...] = (),
     ) -> None:
-        from protocol.benchmarks import benchmark
+        from p2pgolf.protocol.benchmarks import benchmark
 
         self.identity = identity
         self.store = store
@@ -272,7 +272,7 @@ class ResearchLoop:
         self.journal = Journal(settings.journal_dir / JOURNAL_NAME)
         self.verify_journal = VerifyJournal(settings.journal_dir / VERIFY_JOURNAL_NAME)
         if runner is None:
-            from trainer.api import run_experiment
+            from p2pgolf.trainer.api import run_experiment
 
             runner = run_experiment
         self.runner = runner
@@ -288,7 +288,7 @@ class ResearchLoop:
     @property
     def hw(self) -> str:
         if self._hw is None:
-            from trainer.hardware import detect_hardware
+            from p2pgolf.trainer.hardware import detect_hardware
 
             self._hw = detect_hardware().key
         return self._hw
@@ -326,10 +326,10 @@ class ResearchLoop:
         """Choose, train, publish one experiment; returns its journal end entry."""
         import numpy as np
 
-        from pool import bandit
-        from pool.estimator import estimate
-        from pool.evidence import from_store
-        from pool.trust_weights import TrustPolicy
+        from p2pgolf.pool import bandit
+        from p2pgolf.pool.estimator import estimate
+        from p2pgolf.pool.evidence import from_store
+        from p2pgolf.pool.trust_weights import TrustPolicy
 
         policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
         n = self.journal.count()
@@ -337,7 +337,7 @@ class ResearchLoop:
         # With a known number of experiments the bandit explores first and confirms its leader
         # towards the end (a record needs several seeds); without one it splits evenly.
         remaining = None if self.settings.max_experiments is None else self.settings.max_experiments - n
-        from protocol.candidates import candidate_id, script_sha
+        from p2pgolf.protocol.candidates import candidate_id, script_sha
 
         runnable, vocabularies = self._script_view()
         tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
@@ -367,7 +367,7 @@ class ResearchLoop:
         ]  # fmt: skip
         if untried:
             # a newly approved script is first measured at its own defaults, on its chosen data
-            from pool.proposals import Proposal
+            from p2pgolf.pool.proposals import Proposal
 
             p = Proposal(untried[0], {}, (), "try_peer", tokenizer=tokenizer_of[untried[0]])
         else:
@@ -425,15 +425,15 @@ class ResearchLoop:
         """The meta level's history: experiments, and proposers' requests that gave nothing."""
         if not self.proposers:
             return self.journal.history()
-        from node.proposers.operator import merged_history
+        from p2pgolf.node.proposers.operator import merged_history
 
         return merged_history(self.journal.numbered_history(), list(self.proposers), self.bench.budget_s)
 
     def _ask(self, op: Any, post: Any, n: int, runnable: Any, vocabularies: dict[str, Any], asked: dict[str, Any]) -> list[Any]:
         """One request to a proposer (in a worker thread): its checked proposals, at most once per experiment."""
         if op.operator not in asked:
-            from node.proposers.situation import situation
-            from protocol.knobs import BASE_CONFIGS
+            from p2pgolf.node.proposers.situation import situation
+            from p2pgolf.protocol.knobs import BASE_CONFIGS
 
             records = self.store.query(bench=self.bench.id, kind="result")
             try:
@@ -452,8 +452,8 @@ class ResearchLoop:
 
     def _script_view(self) -> tuple[Callable[[str], bool], dict[str, Any]]:
         """Which bases may run here, and the vocabularies of the approved scripts."""
-        from pool.bandit import builtin_only
-        from protocol.candidates import is_script_base, script_base, script_sha
+        from p2pgolf.pool.bandit import builtin_only
+        from p2pgolf.protocol.candidates import is_script_base, script_base, script_sha
 
         if self.scripts is None:
             return builtin_only, {}
@@ -468,9 +468,9 @@ class ResearchLoop:
     def _run_script(self, p: Any, *, seed: int, out_dir: Path, timeout_s: float, cancel: threading.Event) -> Any:
         """Run an approved script candidate (in the trainer's thread). Approval and the bytes'
         hash are checked here once more: nothing but approval makes a script run."""
-        from protocol.candidates import script_sha
-        from trainer.script_data import script_data_paths
-        from trainer.script_runner import ScriptRun, launch_script
+        from p2pgolf.protocol.candidates import script_sha
+        from p2pgolf.trainer.script_data import script_data_paths
+        from p2pgolf.trainer.script_runner import ScriptRun, launch_script
 
         sha = script_sha(p.base)
         if self.scripts is None or not self.scripts.runnable(sha):
@@ -490,8 +490,8 @@ class ResearchLoop:
         while the meta level says a check pays; journal each. Returns how many were checked."""
         import random
 
-        from node.verification import not_reevaluable
-        from pool.verify_policy import Claim, claims_to_verify, should_verify
+        from p2pgolf.node.verification import not_reevaluable
+        from p2pgolf.pool.verify_policy import Claim, claims_to_verify, should_verify
 
         claims = {}
         for signed in self.store.query(bench=self.bench.id, kind="result"):
@@ -593,7 +593,7 @@ class ResearchLoop:
         return end
 
     async def _publish_run(self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False) -> dict[str, Any]:
-        from protocol.errors import ProtocolError
+        from p2pgolf.protocol.errors import ProtocolError
 
         try:
             raw, rid = self._sign(entry, data)
@@ -617,8 +617,8 @@ class ResearchLoop:
     def _sign(self, entry: dict[str, Any], data: dict[str, Any]) -> tuple[bytes, str]:
         """The run's record, made once: signing it again (a restart, `p2pgolf publish` of the
         run directory) gives back the same record (node.publishing.sign_run_dir)."""
-        from node.publishing import RESULT_FILE, sign_run_dir
-        from protocol.signing import sign_record
+        from p2pgolf.node.publishing import RESULT_FILE, sign_run_dir
+        from p2pgolf.protocol.signing import sign_record
 
         run_dir = Path(entry["run_dir"])
         if (run_dir / RESULT_FILE).exists():
@@ -628,8 +628,8 @@ class ResearchLoop:
         return signed.raw, signed.id
 
     def _record(self, entry: dict[str, Any], data: dict[str, Any]) -> Any:
-        from node.publishing import result_from_run
-        from protocol.records import Attestation
+        from p2pgolf.node.publishing import result_from_run
+        from p2pgolf.protocol.records import Attestation
 
         data = {**data, "parents": list(entry["parents"])}
         if entry.get("rationale") is not None:
@@ -660,7 +660,7 @@ class ResearchLoop:
 
 
 def _reason(p: Any) -> str:
-    from node.views.reason import proposal_reason
+    from p2pgolf.node.views.reason import proposal_reason
 
     return proposal_reason(p)
 
@@ -699,14 +699,14 @@ class Journal:
     def history(self) -> list[Any]:
         """Finished experiments as the bandit's operator outcomes. An abandoned run says nothing
         about the operator that chose it (the user stopped it), so it is left out."""
-        from pool.bandit import Outcome
+        from p2pgolf.pool.bandit import Outcome
 
         return [o for _, o in self.numbered_history()]
 
     def numbered_history(self) -> list[tuple[int, Any]]:
         """(experiment number, Outcome) of `history`; an experiment's cost is 1 plus what
         choosing it cost (a proposer's seconds over the budget, from its start entry)."""
-        from pool.bandit import Outcome
+        from p2pgolf.pool.bandit import Outcome
 
         return [
             (n, Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]), float(self._starts[n].get("cost", 1.0))))
@@ -783,7 +783,7 @@ class VerifyJournal:
         return done
 
     def history(self) -> list[Any]:
-        from pool.verify_policy import VerifyRecord
+        from p2pgolf.pool.verify_policy import VerifyRecord
 
         return [VerifyRecord(e["subject"], e.get("agrees"), float(e.get("seconds", 0.0)), e.get("author", "")) for e in self.entries]
 
@@ -802,9 +802,9 @@ async def _ready(value: Any) -> Any:
 def _default_base(bench: Any, runs_dir: Path) -> str:
     """The base the bandit starts from with an empty pool: one whose step fits the benchmark's
     budget on this hardware many times (trainer.step_budget.default_base)."""
-    from trainer.backend import BackendUnavailable, resolve_backend
-    from trainer.run_history import past_runs
-    from trainer.step_budget import default_base, run_hardware
+    from p2pgolf.trainer.backend import BackendUnavailable, resolve_backend
+    from p2pgolf.trainer.run_history import past_runs
+    from p2pgolf.trainer.step_budget import default_base, run_hardware
 
     try:
         hw = run_hardware(resolve_backend("auto"), "auto")

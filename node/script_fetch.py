@@ -41,7 +41,7 @@ class FetchedScript:
 
 def scripts_in_use(store: Any, bench_ids) -> dict[str, ScriptInUse]:
     """Every script named by a result in the pool for these benchmarks."""
-    from protocol.candidates import is_script_base, script_sha
+    from p2pgolf.protocol.candidates import is_script_base, script_sha
 
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     best: dict[str, float] = {}
@@ -63,10 +63,10 @@ async def fetch_new_scripts(node: Any, scripts: Any, *, timeout_s: float = 60.0,
     """Fetch the scripts the pool names and this node lacks; returns what was fetched.
     A script no peer can deliver (or that does not hash to its name) is logged and, when
     `skip` is given, remembered there so it is not asked for again at once."""
-    from node.blob_exchange import BlobFetchError
-    from node.scripts import ScriptStoreError
-    from pool.blobs import BlobError
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.blob_exchange import BlobFetchError
+    from p2pgolf.node.scripts import ScriptStoreError
+    from p2pgolf.pool.blobs import BlobError
+    from p2pgolf.protocol.errors import ProtocolError
 
     fetched = []
     # In a thread: it parses every result in the pool (100,000 after a catch-up), which inside
@@ -115,7 +115,7 @@ async def script_fetch_loop(node: Any, scripts: Any, *, min_gap_s: float = 5.0, 
 def _peer(author: str | None) -> str:
     if not author:
         return ""
-    from protocol.identity import peer_id_from_public_key
+    from p2pgolf.protocol.identity import peer_id_from_public_key
 
     try:
         return peer_id_from_public_key(bytes.fromhex(author))

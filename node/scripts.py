@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.home import Home
-from pool.blobs import BlobError, BlobStore, check_sha
-from protocol.script_hparams import ScriptVocabulary, read_hyperparameters
+from p2pgolf.node.home import Home
+from p2pgolf.pool.blobs import BlobError, BlobStore, check_sha
+from p2pgolf.protocol.script_hparams import ScriptVocabulary, read_hyperparameters
 
 INDEX_NAME = "scripts.json"
 SCRIPT_CAP = 1 << 20  # bytes; the blob store's cap for kind "script"
@@ -100,7 +100,7 @@ class ScriptStore:
     def approve(self, sha_or_prefix: str, *, tokenizer: str | None = None) -> ScriptEntry:
         """Mark the script runnable on this node (its bytes are re-hashed first). `tokenizer`:
         the data variant it trains on here (default: the benchmark's, e.g. sp1024)."""
-        from protocol.candidates import check_tokenizer
+        from p2pgolf.protocol.candidates import check_tokenizer
 
         sha = self.resolve(sha_or_prefix)
         self.read_bytes(sha)

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.limits import FETCHED, Admission, Verdict
-from node.stream_limits import StreamSlots, remote_peer
-from node.verify_pool import verify_batch, warm
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.signing import MAX_RECORD_BYTES
+from p2pgolf.node.limits import FETCHED, Admission, Verdict
+from p2pgolf.node.stream_limits import StreamSlots, remote_peer
+from p2pgolf.node.verify_pool import verify_batch, warm
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.benchmarks import Benchmark
-from protocol.identity import Identity
-from protocol.records import Attestation, HardwareClass, Metrics
-from protocol.signing import SignedRecord, sign_record
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics
+from p2pgolf.protocol.signing import SignedRecord, sign_record
 
 
 class VerifyError(Exception):
@@ -53,7 +53,7 @@ class VerifyOutcome:
 
 def reeval_tolerance() -> float:
     """How far a re-evaluation may differ from its claim and still agree (bpb): the estimator's."""
-    from pool.estimator import EstimatorConfig
+    from p2pgolf.pool.estimator import EstimatorConfig
 
     c = EstimatorConfig()
     return c.check_z * math.sqrt(2.0) * c.reeval_sd + c.check_slack
@@ -61,7 +61,7 @@ def reeval_tolerance() -> float:
 
 def is_script_base(base: str) -> bool:
     try:
-        from protocol.candidates import is_script_base as official  # protocol v2 (script candidates)
+        from p2pgolf.protocol.candidates import is_script_base as official  # protocol v2 (script candidates)
     except ImportError:
         return base.startswith("script:")
     return official(base)
@@ -92,7 +92,7 @@ def eval_token_cap(signed: SignedRecord) -> int:
 def check_artifact(signed: SignedRecord, path: Path, bench: Benchmark) -> int:
     """The artifact file's size, after checking its digest against the record and its size
     against the benchmark's cap and the record's own count. VerifyError otherwise."""
-    from trainer.artifact import code_bytes
+    from p2pgolf.trainer.artifact import code_bytes
 
     record = signed.record
     data = path.read_bytes()
@@ -121,7 +121,7 @@ def verify_artifact(
 ) -> VerifyOutcome:
     """Check and re-evaluate `signed`'s artifact at `path`; returns the signed attestation and
     the verdict. VerifyError if the record or the file cannot be checked this way."""
-    from trainer.reeval import ReevalError, run_reeval
+    from p2pgolf.trainer.reeval import ReevalError, run_reeval
 
     reason = not_reevaluable(signed)
     if reason:
@@ -201,7 +201,7 @@ class LoopVerifier:
         started may not be connected yet to the peers that hold it."""
         import trio
 
-        from node.blob_exchange import BlobFetchError
+        from p2pgolf.node.blob_exchange import BlobFetchError
 
         deadline = trio.current_time() + self.fetch_timeout_s
         while True:

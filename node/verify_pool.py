@@ -23,9 +23,9 @@ import time
 
 import trio
 
-from node.limits import verify_all
-from pool.store import Row
-from protocol.signing import SignedRecord
+from p2pgolf.node.limits import verify_all
+from p2pgolf.pool.store import Row
+from p2pgolf.protocol.signing import SignedRecord
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.signing import SignedRecord
+from p2pgolf.protocol.signing import SignedRecord
 
 DEFAULT_UNKNOWN_KEY_CAP = 10_000  # records per unknown author and benchmark
 DEFAULT_UNKNOWN_QUOTA_BYTES = 256 * 1024 * 1024  # a season (~100,000 records of ~0.6 KB) fits 4 times
@@ -66,7 +66,7 @@ class StorageGate:
     """The storage checks of admission, on one pool and trust store."""
 
     def __init__(self, store: Any, trust: Any, bench_ids: frozenset[str] | None, *, own_key: str | None, budgets: dict[str, float] | None = None, clock=time.monotonic) -> None:
-        from protocol.benchmarks import BENCHMARKS
+        from p2pgolf.protocol.benchmarks import BENCHMARKS
 
         self.store = store
         self.trust = trust

@@ -104,9 +104,9 @@ from typing import Any
 
 import numpy as np
 
-from pool.estimator import Posterior
-from pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
-from protocol import candidates, knobs
+from p2pgolf.pool.estimator import Posterior
+from p2pgolf.pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
+from p2pgolf.protocol import candidates, knobs
 
 
 def builtin_only(base: str) -> bool:
@@ -471,7 +471,7 @@ def _script_arms(posterior, draw, rng, config, operators, runnable, vocabularies
     """Mutations of each runnable script's best supported candidate, and recombinations of its
     leaders. No surrogate: a move is scored by its parent's draw plus move noise (the operator's
     yield, at the meta level, says whether such moves pay)."""
-    from pool.script_proposals import mutate_script, recombine_scripts
+    from p2pgolf.pool.script_proposals import mutate_script, recombine_scripts
 
     idx = posterior.index
     order = [posterior.candidates[i] for i in np.argsort(posterior.mean, kind="stable")]

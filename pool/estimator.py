@@ -53,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from pool.bridge.provenance import importer_of
-from pool.evidence import AttestationEvidence, Evidence, ResultEvidence
-from pool.trust_weights import (
+from p2pgolf.pool.bridge.provenance import importer_of
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.trust_weights import (
     BLOCKED,
     OWN,
     PINNED,
@@ -69,7 +69,7 @@ from pool.trust_weights import (
     claim_weight,
     volume_factor,
 )
-from protocol import candidates
+from p2pgolf.protocol import candidates
 
 
 @dataclass(frozen=True)
@@ -383,7 +383,7 @@ def _degraded_factors(results: list[ResultEvidence], config: EstimatorConfig) ->
     """`degraded_factor` for each result whose run was degraded: its author said so, or it
     trained fewer than `degraded_ratio` times the tokens that results of the same hardware
     class and model shape usually train in the budget (their median; needs two or more)."""
-    from protocol import knobs
+    from p2pgolf.protocol import knobs
 
     shapes: dict[str, str] = {}
     speeds: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -504,7 +504,7 @@ def _candidate_features(results) -> dict[str, np.ndarray]:
     """Each candidate's knob features, centred on their mean over the pool's candidates: a
     knob nobody varied is then zero everywhere, so it cannot blur the class offsets (which
     stay the level difference at the pool's typical config)."""
-    from pool.knob_features import features
+    from p2pgolf.pool.knob_features import features
 
     raw = {r.candidate: features(r.base, r.diff) for r in results}
     if not raw:
@@ -522,7 +522,7 @@ def _fit_knob_transfer(cells, shared, classes, hw, tau, scale, off_prior, m_targ
     with few overlaps borrows what the others showed about which knobs transfer. The residual
     interaction sd per class is re-estimated after the transfer terms. Returns
     (feature sds, tau per class) for the joint solve."""
-    from pool.knob_features import N_FEATURES
+    from p2pgolf.pool.knob_features import N_FEATURES
 
     zero = np.zeros(N_FEATURES)
     beta_sd = np.full(N_FEATURES, config.knob_transfer_sd)

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool.bridge.provenance import imported_author, is_imported
-from protocol import candidates
-from protocol.signing import SignedRecord
+from p2pgolf.pool.bridge.provenance import imported_author, is_imported
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.signing import SignedRecord
 
 # How a result's note says its run was degraded (written by trainer.throughput, NOTE_PREFIX).
 DEGRADED_NOTE_PREFIX = "degraded: "

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from protocol import candidates, knobs
+from p2pgolf.protocol import candidates, knobs
 
 
 def _space():
-    from pool.proposals import DEFAULT_SPACE  # proposals imports the estimator: import late
+    from p2pgolf.pool.proposals import DEFAULT_SPACE  # proposals imports the estimator: import late
 
     return DEFAULT_SPACE
 

@@ -71,7 +71,7 @@ SCENARIOS = {s.name: s for s in FAMILY}
 
 def make_landscape(kind: str, seed: int):
     """The seeded landscape of `kind` (see KINDS)."""
-    from pool.simulation import HARDWARE, Landscape
+    from p2pgolf.pool.simulation import HARDWARE, Landscape
 
     if kind not in KINDS:
         raise ValueError(f"unknown landscape kind {kind!r}; known: {', '.join(KINDS)}")
@@ -209,7 +209,7 @@ class FamilyLandscape:
     def optimum(self, hw: str) -> float:
         """The lowest true val_bpb over the simulator's space: discrete knobs enumerated, each
         continuous knob minimised on a fine grid given the discrete knobs it interacts with."""
-        from pool.simulation import SIM_SPACE
+        from p2pgolf.pool.simulation import SIM_SPACE
 
         dims = {d.name: d for d in SIM_SPACE}
         h = self.hardware[hw]

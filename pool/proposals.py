@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pool.estimator import CandidateInfo
-from pool.evidence import DEFAULT_TOKENIZER
-from protocol import candidates, knobs
-from protocol.errors import ProtocolError
+from p2pgolf.pool.estimator import CandidateInfo
+from p2pgolf.pool.evidence import DEFAULT_TOKENIZER
+from p2pgolf.protocol import candidates, knobs
+from p2pgolf.protocol.errors import ProtocolError
 
 OPERATORS = ("replicate", "mutate", "recombine", "try_peer")
 

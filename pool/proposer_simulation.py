@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pool import bandit as bandit_mod
-from pool.estimator import estimate
-from pool.evidence import DEFAULT_TOKENIZER, AttestationEvidence, Evidence, ResultEvidence
-from pool.proposals import Proposal
-from pool.simulation import BASE, BUDGET_S, Landscape, SimSettings, node_hardware
-from pool.trust_weights import static_status
-from protocol import candidates, knobs
-from protocol.errors import ProtocolError
+from p2pgolf.pool import bandit as bandit_mod
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import DEFAULT_TOKENIZER, AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.proposals import Proposal
+from p2pgolf.pool.simulation import BASE, BUDGET_S, Landscape, SimSettings, node_hardware
+from p2pgolf.pool.trust_weights import static_status
+from p2pgolf.protocol import candidates, knobs
+from p2pgolf.protocol.errors import ProtocolError
 
 PROPOSER_MODES = ("none", "good", "random")
 OPERATOR = {"good": "proposer:good", "random": "proposer:random"}

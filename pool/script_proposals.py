@@ -15,11 +15,11 @@ import math
 
 import numpy as np
 
-from pool.estimator import CandidateInfo
-from pool.proposals import Proposal
-from protocol import candidates
-from protocol.errors import ProtocolError
-from protocol.script_hparams import ScriptHparam, ScriptVocabulary
+from p2pgolf.pool.estimator import CandidateInfo
+from p2pgolf.pool.proposals import Proposal
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.script_hparams import ScriptHparam, ScriptVocabulary
 
 
 def script_proposal(base: str, diff: dict, parents: tuple[str, ...], operator: str, vocab: ScriptVocabulary, tokenizer: str, changed=()) -> Proposal:

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from pool import bandit as bandit_mod
-from pool.estimator import EstimatorConfig, Posterior, estimate
-from pool.evidence import DEFAULT_TOKENIZER, AttestationEvidence, Evidence, ResultEvidence
-from pool.proposals import DEFAULT_SPACE, Dim, Proposal, mutate
-from pool.trust_weights import TrustPolicy, static_status
-from protocol import candidates, knobs
+from p2pgolf.pool import bandit as bandit_mod
+from p2pgolf.pool.estimator import EstimatorConfig, Posterior, estimate
+from p2pgolf.pool.evidence import DEFAULT_TOKENIZER, AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.proposals import DEFAULT_SPACE, Dim, Proposal, mutate
+from p2pgolf.pool.trust_weights import TrustPolicy, static_status
+from p2pgolf.protocol import candidates, knobs
 
 MODES = ("isolated_hillclimb", "isolated_bandit", "naive", "trust", "malicious", "malicious_blocked")
 BASE = "naive-baseline"
@@ -207,7 +207,7 @@ def isolated_bandit_reference(seed: int, settings: SimSettings = SimSettings(), 
 
 def run_mode(mode: str, seed: int, settings: SimSettings = SimSettings()) -> RunResult:
     """Simulate `settings.nodes` nodes for `settings.experiments` rounds in one mode."""
-    from pool.landscapes import make_landscape
+    from p2pgolf.pool.landscapes import make_landscape
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -257,7 +257,7 @@ MALICIOUS = hashlib.sha256(b"sim-node-malicious").hexdigest()
 def _hillclimb(land: Landscape, hw: str, rng: np.random.Generator, settings: SimSettings) -> NodeTrace:
     """Keep/revert hill climbing alone: mutate the kept config, keep the child if its one
     measurement beats the kept config's measurement."""
-    from pool.estimator import CandidateInfo
+    from p2pgolf.pool.estimator import CandidateInfo
 
     trace = NodeTrace(hw)
     noise = land.hardware[hw].noise_sd
@@ -375,7 +375,7 @@ def _incumbent_true(post: Posterior, ledger: _Ledger, hw: str, trace: NodeTrace)
 def _fake(ledger: _Ledger, rng: np.random.Generator, settings: SimSettings, land: Landscape) -> ResultEvidence | None:
     """The malicious node: a mutation of the best honest result, claimed far better than
     anything measured on the fastest class, with a made-up parent."""
-    from pool.estimator import CandidateInfo
+    from p2pgolf.pool.estimator import CandidateInfo
 
     honest = [r for r in ledger.results if r.author != MALICIOUS]
     if not honest:

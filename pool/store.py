@@ -28,11 +28,11 @@ from typing import NamedTuple
 
 import msgpack
 
-from protocol.errors import ProtocolError
-from protocol.records import parse_body
-from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record, record_id
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.records import parse_body
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record, record_id
 
-from pool import schema
+from p2pgolf.pool import schema
 
 BUCKET_MS = 3_600_000  # the sync bucket kept precomputed: one hour of created_ms
 ORDERS: dict[str, str] = {

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import msgpack
 
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
 
-from pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, StorageGate, Verdict
-from pool.store import PoolStore
-from pool.trust import TrustStore
+from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, StorageGate, Verdict
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
 
 FORMATS = ("jsonl", "msgpack")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".msgpack": "msgpack", ".mpk": "msgpack"}

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.errors import ProtocolError
-from protocol.identity import peer_id_from_public_key, public_key_from_peer_id
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import peer_id_from_public_key, public_key_from_peer_id
 
-from pool import schema
+from p2pgolf.pool import schema
 
 if TYPE_CHECKING:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
 DEFAULT_UNKNOWN_WEIGHT = 0.1
 MAX_LABEL_CHARS = 80

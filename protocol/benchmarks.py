@@ -12,8 +12,8 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 
-from protocol import canonical
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
 
 BENCHMARK_DOMAIN = b"p2pgolf/benchmark/v2\n"
 TOPIC_PREFIX = "/p2pgolf/records/2/"

@@ -18,8 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from protocol import canonical, knobs
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import canonical, knobs
+from p2pgolf.protocol.errors import ProtocolError
 
 SCRIPT_PREFIX = "script:"
 CANDIDATE_DOMAIN = b"p2pgolf/candidate/v2\n"

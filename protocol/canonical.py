@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 MAX_DEPTH = 8
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import base58
 import nacl.signing
 
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 KEY_FILE_HEADER = "p2pgolf-ed25519-seed-v1"
 # libp2p peer id of an Ed25519 key: identity multihash (0x00, length 36) of the protobuf

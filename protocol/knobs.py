@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 MAX_DIFF_ENTRIES = 64
 MAX_PARAMETERS = 1_000_000_000  # a config a peer proposes may not ask for more than this

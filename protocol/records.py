@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import candidates
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.errors import ProtocolError
 
 PROTOCOL_VERSION = 2
 MAX_PARENTS = 8

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from protocol.candidates import HPARAM_NAME, MAX_SCRIPT_DIFF_ENTRIES, check_script_value
-from protocol.errors import ProtocolError
-from protocol.knobs import parse_bool_text
+from p2pgolf.protocol.candidates import HPARAM_NAME, MAX_SCRIPT_DIFF_ENTRIES, check_script_value
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.knobs import parse_bool_text
 
 # The runner sets these itself (data, tokenizer, seed, wall-clock cap, run id): a diff may not.
 RUNNER_SET = frozenset({"DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS", "RUN_ID"})

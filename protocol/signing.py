@@ -15,9 +15,9 @@ from functools import lru_cache
 import nacl.exceptions
 import nacl.signing
 
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.records import Record, parse_body
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.records import Record, parse_body
 
 RECORD_DOMAIN = b"p2pgolf/record/v1\n"
 MAX_RECORD_BYTES = 16 * 1024

@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-from node.control import request
-from node.home import Home
-from pool.trust import TrustStore
-from protocol.identity import Identity, create_identity
+from p2pgolf.node.control import request
+from p2pgolf.node.home import Home
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.identity import Identity, create_identity
 
 P2PGOLF = str(Path(sys.executable).with_name("p2pgolf"))
 

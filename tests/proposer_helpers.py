@@ -7,8 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from node.research_loop import LoopSettings, ResearchLoop
-from protocol.benchmarks import benchmark
+from p2pgolf.node.research_loop import LoopSettings, ResearchLoop
+from p2pgolf.protocol.benchmarks import benchmark
 from records_factory import H100
 
 BENCH = "smoke"

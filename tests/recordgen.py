@@ -6,10 +6,10 @@ tests store passed the same validation and verification a peer's record would.
 
 from __future__ import annotations
 
-from protocol.benchmarks import benchmark, by_id
-from protocol.identity import Identity
-from protocol.records import Attestation, HardwareClass, Metrics, Result
-from protocol.signing import SignedRecord, sign_record
+from p2pgolf.protocol.benchmarks import benchmark, by_id
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
+from p2pgolf.protocol.signing import SignedRecord, sign_record
 
 SMOKE = benchmark("smoke").id
 GOLF = benchmark("parameter-golf/sp1024-10min").id

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.records import Attestation, HardwareClass, Metrics, Result
-from protocol.signing import SignedRecord, sign_record
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
+from p2pgolf.protocol.signing import SignedRecord, sign_record
 
 CPU = HardwareClass("cpu", "Test CPU", 2, 24000)
 H100 = HardwareClass("cuda", "NVIDIA H100 80GB HBM3", 1, 81559)

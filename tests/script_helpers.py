@@ -26,7 +26,7 @@ def wrapped(source: bytes) -> bytes:
 
 def sample_byte_shards(directory: Path, train_bytes: int = 200_000, val_bytes: int = 16_384) -> Path:
     """Byte-level challenge-format shards of the FineWeb-Edu sample (train first, val after)."""
-    from trainer.shards import write_shard
+    from p2pgolf.trainer.shards import write_shard
 
     data = SAMPLE.read_bytes()
     tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)

@@ -8,13 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pool.bandit import BanditConfig, MoveModel, Outcome, choose, leader_probability, operator_draws, outcome
-from pool.estimator import estimate
-from pool.evidence import AttestationEvidence, Evidence, result_evidence
-from pool.proposals import DEFAULT_SPACE, Dim, make_proposal, mutate, recombine
-from pool.trust_weights import static_status
-from protocol import candidates, knobs
-from protocol.errors import ProtocolError
+from p2pgolf.pool.bandit import BanditConfig, MoveModel, Outcome, choose, leader_probability, operator_draws, outcome
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, result_evidence
+from p2pgolf.pool.proposals import DEFAULT_SPACE, Dim, make_proposal, mutate, recombine
+from p2pgolf.pool.trust_weights import static_status
+from p2pgolf.protocol import candidates, knobs
+from p2pgolf.protocol.errors import ProtocolError
 
 ME = "a" * 64
 FRIEND = "b" * 64

@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pool.bandit import BanditConfig, Outcome, choose, over_promise
-from pool.estimator import estimate
-from pool.trust_weights import static_status
+from p2pgolf.pool.bandit import BanditConfig, Outcome, choose, over_promise
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.trust_weights import static_status
 from test_bandit import HW, ME, STRANGER, Pool
 
 

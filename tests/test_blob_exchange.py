@@ -12,10 +12,10 @@ import multiaddr
 import pytest
 import trio
 
-from node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
-from node.host import full_addrs, make_host, parse_peer_addr, peer_info
-from pool.blobs import BlobStore
-from protocol.identity import Identity
+from p2pgolf.node.blob_exchange import BlobExchange, BlobFetchError, BlobServer, ExchangeSettings
+from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+from p2pgolf.pool.blobs import BlobStore
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 FAST = ExchangeSettings(chunk_bytes=64 * 1024, min_bytes_per_s=64 * 1024, fetch_timeout_s=30.0, serve_burst=64 * 1024)
@@ -170,7 +170,7 @@ def test_spec_frame_vectors_are_what_the_exchange_writes():
     import struct
 
     from conftest import REPO_ROOT
-    from protocol import canonical
+    from p2pgolf.protocol import canonical
 
     spec = (REPO_ROOT / "protocol" / "SPEC.md").read_text()
     section = spec[spec.index("## 9. Blob exchange") :]
@@ -199,8 +199,8 @@ def test_a_server_does_not_announce_a_blob_damaged_on_its_disk(tmp_path):
 
 def test_requests_outside_the_protocol_are_refused_in_one_reply(tmp_path):
     """A get over 1 MiB, a malformed digest or an unknown op gets an error reply (SPEC section 9)."""
-    from node.blob_exchange import BLOB_PROTOCOL, MAX_CHUNK
-    from node.sync import read_frame, write_frame
+    from p2pgolf.node.blob_exchange import BLOB_PROTOCOL, MAX_CHUNK
+    from p2pgolf.node.sync import read_frame, write_frame
 
     data = os.urandom(2000)
     sha = hashlib.sha256(data).digest()
@@ -230,7 +230,7 @@ def test_any_request_map_a_peer_sends_gets_a_reply_or_a_named_refusal(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from pool.blobs import BlobError
+    from p2pgolf.pool.blobs import BlobError
 
     store = BlobStore(tmp_path / "blobs")
     held = store.put(b"held blob" * 100, kind="artifact")

@@ -11,13 +11,13 @@ import time
 
 from records_factory import make_result
 
-from node.node import Node, NodeOptions
-from pool.blobs import BlobStore, Retention, protected_artifacts
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.signing import sign_record
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.blobs import BlobStore, Retention, protected_artifacts
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import sign_record
 
 BENCH = benchmark("smoke")
 
@@ -72,9 +72,9 @@ def test_retention_never_drops_own_artifacts_nor_the_current_best(tmp_path):
 def test_retention_is_configured_in_config_toml_and_bad_values_are_named(tmp_path):
     import pytest
 
-    from node.config import load_config
-    from node.home import Home
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.config import load_config
+    from p2pgolf.node.home import Home
+    from p2pgolf.protocol.errors import ProtocolError
 
     home = Home(tmp_path)
     assert load_config(home).retention == Retention()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pool.blobs import BlobError, BlobStore, Retention, check_sha
+from p2pgolf.pool.blobs import BlobError, BlobStore, Retention, check_sha
 
 
 def _sha(data: bytes) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from trainer.byte_accounting import ByteTables, bits_per_byte, target_bytes
+from p2pgolf.trainer.byte_accounting import ByteTables, bits_per_byte, target_bytes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODEL = DATA / "fineweb_1024_bpe.model"

@@ -32,7 +32,7 @@ _FINAL = re.compile(r"^final_int8_zlib_roundtrip_exact val_loss:([0-9.]+) val_bp
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from trainer.build import build_shards_from_text
+    from p2pgolf.trainer.build import build_shards_from_text
 
     out = tmp_path_factory.mktemp("fineweb")
     build_shards_from_text([FINEWEB_TEXT], TOKENIZER, out, val_fraction=0.05, doc_split="line", name="fineweb-sample")
@@ -40,8 +40,8 @@ def data(tmp_path_factory):
 
 
 def measured_by_p2pgolf(data: Path, run_dir: Path, seed: int) -> dict:
-    from trainer.config import make_run_config
-    from trainer.runner import launch
+    from p2pgolf.trainer.config import make_run_config
+    from p2pgolf.trainer.runner import launch
 
     run = make_run_config("custom", "cpu-small", DIFF, seed=seed, budget_s=300, backend="torch", device="cpu",
                           eval_token_cap=EVAL_TOKENS, compile="off", data_dir=str(data), extra={"max_steps": STEPS})  # fmt: skip
@@ -61,7 +61,7 @@ def run_bundle(folder: Path, data: Path, seed: int) -> tuple[float, float, str]:
 
 
 def test_exported_train_gpt_reproduces_p2pgolfs_val_bpb(data, tmp_path):
-    from trainer.bundle import bundle_source
+    from p2pgolf.trainer.bundle import bundle_source
 
     folder = tmp_path / "submission"
     folder.mkdir()

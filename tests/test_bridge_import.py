@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from pool.bridge import hardware_text
-from pool.bridge.errors import FolderError
-from pool.bridge.importer import import_folder
-from pool.bridge.provenance import MARKER, make_note, parse_note
-from pool.bridge.run_command import readme_env
-from pool.bridge.submission_json import parse_submission
-from pool.bridge.train_log import parse_log
-from pool.estimator import estimate
-from pool.evidence import from_store
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.identity import load_identity
+from p2pgolf.pool.bridge import hardware_text
+from p2pgolf.pool.bridge.errors import FolderError
+from p2pgolf.pool.bridge.importer import import_folder
+from p2pgolf.pool.bridge.provenance import MARKER, make_note, parse_note
+from p2pgolf.pool.bridge.run_command import readme_env
+from p2pgolf.pool.bridge.submission_json import parse_submission
+from p2pgolf.pool.bridge.train_log import parse_log
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import from_store
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.identity import load_identity
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "tests" / "fixtures" / "records"
@@ -47,7 +47,7 @@ BAD = {
 def run(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "P2PGOLF_HOME"}
     env["COLUMNS"] = "200"
-    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", "--home", str(home), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def folders() -> list[Path]:
@@ -232,8 +232,8 @@ def test_explain_says_where_an_imported_claim_came_from(imported):
 def test_a_reproduction_by_a_trusted_key_makes_an_imported_claim_count(tmp_path):
     import time
 
-    from protocol.records import Attestation, HardwareClass, Metrics
-    from protocol.signing import sign_record
+    from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics
+    from p2pgolf.protocol.signing import sign_record
 
     home = tmp_path / "home"
     assert run("init", home=home).returncode == 0

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from pool.store import PoolStore
-from pool.submission_rules import SeedRun, check_submission, significance, student_t_cdf
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity, load_identity
-from protocol.records import HardwareClass, Metrics, Result
-from protocol.script_hparams import read_hyperparameters
-from protocol.signing import sign_record
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.submission_rules import SeedRun, check_submission, significance, student_t_cdf
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity, load_identity
+from p2pgolf.protocol.records import HardwareClass, Metrics, Result
+from p2pgolf.protocol.script_hparams import read_hyperparameters
+from p2pgolf.protocol.signing import sign_record
 
 REPO = Path(__file__).resolve().parents[1]
 TRACK = REPO / "tests" / "fixtures" / "records" / "track_10min_16mb"
@@ -30,7 +30,7 @@ LOSS_PER_BPB = 1.6929
 def run(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "P2PGOLF_HOME"}
     env["COLUMNS"] = "200"
-    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", "--home", str(home), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def result(who: Identity, *, base: str, diff: dict, seed: int, val_bpb: float, bench: str = BENCH, hw: HardwareClass = H100X8, artifact: int = 15_800_000) -> Result:
@@ -146,7 +146,7 @@ def test_a_built_in_candidate_is_written_with_the_trainer_bundled(node, tmp_path
     baked = next(n.value.args[0].value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CANDIDATE")
     assert json.loads(baked) == {"bench_name": BENCH, "base": "naive-baseline", "diff": {"num_layers": 10}, "seed": 1, "budget_s": 600.0} or json.loads(baked)["diff"] == {"num_layers": 10}
     doc = json.loads((out / "submission.json").read_text())
-    from trainer.artifact import code_bytes
+    from p2pgolf.trainer.artifact import code_bytes
 
     assert doc["bytes_total"] == 15_800_000 - code_bytes("torch") + len(source.encode())
 
@@ -189,7 +189,7 @@ def test_imported_seeds_never_count_as_our_evidence(tmp_path):
 
 
 def test_defaults_are_written_into_a_decoded_wrapper_and_checked():
-    from trainer.script_defaults import ScriptRewriteError, write_defaults
+    from p2pgolf.trainer.script_defaults import ScriptRewriteError, write_defaults
 
     wrapped = (TRACK / "2026-03-28_WrappedScript" / "train_gpt.py").read_bytes()
     out = write_defaults(wrapped, {"NUM_LAYERS": 12, "TIE_EMBEDDINGS": False, "EMA_DECAY": 0.99})

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from node.proposers.operator import PROPOSERS_JOURNAL, ProposerOperator, usage_summary
-from node.proposers.spawn import spawn
-from node.proposers.spec import ProposerSpec
-from pool.bandit import builtin_only
+from p2pgolf.node.proposers.operator import PROPOSERS_JOURNAL, ProposerOperator, usage_summary
+from p2pgolf.node.proposers.spawn import spawn
+from p2pgolf.node.proposers.spec import ProposerSpec
+from p2pgolf.pool.bandit import builtin_only
 
 pytestmark = pytest.mark.timeout(60)
 CHAT = (sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "proposers" / "chat.py"))

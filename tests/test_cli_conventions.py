@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import recordgen as g
-from pool.store import PoolStore
-from pool.transfer import export_records
-from protocol.knobs import BASE_CONFIGS, KNOBS
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.transfer import export_records
+from p2pgolf.protocol.knobs import BASE_CONFIGS, KNOBS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(*args: str, columns: int = 200, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "P2PGOLF_HOME"}
     env["COLUMNS"] = str(columns)
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:

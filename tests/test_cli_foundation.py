@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import recordgen as g
-from pool.store import PoolStore
-from pool.transfer import export_records
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.transfer import export_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def run(*args: str, home: Path | None = None, env_home: Path | None = None) -> s
     env["COLUMNS"] = "200"  # wide enough that tables do not wrap ids
     if env_home is not None:
         env["P2PGOLF_HOME"] = str(env_home)
-    argv = [sys.executable, "-m", "node.cli", *(["--home", str(home)] if home else []), *args]
+    argv = [sys.executable, "-m", "p2pgolf.node.cli", *(["--home", str(home)] if home else []), *args]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 

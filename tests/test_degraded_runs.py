@@ -18,10 +18,10 @@ import pytest
 import trio
 
 from trainer_helpers import P2PGOLF_CLI  # also: one torch thread, for the children too
-from protocol import knobs
-from trainer.cpu_share import CpuShareMeter
-from trainer.run_history import PastRun, past_runs
-from trainer.throughput import NOTE_PREFIX, judge_throughput
+from p2pgolf.protocol import knobs
+from p2pgolf.trainer.cpu_share import CpuShareMeter
+from p2pgolf.trainer.run_history import PastRun, past_runs
+from p2pgolf.trainer.throughput import NOTE_PREFIX, judge_throughput
 
 SHAPE = knobs.throughput_shape(knobs.base_config("smoke-tiny"))
 HW = "cpu:Test CPU:x2"
@@ -157,8 +157,8 @@ def test_the_learning_rate_does_not_change_the_throughput_shape():
 
 
 def test_the_estimator_weighs_down_a_peers_run_that_trained_far_fewer_tokens_than_its_class_usually_does():
-    from pool.estimator import estimate
-    from pool.evidence import DEGRADED_NOTE_PREFIX, Evidence, result_evidence
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import DEGRADED_NOTE_PREFIX, Evidence, result_evidence
 
     assert DEGRADED_NOTE_PREFIX == NOTE_PREFIX  # the trainer writes what the pool reads
 
@@ -181,10 +181,10 @@ def test_the_estimator_weighs_down_a_peers_run_that_trained_far_fewer_tokens_tha
 
 def test_the_research_loop_logs_a_degraded_run_and_journals_why(tmp_path, caplog):
     import recordgen as g
-    from node.research_loop import Journal, LoopSettings, ResearchLoop
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.benchmarks import benchmark
+    from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.benchmarks import benchmark
 
     me = g.identity(21)
     reason = "the trainer got 21% of the CPU time it was ready to use (other programs competed for the cores)"
@@ -216,7 +216,7 @@ def test_the_research_loop_logs_a_degraded_run_and_journals_why(tmp_path, caplog
             published.append(raw)
 
         settings = LoopSettings(bench_name="smoke@1s", journal_dir=tmp_path / "research", runs_dir=tmp_path / "runs", default_base="smoke-tiny", max_experiments=1, hw_key=HW)
-        with caplog.at_level(logging.INFO, logger="node.research_loop"):
+        with caplog.at_level(logging.INFO, logger="p2pgolf.node.research_loop"):
             trio.run(ResearchLoop(me, store, trust, publish, settings, runner=runner).run)
         (end,) = Journal(tmp_path / "research" / "journal.jsonl").ends()
         assert end["status"] == "ok" and end["note"].startswith("DEGRADED: the trainer got 21%")
@@ -225,8 +225,7 @@ def test_the_research_loop_logs_a_degraded_run_and_journals_why(tmp_path, caplog
 
 
 def test_the_cpu_share_is_unknown_where_the_system_does_not_say(monkeypatch, tmp_path):
-    import trainer.cpu_share as cpu_share
-
+    import p2pgolf.trainer.cpu_share as cpu_share
     monkeypatch.setattr(cpu_share, "_TASKS", tmp_path / "no-proc")
     meter = CpuShareMeter()
     meter.start()

@@ -20,14 +20,14 @@ import trio
 
 from records_factory import signed_attestation, signed_result
 
-from node.host import make_host, parse_peer_addr, peer_info
-from node.limits import Admission, Limits, PeerLimiter, Verdict
-from node.node import Node, NodeOptions
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol import canonical
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
+from p2pgolf.node.limits import Admission, Limits, PeerLimiter, Verdict
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")
@@ -77,7 +77,7 @@ async def _quiet_pair(nursery, a: Node, b: Node) -> None:
 
 
 def test_records_by_sync_are_refused_from_a_banned_peer(tmp_path):
-    from node.sync import SyncError, sync_with
+    from p2pgolf.node.sync import SyncError, sync_with
 
     records = _records(20)
 
@@ -100,7 +100,7 @@ def test_records_by_sync_are_refused_from_a_banned_peer(tmp_path):
 
 
 def test_records_by_sync_beyond_the_peer_s_rate_are_refused(tmp_path):
-    from node.sync import SyncError, sync_with
+    from p2pgolf.node.sync import SyncError, sync_with
 
     records = _records(40)
 
@@ -136,7 +136,7 @@ def test_a_peer_pushing_far_past_its_rate_is_shut_out_like_one_sending_invalid_r
 
 
 def test_pool_import_passes_the_same_storage_checks_as_records_from_peers(tmp_path):
-    from pool.transfer import export_records, import_records
+    from p2pgolf.pool.transfer import export_records, import_records
 
     villain, stranger = Identity.generate(), Identity.generate()
     source = PoolStore(tmp_path / "source.sqlite")
@@ -167,7 +167,7 @@ class _BytesStream:
 
 @pytest.mark.parametrize("payload", ["empty maps", "nested lists"])
 def test_a_legal_size_frame_of_millions_of_empty_containers_is_refused_before_it_is_built(payload):
-    from node.sync import MAX_FRAME, SyncError, read_frame
+    from p2pgolf.node.sync import MAX_FRAME, SyncError, read_frame
 
     size = MAX_FRAME - 16
     if payload == "empty maps":  # {"ids": [{}, {}, ...]}: 8 MiB of one-byte maps
@@ -190,7 +190,7 @@ def test_a_legal_size_frame_of_millions_of_empty_containers_is_refused_before_it
 
 def test_a_slow_sync_server_cannot_hold_a_sync_past_its_deadline(tmp_path, monkeypatch):
     """The server answers every request well inside the request timeout, and has 79 batches to send."""
-    import node.sync as sync
+    import p2pgolf.node.sync as sync
     from contextlib import AsyncExitStack
 
     monkeypatch.setattr(sync, "REQUEST_TIMEOUT_S", 2.0)
@@ -238,7 +238,7 @@ def test_a_slow_sync_server_cannot_hold_a_sync_past_its_deadline(tmp_path, monke
 
 
 def test_one_peer_cannot_hold_more_than_its_share_of_sync_streams(tmp_path):
-    from node.sync import SyncError, open_sync_stream, request
+    from p2pgolf.node.sync import SyncError, open_sync_stream, request
 
     async def main() -> None:
         a, _ = _node(tmp_path / "a.sqlite")  # the default: 8 streams per peer
@@ -270,7 +270,7 @@ def test_one_peer_cannot_hold_more_than_its_share_of_sync_streams(tmp_path):
 
 
 def test_a_summary_reply_is_bounded_however_many_buckets_the_pool_holds(tmp_path):
-    from node.sync import SyncServer
+    from p2pgolf.node.sync import SyncServer
 
     store = PoolStore(tmp_path / "pool.sqlite")
     key = Identity.generate()
@@ -400,7 +400,7 @@ def test_pool_stats_shows_unknown_key_usage_against_the_quota(tmp_path):
 
     from click.testing import CliRunner
 
-    from node.cli import cli as main
+    from p2pgolf.node.cli import cli as main
 
     home = tmp_path / "home"
     home.mkdir()
@@ -419,7 +419,7 @@ def test_pool_stats_shows_unknown_key_usage_against_the_quota(tmp_path):
 
 def test_a_result_whose_budget_is_not_its_benchmark_s_is_refused_like_another_benchmark(tmp_path):
     from records_factory import make_result
-    from protocol.signing import sign_record
+    from p2pgolf.protocol.signing import sign_record
 
     store = PoolStore(tmp_path / "pool.sqlite")
     admission = Admission(store, TrustStore(store), {BENCH.id}, Limits(), own_key="0" * 64)
@@ -441,8 +441,8 @@ def test_spec_gossip_message_id_and_sync_frame_vectors_hold():
     import re
     from pathlib import Path
 
-    from node.gossip import content_message_id
-    from node.sync import SYNC_PROTOCOL
+    from p2pgolf.node.gossip import content_message_id
+    from p2pgolf.node.sync import SYNC_PROTOCOL
 
     spec = (Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md").read_text()
     vectors = json.loads(re.search(r"## 8\. Test vectors.*?```json\n(.*?)\n```", spec, re.S).group(1))
@@ -471,7 +471,7 @@ def test_bounded_decoding_agrees_with_plain_decoding_and_raises_only_protocol_er
     plain decoding gives, or a ProtocolError, and never more objects than the bounds allow."""
     import random
 
-    from protocol.errors import ProtocolError
+    from p2pgolf.protocol.errors import ProtocolError
 
     bounds = canonical.Bounds(max_items=12, max_container=6, max_str=16, max_bin=16, max_depth=3)
     seeds = [
@@ -521,10 +521,10 @@ def test_finding_the_scripts_a_pool_uses_parses_only_results_that_mention_a_scri
     record; a note that says `script:` is read and then skipped by its base."""
     import recordgen as g
 
-    from node.script_fetch import scripts_in_use
-    from protocol.candidates import script_base
-    from protocol.records import Result
-    from protocol.signing import sign_record
+    from p2pgolf.node.script_fetch import scripts_in_use
+    from p2pgolf.protocol.candidates import script_base
+    from p2pgolf.protocol.records import Result
+    from p2pgolf.protocol.signing import sign_record
 
     key = Identity.generate()
     sha = "ab" * 32
@@ -537,8 +537,8 @@ def test_finding_the_scripts_a_pool_uses_parses_only_results_that_mention_a_scri
 
 
 def test_batches_verify_alike_in_worker_processes_and_in_a_thread():
-    from node.verify_pool import verify_batch
-    from pool.store import Row
+    from p2pgolf.node.verify_pool import verify_batch
+    from p2pgolf.pool.store import Row
 
     raws = _records(6, keys=2)
     broken = bytearray(raws[0])

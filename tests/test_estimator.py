@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from pool.estimator import EstimatorConfig, estimate
-from pool.evidence import AttestationEvidence, Evidence, from_records, result_evidence
-from pool.trust_weights import TrustPolicy, static_status
-from protocol.identity import Identity
+from p2pgolf.pool.estimator import EstimatorConfig, estimate
+from p2pgolf.pool.evidence import AttestationEvidence, Evidence, from_records, result_evidence
+from p2pgolf.pool.trust_weights import TrustPolicy, static_status
+from p2pgolf.protocol.identity import Identity
 from records_factory import CPU, H100, signed_attestation, signed_result
 
 import nacl.signing
@@ -60,7 +60,7 @@ def test_estimator_recovers_known_per_class_offsets_and_translates_foreign_resul
         assert t.offset == pytest.approx(TRUE_OFFSETS[hw], abs=0.01)
         assert t.offset_sd < 0.01
     # a candidate only the friend measured (on gpu and mac) reads correctly on my hardware
-    from protocol.candidates import candidate_id
+    from p2pgolf.protocol.candidates import candidate_id
 
     only_theirs = candidate_id(BASE, _lr_diff(105), "sp1024")
     est = post.estimate(only_theirs)
@@ -183,7 +183,7 @@ def test_naive_pooling_believes_every_record_as_if_measured_here():
     evidence = Evidence(tuple(r for r in evidence.results if r.hw != "mac:z"))
     naive = estimate(evidence, static_status(ME), "cpu:x", config=EstimatorConfig(naive=True))
     adjusted = estimate(evidence, static_status(ME, pinned=[FRIEND]), "cpu:x")
-    from protocol.candidates import candidate_id
+    from p2pgolf.protocol.candidates import candidate_id
 
     # a gpu-only candidate reads 0.3 better than it would on cpu: the naive mistake
     gpu_only = candidate_id(BASE, _lr_diff(105), "sp1024")

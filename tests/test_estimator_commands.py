@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import recordgen as g
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.identity import load_identity
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.identity import load_identity
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_KEY = g.CPU.key
@@ -22,7 +22,7 @@ CPU_KEY = g.CPU.key
 def run(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "P2PGOLF_HOME"}
     env["COLUMNS"] = "200"
-    argv = [sys.executable, "-m", "node.cli", "--home", str(home), *args]
+    argv = [sys.executable, "-m", "p2pgolf.node.cli", "--home", str(home), *args]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -40,8 +40,8 @@ SCRIPT = textwrap.dedent(
         else:
             raise AssertionError("a P-256 operation did not raise")
 
-    from node.host import make_host, parse_peer_addr, peer_info
-    from protocol.identity import Identity
+    from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
+    from p2pgolf.protocol.identity import Identity
     import multiaddr
 
     async def main():

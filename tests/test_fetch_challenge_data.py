@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.benchmarks import BENCHMARKS
+from p2pgolf.protocol.benchmarks import BENCHMARKS
 from hf_server import FakeHub
-from trainer.datasets import load_benchmark_data
-from trainer.fetch import FetchError, fetch_challenge_data
-from trainer.shards import read_shard, write_shard
+from p2pgolf.trainer.datasets import load_benchmark_data
+from p2pgolf.trainer.fetch import FetchError, fetch_challenge_data
+from p2pgolf.trainer.shards import read_shard, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO.parent / "shared" / "data" / "fineweb_1024_bpe.model"
@@ -116,7 +116,7 @@ def test_killed_fetch_continues_from_the_bytes_already_on_disk(hub, tmp_path):
     hub.throttle_s, hub.throttle_from = 0.01, 10_747_904
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_TELEMETRY": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "--home", str(tmp_path / "home"), "data", "fetch", "--train-shards", "0",
+        [sys.executable, "-m", "p2pgolf.node.cli", "--home", str(tmp_path / "home"), "data", "fetch", "--train-shards", "0",
          "--data-dir", str(tmp_path), "--quiet"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -193,7 +193,7 @@ def test_manifest_paths_outside_tokenizers_are_refused(hub, tmp_path):
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.fetch import _plan
+from p2pgolf.trainer.fetch import _plan
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=40)
@@ -245,7 +245,7 @@ def test_data_fetch_variant_gets_that_dataset_and_checks_its_tokenizer_and_ids(t
     model = _sp_model(4096)
     hub = _variant_hub(tmp_path, model)
     try:
-        proc = subprocess.run([sys.executable, "-c", "from node.cli import main; main()", "--home", str(tmp_path / "home"), "data", "fetch",
+        proc = subprocess.run([sys.executable, "-c", "from p2pgolf.node.cli import main; main()", "--home", str(tmp_path / "home"), "data", "fetch",
                                "--variant", "sp4096", "--quiet", "--data-dir", str(tmp_path / "data")],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": hub.endpoint})
         assert proc.returncode == 0, proc.stderr
@@ -254,7 +254,7 @@ def test_data_fetch_variant_gets_that_dataset_and_checks_its_tokenizer_and_ids(t
         assert (tmp_path / "data" / "tokenizers" / "fineweb_4096_bpe.model").read_bytes() == model
     finally:
         hub.close()
-    from trainer.script_data import script_data_paths
+    from p2pgolf.trainer.script_data import script_data_paths
 
     data_path, tok = script_data_paths(BENCHMARKS["parameter-golf/sp1024-10min"], "sp4096", tmp_path / "data", tmp_path / "cache")
     assert data_path.endswith("datasets/fineweb10B_sp4096") and tok.endswith("tokenizers/fineweb_4096_bpe.model")

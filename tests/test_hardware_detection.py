@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.records import HardwareClass
-from trainer.hardware import HardwareError, clean_model_name, cpu_model_from_cpuinfo, detect_hardware, gpus_from_nvidia_smi
+from p2pgolf.protocol.records import HardwareClass
+from p2pgolf.trainer.hardware import HardwareError, clean_model_name, cpu_model_from_cpuinfo, detect_hardware, gpus_from_nvidia_smi
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = shutil.which("nvidia-smi") is None and sys.platform.startswith("linux")
@@ -62,7 +62,7 @@ def test_this_machine_is_a_valid_cpu_class_with_the_cores_we_may_use():
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
 def test_cpu_count_follows_the_cores_the_process_may_use():
-    code = "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); from trainer.hardware import detect_hardware; print(detect_hardware('cpu').count)"
+    code = "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); from p2pgolf.trainer.hardware import detect_hardware; print(detect_hardware('cpu').count)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "1"
 

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from protocol.errors import ProtocolError
-from protocol.identity import KeyFileError, create_identity, load_identity, peer_id_from_public_key, public_key_from_peer_id
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import KeyFileError, create_identity, load_identity, peer_id_from_public_key, public_key_from_peer_id
 
 
 def test_created_key_file_is_readable_only_by_its_owner(tmp_path):

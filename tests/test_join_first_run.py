@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 import stat
 
-from node.home import Home
+from p2pgolf.node.home import Home
 from node_procs import NodeProc
-from pool.trust import TrustStore
-from protocol.identity import load_identity
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.identity import load_identity
 
 
 def test_join_on_a_fresh_home_creates_the_identity_and_runs(tmp_path):

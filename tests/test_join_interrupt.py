@@ -21,11 +21,11 @@ from click.testing import CliRunner
 
 from node_procs import P2PGOLF, free_port, make_home, wait_until
 
-from node.cli import cli
-from node.commands.join_cmd import DUPLICATE_SIGINT_S
-from node.home import Home
-from node.research_loop import Journal
-from pool.store import PoolStore
+from p2pgolf.node.cli import cli
+from p2pgolf.node.commands.join_cmd import DUPLICATE_SIGINT_S
+from p2pgolf.node.home import Home
+from p2pgolf.node.research_loop import Journal
+from p2pgolf.pool.store import PoolStore
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,7 +55,7 @@ class Join:
 
         def started() -> bool:
             assert self.proc.poll() is None, f"join exited with {self.proc.returncode}: {self.stderr_path.read_text()[-2000:]}"
-            found[:] = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "trainer.runner" in " ".join(c.cmdline())]
+            found[:] = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "p2pgolf.trainer.runner" in " ".join(c.cmdline())]
             return bool(found)
 
         wait_until(started, timeout, interval=0.1, what="the research loop to start a training run")
@@ -182,7 +182,7 @@ def test_join_help_shows_what_ctrl_c_does():
 
 
 def test_join_with_an_experiment_count_stops_researching_after_it_and_keeps_relaying(tmp_path):
-    from node.control import request
+    from p2pgolf.node.control import request
 
     home, identity = make_home(tmp_path, "counted")
     join = Join(home, "smoke@2s", "--experiments", "1")

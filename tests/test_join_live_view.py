@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from node_procs import P2PGOLF, NodeProc, free_port, make_home, wait_until
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is needed to give join a real terminal (apt-get install tmux)")
 
@@ -106,7 +106,7 @@ def session(tmp_path_factory):
 
 
 def _better_record(who, bench_name: str):
-    from trainer.hardware import detect_hardware
+    from p2pgolf.trainer.hardware import detect_hardware
 
     from records_factory import signed_result
 
@@ -143,7 +143,7 @@ def test_ctrl_c_finishes_the_run_then_stops(session):
 def test_report_from_the_real_records(session, tmp_path):
     from click.testing import CliRunner
 
-    from node.cli import cli
+    from p2pgolf.node.cli import cli
 
     pytest.importorskip("matplotlib")
     result = CliRunner().invoke(cli, ["--home", str(session["home"].root), "report", "--out", str(tmp_path), "--bench", BENCH])

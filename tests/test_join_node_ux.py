@@ -21,8 +21,8 @@ import pytest
 from node_procs import P2PGOLF, NodeProc, free_port, make_home, wait_until
 from test_join_interrupt import Join, _journal
 
-from node.commands.join_cmd import DUPLICATE_SIGINT_S
-from protocol.identity import Identity
+from p2pgolf.node.commands.join_cmd import DUPLICATE_SIGINT_S
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_publish_through_a_running_node_without_peers_exits_1_too(tmp_path):
 
 
 def test_the_status_line_shows_the_experiment_in_progress_or_the_latest_score():
-    from node.status import NodeStatus
+    from p2pgolf.node.status import NodeStatus
 
     base = dict(peer_id="p", addrs=(), benches=("smoke",), peers=(), pool_records=3, records_in=0, records_in_by_sync=0,
                 records_out=1, rejected=0, gossip_received=0, syncs=0, uptime_s=75, worker="running")

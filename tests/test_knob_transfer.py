@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from pool.estimator import EstimatorConfig, estimate
-from pool.evidence import Evidence, result_evidence
-from pool.knob_features import N_FEATURES, feature_names, features
-from pool.trust_weights import static_status
+from p2pgolf.pool.estimator import EstimatorConfig, estimate
+from p2pgolf.pool.evidence import Evidence, result_evidence
+from p2pgolf.pool.knob_features import N_FEATURES, feature_names, features
+from p2pgolf.pool.trust_weights import static_status
 
 ME = "a" * 64
 FRIEND = "b" * 64
@@ -47,7 +47,7 @@ def _pool(overlaps: int, seed: int = 0) -> tuple[Evidence, list[dict]]:
 
 
 def _errors(post, configs) -> np.ndarray:
-    from protocol import candidates
+    from p2pgolf.protocol import candidates
 
     out = []
     for diff in configs:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import candidates, knobs
-from protocol.benchmarks import benchmark
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import candidates, knobs
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.errors import ProtocolError
 
 
 def test_every_base_config_names_every_knob_and_is_consistent():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pool.estimator import CandidateInfo
-from pool.landscapes import FAMILY, KINDS, SCENARIOS, make_landscape
-from pool.proposals import mutate
-from pool.simulation import BASE, HARDWARE, SIM_SPACE, Landscape
-from protocol import knobs
+from p2pgolf.pool.estimator import CandidateInfo
+from p2pgolf.pool.landscapes import FAMILY, KINDS, SCENARIOS, make_landscape
+from p2pgolf.pool.proposals import mutate
+from p2pgolf.pool.simulation import BASE, HARDWARE, SIM_SPACE, Landscape
+from p2pgolf.protocol import knobs
 
 FAST, MID, SLOW = (h.key for h in HARDWARE)
 

@@ -12,11 +12,11 @@ import time
 import pytest
 from rich.console import Console
 
-from node.status import NodeStatus, PeerStatus
-from node.views.live import PoolWatch, Screen, render
-from node.views.pool_rows import Row
-from node.views.reason import proposal_reason
-from pool.proposals import Proposal
+from p2pgolf.node.status import NodeStatus, PeerStatus
+from p2pgolf.node.views.live import PoolWatch, Screen, render
+from p2pgolf.node.views.pool_rows import Row
+from p2pgolf.node.views.reason import proposal_reason
+from p2pgolf.pool.proposals import Proposal
 
 OWN, PEER = "a" * 64, "b" * 64
 HW = "cpu:Test CPU:x2"
@@ -126,9 +126,9 @@ def test_log_that_cannot_be_opened_is_one_line(tmp_path):
 def test_pool_rows_read_every_record_oldest_first_and_skip_what_no_longer_parses(tmp_path):
     import sqlite3
 
-    from node.views import sim_pool
-    from node.views.pool_rows import read_rows
-    from pool.store import PoolStore
+    from p2pgolf.node.views import sim_pool
+    from p2pgolf.node.views.pool_rows import read_rows
+    from p2pgolf.pool.store import PoolStore
 
     with PoolStore(tmp_path / "pool.sqlite") as store:
         made = sim_pool.simulate_pool(store, sim_pool.identities(2, seed=3), 4, seed=3)
@@ -145,8 +145,8 @@ def test_pool_rows_read_every_record_oldest_first_and_skip_what_no_longer_parses
 
 
 def test_status_snapshot_carries_the_reason_and_tokens_per_s():
-    from node.research_loop import CurrentRun, LoopControl
-    from trainer.progress import Progress
+    from p2pgolf.node.research_loop import CurrentRun, LoopControl
+    from p2pgolf.trainer.progress import Progress
 
     control = LoopControl()
     control.current = CurrentRun(2, "mutate", "ab" * 32, budget_s=60.0, deadline_s=360.0, started_at=100.0, why="moves matrix_lr=0.05 from record 1234abcd")

@@ -16,7 +16,7 @@ import pytest
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until
 from records_factory import signed_result
 
-from protocol.identity import Identity
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(150)
 NODES = 10

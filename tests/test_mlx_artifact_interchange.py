@@ -12,11 +12,11 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 torch = pytest.importorskip("torch")
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.knobs import resolve  # noqa: E402
-from trainer import evaluate_mlx, evaluate_torch, model_mlx, model_torch, train_mlx, train_torch  # noqa: E402
-from trainer.artifact import export_artifact, load_artifact  # noqa: E402
-from trainer.datasets import load_benchmark_data  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.knobs import resolve  # noqa: E402
+from p2pgolf.trainer import evaluate_mlx, evaluate_torch, model_mlx, model_torch, train_mlx, train_torch  # noqa: E402
+from p2pgolf.trainer.artifact import export_artifact, load_artifact  # noqa: E402
+from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
 
 CONFIG = {"model_dim": 32, "num_heads": 2, "train_seq_len": 64, "train_batch_tokens": 1024}
 EVAL_TOKENS = 3000

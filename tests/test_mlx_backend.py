@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.backend import BackendUnavailable, check_device, is_apple_silicon, resolve_backend, resolve_mlx_device
+from p2pgolf.trainer.backend import BackendUnavailable, check_device, is_apple_silicon, resolve_backend, resolve_mlx_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_missing_backend_package_names_the_package_and_the_install_command(tmp_p
     python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from trainer.backend import BackendUnavailable, resolve_backend\n"
+        "from p2pgolf.trainer.backend import BackendUnavailable, resolve_backend\n"
         "for name in ('mlx', 'torch', 'auto'):\n"
         "    try:\n"
         "        resolve_backend(name)\n"

@@ -15,11 +15,11 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.knobs import KNOBS, resolve  # noqa: E402
-from trainer import evaluate_mlx, train_mlx  # noqa: E402
-from trainer.artifact import export_artifact  # noqa: E402
-from trainer.datasets import load_benchmark_data  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.knobs import KNOBS, resolve  # noqa: E402
+from p2pgolf.trainer import evaluate_mlx, train_mlx  # noqa: E402
+from p2pgolf.trainer.artifact import export_artifact  # noqa: E402
+from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
 
 TINY = {
     "num_layers": 2,

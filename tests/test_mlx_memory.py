@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import ProtocolError
-from protocol.knobs import resolve
-from trainer.memory import (
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.knobs import resolve
+from p2pgolf.trainer.memory import (
     DEFAULT_MEMORY_FRACTION,
     MemoryBudgetError,
     choose_grad_accum,
     estimate_training_memory,
     sequences_per_step,
 )
-from trainer.train_common import plan_batch
+from p2pgolf.trainer.train_common import plan_batch
 
 GIB = 1 << 30
 
@@ -92,9 +92,9 @@ def test_devices_split_the_sequences_before_micro_batching():
 )
 def test_estimate_is_an_upper_bound_of_what_mlx_allocates(diff):
     mx = pytest.importorskip("mlx.core")
-    from protocol.benchmarks import benchmark
-    from trainer.datasets import load_benchmark_data
-    from trainer.train_mlx import train
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.train_mlx import train
 
     config = resolve("smoke-tiny", diff)
     data = load_benchmark_data(benchmark("smoke"), None)

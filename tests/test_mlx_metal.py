@@ -12,8 +12,8 @@ pytestmark = pytest.mark.skipif(not mx.metal.is_available(), reason="needs an Ap
 
 
 def test_auto_device_is_the_apple_gpu_and_the_hardware_class_names_the_chip():
-    from trainer.hardware import detect_hardware
-    from trainer.train_mlx import select_device
+    from p2pgolf.trainer.hardware import detect_hardware
+    from p2pgolf.trainer.train_mlx import select_device
 
     try:
         assert select_device("auto") == "gpu"
@@ -25,11 +25,11 @@ def test_auto_device_is_the_apple_gpu_and_the_hardware_class_names_the_chip():
 
 
 def test_bf16_training_on_metal_tracks_fp32_on_the_cpu():
-    from protocol.benchmarks import benchmark
-    from protocol.knobs import resolve
-    from trainer.datasets import load_benchmark_data
-    from trainer.model_mlx import build_model, state_dict_numpy
-    from trainer.train_mlx import train
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.knobs import resolve
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.model_mlx import build_model, state_dict_numpy
+    from p2pgolf.trainer.train_mlx import train
 
     config = resolve("smoke-tiny", {"train_batch_tokens": 1024, "train_seq_len": 64})
     data = load_benchmark_data(benchmark("smoke"), None)

@@ -15,10 +15,10 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 torch = pytest.importorskip("torch")
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.knobs import resolve  # noqa: E402
-from trainer import model_mlx, model_torch, train_mlx, train_torch  # noqa: E402
-from trainer.datasets import load_benchmark_data  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.knobs import resolve  # noqa: E402
+from p2pgolf.trainer import model_mlx, model_torch, train_mlx, train_torch  # noqa: E402
+from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("mlx.core")
 
-from protocol.records import HardwareClass, Metrics  # noqa: E402
-from trainer.runner import RESULT_KEYS  # noqa: E402
+from p2pgolf.protocol.records import HardwareClass, Metrics  # noqa: E402
+from p2pgolf.trainer.runner import RESULT_KEYS  # noqa: E402
 from trainer_helpers import p2pgolf  # noqa: E402
 
 EVAL_TOKENS = 4096
@@ -54,9 +54,9 @@ def test_mlx_run_writes_the_run_directory_with_the_agreed_result(mlx_run):
 def test_torch_verifies_the_mlx_claim_from_the_artifact_file(mlx_run):
     import torch
 
-    from trainer.config import RunConfig
-    from trainer.datasets import load_benchmark_data
-    from trainer.run_torch import evaluate_artifact
+    from p2pgolf.trainer.config import RunConfig
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.run_torch import evaluate_artifact
 
     _, out = mlx_run
     run = RunConfig.from_json(json.loads((out / "config.json").read_text()))

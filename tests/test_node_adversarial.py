@@ -16,14 +16,14 @@ import trio
 from node_procs import NodeProc, make_home, stop_all, wait_until
 from records_factory import signed_result
 
-from node.host import make_host, peer_info, parse_peer_addr
-from node.limits import Limits
-from node.node import Node, NodeOptions
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol import canonical
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.host import make_host, peer_info, parse_peer_addr
+from p2pgolf.node.limits import Limits
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(90)
 BENCH = benchmark("smoke")
@@ -131,7 +131,7 @@ def test_sync_peer_announcing_an_oversized_frame_is_cut_off_and_the_node_keeps_s
     from libp2p.network.stream.exceptions import StreamError
     from libp2p.peer.id import ID
 
-    from node.sync import SYNC_PROTOCOL, sync_with
+    from p2pgolf.node.sync import SYNC_PROTOCOL, sync_with
 
     async def main() -> None:
         store = PoolStore(tmp_path / "a.sqlite")
@@ -162,7 +162,7 @@ def test_sync_peer_announcing_an_oversized_frame_is_cut_off_and_the_node_keeps_s
 
 
 def test_a_peer_asking_for_sync_faster_than_its_limit_is_refused(tmp_path):
-    from node.sync import SyncError, open_sync_stream, request
+    from p2pgolf.node.sync import SyncError, open_sync_stream, request
 
     async def main() -> None:
         store = PoolStore(tmp_path / "a.sqlite")
@@ -194,7 +194,7 @@ def test_a_sync_peer_that_breaks_mid_transfer_fails_that_sync_only(tmp_path):
     import multiaddr
     from libp2p.custom_types import TProtocol
 
-    from node.sync import SYNC_PROTOCOL, SyncError, read_frame, sync_with, write_frame
+    from p2pgolf.node.sync import SYNC_PROTOCOL, SyncError, read_frame, sync_with, write_frame
 
     async def hostile(stream) -> None:
         try:

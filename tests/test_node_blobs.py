@@ -10,14 +10,14 @@ import multiaddr
 import pytest
 import trio
 
-from node.blob_exchange import BlobServer, ExchangeSettings
-from node.host import full_addrs, make_host, parse_peer_addr, peer_info
-from node.node import Node, NodeOptions
-from pool.blobs import BlobStore
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.blob_exchange import BlobServer, ExchangeSettings
+from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.blobs import BlobStore
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")

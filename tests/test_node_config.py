@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import load_config, load_known_peers, save_known_peers
-from node.home import Home
-from node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
+from p2pgolf.node.config import load_config, load_known_peers, save_known_peers
+from p2pgolf.node.home import Home
+from p2pgolf.node.host import DEFAULT_LISTEN, parse_listen, parse_peer_addr
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
 
 PEER = f"/ip4/127.0.0.1/tcp/4001/p2p/{Identity.generate().peer_id}"
 
@@ -73,7 +73,7 @@ def test_peer_addresses_must_name_an_ed25519_peer_id():
 
 
 def test_bootstrap_and_hand_pinned_peers_are_never_evicted_by_learned_ones(tmp_path):
-    from node.config import MAX_KNOWN_PEERS
+    from p2pgolf.node.config import MAX_KNOWN_PEERS
 
     home = Home(tmp_path)
     save_known_peers(home, [], pinned=[PEER])

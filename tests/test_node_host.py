@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import trio
 
-from node.host import make_host, parse_peer_addr, peer_info
-from node.node import Node, NodeOptions
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")
@@ -113,7 +113,7 @@ def test_a_failing_worker_leaves_the_node_serving(tmp_path):
 
 
 def test_a_restarted_node_redials_the_peers_it_remembered_without_bootstrap(tmp_path):
-    from node.home import Home
+    from p2pgolf.node.home import Home
 
     home = Home(tmp_path / "b")
     home.root.mkdir()
@@ -142,8 +142,8 @@ def test_a_restarted_node_redials_the_peers_it_remembered_without_bootstrap(tmp_
 
 
 def test_an_inbound_peer_that_stayed_is_redialled_after_it_drops(tmp_path, monkeypatch):
-    import node.discovery as discovery
-    from node.host import DEFAULT_LISTEN
+    import p2pgolf.node.discovery as discovery
+    from p2pgolf.node.host import DEFAULT_LISTEN
 
     monkeypatch.setattr(discovery, "INBOUND_KEEP_AFTER_S", 0.5)  # instead of 30 s
     b_identity = Identity.generate()

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from records_factory import signed_result
 
-from node.limits import Admission, Limits, PeerLimiter, TokenBucket, Verdict
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
+from p2pgolf.node.limits import Admission, Limits, PeerLimiter, TokenBucket, Verdict
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
 
 SMOKE = benchmark("smoke").id
 PEER = "12D3KooWPeerUnderTest"

@@ -18,8 +18,8 @@ import pytest
 from node_procs import P2PGOLF, NodeProc, free_port, make_home, stop_all, wait_until
 from records_factory import signed_result
 
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(120)
 RING = 5
@@ -168,7 +168,7 @@ def _outlive_gossip_replay(delivered_at: float) -> None:
 
 
 def _has(node: NodeProc, record_id: str) -> bool:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with PoolStore(node.home.pool_db) as store:
         return store.has(record_id)

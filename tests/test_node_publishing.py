@@ -11,14 +11,14 @@ import pytest
 from node_procs import P2PGOLF, make_home
 from records_factory import signed_result
 
-from node.commands.publish_cmd import records_from_path
-from node.publishing import sign_run
-from pool.store import PoolStore
-from pool.transfer import export_records
-from protocol.benchmarks import benchmark
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.signing import decode_record
+from p2pgolf.node.commands.publish_cmd import records_from_path
+from p2pgolf.node.publishing import sign_run
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.transfer import export_records
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record
 
 
 def run_json(**changes) -> dict:

@@ -15,11 +15,11 @@ import trio
 from node_procs import P2PGOLF, NodeProc, make_home, stop_all, wait_until
 from records_factory import signed_result
 
-from node.node import Node, NodeOptions
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(90)
 BENCH = benchmark("smoke")

@@ -10,13 +10,13 @@ import trio
 
 from records_factory import signed_result
 
-from node.host import parse_peer_addr, peer_info
-from node.node import Node, NodeOptions
-from node.sync import sync_with
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.host import parse_peer_addr, peer_info
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.node.sync import sync_with
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")

@@ -13,14 +13,14 @@ import numpy as np
 from node_procs import make_home
 from trainer_helpers import P2PGOLF_CLI
 
-from node.commands.publish_cmd import records_from_path
-from node.publishing import RECORD_FILE, sign_run_dir
-from pool.estimator import estimate
-from pool.evidence import result_evidence
-from pool.store import PoolStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.signing import decode_record
+from p2pgolf.node.commands.publish_cmd import records_from_path
+from p2pgolf.node.publishing import RECORD_FILE, sign_run_dir
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import result_evidence
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record
 
 CREATED_MS = 1_780_000_000_000
 
@@ -70,7 +70,7 @@ def test_a_run_signed_again_gives_the_same_id_even_without_the_remembered_record
 
 
 def test_publishing_a_run_the_research_loop_published_gives_back_the_loops_record(tmp_path):
-    from node.publishing import result_from_run
+    from p2pgolf.node.publishing import result_from_run
 
     me = Identity.generate()
     run_dir = _run_dir(tmp_path)
@@ -94,7 +94,7 @@ def _hw_results(pairs):
 
 
 def test_the_estimator_counts_one_measurement_signed_by_two_keys_once():
-    from pool.evidence import Evidence
+    from p2pgolf.pool.evidence import Evidence
 
     statuses = {"me": "own", "peer": "unknown"}
     same_run = _hw_results([("r1", "me", 3.0, "aa" * 32, 7), ("r2", "peer", 3.0, "aa" * 32, 7), ("r3", "me", 3.0, "aa" * 32, 7)])
@@ -111,7 +111,7 @@ def test_the_estimator_counts_one_measurement_signed_by_two_keys_once():
 
 
 def test_an_attestation_of_a_collapsed_duplicate_counts_for_the_kept_record():
-    from pool.evidence import AttestationEvidence, Evidence
+    from p2pgolf.pool.evidence import AttestationEvidence, Evidence
 
     statuses = {"me": "own", "peer": "pinned", "checker": "pinned"}
     results = _hw_results([("r1", "me", 3.0, "aa" * 32, 7), ("r2", "peer", 3.0, "aa" * 32, 7)])
@@ -127,8 +127,8 @@ def test_publishing_a_run_that_the_research_loop_published_stores_no_second_reco
     import trio
 
     import recordgen as g
-    from node.research_loop import Journal, LoopSettings, ResearchLoop
-    from pool.trust import TrustStore
+    from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+    from p2pgolf.pool.trust import TrustStore
 
     me = g.identity(31)
     template = _run_dir(tmp_path, "template")

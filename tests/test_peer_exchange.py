@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import trio
 
-from node.node import Node, NodeOptions
-from node.peer_exchange import MeshSettings
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.node.peer_exchange import MeshSettings
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")
@@ -66,7 +66,7 @@ def test_a_peers_put_value_and_add_provider_are_not_stored(tmp_path):
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.tools.anyio_service import background_trio_service
 
-    from node.host import make_host, parse_peer_addr, peer_info
+    from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
 
     async def main() -> None:
         a = _node(tmp_path, "a")

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 import recordgen as g
-from pool.store import BUCKET_MS, PoolStore, bucket_digest
+from p2pgolf.pool.store import BUCKET_MS, PoolStore, bucket_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_two_processes_writing_one_pool_lose_nothing(tmp_path):
 _KILLED_WRITER = textwrap.dedent(
     """
     import sys, msgpack
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
     path, source, mode = sys.argv[1:4]
     raws = msgpack.unpackb(open(source, "rb").read())
     with PoolStore(path) as store:

@@ -8,11 +8,11 @@ import sqlite3
 import pytest
 
 import recordgen as g
-from pool import schema
-from pool.schema import SchemaVersionError
-from pool.store import BUCKET_MS, PoolStore, bucket_digest
-from protocol import canonical
-from protocol.errors import ProtocolError
+from p2pgolf.pool import schema
+from p2pgolf.pool.schema import SchemaVersionError
+from p2pgolf.pool.store import BUCKET_MS, PoolStore, bucket_digest
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
 
 
 @pytest.fixture
@@ -256,7 +256,7 @@ def test_a_version_one_pool_is_migrated_and_keeps_its_records(tmp_path):
     with PoolStore(path) as s:
         assert s.schema_version() == schema.SCHEMA_VERSION == 2
         assert s.get(rec.id).record == rec.record
-    from pool.trust import TrustStore
+    from p2pgolf.pool.trust import TrustStore
 
     with TrustStore(path) as t:
         assert t.unknown_weight == 0.1

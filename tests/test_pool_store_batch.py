@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import recordgen as g
-from pool.store import BUCKET_MS, PoolStore, bucket_digest
-from protocol.signing import decode_record
+from p2pgolf.pool.store import BUCKET_MS, PoolStore, bucket_digest
+from p2pgolf.protocol.signing import decode_record
 
 
 def test_a_batch_reports_stored_and_repeated_records_and_stores_each_once(tmp_path):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from node.proposers.operator import PROPOSERS_JOURNAL
-from node.research_loop import JOURNAL_NAME
+from p2pgolf.node.proposers.operator import PROPOSERS_JOURNAL
+from p2pgolf.node.research_loop import JOURNAL_NAME
 from node_procs import P2PGOLF, NodeProc, make_home, wait_until
-from pool.store import PoolStore
-from protocol.identity import create_identity
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.protocol.identity import create_identity
 from records_factory import H100, signed_result
 
 pytestmark = pytest.mark.timeout(300)

@@ -11,15 +11,15 @@ import math
 import numpy as np
 import pytest
 
-from pool import bandit
-from pool.bandit import BanditConfig, Outcome, choose, gain, leader_probability, operator_draws
-from pool.estimator import estimate
-from pool.evidence import Evidence, ResultEvidence
-from pool.proposals import OPERATORS, Proposal
-from pool.proposer_simulation import run_proposers
-from pool.simulation import SimSettings
-from pool.trust_weights import static_status
-from protocol import candidates
+from p2pgolf.pool import bandit
+from p2pgolf.pool.bandit import BanditConfig, Outcome, choose, gain, leader_probability, operator_draws
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import Evidence, ResultEvidence
+from p2pgolf.pool.proposals import OPERATORS, Proposal
+from p2pgolf.pool.proposer_simulation import run_proposers
+from p2pgolf.pool.simulation import SimSettings
+from p2pgolf.pool.trust_weights import static_status
+from p2pgolf.protocol import candidates
 
 ME = hashlib.sha256(b"me").hexdigest()
 HW = "cpu:Test CPU:x2"

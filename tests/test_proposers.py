@@ -17,18 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recordgen as g
-from node.config import load_config
-from node.home import Home
-from node.proposers.answer import MAX_PROPOSALS, read_answer
-from node.proposers.operator import PROPOSERS_JOURNAL, ProposerOperator, usage_summary
-from node.proposers.spawn import spawn
-from node.proposers.spec import ProposerSpec, parse_spec
-from node.research_loop import Journal
-from pool.bandit import builtin_only
-from pool.store import PoolStore
-from pool.trust import TrustStore
+from p2pgolf.node.config import load_config
+from p2pgolf.node.home import Home
+from p2pgolf.node.proposers.answer import MAX_PROPOSALS, read_answer
+from p2pgolf.node.proposers.operator import PROPOSERS_JOURNAL, ProposerOperator, usage_summary
+from p2pgolf.node.proposers.spawn import spawn
+from p2pgolf.node.proposers.spec import ProposerSpec, parse_spec
+from p2pgolf.node.research_loop import Journal
+from p2pgolf.pool.bandit import builtin_only
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
 from proposer_helpers import make_loop, peer_idea, program
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 

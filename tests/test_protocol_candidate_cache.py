@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import candidates
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.errors import ProtocolError
 
 
 def test_cached_candidate_ids_equal_freshly_computed_ones_for_values_that_hash_alike():

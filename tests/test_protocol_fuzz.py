@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.signing import decode_record, record_id
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record, record_id
 from records_factory import signed_attestation, signed_result
 
 IDENTITY = Identity.from_seed(bytes(range(32)))

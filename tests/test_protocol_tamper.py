@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.signing import decode_record
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record
 from records_factory import H100, signed_result
 
 IDENTITY = Identity.from_seed(bytes(range(32)))
@@ -50,7 +50,7 @@ def test_truncated_or_extended_envelope_is_rejected(signed):
 
 
 def test_signature_by_another_key_is_rejected(signed):
-    from protocol import canonical
+    from p2pgolf.protocol import canonical
 
     other = Identity.from_seed(bytes(range(1, 33)))
     forged_sig = other.signing_key.sign(bytes.fromhex(signed.id)).signature

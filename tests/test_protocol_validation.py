@@ -8,11 +8,11 @@ import time
 import msgpack
 import pytest
 
-from protocol import canonical
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
-from protocol.records import MAX_NOTE_CHARS, parse_body
-from protocol.signing import MAX_RECORD_BYTES, decode_record, sign_record
+from p2pgolf.protocol import canonical
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import MAX_NOTE_CHARS, parse_body
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, decode_record, sign_record
 from records_factory import make_result, signed_result
 
 IDENTITY = Identity.from_seed(bytes(range(32)))

@@ -10,10 +10,10 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import candidates, spec_tables
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.signing import decode_record
+from p2pgolf.protocol import candidates, spec_tables
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import decode_record
 from conftest import REPO_ROOT
 
 SPEC = (REPO_ROOT / "protocol" / "SPEC.md").read_text()
@@ -133,4 +133,4 @@ def test_the_script_vector_is_a_script_candidate():
 
 
 def test_spec_reference_tables_match_the_code():
-    assert spec_tables.render() in SPEC, "SPEC.md is stale: run `python -m protocol.spec_tables`"
+    assert spec_tables.render() in SPEC, "SPEC.md is stale: run `python -m p2pgolf.protocol.spec_tables`"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from node.cli import cli
-from node.home import Home
-from node.views import sim_pool
-from node.views.report import SECTIONS
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
+from p2pgolf.node.cli import cli
+from p2pgolf.node.home import Home
+from p2pgolf.node.views import sim_pool
+from p2pgolf.node.views.report import SECTIONS
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
 
 pytest.importorskip("matplotlib", reason="p2pgolf report needs matplotlib (the `report` extra)")
 
@@ -84,7 +84,7 @@ def test_peer_markup_in_notes_and_labels_is_escaped(report_dir):
 
 
 def test_report_content_follows_the_pool(simulated_home):
-    from node.views.build_report import make_report  # the numbers the pages show, from the same call
+    from p2pgolf.node.views.build_report import make_report  # the numbers the pages show, from the same call
 
     written, data = make_report(simulated_home, benchmark(sim_pool.BENCH), simulated_home.root / "again")
     assert written.html.exists()

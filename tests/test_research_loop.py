@@ -15,13 +15,13 @@ import pytest
 import trio
 
 import recordgen as g
-from node.home import Home
-from node.node import Node, NodeOptions
-from node.research_loop import CurrentRun, Journal, LoopControl, LoopSettings, ResearchLoop, run_research_loop
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from trainer.progress import Progress
+from p2pgolf.node.home import Home
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.node.research_loop import CurrentRun, Journal, LoopControl, LoopSettings, ResearchLoop, run_research_loop
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.trainer.progress import Progress
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,7 +102,7 @@ def test_a_torn_journal_line_is_skipped_and_the_rest_is_kept(tmp_path):
 
 
 def _trainer_children() -> list[psutil.Process]:
-    return [c for c in psutil.Process().children(recursive=True) if "trainer.runner" in " ".join(c.cmdline())]
+    return [c for c in psutil.Process().children(recursive=True) if "p2pgolf.trainer.runner" in " ".join(c.cmdline())]
 
 
 def test_cancelling_a_node_mid_run_stops_its_trainer_at_once_and_journals_the_run_abandoned(tmp_path):
@@ -150,7 +150,7 @@ def test_cancelling_a_node_mid_run_stops_its_trainer_at_once_and_journals_the_ru
 
 
 def test_a_cancel_arriving_just_as_a_run_finishes_loses_nothing(tmp_path):
-    from trainer.api import run_experiment
+    from p2pgolf.trainer.api import run_experiment
 
     me = g.identity(13)
     published: list[bytes] = []

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from node.home import Home
-from node.scripts import ScriptStore, ScriptStoreError
+from p2pgolf.node.home import Home
+from p2pgolf.node.scripts import ScriptStore, ScriptStoreError
 from script_helpers import SCRIPTS, script_bytes, wrapped
 from trainer_helpers import P2PGOLF_CLI, p2pgolf
 
@@ -80,11 +80,11 @@ def test_approval_needs_intact_bytes(tmp_path):
 
 def test_pool_top_shows_both_kinds_and_whether_a_script_runs_here(tmp_path):
     import recordgen as g
-    from pool.store import PoolStore
-    from protocol.benchmarks import benchmark
-    from protocol.candidates import script_base
-    from protocol.records import Result
-    from protocol.signing import sign_record
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.candidates import script_base
+    from p2pgolf.protocol.records import Result
+    from p2pgolf.protocol.signing import sign_record
 
     home = tmp_path / "home"
     assert p2pgolf("init", home=home).returncode == 0
@@ -106,7 +106,7 @@ def test_pool_top_shows_both_kinds_and_whether_a_script_runs_here(tmp_path):
     assert rows[records[0].record.candidate]["kind"] == "builtin" and rows[records[0].record.candidate]["script"] is None
     assert rows[records[1].record.candidate]["script"] == "held" and rows[records[2].record.candidate]["script"] == "not held"
     assert rows[records[2].record.candidate]["tokenizer"] == "byte256"
-    from node.commands.pool_search_cmd import _label
+    from p2pgolf.node.commands.pool_search_cmd import _label
 
     assert _label(script_base(held), "byte256", "held") == f"script:{held[:10]} (byte256, held)"  # the table's base column
     wide = subprocess.run(

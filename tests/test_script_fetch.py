@@ -12,19 +12,19 @@ import pytest
 import trio
 
 import recordgen as g
-from node.blob_exchange import BlobServer
-from node.host import full_addrs, make_host, parse_peer_addr, peer_info
-from node.node import Node, NodeOptions
-from node.script_fetch import fetch_new_scripts
-from node.scripts import ScriptStore
+from p2pgolf.node.blob_exchange import BlobServer
+from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.node.script_fetch import fetch_new_scripts
+from p2pgolf.node.scripts import ScriptStore
 from node_procs import make_home
-from pool.blobs import BlobStore
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.candidates import script_base
-from protocol.records import Result
-from protocol.signing import sign_record
+from p2pgolf.pool.blobs import BlobStore
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.candidates import script_base
+from p2pgolf.protocol.records import Result
+from p2pgolf.protocol.signing import sign_record
 from script_helpers import SCRIPTS, script_bytes
 
 pytestmark = pytest.mark.timeout(90)
@@ -61,7 +61,7 @@ def test_a_script_named_by_records_is_fetched_verified_announced_and_not_approve
             await nursery.start(author.run)
             await nursery.start(me.run)
             await me.host.connect(peer_info(parse_peer_addr(author.addrs[0])))
-            with caplog.at_level(logging.WARNING, logger="node.script_fetch"):
+            with caplog.at_level(logging.WARNING, logger="p2pgolf.node.script_fetch"):
                 fetched = await fetch_new_scripts(me, ScriptStore(b_home))
             assert [f.usage.sha for f in fetched] == [sha] and fetched[0].usage.best_bpb == 1.234
             assert await fetch_new_scripts(me, ScriptStore(b_home)) == []  # held now: not fetched again

@@ -8,9 +8,9 @@ import zlib
 
 import pytest
 
-from protocol import candidates
-from protocol.errors import ProtocolError
-from protocol.script_hparams import RANGE_FACTOR, ScriptParseError, read_hyperparameters
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.script_hparams import RANGE_FACTOR, ScriptParseError, read_hyperparameters
 
 SOURCE = '''
 import os, uuid

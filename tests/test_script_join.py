@@ -18,15 +18,15 @@ import json
 
 import pytest
 
-from node.research_loop import JOURNAL_NAME
-from node.scripts import ScriptStore
-from node.home import Home
+from p2pgolf.node.research_loop import JOURNAL_NAME
+from p2pgolf.node.scripts import ScriptStore
+from p2pgolf.node.home import Home
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.candidates import script_base
-from protocol.identity import KEY_FILE_HEADER, Identity
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.candidates import script_base
+from p2pgolf.protocol.identity import KEY_FILE_HEADER, Identity
 from script_helpers import SCRIPTS
 
 pytestmark = pytest.mark.timeout(400)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pool.estimator import CandidateInfo
-from pool.script_proposals import mutate_script, recombine_scripts
-from protocol.candidates import candidate_id, script_base
-from protocol.script_hparams import read_hyperparameters
+from p2pgolf.pool.estimator import CandidateInfo
+from p2pgolf.pool.script_proposals import mutate_script, recombine_scripts
+from p2pgolf.protocol.candidates import candidate_id, script_base
+from p2pgolf.protocol.script_hparams import read_hyperparameters
 from script_helpers import script_bytes
 
 VOCAB = read_hyperparameters(script_bytes("tiny_golf.py"))
@@ -52,9 +52,9 @@ def test_recombination_unites_diffs_of_one_script_only():
 
 
 def test_the_bandit_builds_only_on_the_script_s_chosen_tokenizer():
-    from pool import bandit
-    from pool.estimator import estimate
-    from pool.evidence import Evidence, result_evidence
+    from p2pgolf.pool import bandit
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import Evidence, result_evidence
 
     me = "aa" * 32
     rows = [

@@ -9,20 +9,20 @@ import pytest
 import trio
 
 import recordgen as g
-from node.home import Home
-from node.research_loop import Journal, LoopSettings, ResearchLoop
-from node.scripts import ScriptStore
-from pool.estimator import estimate
-from pool.evidence import from_store
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.candidates import script_base
-from protocol.records import Result
-from protocol.signing import sign_record
+from p2pgolf.node.home import Home
+from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
+from p2pgolf.node.scripts import ScriptStore
+from p2pgolf.pool.estimator import estimate
+from p2pgolf.pool.evidence import from_store
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.candidates import script_base
+from p2pgolf.protocol.records import Result
+from p2pgolf.protocol.signing import sign_record
 from script_helpers import SCRIPTS, script_bytes
-from trainer.hardware import detect_hardware
-from trainer.script_runner import launch_script
+from p2pgolf.trainer.hardware import detect_hardware
+from p2pgolf.trainer.script_runner import launch_script
 
 pytestmark = pytest.mark.timeout(300)
 BENCH = "smoke@4s"
@@ -76,7 +76,7 @@ class _BuiltinStub:
     def __call__(self, bench_name, base, diff, *, seed, out_dir, cancel=None, **kw):
         import types
 
-        from trainer.runner import RESULT_KEYS
+        from p2pgolf.trainer.runner import RESULT_KEYS
 
         self.bases.append(base)
         bench = benchmark(bench_name)

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from protocol.benchmarks import benchmark
+from p2pgolf.protocol.benchmarks import benchmark
 from script_helpers import sample_byte_shards, script_bytes, wrapped
-from trainer.script_runner import SCRIPT_NAME, ScriptRun, _command, launch_script, score_from_log, script_framework, user_namespaces_work
+from p2pgolf.trainer.script_runner import SCRIPT_NAME, ScriptRun, _command, launch_script, score_from_log, script_framework, user_namespaces_work
 
 SMOKE = benchmark("smoke")
 
@@ -67,7 +67,7 @@ def test_an_mlx_script_is_found_through_its_wrapper_and_never_goes_under_torchru
 
     mlx_script = wrapped(script_bytes("tiny_golf_mlx.py")).decode()
     assert script_framework(mlx_script) == "torch"  # the wrapper itself imports only lzma and base64
-    from protocol.script_hparams import read_hyperparameters
+    from p2pgolf.protocol.script_hparams import read_hyperparameters
 
     inner = read_hyperparameters(mlx_script).inner_source
     assert script_framework(inner) == "mlx" and script_framework(script_bytes("tiny_golf.py").decode()) == "torch"
@@ -172,7 +172,7 @@ def test_the_script_dies_with_the_process_that_launched_it(data, tmp_path):
     launcher = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
-            "from pathlib import Path\nfrom protocol.benchmarks import benchmark\nfrom trainer.script_runner import ScriptRun, launch_script\n"
+            "from pathlib import Path\nfrom p2pgolf.protocol.benchmarks import benchmark\nfrom p2pgolf.trainer.script_runner import ScriptRun, launch_script\n"
             "run = ScriptRun(script=Path(sys.argv[2]).read_bytes(), bench=benchmark('smoke'), tokenizer='byte256', seed=1, budget_s=600.0,"
             " data_path=sys.argv[3], device='cpu', diff={'ITERATIONS': 2400, 'BATCH_SIZE': 128})\nlaunch_script(run, sys.argv[4])\n"
         ), str(REPO_ROOT), str(tmp_path / "long.py"), str(data), str(tmp_path / "run")],

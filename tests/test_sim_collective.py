@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pool.bandit import BanditConfig
-from pool.simulation import HARDWARE, MODES, Landscape, NodeTrace, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode, summarise
-from protocol import knobs
+from p2pgolf.pool.bandit import BanditConfig
+from p2pgolf.pool.simulation import HARDWARE, MODES, Landscape, NodeTrace, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode, summarise
+from p2pgolf.protocol import knobs
 
 TINY = SimSettings(nodes=3, experiments=20)
 
@@ -156,7 +156,7 @@ def _benchmark():
 
 def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_definitions():
     bench = _benchmark()
-    from pool.landscapes import Scenario
+    from p2pgolf.pool.landscapes import Scenario
 
     fast, slow = HARDWARE[0].key, HARDWARE[-1].key
     optimum = {fast: 1.0, slow: 2.0}

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.benchmarks import SMOKE_VAL_SHA256, benchmark
-from trainer import smoke
-from trainer.datasets import load_benchmark_data
+from p2pgolf.protocol.benchmarks import SMOKE_VAL_SHA256, benchmark
+from p2pgolf.trainer import smoke
+from p2pgolf.trainer.datasets import load_benchmark_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_validation_bytes_match_the_digest_pinned_in_the_protocol():
 
 
 def test_generation_does_not_depend_on_hash_seed_or_process():
-    code = "from trainer import smoke; import hashlib; print(smoke.val_sha256(), hashlib.sha256(smoke.block('train', 77)).hexdigest())"
+    code = "from p2pgolf.trainer import smoke; import hashlib; print(smoke.val_sha256(), hashlib.sha256(smoke.block('train', 77)).hexdigest())"
     outs = set()
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}

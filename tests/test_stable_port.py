@@ -8,14 +8,14 @@ import socket
 import pytest
 import trio
 
-from node.config import dialable_addrs, load_listen_port
-from node.home import Home
-from node.node import Node, NodeOptions
-from pool.store import PoolStore
-from pool.trust import TrustStore
-from protocol.benchmarks import benchmark
-from protocol.errors import ProtocolError
-from protocol.identity import Identity
+from p2pgolf.node.config import dialable_addrs, load_listen_port
+from p2pgolf.node.home import Home
+from p2pgolf.node.node import Node, NodeOptions
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 BENCH = benchmark("smoke")

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from trainer_helpers import P2PGOLF_CLI, p2pgolf  # also: one torch thread, for the children too
-from protocol import knobs
-from protocol.benchmarks import benchmark
-from protocol.records import HardwareClass
-from trainer.config import make_run_config
-from trainer.run_history import PastRun, past_runs
-from trainer.step_budget import BudgetError, check_step_fits, default_base, estimate_step
+from p2pgolf.protocol import knobs
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.records import HardwareClass
+from p2pgolf.trainer.config import make_run_config
+from p2pgolf.trainer.run_history import PastRun, past_runs
+from p2pgolf.trainer.step_budget import BudgetError, check_step_fits, default_base, estimate_step
 
 CPU2 = HardwareClass("cpu", "Test CPU", 2, 8192)
 H100 = HardwareClass("cuda", "NVIDIA H100 80GB HBM3", 1, 81559)
@@ -107,8 +107,8 @@ def _fake_history(runs: Path, hw: HardwareClass, config_base: str, diff: dict, t
 
 
 def test_a_first_step_measured_to_overrun_is_refused_after_one_micro_batch(tmp_path):
-    from trainer.hardware import detect_hardware
-    from trainer.runner import launch
+    from p2pgolf.trainer.hardware import detect_hardware
+    from p2pgolf.trainer.runner import launch
 
     diff = {"train_batch_tokens": 262144, "grad_accum_steps": 64}  # 64 micro-batches of 4,096 tokens
     runs = tmp_path / "runs"
@@ -123,7 +123,7 @@ def test_a_first_step_measured_to_overrun_is_refused_after_one_micro_batch(tmp_p
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("mlx", marks=pytest.mark.skipif(importlib.util.find_spec("mlx") is None, reason="mlx is not installed"))])
 def test_a_long_step_is_cut_at_a_micro_batch_when_the_budget_runs_out(tmp_path, backend):
-    from trainer.runner import launch
+    from p2pgolf.trainer.runner import launch
 
     # one step is 8 micro-batches; under the old step-granular clock the run overran by a step
     # (MLX on a CPU is several times slower than torch: smaller micro-batches keep it quick)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import knobs
-from trainer.artifact import (
+from p2pgolf.protocol import knobs
+from p2pgolf.trainer.artifact import (
     ArtifactError,
     code_bytes,
     code_files,
@@ -16,9 +16,9 @@ from trainer.artifact import (
     load_artifact,
     quantise_rows,
 )
-from trainer.evaluate_torch import evaluate
-from trainer.model_torch import build_model
-from trainer.train_torch import load_numpy_state, state_to_numpy, train
+from p2pgolf.trainer.evaluate_torch import evaluate
+from p2pgolf.trainer.model_torch import build_model
+from p2pgolf.trainer.train_torch import load_numpy_state, state_to_numpy, train
 
 from trainer_helpers import build_fineweb, tiny_config
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from trainer_helpers import P2PGOLF_CLI, p2pgolf  # also: one torch thread, for the children too
-from protocol.records import HardwareClass, Metrics
-from trainer.runner import RESULT_KEYS
+from p2pgolf.protocol.records import HardwareClass, Metrics
+from p2pgolf.trainer.runner import RESULT_KEYS
 
 SUMMARY = ("status:", "val_bpb:", "val_loss:", "steps:", "training_seconds:", "tokens_per_s:", "artifact_bytes:", "eval_tokens:")
 
@@ -68,9 +68,9 @@ def test_loss_falls_during_the_smoke_run(smoke_run):
 def test_reported_val_bpb_is_that_of_the_model_reloaded_from_the_artifact_file(smoke_run):
     import torch
 
-    from trainer.config import RunConfig
-    from trainer.datasets import load_benchmark_data
-    from trainer.run_torch import evaluate_artifact
+    from p2pgolf.trainer.config import RunConfig
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.run_torch import evaluate_artifact
 
     _, out = smoke_run
     run = RunConfig.from_json(json.loads((out / "config.json").read_text()))
@@ -139,7 +139,7 @@ def test_a_run_that_fails_in_the_child_leaves_a_failed_result_naming_the_fix(tmp
 def test_a_run_past_its_hard_deadline_is_stopped_and_reported_failed(tmp_path):
     import time
 
-    from trainer.api import run_experiment
+    from p2pgolf.trainer.api import run_experiment
 
     started = time.monotonic()
     outcome = run_experiment("smoke", "smoke-tiny", {}, budget_s=120, seed=0, out_dir=tmp_path / "run", timeout_s=4)
@@ -149,8 +149,8 @@ def test_a_run_past_its_hard_deadline_is_stopped_and_reported_failed(tmp_path):
 
 
 def test_seed_comes_from_seed_or_set_seed_and_never_enters_the_diff():
-    from node.cli import UserError
-    from node.commands.train_cmd import parse_sets
+    from p2pgolf.node.cli import UserError
+    from p2pgolf.node.commands.train_cmd import parse_sets
 
     assert parse_sets(("seed=9", "model_dim=32"), None) == ({"model_dim": 32}, 9)
     assert parse_sets(("seed=9",), 9) == ({}, 9)
@@ -196,7 +196,7 @@ def test_a_run_whose_launcher_is_killed_stops_instead_of_training_to_its_deadlin
          "train", "--bench", "smoke", "--base", "smoke-tiny", "--budget", "300", "--out", str(tmp_path / "run")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: "trainer.runner" in " ".join(c.cmdline()), "the trainer child")
+    _kill_launcher_and_expect_its_children_gone(launcher, lambda c: "p2pgolf.trainer.runner" in " ".join(c.cmdline()), "the trainer child")
 
 
 def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_group():
@@ -204,9 +204,9 @@ def test_a_silent_trainer_child_notices_its_launcher_died_and_stops_its_process_
     # line; a child busy without output (compiling, a long evaluation, a torchrun worker) cannot.
     silent_child = (
         "import os, subprocess, sys, time\n"
-        "from trainer.runner import PARENT_ENV\n"
+        "from p2pgolf.trainer.runner import PARENT_ENV\n"
         "env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})\n"
-        "code = 'from trainer.runner import _stop_when_orphaned; _stop_when_orphaned(); import time; time.sleep(120)'\n"
+        "code = 'from p2pgolf.trainer.runner import _stop_when_orphaned; _stop_when_orphaned(); import time; time.sleep(120)'\n"
         "subprocess.Popen([sys.executable, '-c', code], env=env, start_new_session=True, stdout=subprocess.DEVNULL)\n"
         "time.sleep(120)\n"
     )

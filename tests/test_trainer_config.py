@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import ProtocolError
-from trainer.config import RunConfig, make_run_config
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.trainer.config import RunConfig, make_run_config
 
 
 def test_config_round_trips_through_json_exactly():

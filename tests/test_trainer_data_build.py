@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from protocol.benchmarks import BENCHMARKS
-from trainer.build import BuildError, build_shards_from_text
-from trainer.datasets import DataError, TokenStream, custom_benchmark, load_benchmark_data, train_batches
-from trainer.shards import read_shard, write_shard
+from p2pgolf.protocol.benchmarks import BENCHMARKS
+from p2pgolf.trainer.build import BuildError, build_shards_from_text
+from p2pgolf.trainer.datasets import DataError, TokenStream, custom_benchmark, load_benchmark_data, train_batches
+from p2pgolf.trainer.shards import read_shard, write_shard
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODEL = DATA / "fineweb_1024_bpe.model"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from node.cli import cli
-from trainer.datasets import custom_benchmark
+from p2pgolf.node.cli import cli
+from p2pgolf.trainer.datasets import custom_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -46,12 +46,12 @@ def test_fetch_that_asks_too_much_exits_with_one_line(tmp_path):
     manifest = {"datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "t", "stats": {"files_val": 1, "files_train": 2}}],
                 "tokenizers": [{"name": "t", "model_path": "tokenizers/fineweb_1024_bpe.model"}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    run = subprocess.run([sys.executable, "-m", "node.cli", "data", "fetch", "--data-dir", str(tmp_path), "--train-shards", "5", "--quiet"],
+    run = subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", "data", "fetch", "--data-dir", str(tmp_path), "--train-shards", "5", "--quiet"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert run.stderr == "error: the challenge has 2 training shards; --train-shards 5 asks for more\n"
     (tmp_path / "manifest.json").unlink()
-    run = subprocess.run([sys.executable, "-m", "node.cli", "data", "fetch", "--data-dir", str(tmp_path), "--quiet"],
+    run = subprocess.run([sys.executable, "-m", "p2pgolf.node.cli", "data", "fetch", "--data-dir", str(tmp_path), "--quiet"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and run.stderr.count("\n") == 1
     assert run.stderr.startswith("error: datasets/manifest.json: could not reach it on willdepueoai/parameter-golf")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.shards import HEADER_BYTES, SHARD_MAGIC, ShardError, read_shard, shard_token_count, write_shard
+from p2pgolf.trainer.shards import HEADER_BYTES, SHARD_MAGIC, ShardError, read_shard, shard_token_count, write_shard
 
 
 def _raw_shard(tokens: list[int], *, magic: int = SHARD_MAGIC, version: int = 1, count: int | None = None) -> bytes:

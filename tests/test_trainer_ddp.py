@@ -24,8 +24,8 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, port: int, data_dir: str, out: str) -> None:
     import torch.distributed as dist
 
-    from trainer.datasets import custom_benchmark, load_benchmark_data
-    from trainer.train_torch import train
+    from p2pgolf.trainer.datasets import custom_benchmark, load_benchmark_data
+    from p2pgolf.trainer.train_torch import train
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -39,7 +39,7 @@ def _rank_main(rank: int, world: int, port: int, data_dir: str, out: str) -> Non
 
 @pytest.mark.timeout(120)
 def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
-    from trainer.train_torch import train
+    from p2pgolf.trainer.train_torch import train
 
     data_dir = tmp_path / "data"
     data = build_fineweb(data_dir)
@@ -63,15 +63,15 @@ def test_a_run_under_torchrun_trains_on_two_ranks_and_rank_zero_writes_the_resul
     import subprocess
     import sys
 
-    from trainer.api import prepare_run
-    from trainer.runner import RESULT_KEYS
+    from p2pgolf.trainer.api import prepare_run
+    from p2pgolf.trainer.runner import RESULT_KEYS
 
     run = prepare_run("smoke", "smoke-tiny", {}, budget_s=3, seed=2, backend="torch", device="cpu")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(run.to_json()))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.runner", str(run_dir)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2pgolf.trainer.runner", str(run_dir)],
         capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -87,8 +87,8 @@ def test_a_run_under_torchrun_trains_on_two_ranks_and_rank_zero_writes_the_resul
     # ... and summed right: one process scoring the artifact file gets the same number.
     import torch
 
-    from trainer.datasets import load_benchmark_data
-    from trainer.run_torch import evaluate_artifact
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.run_torch import evaluate_artifact
 
     alone = evaluate_artifact((run_dir / "model.p2pgolf").read_bytes(), run, load_benchmark_data(run.bench, None), torch.device("cpu"))
     assert alone.val_bpb == pytest.approx(result["metrics"]["val_bpb"], rel=1e-6)

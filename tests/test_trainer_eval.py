@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.eval_plan import plan_windows
-from trainer.evaluate_torch import evaluate
-from trainer.model_torch import build_model
-from trainer.train_torch import train
+from p2pgolf.trainer.eval_plan import plan_windows
+from p2pgolf.trainer.evaluate_torch import evaluate
+from p2pgolf.trainer.model_torch import build_model
+from p2pgolf.trainer.train_torch import train
 
 from trainer_helpers import build_fineweb, tiny_config
 

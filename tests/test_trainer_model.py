@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from protocol import knobs
-from trainer.artifact import load_artifact, export_artifact
-from trainer.model_torch import build_model
-from trainer.model_spec import block_schedule
-from trainer.train_torch import load_numpy_state, train
+from p2pgolf.protocol import knobs
+from p2pgolf.trainer.artifact import load_artifact, export_artifact
+from p2pgolf.trainer.model_torch import build_model
+from p2pgolf.trainer.model_spec import block_schedule
+from p2pgolf.trainer.train_torch import load_numpy_state, train
 
 from trainer_helpers import build_fineweb, tiny_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import knobs
-from trainer.schedule import Schedule, lr_scale, muon_momentum
+from p2pgolf.protocol import knobs
+from p2pgolf.trainer.schedule import Schedule, lr_scale, muon_momentum
 
 
 def _simulate(seconds_per_step: float, budget_s: float, **kw) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.train_torch import plan_batch, train
+from p2pgolf.trainer.train_torch import plan_batch, train
 
 from trainer_helpers import build_fineweb, tiny_config
 

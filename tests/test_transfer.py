@@ -8,8 +8,8 @@ import msgpack
 import pytest
 
 import recordgen as g
-from pool.store import PoolStore
-from pool.transfer import TransferError, detect_format, export_records, import_records
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.transfer import TransferError, detect_format, export_records, import_records
 
 
 @pytest.fixture
@@ -77,8 +77,8 @@ def test_bad_json_lines_are_rejected_by_line_number_and_the_good_ones_stored(tmp
     wrong_id = dict(good[2], id="ab" * 32)
     changed = json.loads(json.dumps(good[2]))
     changed["record"]["metrics"]["val_bpb"] = 0.5  # a better score than was signed...
-    from protocol import canonical
-    from protocol.signing import record_id
+    from p2pgolf.protocol import canonical
+    from p2pgolf.protocol.signing import record_id
 
     changed["id"] = record_id(canonical.encode(changed["record"])).hex()  # ...with a matching id
     lines = [

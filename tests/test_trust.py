@@ -7,8 +7,8 @@ import math
 import pytest
 
 import recordgen as g
-from pool.store import PoolStore
-from pool.trust import TrustError, TrustStore, normalise_key
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustError, TrustStore, normalise_key
 
 ME, ALICE, BOB = g.identity(1), g.identity(2), g.identity(3)
 

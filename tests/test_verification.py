@@ -13,11 +13,11 @@ import pytest
 from node_procs import P2PGOLF, make_home
 from records_factory import make_result, signed_attestation, signed_result
 
-from node.verification import VerifyError, check_artifact, eval_token_cap, not_reevaluable, reeval_tolerance
-from pool.store import PoolStore
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.signing import sign_record
+from p2pgolf.node.verification import VerifyError, check_artifact, eval_token_cap, not_reevaluable, reeval_tolerance
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.signing import sign_record
 
 BENCH = benchmark("smoke")
 
@@ -68,7 +68,7 @@ def test_a_capped_claim_is_re_scored_on_the_same_cap_and_the_tolerance_is_the_es
 
 
 def test_a_file_that_is_not_an_artifact_gets_a_one_line_error_not_a_score(tmp_path):
-    from trainer.reeval import ReevalError, run_reeval
+    from p2pgolf.trainer.reeval import ReevalError, run_reeval
 
     path = tmp_path / "junk.p2pgolf"
     path.write_bytes(b"not an artifact at all")

@@ -15,10 +15,10 @@ import pytest
 
 from node_procs import P2PGOLF, NodeProc, make_home, stop_all, wait_until
 
-from node.publishing import read_run, sign_run
-from pool.blobs import BlobStore
-from pool.store import PoolStore
-from protocol.benchmarks import benchmark
+from p2pgolf.node.publishing import read_run, sign_run
+from p2pgolf.pool.blobs import BlobStore
+from p2pgolf.pool.store import PoolStore
+from p2pgolf.protocol.benchmarks import benchmark
 
 pytestmark = pytest.mark.timeout(300)
 # 10 s of training: long enough that a check (a few seconds) is worth it to the meta level
@@ -128,10 +128,10 @@ def test_verify_command_re_evaluates_and_publishes_a_reeval_attestation(network)
 
 
 def test_verify_refuses_a_script_candidate_and_says_to_reproduce_it(network, tmp_path):
-    from protocol.identity import Identity
+    from p2pgolf.protocol.identity import Identity
     from records_factory import signed_result
 
-    from node.verification import not_reevaluable
+    from p2pgolf.node.verification import not_reevaluable
 
     b = network["b"]
     try:
@@ -156,10 +156,10 @@ def _cli(node: NodeProc, *args: str) -> str:
 
 
 def _posterior(node: NodeProc):
-    from pool.estimator import estimate
-    from pool.evidence import from_store
-    from pool.trust import TrustStore
-    from trainer.hardware import detect_hardware
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import from_store
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.trainer.hardware import detect_hardware
 
     bench = benchmark(BENCH)
     with PoolStore(node.home.pool_db) as store:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pool.verify_policy import Claim, VerifyRecord, claims_to_verify, should_verify
+from p2pgolf.pool.verify_policy import Claim, VerifyRecord, claims_to_verify, should_verify
 
 STATUS = {"me": "own", "friend": "pinned", "x": "unknown", "y": "unknown", "bad": "blocked"}.get
 

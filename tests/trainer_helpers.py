@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import knobs
+from p2pgolf.protocol import knobs
 
 # The test machine's few cores are shared: one torch thread avoids OpenMP spin-waiting, which
 # makes multi-threaded CPU steps several times slower under load. Children get the same.
@@ -25,7 +25,7 @@ FINEWEB_TEXT = SHARED_DATA / "fineweb_edu_sample.txt"
 TOKENIZER = SHARED_DATA / "fineweb_1024_bpe.model"
 
 # The p2pgolf command as this interpreter runs it (no dependence on the console script's location).
-P2PGOLF_CLI = (sys.executable, "-c", "from node.cli import main; main()")
+P2PGOLF_CLI = (sys.executable, "-c", "from p2pgolf.node.cli import main; main()")
 
 
 def p2pgolf(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -55,8 +55,8 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
 def build_fineweb(out_dir: Path):
     """Challenge-format shards of the FineWeb-Edu sample (one document per line, 5% validation)
     and the BenchData over them."""
-    from trainer.build import build_shards_from_text
-    from trainer.datasets import custom_benchmark, load_benchmark_data
+    from p2pgolf.trainer.build import build_shards_from_text
+    from p2pgolf.trainer.datasets import custom_benchmark, load_benchmark_data
 
     build_shards_from_text([FINEWEB_TEXT], TOKENIZER, out_dir, val_fraction=0.05, doc_split="line", name="fineweb-sample")
     bench = custom_benchmark(out_dir)

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.candidates import candidate_id
-from trainer.config import RunConfig, make_run_config
-from trainer.progress import Progress
-from trainer.runner import RunDirError, RunOutcome, launch
+from p2pgolf.protocol.candidates import candidate_id
+from p2pgolf.trainer.config import RunConfig, make_run_config
+from p2pgolf.trainer.progress import Progress
+from p2pgolf.trainer.runner import RunDirError, RunOutcome, launch
 
 __all__ = ["run_experiment", "prepare_run", "default_run_dir", "RunOutcome", "RunConfig", "RunDirError", "Progress"]
 
@@ -41,7 +41,7 @@ def prepare_run(
 ) -> RunConfig:
     """The checked config of a run (nothing is started). Raises ProtocolError or
     BackendUnavailable with a one-line reason."""
-    from trainer.backend import check_device, resolve_backend
+    from p2pgolf.trainer.backend import check_device, resolve_backend
 
     chosen = resolve_backend(backend)
     check_device(chosen, device)

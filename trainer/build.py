@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.datasets import BOS_ID, CUSTOM_MANIFEST, file_sha256, files_sha256
-from trainer.shards import write_shard
+from p2pgolf.trainer.datasets import BOS_ID, CUSTOM_MANIFEST, file_sha256, files_sha256
+from p2pgolf.trainer.shards import write_shard
 
 DOC_SPLITS = ("blank-line", "line", "file")
 DEFAULT_SHARD_TOKENS = 100_000_000  # the challenge's shard size

@@ -30,9 +30,9 @@ from typing import Any
 _REPO = Path(__file__).resolve().parents[1]
 # What the torch backend runs, imported to find every repository module it pulls in.
 _ENTRY_MODULES = (
-    "trainer.run_torch", "trainer.run_common", "trainer.train_torch", "trainer.evaluate_torch", "trainer.model_torch",
-    "trainer.muon_torch", "trainer.datasets", "trainer.artifact", "trainer.hardware", "trainer.config", "trainer.smoke",
-    "trainer.eval_plan", "trainer.byte_accounting", "trainer.memory", "trainer.schedule", "trainer.shards", "trainer.progress",
+    "p2pgolf.trainer.run_torch", "p2pgolf.trainer.run_common", "p2pgolf.trainer.train_torch", "p2pgolf.trainer.evaluate_torch", "p2pgolf.trainer.model_torch",
+    "p2pgolf.trainer.muon_torch", "p2pgolf.trainer.datasets", "p2pgolf.trainer.artifact", "p2pgolf.trainer.hardware", "p2pgolf.trainer.config", "p2pgolf.trainer.smoke",
+    "p2pgolf.trainer.eval_plan", "p2pgolf.trainer.byte_accounting", "p2pgolf.trainer.memory", "p2pgolf.trainer.schedule", "p2pgolf.trainer.shards", "p2pgolf.trainer.progress",
 )  # fmt: skip
 REQUIREMENTS = "numpy\ntorch\nsentencepiece\n"
 
@@ -58,7 +58,7 @@ def bundled_modules() -> dict[str, str]:
 def bundle_source(*, bench_name: str, base: str, diff: Mapping[str, Any], seed: int, budget_s: float, title: str = "", data_dir: str | None = None) -> str:
     """The text of a self-contained train_gpt.py for the built-in candidate (base, diff).
     The config is checked here (a custom benchmark needs its `data_dir` for that), not on 8 GPUs."""
-    from trainer.config import make_run_config
+    from p2pgolf.trainer.config import make_run_config
 
     make_run_config(bench_name, base, diff, seed=seed, budget_s=budget_s, data_dir=data_dir)
     candidate = {"bench_name": bench_name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": float(budget_s)}
@@ -111,9 +111,9 @@ sys.meta_path.insert(0, _Bundled())
 
 
 def main():
-    from trainer import artifact
-    from trainer.config import make_run_config
-    from trainer.run_torch import run_torch
+    from p2pgolf.trainer import artifact
+    from p2pgolf.trainer.config import make_run_config
+    from p2pgolf.trainer.run_torch import run_torch
 
     own_bytes = os.path.getsize(os.path.abspath(__file__))
     artifact.code_bytes = lambda backend: own_bytes  # the code counted is this one file

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol import knobs
-from protocol.benchmarks import Benchmark, benchmark
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import knobs
+from p2pgolf.protocol.benchmarks import Benchmark, benchmark
+from p2pgolf.protocol.errors import ProtocolError
 
 __all__ = [
     "BACKENDS", "COMPILE_MODES", "DEVICES", "RunConfig", "make_run_config", "benchmark_vocab_size", "resolve_benchmark",
@@ -40,7 +40,7 @@ def resolve_benchmark(bench_name: str, data_dir: str | None, budget_s: float | N
     """A protocol benchmark by name (NAME or NAME@SECONDSs), or `custom` / `custom/...` for the
     dataset built by `p2pgolf data build` in `data_dir`; under `budget_s` if given."""
     if bench_name == "custom" or bench_name.startswith("custom/"):
-        from trainer.datasets import DataError, custom_benchmark
+        from p2pgolf.trainer.datasets import DataError, custom_benchmark
 
         if data_dir is None:
             raise ProtocolError(f"benchmark {bench_name} needs --data-dir pointing at a dataset built with `p2pgolf data build`")
@@ -57,7 +57,7 @@ def effective_bench_name(bench: Benchmark, budget_s: float) -> str:
     """The name of the benchmark a run under `budget_s` counts for: the plain name at the
     benchmark's standard budget ("smoke"), NAME@SECONDSs under any other ("smoke@30s"), so
     what config.json and result.json say is the benchmark the run's id belongs to."""
-    from protocol.benchmarks import BENCHMARKS
+    from p2pgolf.protocol.benchmarks import BENCHMARKS
 
     plain = bench.name.split("@", 1)[0]
     standard = BENCHMARKS.get(plain)
@@ -68,7 +68,7 @@ def effective_bench_name(bench: Benchmark, budget_s: float) -> str:
 
 def standard_budget_s(bench_name: str) -> float | None:
     """The standard budget of a named protocol benchmark (None for custom data)."""
-    from protocol.benchmarks import BENCHMARKS
+    from p2pgolf.protocol.benchmarks import BENCHMARKS
 
     standard = BENCHMARKS.get(bench_name.split("@", 1)[0])
     return None if standard is None else float(standard.budget_s)

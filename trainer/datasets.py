@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.benchmarks import Benchmark
-from protocol.errors import ProtocolError
-from trainer.byte_accounting import ByteTables
-from trainer.shards import ShardError, read_shard
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.trainer.byte_accounting import ByteTables
+from p2pgolf.trainer.shards import ShardError, read_shard
 
 CHALLENGE_DATASET = "fineweb10B_sp1024"
 CHALLENGE_TOKENIZER = "fineweb_1024_bpe.model"
@@ -210,7 +210,7 @@ def files_sha256(paths: Sequence[Path]) -> str:
 
 
 def _smoke_data(bench: Benchmark) -> BenchData:
-    from trainer import smoke
+    from p2pgolf.trainer import smoke
 
     val = smoke.val_tokens()
     digest = hashlib.sha256(val.astype(np.uint8).tobytes()).hexdigest()
@@ -237,7 +237,7 @@ class _SmokeBlock:
     index: int
 
     def __call__(self) -> np.ndarray:
-        from trainer import smoke
+        from p2pgolf.trainer import smoke
 
         return smoke.block_tokens("train", self.index)
 

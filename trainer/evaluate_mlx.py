@@ -15,7 +15,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import numpy as np
 
-from trainer.eval_plan import EvalResult, plan_windows
+from p2pgolf.trainer.eval_plan import EvalResult, plan_windows
 
 __all__ = ["EvalResult", "evaluate"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from trainer.eval_plan import EvalResult, plan_windows  # EvalResult is shared with the MLX backend
+from p2pgolf.trainer.eval_plan import EvalResult, plan_windows  # EvalResult is shared with the MLX backend
 
 __all__ = ["EvalResult", "evaluate"]
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from protocol.benchmarks import SP1024_TOKENIZER_SHA256
-from trainer.datasets import file_sha256
-from trainer.shards import ShardError, read_shard, shard_token_count
+from p2pgolf.protocol.benchmarks import SP1024_TOKENIZER_SHA256
+from p2pgolf.trainer.datasets import file_sha256
+from p2pgolf.trainer.shards import ShardError, read_shard, shard_token_count
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"

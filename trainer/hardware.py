@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 
-from protocol.records import MAX_SHORT_STR, HardwareClass
+from p2pgolf.protocol.records import MAX_SHORT_STR, HardwareClass
 
 ACCELS = ("cuda", "mps", "cpu")
 _TIMEOUT_S = 10

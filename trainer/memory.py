@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.knobs import estimate_parameters, mlp_hidden_size
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.knobs import estimate_parameters, mlp_hidden_size
 
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",

@@ -25,7 +25,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from trainer.model_spec import ModelSpec, block_schedule
+from p2pgolf.trainer.model_spec import ModelSpec, block_schedule
 
 __all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.knobs import mlp_hidden_size
+from p2pgolf.protocol.knobs import mlp_hidden_size
 
 __all__ = ["CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr"]
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with the MLX backend
+from p2pgolf.trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with the MLX backend
 
 __all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from trainer.model_spec import parameter_role, role_lr
+from p2pgolf.trainer.model_spec import parameter_role, role_lr
 
 __all__ = ["MixedOptimizer", "newton_schulz", "clip_by_global_norm"]
 

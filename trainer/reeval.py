@@ -12,7 +12,7 @@ Guarantees: `artifact_bytes` counts what training counts (the compressed file pl
 code files, trainer.artifact.code_bytes); a file that is not a well-formed artifact is an
 ArtifactError / ReevalError naming what is wrong, never a score; `eval_token_cap` > 0 scores only
 the first that many validation targets (a claim scored on a capped split is re-scored on the same
-cap). `python -m trainer.reeval ARTIFACT BENCH [DATA_DIR] [BACKEND] [DEVICE] [TOKEN_CAP]` prints
+cap). `python -m p2pgolf.trainer.reeval ARTIFACT BENCH [DATA_DIR] [BACKEND] [DEVICE] [TOKEN_CAP]` prints
 one JSON object.
 """
 
@@ -63,13 +63,13 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     """Score the artifact at `path` on `bench_name`'s validation split, in this process."""
     import math
 
-    from protocol.benchmarks import benchmark
-    from trainer.artifact import code_bytes
-    from trainer.backend import check_device, resolve_backend
-    from trainer.datasets import load_benchmark_data
-    from trainer.hardware import detect_hardware
-    from trainer.run_common import evaluate_artifact_with
-    from trainer.runner import trainer_version
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.trainer.artifact import code_bytes
+    from p2pgolf.trainer.backend import check_device, resolve_backend
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.hardware import detect_hardware
+    from p2pgolf.trainer.run_common import evaluate_artifact_with
+    from p2pgolf.trainer.runner import trainer_version
 
     started = time.perf_counter()
     bench = benchmark(bench_name)
@@ -78,8 +78,8 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     check_device(chosen, device)
     data = load_benchmark_data(bench, data_dir)
     if chosen == "mlx":
-        from trainer.run_mlx import evaluate_state as mlx_evaluate
-        from trainer.train_mlx import select_device
+        from p2pgolf.trainer.run_mlx import evaluate_state as mlx_evaluate
+        from p2pgolf.trainer.train_mlx import select_device
 
         mlx_device = select_device(device)
         evaluate_state = lambda state, config, data, progress: mlx_evaluate(state, config, data, device=mlx_device, token_cap=eval_token_cap, progress=progress)  # noqa: E731
@@ -87,8 +87,8 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     else:
         from types import SimpleNamespace
 
-        from trainer.run_torch import _evaluate_state
-        from trainer.train_torch import resolve_device
+        from p2pgolf.trainer.run_torch import _evaluate_state
+        from p2pgolf.trainer.train_torch import resolve_device
 
         torch_device = resolve_device(device)
         # _evaluate_state reads only the token cap from the run; the config comes from the artifact
@@ -122,7 +122,7 @@ def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     """`reevaluate` in a child process, stopped after `timeout_s`. ReevalError on any failure."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap))]
+    args = [sys.executable, "-m", "p2pgolf.trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap))]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -141,7 +141,7 @@ def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 6:
-        print("usage: python -m trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP", file=sys.stderr)
+        print("usage: python -m p2pgolf.trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP", file=sys.stderr)
         return 2
     path, bench, data_dir, backend, device, cap = argv
     try:

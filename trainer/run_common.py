@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from protocol import knobs
-from protocol.records import HardwareClass
-from trainer.config import RunConfig, benchmark_vocab_size
-from trainer.eval_plan import EvalResult
-from trainer.progress import Progress
-from trainer.run_history import past_runs
-from trainer.runner import ARTIFACT_NAME, build_result, write_json
-from trainer.throughput import judge_throughput
-from trainer.train_common import StepReport, TrainResult
+from p2pgolf.protocol import knobs
+from p2pgolf.protocol.records import HardwareClass
+from p2pgolf.trainer.config import RunConfig, benchmark_vocab_size
+from p2pgolf.trainer.eval_plan import EvalResult
+from p2pgolf.trainer.progress import Progress
+from p2pgolf.trainer.run_history import past_runs
+from p2pgolf.trainer.runner import ARTIFACT_NAME, build_result, write_json
+from p2pgolf.trainer.throughput import judge_throughput
+from p2pgolf.trainer.train_common import StepReport, TrainResult
 
 __all__ = ["Backend", "run_with_backend", "evaluate_artifact_with"]
 
@@ -56,9 +56,9 @@ class Backend:
 
 def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Callable[[str], None], emit: Callable[[Progress], None]) -> dict[str, Any]:
     """Run `run` with `backend`; write run_dir/{artifact, metrics.json, result.json}; returns the result."""
-    from trainer.artifact import code_bytes, export_artifact
-    from trainer.datasets import load_benchmark_data
-    from trainer.hardware import detect_hardware
+    from p2pgolf.trainer.artifact import code_bytes, export_artifact
+    from p2pgolf.trainer.datasets import load_benchmark_data
+    from p2pgolf.trainer.hardware import detect_hardware
 
     rank, world = backend.rank, backend.world
     emit(Progress("loading", budget_s=run.budget_s, message=f"loading {run.bench.name} data"))
@@ -169,7 +169,7 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
 
 def evaluate_artifact_with(evaluate_state: EvaluateState, blob: bytes, data, progress=None) -> EvalResult:
     """Rebuild the model from artifact bytes alone (its own config) and evaluate it on `data`."""
-    from trainer.artifact import load_artifact
+    from p2pgolf.trainer.artifact import load_artifact
 
     loaded = load_artifact(blob)
     return evaluate_state(loaded.state, loaded.config, data, progress)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import knobs
+from p2pgolf.protocol import knobs
 
 __all__ = ["PastRun", "past_runs", "HISTORY_LIMIT"]
 

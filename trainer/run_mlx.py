@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
-from trainer.progress import Progress
-from trainer.run_common import Backend, run_with_backend
+from p2pgolf.trainer.config import RunConfig
+from p2pgolf.trainer.progress import Progress
+from p2pgolf.trainer.run_common import Backend, run_with_backend
 
 __all__ = ["run_mlx", "evaluate_state"]
 
@@ -24,7 +24,7 @@ _EVAL_BATCH_TOKENS = {"gpu": 65536, "cpu": 16384}
 
 def run_mlx(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit: Callable[[Progress], None]) -> dict[str, Any]:
     """Run `run` with MLX, write run_dir/{artifact, metrics.json, result.json}; returns the result."""
-    from trainer.train_mlx import select_device, train
+    from p2pgolf.trainer.train_mlx import select_device, train
 
     emit(Progress("starting", budget_s=run.budget_s))
     device = select_device(run.device)
@@ -42,8 +42,8 @@ def run_mlx(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit: 
 
 def evaluate_state(state, config, data, *, device: str = "cpu", token_cap: int = 0, progress=None):
     """Evaluate named float32 arrays as an MLX model of `config` on `data` (a BenchData)."""
-    from trainer.evaluate_mlx import evaluate
-    from trainer.train_mlx import model_from_state
+    from p2pgolf.trainer.evaluate_mlx import evaluate
+    from p2pgolf.trainer.train_mlx import model_from_state
 
     model = model_from_state(config, state, device=device)
     return evaluate(

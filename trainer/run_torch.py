@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
-from trainer.progress import Progress
-from trainer.run_common import Backend, run_with_backend
+from p2pgolf.trainer.config import RunConfig
+from p2pgolf.trainer.progress import Progress
+from p2pgolf.trainer.run_common import Backend, run_with_backend
 
 __all__ = ["run_torch", "evaluate_artifact"]
 
@@ -26,7 +26,7 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
     """Run `run`, write run_dir/{artifact, metrics.json, result.json}; returns the result."""
     import torch
 
-    from trainer.train_torch import resolve_device, train
+    from p2pgolf.trainer.train_torch import resolve_device, train
 
     emit(Progress("starting", budget_s=run.budget_s))
     rank = int(os.environ.get("RANK", "0"))
@@ -60,7 +60,7 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
 
 def evaluate_artifact(blob: bytes, run: RunConfig, data, device, rank: int = 0, world: int = 1, progress=None):
     """Rebuild the model from artifact bytes alone and evaluate it (the reported score)."""
-    from trainer.artifact import load_artifact
+    from p2pgolf.trainer.artifact import load_artifact
 
     loaded = load_artifact(blob)
     return _evaluate_state(loaded.state, run, data, device, rank, world, progress, config=loaded.config)
@@ -69,9 +69,9 @@ def evaluate_artifact(blob: bytes, run: RunConfig, data, device, rank: int = 0, 
 def _evaluate_state(state, run: RunConfig, data, device, rank, world, progress, config=None):
     import torch
 
-    from trainer.evaluate_torch import evaluate
-    from trainer.model_torch import build_model
-    from trainer.train_torch import load_numpy_state
+    from p2pgolf.trainer.evaluate_torch import evaluate
+    from p2pgolf.trainer.model_torch import build_model
+    from p2pgolf.trainer.train_torch import load_numpy_state
 
     config = config or run.knobs
     model = build_model(config).to(device)

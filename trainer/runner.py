@@ -1,6 +1,6 @@
 """Run one experiment in a child process with a wall-clock budget, and write its run directory.
 
-Parent side (`launch`): writes `config.json`, starts `python -m trainer.runner RUN_DIR` in its
+Parent side (`launch`): writes `config.json`, starts `python -m p2pgolf.trainer.runner RUN_DIR` in its
 own process group, relays its progress events (`trainer.progress`), kills the group if it runs
 past a hard deadline or its caller cancels it, and always leaves a `result.json` behind. Child side (`child_main`):
 loads the data, trains, exports the artifact, reloads it and evaluates the round-tripped model
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
-from trainer.progress import Progress, emit, parse_line
+from p2pgolf.trainer.config import RunConfig
+from p2pgolf.trainer.progress import Progress, emit, parse_line
 
 __all__ = ["RunOutcome", "RunDirError", "launch", "child_main", "build_result", "write_json", "RESULT_KEYS", "ARTIFACT_NAME", "ABANDONED", "trainer_version"]
 
@@ -123,8 +123,8 @@ def launch(
     outcome then has status "abandoned" unless the child had already written its result.
     """
     run_dir = Path(run_dir)
-    from trainer.run_history import past_runs
-    from trainer.step_budget import check_run_fits
+    from p2pgolf.trainer.run_history import past_runs
+    from p2pgolf.trainer.step_budget import check_run_fits
 
     check_run_fits(run, past_runs(run_dir.parent))
     _claim_run_dir(run_dir)
@@ -138,7 +138,7 @@ def launch(
     env[PARENT_ENV] = str(os.getpid())
     with open(run_dir / "stderr.txt", "wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "trainer.runner", str(run_dir)],
+            [sys.executable, "-m", "p2pgolf.trainer.runner", str(run_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
@@ -215,22 +215,22 @@ def child_main(run_dir: str | os.PathLike) -> int:
 
     try:
         run = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-        from trainer.backend import resolve_backend
+        from p2pgolf.trainer.backend import resolve_backend
 
         backend = resolve_backend(run.backend)
         quiet = emit if rank == 0 else (lambda event: None)
         if backend == "mlx":
             try:
-                from trainer.run_mlx import run_mlx
+                from p2pgolf.trainer.run_mlx import run_mlx
             except ModuleNotFoundError as exc:
-                if exc.name != "trainer.run_mlx":
+                if exc.name != "p2pgolf.trainer.run_mlx":
                     raise
                 raise RuntimeError("the mlx backend cannot run experiments yet; use --backend torch") from None
             run_mlx(run, run_dir, log=log, emit=quiet)
             return 0
         if _relaunch_under_torchrun(run, run_dir):
             return 0  # not reached: exec replaces this process
-        from trainer.run_torch import run_torch
+        from p2pgolf.trainer.run_torch import run_torch
 
         run_torch(run, run_dir, log=log, emit=quiet)
         return 0
@@ -355,7 +355,7 @@ def _child_error(run_dir: Path, code: int) -> str:
 
 
 def _hardware() -> dict[str, Any]:
-    from trainer.hardware import detect_hardware
+    from p2pgolf.trainer.hardware import detect_hardware
 
     return detect_hardware().to_wire()
 
@@ -371,7 +371,7 @@ def _relaunch_under_torchrun(run: RunConfig, run_dir: Path) -> bool:
         return False
     args = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
-        "-m", "trainer.runner", str(run_dir),
+        "-m", "p2pgolf.trainer.runner", str(run_dir),
     ]  # fmt: skip
     sys.stdout.flush()
     os.execv(sys.executable, args)
@@ -423,7 +423,7 @@ def _one_line(value: Any) -> str:
 
 
 def _is_user_facing(exc: BaseException) -> bool:
-    from protocol.errors import ProtocolError
+    from p2pgolf.protocol.errors import ProtocolError
 
     names = {"DataError", "ArtifactError", "ShardError", "RunDirError", "BackendUnavailable", "MemoryBudgetError", "BudgetError"}
     return isinstance(exc, ProtocolError) or type(exc).__name__ in names
@@ -431,6 +431,6 @@ def _is_user_facing(exc: BaseException) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m trainer.runner RUN_DIR", file=sys.stderr)
+        print("usage: python -m p2pgolf.trainer.runner RUN_DIR", file=sys.stderr)
         sys.exit(2)
     sys.exit(child_main(sys.argv[1]))

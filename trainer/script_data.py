@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from protocol.benchmarks import Benchmark
-from trainer.datasets import CUSTOM_TASK, DataError, read_custom_manifest
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.trainer.datasets import CUSTOM_TASK, DataError, read_custom_manifest
 
 VARIANT_VOCAB = {"sp1024": 1024, "sp4096": 4096, "sp8192": 8192}
 
@@ -46,8 +46,8 @@ def script_data_paths(bench: Benchmark, tokenizer: str, data_dir: str | os.PathL
 
 def smoke_shards(directory: Path) -> Path:
     """Write the smoke benchmark's tokens as shards in `directory` (once)."""
-    from trainer import smoke
-    from trainer.shards import write_shard
+    from p2pgolf.trainer import smoke
+    from p2pgolf.trainer.shards import write_shard
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, tokens in (("fineweb_val_000000.bin", smoke.val_tokens), ("fineweb_train_000000.bin", _smoke_train)):
@@ -59,6 +59,6 @@ def smoke_shards(directory: Path) -> Path:
 def _smoke_train():
     import numpy as np
 
-    from trainer import smoke
+    from p2pgolf.trainer import smoke
 
     return np.frombuffer(smoke.train_bytes(), dtype=np.uint8).astype(np.uint16)

@@ -23,7 +23,7 @@ class ScriptRewriteError(ValueError):
 
 def write_defaults(source: bytes | str, diff: Mapping[str, Any]) -> str:
     """The script's (inner) source with every diff entry as its default (see module doc)."""
-    from protocol.script_hparams import read_hyperparameters
+    from p2pgolf.protocol.script_hparams import read_hyperparameters
 
     vocab = read_hyperparameters(source)
     text = vocab.inner_source if getattr(vocab, "inner_source", "") else (source.decode("utf-8") if isinstance(source, bytes) else source)

@@ -57,11 +57,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.benchmarks import Benchmark
-from protocol.candidates import script_base
-from protocol.errors import ProtocolError
-from protocol.script_hparams import RUNNER_SET, read_hyperparameters
-from trainer.runner import ABANDONED, CANCEL_GRACE_S, CANCEL_POLL_S, RESULT_KEYS, RunOutcome, _claim_run_dir, _one_line, trainer_version, write_json
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.protocol.candidates import script_base
+from p2pgolf.protocol.errors import ProtocolError
+from p2pgolf.protocol.script_hparams import RUNNER_SET, read_hyperparameters
+from p2pgolf.trainer.runner import ABANDONED, CANCEL_GRACE_S, CANCEL_POLL_S, RESULT_KEYS, RunOutcome, _claim_run_dir, _one_line, trainer_version, write_json
 
 SCRIPT_NAME = "train_gpt.py"
 ARTIFACT_SUFFIXES = (".ptz", ".xz", ".lzma", ".zst", ".zlib", ".gz", ".bz2", ".br")
@@ -281,7 +281,7 @@ def script_framework(source: str) -> str:
 
 def _command(run: ScriptRun, framework: str = "torch") -> list[str]:
     if framework == "mlx":
-        from trainer.backend import installed
+        from p2pgolf.trainer.backend import installed
 
         if run.backend == "torch":
             raise ProtocolError("the script imports mlx, which this node's --backend torch does not run; use --backend mlx or auto")
@@ -347,7 +347,7 @@ def _stop(child: subprocess.Popen, grace_s: float) -> None:
 
 
 def _write(run: ScriptRun, run_dir: Path, diff: Mapping[str, Any], metrics: dict | None, *, status: str, error: str | None, artifact: str | None = None, isolated: bool = False, note: str = "") -> ScriptOutcome:
-    from trainer.runner import _hardware
+    from p2pgolf.trainer.runner import _hardware
 
     result = {
         "bench": run.bench.id,

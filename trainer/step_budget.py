@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import knobs
-from protocol.benchmarks import Benchmark
-from protocol.records import HardwareClass
-from trainer.run_history import PastRun
+from p2pgolf.protocol import knobs
+from p2pgolf.protocol.benchmarks import Benchmark
+from p2pgolf.protocol.records import HardwareClass
+from p2pgolf.trainer.run_history import PastRun
 
 __all__ = [
     "BudgetError",
@@ -150,8 +150,8 @@ def _duration(seconds: float) -> str:
 
 def run_hardware(backend: str, device: str) -> HardwareClass:
     """The hardware class a run with this (resolved) backend and device setting trains on."""
-    from trainer.backend import is_apple_silicon
-    from trainer.hardware import HardwareError, detect_hardware
+    from p2pgolf.trainer.backend import is_apple_silicon
+    from p2pgolf.trainer.hardware import HardwareError, detect_hardware
 
     if device != "auto":
         accel = device

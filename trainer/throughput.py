@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.run_history import PastRun
+from p2pgolf.trainer.run_history import PastRun
 
 __all__ = ["MIN_CPU_SHARE", "MIN_USUAL_RATIO", "Throughput", "judge_throughput", "NOTE_PREFIX"]
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trainer.memory import DEFAULT_MEMORY_FRACTION, choose_grad_accum, machine_memory_bytes
+from p2pgolf.trainer.memory import DEFAULT_MEMORY_FRACTION, choose_grad_accum, machine_memory_bytes
 
 __all__ = ["BatchPlan", "StepReport", "TokenSource", "TrainResult", "plan_batch"]
 

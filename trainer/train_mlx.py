@@ -32,13 +32,13 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from trainer.backend import resolve_mlx_device
-from trainer.model_mlx import GPT, build_model, load_state_dict_numpy, state_dict_numpy
-from trainer.optim_mlx import MixedOptimizer
-from trainer.cpu_share import CpuShareMeter
-from trainer.schedule import Schedule
-from trainer.step_budget import BudgetError, step_too_long_message
-from trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch
+from p2pgolf.trainer.backend import resolve_mlx_device
+from p2pgolf.trainer.model_mlx import GPT, build_model, load_state_dict_numpy, state_dict_numpy
+from p2pgolf.trainer.optim_mlx import MixedOptimizer
+from p2pgolf.trainer.cpu_share import CpuShareMeter
+from p2pgolf.trainer.schedule import Schedule
+from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
+from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch
 
 __all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
 

@@ -41,15 +41,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.model_spec import parameter_role, role_lr
-from trainer.model_torch import GPT, build_model
-from trainer.muon_torch import Muon
-from trainer.cpu_share import CpuShareMeter
-from trainer.schedule import Schedule
-from trainer.step_budget import BudgetError, step_too_long_message
+from p2pgolf.trainer.model_spec import parameter_role, role_lr
+from p2pgolf.trainer.model_torch import GPT, build_model
+from p2pgolf.trainer.muon_torch import Muon
+from p2pgolf.trainer.cpu_share import CpuShareMeter
+from p2pgolf.trainer.schedule import Schedule
+from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
 # Result types and the batch plan are shared with the MLX backend.
-from trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult
-from trainer.train_common import plan_batch as shared_plan_batch
+from p2pgolf.trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult
+from p2pgolf.trainer.train_common import plan_batch as shared_plan_batch
 
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
 

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from node_procs import NodeProc, make_home, stop_all, wait_until  # noqa: E402
 
-from protocol.benchmarks import benchmark  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.records import HardwareClass, Metrics, Result  # noqa: E402
-from protocol.signing import SignedRecord, sign_record  # noqa: E402
+from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
+from p2pgolf.protocol.identity import Identity  # noqa: E402
+from p2pgolf.protocol.records import HardwareClass, Metrics, Result  # noqa: E402
+from p2pgolf.protocol.signing import SignedRecord, sign_record  # noqa: E402
 
 BENCH = benchmark("smoke")
 GOALS = {"honest_p99_under_flood_s": 2.0, "rss_mb_under_frames": 200.0, "catchup_100k_s": 15.0}
@@ -86,7 +86,7 @@ def signed_raws(n: int, n_keys: int, spread_ms: int) -> list[bytes]:
 
 
 def _store_raws(home, raws: list[bytes]) -> None:
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     with PoolStore(home.pool_db) as store:
         for i in range(0, len(raws), 5000):
@@ -137,8 +137,8 @@ class RssWatch:
 
 
 def catchup(root: Path, raws: list[bytes]) -> dict:
-    from node.verify_pool import workers
-    from protocol.signing import decode_record
+    from p2pgolf.node.verify_pool import workers
+    from p2pgolf.protocol.signing import decode_record
 
     home_a, id_a = make_home(root, "season")
     _store_raws(home_a, raws)
@@ -182,7 +182,7 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
 
 def quota_attack(root: Path, home_a, id_a, raws: list[bytes], quota_bytes: int) -> dict:
     """V, with `quota_bytes` for unknown keys, syncs the season server A (all keys unknown to V)."""
-    from pool.store import PoolStore
+    from p2pgolf.pool.store import PoolStore
 
     home_v, id_v = make_home(root, "quota")
     home_v.config_file.write_text(f"[limits]\nunknown_quota_bytes = {quota_bytes}\n")
@@ -217,8 +217,8 @@ async def _send_frames(target: str, frames: list[bytes], streams: int) -> int:
     from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
 
-    from node.host import make_host, parse_peer_addr, peer_info
-    from node.sync import SYNC_PROTOCOL
+    from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
+    from p2pgolf.node.sync import SYNC_PROTOCOL
 
     host = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
     opened = 0
@@ -252,8 +252,8 @@ async def _send_frames(target: str, frames: list[bytes], streams: int) -> int:
 def frames_attack(root: Path, quick: bool) -> dict:
     import struct
 
-    from node.sync import MAX_FRAME
-    from protocol import canonical
+    from p2pgolf.node.sync import MAX_FRAME
+    from p2pgolf.protocol import canonical
 
     size = MAX_FRAME - 16
     maps = b"\x81\xa3ids\xdd" + (size - 9).to_bytes(4, "big") + b"\x80" * (size - 9)
@@ -292,8 +292,8 @@ async def _flood(target: str, raws: list[bytes], rate: float, duration: float, s
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
 
-    from node.gossip import raise_library_limits
-    from node.host import make_host, parse_peer_addr, peer_info
+    from p2pgolf.node.gossip import raise_library_limits
+    from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
 
     raise_library_limits(65536)
     host = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
@@ -420,7 +420,7 @@ def measure(quick: bool = False) -> dict:
         cu = catchup(root, raws)
         home_a = cu.pop("home_a")
         result.update(cu)
-        from protocol.identity import load_identity
+        from p2pgolf.protocol.identity import load_identity
 
         quota = sum(len(r) for r in raws) // 4
         result.update(quota_attack(root, home_a, load_identity(home_a.key_file), raws, quota))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from node.cli import UserError
+from p2pgolf.node.cli import UserError
 
 
 @click.group()
@@ -29,7 +29,7 @@ def data() -> None:
 @click.pass_obj
 def fetch(home, train_shards: int, data_dir: str | None, repo: str | None, revision: str, quiet: bool, variant: str) -> None:
     """Download a variant's validation shards, N training shards and its tokenizer (resumable)."""
-    from trainer.fetch import REPO_ID, FetchError, fetch_challenge_data
+    from p2pgolf.trainer.fetch import REPO_ID, FetchError, fetch_challenge_data
 
     target = Path(data_dir) if data_dir else home.data_dir
     try:
@@ -61,9 +61,9 @@ def fetch(home, train_shards: int, data_dir: str | None, repo: str | None, revis
 def build(tokenizer: str, out: str, val_docs: int | None, val_fraction: float | None, doc_split: str,
           shard_tokens: int, name: str | None, budget_s: float, text_files: tuple[str, ...]) -> None:
     """Tokenize TEXT_FILES into challenge-format shards that define a custom benchmark."""
-    from protocol.errors import ProtocolError
-    from trainer.build import BuildError, build_shards_from_text
-    from trainer.datasets import custom_benchmark
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.trainer.build import BuildError, build_shards_from_text
+    from p2pgolf.trainer.datasets import custom_benchmark
 
     if val_docs is None and val_fraction is None:
         val_fraction = 0.1

@@ -12,8 +12,8 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 
 @click.command("init")
@@ -32,8 +32,8 @@ def init(home: Home) -> None:
 def initialise(home: Home):
     """Create the data directory (0700), a new identity key (0600) and the pool with that key as
     our own. Raises UserError if an identity appeared meanwhile (another `init` won the race)."""
-    from pool.trust import TrustStore
-    from protocol.identity import KeyFileError, create_identity
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.identity import KeyFileError, create_identity
 
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -50,14 +50,14 @@ def initialise(home: Home):
 @click.pass_obj
 def show_id(home: Home, as_json: bool) -> None:
     """Print this node's peer id, public key and the addresses others can dial."""
-    from protocol.identity import KeyFileError, load_identity
+    from p2pgolf.protocol.identity import KeyFileError, load_identity
 
     try:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
-    from node.config import dialable_addrs
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.config import dialable_addrs
+    from p2pgolf.protocol.errors import ProtocolError
 
     try:
         addrs = dialable_addrs(home, identity.peer_id)

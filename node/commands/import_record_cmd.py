@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 IMPORTS_DIR = "imports"
 
@@ -30,18 +30,18 @@ IMPORTS_DIR = "imports"
 @click.pass_obj
 def import_record(home: Home, dirs: tuple[Path, ...], as_json: bool) -> None:
     """Import Parameter Golf record folders (records/<track>/<date>_<name>/) as results."""
-    from node.commands.pool_cmd import open_pool
-    from pool.bridge.errors import FolderError
-    from pool.bridge.importer import import_folder
-    from protocol.errors import ProtocolError
-    from protocol.identity import KeyFileError, load_identity
-    from protocol.signing import sign_record
+    from p2pgolf.node.commands.pool_cmd import open_pool
+    from p2pgolf.pool.bridge.errors import FolderError
+    from p2pgolf.pool.bridge.importer import import_folder
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.protocol.identity import KeyFileError, load_identity
+    from p2pgolf.protocol.signing import sign_record
 
     try:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
-    from node.scripts import ScriptStore, ScriptStoreError
+    from p2pgolf.node.scripts import ScriptStore, ScriptStoreError
 
     scripts = ScriptStore(home)
     reports = []

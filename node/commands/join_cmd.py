@@ -35,8 +35,8 @@ from pathlib import Path
 
 import click
 
-from node.cli import BadInput, UserError, verbosity
-from node.home import Home
+from p2pgolf.node.cli import BadInput, UserError, verbosity
+from p2pgolf.node.home import Home
 
 ON_INTERRUPT = ("finish", "abandon")
 DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the previous one is the same Ctrl-C
@@ -72,18 +72,18 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
-    from node.views.join_output import JoinOutput
+    from p2pgolf.node.views.join_output import JoinOutput
 
     import trio
 
-    from node.config import load_config
-    from node.host import parse_listen, parse_peer_addr
-    from node.node import Node, NodeOptions
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.benchmarks import benchmark
-    from protocol.errors import ProtocolError
-    from protocol.identity import KeyFileError, load_identity
+    from p2pgolf.node.config import load_config
+    from p2pgolf.node.host import parse_listen, parse_peer_addr
+    from p2pgolf.node.node import Node, NodeOptions
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.protocol.identity import KeyFileError, load_identity
 
     _configure_logging(verbosity())
     global _OUTPUT
@@ -102,7 +102,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         raise BadInput(str(exc)) from None
     if not home.key_file.exists():
         # First run: `join` is the one command a new user types after installing.
-        from node.commands.identity_cmd import initialise
+        from p2pgolf.node.commands.identity_cmd import initialise
 
         created = initialise(home)
         click.echo(f"created a new identity {created.peer_id} in {home.root} (key file {home.key_file}, mode 0600)")
@@ -118,7 +118,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         peers = tuple(dict.fromkeys([*config.bootstrap, *bootstrap]))
         for addr in peers:
             parse_peer_addr(addr)
-        from node.proposers.spec import merge_specs, parse_spec
+        from p2pgolf.node.proposers.spec import merge_specs, parse_spec
 
         specs = merge_specs(config.proposers, tuple(parse_spec(p) for p in proposers))
     except ProtocolError as exc:
@@ -306,7 +306,7 @@ async def _stop_when_finished(control, stop) -> None:
 
 async def _live_view(node, control) -> None:
     """The live view on a terminal (node/views/live.py); lines print above it meanwhile."""
-    from node.views.live import LiveView
+    from p2pgolf.node.views.live import LiveView
 
     view = LiveView()
     _OUTPUT.live = view
@@ -384,7 +384,7 @@ def _ensure_training_data(home: Home, bench) -> None:
     """Make sure the research loop can train on `bench` before the node starts: the challenge's
     data is downloaded once (as `p2pgolf data fetch` does, with a progress bar); anything else
     missing is one clear line, never a loop of failed experiments."""
-    from trainer.datasets import DataError, load_benchmark_data
+    from p2pgolf.trainer.datasets import DataError, load_benchmark_data
 
     try:
         load_benchmark_data(bench, home.data_dir)
@@ -393,7 +393,7 @@ def _ensure_training_data(home: Home, bench) -> None:
         missing = exc
     if bench.task != "parameter-golf":
         raise UserError(f"{missing} (or join with --no-train to relay only)")
-    from trainer.fetch import FetchError, fetch_challenge_data
+    from p2pgolf.trainer.fetch import FetchError, fetch_challenge_data
 
     click.echo(f"the challenge data is not in {home.data_dir} yet: downloading it once (as `p2pgolf data fetch` does)")
     try:
@@ -407,7 +407,7 @@ def _research_loop(on_interrupt: str, eval_tokens: int, experiments: int | None 
     """The node's worker, the handle join's Ctrl-C handling uses on it, and the start-up line."""
     import functools
 
-    from node.research_loop import LoopControl, run_research_loop
+    from p2pgolf.node.research_loop import LoopControl, run_research_loop
 
     control = LoopControl()
     worker = functools.partial(run_research_loop, control=control, eval_token_cap=eval_tokens, max_experiments=experiments, proposers=proposers)
@@ -437,8 +437,8 @@ def _configure_logging(verbose: int) -> None:
 def user_error_in(exc: BaseException):
     """The first error a user can act on (a socket in use, a node already running, a bad
     address) in `exc` or, through trio's exception groups, inside it; None if there is none."""
-    from node.control import ControlError
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.control import ControlError
+    from p2pgolf.protocol.errors import ProtocolError
 
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

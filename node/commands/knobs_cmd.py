@@ -17,7 +17,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def knobs(as_json: bool) -> None:
     """List the knobs a candidate may set, their ranges, and the base configs."""
-    from protocol.knobs import BASE_CONFIGS, DEFAULTS, KNOBS
+    from p2pgolf.protocol.knobs import BASE_CONFIGS, DEFAULTS, KNOBS
 
     if as_json:
         doc = {

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from node.cli import LazyGroup, UserError
-from node.home import Home
+from p2pgolf.node.cli import LazyGroup, UserError
+from p2pgolf.node.home import Home
 
 if TYPE_CHECKING:
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.signing import SignedRecord
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.signing import SignedRecord
 
 MIN_PREFIX = 6
 
@@ -46,8 +46,8 @@ SUMMARIES = {
 
 def open_pool(home: Home) -> "PoolStore":
     """The home's pool, or a one-line UserError if the home is not initialised or unusable."""
-    from pool.schema import SchemaVersionError
-    from pool.store import PoolStore
+    from p2pgolf.pool.schema import SchemaVersionError
+    from p2pgolf.pool.store import PoolStore
 
     if not home.pool_db.exists():
         raise UserError(f"{home.root} is not initialised (no pool); run `p2pgolf init` first")
@@ -60,14 +60,14 @@ def open_pool(home: Home) -> "PoolStore":
 
 
 def open_trust(store: "PoolStore") -> "TrustStore":
-    from pool.trust import TrustStore
+    from p2pgolf.pool.trust import TrustStore
 
     return TrustStore(store)
 
 
 def resolve_key(trust: "TrustStore", text: str) -> str:
     """A hex key, a peer id, or the label of exactly one trust entry -> hex key."""
-    from pool.trust import TrustError, normalise_key
+    from p2pgolf.pool.trust import TrustError, normalise_key
 
     try:
         return normalise_key(text)
@@ -82,8 +82,8 @@ def resolve_key(trust: "TrustStore", text: str) -> str:
 
 def resolve_bench(text: str) -> str:
     """A benchmark name (smoke, smoke@30s, parameter-golf/sp1024-10min) or 64-hex id -> id."""
-    from protocol.benchmarks import benchmark
-    from protocol.errors import ProtocolError
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.errors import ProtocolError
 
     lowered = text.strip().lower()
     if len(lowered) == 64 and all(c in "0123456789abcdef" for c in lowered):
@@ -114,7 +114,7 @@ def _unique(complete, prefix: str, none: str, plural: str) -> str:
 
 
 def bench_label(bench_id: str) -> str:
-    from protocol.benchmarks import by_id
+    from p2pgolf.protocol.benchmarks import by_id
 
     known = by_id(bench_id)
     return known.name if known else f"{bench_id[:12]}..."
@@ -127,10 +127,10 @@ def bench_label(bench_id: str) -> str:
     "pool",
     cls=LazyGroup,
     lazy={
-        "explain": "node.commands.pool_search_cmd:explain",
-        "top": "node.commands.pool_search_cmd:top",
-        "import-record": "node.commands.import_record_cmd:import_record",
-        "fetch": "node.commands.verify_cmd:fetch",
+        "explain": "p2pgolf.node.commands.pool_search_cmd:explain",
+        "top": "p2pgolf.node.commands.pool_search_cmd:top",
+        "import-record": "p2pgolf.node.commands.import_record_cmd:import_record",
+        "fetch": "p2pgolf.node.commands.verify_cmd:fetch",
     },
     summaries=SUMMARIES,
 )
@@ -211,14 +211,14 @@ def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
 
     Into a new home it creates the data directory and the pool first (no identity: `init` or
     `join` makes that when it is needed)."""
-    from node.config import load_config
-    from pool.transfer import TransferError, import_records
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.config import load_config
+    from p2pgolf.pool.transfer import TransferError, import_records
+    from p2pgolf.protocol.errors import ProtocolError
 
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     if not home.pool_db.exists():
-        from pool.store import PoolStore
+        from p2pgolf.pool.store import PoolStore
 
         home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         PoolStore(home.pool_db).close()
@@ -256,7 +256,7 @@ def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
 @click.pass_obj
 def export(home: Home, file: Path, fmt: str | None, bench: str | None, force: bool) -> None:
     """Write records (oldest first) to a .jsonl or .msgpack file."""
-    from pool.transfer import TransferError, export_records
+    from p2pgolf.pool.transfer import TransferError, export_records
 
     bench_id = resolve_bench(bench) if bench else None
     with open_pool(home) as store:
@@ -274,8 +274,8 @@ def export(home: Home, file: Path, fmt: str | None, bench: str | None, force: bo
 @click.pass_obj
 def stats(home: Home, as_json: bool) -> None:
     """Count records per bench, kind and author; show the database size."""
-    from node.config import load_config
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.config import load_config
+    from p2pgolf.protocol.errors import ProtocolError
 
     try:
         quota = load_config(home).limits.unknown_quota_bytes
@@ -377,7 +377,7 @@ def _print_table(records: list["SignedRecord"], trust: "TrustStore", total: int 
 
 def _artifact_held(home: Home, rec: "SignedRecord") -> bool | None:
     """Whether the record's artifact is in this home's blob store (None: it names none)."""
-    from pool.blobs import BlobStore
+    from p2pgolf.pool.blobs import BlobStore
 
     sha = rec.record.artifact
     return None if not sha else BlobStore(home.blobs_dir).has(sha)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 if TYPE_CHECKING:
-    from pool.estimator import Posterior
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
+    from p2pgolf.pool.estimator import Posterior
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
 
 
 @click.command("explain")
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 @click.pass_obj
 def explain(home: Home, candidate: str, bench: str | None, hw_key: str | None, as_json: bool) -> None:
     """Explain the estimate for CANDIDATE (id or unique prefix) on this hardware."""
-    from node.commands.pool_cmd import _resolve_candidate, open_pool, open_trust, resolve_bench
+    from p2pgolf.node.commands.pool_cmd import _resolve_candidate, open_pool, open_trust, resolve_bench
 
     with open_pool(home) as store:
         trust = open_trust(store)
@@ -63,7 +63,7 @@ def explain(home: Home, candidate: str, bench: str | None, hw_key: str | None, a
 @click.pass_obj
 def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: bool) -> None:
     """List the best candidates for this hardware, with their uncertainty."""
-    from node.commands.pool_cmd import open_pool, open_trust, resolve_bench
+    from p2pgolf.node.commands.pool_cmd import open_pool, open_trust, resolve_bench
 
     with open_pool(home) as store:
         trust = open_trust(store)
@@ -108,8 +108,8 @@ def top(home: Home, bench: str | None, hw_key: str | None, limit: int, as_json: 
 
 def _script_states(home: Home):
     """base -> None for built-ins, else "approved", "held" (not approved) or "not held" here."""
-    from node.scripts import ScriptStore
-    from protocol.candidates import is_script_base, script_sha
+    from p2pgolf.node.scripts import ScriptStore
+    from p2pgolf.protocol.candidates import is_script_base, script_sha
 
     store = ScriptStore(home)
     try:
@@ -135,7 +135,7 @@ def _label(base: str, tokenizer: str, script: str | None) -> str:
 
 def _this_hardware() -> str:
     try:
-        from trainer.hardware import detect_hardware
+        from p2pgolf.trainer.hardware import detect_hardware
     except ImportError as exc:
         raise UserError(f"cannot detect this machine's hardware ({exc}); give --hw KEY") from None
     try:
@@ -145,9 +145,9 @@ def _this_hardware() -> str:
 
 
 def _posterior(store: "PoolStore", trust: "TrustStore", bench_id: str, hw: str) -> "Posterior":
-    from pool.estimator import estimate
-    from pool.evidence import from_store
-    from pool.trust_weights import TrustPolicy
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import from_store
+    from p2pgolf.pool.trust_weights import TrustPolicy
 
     evidence = from_store(store, bench_id)
     return estimate(evidence, trust.status, hw, policy=TrustPolicy(unknown_weight=trust.unknown_weight))
@@ -204,8 +204,8 @@ def _explain_doc(post: "Posterior", cid: str, bench_id: str, trust: "TrustStore"
 def _add_provenance(doc: dict[str, Any], store: "PoolStore", home: Home) -> None:
     """Where each imported claim came from (its note), and the built-in candidate an imported
     script configuration amounts to, when the import found one (imports/<candidate>.json)."""
-    from node.commands.import_record_cmd import read_sidecar
-    from pool.bridge.provenance import importer_of, parse_note
+    from p2pgolf.node.commands.import_record_cmd import read_sidecar
+    from p2pgolf.pool.bridge.provenance import importer_of, parse_note
 
     for row in doc["evidence"]:
         importer = importer_of(row["author"])
@@ -216,7 +216,7 @@ def _add_provenance(doc: dict[str, Any], store: "PoolStore", home: Home) -> None
     side = read_sidecar(home, doc["candidate"])
     doc["builtin_equivalent"] = None
     if side and side.get("builtin_equivalent"):
-        from protocol import candidates
+        from p2pgolf.protocol import candidates
 
         eq = side["builtin_equivalent"]
         doc["builtin_equivalent"] = {**eq, "candidate": candidates.candidate_id(eq["base"], eq["diff"], eq.get("tokenizer", "sp1024"))}
@@ -225,7 +225,7 @@ def _add_provenance(doc: dict[str, Any], store: "PoolStore", home: Home) -> None
 
 
 def _own_key(store: "PoolStore") -> str | None:
-    from pool.trust import TrustStore
+    from p2pgolf.pool.trust import TrustStore
 
     own = [e.key for e in TrustStore(store).entries() if e.status == "own"]
     return own[0] if own else None
@@ -275,7 +275,7 @@ def _print_top(rows: list[dict[str, Any]], hw: str, bench_id: str, total: int) -
     from rich.console import Console
     from rich.table import Table
 
-    from node.commands.pool_cmd import bench_label
+    from p2pgolf.node.commands.pool_cmd import bench_label
 
     table = Table(title=f"best of {total} candidates on {bench_label(bench_id)} for {hw}", title_justify="left")
     for name, justify in (("#", "right"), ("candidate", "left"), ("val_bpb", "right"), ("± sd", "right"), ("here", "right"), ("results", "right"), ("diff", "left")):

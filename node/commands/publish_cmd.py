@@ -21,8 +21,8 @@ from pathlib import Path
 
 import click
 
-from node.cli import BadInput, UserError, verbosity
-from node.home import Home
+from p2pgolf.node.cli import BadInput, UserError, verbosity
+from p2pgolf.node.home import Home
 
 
 @click.command("publish")
@@ -34,11 +34,11 @@ from node.home import Home
 @click.pass_obj
 def publish(home: Home, source: Path, bootstrap, timeout_s: float, bench_names, as_json: bool) -> None:
     """Sign a local result and deliver it to peers."""
-    from node.control import ControlError, NotRunning, request
-    from protocol.errors import ProtocolError
-    from protocol.identity import KeyFileError, load_identity
+    from p2pgolf.node.control import ControlError, NotRunning, request
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.protocol.identity import KeyFileError, load_identity
 
-    from node.host import parse_peer_addr
+    from p2pgolf.node.host import parse_peer_addr
 
     _quiet_logging(verbosity())
     try:
@@ -89,19 +89,19 @@ def _quiet_logging(verbose: int) -> None:
     the command's own last line says whether a peer was reached, so dial warnings are muted."""
     import logging
 
-    from node.commands.join_cmd import _configure_logging
+    from p2pgolf.node.commands.join_cmd import _configure_logging
 
     _configure_logging(verbose)
     if verbose == 0:
-        logging.getLogger("node.discovery").setLevel(logging.ERROR)
+        logging.getLogger("p2pgolf.node.discovery").setLevel(logging.ERROR)
 
 
 def keep_run_artifact(home: Home, source: Path) -> str | None:
     """Copy a run directory's artifact into the home's blob store (checked against the digest
     its result.json names); returns the digest, or None when there is none to keep."""
-    from node.publishing import RESULT_FILE, read_run
-    from pool.blobs import BlobError, BlobStore
-    from trainer.runner import ARTIFACT_NAME
+    from p2pgolf.node.publishing import RESULT_FILE, read_run
+    from p2pgolf.pool.blobs import BlobError, BlobStore
+    from p2pgolf.trainer.runner import ARTIFACT_NAME
 
     if not source.is_dir() or not (source / ARTIFACT_NAME).is_file() or not (source / RESULT_FILE).is_file():
         return None
@@ -116,9 +116,9 @@ def keep_run_artifact(home: Home, source: Path) -> str | None:
 
 def records_from_path(path: Path, identity) -> list[bytes]:
     """Envelope bytes to publish from a run directory, a result.json, or a record file."""
-    from node.publishing import RESULT_FILE, read_run, sign_run, sign_run_dir
-    from protocol.errors import ProtocolError
-    from protocol.signing import MAX_RECORD_BYTES, decode_record
+    from p2pgolf.node.publishing import RESULT_FILE, read_run, sign_run, sign_run_dir
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.protocol.signing import MAX_RECORD_BYTES, decode_record
 
     if path.is_dir():
         if not (path / RESULT_FILE).exists():
@@ -155,8 +155,8 @@ def _json_text(data: bytes) -> str | None:
 
 
 def _json_lines(text: str) -> list[bytes]:
-    from pool.transfer import decode_json_line
-    from protocol.errors import ProtocolError
+    from p2pgolf.pool.transfer import decode_json_line
+    from p2pgolf.protocol.errors import ProtocolError
 
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -189,8 +189,8 @@ def _msgpack_stream(data: bytes, max_len: int) -> list[bytes] | None:
 
 def _benchmarks(source: Path, names) -> list:
     """Benchmarks the records may be for: the defaults, --bench, and a run's own bench_name."""
-    from node.publishing import RESULT_FILE, read_run
-    from protocol.benchmarks import BENCHMARKS, benchmark
+    from p2pgolf.node.publishing import RESULT_FILE, read_run
+    from p2pgolf.protocol.benchmarks import BENCHMARKS, benchmark
 
     out = list(BENCHMARKS.values()) + [benchmark(n) for n in names]
     run_file = source / RESULT_FILE if source.is_dir() else source
@@ -210,12 +210,12 @@ def _benchmarks(source: Path, names) -> list:
 def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, timeout_s: float, candidates: list) -> list[dict]:
     import trio
 
-    from node.config import load_config, load_known_peers
-    from node.node import Node, NodeOptions
-    from pool.store import PoolStore
-    from pool.trust import TrustStore
-    from protocol.errors import ProtocolError
-    from protocol.signing import decode_record
+    from p2pgolf.node.config import load_config, load_known_peers
+    from p2pgolf.node.node import Node, NodeOptions
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+    from p2pgolf.protocol.errors import ProtocolError
+    from p2pgolf.protocol.signing import decode_record
 
     try:
         config = load_config(home)
@@ -244,7 +244,7 @@ def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, tim
         try:
             results = trio.run(_deliver, node, raws, timeout_s)
         except (Exception, BaseExceptionGroup) as exc:
-            from node.commands.join_cmd import user_error_in
+            from p2pgolf.node.commands.join_cmd import user_error_in
 
             found = user_error_in(exc)
             if found is None:
@@ -261,7 +261,7 @@ def _publish_short_lived(home: Home, identity, raws: list[bytes], bootstrap, tim
 async def _deliver(node, raws: list[bytes], timeout_s: float) -> list[dict]:
     import trio
 
-    from protocol.errors import ProtocolError
+    from p2pgolf.protocol.errors import ProtocolError
 
     results: list[dict] = []
     async with trio.open_nursery() as nursery:

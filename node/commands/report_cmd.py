@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from node.cli import BadInput, UserError
-from node.home import Home
+from p2pgolf.node.cli import BadInput, UserError
+from p2pgolf.node.home import Home
 
 
 @click.command("report")
@@ -18,10 +18,10 @@ from node.home import Home
 @click.pass_obj
 def report(home: Home, out_dir: Path | None, bench_name: str) -> None:
     """Write an HTML report with figures of the local pool."""
-    from node.views.build_report import make_report
-    from node.views.figures import PlottingMissing
-    from protocol.benchmarks import benchmark
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.views.build_report import make_report
+    from p2pgolf.node.views.figures import PlottingMissing
+    from p2pgolf.protocol.benchmarks import benchmark
+    from p2pgolf.protocol.errors import ProtocolError
 
     try:
         bench = benchmark(bench_name)

@@ -10,12 +10,12 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 
 def _store(home: Home):
-    from node.scripts import ScriptStore
+    from p2pgolf.node.scripts import ScriptStore
 
     return ScriptStore(home)
 
@@ -26,7 +26,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from node.scripts import ScriptStoreError
+        from p2pgolf.node.scripts import ScriptStoreError
 
         try:
             return fn(*args, **kwargs)

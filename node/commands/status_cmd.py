@@ -13,8 +13,8 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 
 @click.command("status")
@@ -91,7 +91,7 @@ def stop(home: Home, abandon: bool, timeout_s: float) -> None:
     """Stop the running node and wait until it has stopped."""
     import time
 
-    from node.control import ControlError, NotRunning, request
+    from p2pgolf.node.control import ControlError, NotRunning, request
 
     try:
         reply = request(home.control_socket, {"op": "stop", "abandon": abandon})
@@ -122,8 +122,8 @@ def _alive(pid) -> bool:
 
 
 def _fetch(home: Home):
-    from node.control import ControlError, NotRunning, request
-    from node.status import NodeStatus
+    from p2pgolf.node.control import ControlError, NotRunning, request
+    from p2pgolf.node.status import NodeStatus
 
     try:
         reply = request(home.control_socket, {"op": "status"})

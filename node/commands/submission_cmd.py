@@ -26,8 +26,8 @@ from typing import Any
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 TRACK = "10min_16mb"
 TRACK_BENCH = "parameter-golf/sp1024-10min"
@@ -53,8 +53,8 @@ RUN_COMMAND = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
 def submission(home: Home, candidate: str, out: Path, against: float | None, draft: bool, script_file: Path | None, bench: str,
                hw_key: str, author: str, github_id: str, title: str, as_json: bool) -> None:  # fmt: skip
     """Write CANDIDATE as a record folder for the 10min_16mb track, if the rules hold."""
-    from node.commands.pool_cmd import _resolve_candidate, open_pool, open_trust, resolve_bench
-    from pool.submission_rules import check_submission
+    from p2pgolf.node.commands.pool_cmd import _resolve_candidate, open_pool, open_trust, resolve_bench
+    from p2pgolf.pool.submission_rules import check_submission
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty directory; choose another --out")
@@ -73,7 +73,7 @@ def submission(home: Home, candidate: str, out: Path, against: float | None, dra
         lineage = _lineage(store, trust, chosen or records)
         labels = trust.labels()
         who = {rec.record.seed: _who(rec, trust, labels) for rec in chosen}
-    from pool.submission_rules import Rule
+    from p2pgolf.pool.submission_rules import Rule
 
     rules, sig = check_submission(runs, hw=hw_key, hw_label=TRACK_HW_LABEL if hw_key == TRACK_HW else hw_key, budget_s=TRACK_BUDGET_S, baseline_bpb=baseline)
     rules.insert(0, script_rule)
@@ -105,14 +105,14 @@ def _code_delta(home: Home, result, script_text: str | None) -> int:
     counted: our trainer's source files for a built-in run, the script itself for a script."""
     if script_text is None:
         return 0
-    from protocol.candidates import is_script_base, script_sha
+    from p2pgolf.protocol.candidates import is_script_base, script_sha
 
     if is_script_base(result.base):
-        from node.scripts import ScriptStore
+        from p2pgolf.node.scripts import ScriptStore
 
         old = len(ScriptStore(home).read_bytes(script_sha(result.base)))
     else:
-        from trainer.artifact import code_bytes
+        from p2pgolf.trainer.artifact import code_bytes
 
         old = code_bytes("torch")
     return len(script_text.encode()) - old
@@ -121,8 +121,8 @@ def _code_delta(home: Home, result, script_text: str | None) -> int:
 def _seed_runs(records, trust, hw_key, delta: int = 0):
     """One SeedRun per seed (own before pinned before others, newest first) and the chosen
     records; artifact bytes moved by `delta` (the code written instead of the code counted)."""
-    from pool.bridge.provenance import is_imported
-    from pool.submission_rules import SeedRun
+    from p2pgolf.pool.bridge.provenance import is_imported
+    from p2pgolf.pool.submission_rules import SeedRun
 
     def trusted(rec) -> bool:
         return trust.status(rec.author) in ("own", "pinned") and not is_imported(rec.record.note)
@@ -141,7 +141,7 @@ def _seed_runs(records, trust, hw_key, delta: int = 0):
 
 def _best_imported(store, bench_id: str, own_candidate: str) -> tuple[float | None, str]:
     """The best (lowest mean over seeds) imported record of the track, other than ours."""
-    from pool.bridge.provenance import parse_note
+    from p2pgolf.pool.bridge.provenance import parse_note
 
     by_candidate: dict[str, list[float]] = {}
     folders: dict[str, str] = {}
@@ -171,7 +171,7 @@ def _lineage(store, trust, records) -> list[dict[str, Any]]:
 
 def _who(rec, trust, labels) -> str:
     """Who measured a record: me, a trust label or key prefix; an imported claim names its source."""
-    from pool.bridge.provenance import parse_note
+    from p2pgolf.pool.bridge.provenance import parse_note
 
     prov = parse_note(rec.record.note)
     if prov is not None:
@@ -182,20 +182,20 @@ def _who(rec, trust, labels) -> str:
 
 def _train_script(home: Home, result, script_file: Path | None, bench_name: str):
     """(train_gpt.py text or None, the "script" rule)."""
-    from pool.submission_rules import Rule
-    from protocol.candidates import is_script_base, script_sha
+    from p2pgolf.pool.submission_rules import Rule
+    from p2pgolf.protocol.candidates import is_script_base, script_sha
 
     if not is_script_base(result.base):
         if getattr(result, "tokenizer", "sp1024") != "sp1024":
             return None, Rule("script", False, f"built-in candidate with tokenizer {result.tokenizer}: the bundled trainer reads the challenge's sp1024 data only")
-        from trainer.bundle import bundle_source
+        from p2pgolf.trainer.bundle import bundle_source
 
         try:
             text = bundle_source(bench_name=bench_name, base=result.base, diff=dict(result.diff), seed=result.seed, budget_s=result.budget_s)
         except Exception as exc:  # a config the trainer refuses is a failing rule, named
             return None, Rule("script", False, f"cannot bundle the trainer for {result.base}: {exc}")
         return text, Rule("script", True, f"our trainer bundled into one file for {result.base} + {len(result.diff)} knob change(s)")
-    from node.scripts import ScriptStore, ScriptStoreError
+    from p2pgolf.node.scripts import ScriptStore, ScriptStoreError
 
     sha = script_sha(result.base)
     store = ScriptStore(home)
@@ -215,7 +215,7 @@ def _train_script(home: Home, result, script_file: Path | None, bench_name: str)
         data = store.read_bytes(sha)
     except ScriptStoreError as exc:
         return None, Rule("script", False, str(exc))
-    from trainer.script_defaults import ScriptRewriteError, write_defaults
+    from p2pgolf.trainer.script_defaults import ScriptRewriteError, write_defaults
 
     try:
         text = write_defaults(data, dict(result.diff))
@@ -252,10 +252,10 @@ def _write_folder(out: Path, home: Home, cid, result, chosen, runs, rules, sig, 
     (out / "submission.json").write_text(json.dumps(doc, indent=2) + "\n")
     if script_text is not None:
         (out / "train_gpt.py").write_text(script_text)
-    from protocol.candidates import is_script_base
+    from p2pgolf.protocol.candidates import is_script_base
 
     if not is_script_base(result.base):
-        from trainer.bundle import REQUIREMENTS
+        from p2pgolf.trainer.bundle import REQUIREMENTS
 
         (out / "requirements.txt").write_text(REQUIREMENTS)
     for r in counted:

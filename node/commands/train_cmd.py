@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from node.cli import UserError
+from p2pgolf.node.cli import UserError
 
 SUMMARY_FIELDS = (
     "val_bpb", "val_loss", "prequant_val_bpb", "steps", "training_seconds", "tokens_per_s", "train_tokens",
@@ -29,7 +29,7 @@ SUMMARY_FIELDS = (
 
 def parse_sets(sets: tuple[str, ...], seed: int | None) -> tuple[dict[str, Any], int | None]:
     """`--set name=value` pairs as a checked diff, and the seed (`--set seed=N` is allowed)."""
-    from protocol.knobs import knob
+    from p2pgolf.protocol.knobs import knob
 
     diff: dict[str, Any] = {}
     for item in sets:
@@ -75,11 +75,11 @@ def parse_sets(sets: tuple[str, ...], seed: int | None) -> tuple[dict[str, Any],
 @click.pass_obj
 def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, data_dir, eval_tokens, compile_mode, timeout) -> None:
     """Train one candidate and write a run directory."""
-    from trainer.api import default_run_dir, prepare_run
-    from trainer.backend import BackendUnavailable
-    from trainer.run_history import past_runs
-    from trainer.runner import RunDirError, launch
-    from trainer.step_budget import BudgetError, check_run_fits
+    from p2pgolf.trainer.api import default_run_dir, prepare_run
+    from p2pgolf.trainer.backend import BackendUnavailable
+    from p2pgolf.trainer.run_history import past_runs
+    from p2pgolf.trainer.runner import RunDirError, launch
+    from p2pgolf.trainer.step_budget import BudgetError, check_run_fits
 
     diff, seed = parse_sets(sets, seed)
     if eval_tokens < 0:
@@ -126,9 +126,9 @@ def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, 
 def _default_base(bench_name: str, budget, backend: str, device: str, data_dir, history) -> str:
     """The base `train` uses when --base is not given: trainer.step_budget.default_base for the
     benchmark and the hardware this run would train on."""
-    from trainer.backend import resolve_backend
-    from trainer.config import resolve_benchmark
-    from trainer.step_budget import default_base, run_hardware
+    from p2pgolf.trainer.backend import resolve_backend
+    from p2pgolf.trainer.config import resolve_benchmark
+    from p2pgolf.trainer.step_budget import default_base, run_hardware
 
     bench = resolve_benchmark(bench_name, str(data_dir) if data_dir else None, budget)
     return default_base(bench, run_hardware(resolve_backend(backend), device), bench.budget_s, history)
@@ -136,7 +136,7 @@ def _default_base(bench_name: str, budget, backend: str, device: str, data_dir, 
 
 def _budget_note(run) -> str:
     """A line saying that a run under a non-standard budget is its own benchmark."""
-    from trainer.config import standard_budget_s
+    from p2pgolf.trainer.config import standard_budget_s
 
     standard = standard_budget_s(run.bench_name)
     if standard is None or float(run.budget_s) == standard:

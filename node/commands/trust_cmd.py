@@ -10,9 +10,9 @@ import json
 
 import click
 
-from node.cli import UserError
-from node.commands.pool_cmd import open_pool, open_trust, resolve_key
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.commands.pool_cmd import open_pool, open_trust, resolve_key
+from p2pgolf.node.home import Home
 
 
 @click.group("trust")
@@ -92,7 +92,7 @@ def list_(home: Home, as_json: bool) -> None:
 @click.pass_obj
 def default_weight(home: Home, value: str | None) -> None:
     """Show, or set to VALUE (strictly between 0 and 1), the weight of unknown keys."""
-    from pool.trust import TrustError
+    from p2pgolf.pool.trust import TrustError
 
     with open_pool(home) as store:
         ts = open_trust(store)
@@ -111,7 +111,7 @@ def default_weight(home: Home, value: str | None) -> None:
 
 
 def _change(home: Home, action: str, key: str, label: str = "") -> None:
-    from pool.trust import TrustError
+    from p2pgolf.pool.trust import TrustError
 
     with open_pool(home) as store:
         ts = open_trust(store)

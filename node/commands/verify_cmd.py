@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from node.cli import UserError
-from node.home import Home
+from p2pgolf.node.cli import UserError
+from p2pgolf.node.home import Home
 
 FETCH_TIMEOUT_S = 300.0
 
@@ -39,9 +39,9 @@ FETCH_TIMEOUT_S = 300.0
 @click.pass_obj
 def verify(home: Home, record_id: str, bench_names, backend: str, device: str, data_dir: Path | None, timeout_s: float, as_json: bool) -> None:
     """Re-evaluate a record's artifact and publish a signed reeval attestation."""
-    from node.commands.pool_cmd import open_pool, resolve_record_id
-    from node.verification import VerifyError, not_reevaluable, verify_artifact
-    from protocol.identity import KeyFileError, load_identity
+    from p2pgolf.node.commands.pool_cmd import open_pool, resolve_record_id
+    from p2pgolf.node.verification import VerifyError, not_reevaluable, verify_artifact
+    from p2pgolf.protocol.identity import KeyFileError, load_identity
 
     try:
         identity = load_identity(home.key_file)
@@ -91,7 +91,7 @@ def verify(home: Home, record_id: str, bench_names, backend: str, device: str, d
 @click.pass_obj
 def fetch(home: Home, record_id: str, timeout_s: float, as_json: bool) -> None:
     """Get a record's artifact from whichever peers have it (through the running node)."""
-    from node.commands.pool_cmd import open_pool, resolve_record_id
+    from p2pgolf.node.commands.pool_cmd import open_pool, resolve_record_id
 
     with open_pool(home) as store:
         signed = store.get(resolve_record_id(store, record_id))
@@ -110,8 +110,8 @@ def fetch(home: Home, record_id: str, timeout_s: float, as_json: bool) -> None:
 def artifact_path(home: Home, signed: Any, timeout_s: float) -> tuple[Path, dict]:
     """The record's artifact in this home's blob store, fetched through the running node if it
     is not held. UserError naming the problem otherwise."""
-    from node.control import ControlError, NotRunning, request
-    from pool.blobs import BlobError, BlobStore
+    from p2pgolf.node.control import ControlError, NotRunning, request
+    from p2pgolf.pool.blobs import BlobError, BlobStore
 
     sha = signed.record.artifact
     try:
@@ -130,9 +130,9 @@ def artifact_path(home: Home, signed: Any, timeout_s: float) -> tuple[Path, dict
 def bench_of(signed: Any, names, home: Home) -> Any:
     """The benchmark whose id the record names: a default one, one given by name, one the running
     node serves, or a default task at the record's budget."""
-    from node.control import ControlError, request
-    from protocol.benchmarks import BENCHMARKS, benchmark
-    from protocol.errors import ProtocolError
+    from p2pgolf.node.control import ControlError, request
+    from p2pgolf.protocol.benchmarks import BENCHMARKS, benchmark
+    from p2pgolf.protocol.errors import ProtocolError
 
     tried = list(names)
     try:
@@ -156,8 +156,8 @@ def bench_of(signed: Any, names, home: Home) -> Any:
 
 def _deliver(home: Home, attestation: Any) -> tuple[str, int]:
     """Publish through the running node, else store in the local pool. (how, peers reached)"""
-    from node.commands.pool_cmd import open_pool
-    from node.control import ControlError, NotRunning, request
+    from p2pgolf.node.commands.pool_cmd import open_pool
+    from p2pgolf.node.control import ControlError, NotRunning, request
 
     try:
         reply = request(home.control_socket, {"op": "publish", "records": [attestation.raw.hex()], "confirm_s": 3.0}, timeout=60)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool.proposals import Proposal
-from protocol import candidates
-from protocol.errors import ProtocolError
+from p2pgolf.pool.proposals import Proposal
+from p2pgolf.protocol import candidates
+from p2pgolf.protocol.errors import ProtocolError
 
 MAX_PROPOSALS = 16  # more are dropped unread
 MAX_PARENTS = 8

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node.proposers.answer import Answer, read_answer
-from node.proposers.spawn import spawn
-from node.proposers.spec import ProposerSpec
+from p2pgolf.node.proposers.answer import Answer, read_answer
+from p2pgolf.node.proposers.spawn import spawn
+from p2pgolf.node.proposers.spec import ProposerSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ProposerOperator:
 
     def failed_outcomes(self, budget_s: float) -> list[tuple[int, Any]]:
         """(experiment number, Outcome) for each request that gave nothing to run."""
-        from pool.bandit import Outcome
+        from p2pgolf.pool.bandit import Outcome
 
         return [(int(e["n"]), Outcome(self.operator, False, 0.0, 1.0 + float(e["seconds"]) / max(budget_s, 1.0), experiment=False)) for e in self.entries() if not e.get("kept")]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
-from protocol import knobs
+from p2pgolf.node.proposers.answer import MAX_PROPOSALS, RATIONALE_CHARS
+from p2pgolf.protocol import knobs
 
 VERSION = 1
 MAX_LEADERS = 10

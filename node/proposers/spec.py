@@ -7,7 +7,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError
+from p2pgolf.protocol.errors import ProtocolError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.home import Home
-from node.views.pool_rows import read_rows
-from node.views.report import Written, write_report
-from node.views.report_data import Entry, ReportData, build
+from p2pgolf.node.home import Home
+from p2pgolf.node.views.pool_rows import read_rows
+from p2pgolf.node.views.report import Written, write_report
+from p2pgolf.node.views.report_data import Entry, ReportData, build
 
 
 def make_report(home: Home, bench, out_dir: Path) -> tuple[Written, ReportData]:
     """Read the pool of `home` for `bench`, compute, draw, and write the report into `out_dir`."""
-    from node.views.figures import figures, _pyplot
-    from pool.trust import TrustStore
+    from p2pgolf.node.views.figures import figures, _pyplot
+    from p2pgolf.pool.trust import TrustStore
 
     _pyplot()  # fail before the work if matplotlib is missing
     rows = read_rows(home.pool_db, bench=bench.id)
@@ -31,7 +31,7 @@ def make_report(home: Home, bench, out_dir: Path) -> tuple[Written, ReportData]:
 
 
 def _key_of(home: Home) -> str | None:
-    from protocol.identity import load_identity
+    from p2pgolf.protocol.identity import load_identity
 
     try:
         return load_identity(home.key_file).public_hex
@@ -40,10 +40,10 @@ def _key_of(home: Home) -> str | None:
 
 
 def _estimated(home: Home, bench, hw: str, status, labels, own, unknown_weight: float) -> list[Entry] | None:
-    from pool.estimator import estimate
-    from pool.evidence import from_store
-    from pool.store import PoolStore
-    from pool.trust_weights import TrustPolicy
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import from_store
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust_weights import TrustPolicy
 
     with PoolStore(home.pool_db) as store:
         evidence = from_store(store, bench.id)

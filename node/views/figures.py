@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from datetime import datetime, timezone
 
-from node.views.report_data import Leaderboard, OperatorStats, ReportData, Step
+from p2pgolf.node.views.report_data import Leaderboard, OperatorStats, ReportData, Step
 
 MAX_AUTHOR_CURVES = 8  # per class; the rest are summarised by the collective curve
 DPI = 100

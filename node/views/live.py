@@ -29,7 +29,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from node.views.pool_rows import Row, read_rows
+from p2pgolf.node.views.pool_rows import Row, read_rows
 
 WIDE = 80  # columns from which the view uses two columns per row
 RECENT = 5  # records in and out shown
@@ -82,7 +82,7 @@ class PoolWatch:
         return "you" if key == self.own_key else self.labels.get(key) or key[:8]
 
     def _bests(self) -> Bests:
-        from node.views.report_data import class_leaderboard
+        from p2pgolf.node.views.report_data import class_leaderboard
 
         results = [r for r in self.rows if r.kind == "result"]
         hw = self.hw or next((r.hw for r in reversed(results) if r.author == self.own_key), None)
@@ -297,7 +297,7 @@ def _own_hw(control) -> str | None:
     if control is None:
         return None
     try:
-        from trainer.hardware import detect_hardware
+        from p2pgolf.trainer.hardware import detect_hardware
 
         return detect_hardware().key
     except Exception:

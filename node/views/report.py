@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.views.report_data import Entry, ReportData
+from p2pgolf.node.views.report_data import Entry, ReportData
 
 HTML_NAME = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.views.pool_rows import OPERATOR_ORDER, Row
+from p2pgolf.node.views.pool_rows import OPERATOR_ORDER, Row
 
 MIN_CLASS_RESULTS = 5  # a class with fewer results gets no leaderboard of its own
 ESTIMATOR_MAX_RECORDS = 3000  # the real estimator above this takes longer than the report's budget

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.benchmarks import benchmark
-from protocol.identity import Identity
-from protocol.records import Attestation, HardwareClass, Metrics, Result
-from protocol.signing import SignedRecord, sign_record
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.identity import Identity
+from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
+from p2pgolf.protocol.signing import SignedRecord, sign_record
 
 BENCH = "parameter-golf/sp1024-10min"
 T0_MS = 1_780_000_000_000  # a fixed clock: the same seed gives the same records
@@ -35,11 +35,11 @@ def identities(n: int, seed: int = 0) -> list[Identity]:
 def simulate_pool(store, nodes: Sequence[Identity], experiments: int, *, seed: int = 0, verifier: Identity | None = None) -> list[SignedRecord]:
     """`experiments` rounds of every node choosing with the real bandit over the shared pool
     (each pins the others), its measurement on the landscape stored in `store`."""
-    from pool import bandit
-    from pool.estimator import estimate
-    from pool.evidence import from_store
-    from pool.simulation import HARDWARE, Landscape
-    from pool.trust_weights import static_status
+    from p2pgolf.pool import bandit
+    from p2pgolf.pool.estimator import estimate
+    from p2pgolf.pool.evidence import from_store
+    from p2pgolf.pool.simulation import HARDWARE, Landscape
+    from p2pgolf.pool.trust_weights import static_status
 
     bench = benchmark(BENCH)
     land = Landscape.seeded(seed)
@@ -75,10 +75,10 @@ def simulate_pool(store, nodes: Sequence[Identity], experiments: int, *, seed: i
 def random_walk_pool(path: str | Path, records: int, *, nodes: int = 12, seed: int = 0, batch: int = 5000) -> int:
     """A pool file of `records` records: `nodes` hill climbers per round on the landscape
     (mutations of their best, recombinations with a peer's best, replicates); returns the count."""
-    from pool.estimator import CandidateInfo
-    from pool.proposals import mutate, recombine
-    from pool.simulation import HARDWARE, SIM_SPACE, Landscape
-    from pool.store import PoolStore
+    from p2pgolf.pool.estimator import CandidateInfo
+    from p2pgolf.pool.proposals import mutate, recombine
+    from p2pgolf.pool.simulation import HARDWARE, SIM_SPACE, Landscape
+    from p2pgolf.pool.store import PoolStore
 
     bench = benchmark(BENCH)
     land = Landscape.seeded(seed)
@@ -132,14 +132,14 @@ def hardware_class(key: str) -> HardwareClass:
 
 
 def _info(rec: SignedRecord):
-    from pool.estimator import CandidateInfo
+    from p2pgolf.pool.estimator import CandidateInfo
 
     r = rec.record
     return CandidateInfo(r.candidate, r.base, dict(r.diff), (rec.id,), rec.id, (), (r.author,), (r.hw.key,), 1.0, 1)
 
 
 def _measure(land, base: str, diff, hw: str, rng: np.random.Generator) -> float:
-    from protocol import knobs
+    from p2pgolf.protocol import knobs
 
     return float(land.true_bpb(knobs.resolve(base, diff), hw) + rng.normal(0.0, land.hardware[hw].noise_sd))
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import knobs
-from protocol.errors import ProtocolError
+from p2pgolf.protocol import knobs
+from p2pgolf.protocol.errors import ProtocolError
 
 BASE = "naive-baseline"
 TOKENIZER = "sp1024"  # the built-in trainer's tokenizer on the challenge data
@@ -43,7 +43,7 @@ class BuiltinEquivalent:
     @property
     def candidate(self) -> str | None:
         """The built-in candidate's id, or None when there is none."""
-        from protocol.candidates import candidate_id
+        from p2pgolf.protocol.candidates import candidate_id
 
         return candidate_id(self.base, self.diff, self.tokenizer) if self.base else None
 

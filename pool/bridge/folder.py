@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pool.bridge.errors import FolderError
+from p2pgolf.pool.bridge.errors import FolderError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # no record folder file is this large; refuse rather than read it
 _STUB_MAX_BYTES = 1024  # a stub is a few lines; anything longer is the script itself

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.records import HardwareClass
+from p2pgolf.protocol.records import HardwareClass
 
 # Free-string spellings -> the name the CUDA driver reports (what our own runs record).
 _KNOWN = (

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pool.bridge.errors import FolderError
+from p2pgolf.pool.bridge.errors import FolderError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class MergedHyperparameters:
 
 def merge_hyperparameters(vocab: Any, readme_env: Mapping[str, str], readme_file: str, log_block: Mapping[str, str], log_file: str) -> MergedHyperparameters:
     """Merge (see module doc). `vocab` is a protocol.script_hparams.ScriptVocabulary."""
-    from protocol.script_hparams import RUNNER_SET
+    from p2pgolf.protocol.script_hparams import RUNNER_SET
 
     params = {n: p for n, p in vocab.params.items() if n not in RUNNER_SET}
     values: dict[str, Any] = {n: p.default for n, p in params.items() if p.default is not None}

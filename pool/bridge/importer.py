@@ -27,18 +27,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pool.bridge import hardware_text
-from pool.bridge.builtin_equivalent import BuiltinEquivalent, builtin_equivalent
-from pool.bridge.errors import FolderError
-from pool.bridge.folder import RecordFolder, find_files, read_text
-from pool.bridge.hparams import merge_hyperparameters
-from pool.bridge.provenance import make_note
-from pool.bridge.run_command import readme_env
-from pool.bridge.submission_json import SeedNumbers, Submission, parse_submission
-from pool.bridge.train_log import LogInfo, parse_log
-from protocol.benchmarks import benchmark
-from protocol.candidates import script_base
-from protocol.records import HardwareClass, Metrics, Result
+from p2pgolf.pool.bridge import hardware_text
+from p2pgolf.pool.bridge.builtin_equivalent import BuiltinEquivalent, builtin_equivalent
+from p2pgolf.pool.bridge.errors import FolderError
+from p2pgolf.pool.bridge.folder import RecordFolder, find_files, read_text
+from p2pgolf.pool.bridge.hparams import merge_hyperparameters
+from p2pgolf.pool.bridge.provenance import make_note
+from p2pgolf.pool.bridge.run_command import readme_env
+from p2pgolf.pool.bridge.submission_json import SeedNumbers, Submission, parse_submission
+from p2pgolf.pool.bridge.train_log import LogInfo, parse_log
+from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.candidates import script_base
+from p2pgolf.protocol.records import HardwareClass, Metrics, Result
 
 SIZE_CAP = 16_000_000
 TRACKS = {"10min_16mb": "parameter-golf/sp1024-10min", "non_record_16mb": "parameter-golf/sp1024-10min"}
@@ -64,7 +64,7 @@ class FolderImport:
 
 def import_folder(path: str | Path, importer: str) -> FolderImport:
     """The records of the folder at `path`, authored by `importer` (hex key). FolderError if none."""
-    from protocol.script_hparams import read_hyperparameters
+    from p2pgolf.protocol.script_hparams import read_hyperparameters
 
     folder = find_files(path)
     root = folder.path

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pool.bridge.errors import FolderError
+from p2pgolf.pool.bridge.errors import FolderError
 
 
 @dataclass(frozen=True)
