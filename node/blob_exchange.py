@@ -61,7 +61,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pgolf.node.sync import SyncError, _close, _remote_peer, read_frame, write_frame
+from p2pgolf.node.stream_limits import remote_peer as _remote_peer
+from p2pgolf.node.sync import SyncError, _close, read_frame, write_frame
+from p2pgolf.protocol import canonical
 from p2pgolf.pool.blobs import BlobError, BlobStore, check_sha
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 BLOB_PROTOCOL = "/p2pgolf/blobs/1.0.0"
 MAX_CHUNK = 1 << 20  # a server serves any get of up to this many bytes; a client asks no more
+FRAME_BOUNDS = canonical.Bounds(max_items=256, max_container=64, max_str=1024, max_bin=MAX_CHUNK)  # a blob frame is a small map
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,11 @@ class BlobServer:
         self._verified: dict[str, tuple[int, int]] = {}  # sha -> (size, mtime_ns) last hashed
         self._streams = trio.Semaphore(settings.max_streams)
 
-    def attach(self, host: "IHost") -> None:
+    def attach(self, host: "IHost", guard: Any = None) -> None:
+        """Serve on `host`; `guard` (node.stream_limits.StreamSlots.guard) bounds streams per peer."""
         from libp2p.custom_types import TProtocol
 
-        host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self.handle)
+        host.set_stream_handler(TProtocol(BLOB_PROTOCOL), guard(self.handle) if guard is not None else self.handle)
 
     async def handle(self, stream: Any) -> None:
         """Serve one stream until the peer closes it, breaks a rule, or idles too long."""
@@ -154,7 +158,7 @@ class BlobServer:
             async with self._streams:
                 while True:
                     with trio.move_on_after(self.settings.idle_timeout_s):
-                        request = await read_frame(stream, allow_eof=True)
+                        request = await read_frame(stream, allow_eof=True, bounds=FRAME_BOUNDS)
                         if request is None:
                             return
                         try:
@@ -362,7 +366,7 @@ def sha256_hex(data: bytes) -> str:
 async def _request(stream: Any, message: dict) -> dict:
     try:
         await write_frame(stream, message)
-        reply = await read_frame(stream)
+        reply = await read_frame(stream, bounds=FRAME_BOUNDS)
     except SyncError as exc:
         raise _PeerFailed(str(exc)) from None
     if not isinstance(reply, dict):

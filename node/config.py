@@ -9,7 +9,8 @@ peers this node remembers across restarts.
     mdns = false
 
     [limits]
-    unknown_key_cap = 1000
+    unknown_key_cap = 10000          # records per unknown key and benchmark
+    unknown_quota_bytes = 268435456  # bytes of records from unknown keys, all together
 
     [blobs]              # retention of peers' artifacts (own results and the current best: always)
     max_blobs = 200

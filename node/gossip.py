@@ -1,11 +1,18 @@
 """Gossip: fresh records travel over gossipsub v1.1, one topic per benchmark.
 
 Guarantees:
-- Every message from a peer passes `Admission.admit` inside a synchronous topic validator that
-  never raises. Only records the gate accepts (new or already held) are delivered and
+- Every message from a peer passes the admission path (node/limits.py) in its order: the ban
+  and rate stage (`Admission.screen`) as soon as the message is read, before py-libp2p checks its
+  pubsub signature (so a flood from a peer over its rate, or shut out, costs a lookup per message,
+  not a verification), then the rest (`Admission.admit_screened`) inside a synchronous topic
+  validator that never raises. Only records the gate accepts (new or already held) are delivered and
   forwarded; invalid, blocked, over-cap and rate-limited ones are neither stored nor forwarded.
 - A peer that keeps sending invalid records is blacklisted for `Limits.ban_s` (which also drops
   its connection): the penalty gossipsub's own scoring cannot yet give in py-libp2p 0.8.1.
+- A message's id is the SHA-256 of its payload (`content_message_id`), not sender + seqno, so
+  a record re-sent with a fresh seqno (or by another sender) is a message already seen and is
+  dropped by the pubsub layer for `seen_ttl_s`, before our validator runs; gossipsub's message
+  cache (IHAVE/IWANT) uses the same ids.
 - py-libp2p's silent limits are raised (outbound queue per peer, subscription channel, spam
   protection of 10 messages per topic per second), so bursts are not dropped; the pubsub
   sequence number starts at time.time_ns() so a restarted node's messages are not taken for
@@ -14,12 +21,15 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from p2pgolf.node.limits import Admission, Verdict
+from p2pgolf.node.limits import PUSHED, Admission
+from p2pgolf.pool.admission import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost
@@ -36,7 +46,7 @@ class GossipSettings:
     degree_high: int = 12
     heartbeat_s: float = 1.0
     queue_size: int = 4096  # outbound RPCs per peer and messages per subscription before drops
-    seen_ttl_s: int = 120
+    seen_ttl_s: int = 600  # a replay within this long is dropped unseen by the validator
 
 
 class Gossip:
@@ -61,13 +71,16 @@ class Gossip:
             heartbeat_initial_delay=0.1,
             spam_protection_enabled=False,  # per-peer limits live in the admission gate instead
         )
-        self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s)
+        self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s, msg_id_constructor=content_message_id)
+        self.router.mcache = ContentMessageCache(self.router.mcache.window_size, self.router.mcache.history_size)
         self.pubsub.counter = time.time_ns()
         self.received = 0  # messages from peers that reached the validator
         self.published = 0
         self._subscriptions: list[Any] = []
         for topic in self.topics.values():
             self.pubsub.set_topic_validator(topic, self._validate, False)
+        self._push_msg = self.pubsub.push_msg
+        self.pubsub.push_msg = self._screen_then_push  # pubsub's read loop looks it up per message
 
     def services(self) -> list[Any]:
         """The libp2p services to run (pubsub first, then the router), before the host starts."""
@@ -109,6 +122,16 @@ class Gossip:
         except Exception:
             log.exception("cannot lift the blacklist of %s", peer)
 
+    async def _screen_then_push(self, forwarder: Any, msg: Any) -> None:
+        try:
+            if forwarder != self.own_id and not self.pubsub._is_msg_seen(msg):
+                if not self.admission.screen([bytes(msg.data)], forwarder.to_base58(), path=PUSHED):
+                    return  # shut out or over its rate: dropped before any verification
+        except Exception:
+            log.exception("gossip screen failed; dropping the message")
+            return
+        await self._push_msg(forwarder, msg)
+
     def _validate(self, forwarder: Any, msg: Any) -> bool:
         # Runs synchronously inside pubsub: an exception here would end the whole node.
         try:
@@ -118,13 +141,40 @@ class Gossip:
             topics = list(msg.topicIDs)
             if len(topics) != 1 or topics[0] not in self._bench_of:
                 return False
-            verdict = self.admission.admit(bytes(msg.data), forwarder.to_base58())
+            verdict = self.admission.admit_screened(bytes(msg.data), forwarder.to_base58())
             if not verdict.accepted:
                 log.debug("rejected a gossiped record from %s: %s", forwarder, verdict.value)
             return verdict.accepted
         except Exception:
             log.exception("gossip validator failed; rejecting the message")
             return False
+
+
+def content_message_id(msg: Any) -> bytes:
+    """The gossip message id: SHA-256 of the payload (the record's envelope bytes)."""
+    return hashlib.sha256(bytes(msg.data)).digest()
+
+
+@functools.cache
+def _content_cache_class() -> type:
+    from libp2p.pubsub.mcache import CacheEntry, MessageCache
+
+    class ContentMessageCache(MessageCache):
+        """gossipsub's message cache keyed by `content_message_id` (py-libp2p 0.8.1 keys it by
+        sender + seqno whatever id function pubsub uses, so IHAVE would name ids pubsub never saw)."""
+
+        def put(self, msg: Any) -> None:
+            mid = content_message_id(msg)
+            if mid in self.msgs:
+                return
+            self.msgs[mid] = msg
+            self.history[0].append(CacheEntry(mid, msg.topicIDs))
+
+    return ContentMessageCache
+
+
+def ContentMessageCache(window_size: int, history_size: int) -> Any:  # noqa: N802 (a class made lazily: libp2p is a heavy import)
+    return _content_cache_class()(window_size, history_size)
 
 
 def raise_library_limits(queue_size: int) -> None:
@@ -152,4 +202,4 @@ async def _drain(subscription: Any) -> None:
         await subscription.get()
 
 
-__all__ = ["Gossip", "GossipSettings", "Verdict", "raise_library_limits"]
+__all__ = ["Gossip", "GossipSettings", "Verdict", "content_message_id", "raise_library_limits"]

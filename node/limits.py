@@ -1,67 +1,70 @@
 """Trust at the edge: what a node lets into its pool, and how much any one peer may ask of it.
 
-`Admission.admit(raw, peer)` is the single gate for records from the network, whether they came
-by gossip or by sync. It decodes, validates and verifies the record, drops records of blocked
-keys, caps how many records an unknown key may have stored (pinned keys and our own are never
-capped), applies a per-peer token bucket, and stores what passes. It never raises: every
-failure becomes a `Verdict`. `PeerLimiter` holds the per-peer buckets for records and sync
-requests and counts invalid records per peer so that a peer that keeps sending them can be shut
-out for a while.
+`Admission` is the one admission path for records from the network, whether they came by gossip
+(pushed to us) or by sync (fetched from a peer), and `pool import` shares its storage half
+(pool/admission.py). The stages, always in this order:
+
+1. ban: nothing from a peer that is shut out (for invalid records or for flooding) is taken;
+2. rate: each record spends a token from the peer's bucket for its path (`records_per_s` for
+   pushed records, `fetched_per_s` for fetched ones); a peer that keeps pushing past its rate is
+   shut out like one that sends invalid records;
+3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
+   parsed), counting invalid records against the peer;
+4. storage (pool/admission.StorageGate): benchmark (and a result's budget), blocked key,
+   duplicate, per-key cap, global quota for unknown keys (trusted keys are never refused), then
+   one transaction.
+
+Gossip runs stages 1-2 as a message is read (before py-libp2p checks its pubsub signature) and
+3-4 in its validator; sync runs 1-2 before it hands a batch to the verifying processes.
+
+Nothing here raises: every failure becomes a `Verdict`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, QuotaUsage, StorageGate, Verdict
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.signing import SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 
+PUSHED = "pushed"  # records a peer sent us unasked (gossip)
+FETCHED = "fetched"  # records we asked a peer for (sync)
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Knobs of the edge. Defaults suit a handful of records per second across a network."""
+    """Knobs of the edge. Defaults suit a handful of records per second across a network, and a
+    late joiner fetching a season (~100,000 records) from one peer."""
 
-    unknown_key_cap: int = 1000  # records stored per unknown author and benchmark
-    records_per_s: float = 200.0  # sustained records accepted per peer
-    records_burst: int = 2000  # records a peer may send at once
+    unknown_key_cap: int = DEFAULT_UNKNOWN_KEY_CAP  # records stored per unknown author and benchmark
+    unknown_quota_bytes: int = DEFAULT_UNKNOWN_QUOTA_BYTES  # bytes of records from unknown keys, all together
+    records_per_s: float = 50.0  # sustained records a peer may push (gossip carries a few a minute)
+    records_burst: int = 200  # records a peer may push at once
+    fetched_per_s: float = 20_000.0  # sustained records a peer may serve us (sync)
+    fetched_burst: int = 200_000  # records a peer may serve at once (two seasons)
     sync_requests_per_s: float = 20.0  # sync requests served per peer
     sync_burst: int = 200
     invalid_before_ban: int = 20  # invalid records from one peer before it is shut out
+    flood_before_ban: int = 200  # pushed records over the rate from one peer before it is shut out
+    max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
     ban_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("unknown_key_cap", "records_burst", "sync_burst", "invalid_before_ban"):
+        for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProtocolError(f"must be a whole number >= 1, got {value!r}", f"limits.{name}")
-        for name in ("records_per_s", "sync_requests_per_s", "ban_s"):
+        for name in ("records_per_s", "fetched_per_s", "sync_requests_per_s", "ban_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ProtocolError(f"must be a number > 0, got {value!r}", f"limits.{name}")
-
-
-class Verdict(enum.Enum):
-    """What happened to one incoming record. Only ADDED and DUPLICATE may be forwarded."""
-
-    ADDED = "added"
-    DUPLICATE = "duplicate"
-    INVALID = "invalid"
-    WRONG_BENCH = "wrong-bench"
-    BLOCKED = "blocked"
-    OVER_CAP = "over-cap"
-    RATE_LIMITED = "rate-limited"
-    ERROR = "error"
-
-    @property
-    def accepted(self) -> bool:
-        return self in (Verdict.ADDED, Verdict.DUPLICATE)
 
 
 class TokenBucket:
@@ -84,22 +87,36 @@ class TokenBucket:
         return False
 
 
+    def take_up_to(self, n: int) -> int:
+        """Spend as many whole tokens as there are, at most `n`; returns how many."""
+        self.take(0.0)  # refill
+        got = min(int(n), int(self._tokens))
+        self._tokens -= got
+        return got
+
+
 class PeerLimiter:
     """Per-peer record and sync-request buckets, and per-peer invalid-record counts with bans."""
 
     def __init__(self, limits: Limits, clock=time.monotonic) -> None:
         self.limits = limits
         self._clock = clock
-        self._records: dict[str, TokenBucket] = {}
+        self._records: dict[tuple[str, str], TokenBucket] = {}
         self._requests: dict[str, TokenBucket] = {}
         self._invalid: dict[str, int] = defaultdict(int)
+        self._flooded: dict[str, int] = defaultdict(int)
         self._banned_until: dict[str, float] = {}
 
-    def allow_record(self, peer: str) -> bool:
-        bucket = self._records.get(peer)
+    def allow_record(self, peer: str, path: str = PUSHED) -> bool:
+        return self.allow_records(peer, 1, path) == 1
+
+    def allow_records(self, peer: str, n: int, path: str = PUSHED) -> int:
+        """How many of `n` records from `peer` on `path` fit its bucket now (tokens are spent)."""
+        bucket = self._records.get((peer, path))
         if bucket is None:
-            bucket = self._records[peer] = TokenBucket(self.limits.records_per_s, self.limits.records_burst, self._clock)
-        return bucket.take()
+            rate, burst = (self.limits.records_per_s, self.limits.records_burst) if path == PUSHED else (self.limits.fetched_per_s, self.limits.fetched_burst)
+            bucket = self._records[(peer, path)] = TokenBucket(rate, burst, self._clock)
+        return bucket.take_up_to(n)
 
     def allow_request(self, peer: str) -> bool:
         bucket = self._requests.get(peer)
@@ -111,6 +128,14 @@ class PeerLimiter:
         """Count one invalid record from `peer`; True when this one crosses the ban threshold."""
         self._invalid[peer] += 1
         if self._invalid[peer] >= self.limits.invalid_before_ban and peer not in self._banned_until:
+            self._banned_until[peer] = self._clock() + self.limits.ban_s
+            return True
+        return False
+
+    def note_flood(self, peer: str, n: int) -> bool:
+        """Count `n` pushed records over the rate from `peer`; True when this crosses the ban threshold."""
+        self._flooded[peer] += n
+        if self._flooded[peer] >= self.limits.flood_before_ban and peer not in self._banned_until:
             self._banned_until[peer] = self._clock() + self.limits.ban_s
             return True
         return False
@@ -129,32 +154,38 @@ class PeerLimiter:
         for peer in done:
             del self._banned_until[peer]
             self._invalid.pop(peer, None)
+            self._flooded.pop(peer, None)
         return done
 
 
 class Admission:
     """The gate every record from a peer passes through before it reaches the pool."""
 
-    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None) -> None:
+    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None) -> None:
         self.store = store
         self.trust = trust
         self.bench_ids = frozenset(bench_ids)
         self.limits = limits
         self.own_key = own_key
         self.limiter = limiter or PeerLimiter(limits)
+        self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key, budgets=budgets)
         self.counts: dict[Verdict, int] = {v: 0 for v in Verdict}
         self.on_added = None  # optional callback(record id), e.g. to wake the research loop
-        self.on_ban = None  # optional callback(peer id) when a peer crosses the invalid threshold
+        self.on_ban = None  # optional callback(peer id) when a peer is shut out
+
+    def quota(self) -> QuotaUsage:
+        return self.storage.usage(self.limits.unknown_quota_bytes)
 
     def admit(self, raw: bytes, peer: str | None) -> Verdict:
-        """Check and store one record that `peer` sent us (None: it came from this process)."""
-        try:
-            verdict = self._admit(raw, peer)
-        except Exception:  # a gate that raises would take the whole node down with it
-            log.exception("unexpected error while admitting a record from %s", peer)
-            verdict = Verdict.ERROR
-        self.counts[verdict] += 1
-        return verdict
+        """Check and store one record that `peer` pushed to us (None: it came from this process)."""
+        tally = self.admit_batch([raw], peer, path=PUSHED)
+        return next(v for v, n in tally.items() if n)
+
+    def admit_screened(self, raw: bytes, peer: str | None) -> Verdict:
+        """Stages 3 and 4 for one pushed record that `screen` already let through (gossip screens
+        as a message arrives, and validates after py-libp2p has checked its pubsub signature)."""
+        tally = self.admit_decoded(verify_all([raw]), peer)
+        return next(v for v, n in tally.items() if n)
 
     def admit_signed(self, signed: SignedRecord) -> Verdict:
         """Store a record this node made itself (already verified): our own key is never capped."""
@@ -165,17 +196,56 @@ class Admission:
             verdict = Verdict.ERROR
         return verdict
 
-    def admit_batch(self, raws: list[bytes], peer: str | None) -> dict[Verdict, int]:
-        """Check and store many records fetched by sync: each is verified once, and all that
-        pass are stored in one transaction."""
-        return self.admit_decoded(verify_all(raws), peer)
+    def admit_batch(self, raws: list[bytes], peer: str | None, *, path: str = FETCHED) -> dict[Verdict, int]:
+        """All four stages for `raws` from `peer` (None: this process) on `path`."""
+        tally = {v: 0 for v in Verdict}
+        passed = self.screen(raws, peer, path=path, tally=tally)
+        for verdict, n in self.admit_decoded(verify_all(passed), peer).items():
+            tally[verdict] += n
+        return tally
+
+    def screen(self, raws: list[bytes], peer: str | None, *, path: str, tally: dict[Verdict, int] | None = None) -> list[bytes]:
+        """Stages 1 and 2 (ban, rate): the records that may go on to be verified, in order. The
+        rest are counted in `tally` and `self.counts`. Sync calls this before verifying."""
+        own = {v: 0 for v in Verdict}
+        passed = list(raws)
+        if peer is not None and raws:
+            try:
+                if self.limiter.is_banned(peer):
+                    own[Verdict.BANNED] = len(raws)
+                    passed = []
+                else:
+                    allowed = self.limiter.allow_records(peer, len(raws), path)
+                    if allowed < len(raws):
+                        own[Verdict.RATE_LIMITED] = len(raws) - allowed
+                        passed = raws[:allowed]
+                        if path == PUSHED and self.limiter.note_flood(peer, len(raws) - allowed):
+                            self._banned(peer, f"pushed {self.limits.flood_before_ban} records over its rate")
+            except Exception:
+                log.exception("unexpected error while screening records from %s", peer)
+                own[Verdict.ERROR] = len(raws)
+                passed = []
+        for verdict, n in own.items():
+            self.counts[verdict] += n
+            if tally is not None:
+                tally[verdict] += n
+        return passed
 
     def admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
-        """The second half of `admit_batch`, for records `verify_all` already decoded (None:
-        invalid), so that verification can run in worker threads and this part in trio's."""
+        """Stages 3 (the invalid ones, None, counted against `peer`) and 4 for records that
+        `verify_all` decoded, so that verification can run elsewhere (sync: worker processes)."""
         tally = {v: 0 for v in Verdict}
         try:
-            self._admit_decoded(decoded, peer, tally)
+            valid = [d for d in decoded if d is not None]
+            for _ in range(len(decoded) - len(valid)):
+                tally[Verdict.INVALID] += 1
+                self._note_invalid(peer)
+            verdicts, added = self.storage.admit(valid, unknown_key_cap=self.limits.unknown_key_cap, unknown_quota_bytes=self.limits.unknown_quota_bytes)
+            for verdict in verdicts:
+                tally[verdict] += 1
+            if self.on_added is not None:
+                for rid in added:
+                    self.on_added(rid)
         except Exception:
             log.exception("unexpected error while admitting %d records from %s", len(decoded), peer)
             tally[Verdict.ERROR] += len(decoded) - sum(tally.values())
@@ -183,87 +253,14 @@ class Admission:
             self.counts[verdict] += n
         return tally
 
-    def _admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None, tally: dict[Verdict, int]) -> None:
-        valid = [d for d in decoded if d is not None]
-        for _ in range(len(decoded) - len(valid)):
-            tally[Verdict.INVALID] += 1
-            self._note_invalid(peer)
-        lacking = set(self.store.missing([d.id for d in valid]))
-        statuses: dict[str, str] = {}
-        stored: dict[tuple[str, str], int] = {}
-        keep: list[SignedRecord] = []
-        for signed in valid:
-            if signed.bench not in self.bench_ids:
-                tally[Verdict.WRONG_BENCH] += 1
-                continue
-            author = signed.author
-            if author not in statuses:
-                statuses[author] = _trust_status(self.trust, author)
-            status = statuses[author]
-            if status == "blocked":
-                tally[Verdict.BLOCKED] += 1
-                continue
-            if signed.id not in lacking:
-                tally[Verdict.DUPLICATE] += 1
-                continue
-            lacking.discard(signed.id)  # the same record twice in one batch is stored once
-            if status not in ("own", "pinned") and author != self.own_key:
-                key = (signed.bench, author)
-                if key not in stored:
-                    stored[key] = self.store.count_by_author(author, signed.bench)
-                if stored[key] >= self.limits.unknown_key_cap:
-                    tally[Verdict.OVER_CAP] += 1
-                    continue
-                stored[key] += 1
-            keep.append(signed)
-        if not keep:
-            return
-        report = self.store.add_verified(keep)
-        tally[Verdict.ADDED] += len(report.added)
-        tally[Verdict.DUPLICATE] += len(report.duplicates)
-        if self.on_added is not None:
-            for rid in report.added:
-                self.on_added(rid)
-
-    def _policy(self, signed: SignedRecord) -> Verdict | None:
-        """Why a verified record may not be stored (None: it may)."""
-        if signed.bench not in self.bench_ids:
-            return Verdict.WRONG_BENCH
-        status = _trust_status(self.trust, signed.author)
-        if status == "blocked":
-            return Verdict.BLOCKED
-        if self.store.has(signed.id):
-            return Verdict.DUPLICATE
-        capped = status not in ("own", "pinned") and signed.author != self.own_key
-        if capped and self.store.count_by_author(signed.author, signed.bench) >= self.limits.unknown_key_cap:
-            return Verdict.OVER_CAP
-        return None
-
     def _note_invalid(self, peer: str | None) -> None:
-        if peer is not None and self.limiter.note_invalid(peer) and self.on_ban is not None:
-            log.warning("peer %s sent %d invalid records; shutting it out for %.0f s", peer, self.limiter.invalid_count(peer), self.limits.ban_s)
-            self.on_ban(peer)
+        if peer is not None and self.limiter.note_invalid(peer):
+            self._banned(peer, f"sent {self.limiter.invalid_count(peer)} invalid records")
 
-    def _admit(self, raw: bytes, peer: str | None) -> Verdict:
-        if peer is not None:
-            if self.limiter.is_banned(peer):
-                return Verdict.RATE_LIMITED
-            if not self.limiter.allow_record(peer):
-                return Verdict.RATE_LIMITED
-        try:
-            signed = decode_record(raw)
-        except ProtocolError as exc:
-            log.info("invalid record from %s: %s", peer, exc)
-            self._note_invalid(peer)
-            return Verdict.INVALID
-        verdict = self._policy(signed)
-        if verdict is not None:
-            return verdict
-        # Not a durable commit: a peer's record lost to a power cut comes back by sync.
-        added = bool(self.store.add_verified([signed]).added)
-        if added and self.on_added is not None:
-            self.on_added(signed.id)
-        return Verdict.ADDED if added else Verdict.DUPLICATE
+    def _banned(self, peer: str, why: str) -> None:
+        log.warning("peer %s %s; shutting it out for %.0f s", peer, why, self.limits.ban_s)
+        if self.on_ban is not None:
+            self.on_ban(peer)
 
 
 def verify_all(raws: list[bytes]) -> list[SignedRecord | None]:
@@ -275,11 +272,3 @@ def verify_all(raws: list[bytes]) -> list[SignedRecord | None]:
         except ProtocolError:
             out.append(None)
     return out
-
-
-def _trust_status(trust: Any, author: str) -> str:
-    """'own', 'pinned', 'blocked' or 'unknown' as a plain string, whatever type the store returns."""
-    if trust is None:
-        return "unknown"
-    status = trust.status(author)
-    return str(getattr(status, "value", status))

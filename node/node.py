@@ -6,8 +6,10 @@ Guarantees:
   cancelling it (Ctrl-C, SIGTERM, a test's cancel scope) closes every socket it opened,
   the listening ones included.
 - Services start before the host and stop after it (py-libp2p raises if pubsub stops first).
-- Every record from the network passes one admission gate (node.limits.Admission), whether it
-  came by gossip or by sync; our own records are stored before they are sent.
+- Every record from the network passes one admission path (node.limits.Admission: ban, rate,
+  verification, storage), whether it came by gossip or by sync; our own records are stored
+  before they are sent. A peer holds at most `Limits.max_streams_per_peer` sync and blob
+  streams with us at once.
 - A node syncs with each peer as soon as it is connected and again every `sync_interval_s`,
   so a node that was offline, or is new, catches up and partitions heal.
 - With a blob directory (the home's `blobs/`, or `blobs_dir`), the node serves every blob it
@@ -20,6 +22,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -41,7 +44,9 @@ from p2pgolf.node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port,
 from p2pgolf.node.limits import Admission, Limits, Verdict
 from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
 from p2pgolf.node.status import NodeStatus, PeerStatus
+from p2pgolf.node.stream_limits import StreamSlots
 from p2pgolf.node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
+from p2pgolf.pool.admission import REJECTED
 from p2pgolf.pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
 from p2pgolf.protocol.benchmarks import Benchmark
 from p2pgolf.protocol.errors import ProtocolError
@@ -54,6 +59,8 @@ Worker = Callable[["Node"], Awaitable[None]]
 STARTUP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 SYNC_RETRY_S = 5.0  # a failed sync is retried this much later (not every pass of the loop)
+PUBLISH_UNPACED = 100  # records of one publish request sent at once
+PUBLISH_PACE_PER_S = 40.0  # the rest, this many a second
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class Node:
         self.options = options
         self.worker = worker
         self.bench_ids = frozenset(b.id for b in options.benches)
-        self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex)
+        self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex, budgets={b.id: b.budget_s for b in options.benches})
         self.host: Any = None
         self.gossip: Gossip | None = None
         self.sync_server: SyncServer | None = None
@@ -154,11 +161,12 @@ class Node:
             listen = self._listen_addrs()
             self.host = make_host(self.identity, listen, enable_mdns=opts.mdns)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
-            self.sync_server = SyncServer(self.store, self.admission, self.bench_ids)
+            self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
+            self.sync_server = SyncServer(self.store, self.admission, self.bench_ids, self.stream_slots)
             self.sync_server.attach(self.host)
             if self.blobs is not None:
                 self.blob_server = BlobServer(self.blobs, opts.exchange)
-                self.blob_server.attach(self.host)
+                self.blob_server.attach(self.host, guard=self.stream_slots.guard)
                 self.exchange = BlobExchange(self.host, self.blobs, opts.exchange)
             self.host.get_network().register_notifee(_connection_notifee(self._on_connection))
             self.admission.on_ban = self._ban
@@ -313,7 +321,7 @@ class Node:
 
     def status(self) -> NodeStatus:
         counts = self.admission.counts
-        rejected = sum(counts[v] for v in (Verdict.INVALID, Verdict.WRONG_BENCH, Verdict.BLOCKED, Verdict.OVER_CAP, Verdict.RATE_LIMITED, Verdict.ERROR))
+        rejected = sum(counts[v] for v in REJECTED)
         served = self.sync_server.served_records if self.sync_server else 0
         names = {b.id: b.name for b in self.options.benches}
         peers = []
@@ -343,6 +351,8 @@ class Node:
             worker=self.worker_state,
             **self._research_status(),
             proposers=self._proposer_usage(),
+            syncing=tuple({"peer": r.peer, "bench": r.bench, "expected": r.expected, "fetched": r.fetched, "added": r.added} for r in self._syncing.values()),
+            quota=dataclasses.asdict(self.admission.quota()),
         )
 
     def _research_status(self) -> dict:
@@ -372,7 +382,11 @@ class Node:
             if not isinstance(confirm_s, (int, float)) or not 0 <= confirm_s <= 60:
                 return {"ok": False, "error": "confirm_s must be a number of seconds in [0, 60]"}
             results = []
-            for text in records:
+            for n, text in enumerate(records):
+                if n >= PUBLISH_UNPACED:
+                    # past a burst, within what peers accept from one peer (Limits.records_per_s,
+                    # default 50/s): faster, they would refuse the rest and shut this node out
+                    await trio.sleep(1.0 / PUBLISH_PACE_PER_S)
                 try:
                     signed, verdict, subscribed = await self.publish(bytes.fromhex(text))
                 except (ValueError, ProtocolError) as exc:

@@ -46,7 +46,7 @@ def scripts_in_use(store: Any, bench_ids) -> dict[str, ScriptInUse]:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     best: dict[str, float] = {}
     for bench in sorted(bench_ids):
-        for signed in store.query(bench=bench, kind="result"):
+        for signed in store.script_results(bench):
             r = signed.record
             if not is_script_base(r.base):
                 continue
@@ -69,7 +69,10 @@ async def fetch_new_scripts(node: Any, scripts: Any, *, timeout_s: float = 60.0,
     from p2pgolf.protocol.errors import ProtocolError
 
     fetched = []
-    for sha, usage in sorted(scripts_in_use(node.store, node.bench_ids).items()):
+    # In a thread: it parses every result in the pool (100,000 after a catch-up), which inside
+    # trio's thread froze the node for seconds at a time.
+    in_use = await trio.to_thread.run_sync(scripts_in_use, node.store, node.bench_ids)
+    for sha, usage in sorted(in_use.items()):
         if scripts.has(sha) or (skip is not None and sha in skip):
             continue
         author = usage.authors[0] if usage.authors else None

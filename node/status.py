@@ -44,6 +44,11 @@ class NodeStatus:
     # steps, seconds, record, note).
     finished: tuple[dict, ...] = ()
     proposers: dict = field(default_factory=dict)  # name -> today's requests, tokens, kept, dropped (node.proposers.operator.usage_summary)
+    # Syncs in progress: peer, bench, expected (records the peer's summary says we lack),
+    # fetched, added. A late joiner's catch-up shows here.
+    syncing: tuple[dict, ...] = ()
+    # Bytes of records from unknown keys against their quota (unknown_bytes, unknown_records, quota_bytes).
+    quota: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,7 +57,7 @@ class NodeStatus:
     def from_json(cls, data: dict) -> "NodeStatus":
         peers = tuple(PeerStatus(p["peer_id"], tuple(p["addrs"]), tuple(p["topics"]), int(p["invalid"])) for p in data["peers"])
         fields = {k: v for k, v in data.items() if k != "peers" and k in cls.__dataclass_fields__}
-        for key in ("addrs", "benches", "finished"):
+        for key in ("addrs", "benches", "finished", "syncing"):
             if key in fields:
                 fields[key] = tuple(fields[key])
         return cls(peers=peers, **fields)
@@ -64,6 +69,9 @@ class NodeStatus:
             f"peers {len(self.peers)}  pool {self.pool_records}  in {self.records_in}  out {self.records_out}"
             f"  rejected {self.rejected}  up {_duration(self.uptime_s)}"
         )
+        catchup = self.catchup()
+        if catchup is not None:
+            text += f"  syncing {catchup[0]}/{catchup[1]}"
         exp = self.experiment
         if exp is not None:
             text += f"  exp {exp['n']} {exp['phase']} step {exp['step']} {_duration(exp['training_s'])}/{_duration(exp['budget_s'])}"
@@ -72,6 +80,13 @@ class NodeStatus:
             score = f"val_bpb {last['val_bpb']:.4f}" if last.get("val_bpb") is not None else last["status"]
             text += f"  last exp {last['n']} {score}"
         return text
+
+
+    def catchup(self) -> tuple[int, int] | None:
+        """(records fetched, records expected) over the syncs in progress; None when none is."""
+        if not self.syncing:
+            return None
+        return sum(int(s["fetched"]) for s in self.syncing), sum(int(s["expected"]) for s in self.syncing)
 
 
 def _duration(seconds: float) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -60,6 +61,30 @@ class AddReport:
     added: list[str]
     duplicates: list[str]
     rejected: list[tuple[int, str]]
+
+
+class Row(NamedTuple):
+    """What the pool stores of one verified record, flat: cheap to send from a verifying
+    process (a tuple, no nested objects) and to insert. `Row.of` makes one from a SignedRecord."""
+
+    id: str
+    kind: str
+    bench: str
+    author: str
+    created_ms: int
+    candidate: str | None
+    subject: str | None
+    val_bpb: float
+    parents: tuple[str, ...]
+    raw: bytes
+    budget_s: float | None = None  # a result's; None for an attestation
+
+    @classmethod
+    def of(cls, rec: SignedRecord) -> "Row":
+        r = rec.record
+        if r.kind == "result":
+            return cls(rec.id, r.kind, r.bench, r.author, r.created_ms, r.candidate, None, r.metrics.val_bpb, tuple(r.parents), rec.raw, r.budget_s)
+        return cls(rec.id, r.kind, r.bench, r.author, r.created_ms, None, r.subject, r.metrics.val_bpb, (), rec.raw)
 
 
 @dataclass(frozen=True)
@@ -169,8 +194,8 @@ class PoolStore:
             stored.update((i, bytes(r)) for i, r in self._all(f"SELECT id, raw FROM records WHERE id IN ({marks})", chunk))
         return {index: id_ for index, id_ in ids.items() if stored.get(id_) == raws[index]}
 
-    def add_verified(self, records: Iterable[SignedRecord], *, now_ms: int | None = None) -> AddReport:
-        """Store records that `decode_record` or our signer produced, in one transaction."""
+    def add_verified(self, records: Iterable[SignedRecord | Row], *, now_ms: int | None = None) -> AddReport:
+        """Store records that `decode_record` or our signer produced (or their `Row`s), in one transaction."""
         now_ms = _now_ms() if now_ms is None else now_ms
         added: list[str] = []
         duplicates: list[str] = []
@@ -243,6 +268,16 @@ class PoolStore:
         rows = self._all("SELECT rowid, id, kind, candidate, raw FROM records WHERE bench = ? AND rowid > ? ORDER BY rowid", (bench, rowid))
         return [(r, i, k, c, bytes(raw)) for r, i, k, c, raw in rows]
 
+    def script_results(self, bench: str) -> list[SignedRecord]:
+        """The results of `bench` whose envelope holds the bytes `script:` (every result with a
+        script base does; a note may too, so callers still check the base), oldest first. The
+        byte filter runs in SQLite, so a pool of 100,000 built-in results costs one scan."""
+        rows = self._all(
+            "SELECT raw FROM records WHERE bench = ? AND kind = 'result' AND instr(raw, ?) > 0 ORDER BY created_ms, id",
+            (bench, b"script:"),
+        )
+        return [_load(bytes(r[0])) for r in rows]
+
     def iter_raw(self, *, bench: str | None = None, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
         """(id, raw) of every record (of `bench`), oldest first, read in pages of `batch`."""
         last: tuple[int, str] = (-1, "")
@@ -282,6 +317,16 @@ class PoolStore:
     def schema_version(self) -> int:
         with self._lock:
             return schema.current_version(self._conn)
+
+    def untrusted_usage(self, own_key: str | None = None) -> tuple[int, int]:
+        """(bytes, records) held from keys that are neither `own_key` nor own or pinned in the
+        trust table (blocked keys' records count: they take space too)."""
+        row = self._one(
+            "SELECT coalesce(sum(length(raw)), 0), count(*) FROM records WHERE author != ?"
+            " AND author NOT IN (SELECT key FROM trust WHERE status IN ('own', 'pinned'))",
+            (own_key or "",),
+        )
+        return int(row[0]), int(row[1])
 
     def count_by_author(self, author: str, bench: str) -> int:
         return self.count(bench=bench, author=author)
@@ -449,7 +494,7 @@ def _insert(conn: sqlite3.Connection, rec: SignedRecord, received_ms: int) -> bo
     return True
 
 
-def _insert_many(conn: sqlite3.Connection, records: list[SignedRecord], received_ms: int) -> tuple[list[str], list[str]]:
+def _insert_many(conn: sqlite3.Connection, records: list[SignedRecord | Row], received_ms: int) -> tuple[list[str], list[str]]:
     """`_insert` for a batch inside one write transaction, with one statement per table: the
     ids already stored are looked up first (BEGIN IMMEDIATE keeps other writers out until
     commit, so the rest are surely new) and bucket counts are added once per hour."""
@@ -469,13 +514,9 @@ def _insert_many(conn: sqlite3.Connection, records: list[SignedRecord], received
             continue
         present.add(rec.id)  # the same record twice in one batch is stored once
         added.append(rec.id)
-        r = rec.record
-        if r.kind == "result":
-            candidate, subject = r.candidate, None
-            parent_rows.extend((rec.id, p) for p in r.parents)
-        else:
-            candidate, subject = None, r.subject
-        rows.append((rec.id, r.kind, r.bench, r.author, r.created_ms, received_ms, candidate, subject, r.metrics.val_bpb, rec.raw))
+        r = rec if isinstance(rec, Row) else Row.of(rec)
+        parent_rows.extend((r.id, p) for p in r.parents)
+        rows.append((r.id, r.kind, r.bench, r.author, r.created_ms, received_ms, r.candidate, r.subject, r.val_bpb, r.raw))
         hour = (r.bench, r.created_ms - r.created_ms % BUCKET_MS)
         hours[hour] = hours.get(hour, 0) + 1
     if rows:

@@ -8,8 +8,10 @@
 
 Import verifies every record exactly as if a peer had sent it (a JSON line is re-encoded
 canonically, wrapped with its signature and passed to `decode_record`; then its id must
-match), stores the good ones in batches of IMPORT_BATCH and reports each reject with its
-line or item number (1-based), in file order.
+match), passes them through the same storage checks as records from peers
+(pool/admission.StorageGate: blocked keys, duplicates, the per-key cap and the quota for unknown
+keys), stores the good ones in batches of IMPORT_BATCH and reports each reject with its line or
+item number (1-based), in file order.
 A corrupt or hostile file never removes or changes anything already stored. Export writes
 a temporary file and renames it into place, so a failed export leaves no half file.
 """
@@ -30,7 +32,9 @@ from p2pgolf.protocol import canonical
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, decode_record
 
+from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, StorageGate, Verdict
 from p2pgolf.pool.store import PoolStore
+from p2pgolf.pool.trust import TrustStore
 
 FORMATS = ("jsonl", "msgpack")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".msgpack": "msgpack", ".mpk": "msgpack"}
@@ -101,7 +105,10 @@ def export_records(store: PoolStore, path: str | Path, *, format: str | None = N
     return count
 
 
-def import_records(store: PoolStore, path: str | Path, *, format: str | None = None, now_ms: int | None = None) -> ImportReport:
+def import_records(
+    store: PoolStore, path: str | Path, *, format: str | None = None, now_ms: int | None = None,
+    unknown_key_cap: int = DEFAULT_UNKNOWN_KEY_CAP, unknown_quota_bytes: int = DEFAULT_UNKNOWN_QUOTA_BYTES,
+) -> ImportReport:
     """Verify and store every record in `path`; report each reject. Never raises for bad records."""
     path = Path(path)
     if not path.is_file():
@@ -110,19 +117,26 @@ def import_records(store: PoolStore, path: str | Path, *, format: str | None = N
     report = ImportReport(format=fmt)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     items = _read_jsonl(path, now_ms) if fmt == "jsonl" else _read_msgpack(path, now_ms)
-    pending: list[SignedRecord] = []
+    pending: list[tuple[int, SignedRecord]] = []
+    trust = TrustStore(store)
+    gate = StorageGate(store, trust, None, own_key=trust.own_key)
 
     def flush() -> None:
-        result = store.add_verified(pending, now_ms=now_ms)
-        report.added.extend(result.added)
-        report.duplicates.extend(result.duplicates)
+        verdicts, added = gate.admit([rec for _, rec in pending], unknown_key_cap=unknown_key_cap, unknown_quota_bytes=unknown_quota_bytes)
+        report.added.extend(added)
+        for (number, rec), verdict in zip(pending, verdicts):
+            if verdict is Verdict.DUPLICATE:
+                report.duplicates.append(rec.id)
+            elif not verdict.accepted:
+                report.rejected.append((number, f"refused: {verdict.value} (record {rec.id[:12]} by {rec.author[:12]})"))
+        report.rejected.sort()
         pending.clear()
 
     for number, rec, error in items:
         if error is not None:
             report.rejected.append((number, error))
             continue
-        pending.append(rec)
+        pending.append((number, rec))
         if len(pending) >= IMPORT_BATCH:
             flush()
     if pending:

@@ -9,6 +9,7 @@ strings are UTF-8 `str`, binary is `bin`; no extension types. `decode` accepts o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -25,13 +26,37 @@ def encode(value: Any) -> bytes:
     return msgpack.packb(_sorted(value), use_bin_type=True, use_single_float=False, strict_types=False)
 
 
-def decode(data: bytes, *, max_len: int) -> Any:
-    """Decode canonical bytes; raise ProtocolError unless `data` is canonical and within bounds."""
+@dataclass(frozen=True)
+class Bounds:
+    """What one decode may allocate, checked before it does: objects in all (every map key,
+    map value and list item counts), items in one container, nesting, and string sizes."""
+
+    max_items: int
+    max_container: int
+    max_str: int
+    max_bin: int
+    max_depth: int = MAX_DEPTH
+
+
+def decode(data: bytes, *, max_len: int, bounds: Bounds | None = None) -> Any:
+    """Decode canonical bytes; raise ProtocolError unless `data` is canonical and within bounds.
+    With `bounds`, the shape is checked by a pass that builds nothing before any object is made,
+    so a frame of millions of empty maps costs a scan, not their memory."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > max_len:
         raise ProtocolError(f"{len(data)} bytes exceeds the limit of {max_len}")
+    if bounds is not None:
+        check_bounds(data, bounds)
+        limits = dict(max_str_len=bounds.max_str, max_bin_len=bounds.max_bin, max_array_len=bounds.max_container, max_map_len=bounds.max_container)
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, **limits)
+            if _walk_is_canonical(value) and _repack(value) == data:
+                return value
+        except Exception:
+            pass
+        return _decode_precisely(data, max_len)
     # Fast path (every record a peer sends comes through here): plain C unpacking, one walk for
     # key order and float finiteness, one re-pack. Duplicate keys collapse while unpacking, so the
     # re-pack comes out shorter and differs. Anything odd is decoded again by the slow, precise path
@@ -43,6 +68,53 @@ def decode(data: bytes, *, max_len: int) -> Any:
     except Exception:
         pass
     return _decode_precisely(data, max_len)
+
+
+_MAP_HEADS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+_ARRAY_HEADS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+
+
+def check_bounds(data: bytes, bounds: Bounds) -> None:
+    """Raise ProtocolError if decoding `data` would make more objects, longer containers or
+    strings, or deeper nesting than `bounds` allows. Reads headers only; allocates nothing
+    per object. Every object takes at least one byte, so data no longer than `max_items` needs
+    no count (only the per-container and depth limits, which msgpack and `_check` apply)."""
+    unpacker = msgpack.Unpacker(
+        raw=False, max_buffer_size=max(len(data), 1), max_str_len=bounds.max_str, max_bin_len=bounds.max_bin,
+        max_array_len=bounds.max_container, max_map_len=bounds.max_container, max_ext_len=0,
+    )
+    unpacker.feed(data)
+    pending = [1]  # objects still to read at each open level
+    items = 0
+    try:
+        while pending:
+            if pending[-1] == 0:
+                pending.pop()
+                continue
+            pending[-1] -= 1
+            pos = unpacker.tell()
+            if pos >= len(data):
+                raise ProtocolError("data ends inside a container")
+            head = data[pos]
+            if head in _MAP_HEADS:
+                n = 2 * unpacker.read_map_header()
+            elif head in _ARRAY_HEADS:
+                n = unpacker.read_array_header()
+            else:
+                unpacker.skip()
+                continue
+            items += n
+            if items > bounds.max_items:
+                raise ProtocolError(f"more than {bounds.max_items} objects in one message")
+            if len(pending) > bounds.max_depth:
+                raise ProtocolError(f"nesting deeper than {bounds.max_depth}")
+            pending.append(n)
+        if unpacker.tell() != len(data):
+            raise ProtocolError("trailing bytes after the message")
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack's own limits (container or string too long) and malformed input
+        raise ProtocolError(f"malformed or oversized msgpack ({type(exc).__name__}: {exc})") from None
 
 
 def _limits(max_len: int) -> dict[str, int]:

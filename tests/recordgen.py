@@ -6,7 +6,7 @@ tests store passed the same validation and verification a peer's record would.
 
 from __future__ import annotations
 
-from p2pgolf.protocol.benchmarks import benchmark
+from p2pgolf.protocol.benchmarks import benchmark, by_id
 from p2pgolf.protocol.identity import Identity
 from p2pgolf.protocol.records import Attestation, HardwareClass, Metrics, Result
 from p2pgolf.protocol.signing import SignedRecord, sign_record
@@ -59,7 +59,7 @@ def result(
         diff=_DIFFS[i % len(_DIFFS)] if diff is None else diff,
         tokenizer="byte256",
         hw=hw,
-        budget_s=60.0,
+        budget_s=by_id(bench).budget_s if by_id(bench) else 60.0,  # a result's budget is its benchmark's
         seed=i,
         metrics=metrics(2.5 - (i % 97) / 100 if val_bpb is None else val_bpb),
         parents=parents,

@@ -83,7 +83,7 @@ def test_invalid_records_count_against_their_sender_until_it_is_banned(tmp_path)
     for i in range(3):
         assert admission.admit(bytes([i]) * 9, PEER) == Verdict.INVALID
     assert banned == [PEER]
-    assert admission.admit(good.raw, PEER) == Verdict.RATE_LIMITED  # shut out while banned
+    assert admission.admit(good.raw, PEER) == Verdict.BANNED  # shut out while banned
     clock.now += 61
     assert admission.limiter.expired_bans() == [PEER]
     assert admission.admit(good.raw, PEER) == Verdict.ADDED

@@ -33,7 +33,7 @@ SUMMARIES = {
     "lineage": "Show a record's ancestors and descendants as a tree.",
     "import": "Verify and add records from a .jsonl or .msgpack file.",
     "export": "Write records to a .jsonl or .msgpack file.",
-    "stats": "Count records per bench, kind and author; database size.",
+    "stats": "Count records per bench, kind and author; database size; quota use.",
     "explain": "Explain the estimate for a candidate.",
     "top": "Show the best candidates by estimate.",
     "import-record": "Import competition record folders as results.",
@@ -215,7 +215,9 @@ def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
 
     Into a new home it creates the data directory and the pool first (no identity: `init` or
     `join` makes that when it is needed)."""
+    from p2pgolf.node.config import load_config
     from p2pgolf.pool.transfer import TransferError, import_records
+    from p2pgolf.protocol.errors import ProtocolError
 
     if not file.is_file():
         raise UserError(f"{file}: no such file")
@@ -225,9 +227,13 @@ def import_(home: Home, file: Path, fmt: str | None, as_json: bool) -> None:
         home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         PoolStore(home.pool_db).close()
         click.echo(f"created the pool {home.pool_db} (no identity yet: `p2pgolf init` or `p2pgolf join` makes one)", err=as_json)
+    try:
+        limits = load_config(home).limits
+    except ProtocolError as exc:
+        raise UserError(str(exc)) from None
     with open_pool(home) as store:
         try:
-            report = import_records(store, file, format=fmt)
+            report = import_records(store, file, format=fmt, unknown_key_cap=limits.unknown_key_cap, unknown_quota_bytes=limits.unknown_quota_bytes)
         except TransferError as exc:
             raise UserError(str(exc)) from None
     if as_json:
@@ -272,14 +278,23 @@ def export(home: Home, file: Path, fmt: str | None, bench: str | None, force: bo
 @click.pass_obj
 def stats(home: Home, as_json: bool) -> None:
     """Count records per bench, kind and author; show the database size."""
+    from p2pgolf.node.config import load_config
+    from p2pgolf.protocol.errors import ProtocolError
+
+    try:
+        quota = load_config(home).limits.unknown_quota_bytes
+    except ProtocolError as exc:
+        raise UserError(str(exc)) from None
     with open_pool(home) as store:
         trust = open_trust(store)
         labels = trust.labels()
+        unknown_bytes, unknown_records = store.untrusted_usage(trust.own_key)
         doc: dict[str, Any] = {
             "pool": str(home.pool_db),
             "records": store.count(),
             "db_bytes": sum(p.stat().st_size for p in _db_files(home.pool_db)),
             "schema_version": store.schema_version(),
+            "unknown_keys": {"bytes": unknown_bytes, "records": unknown_records, "quota_bytes": quota},
             "benches": [{"bench": b, "name": bench_label(b), "records": n} for b, n in store.benches()],
             "kinds": {k: n for k, n in store.kinds()},
             "authors": [
@@ -295,6 +310,11 @@ def stats(home: Home, as_json: bool) -> None:
 
     console = plain_console()
     console.print(f"{doc['records']} records in {doc['pool']} ({_size(doc['db_bytes'])}, schema v{doc['schema_version']})")
+    unknown = doc["unknown_keys"]
+    console.print(
+        f"unknown keys: {_size(unknown['bytes'])} of the {_size(unknown['quota_bytes'])} quota ({unknown['bytes'] / unknown['quota_bytes']:.1%}, {unknown['records']} records)",
+        markup=False,
+    )
     for title, rows, head in (
         ("by bench", [(b["name"], b["records"]) for b in doc["benches"]], "bench"),
         ("by kind", list(doc["kinds"].items()), "kind"),

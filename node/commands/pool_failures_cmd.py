@@ -28,9 +28,9 @@ def failed(home: Home, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"bench": f.bench, "hw": f.hw, "candidate": f.candidate, "status": f.status, "reason": f.reason, "failed_ms": f.failed_ms, "times": f.times} for f in rows]))
         return
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+
+    from p2pgolf.node.views.plain_console import plain_console
 
     if not rows:
         click.echo("no candidate has failed on this node")
@@ -39,8 +39,8 @@ def failed(home: Home, as_json: bool) -> None:
     for head in ("candidate", "hardware", "status", "times", "last", "reason"):
         table.add_column(head)
     for f in rows:
-        table.add_row(f.candidate[:12], escape(f.hw), f.status, str(f.times), _iso(f.failed_ms), escape(f.reason))
-    Console().print(table)
+        table.add_row(f.candidate[:12], f.hw, f.status, str(f.times), _iso(f.failed_ms), f.reason)
+    plain_console().print(table)  # markup off: the reason and hardware are printed as written
 
 
 @click.command("retry")

@@ -43,6 +43,11 @@ def status(home: Home, as_json: bool) -> None:
     table.add_row("records out", str(st.records_out))
     table.add_row("rejected", str(st.rejected))
     table.add_row("syncs", str(st.syncs))
+    for sync in st.syncing:
+        share = f" ({sync['fetched'] / sync['expected']:.0%})" if sync["expected"] else ""
+        table.add_row("syncing", f"{sync['fetched']} of ~{sync['expected']} records from {sync['peer'][:16]}{share}, {sync['added']} added")
+    if st.quota:
+        table.add_row("unknown keys", f"{st.quota['unknown_bytes']} of {st.quota['quota_bytes']} bytes ({st.quota['unknown_records']} records)")
     table.add_row("worker", st.worker)
     table.add_row("uptime", f"{st.uptime_s:.0f} s")
     exp = st.experiment
