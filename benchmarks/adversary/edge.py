@@ -40,7 +40,9 @@ import trio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from gossip_bench import cpu_seconds  # noqa: E402
 from node_procs import NodeProc, make_home, stop_all, wait_until  # noqa: E402
 
 from p2pgolf.protocol.benchmarks import benchmark  # noqa: E402
@@ -91,18 +93,6 @@ def _store_raws(home, raws: list[bytes]) -> None:
     with PoolStore(home.pool_db) as store:
         for i in range(0, len(raws), 5000):
             store.add_many(raws[i : i + 5000])
-
-
-def _cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) the processes have used so far."""
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def _rss_mb(pid: int) -> float:
@@ -162,7 +152,7 @@ def catchup(root: Path, raws: list[bytes]) -> dict:
             time.sleep(0.2)
         took = time.monotonic() - started
         held = b.status()["pool_records"]
-        cpu = {"late joiner": _cpu([b.proc.pid]), "its verifying processes": _cpu([c.pid for c in psutil.Process(b.proc.pid).children(recursive=True)]), "server": _cpu([a.proc.pid])}
+        cpu = {"late joiner": cpu_seconds([b.proc.pid]), "its verifying processes": cpu_seconds([c.pid for c in psutil.Process(b.proc.pid).children(recursive=True)]), "server": cpu_seconds([a.proc.pid])}
     finally:
         stop_all([b, a])
     sample = raws[: min(2000, len(raws))]
