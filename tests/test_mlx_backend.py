@@ -3,6 +3,7 @@ missing package is a one-line error naming the package and the install command."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
@@ -53,6 +54,11 @@ def test_missing_backend_package_names_the_package_and_the_install_command(tmp_p
     env_dir = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    # our rooms as the installed layout names them (p2pgolf.trainer, ...), without installing
+    src = tmp_path / "src" / "p2pgolf"
+    src.mkdir(parents=True)
+    for room in ("protocol", "trainer"):
+        (src / room).symlink_to(REPO / room, target_is_directory=True)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from p2pgolf.trainer.backend import BackendUnavailable, resolve_backend\n"
@@ -62,7 +68,8 @@ def test_missing_backend_package_names_the_package_and_the_install_command(tmp_p
         "    except BackendUnavailable as exc:\n"
         "        print(exc)\n"
     )
-    out = subprocess.run([str(python), "-c", code, str(REPO)], capture_output=True, text=True, timeout=60, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(python), "-c", code, str(src.parent)], capture_output=True, text=True, timeout=60, check=True, env=env)
     lines = out.stdout.splitlines()
     assert len(lines) == 3
     assert lines[0] == (

@@ -84,7 +84,8 @@ class _BuiltinStub:
             "bench": bench.id, "bench_name": bench.name, "base": base, "diff": dict(diff), "tokenizer": bench.tokenizer, "seed": seed,
             "budget_s": bench.budget_s, "hw": detect_hardware().to_wire(), "status": "ok", "error": None, "parents": [], "note": "",
             "metrics": {"val_bpb": 3.0, "val_loss": 2.0, "steps": 1, "train_tokens": 1, "artifact_bytes": 1, "eval_tokens": 1, "eval_partial": False},
-            "artifact_sha256": None, "trainer": "stub/0",
+            "artifact_sha256": None, "trainer": "stub/0", "created_ms": 1_764_590_400_000 + seed,
+            "throughput": {"tokens_per_s": 1000.0, "cpu_share": 1.0, "degraded": False},
         }  # fmt: skip
         assert set(result) == set(RESULT_KEYS)
         return types.SimpleNamespace(result=result, status="ok")
@@ -104,6 +105,8 @@ def test_an_unapproved_script_never_runs_whatever_the_records_say(tmp_path):
             store.add(_peer_script_result(peer, entry.sha, 1.0 + i / 100, i).raw)
         _run(_loop(tmp_path, store, trust, me, published, 3, scripts, runner=runner, script_runner=script_runner))
         assert script_runner.calls == 0 and runner.bases == ["smoke-tiny"] * 3
+        ends = Journal(tmp_path / "research" / "journal.jsonl").ends()
+        assert [e["status"] for e in ends] == ["ok"] * 3, ends
         post = estimate(from_store(store, benchmark(BENCH).id), trust.status, detect_hardware().key, budget_s=benchmark(BENCH).budget_s)
         assert post.incumbent() is not None and post.info[post.incumbent()].base == script_base(entry.sha)  # still the evidence's leader
 
