@@ -1,8 +1,8 @@
 """A real headless Chromium for tests, driven over the DevTools protocol on a pipe
 (--remote-debugging-pipe: NUL-terminated JSON on fds 3 and 4, no port, no websocket).
 
-`find_chromium()` installs Debian's `chromium` package when it is missing and the test set-up
-may (root with apt-get), else returns None with the reason. `open_page(url)` loads a page with
+`find_chromium()` finds an installed Chromium, or returns None with the reason (a test never
+installs system packages: README.md's Development section says how). `open_page(url)` loads a page with
 the network enabled in the protocol, records every request the page makes, and evaluates
 expressions in it. Chromium's own background traffic is cut off: a proxy that does not exist
 and a host resolver that resolves nothing.
@@ -27,17 +27,7 @@ def find_chromium() -> tuple[str | None, str]:
         path = shutil.which(name)
         if path:
             return path, ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None, "Chromium is not installed and this set-up cannot install it (needs root and apt-get: apt-get install -y chromium)"
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=100, env=env)
-        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=170, env=env)  # within pytest-timeout's 300 s
-    except (subprocess.SubprocessError, OSError) as exc:
-        return None, f"Chromium is not installed and apt-get install chromium failed: {exc}"
-    path = shutil.which("chromium")
-    return (path, "") if path else (None, "apt-get installed chromium but no chromium binary is on PATH")
-
+    return None, "Chromium is not installed (on Debian or Ubuntu: apt-get update && apt-get install -y chromium tmux)"
 
 class Page:
     """One tab of a headless Chromium, reached through the DevTools pipe."""
