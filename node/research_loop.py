@@ -733,8 +733,6 @@ class Journal:
     def history(self) -> list[Any]:
         """Finished experiments as the bandit's operator outcomes. An abandoned run says nothing
         about the operator that chose it (the user stopped it), so it is left out."""
-        from p2pgolf.pool.bandit import Outcome
-
         return [o for _, o in self.numbered_history()]
 
     def numbered_history(self) -> list[tuple[int, Any]]:

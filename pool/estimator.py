@@ -66,11 +66,10 @@ import numpy as np
 
 from p2pgolf.pool import gmrf
 from p2pgolf.pool.bridge.provenance import importer_of
-from p2pgolf.pool.evidence import AttestationEvidence, Evidence, ResultEvidence
+from p2pgolf.pool.evidence import Evidence, ResultEvidence
 from p2pgolf.pool.trust_weights import (
     BLOCKED,
     OWN,
-    PINNED,
     TRUSTED_WEIGHT,
     UNKNOWN,
     AttestationCheck,

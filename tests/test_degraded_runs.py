@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import trio
 
 from trainer_helpers import P2PGOLF_CLI  # also: one torch thread, for the children too
 from p2pgolf.protocol import knobs
 from p2pgolf.trainer.cpu_share import CpuShareMeter
-from p2pgolf.trainer.run_history import PastRun, past_runs
+from p2pgolf.trainer.run_history import past_runs
 from p2pgolf.trainer.throughput import NOTE_PREFIX, judge_throughput
 
 SHAPE = knobs.throughput_shape(knobs.base_config("smoke-tiny"))

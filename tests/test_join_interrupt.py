@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 
 from node_procs import P2PGOLF, NodeProc, free_port, make_home, wait_until
 from p2pgolf.pool.trust import TrustStore
-from p2pgolf.protocol.benchmarks import benchmark
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is needed to give join a real terminal (apt-get install tmux)")
 

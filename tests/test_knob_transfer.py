@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from p2pgolf.pool.estimator import EstimatorConfig, estimate
 from p2pgolf.pool.evidence import Evidence, result_evidence

@@ -7,7 +7,6 @@ import io
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 from rich.console import Console

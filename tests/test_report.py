@@ -4,7 +4,6 @@ request leaving the page) and the same figures as PNG files; peer text shows as 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

@@ -161,7 +161,6 @@ def test_the_script_dies_with_the_process_that_launched_it(data, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     import psutil
 

@@ -75,7 +75,6 @@ def simulate_pool(store, nodes: Sequence[Identity], experiments: int, *, seed: i
 def random_walk_pool(path: str | Path, records: int, *, nodes: int = 12, seed: int = 0, batch: int = 5000) -> int:
     """A pool file of `records` records: `nodes` hill climbers per round on the landscape
     (mutations of their best, recombinations with a peer's best, replicates); returns the count."""
-    from p2pgolf.pool.estimator import CandidateInfo
     from p2pgolf.pool.proposals import mutate, recombine
     from p2pgolf.pool.simulation import HARDWARE, SIM_SPACE, Landscape
     from p2pgolf.pool.store import PoolStore
