@@ -1,10 +1,10 @@
 """What each attack of issue 20 costs a victim node, beside the same figure with no attack.
 
 Each attack lives in benchmarks/adversary/<part>.py, whose `measure(quick=...)` runs it and
-the matching no-attack baseline in the same run and returns a flat dict of figures; a figure
+the matching no-attack baseline in the same run and returns a dict of figures; a figure
 `x_baseline` is `x` measured with no attack. This script runs every part, prints one table
-(machine, settings, figure, under attack, baseline, ratio, goal, met) and, with --json, one
-JSON object holding every figure.
+(part, figure, under attack, baseline, ratio, goal, met) and, with --json, one JSON object: the
+goals' figures at the top level, every part's figures under its name.
 
 The goals (issue 20), fixed before measuring:
 - sybil_share, extreme_claim_share, self_attesting_liar_share <= 0.05 (share of the victim's
@@ -70,35 +70,36 @@ def machine() -> str:
 @click.option("--only", default=",".join(PARTS), show_default=True, help="Comma-separated parts to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def main(quick: bool, only: str, as_json: bool) -> None:
-    figures: dict = {}
+    parts: dict[str, dict] = {}
     seconds: dict = {}
     for part in [p.strip() for p in only.split(",") if p.strip()]:
         if part not in PARTS:
             raise click.BadParameter(f"unknown part {part!r}; expected some of {', '.join(PARTS)}", param_hint="--only")
         started = time.monotonic()
-        module = importlib.import_module(f"adversary.{part}")
-        figures.update(module.measure(quick=quick))
+        parts[part] = importlib.import_module(f"adversary.{part}").measure(quick=quick)
         seconds[part] = round(time.monotonic() - started, 1)
-    goals = {name: met(name, figures) for name in GOALS if name in figures}
+    goals = {name: ok for figures in parts.values() for name in GOALS if (ok := met(name, figures)) is not None}
     if as_json:
-        print(json.dumps({"machine": machine(), "quick": quick, "seconds": seconds, **figures, "goals_met": goals}, sort_keys=True))
+        # the issue's figures at the top level; each part's own (settings included) under its name
+        top = {name: figures[name] for figures in parts.values() for name in GOALS if name in figures}
+        print(json.dumps({"machine": machine(), "quick": quick, "seconds": seconds, **top, "parts": parts, "goals_met": goals}, sort_keys=True))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"adversary_bench on {machine()}; quick={quick}; seconds per part {seconds}")
-    for column in ("figure", "under attack", "no attack", "ratio", "goal", "met"):
+    for column in ("part", "figure", "under attack", "no attack", "ratio", "goal", "met"):
         table.add_column(column)
-    for name, value in sorted(figures.items()):
-        if name.endswith("_baseline") or not isinstance(value, (int, float)):
-            continue
-        base = figures.get(f"{name}_baseline")
-        ratio = f"{value / base:.2f}" if isinstance(base, (int, float)) and base else ""
-        goal = " ".join(str(x) for x in GOALS[name]) if name in GOALS else ""
-        ok = goals.get(name)
-        table.add_row(name, f"{value:.4g}", "" if base is None else f"{base:.4g}", ratio, goal, "" if ok is None else ("yes" if ok else "NO"))
+    for part, figures in parts.items():
+        for name, value in sorted(figures.items()):
+            if name.endswith("_baseline") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            base = figures.get(f"{name}_baseline")
+            ratio = f"{value / base:.2f}" if isinstance(base, (int, float)) and base else ""
+            goal = " ".join(str(x) for x in GOALS[name]) if name in GOALS else ""
+            ok = goals.get(name)
+            table.add_row(part, name, f"{value:.4g}", "" if base is None else f"{base:.4g}", ratio, goal, "" if ok is None else ("yes" if ok else "NO"))
     Console().print(table)
-
 
 if __name__ == "__main__":
     main()

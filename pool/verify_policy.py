@@ -70,8 +70,7 @@ def claims_to_verify(posterior: Any, proposal: Any, claims: Mapping[str, Claim],
     wanted: list[str] = [*getattr(proposal, "parents", ()), *([proposal.subject] if getattr(proposal, "subject", None) else [])]
     for c in top:
         wanted.extend(posterior.info[c].record_ids)
-    implausible = getattr(posterior, "implausible", {}) or {}
-    wanted.extend(rid for rid, claim in sorted(claims.items(), key=lambda kv: kv[1].val_bpb) if claim.val_bpb < bar and rid not in implausible)
+    wanted.extend(rid for rid, claim in sorted(claims.items(), key=lambda kv: kv[1].val_bpb) if claim.val_bpb < bar and rid not in posterior.implausible)
     out: list[str] = []
     for rid in dict.fromkeys(wanted):
         claim = claims.get(rid)

@@ -40,13 +40,19 @@ def _table(blob: bytes) -> tuple[str, dict[str, dict]]:
     return header["format"], {e["name"]: e for e in header["tensors"]}
 
 
-def test_the_default_layout_writes_format_1_exactly_as_before():
-    """Artifacts of existing candidates keep their bytes (and so their hashes)."""
+def test_the_default_knobs_write_format_1_with_bit_packed_codes_and_no_new_fields():
+    """What earlier versions wrote and read: a format-1 reader loads the default layout's files."""
     state = _state()
-    blob = export_artifact(state, CONFIG, quant_bits=6, **{k: v for k, v in export_options(CONFIG).items() if k == "layout"})
-    assert blob == export_artifact(state, CONFIG, quant_bits=6)
+    options = export_options(CONFIG)
+    assert options["layout"] == Layout()
+    blob = export_artifact(state, CONFIG, **{**options, "quant_bits": 6})
+    assert blob[len(MAGIC) : len(MAGIC) + 1] == b"z"
     fmt, table = _table(blob)
-    assert fmt == FORMAT and all("container" not in e and "shuffle" not in e for e in table.values())
+    assert fmt == FORMAT
+    assert all(set(e) <= {"name", "shape", "encoding", "offset", "nbytes", "bits", "scale_offset", "scale_nbytes"} for e in table.values())
+    q = table["blocks.0.attn.c_q.weight"]
+    assert q["encoding"] == "int" and q["bits"] == 6 and q["nbytes"] == -(-64 * 64 * 6 // 8)  # 6 bits a code, packed
+    assert table["tok_emb.weight"]["encoding"] == "int"  # every matrix quantised, the embedding too
 
 
 def test_embedding_and_mlp_get_their_own_precision_and_the_rest_follows_quant_bits():

@@ -15,7 +15,7 @@ STATUS = {"me": "own", "friend": "pinned", "x": "unknown", "y": "unknown", "bad"
 
 def _posterior(means: dict[str, float], records: dict[str, tuple[str, ...]]):
     cands = list(means)
-    return SimpleNamespace(candidates=cands, mean=np.array([means[c] for c in cands]), index={c: i for i, c in enumerate(cands)}, info={c: SimpleNamespace(record_ids=records[c]) for c in cands})
+    return SimpleNamespace(candidates=cands, mean=np.array([means[c] for c in cands]), index={c: i for i, c in enumerate(cands)}, info={c: SimpleNamespace(record_ids=records[c]) for c in cands}, implausible={})
 
 
 def test_only_untrusted_checkable_claims_the_decision_rests_on_are_checked():

@@ -49,15 +49,8 @@ class Layout:
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> "Layout":
-        """The layout a knob config asks for (knobs it does not name keep today's behaviour)."""
-        defaults = cls()
-        return cls(
-            embed_precision=knobs.get("embed_precision", defaults.embed_precision),
-            mlp_precision=knobs.get("mlp_precision", defaults.mlp_precision),
-            fp16_max_numel=int(knobs.get("fp16_max_numel", defaults.fp16_max_numel)),
-            container=knobs.get("code_container", defaults.container),
-            byte_shuffle=bool(knobs.get("byte_shuffle", defaults.byte_shuffle)),
-        )
+        """The layout a full knob config asks for."""
+        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"])
 
     @property
     def is_legacy(self) -> bool:
