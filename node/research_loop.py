@@ -291,14 +291,11 @@ class ResearchLoop:
         self.verifier = verifier  # node.verify_loop.Verifier or None: no verify operator
         self.proposers = tuple(proposers)  # node.proposers.operator.ProposerOperator: external operators
         self._hw = settings.hw_key
-        self.failures = None  # pool.failures.FailureMemory, where the store is a real pool file
-        self._evidence = None  # pool.evidence_cache.EvidenceCache, likewise
-        if hasattr(store, "rows_after"):
-            from p2pgolf.pool.evidence_cache import EvidenceCache
-            from p2pgolf.pool.failures import FailureMemory
+        from p2pgolf.pool.evidence_cache import EvidenceCache
+        from p2pgolf.pool.failures import FailureMemory
 
-            self.failures = FailureMemory(store)
-            self._evidence = EvidenceCache(store, self.bench.id)
+        self.failures = FailureMemory(store)  # what failed on this hardware class
+        self._evidence = EvidenceCache(store, self.bench.id)  # the pool's evidence, read incrementally
 
     @property
     def hw(self) -> str:
@@ -343,7 +340,6 @@ class ResearchLoop:
 
         from p2pgolf.pool import bandit
         from p2pgolf.pool.estimator import estimate
-        from p2pgolf.pool.evidence import from_store
         from p2pgolf.pool.trust_weights import TrustPolicy
 
         policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
@@ -359,7 +355,7 @@ class ResearchLoop:
         asked: dict[str, Any] = {}  # proposer operator -> its answer for this experiment (asked once)
 
         def decide_now() -> tuple[Any, Any]:
-            evidence = self._evidence.evidence() if self._evidence is not None else from_store(self.store, self.bench.id)
+            evidence = self._evidence.evidence()
             post = estimate(evidence, self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
             rng = np.random.default_rng(seed)
             external = {op.operator: functools.partial(self._ask, op, post, n, runnable, vocabularies, asked) for op in self.proposers}
@@ -443,17 +439,13 @@ class ResearchLoop:
 
     def _failed_here(self) -> set[str]:
         """Candidates that failed on this hardware class and are not to be chosen again."""
-        if self.failures is None:
-            return set()
         from p2pgolf.pool.trust_weights import OWN, PINNED
 
-        trusted = lambda author: str(getattr(self.trust.status(author), "value", self.trust.status(author))) in (OWN, PINNED)  # noqa: E731
-        return self.failures.avoid(self.bench.id, self.hw, trusted)
+        return self.failures.avoid(self.bench.id, self.hw, lambda author: self.trust.status(author) in (OWN, PINNED))
 
     def _remember_failure(self, p: Any, status: str, reason: str) -> None:
-        if self.failures is not None:
-            self.failures.record(self.bench.id, self.hw, p.candidate, status, reason)
-            log.info("candidate %s failed here (%s) and is not chosen again; `p2pgolf pool retry %s` lifts that", p.candidate[:12], status, p.candidate[:12])
+        self.failures.record(self.bench.id, self.hw, p.candidate, status, reason)
+        log.info("candidate %s failed here (%s) and is not chosen again; `p2pgolf pool retry %s` lifts that", p.candidate[:12], status, p.candidate[:12])
 
     def _history(self) -> list[Any]:
         """The meta level's history: experiments, and proposers' requests that gave nothing."""
