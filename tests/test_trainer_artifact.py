@@ -133,12 +133,26 @@ def test_code_bytes_are_the_size_of_the_packed_bundle_of_every_source_file_that_
     assert abs(len(other.encode()) - code_bytes("torch")) < 200
     packed = re.search(r'b85decode\("([^"]+)"\)', source).group(1)
     modules = json.loads(lzma.decompress(base64.b85decode(packed)))
-    by_file = {str(p): p for p in code_files("torch")}
-    assert len(modules) == len(by_file) + 1  # and the empty p2pgolf namespace
-    for path in by_file.values():
-        tree = ast.parse(path.read_text())
-        kept = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        assert any(ast.unparse(n).split("\n")[0] in "".join(modules.values()) for n in kept) or not kept, path
+    files = code_files("torch")
+    assert len(modules) == len(files) + 1 and modules.pop("p2pgolf") == ""  # and the empty namespace
+    by_path = {}
+    for name in modules:
+        rel = name.removeprefix("p2pgolf.").replace(".", "/")
+        by_path[name] = next(p for p in files if str(p).endswith((f"/{rel}.py", f"/{rel}/__init__.py")))
+    assert sorted(map(str, by_path.values())) == sorted(map(str, files))
+
+    def defs(tree):  # every function and class, with its statement count once docstrings are gone
+        out = []
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                body = n.body[1:] if ast.get_docstring(n) is not None else n.body
+                out.append((n.name, len(body) or 1))
+        return sorted(out)
+
+    for name, path in by_path.items():
+        bundled, original = ast.parse(modules[name]), ast.parse(path.read_text())
+        assert defs(bundled) == defs(original), path  # the same code, statement for statement
+        assert all(ast.get_docstring(n) is None for n in ast.walk(bundled) if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))), path
     # Far less than the sources as written: the prose and the repetition cost nothing.
     assert code_bytes("torch") < sum(p.stat().st_size for p in code_files("torch")) / 3
     with pytest.raises(ArtifactError, match="backend"):
