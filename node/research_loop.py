@@ -439,9 +439,9 @@ class ResearchLoop:
 
     def _failed_here(self) -> set[str]:
         """Candidates that failed on this hardware class and are not to be chosen again."""
-        from p2pgolf.pool.trust_weights import OWN, PINNED
+        from p2pgolf.pool.trust_weights import TRUSTED_STATUSES
 
-        return self.failures.avoid(self.bench.id, self.hw, lambda author: self.trust.status(author) in (OWN, PINNED))
+        return self.failures.avoid(self.bench.id, self.hw, lambda author: self.trust.status(author) in TRUSTED_STATUSES)
 
     def _remember_failure(self, p: Any, status: str, reason: str) -> None:
         self.failures.record(self.bench.id, self.hw, p.candidate, status, reason)

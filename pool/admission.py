@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from p2pgolf.pool.trust_weights import TRUSTED_STATUSES as TRUSTED
 from p2pgolf.protocol.signing import SignedRecord
 
 DEFAULT_UNKNOWN_KEY_CAP = 10_000  # records per unknown author and benchmark
 DEFAULT_UNKNOWN_QUOTA_BYTES = 256 * 1024 * 1024  # a season (~100,000 records of ~0.6 KB) fits 4 times
 USAGE_REFRESH_S = 30.0  # the quota's usage is recounted from the pool at most this often
-TRUSTED = ("own", "pinned")
 
 
 class Verdict(enum.Enum):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 OWN, PINNED, BLOCKED, UNKNOWN = "own", "pinned", "blocked", "unknown"
 STATUSES = (OWN, PINNED, BLOCKED, UNKNOWN)
+TRUSTED_STATUSES = (OWN, PINNED)  # keys whose records are believed as they stand
 
 StatusFn = Callable[[str], str]
 

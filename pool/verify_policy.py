@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TRUSTED = ("own", "pinned")
+from p2pgolf.pool.trust_weights import TRUSTED_STATUSES as TRUSTED
 
 
 @dataclass(frozen=True)
