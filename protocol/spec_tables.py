@@ -16,12 +16,12 @@ END = "<!-- end of reference tables -->"
 
 def render() -> str:
     """The generated block, markers included."""
-    lines = [BEGIN, "", "### 7.1 Knobs", "", "| knob | type | allowed | default (naive-baseline) | meaning |", "| --- | --- | --- | --- | --- |"]
+    lines = [BEGIN, "", "### 7.1 Knobs", "", "| knob | type | allowed | default | meaning |", "| --- | --- | --- | --- | --- |"]
     for k in KNOBS.values():
         lines.append(f"| `{k.name}` | {k.type.__name__} | {_cell(_allowed(k))} | `{_show(k.default)}` | {_cell(k.help)} |")
-    lines += ["", "### 7.2 Base configs", "", "Values that differ from `naive-baseline`:", ""]
+    lines += ["", "### 7.2 Base configs", "", "Values that differ from the knob defaults (section 7.1):", ""]
     for name, config in BASE_CONFIGS.items():
-        changes = ", ".join(f"`{k}={_show(v)}`" for k, v in config.items() if v != DEFAULTS[k]) or "(none: the challenge baseline)"
+        changes = ", ".join(f"`{k}={_show(v)}`" for k, v in config.items() if v != DEFAULTS[k]) or "(none)"
         lines.append(f"- `{name}`: {changes}")
     lines += ["", "### 7.3 Named benchmarks", "", "| name | task | val digest | budget_s | size_cap | id | default tokenizer (not hashed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for b in BENCHMARKS.values():

@@ -70,6 +70,8 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "grad_clip_norm": ({}, 0.01, "weights"),
     "warmup_steps": ({}, 3, "weights"),
     "warmdown_frac": ({}, 1.0, "schedule"),
+    # a million steps at a few ms each outlast the 1000 s budget: the decay starts at once
+    "warmdown_steps": ({}, 1000000, "schedule"),
     "min_lr_frac": ({"warmdown_frac": 1.0}, 0.5, "schedule"),
     "ema_decay": ({}, 0.5, "weights"),
     "eval_seq_len": ({}, 32, "evaluation"),
@@ -81,6 +83,7 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "fp16_max_numel": ({}, 65536, "artifact"),
     "code_container": ({"quant_bits": 6}, "bytes", "artifact"),  # at 8 bits both containers are the same bytes
     "byte_shuffle": ({}, True, "artifact"),
+    "row_scale_rule": ({}, "reference", "artifact"),  # a trained tiny model's rows sit under the 1/127 floor
 }
 
 
@@ -142,7 +145,7 @@ def test_knob_changes_what_mlx_produces(name):
     elif where == "schedule":
         assert len(lrs) == len(base_lrs) == STEPS
         assert lrs[0] == base_lrs[0] == 1.0  # at 0 s nothing has decayed yet
-        assert all(a < b for a, b in zip(lrs[1:], base_lrs[1:]) if name == "warmdown_frac")
+        assert all(a < b for a, b in zip(lrs[1:], base_lrs[1:]) if name in ("warmdown_frac", "warmdown_steps"))
         assert all(a > b for a, b in zip(lrs[1:], base_lrs[1:]) if name == "min_lr_frac")
     elif where == "evaluation":
         before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)

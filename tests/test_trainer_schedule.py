@@ -58,11 +58,44 @@ def test_muon_momentum_ramps_from_start_to_end_over_its_warmup():
 
 
 def test_schedule_reads_its_knobs_from_a_resolved_config():
-    config = knobs.resolve("naive-baseline", {"warmdown_frac": 0.5, "min_lr_frac": 0.2, "warmup_steps": 2})
+    config = knobs.resolve("cpu-small", {"warmdown_frac": 0.5, "min_lr_frac": 0.2, "warmup_steps": 2})
     schedule = Schedule.from_config(config, 100.0)
     assert schedule.lr(0, 0.0) == pytest.approx(0.5)
     assert schedule.lr(5, 75.0) == pytest.approx(0.2 + 0.8 * 0.5)
     assert schedule.momentum(0) == pytest.approx(config["muon_momentum_warmup_start"])
+
+
+def _reference_lr_mul(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: float) -> float:
+    """The reference train_gpt.py's wall-clock warm-down, written down from its rule: the last
+    `warmdown_iters` steps at the mean step time so far, linear to zero."""
+    step_ms = elapsed_ms / max(step, 1)
+    warmdown_ms = warmdown_iters * step_ms
+    remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+@pytest.mark.parametrize("step_s", [0.0435, 0.2, 1.7])  # an H100's 43.5 ms, a slower GPU, a CPU
+def test_warmdown_steps_is_the_reference_warmdown_at_every_step(step_s):
+    config = knobs.resolve("naive-baseline", {})
+    schedule = Schedule.from_config(config, 600.0)
+    step, elapsed, checked, decayed = 0, 0.0, 0, 0
+    while elapsed < 600.0:
+        want = _reference_lr_mul(step, elapsed * 1000.0, 1200, 600_000.0)
+        assert schedule.lr(step, elapsed) == pytest.approx(want, rel=1e-9, abs=1e-12), (step, elapsed)
+        decayed += want < 1.0
+        checked += 1
+        step, elapsed = step + 1, elapsed + step_s
+    assert checked > 300 and decayed > 0
+    if step_s * 1200 > 600.0:  # too slow for 1,200 steps: the reference decays from its first steps
+        assert schedule.lr(2, 2 * step_s) < 1.0
+
+
+def test_the_longer_of_the_two_warmdowns_applies():
+    # 1 s steps, 600 s: warmdown_frac 0.2 is 120 s, 60 steps are 60 s; the fraction wins, and
+    # 300 steps (300 s) win over it.
+    assert lr_scale(500, 500.0, 600.0, warmdown_frac=0.2, warmdown_steps=60) == pytest.approx(100 / 120)
+    assert lr_scale(400, 400.0, 600.0, warmdown_frac=0.2, warmdown_steps=300) == pytest.approx(200 / 300)
+    assert lr_scale(400, 400.0, 600.0, warmdown_frac=0.2, warmdown_steps=0) == 1.0
 
 
 def test_a_non_positive_budget_is_refused():

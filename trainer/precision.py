@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Layout", "PRECISIONS", "CONTAINERS", "EMBEDDING_NAMES", "is_mlp_matrix"]
+__all__ = ["Layout", "PRECISIONS", "CONTAINERS", "SCALE_RULES", "EMBEDDING_NAMES", "is_mlp_matrix"]
 
 # "same": follow quant_bits; "intN": N-bit integer codes; "fp16": no quantisation.
 PRECISIONS = ("same", "int8", "int6", "int5", "int4", "fp16")
 CONTAINERS = ("packed", "bytes")
+SCALE_RULES = ("fp16_min", "reference")
 EMBEDDING_NAMES = ("tok_emb.weight", "lm_head.weight")
 _MLP_PARTS = (".mlp.fc.weight", ".mlp.gate.weight", ".mlp.proj.weight")
 
@@ -39,9 +40,13 @@ class Layout:
     fp16_max_numel: int = 0  # matrices with at most this many elements stay fp16 (0: none)
     container: str = "packed"
     byte_shuffle: bool = False
+    # "reference": train_gpt.py's per-row rule (scales floored at 1/qmax, codes rounded against
+    # the fp32 scale); "fp16_min": floored at the smallest normal fp16, rounded against the
+    # fp16 scale that is stored.
+    scale_rule: str = "fp16_min"
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (("embed_precision", self.embed_precision, PRECISIONS), ("mlp_precision", self.mlp_precision, PRECISIONS), ("container", self.container, CONTAINERS)):
+        for field, value, allowed in (("embed_precision", self.embed_precision, PRECISIONS), ("mlp_precision", self.mlp_precision, PRECISIONS), ("container", self.container, CONTAINERS), ("scale_rule", self.scale_rule, SCALE_RULES)):
             if value not in allowed:
                 raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}")
         if self.fp16_max_numel < 0:
@@ -50,7 +55,7 @@ class Layout:
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> "Layout":
         """The layout a full knob config asks for."""
-        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"])
+        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"], knobs["row_scale_rule"])
 
     @property
     def is_legacy(self) -> bool:

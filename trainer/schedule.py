@@ -6,6 +6,11 @@ What it guarantees:
   last `warmdown_frac` of the *wall-clock* budget down to `min_lr_frac` of the peak. Because the
   warmdown is placed in time, not in steps, a slow machine that manages few steps still trains
   at the peak for the first (1 - warmdown_frac) of its budget; it never decays from step 1.
+- `warmdown_steps` > 0 adds the reference train_gpt.py's warm-down: the last N steps, timed at
+  the run's mean step time so far (elapsed / steps), so the warm-down lasts N * mean step time.
+  When both are set, the longer warm-down applies. With `warmdown_frac=0` and `min_lr_frac=0`
+  the multiplier is the reference's `lr_mul` exactly (a machine too slow for N steps in its
+  budget therefore decays from its first steps, as the reference script would).
 - `muon_momentum` ramps linearly from its start value to its final value over its warm-up steps.
 """
 
@@ -25,6 +30,7 @@ def lr_scale(
     *,
     warmup_steps: int = 0,
     warmdown_frac: float = 0.0,
+    warmdown_steps: int = 0,
     min_lr_frac: float = 0.0,
 ) -> float:
     """LR multiplier for the step about to run, `elapsed_s` seconds of training into `budget_s`."""
@@ -32,6 +38,8 @@ def lr_scale(
         raise ValueError(f"budget_s must be positive, got {budget_s}")
     warm = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
     warmdown_s = warmdown_frac * budget_s
+    if warmdown_steps > 0:
+        warmdown_s = max(warmdown_s, warmdown_steps * elapsed_s / max(step, 1))
     remaining_s = max(budget_s - elapsed_s, 0.0)
     if warmdown_s <= 0 or remaining_s >= warmdown_s:
         decay = 1.0
@@ -55,6 +63,7 @@ class Schedule:
     budget_s: float
     warmup_steps: int
     warmdown_frac: float
+    warmdown_steps: int
     min_lr_frac: float
     momentum_start: float
     momentum_end: float
@@ -66,6 +75,7 @@ class Schedule:
             budget_s=float(budget_s),
             warmup_steps=config["warmup_steps"],
             warmdown_frac=config["warmdown_frac"],
+            warmdown_steps=config["warmdown_steps"],
             min_lr_frac=config["min_lr_frac"],
             momentum_start=config["muon_momentum_warmup_start"],
             momentum_end=config["muon_momentum"],
@@ -79,6 +89,7 @@ class Schedule:
             self.budget_s,
             warmup_steps=self.warmup_steps,
             warmdown_frac=self.warmdown_frac,
+            warmdown_steps=self.warmdown_steps,
             min_lr_frac=self.min_lr_frac,
         )
 

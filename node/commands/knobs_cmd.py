@@ -60,12 +60,12 @@ def knobs(as_json: bool) -> None:
         table.add_row(f"  {k.name}", k.type.__name__, k.describe_range(), _value(k.default), k.help)
     console.print(table)
     console.print()
-    bases = Table(title="base configs (--base NAME): where each differs from naive-baseline", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    bases = Table(title="base configs (--base NAME): where each differs from the defaults above", title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
     bases.add_column("base", no_wrap=True)
     bases.add_column("differences", overflow="fold", ratio=1)
     for name, config in BASE_CONFIGS.items():
         diff = [f"{key}={_value(value)}" for key, value in config.items() if value != DEFAULTS[key]]
-        bases.add_row(name, " ".join(diff) or "(the challenge baseline itself)")
+        bases.add_row(name, " ".join(diff) or "(the defaults)")
     console.print(bases)
 
 

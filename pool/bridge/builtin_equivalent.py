@@ -3,10 +3,10 @@
 The early competition records are the challenge's baseline script with other hyperparameter
 values; our knob vocabulary names the baseline's settings as that script does
 (NUM_LAYERS -> num_layers). A folder's configuration is called *expressible* when every
-hyperparameter its script reads is either a knob of the same meaning (`_SAME`), one converted
-exactly (`WARMDOWN_ITERS`: the baseline decays over the last N steps of a wall-clock run, which is
-the fraction N / steps of the budget, so it needs the logged step count), or one with no effect
-on the score (`_NO_EFFECT`: logging, validation cadence, the compile warm-up that is undone),
+hyperparameter its script reads is either a knob of the same meaning (its lower-case name, or
+`_RENAMED`: `WARMDOWN_ITERS` is `warmdown_steps`, the same wall-clock warm-down over the last N
+steps at the mean step time), or one with no effect on the score (`_NO_EFFECT`: logging,
+validation cadence, the compile warm-up that is undone),
 and the resulting knobs pass the vocabulary's checks. This judges names and values only: a
 script that changed the model's code without a new hyperparameter would pass, which is why
 `pool explain` shows it as "equivalent built-in candidate", beside the script candidate, never
@@ -28,7 +28,7 @@ _NO_EFFECT = frozenset({
     "ITERATIONS", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY", "VAL_BATCH_SIZE", "WARMUP_STEPS", "RUN_ID",
     "DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS",
 })  # fmt: skip
-_CONVERTED = frozenset({"WARMDOWN_ITERS"})
+_RENAMED = {"WARMDOWN_ITERS": "warmdown_steps"}
 
 
 @dataclass(frozen=True)
@@ -48,20 +48,15 @@ class BuiltinEquivalent:
         return candidate_id(self.base, self.diff, self.tokenizer) if self.base else None
 
 
-def builtin_equivalent(values: Mapping[str, Any], steps: int | None) -> BuiltinEquivalent:
+def builtin_equivalent(values: Mapping[str, Any]) -> BuiltinEquivalent:
     """The knob diff over naive-baseline of a script configuration (every hyperparameter's value as run)."""
     config: dict[str, Any] = {}
     for name in sorted(values):
         if name in _NO_EFFECT:
             continue
-        if name in _CONVERTED:
-            if not steps:
-                return BuiltinEquivalent(None, {}, f"{name} needs the logged step count to become warmdown_frac")
-            config["warmdown_frac"] = min(1.0, float(values[name]) / steps)
-            continue
         if name == "VOCAB_SIZE" and values[name] != 1024:
             return BuiltinEquivalent(None, {}, f"VOCAB_SIZE={values[name]} needs another tokenizer than the built-in trainer's sp1024")
-        knob = knobs.KNOBS.get(name.lower())
+        knob = knobs.KNOBS.get(_RENAMED.get(name, name.lower()))
         if knob is None:
             return BuiltinEquivalent(None, {}, f"{name} has no built-in knob")
         value = values[name]

@@ -144,7 +144,7 @@ def import_folder(path: str | Path, importer: str) -> FolderImport:
             parents=(), artifact=None, trainer=TRAINER, note=note,
         ))  # fmt: skip
         if builtin is None:
-            builtin = builtin_equivalent(merged.values, metrics.steps or None)
+            builtin = builtin_equivalent(merged.values)
     return FolderImport(
         folder=folder,
         records=tuple(records),
