@@ -136,6 +136,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("muon_momentum_warmup_steps", int, 500, "steps to ramp Muon momentum", 0, 100000, group="optim"),
     Knob("muon_backend_steps", int, 5, "Newton-Schulz iterations", 1, 20, group="optim"),
     Knob("muon_weight_decay", float, 0.0, "decoupled weight decay on Muon matrices", 0.0, 1.0, group="optim"),
+    Knob("muon_row_normalize", bool, False, "MuonEq-R: scale each row of the Muon update to unit norm before Newton-Schulz", group="optim"),
+    Knob("muon_ns_coeffs", str, "quintic", "Newton-Schulz coefficients: the fixed quintic, or Polar Express's per-iteration ones (the last repeats past 5 steps)", choices=("quintic", "polar_express"), group="optim"),
     # optimiser: Adam for embeddings and scalars
     Knob("embed_lr", float, 0.6, "Adam LR of the untied input embedding", 1e-6, 10.0, log_scale=True, group="optim"),
     Knob("head_lr", float, 0.008, "Adam LR of the untied output head", 1e-6, 10.0, log_scale=True, group="optim"),
@@ -144,6 +146,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("beta1", float, 0.9, "Adam beta1", 0.0, 0.9999, group="optim"),
     Knob("beta2", float, 0.95, "Adam beta2", 0.0, 0.99999, group="optim"),
     Knob("adam_eps", float, 1e-8, "Adam epsilon", 1e-12, 1e-3, log_scale=True, group="optim"),
+    Knob("adam_weight_decay", float, 0.0, "decoupled (AdamW) weight decay on vectors, scalars and the untied head", 0.0, 1.0, group="optim"),
+    Knob("embed_weight_decay", float, 0.0, "decoupled (AdamW) weight decay on the embedding", 0.0, 1.0, group="optim"),
     Knob("grad_clip_norm", float, 0.0, "global gradient norm clip; 0 disables it", 0.0, 100.0, group="optim"),
     # schedule (fractions of the wall-clock budget, so slow hardware never decays from step 1)
     Knob("warmup_steps", int, 0, "linear LR warm-up steps", 0, 100000, group="schedule"),
@@ -151,6 +155,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("warmdown_steps", int, 0, "LR also decays over the last this many steps, timed at the run's mean step time (the reference's WARMDOWN_ITERS); the longer warm-down wins", 0, 1000000, group="schedule"),
     Knob("min_lr_frac", float, 0.0, "LR floor at the end of warmdown, as a fraction of peak", 0.0, 1.0, group="schedule"),
     Knob("ema_decay", float, 0.0, "EMA of weights used for evaluation; 0 disables it", 0.0, 0.99999, group="schedule"),
+    Knob("swa_every", int, 0, "SWA: the final weights are the mean of snapshots taken every N steps once the LR multiplier is below swa_start_lr_scale; 0 disables it", 0, 100000, group="schedule"),
+    Knob("swa_start_lr_scale", float, 0.5, "SWA collects snapshots while the LR multiplier is below this", 0.0, 1.0, group="schedule"),
     # evaluation and export
     Knob("eval_seq_len", int, 0, "evaluation context length; 0 means train_seq_len", 0, 65536, group="eval"),
     Knob("eval_stride", int, 0, "sliding-window stride at evaluation; 0 means non-overlapping windows", 0, 65536, group="eval"),
@@ -197,8 +203,9 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # Our reading of what the challenge's top records stack, within this vocabulary: a starting
     # point for the search, not a claim about its score. 10 layers with a 3x LeakyReLU^2 MLP fit
     # 16 MB only with mixed precision: int6 attention, int5 MLP, int8 embedding, small matrices
-    # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay
-    # and high momentum, a long warm-down, EMA, clipping, sliding-window evaluation.
+    # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay,
+    # high momentum, row-normalised updates and Polar Express coefficients, AdamW decay on the
+    # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation.
     "frontier": {
         **DEFAULTS,
         "num_layers": 10,
@@ -214,6 +221,10 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "muon_momentum_warmup_start": 0.92,
         "muon_momentum_warmup_steps": 1500,
         "muon_weight_decay": 0.04,
+        "muon_row_normalize": True,
+        "muon_ns_coeffs": "polar_express",
+        "adam_weight_decay": 0.02,
+        "embed_weight_decay": 0.085,
         "warmdown_frac": 0.4,
         "ema_decay": 0.997,
         "grad_clip_norm": 0.3,
@@ -325,6 +336,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     eval_len = config["eval_seq_len"] or config["train_seq_len"]
     if config["eval_stride"] > eval_len:
         raise ProtocolError(f"eval_stride={config['eval_stride']} cannot exceed the evaluation length {eval_len}")
+    if config["swa_every"] > 0 and config["ema_decay"] > 0:
+        raise ProtocolError(f"swa_every={config['swa_every']} and ema_decay={config['ema_decay']} cannot both be set: each one decides the final weights")
     params = estimate_parameters(config)
     if params > MAX_PARAMETERS:
         raise ProtocolError(f"config has about {params:,} parameters; the limit is {MAX_PARAMETERS:,}")

@@ -60,6 +60,10 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "muon_momentum_warmup_steps": ({}, 1, "weights"),
     "muon_backend_steps": ({}, 2, "weights"),
     "muon_weight_decay": ({}, 0.1, "weights"),
+    "muon_row_normalize": ({}, True, "weights"),
+    "muon_ns_coeffs": ({}, "polar_express", "weights"),
+    "adam_weight_decay": ({}, 0.5, "weights"),
+    "embed_weight_decay": ({}, 0.5, "weights"),
     "embed_lr": (UNTIED, 0.1, "weights"),
     "head_lr": (UNTIED, 0.1, "weights"),
     "tied_embed_lr": ({}, 0.1, "weights"),
@@ -74,6 +78,10 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "warmdown_steps": ({}, 1000000, "schedule"),
     "min_lr_frac": ({"warmdown_frac": 1.0}, 0.5, "schedule"),
     "ema_decay": ({}, 0.5, "weights"),
+    # 3 warm-up steps run at LR 1/3, 2/3, 1: snapshots after the first two are averaged
+    "swa_every": ({"warmup_steps": 3, "swa_start_lr_scale": 1.0}, 1, "weights"),
+    # below 0.5 only the first step is a snapshot (one: no averaging); below 0.9, two
+    "swa_start_lr_scale": ({"warmup_steps": 3, "swa_every": 1}, 0.9, "weights"),
     "eval_seq_len": ({}, 32, "evaluation"),
     "eval_stride": ({}, 4, "evaluation"),
     "quant_bits": ({}, 4, "artifact"),

@@ -48,6 +48,17 @@ OPTIMISER_EXTRAS = {
     "ema_decay": 0.5,
     "tie_embeddings": False,
 }
+# The records' optimiser parts: MuonEq-R, Polar Express, AdamW on the Adam groups, and SWA (every
+# step's LR is below 1 during the 4-step warm-up, so all four steps are snapshots).
+RECORD_OPTIMISER = {
+    "muon_row_normalize": True,
+    "muon_ns_coeffs": "polar_express",
+    "adam_weight_decay": 0.05,
+    "embed_weight_decay": 0.05,
+    "swa_every": 1,
+    "swa_start_lr_scale": 1.0,
+    "warmup_steps": 4,
+}
 
 
 def _text_ids(shape: tuple[int, int]) -> np.ndarray:
@@ -74,9 +85,9 @@ def test_same_weights_give_the_same_logits(variant):
     assert np.abs(expected).max() > 0.1  # the comparison is not between two near-zero tensors
 
 
-@pytest.mark.parametrize("variant", [*sorted(VARIANTS), "optimiser-extras"])
+@pytest.mark.parametrize("variant", [*sorted(VARIANTS), "optimiser-extras", "record-optimiser"])
 def test_same_start_and_batches_give_the_same_training_steps(variant):
-    diff = OPTIMISER_EXTRAS if variant == "optimiser-extras" else VARIANTS[variant]
+    diff = {"optimiser-extras": OPTIMISER_EXTRAS, "record-optimiser": RECORD_OPTIMISER}.get(variant) or VARIANTS[variant]
     config = resolve("smoke-tiny", {**SMALL, **diff})
     data = load_benchmark_data(benchmark("smoke"), None)
     start = model_mlx.state_dict_numpy(model_mlx.build_model(config, seed=3))

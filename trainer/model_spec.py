@@ -17,7 +17,7 @@ from typing import Any
 
 from p2pgolf.protocol.knobs import mlp_hidden_size
 
-__all__ = ["CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr"]
+__all__ = ["CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
 
 # Parameters that are gains and mixes rather than weights: Adam trains them, never Muon.
 CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
@@ -61,6 +61,18 @@ def role_lr(role: str, config: Mapping[str, Any]) -> float:
         return config["head_lr"]
     if role == "scalar":
         return config["scalar_lr"]
+    raise ValueError(f"unknown parameter role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+def role_weight_decay(role: str, config: Mapping[str, Any]) -> float:
+    """Decoupled weight decay of an optimiser group (AdamW's for the Adam groups, applied as
+    p *= 1 - lr * decay before the step)."""
+    if role == "muon":
+        return config["muon_weight_decay"]
+    if role == "embed":
+        return config["embed_weight_decay"]
+    if role in ("head", "scalar"):
+        return config["adam_weight_decay"]
     raise ValueError(f"unknown parameter role {role!r}; expected one of {', '.join(ROLES)}")
 
 

@@ -2,7 +2,8 @@
 
 What it guarantees:
 - Each step: momentum buffer m = mu*m + g; the update is the Nesterov combination g + mu*m,
-  orthogonalised by `backend_steps` quintic Newton-Schulz iterations, scaled by
+  with each row scaled to unit norm first when `row_normalize` (MuonEq-R), orthogonalised by
+  `backend_steps` Newton-Schulz iterations (`coeffs`: trainer.muon_coefficients), scaled by
   sqrt(max(1, rows/cols)), and applied with the group's `lr`. Decoupled weight decay multiplies
   the weight by (1 - lr*weight_decay) first.
 - Under torch.distributed, rank r orthogonalises parameters r, r+world, ... and one all-reduce
@@ -17,13 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Muon", "newton_schulz"]
+from p2pgolf.trainer.muon_coefficients import coefficients
 
-# Coefficients of the quintic iteration tuned for speed of convergence (Keller Jordan's Muon).
-_NS_A, _NS_B, _NS_C = 3.4445, -4.7750, 2.0315
+__all__ = ["Muon", "newton_schulz", "normalise_rows"]
 
 
-def newton_schulz(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+def newton_schulz(g: Tensor, steps: int, eps: float = 1e-7, coeffs: str = "quintic") -> Tensor:
     """An approximately orthogonal matrix with the row/column space of `g` (2-D)."""
     dtype = torch.bfloat16 if g.is_cuda else torch.float32
     x = g.to(dtype)
@@ -31,28 +31,35 @@ def newton_schulz(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
     transposed = x.size(0) > x.size(1)
     if transposed:
         x = x.T
-    for _ in range(steps):
+    for a_, b_, c_ in coefficients(coeffs, steps):
         a = x @ x.T
-        b = _NS_B * a + _NS_C * (a @ a)
-        x = _NS_A * x + b @ x
+        b = b_ * a + c_ * (a @ a)
+        x = a_ * x + b @ x
     return x.T if transposed else x
+
+
+def normalise_rows(g: Tensor, eps: float = 1e-7) -> Tensor:
+    """`g` with each row divided by its L2 norm (at least `eps`), in float32 arithmetic."""
+    norms = g.float().norm(dim=-1, keepdim=True).clamp_min(eps)
+    return g / norms.to(g.dtype)
 
 
 _compiled_ns = None
 
 
-def _orthogonalise(g: Tensor, steps: int) -> Tensor:
+def _orthogonalise(g: Tensor, steps: int, coeffs: str) -> Tensor:
     # On CUDA the iteration is compiled once (a few shapes): dozens of small kernels become a few.
     global _compiled_ns
     if not g.is_cuda:
-        return newton_schulz(g, steps)
+        return newton_schulz(g, steps, coeffs=coeffs)
     if _compiled_ns is None:
         _compiled_ns = torch.compile(newton_schulz)
-    return _compiled_ns(g, steps)
+    return _compiled_ns(g, steps, coeffs=coeffs)
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for matrices. Groups take lr, momentum, backend_steps, weight_decay, nesterov."""
+    """Muon for matrices. Groups take lr, momentum, backend_steps, weight_decay, nesterov,
+    row_normalize and coeffs."""
 
     def __init__(
         self,
@@ -63,8 +70,11 @@ class Muon(torch.optim.Optimizer):
         backend_steps: int,
         weight_decay: float = 0.0,
         nesterov: bool = True,
+        row_normalize: bool = False,
+        coeffs: str = "quintic",
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay, nesterov=nesterov)
+        coefficients(coeffs, 1)  # an unknown set fails here, not at the first step
+        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay, nesterov=nesterov, row_normalize=row_normalize, coeffs=coeffs)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -100,7 +110,9 @@ class Muon(torch.optim.Optimizer):
                         g = g.add(buf, alpha=mu)
                     else:
                         g = buf
-                    update = _orthogonalise(g, group["backend_steps"])
+                    if group["row_normalize"]:
+                        g = normalise_rows(g)
+                    update = _orthogonalise(g, group["backend_steps"], group["coeffs"])
                     update = update * max(1.0, p.size(0) / p.size(1)) ** 0.5
                     flat[offset : offset + p.numel()] = update.reshape(-1).float()
                 offset += p.numel()

@@ -5,9 +5,12 @@ What it guarantees: the same update rules, groups and learning rates as the torc
 gradients both backends take the same step (tests/test_mlx_parity.py):
 - groups by `trainer.model_spec.parameter_role`, peak LRs by `role_lr`, each multiplied by the
   step's schedule factor;
-- Muon: m = mu*m + g; update = NS5(g + mu*m) (Nesterov) * sqrt(max(1, rows/cols)); decoupled
+- Muon: m = mu*m + g; update = NS(g + mu*m) (Nesterov; rows scaled to unit norm first with
+  `muon_row_normalize`; coefficients `muon_ns_coeffs`) * sqrt(max(1, rows/cols)); decoupled
   weight decay multiplies the weight by (1 - lr*muon_weight_decay) first;
 - Adam as torch has it: bias-corrected moments, step = lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps);
+  with a decoupled decay (`role_weight_decay`) the weight is first multiplied by (1 - lr*decay),
+  as torch's AdamW does;
 - optional global gradient-norm clip as torch's clip_grad_norm_ (scale by max/(norm+1e-6) when
   that is below 1);
 - optional EMA of the weights (`ema_decay`), which evaluation then uses.
@@ -21,27 +24,31 @@ from typing import Any
 
 import mlx.core as mx
 
-from p2pgolf.trainer.model_spec import parameter_role, role_lr
+from p2pgolf.trainer.model_spec import parameter_role, role_lr, role_weight_decay
+from p2pgolf.trainer.muon_coefficients import coefficients
 
-__all__ = ["MixedOptimizer", "newton_schulz", "clip_by_global_norm"]
-
-# Keller Jordan's quintic Newton-Schulz coefficients (the torch backend's too).
-_NS_A, _NS_B, _NS_C = 3.4445, -4.7750, 2.0315
+__all__ = ["MixedOptimizer", "newton_schulz", "normalise_rows", "clip_by_global_norm"]
 
 
-def newton_schulz(g: mx.array, steps: int, eps: float = 1e-7, dtype: mx.Dtype = mx.float32) -> mx.array:
+def newton_schulz(g: mx.array, steps: int, eps: float = 1e-7, dtype: mx.Dtype = mx.float32, coeffs: str = "quintic") -> mx.array:
     """An approximately orthogonal matrix with the row/column space of `g` (2-D), in float32."""
     x = g.astype(dtype)
     x = x / (mx.sqrt(mx.sum(mx.square(x.astype(mx.float32)))).astype(dtype) + eps)
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
-    for _ in range(steps):
+    for a_, b_, c_ in coefficients(coeffs, steps):
         a = x @ x.T
-        b = _NS_B * a + _NS_C * (a @ a)
-        x = _NS_A * x + b @ x
+        b = b_ * a + c_ * (a @ a)
+        x = a_ * x + b @ x
     x = x.T if transposed else x
     return x.astype(mx.float32)
+
+
+def normalise_rows(g: mx.array, eps: float = 1e-7) -> mx.array:
+    """`g` with each row divided by its L2 norm (at least `eps`), computed in float32."""
+    norms = mx.sqrt(mx.sum(mx.square(g.astype(mx.float32)), axis=-1, keepdims=True))
+    return g / mx.maximum(norms, eps).astype(g.dtype)
 
 
 def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float) -> tuple[dict[str, mx.array], mx.array]:
@@ -57,8 +64,11 @@ class MixedOptimizer:
     def __init__(self, params: Mapping[str, mx.array], config: Mapping[str, Any], *, ns_dtype: mx.Dtype = mx.float32) -> None:
         self.roles = {name: parameter_role(name, tuple(p.shape)) for name, p in params.items()}
         self.peak_lr = {name: role_lr(role, config) for name, role in self.roles.items()}
+        self.decay = {name: role_weight_decay(role, config) for name, role in self.roles.items()}
         self.backend_steps = int(config["muon_backend_steps"])
-        self.weight_decay = float(config["muon_weight_decay"])
+        self.row_normalize = bool(config["muon_row_normalize"])
+        self.ns_coeffs = str(config["muon_ns_coeffs"])
+        coefficients(self.ns_coeffs, 1)  # an unknown set fails here, not at the first step
         self.beta1 = float(config["beta1"])
         self.beta2 = float(config["beta2"])
         self.eps = float(config["adam_eps"])
@@ -100,12 +110,17 @@ class MixedOptimizer:
             if self.roles[name] == "muon":
                 buf = momentum * state["momentum"] + g
                 state["momentum"] = buf
-                update = newton_schulz(g + momentum * buf, self.backend_steps, dtype=self.ns_dtype)
+                nesterov = g + momentum * buf
+                if self.row_normalize:
+                    nesterov = normalise_rows(nesterov)
+                update = newton_schulz(nesterov, self.backend_steps, dtype=self.ns_dtype, coeffs=self.ns_coeffs)
                 update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-                if self.weight_decay > 0:
-                    p = p * (1.0 - lr * self.weight_decay)
+                if self.decay[name] > 0:
+                    p = p * (1.0 - lr * self.decay[name])
                 out[name] = p - lr * update.astype(p.dtype)
             else:
+                if self.decay[name] > 0:
+                    p = p * (1.0 - lr * self.decay[name])
                 m = self.beta1 * state["m"] + (1.0 - self.beta1) * g
                 v = self.beta2 * state["v"] + (1.0 - self.beta2) * mx.square(g)
                 state["m"], state["v"] = m, v

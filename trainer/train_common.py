@@ -18,7 +18,7 @@ import numpy as np
 
 from p2pgolf.trainer.memory import DEFAULT_MEMORY_FRACTION, choose_grad_accum, machine_memory_bytes
 
-__all__ = ["BatchPlan", "StepReport", "TokenSource", "TrainResult", "plan_batch"]
+__all__ = ["BatchPlan", "StepReport", "TokenSource", "TrainResult", "plan_batch", "swa_collects"]
 
 
 class TokenSource(Protocol):
@@ -105,3 +105,11 @@ def plan_batch(
         seqs_per_micro=choice.micro_batch_sequences,
         note=choice.describe(),
     )
+
+
+def swa_collects(config: Mapping[str, Any], steps_done: int, lr_mult: float) -> bool:
+    """Whether the weights after step number `steps_done` (trained at LR multiplier `lr_mult`)
+    are an SWA snapshot: every `swa_every` steps while the multiplier is below
+    `swa_start_lr_scale`. The final weights are the snapshots' mean when there are two or more."""
+    every = config["swa_every"]
+    return every > 0 and lr_mult < config["swa_start_lr_scale"] and steps_done % every == 0

@@ -38,7 +38,7 @@ from p2pgolf.trainer.optim_mlx import MixedOptimizer
 from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
 from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
-from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch
+from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch, swa_collects
 
 __all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
 
@@ -156,6 +156,8 @@ def train(
 
     tokens = train_stream()
     losses: list[float] = []
+    swa: dict[str, mx.array] | None = None  # the sum of the SWA snapshots so far
+    swa_count = 0
     elapsed = 0.0
     step = 0
     micros_total = 0
@@ -195,6 +197,10 @@ def train(
         value = float(mean.item())
         losses.append(value)
         step += 1
+        if swa_collects(config, step, lr_mult):
+            swa = dict(params) if swa is None else {k: swa[k] + params[k] for k in params}
+            swa_count += 1
+            mx.eval(swa)
         micros_total += done
         train_tokens += done * plan.micro_tokens
         elapsed = time.perf_counter() - started
@@ -209,6 +215,9 @@ def train(
     elapsed = time.perf_counter() - started
     cpu_share = cpu.stop()
     final = optimiser.ema if optimiser.ema is not None else params
+    if swa is not None and swa_count > 1:  # one snapshot would only be an older model
+        final = {k: v / swa_count for k, v in swa.items()}
+        log(f"swa: final weights are the mean of {swa_count} snapshots")
     model.update(tree_unflatten(list(final.items())))
     mx.eval(model.parameters())
     log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s")

@@ -41,14 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2pgolf.trainer.model_spec import parameter_role, role_lr
+from p2pgolf.trainer.model_spec import parameter_role, role_lr, role_weight_decay
 from p2pgolf.trainer.model_torch import GPT, build_model
 from p2pgolf.trainer.muon_torch import Muon
 from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
 from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
 # Result types and the batch plan are shared with the MLX backend.
-from p2pgolf.trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult
+from p2pgolf.trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult, swa_collects
 from p2pgolf.trainer.train_common import plan_batch as shared_plan_batch
 
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
@@ -222,6 +222,8 @@ def train(
         ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
 
     losses: list[torch.Tensor] = []
+    swa: dict[str, torch.Tensor] | None = None  # the sum of the SWA snapshots so far
+    swa_count = 0
     elapsed = 0.0
     step = 0
     micros_total = 0  # micro-batches trained so far, over all steps
@@ -270,6 +272,14 @@ def train(
         loss, done = one_step(step, lr_mult, keep_going if watch else None)
         losses.append(loss)
         step += 1
+        if swa_collects(config, step, lr_mult):
+            with torch.no_grad():
+                if swa is None:
+                    swa = {name: p.detach().clone().float() for name, p in model.named_parameters()}
+                else:
+                    for name, p in model.named_parameters():
+                        swa[name].add_(p.detach().float())
+            swa_count += 1
         micros_total += done
         train_tokens += done * plan.micro_tokens * world
         if cuda and not distributed:
@@ -299,6 +309,11 @@ def train(
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(ema[name].to(p.dtype))
+    if swa is not None and swa_count > 1:  # one snapshot would only be an older model
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_((swa[name] / swa_count).to(p.dtype))
+        log(f"swa: final weights are the mean of {swa_count} snapshots")
     log(f"stopped step:{step} train_time:{elapsed:.2f}s budget:{budget_s:.2f}s train_tokens:{train_tokens} cpu_share:{cpu_share}")
     return TrainResult(
         state=state_to_numpy(model),
@@ -328,13 +343,18 @@ def _optimisers(model: GPT, config: Mapping[str, Any], *, fused: bool) -> tuple[
     for role in ("embed", "head", "scalar"):
         if by_role.get(role):
             lr = role_lr(role, config)
-            optimisers.append(torch.optim.Adam([{"params": by_role[role], "lr": lr, "base_lr": lr}], **adam))
+            decay = role_weight_decay(role, config)
+            groups = [{"params": by_role[role], "lr": lr, "base_lr": lr}]
+            # AdamW only with a decay, so runs without one take exactly the steps they always did
+            optimisers.append(torch.optim.AdamW(groups, weight_decay=decay, **adam) if decay > 0 else torch.optim.Adam(groups, **adam))
     muon = Muon(
         by_role.get("muon", []),
         lr=config["matrix_lr"],
         momentum=config["muon_momentum"],
         backend_steps=config["muon_backend_steps"],
         weight_decay=config["muon_weight_decay"],
+        row_normalize=config["muon_row_normalize"],
+        coeffs=config["muon_ns_coeffs"],
     )
     for group in muon.param_groups:
         group["base_lr"] = config["matrix_lr"]
