@@ -125,6 +125,10 @@ _KNOBS: tuple[Knob, ...] = (
     # depth recurrence
     Knob("unique_blocks", int, 0, "distinct blocks reused across num_layers; 0 means one per layer", 0, 64, group="recurrence"),
     Knob("recurrence", str, "cycle", "how unique blocks map to layers", choices=("cycle", "mirror"), group="recurrence"),
+    Knob("num_loops", int, 0, "extra passes over the layers loop_start..loop_end (a looped middle segment); 0: none", 0, 8, group="recurrence"),
+    Knob("loop_start", int, 0, "first layer of the looped segment", 0, 63, group="recurrence"),
+    Knob("loop_end", int, 0, "last layer of the looped segment (inclusive)", 0, 63, group="recurrence"),
+    Knob("loop_from_frac", float, 0.0, "fraction of the wall-clock budget after which training runs the segment looped (evaluation always does)", 0.0, 1.0, group="recurrence"),
     # data and batch
     Knob("train_seq_len", int, 1024, "training sequence length in tokens", 16, 65536, log_scale=True, group="batch"),
     Knob("train_batch_tokens", int, 524288, "tokens per optimiser step (global, all devices)", 256, 1 << 24, log_scale=True, group="batch"),
@@ -205,10 +209,15 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # 16 MB only with mixed precision: int6 attention, int5 MLP, int8 embedding, small matrices
     # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay,
     # high momentum, row-normalised updates and Polar Express coefficients, AdamW decay on the
-    # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation.
+    # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation; layers
+    # 4-5 looped once more from 35% of the budget.
     "frontier": {
         **DEFAULTS,
         "num_layers": 10,
+        "num_loops": 1,
+        "loop_start": 4,
+        "loop_end": 5,
+        "loop_from_frac": 0.35,
         "mlp_mult": 3.0,
         "activation": "leaky_relu2",
         "leaky_slope": 0.5,
@@ -329,6 +338,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     layers, unique = config["num_layers"], config["unique_blocks"]
     if unique > layers:
         raise ProtocolError(f"unique_blocks={unique} cannot exceed num_layers={layers}")
+    if config["num_loops"] and not config["loop_start"] <= config["loop_end"] < layers:
+        raise ProtocolError(f"the looped segment loop_start={config['loop_start']}..loop_end={config['loop_end']} must lie within the num_layers={layers} layers, start <= end")
     if config["train_batch_tokens"] < config["train_seq_len"]:
         raise ProtocolError(
             f"train_batch_tokens={config['train_batch_tokens']} must hold at least one sequence of train_seq_len={config['train_seq_len']}"
@@ -367,7 +378,7 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 THROUGHPUT_KNOBS = (
     "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
     "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
-    "grad_accum_steps", "ema_decay",
+    "grad_accum_steps", "ema_decay", "num_loops", "loop_start", "loop_end", "loop_from_frac",
 )  # fmt: skip
 
 

@@ -253,3 +253,13 @@ def test_a_reproduction_by_a_trusted_key_makes_an_imported_claim_count(tmp_path)
     assert rows[subject.id].claim == pytest.approx(1.0)  # reproduced by my own key: believed
     others = [r for rid, r in rows.items() if rid in report["records"] and rid != subject.id]
     assert len(others) == 2 and all(r.claim < 0.5 for r in others)  # the other seeds are still claims
+
+
+def test_the_records_loop_warmdown_and_decay_names_map_to_knobs_of_the_same_meaning():
+    from p2pgolf.pool.bridge.builtin_equivalent import builtin_equivalent
+
+    found = builtin_equivalent({"NUM_LAYERS": 10, "NUM_LOOPS": 1, "LOOP_START": 4, "LOOP_END": 5, "ENABLE_LOOPING_AT": 0.35,
+                                "MUON_WD": 0.04, "ADAM_WD": 0.02, "EMBED_WD": 0.085, "WARMDOWN_ITERS": 3500})  # fmt: skip
+    assert found.reason == ""
+    assert found.diff == {"adam_weight_decay": 0.02, "embed_weight_decay": 0.085, "loop_end": 5, "loop_from_frac": 0.35, "loop_start": 4,
+                          "muon_weight_decay": 0.04, "num_layers": 10, "num_loops": 1, "warmdown_steps": 3500}  # fmt: skip

@@ -51,6 +51,11 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "leaky_slope": ({"activation": "leaky_relu2"}, 0.1, "weights"),
     "unique_blocks": ({}, 1, "weights"),
     "recurrence": ({"num_layers": 4, "unique_blocks": 2}, "mirror", "weights"),
+    "num_loops": ({"num_layers": 3, "loop_start": 1, "loop_end": 1}, 1, "weights"),
+    "loop_start": ({"num_layers": 3, "num_loops": 1, "loop_end": 2}, 1, "weights"),
+    "loop_end": ({"num_layers": 3, "num_loops": 1}, 1, "weights"),
+    # from half of a 1000 s budget: the 3 training steps run unlooped, unlike from the start
+    "loop_from_frac": ({"num_layers": 3, "num_loops": 1}, 0.5, "weights"),
     "train_seq_len": ({}, 32, "weights"),
     "train_batch_tokens": ({}, 512, "weights"),
     "grad_accum_steps": ({}, 2, "accumulation"),

@@ -9,7 +9,9 @@ import torch
 from p2pgolf.protocol import knobs
 from p2pgolf.trainer.artifact import load_artifact, export_artifact, export_options
 from p2pgolf.trainer.model_torch import build_model
-from p2pgolf.trainer.model_spec import block_schedule
+from p2pgolf.trainer.model_spec import ModelSpec, block_schedule
+from p2pgolf.trainer.train_common import looping_at
+from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.trainer.train_torch import load_numpy_state, train
 
 from trainer_helpers import build_fineweb, tiny_config
@@ -40,6 +42,41 @@ def test_cycle_and_mirror_reuse_blocks_in_the_stated_order():
     assert block_schedule(5, 0, "cycle") == [0, 1, 2, 3, 4]
     model = build_model(knobs.resolve("cpu-small", {"num_layers": 6, "unique_blocks": 2, "recurrence": "mirror"}))
     assert model.schedule == [0, 1, 1, 0, 0, 1]
+
+
+def test_a_looped_segment_repeats_its_layers_in_place_and_the_skips_cover_the_deeper_order():
+    config = knobs.resolve("cpu-small", {"num_layers": 6, "num_loops": 2, "loop_start": 2, "loop_end": 3})
+    spec = ModelSpec.from_config(config)
+    assert spec.layer_order(False) == (0, 1, 2, 3, 4, 5)
+    assert spec.layer_order(True) == (0, 1, 2, 3, 2, 3, 2, 3, 4, 5)
+    model = build_model(config)
+    assert model.looping and model.skip_weights.shape[0] == spec.num_skips == 5
+    assert len(model.blocks) == 6  # looping reuses blocks: no new parameters but the skips
+    # with shared blocks the segment loops the blocks those layers run
+    mirrored = ModelSpec.from_config(knobs.resolve("cpu-small", {"num_layers": 4, "unique_blocks": 2, "recurrence": "mirror", "num_loops": 1, "loop_start": 1, "loop_end": 2}))
+    assert mirrored.layer_order(True) == (0, 1, 1, 1, 1, 0)
+
+
+def test_looping_changes_the_forward_and_training_turns_it_on_at_its_fraction():
+    config = knobs.resolve("cpu-small", {"num_layers": 4, "num_loops": 1, "loop_start": 1, "loop_end": 2, "loop_from_frac": 0.25})
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(0, 1024, (1, 32))
+    looped = model.logits(ids)
+    model.looping = False
+    assert float((looped - model.logits(ids)).abs().max()) > 1e-3
+    assert [looping_at(config, t, 100.0) for t in (0.0, 24.9, 25.0, 90.0)] == [False, False, True, True]
+    assert looping_at(knobs.resolve("cpu-small", {}), 90.0, 100.0) is False
+
+
+def test_a_looped_segment_outside_the_layers_is_refused_naming_it():
+    with pytest.raises(ProtocolError, match="loop_start=2..loop_end=5 must lie within the num_layers=4"):
+        knobs.resolve("cpu-small", {"num_layers": 4, "num_loops": 1, "loop_start": 2, "loop_end": 5})
+    with pytest.raises(ProtocolError, match="start <= end"):
+        knobs.resolve("cpu-small", {"num_layers": 4, "num_loops": 1, "loop_start": 3, "loop_end": 1})
 
 
 def test_parameter_names_and_shapes_are_the_documented_ones():

@@ -119,7 +119,7 @@ def estimate_training_memory(
     layer = 10 * dim + 4 * kv_dim + (5 if config["activation"] == "swiglu" else 3) * hidden
     if attention_scores:
         layer += 4 * heads * seq_len
-    per_token = config["num_layers"] * layer * activation_bytes + 8 * config["vocab_size"] * 4 + 2 * dim * activation_bytes
+    per_token = _depth(config) * layer * activation_bytes + 8 * config["vocab_size"] * 4 + 2 * dim * activation_bytes
     return MemoryEstimate(parameters=params, static_bytes=static, per_sequence_bytes=per_token * seq_len)
 
 
@@ -176,11 +176,18 @@ def machine_memory_bytes() -> int:
         return 0
 
 
+def _depth(config: Mapping[str, Any]) -> int:
+    """Block applications per forward pass: the layers, plus the looped segment's extra passes."""
+    segment = config["loop_end"] - config["loop_start"] + 1 if config["num_loops"] else 0
+    return config["num_layers"] + config["num_loops"] * segment
+
+
 def _control_parameters(config: Mapping[str, Any]) -> int:
     # Gains and mixes: resid_mix (2*dim), attn_scale, mlp_scale (dim each), q_gain (heads), skips.
     dim = config["model_dim"]
     blocks = config["unique_blocks"] or config["num_layers"]
-    skips = min(config["num_layers"] // 2, config["num_layers"] - config["num_layers"] // 2)
+    depth = _depth(config)
+    skips = min(depth // 2, depth - depth // 2)
     return blocks * (4 * dim + config["num_heads"]) + skips * dim
 
 

@@ -65,8 +65,10 @@ class GPT(nn.Module):
         self.spec = spec
         self.compute_dtype = compute_dtype
         schedule = spec.schedule
-        self.num_encoder_layers = spec.num_layers // 2
-        num_skips = min(self.num_encoder_layers, spec.num_layers - self.num_encoder_layers)
+        # Which order runs: the looped one from the start (and always at evaluation); training
+        # turns it off until loop_from_frac of its budget when that is set.
+        self.looping = bool(spec.num_loops)
+        num_skips = spec.num_skips
         dim = spec.model_dim
         std = spec.tied_embed_init_std if spec.tie_embeddings else 1.0  # torch's Embedding default is N(0, 1)
         self.tok_emb = nn.Embedding(spec.vocab_size, dim)
@@ -82,14 +84,15 @@ class GPT(nn.Module):
         x = _rms(self.tok_emb(input_ids)).astype(self.compute_dtype)
         x0 = x
         skips: list[mx.array] = []
-        for layer, b in enumerate(self.spec.schedule):
-            if layer < self.num_encoder_layers:
+        order = self.spec.layer_order(self.looping)
+        encoders = len(order) // 2
+        for layer, b in enumerate(order):
+            if layer < encoders:
                 x = self.blocks[b](x, x0)
                 skips.append(x)
                 continue
             if skips:
-                i = layer - self.num_encoder_layers
-                x = x + self.skip_weights[i].astype(x.dtype) * skips.pop()
+                x = x + self.skip_weights[layer - encoders].astype(x.dtype) * skips.pop()
             x = self.blocks[b](x, x0)
         return _rms(x)
 

@@ -2,6 +2,9 @@
 
 What it guarantees: one definition, shared by every backend, of
 - `block_schedule`: which unique block each layer runs (depth recurrence, cycle or mirror);
+- `ModelSpec.layer_order`: the blocks one forward pass runs, with the looped middle segment
+  (`num_loops` extra passes over layers loop_start..loop_end) when looping is on, and
+  `ModelSpec.num_skips`, the U-Net skip weights that covers both orders;
 - `ModelSpec`: the shape and fixed settings of a model, read from a resolved knob config;
 - `parameter_role`: which optimiser group trains a parameter, by its shared name and shape
   ("muon" for the blocks' weight matrices, "embed", "head" and "scalar" for Adam), and
@@ -95,6 +98,9 @@ class ModelSpec:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
+    num_loops: int = 0
+    loop_start: int = 0
+    loop_end: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelSpec":
@@ -115,11 +121,31 @@ class ModelSpec:
             logit_softcap=config["logit_softcap"],
             rope_base=config["rope_base"],
             qk_gain_init=config["qk_gain_init"],
+            num_loops=config["num_loops"],
+            loop_start=config["loop_start"],
+            loop_end=config["loop_end"],
         )
 
     @property
     def schedule(self) -> tuple[int, ...]:
         return tuple(block_schedule(self.num_layers, self.unique_blocks, self.recurrence))
+
+    def layer_order(self, looping: bool) -> tuple[int, ...]:
+        """The unique block each step of the forward pass runs. Looping repeats the layers
+        loop_start..loop_end `num_loops` more times in place (0 1 [2 3] 4 with two loops:
+        0 1 2 3 2 3 2 3 4); the first half of the order feeds the U-Net skips, as without."""
+        blocks = self.schedule
+        if not looping or not self.num_loops:
+            return blocks
+        segment = list(range(self.loop_start, self.loop_end + 1))
+        layers = [*range(self.loop_start), *segment * (self.num_loops + 1), *range(self.loop_end + 1, self.num_layers)]
+        return tuple(blocks[layer] for layer in layers)
+
+    @property
+    def num_skips(self) -> int:
+        """Skip weights: enough for the longer (looped) order; the plain one uses the first ones."""
+        depth = len(self.layer_order(True))
+        return min(depth // 2, depth - depth // 2)
 
     @property
     def head_dim(self) -> int:

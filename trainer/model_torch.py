@@ -69,17 +69,25 @@ class GPT(nn.Module):
         logit_softcap: float = 30.0,
         rope_base: float = 10000.0,
         qk_gain_init: float = 1.5,
+        num_loops: int = 0,
+        loop_start: int = 0,
+        loop_end: int = 0,
     ) -> None:
         super().__init__()
+        spec = ModelSpec(vocab_size=vocab_size, num_layers=num_layers, model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                         mlp_hidden=mlp_hidden, unique_blocks=unique_blocks, recurrence=recurrence,
+                         num_loops=num_loops, loop_start=loop_start, loop_end=loop_end)  # fmt: skip
         self.tie_embeddings = tie_embeddings
         self.logit_softcap = float(logit_softcap)
         # dtype of the residual stream; None keeps the parameters' (float32). Set it only while
         # running under autocast to that dtype (training and evaluation on CUDA do).
         self.stream_dtype: torch.dtype | None = None
         self.schedule = block_schedule(num_layers, unique_blocks, recurrence)
-        self.num_encoder_layers = num_layers // 2
-        self.num_decoder_layers = num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+        self.orders = {False: spec.layer_order(False), True: spec.layer_order(True)}
+        # Which order runs: the looped one from the start (and always at evaluation); training
+        # turns it off until loop_from_frac of its budget when that is set.
+        self.looping = bool(num_loops)
+        num_skips = spec.num_skips
 
         self.tok_emb = nn.Embedding(vocab_size, model_dim)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, model_dim))
@@ -108,14 +116,15 @@ class GPT(nn.Module):
             x = x.to(self.stream_dtype)
         x0 = x
         skips: list[Tensor] = []
-        for layer, b in enumerate(self.schedule):
-            if layer < self.num_encoder_layers:
+        order = self.orders[self.looping]
+        encoders = len(order) // 2
+        for layer, b in enumerate(order):
+            if layer < encoders:
                 x = self.blocks[b](x, x0)
                 skips.append(x)
                 continue
             if skips:
-                i = layer - self.num_encoder_layers
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
+                x = x + self.skip_weights[layer - encoders].to(x.dtype) * skips.pop()
             x = self.blocks[b](x, x0)
         return F.rms_norm(x, (x.size(-1),))
 

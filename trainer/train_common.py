@@ -18,7 +18,7 @@ import numpy as np
 
 from p2pgolf.trainer.memory import DEFAULT_MEMORY_FRACTION, choose_grad_accum, machine_memory_bytes
 
-__all__ = ["BatchPlan", "StepReport", "TokenSource", "TrainResult", "plan_batch", "swa_collects"]
+__all__ = ["BatchPlan", "StepReport", "TokenSource", "TrainResult", "looping_at", "plan_batch", "swa_collects"]
 
 
 class TokenSource(Protocol):
@@ -113,3 +113,9 @@ def swa_collects(config: Mapping[str, Any], steps_done: int, lr_mult: float) -> 
     `swa_start_lr_scale`. The final weights are the snapshots' mean when there are two or more."""
     every = config["swa_every"]
     return every > 0 and lr_mult < config["swa_start_lr_scale"] and steps_done % every == 0
+
+
+def looping_at(config: Mapping[str, Any], elapsed_s: float, budget_s: float) -> bool:
+    """Whether a step `elapsed_s` seconds into a `budget_s` run trains with the looped middle
+    segment (`num_loops`): from `loop_from_frac` of the budget on (from the first step at 0)."""
+    return bool(config["num_loops"]) and elapsed_s >= config["loop_from_frac"] * budget_s

@@ -38,7 +38,7 @@ from p2pgolf.trainer.optim_mlx import MixedOptimizer
 from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
 from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
-from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, plan_batch, swa_collects
+from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, looping_at, plan_batch, swa_collects
 
 __all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
 
@@ -105,15 +105,21 @@ def train(
         f"micro_batch:{plan.seqs_per_micro}x{plan.seq_len} step_tokens:{step_tokens} plan:{plan.note}"
     )
 
-    def loss_of(tree: dict, x: mx.array, y: mx.array) -> mx.array:
-        model.update(tree)  # the model is only the function; `params` below holds the weights
-        return model.loss(x, y)
-
-    value_and_grad = mx.value_and_grad(loss_of)
     if compile_step is None:
         compile_step = dev == "gpu"  # on the CPU, compiling (a C++ build per graph) costs more than it saves
-    if compile_step:
-        value_and_grad = mx.compile(value_and_grad)
+
+    def gradient_for(looping: bool) -> Callable:
+        # One function per depth: a compiled graph fixes which blocks run.
+        def loss_of(tree: dict, x: mx.array, y: mx.array) -> mx.array:
+            model.update(tree)  # the model is only the function; `params` below holds the weights
+            model.looping = looping
+            return model.loss(x, y)
+
+        grad = mx.value_and_grad(loss_of)
+        return mx.compile(grad) if compile_step else grad
+
+    gradients = {looping: gradient_for(looping) for looping in {False, bool(config["num_loops"])}}
+    looping_now = looping_at(config, 0.0, budget_s)
     params = dict(tree_flatten(model.parameters()))
 
     def micro_batches(tokens: TokenSource):
@@ -131,6 +137,7 @@ def train(
         total = mx.zeros((), dtype=mx.float32)
         summed: dict[str, mx.array] | None = None
         done = 0
+        value_and_grad = gradients[looping_now]
         for x, y in micro_batches(tokens):
             loss, grads = value_and_grad(tree, x, y)
             flat = dict(tree_flatten(grads))
@@ -151,7 +158,7 @@ def train(
     if compile_step:
         started = time.perf_counter()
         x, y = next(micro_batches(train_stream()))
-        mx.eval(value_and_grad(tree_unflatten(list(params.items())), x, y))  # compile and run once; nothing is applied
+        mx.eval(gradients[looping_now](tree_unflatten(list(params.items())), x, y))  # compile and run once; nothing is applied
         log(f"primed compiled gradient in {time.perf_counter() - started:.1f}s (1 batch, not trained on)")
 
     tokens = train_stream()
@@ -193,6 +200,9 @@ def train(
             break
         watch = step == 0 or elapsed + expected > budget_s or expected >= report_every_s
         lr_mult = schedule.lr(step, elapsed)
+        if not looping_now and looping_at(config, elapsed, budget_s):
+            looping_now = True
+            log(f"looping: layers {config['loop_start']}-{config['loop_end']} run {config['num_loops'] + 1} times from step {step}")
         mean, done = one_step(tokens, step, lr_mult, keep_going if watch else None)
         value = float(mean.item())
         losses.append(value)
@@ -215,6 +225,7 @@ def train(
     elapsed = time.perf_counter() - started
     cpu_share = cpu.stop()
     final = optimiser.ema if optimiser.ema is not None else params
+    model.looping = bool(config["num_loops"])  # evaluation runs the looped depth
     if swa is not None and swa_count > 1:  # one snapshot would only be an older model
         final = {k: v / swa_count for k, v in swa.items()}
         log(f"swa: final weights are the mean of {swa_count} snapshots")

@@ -48,7 +48,7 @@ from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
 from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
 # Result types and the batch plan are shared with the MLX backend.
-from p2pgolf.trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult, swa_collects
+from p2pgolf.trainer.train_common import BatchPlan, StepReport, TokenSource, TrainResult, looping_at, swa_collects
 from p2pgolf.trainer.train_common import plan_batch as shared_plan_batch
 
 __all__ = ["TokenSource", "TrainResult", "StepReport", "train", "plan_batch", "resolve_device", "state_to_numpy", "load_numpy_state"]
@@ -207,6 +207,7 @@ def train(
                     ema[name].lerp_(p.detach().float(), 1.0 - decay)
         return total / done, done
 
+    model.looping = looping_at(config, 0.0, budget_s)
     if compile_model:
         try:
             _prime(model, optimisers, one_step, log)
@@ -269,6 +270,9 @@ def train(
             break
         watch = not distributed and (step == 0 or elapsed + expected > budget_s or expected >= report_every_s)
         lr_mult = schedule.lr(step, elapsed)
+        if not model.looping and looping_at(config, elapsed, budget_s):
+            model.looping = True  # a compiled runner recompiles once for the deeper graph
+            log(f"looping: layers {config['loop_start']}-{config['loop_end']} run {config['num_loops'] + 1} times from step {step}")
         loss, done = one_step(step, lr_mult, keep_going if watch else None)
         losses.append(loss)
         step += 1
@@ -309,6 +313,7 @@ def train(
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(ema[name].to(p.dtype))
+    model.looping = bool(config["num_loops"])  # evaluation runs the looped depth
     if swa is not None and swa_count > 1:  # one snapshot would only be an older model
         with torch.no_grad():
             for name, p in model.named_parameters():

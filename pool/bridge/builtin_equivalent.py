@@ -5,7 +5,7 @@ values; our knob vocabulary names the baseline's settings as that script does
 (NUM_LAYERS -> num_layers). A folder's configuration is called *expressible* when every
 hyperparameter its script reads is either a knob of the same meaning (its lower-case name, or
 `_RENAMED`: `WARMDOWN_ITERS` is `warmdown_steps`, the same wall-clock warm-down over the last N
-steps at the mean step time), or one with no effect on the score (`_NO_EFFECT`: logging,
+steps at the mean step time; the later records' loop start and weight decays have our names), or one with no effect on the score (`_NO_EFFECT`: logging,
 validation cadence, the compile warm-up that is undone),
 and the resulting knobs pass the vocabulary's checks. This judges names and values only: a
 script that changed the model's code without a new hyperparameter would pass, which is why
@@ -28,7 +28,10 @@ _NO_EFFECT = frozenset({
     "ITERATIONS", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY", "VAL_BATCH_SIZE", "WARMUP_STEPS", "RUN_ID",
     "DATA_PATH", "TOKENIZER_PATH", "SEED", "MAX_WALLCLOCK_SECONDS",
 })  # fmt: skip
-_RENAMED = {"WARMDOWN_ITERS": "warmdown_steps"}
+_RENAMED = {
+    "WARMDOWN_ITERS": "warmdown_steps", "ENABLE_LOOPING_AT": "loop_from_frac",
+    "MUON_WD": "muon_weight_decay", "ADAM_WD": "adam_weight_decay", "EMBED_WD": "embed_weight_decay",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
