@@ -171,6 +171,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("fp16_max_numel", int, 0, "matrices with at most this many elements stay fp16; 0: every matrix is quantised", 0, 1 << 20, group="export"),
     Knob("code_container", str, "packed", "integer codes bit-packed densely, or one per byte (compresses better)", choices=("packed", "bytes"), group="export"),
     Knob("byte_shuffle", bool, False, "store float values and scales as byte planes before compression", group="export"),
+    Knob("row_clip", str, "quantile", "where each row is clipped before quantising: its 0.9999984 quantile, the best of five quantiles by squared error (GPTQ-lite), or row_clip_sigmas standard deviations (SDClip)", choices=("quantile", "search", "sdclip"), group="export"),
+    Knob("row_clip_sigmas", float, 12.85, "the sdclip rule's clip in row standard deviations", 0.5, 64.0, group="export"),
     Knob("row_scale_rule", str, "fp16_min", "per-row scales floored at the smallest normal fp16 with codes rounded against the stored fp16 scale, or the reference's rule: floored at 1/qmax, codes rounded against the fp32 scale", choices=("fp16_min", "reference"), group="export"),
 )
 
@@ -242,6 +244,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "mlp_precision": "int5",
         "embed_precision": "int8",
         "fp16_max_numel": 65536,
+        "row_clip": "search",
         "code_container": "bytes",
         "byte_shuffle": True,
         "compressor": "zstd",

@@ -14,8 +14,8 @@ Layout of an artifact file (all integers little-endian):
          "container": "bytes", "shuffle": true    (format 2 only, each only when used)} ...]}
 
 Encodings, chosen by name and shape (`encoding_for`) and the layout (trainer/precision.py):
-- "int": 2-D weight matrices. Each row is clipped at a high quantile of its magnitudes and
-  stored as signed integers in [-(2^(bits-1)-1), 2^(bits-1)-1] with one fp16 scale per row;
+- "int": 2-D weight matrices. Each row is clipped (trainer/row_quantiser.py: a high quantile of
+  its magnitudes by default) and stored as signed integers in [-(2^(bits-1)-1), 2^(bits-1)-1] with one fp16 scale per row;
   the integers are offset to unsigned and either bit-packed (`bits` bits each, row-major) or,
   with "container": "bytes", stored one per byte. The layout may give the embedding and the MLP
   matrices their own bits, or keep them (and matrices up to `fp16_max_numel` elements) in fp16.
@@ -47,6 +47,7 @@ import numpy as np
 
 from p2pgolf.trainer.compression import COMPRESSORS, CompressionError, compress, compressor_for_id, decompress
 from p2pgolf.trainer.precision import Layout
+from p2pgolf.trainer.row_quantiser import quantise_codes
 
 __all__ = [
     "ArtifactError",
@@ -69,10 +70,6 @@ MAGIC = b"P2PGOLF-ARTIFACT\n"
 # Decompressed payloads are refused past this (a peer's few bytes of zeros can claim gigabytes).
 MAX_PAYLOAD_BYTES = 1 << 30
 CONTROL_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
-# Per-row clip: the baseline's quantile of |w| (ignores a handful of outliers per row).
-CLIP_QUANTILE = 0.9999984
-# Smallest normal fp16: scales below it would lose precision in their fp16 storage.
-MIN_SCALE = 2.0**-14
 MAX_HEADER_BYTES = 16 << 20
 
 class ArtifactError(ValueError):
@@ -138,7 +135,7 @@ def export_artifact(
         if layout.byte_shuffle:
             entry["shuffle"] = True
         if encoding == "int":
-            codes, scales = quantise_codes(array, bits, rule=layout.scale_rule)
+            codes, scales = quantise_codes(array, bits, rule=layout.scale_rule, clip=layout.clip, clip_sigmas=layout.clip_sigmas)
             if layout.container == "bytes":
                 entry["container"] = "bytes"
             else:
@@ -196,49 +193,6 @@ def quantise_rows(matrix: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     """Per-row symmetric quantisation: (bit-packed uint8 codes, float16 scale per row)."""
     codes, scales = quantise_codes(matrix, bits)
     return _pack(codes, bits), scales
-
-
-def quantise_codes(matrix: np.ndarray, bits: int, *, rule: str = "fp16_min") -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric quantisation: (one unsigned code per byte, row-major; fp16 scale per row).
-
-    rule "fp16_min": scales floored at the smallest normal fp16, codes rounded against the fp16
-    scale that is stored. rule "reference": the reference train_gpt.py's int8 rule generalised
-    to `bits`: values clipped at the row's quantile, scales floored at 1/qmax, codes rounded
-    against the fp32 scale before it is stored in fp16."""
-    m = np.asarray(matrix, dtype=np.float32)
-    qmax = 2 ** (bits - 1) - 1
-    if rule == "reference":
-        clip32 = _row_quantile_fp32(m, CLIP_QUANTILE)
-        exact = np.maximum(clip32 / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float32)
-        clipped = np.clip(m, -clip32[:, None], clip32[:, None])
-        codes = np.clip(np.rint(clipped / exact[:, None]), -qmax, qmax).astype(np.int16) + qmax
-        return codes.astype(np.uint8).ravel(), exact.astype(np.float16)
-    if rule != "fp16_min":
-        raise ArtifactError(f"row scale rule {rule!r} is not one of fp16_min, reference")
-    clip = np.quantile(np.abs(m), CLIP_QUANTILE, axis=1) if m.size else np.zeros(m.shape[0], np.float32)
-    scales = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
-    s = scales.astype(np.float32)[:, None]
-    codes = np.clip(np.rint(m / s), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
-    return codes.astype(np.uint8).ravel(), scales
-
-
-def _row_quantile_fp32(m: np.ndarray, q: float) -> np.ndarray:
-    """Each row's `q` quantile of |m| in float32 arithmetic, as torch.quantile computes it (the
-    rank q * (n - 1) in float32, then a float32 lerp between its neighbours), so the reference
-    rule's clip values agree bit for bit with the reference's; numpy's own quantile interpolates
-    in float64 and differs in the last bits."""
-    if not m.size:
-        return np.zeros(m.shape[0], np.float32)
-    ordered = np.sort(np.abs(m), axis=1)
-    n = ordered.shape[1]
-    rank = np.float32(q) * np.float32(n - 1)
-    below = int(np.floor(rank))
-    above = min(below + 1, n - 1)
-    weight = np.float32(rank - np.float32(below))
-    lo, hi = ordered[:, below], ordered[:, above]
-    if weight < 0.5:
-        return lo + weight * (hi - lo)
-    return hi - (hi - lo) * (np.float32(1.0) - weight)
 
 
 def dequantise_rows(packed: np.ndarray, scales: np.ndarray, shape: tuple[int, int], bits: int, *, container: str = "packed") -> np.ndarray:

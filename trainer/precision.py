@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from p2pgolf.trainer.row_quantiser import CLIP_RULES, SCALE_RULES
+
 __all__ = ["Layout", "PRECISIONS", "CONTAINERS", "SCALE_RULES", "EMBEDDING_NAMES", "is_mlp_matrix"]
 
 # "same": follow quant_bits; "intN": N-bit integer codes; "fp16": no quantisation.
 PRECISIONS = ("same", "int8", "int6", "int5", "int4", "fp16")
 CONTAINERS = ("packed", "bytes")
-SCALE_RULES = ("fp16_min", "reference")
 EMBEDDING_NAMES = ("tok_emb.weight", "lm_head.weight")
 _MLP_PARTS = (".mlp.fc.weight", ".mlp.gate.weight", ".mlp.proj.weight")
 
@@ -44,9 +45,11 @@ class Layout:
     # the fp32 scale); "fp16_min": floored at the smallest normal fp16, rounded against the
     # fp16 scale that is stored.
     scale_rule: str = "fp16_min"
+    clip: str = "quantile"  # where each row is clipped (trainer/row_quantiser.py)
+    clip_sigmas: float = 12.85  # the "sdclip" rule's clip, in row standard deviations
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (("embed_precision", self.embed_precision, PRECISIONS), ("mlp_precision", self.mlp_precision, PRECISIONS), ("container", self.container, CONTAINERS), ("scale_rule", self.scale_rule, SCALE_RULES)):
+        for field, value, allowed in (("embed_precision", self.embed_precision, PRECISIONS), ("mlp_precision", self.mlp_precision, PRECISIONS), ("container", self.container, CONTAINERS), ("scale_rule", self.scale_rule, SCALE_RULES), ("clip", self.clip, CLIP_RULES)):
             if value not in allowed:
                 raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}")
         if self.fp16_max_numel < 0:
@@ -55,7 +58,7 @@ class Layout:
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> "Layout":
         """The layout a full knob config asks for."""
-        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"], knobs["row_scale_rule"])
+        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"], knobs["row_scale_rule"], knobs["row_clip"], knobs["row_clip_sigmas"])
 
     @property
     def is_legacy(self) -> bool:

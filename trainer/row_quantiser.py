@@ -1,0 +1,96 @@
+"""Per-row symmetric quantisation of a weight matrix: where each row is clipped, how its scale is
+floored, and against which scale its codes are rounded. Backend-free (numpy), so torch and MLX
+models export the same codes.
+
+Clip rules (`row_clip`), each giving one clip value per row; values beyond it saturate:
+- "quantile": the row's 0.9999984 quantile of |w| (the reference's; ignores a few outliers);
+- "search": the best of the 0.999, 0.9995, 0.9999 and 0.99999 quantiles, the default quantile
+  and the row's maximum, chosen per row by the squared error of the dequantised row (the
+  records' "GPTQ-lite" chooses per matrix); never worse than "quantile" on any row;
+- "sdclip": `clip_sigmas` times the row's standard deviation (SDClip; the records pair it with
+  full GPTQ at 10-20 sigmas).
+Scale rules (`row_scale_rule`): "fp16_min" floors scales at the smallest normal fp16 and rounds
+codes against the fp16 scale that is stored; "reference" is train_gpt.py's: floored at 1/qmax,
+codes rounded against the fp32 scale, and its quantile computed in float32 as torch does.
+
+Guarantee: codes lie in [0, 2*qmax] (offset by qmax); with rule "quantile" and "fp16_min" the
+codes and scales are the ones earlier versions wrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CLIP_QUANTILE", "CLIP_RULES", "MIN_SCALE", "SCALE_RULES", "SEARCH_QUANTILES", "quantise_codes", "row_quantile_fp32"]
+
+CLIP_QUANTILE = 0.9999984
+MIN_SCALE = 2.0**-14  # smallest normal fp16: a smaller scale would lose precision in storage
+CLIP_RULES = ("quantile", "search", "sdclip")
+SCALE_RULES = ("fp16_min", "reference")
+SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, CLIP_QUANTILE, 1.0)
+
+
+def quantise_codes(matrix: np.ndarray, bits: int, *, rule: str = "fp16_min", clip: str = "quantile", clip_sigmas: float = 12.85) -> tuple[np.ndarray, np.ndarray]:
+    """(one unsigned code per byte, row-major; fp16 scale per row) of a 2-D matrix."""
+    if rule not in SCALE_RULES:
+        raise ValueError(f"row scale rule {rule!r} is not one of {', '.join(SCALE_RULES)}")
+    if clip not in CLIP_RULES:
+        raise ValueError(f"row clip rule {clip!r} is not one of {', '.join(CLIP_RULES)}")
+    m = np.asarray(matrix, dtype=np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    if clip == "sdclip":
+        std = m.std(axis=1, ddof=1) if m.shape[1] > 1 else np.zeros(m.shape[0], np.float32)
+        return _codes(m, (np.float32(clip_sigmas) * std).astype(np.float32), qmax, rule)
+    if clip == "quantile":
+        return _codes(m, _quantile(m, CLIP_QUANTILE, rule), qmax, rule)
+    best_codes, best_scales, best_err = None, None, None
+    for q in SEARCH_QUANTILES:
+        codes, scales = _codes(m, _quantile(m, q, rule), qmax, rule)
+        recon = (codes.reshape(m.shape).astype(np.float32) - qmax) * scales.astype(np.float32)[:, None]
+        err = np.square(m - recon).mean(axis=1)
+        if best_err is None:
+            best_codes, best_scales, best_err = codes.reshape(m.shape), scales, err
+            continue
+        better = err < best_err
+        best_codes[better], best_scales[better], best_err[better] = codes.reshape(m.shape)[better], scales[better], err[better]
+    return best_codes.ravel(), best_scales
+
+
+def _quantile(m: np.ndarray, q: float, rule: str) -> np.ndarray:
+    if not m.size:
+        return np.zeros(m.shape[0], np.float32)
+    if q >= 1.0:
+        return np.abs(m).max(axis=1)
+    return row_quantile_fp32(m, q) if rule == "reference" else np.quantile(np.abs(m), q, axis=1)
+
+
+def _codes(m: np.ndarray, clip: np.ndarray, qmax: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    if rule == "reference":
+        clip32 = clip.astype(np.float32)
+        exact = np.maximum(clip32 / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float32)
+        clipped = np.clip(m, -clip32[:, None], clip32[:, None])
+        codes = np.clip(np.rint(clipped / exact[:, None]), -qmax, qmax).astype(np.int16) + qmax
+        return codes.astype(np.uint8).ravel(), exact.astype(np.float16)
+    scales = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
+    s = scales.astype(np.float32)[:, None]
+    codes = np.clip(np.rint(m / s), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
+    return codes.astype(np.uint8).ravel(), scales
+
+
+def row_quantile_fp32(m: np.ndarray, q: float) -> np.ndarray:
+    """Each row's `q` quantile of |m| in float32 arithmetic, as torch.quantile computes it (the
+    rank q * (n - 1) in float32, then a float32 lerp between its neighbours), so the reference
+    rule's clip values agree bit for bit with the reference's; numpy's own quantile interpolates
+    in float64 and differs in the last bits."""
+    if not m.size:
+        return np.zeros(m.shape[0], np.float32)
+    ordered = np.sort(np.abs(m), axis=1)
+    n = ordered.shape[1]
+    rank = np.float32(q) * np.float32(n - 1)
+    below = int(np.floor(rank))
+    above = min(below + 1, n - 1)
+    weight = np.float32(rank - np.float32(below))
+    lo, hi = ordered[:, below], ordered[:, above]
+    if weight < 0.5:
+        return lo + weight * (hi - lo)
+    return hi - (hi - lo) * (np.float32(1.0) - weight)
