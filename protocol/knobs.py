@@ -164,6 +164,8 @@ _KNOBS: tuple[Knob, ...] = (
     # evaluation and export
     Knob("eval_seq_len", int, 0, "evaluation context length; 0 means train_seq_len", 0, 65536, group="eval"),
     Knob("eval_stride", int, 0, "sliding-window stride at evaluation; 0 means non-overlapping windows", 0, 65536, group="eval"),
+    Knob("qat", str, "off", "quantisation-aware training of the block matrices at their export bits (straight-through): off, from the first step, or late", choices=("off", "full", "late"), group="export"),
+    Knob("qat_from_lr_scale", float, 0.15, "late QAT switches on once the LR multiplier falls below this", 0.0, 1.0, group="export"),
     Knob("quant_bits", int, 8, "bits per weight of 2-D matrices in the artifact", 2, 8, group="export"),
     Knob("compressor", str, "zlib", "artifact compressor (zstd level 22, brotli quality 11)", choices=("zlib", "lzma", "zstd", "brotli"), group="export"),
     Knob("embed_precision", str, "same", "storage of the embedding (and untied head): same as quant_bits, N-bit codes, or fp16", choices=("same", "int8", "int6", "int5", "int4", "fp16"), group="export"),
@@ -212,7 +214,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay,
     # high momentum, row-normalised updates and Polar Express coefficients, AdamW decay on the
     # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation; layers
-    # 4-5 looped once more from 35% of the budget.
+    # 4-5 looped once more from 35% of the budget; late QAT, and rows clipped by search.
     "frontier": {
         **DEFAULTS,
         "num_layers": 10,
@@ -241,6 +243,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "grad_clip_norm": 0.3,
         "eval_stride": 64,
         "quant_bits": 6,
+        "qat": "late",
         "mlp_precision": "int5",
         "embed_precision": "int8",
         "fp16_max_numel": 65536,
@@ -381,7 +384,7 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 THROUGHPUT_KNOBS = (
     "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
     "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
-    "grad_accum_steps", "ema_decay", "num_loops", "loop_start", "loop_end", "loop_from_frac",
+    "grad_accum_steps", "ema_decay", "qat", "num_loops", "loop_start", "loop_end", "loop_from_frac",
 )  # fmt: skip
 
 

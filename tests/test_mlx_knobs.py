@@ -90,6 +90,10 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "eval_seq_len": ({}, 32, "evaluation"),
     "eval_stride": ({}, 4, "evaluation"),
     "quant_bits": ({}, 4, "artifact"),
+    "qat": ({"quant_bits": 4}, "full", "weights"),
+    # a warm-down over the whole budget puts the LR just under 1 from step 1: a threshold of 1
+    # turns late QAT on there, the default 0.15 does not
+    "qat_from_lr_scale": ({"qat": "late", "quant_bits": 4, "warmdown_frac": 1.0}, 1.0, "weights"),
     "compressor": ({}, "lzma", "artifact"),
     "embed_precision": ({}, "fp16", "artifact"),
     "mlp_precision": ({}, "int4", "artifact"),

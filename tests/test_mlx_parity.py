@@ -40,6 +40,7 @@ VARIANTS = {
     "mirror": {"num_layers": 5, "unique_blocks": 2, "recurrence": "mirror"},
     "untied-uncapped": {"tie_embeddings": False, "logit_softcap": 0.0},
     "looped-segment": {"num_layers": 5, "num_loops": 2, "loop_start": 1, "loop_end": 2},
+    "qat": {"qat": "full", "quant_bits": 5, "mlp_precision": "int4"},
 }
 # The optimiser's optional parts on top: accumulation, clipping, weight decay, EMA, untied groups.
 OPTIMISER_EXTRAS = {

@@ -183,10 +183,10 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = dim // num_heads
         kv_dim = num_kv_heads * self.head_dim
-        self.c_q = nn.Linear(dim, dim, bias=False)
-        self.c_k = nn.Linear(dim, kv_dim, bias=False)
-        self.c_v = nn.Linear(dim, kv_dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.c_q = QuantisableLinear(dim, dim)
+        self.c_k = QuantisableLinear(dim, kv_dim)
+        self.c_v = QuantisableLinear(dim, kv_dim)
+        self.proj = QuantisableLinear(dim, dim)
         self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
         # Not a buffer: the model holds parameters only (nothing for DDP to broadcast, nothing
         # in the state dict that another backend would have to match).
@@ -223,6 +223,39 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
 
 
+class QuantisableLinear(nn.Linear):
+    """A bias-free linear layer that can train through a per-row fake quantiser (trainer/qat.py):
+    with `qat_bits` set, the forward pass uses the quantised weight and the gradient passes
+    straight through to the float one. The parameter is still `weight`."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.qat_bits = 0  # 0: off
+        self.qat_floor = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if self.qat_bits:
+            w = w + (fake_quantise(w, self.qat_bits, self.qat_floor) - w).detach()
+        return F.linear(x, w.to(x.dtype))
+
+
+def fake_quantise(w: Tensor, bits: int, floor: float) -> Tensor:
+    """`w` rounded to `bits`-bit codes on per-row scales max(row max / qmax, floor), in float32."""
+    qmax = 2 ** (bits - 1) - 1
+    w32 = w.detach().float()
+    scale = (w32.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(floor)
+    return (torch.clamp(torch.round(w32 / scale), -qmax, qmax) * scale).to(w.dtype)
+
+
+def set_qat(model: nn.Module, bits: dict[str, int], floor_of) -> None:
+    """Train the matrices named in `bits` through the fake quantiser (an empty dict: none)."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantisableLinear):
+            module.qat_bits = bits.get(f"{name}.weight", 0)
+            module.qat_floor = floor_of(module.qat_bits) if module.qat_bits else 0.0
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     # RoPE on the two halves of each head (the baseline's layout, not interleaved pairs).
     half = x.size(-1) // 2
@@ -237,9 +270,9 @@ class MLP(nn.Module):
             raise ValueError(f"unknown activation {activation!r}")
         self.activation = activation
         self.leaky_slope = float(leaky_slope)
-        self.fc = nn.Linear(dim, hidden, bias=False)
-        self.gate = nn.Linear(dim, hidden, bias=False) if activation == "swiglu" else None
-        self.proj = nn.Linear(hidden, dim, bias=False)
+        self.fc = QuantisableLinear(dim, hidden)
+        self.gate = QuantisableLinear(dim, hidden) if activation == "swiglu" else None
+        self.proj = QuantisableLinear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc(x)

@@ -38,6 +38,7 @@ from p2pgolf.trainer.optim_mlx import MixedOptimizer
 from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
 from p2pgolf.trainer.step_budget import BudgetError, step_too_long_message
+from p2pgolf.trainer.qat import qat_bits, qat_on, scale_floor
 from p2pgolf.trainer.train_common import StepReport, TokenSource, TrainResult, looping_at, plan_batch, swa_collects
 
 __all__ = ["train", "select_device", "compute_dtype_for", "model_from_state"]
@@ -108,9 +109,17 @@ def train(
     if compile_step is None:
         compile_step = dev == "gpu"  # on the CPU, compiling (a C++ build per graph) costs more than it saves
 
-    def gradient_for(looping: bool) -> Callable:
-        # One function per depth: a compiled graph fixes which blocks run.
+    quantised_bits = qat_bits(config, {name: tuple(p.shape) for name, p in tree_flatten(model.parameters())})
+
+    def gradient_for(looping: bool, qat: bool) -> Callable:
+        # One function per depth and QAT state: a compiled graph fixes both.
         def loss_of(tree: dict, x: mx.array, y: mx.array) -> mx.array:
+            if qat:  # the quantised weights forward, the gradient straight through (trainer/qat.py)
+                flat = dict(tree_flatten(tree))
+                for name, bits in quantised_bits.items():
+                    w = flat[name]
+                    flat[name] = w + mx.stop_gradient(_fake_quantise(w, bits, scale_floor(config, bits)) - w)
+                tree = tree_unflatten(list(flat.items()))
             model.update(tree)  # the model is only the function; `params` below holds the weights
             model.looping = looping
             return model.loss(x, y)
@@ -118,8 +127,16 @@ def train(
         grad = mx.value_and_grad(loss_of)
         return mx.compile(grad) if compile_step else grad
 
-    gradients = {looping: gradient_for(looping) for looping in {False, bool(config["num_loops"])}}
+    gradients: dict[tuple[bool, bool], Callable] = {}
+
+    def gradient_now() -> Callable:
+        key = (looping_now, qat_now)
+        if key not in gradients:
+            gradients[key] = gradient_for(*key)
+        return gradients[key]
+
     looping_now = looping_at(config, 0.0, budget_s)
+    qat_now = False
     params = dict(tree_flatten(model.parameters()))
 
     def micro_batches(tokens: TokenSource):
@@ -137,7 +154,7 @@ def train(
         total = mx.zeros((), dtype=mx.float32)
         summed: dict[str, mx.array] | None = None
         done = 0
-        value_and_grad = gradients[looping_now]
+        value_and_grad = gradient_now()
         for x, y in micro_batches(tokens):
             loss, grads = value_and_grad(tree, x, y)
             flat = dict(tree_flatten(grads))
@@ -158,7 +175,7 @@ def train(
     if compile_step:
         started = time.perf_counter()
         x, y = next(micro_batches(train_stream()))
-        mx.eval(gradients[looping_now](tree_unflatten(list(params.items())), x, y))  # compile and run once; nothing is applied
+        mx.eval(gradient_now()(tree_unflatten(list(params.items())), x, y))  # compile and run once; nothing is applied
         log(f"primed compiled gradient in {time.perf_counter() - started:.1f}s (1 batch, not trained on)")
 
     tokens = train_stream()
@@ -200,6 +217,9 @@ def train(
             break
         watch = step == 0 or elapsed + expected > budget_s or expected >= report_every_s
         lr_mult = schedule.lr(step, elapsed)
+        if quantised_bits and qat_on(config, step, lr_mult) != qat_now:
+            qat_now = not qat_now
+            log(f"qat: {'on' if qat_now else 'off'} at step {step} (lr_scale {lr_mult:.3f}) for {len(quantised_bits)} matrices")
         if not looping_now and looping_at(config, elapsed, budget_s):
             looping_now = True
             log(f"looping: layers {config['loop_start']}-{config['loop_end']} run {config['num_loops'] + 1} times from step {step}")
@@ -245,3 +265,12 @@ def train(
         extra={"peak_memory_mib": mx.get_peak_memory() // (1 << 20), "device": dev, "plan": plan.note, "cpu_share": cpu_share, "micro_batches": micros_total},
     )
 
+
+
+def _fake_quantise(w: mx.array, bits: int, floor: float) -> mx.array:
+    """`w` rounded to `bits`-bit codes on per-row scales max(row max / qmax, floor), in float32
+    (model_torch.fake_quantise's rule)."""
+    qmax = 2 ** (bits - 1) - 1
+    w32 = w.astype(mx.float32)
+    scale = mx.maximum(mx.max(mx.abs(w32), axis=1, keepdims=True) / qmax, floor)
+    return (mx.clip(mx.round(w32 / scale), -qmax, qmax) * scale).astype(w.dtype)

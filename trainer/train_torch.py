@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from p2pgolf.trainer.model_spec import parameter_role, role_lr, role_weight_decay
-from p2pgolf.trainer.model_torch import GPT, build_model
+from p2pgolf.trainer.model_torch import GPT, build_model, set_qat
+from p2pgolf.trainer.qat import qat_bits, qat_on, scale_floor
 from p2pgolf.trainer.muon_torch import Muon
 from p2pgolf.trainer.cpu_share import CpuShareMeter
 from p2pgolf.trainer.schedule import Schedule
@@ -222,6 +223,8 @@ def train(
     if config["ema_decay"] > 0:
         ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
 
+    quantised_bits = qat_bits(config, {name: tuple(p.shape) for name, p in model.named_parameters()})
+    qat_active = False
     losses: list[torch.Tensor] = []
     swa: dict[str, torch.Tensor] | None = None  # the sum of the SWA snapshots so far
     swa_count = 0
@@ -270,6 +273,10 @@ def train(
             break
         watch = not distributed and (step == 0 or elapsed + expected > budget_s or expected >= report_every_s)
         lr_mult = schedule.lr(step, elapsed)
+        if quantised_bits and qat_on(config, step, lr_mult) != qat_active:
+            qat_active = not qat_active  # a compiled runner recompiles once for it
+            set_qat(model, quantised_bits if qat_active else {}, lambda bits: scale_floor(config, bits))
+            log(f"qat: {'on' if qat_active else 'off'} at step {step} (lr_scale {lr_mult:.3f}) for {len(quantised_bits)} matrices")
         if not model.looping and looping_at(config, elapsed, budget_s):
             model.looping = True  # a compiled runner recompiles once for the deeper graph
             log(f"looping: layers {config['loop_start']}-{config['loop_end']} run {config['num_loops'] + 1} times from step {step}")
@@ -314,6 +321,7 @@ def train(
             for name, p in model.named_parameters():
                 p.copy_(ema[name].to(p.dtype))
     model.looping = bool(config["num_loops"])  # evaluation runs the looped depth
+    set_qat(model, {}, lambda bits: 0.0)  # evaluation reads the exported artifact's own codes
     if swa is not None and swa_count > 1:  # one snapshot would only be an older model
         with torch.no_grad():
             for name, p in model.named_parameters():
