@@ -120,6 +120,13 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("logit_softcap", float, 30.0, "tanh soft cap on logits; 0 disables it", 0.0, 1000.0),
     Knob("qk_gain_init", float, 1.5, "initial per-head gain on normalised queries", 0.01, 100.0, log_scale=True),
     Knob("tied_embed_init_std", float, 0.005, "init std of the tied embedding", 1e-5, 1.0, log_scale=True),
+    Knob("xsa_last_n", int, 0, "exclusive self-attention (each output minus its component along its own value) in the blocks of the last N layers", 0, 64),
+    Knob("rope_dims", int, 0, "head dims that RoPE rotates (partial RoPE; even); 0: all", 0, 1024),
+    Knob("ln_scale", bool, False, "scale block b's normalised inputs by 1/sqrt(b+1)"),
+    Knob("smear_gate", bool, False, "SmearGate: each position mixes in a learned share of the previous position's embedding"),
+    Knob("skip_gates", bool, False, "sigmoid gates between each U-Net skip and the stream"),
+    Knob("bigram_buckets", int, 0, "BigramHash embedding rows (hashed previous/current token pairs); 0: none", 0, 1 << 20),
+    Knob("bigram_dim", int, 128, "width of the BigramHash embedding (projected to model_dim)", 1, 4096),
     Knob("activation", str, "relu2", "MLP activation", choices=("relu2", "leaky_relu2", "swiglu")),
     Knob("leaky_slope", float, 0.5, "negative slope of leaky_relu2", 0.0, 1.0),
     # depth recurrence
@@ -214,10 +221,18 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay,
     # high momentum, row-normalised updates and Polar Express coefficients, AdamW decay on the
     # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation; layers
-    # 4-5 looped once more from 35% of the budget; late QAT, and rows clipped by search.
+    # 4-5 looped once more from 35% of the budget; late QAT, and rows clipped by search. XSA on
+    # the last 4 layers, RoPE on 16 of 64 head dims, LN scale, SmearGate, a 2048-row BigramHash,
+    # gated skips.
     "frontier": {
         **DEFAULTS,
         "num_layers": 10,
+        "xsa_last_n": 4,
+        "rope_dims": 16,
+        "ln_scale": True,
+        "smear_gate": True,
+        "skip_gates": True,
+        "bigram_buckets": 2048,
         "num_loops": 1,
         "loop_start": 4,
         "loop_end": 5,
@@ -344,6 +359,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     layers, unique = config["num_layers"], config["unique_blocks"]
     if unique > layers:
         raise ProtocolError(f"unique_blocks={unique} cannot exceed num_layers={layers}")
+    rope_dims = config["rope_dims"]
+    if rope_dims and (rope_dims % 2 or rope_dims > dim // heads):
+        raise ProtocolError(f"rope_dims={rope_dims} must be even and at most the head dimension {dim // heads}")
     if config["num_loops"] and not config["loop_start"] <= config["loop_end"] < layers:
         raise ProtocolError(f"the looped segment loop_start={config['loop_start']}..loop_end={config['loop_end']} must lie within the num_layers={layers} layers, start <= end")
     if config["train_batch_tokens"] < config["train_seq_len"]:
@@ -375,7 +393,11 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     block = dim * dim * 2 + dim * kv_dim * 2 + mlp_mats * dim * hidden
     blocks = config["unique_blocks"] or config["num_layers"]
     embed = config["vocab_size"] * dim * (1 if config["tie_embeddings"] else 2)
-    return blocks * block + embed
+    bigram = 0
+    if config["bigram_buckets"]:
+        width = config["bigram_dim"]
+        bigram = config["bigram_buckets"] * width + (dim * width if width != dim else 0)
+    return blocks * block + embed + bigram
 
 
 # The knobs that set how fast a config trains (tokens per second on given hardware): the model's
@@ -384,7 +406,7 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 THROUGHPUT_KNOBS = (
     "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
     "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
-    "grad_accum_steps", "ema_decay", "qat", "num_loops", "loop_start", "loop_end", "loop_from_frac",
+    "grad_accum_steps", "ema_decay", "qat", "xsa_last_n", "smear_gate", "skip_gates", "bigram_buckets", "bigram_dim", "num_loops", "loop_start", "loop_end", "loop_from_frac",
 )  # fmt: skip
 
 

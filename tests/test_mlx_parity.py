@@ -41,6 +41,9 @@ VARIANTS = {
     "untied-uncapped": {"tie_embeddings": False, "logit_softcap": 0.0},
     "looped-segment": {"num_layers": 5, "num_loops": 2, "loop_start": 1, "loop_end": 2},
     "qat": {"qat": "full", "quant_bits": 5, "mlp_precision": "int4"},
+    "record-structure": {"xsa_last_n": 1, "rope_dims": 4, "ln_scale": True, "smear_gate": True, "skip_gates": True,
+                         "bigram_buckets": 64, "bigram_dim": 16},
+    "bigram-unprojected": {"bigram_buckets": 32, "bigram_dim": 32},
 }
 # The optimiser's optional parts on top: accumulation, clipping, weight decay, EMA, untied groups.
 OPTIMISER_EXTRAS = {

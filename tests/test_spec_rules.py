@@ -50,7 +50,9 @@ def spec_parameters(c) -> int:
     h = c["mlp_hidden"] if c["mlp_hidden"] > 0 else max(1, round(c["mlp_mult"] * c["model_dim"]))  # Python rounds half to even
     mats = 3 if c["activation"] == "swiglu" else 2
     blocks = c["unique_blocks"] if c["unique_blocks"] > 0 else c["num_layers"]
-    return blocks * (2 * d * d + 2 * d * kv + mats * d * h) + vocab * d * (1 if c["tie_embeddings"] else 2)
+    b, w = c["bigram_buckets"], c["bigram_dim"]
+    bigram = 0 if b == 0 else b * w + (d * w if w != d else 0)
+    return blocks * (2 * d * d + 2 * d * kv + mats * d * h) + vocab * d * (1 if c["tie_embeddings"] else 2) + bigram
 
 
 def test_the_parameter_formula_gives_the_listed_counts_and_the_codes():

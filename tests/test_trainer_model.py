@@ -8,7 +8,7 @@ import torch
 
 from p2pgolf.protocol import knobs
 from p2pgolf.trainer.artifact import load_artifact, export_artifact, export_options
-from p2pgolf.trainer.model_torch import build_model
+from p2pgolf.trainer.model_torch import _rotate, build_model
 from p2pgolf.trainer.model_spec import ModelSpec, block_schedule
 from p2pgolf.trainer.train_common import looping_at
 from p2pgolf.protocol.errors import ProtocolError
@@ -160,3 +160,69 @@ def test_every_activation_and_recurrence_variant_trains_and_exports(fineweb, act
     x = torch.from_numpy(fineweb.val_tokens[:65].astype(np.int64))
     loss = model(x[None, :-1], x[None, 1:])
     assert torch.isfinite(loss) and loss.item() < first
+
+
+STRUCTURE = {"xsa_last_n": 1, "rope_dims": 16, "ln_scale": True, "smear_gate": True, "skip_gates": True, "bigram_buckets": 64, "bigram_dim": 32}
+
+
+def test_the_records_structure_knobs_keep_the_model_causal_and_train_and_export(fineweb):
+    torch.manual_seed(0)
+    model = build_model(knobs.resolve("cpu-small", {"num_layers": 2, **STRUCTURE}))
+    for p in model.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    x = torch.randint(0, 1024, (1, 32))
+    y = torch.randint(0, 1024, (1, 32))
+    x2 = x.clone()
+    x2[0, 20:] = (x2[0, 20:] + 7) % 1024
+    a, b = model.per_token_loss(x, y), model.per_token_loss(x2, y)
+    # the smear and bigram paths read the previous token only: position 19 is still unchanged
+    assert torch.allclose(a[0, :20], b[0, :20], atol=1e-6) and not torch.allclose(a[0, 20:], b[0, 20:])
+    config = tiny_config(**STRUCTURE | {"rope_dims": 4, "bigram_dim": 8})
+    result = train(config, fineweb.train_stream, budget_s=60.0, seed=1, max_steps=12)
+    assert np.mean(result.losses[-2:]) < np.mean(result.losses[:2]) - 0.3
+    assert float(np.abs(result.state["bigram.embed.weight"]).max()) > 0  # the table learns from zero
+    loaded = load_artifact(export_artifact(result.state, config, **export_options(config)))
+    load_numpy_state(build_model(loaded.config), loaded.state)
+
+
+def test_exclusive_self_attention_output_is_orthogonal_to_its_own_value():
+    from p2pgolf.trainer.model_torch import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, 2, 10000.0, 1.5, xsa=True)
+    with torch.no_grad():
+        attn.proj.weight.copy_(torch.eye(32))  # read the heads' outputs directly
+    x = torch.randn(2, 10, 32)
+    y = attn(x).view(2, 10, 4, 8)
+    v = attn.c_v(x).view(2, 10, 2, 8).repeat_interleave(2, dim=2)  # query head h reads kv head h // 2
+    assert float((y * v).sum(-1).abs().max()) < 1e-4
+    attn.xsa = False
+    assert float((attn(x).view(2, 10, 4, 8) * v).sum(-1).abs().max()) > 1e-2
+
+
+def test_partial_rope_rotates_only_the_first_dims_and_ln_scale_shrinks_later_blocks():
+    from p2pgolf.trainer.model_torch import Attention
+
+    attn = Attention(32, 2, 2, 10000.0, 1.5, rope_dims=4)
+    cos, sin = attn._rope(6, torch.device("cpu"))
+    assert cos.shape[-1] == 2
+    q = torch.randn(1, 2, 6, 16)
+    rotated = _rotate(q, cos, sin)
+    assert torch.equal(rotated[..., 4:], q[..., 4:]) and not torch.allclose(rotated[..., :4], q[..., :4])
+    spec = ModelSpec.from_config(knobs.resolve("cpu-small", {"ln_scale": True}))
+    assert [round(spec.ln_factor(b), 4) for b in range(4)] == [1.0, 0.7071, 0.5774, 0.5]
+    assert build_model(knobs.resolve("cpu-small", {"ln_scale": True})).blocks[3].ln_factor == pytest.approx(0.5)
+
+
+def test_bigram_buckets_hash_previous_and_current_token_and_xsa_picks_the_last_layers_blocks():
+    from p2pgolf.trainer.model_torch import BigramHash
+
+    bigram = BigramHash(101, 8, 8)
+    with torch.no_grad():
+        bigram.embed.weight.copy_(torch.arange(101, dtype=torch.float32)[:, None].expand(101, 8))
+        bigram.scale.fill_(1.0)
+    ids = torch.tensor([[5, 9, 9, 1000]])
+    buckets = bigram(ids)[0, :, 0].long().tolist()
+    assert buckets == [100, (36313 * 9 ^ 27191 * 5) % 100, (36313 * 9 ^ 27191 * 9) % 100, (36313 * 1000 ^ 27191 * 9) % 100]
+    spec = ModelSpec.from_config(knobs.resolve("cpu-small", {"num_layers": 6, "unique_blocks": 3, "xsa_last_n": 2}))
+    assert spec.schedule == (0, 1, 2, 0, 1, 2) and spec.xsa_blocks == {1, 2}

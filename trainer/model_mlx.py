@@ -8,7 +8,8 @@ What it guarantees:
   tests/test_mlx_parity.py).
 - Every model knob is honoured: activation (relu2, leaky_relu2 with leaky_slope, swiglu),
   depth recurrence (unique_blocks, cycle|mirror, via `trainer.model_spec.block_schedule`), tied or
-  untied embeddings, logit soft cap (0 disables), RoPE base, QK gain, embedding init std.
+  untied embeddings, logit soft cap (0 disables), RoPE base, QK gain, embedding init std, the
+  looped segment, XSA, partial RoPE, ln_scale, SmearGate, BigramHash and gated skips.
 - `compute_dtype` (float32 or bfloat16) is the dtype of the residual stream and the matmuls,
   as torch's autocast does on CUDA; parameters stay float32 and logits are float32.
 """
@@ -25,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from p2pgolf.trainer.model_spec import ModelSpec, block_schedule
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, ModelSpec, block_schedule
 
 __all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
 
@@ -74,14 +75,29 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(spec.vocab_size, dim)
         self.tok_emb.weight = mx.random.normal((spec.vocab_size, dim)) * std
         self.skip_weights = mx.ones((num_skips, dim))
-        self.blocks = [Block(spec) for _ in range(max(schedule) + 1)]
+        if spec.skip_gates:
+            self.skip_gates = mx.zeros((num_skips, dim))
+        if spec.smear_gate:
+            self.smear_gate = mx.zeros((dim,))
+        if spec.bigram_buckets:
+            self.bigram = BigramHash(spec.bigram_buckets, spec.bigram_dim, dim)
+        xsa = spec.xsa_blocks
+        self.blocks = [Block(spec, b in xsa, spec.ln_factor(b)) for b in range(max(schedule) + 1)]
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(dim, spec.vocab_size, bias=False)
             self.lm_head.weight = mx.zeros_like(self.lm_head.weight)
 
     def hidden(self, input_ids: mx.array) -> mx.array:
         """Final normalised hidden states [batch, seq, dim] in the compute dtype."""
-        x = _rms(self.tok_emb(input_ids)).astype(self.compute_dtype)
+        x = self.tok_emb(input_ids)
+        if self.spec.bigram_buckets:
+            x = x + self.bigram(input_ids)
+        x = _rms(x).astype(self.compute_dtype)
+        if self.spec.smear_gate:
+            # SmearGate: each position takes a learned share of the previous one's embedding.
+            g = mx.sigmoid(self.smear_gate.astype(x.dtype))
+            previous = mx.concatenate([mx.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+            x = (1 - g) * x + g * previous
         x0 = x
         skips: list[mx.array] = []
         order = self.spec.layer_order(self.looping)
@@ -92,7 +108,12 @@ class GPT(nn.Module):
                 skips.append(x)
                 continue
             if skips:
-                x = x + self.skip_weights[layer - encoders].astype(x.dtype) * skips.pop()
+                i = layer - encoders
+                skip = self.skip_weights[i].astype(x.dtype) * skips.pop()
+                if self.spec.skip_gates:  # a sigmoid gate between the skip and the stream
+                    x = skip + mx.sigmoid(self.skip_gates[i].astype(x.dtype)) * (x - skip)
+                else:
+                    x = x + skip
             x = self.blocks[b](x, x0)
         return _rms(x)
 
@@ -120,11 +141,37 @@ class GPT(nn.Module):
         return self.loss(input_ids, target_ids)
 
 
+class BigramHash(nn.Module):
+    """model_torch.BigramHash: hashed (previous, current) token embeddings; the table starts at
+    zero, the projection at the default init."""
+
+    def __init__(self, buckets: int, bigram_dim: int, dim: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, bigram_dim)
+        self.embed.weight = mx.zeros((buckets, bigram_dim))
+        if bigram_dim != dim:
+            self.proj = nn.Linear(bigram_dim, dim, bias=False)
+        self.scale = mx.full((1,), BIGRAM_SCALE_INIT)
+        self.projected = bigram_dim != dim
+
+    def __call__(self, input_ids: mx.array) -> mx.array:
+        ids = input_ids.astype(mx.int64)
+        a, b = BIGRAM_MULTIPLIERS
+        rest = mx.remainder(mx.bitwise_xor(a * ids[:, 1:], b * ids[:, :-1]), self.buckets - 1)
+        bucket = mx.concatenate([mx.full(ids[:, :1].shape, self.buckets - 1, dtype=mx.int64), rest], axis=1)
+        h = self.embed(bucket)
+        if self.projected:
+            h = h @ self.proj.weight.T
+        return h * self.scale
+
+
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, xsa: bool = False, ln_factor: float = 1.0) -> None:
         super().__init__()
         dim = spec.model_dim
-        self.attn = Attention(spec)
+        self.ln_factor = ln_factor  # 1/sqrt(b+1) on the block's normalised inputs with ln_scale
+        self.attn = Attention(spec, xsa)
         self.mlp = MLP(spec)
         self.attn_scale = mx.ones((dim,))
         self.mlp_scale = mx.ones((dim,))
@@ -133,12 +180,16 @@ class Block(nn.Module):
     def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(_rms(x))
-        return x + self.mlp_scale.astype(x.dtype) * self.mlp(_rms(x))
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self._norm(x))
+        return x + self.mlp_scale.astype(x.dtype) * self.mlp(self._norm(x))
+
+    def _norm(self, x: mx.array) -> mx.array:
+        y = _rms(x)
+        return y if self.ln_factor == 1.0 else y * self.ln_factor
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, xsa: bool = False) -> None:
         super().__init__()
         dim, heads, kv = spec.model_dim, spec.num_heads, spec.num_kv_heads
         if dim % heads or heads % kv or (dim // heads) % 2:
@@ -146,6 +197,8 @@ class Attention(nn.Module):
         self.num_heads = heads
         self.num_kv_heads = kv
         self.head_dim = dim // heads
+        self.rope_dims = spec.rope_dims or self.head_dim  # partial RoPE rotates only the first ones
+        self.xsa = xsa
         self.rope_base = float(spec.rope_base)
         self.c_q = _linear(dim, dim)
         self.c_k = _linear(dim, kv * self.head_dim)
@@ -160,12 +213,19 @@ class Attention(nn.Module):
         q = (x @ self.c_q.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = (x @ self.c_k.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         v = (x @ self.c_v.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        cos, sin = _rope_tables(seq_len, self.head_dim, self.rope_base)
+        cos, sin = _rope_tables(seq_len, self.rope_dims, self.rope_base)
         q = _rotate(_rms(q), cos.astype(dtype), sin.astype(dtype))
         k = _rotate(_rms(k), cos.astype(dtype), sin.astype(dtype))
         q = q * self.q_gain.astype(dtype)[None, :, None, None]
         # Grouped-query attention: query head h reads key/value head h // (heads // kv_heads).
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        if self.xsa:
+            # Exclusive self-attention: drop each output's component along its own value vector.
+            group = self.num_heads // self.num_kv_heads
+            y = y.reshape(bsz, self.num_kv_heads, group, seq_len, self.head_dim)
+            norm = mx.sqrt(mx.sum(mx.square(v), axis=-1, keepdims=True))
+            vn = (v / mx.maximum(norm, 1e-12))[:, :, None]
+            y = (y - mx.sum(y * vn, axis=-1, keepdims=True) * vn).reshape(bsz, self.num_heads, seq_len, self.head_dim)
         y = y.transpose(0, 2, 1, 3).reshape(bsz, seq_len, dim)
         return y @ self.proj.weight.astype(dtype).T
 
@@ -215,7 +275,9 @@ def _rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[mx.array, mx
 
 
 def _rotate(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    # RoPE on the two halves of each head, as the torch model and the baseline do.
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return mx.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+    # RoPE on the two halves of the first 2*len(cos) dims of each head, as the torch model and
+    # the baseline do; with partial RoPE the other dims pass through.
+    half = cos.shape[-1]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rotated = mx.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+    return rotated if x.shape[-1] == 2 * half else mx.concatenate([rotated, x[..., 2 * half :]], axis=-1)

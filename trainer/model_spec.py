@@ -20,10 +20,14 @@ from typing import Any
 
 from p2pgolf.protocol.knobs import mlp_hidden_size
 
-__all__ = ["CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
+__all__ = ["BIGRAM_MULTIPLIERS", "BIGRAM_SCALE_INIT", "CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
 
 # Parameters that are gains and mixes rather than weights: Adam trains them, never Muon.
-CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights")
+CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate")
+# BigramHash: (previous, current) token -> bucket (a*current XOR b*previous) mod (buckets - 1), the
+# first position in bucket buckets - 1, as the records hash; in int64 so any vocabulary is exact.
+BIGRAM_MULTIPLIERS = (36313, 27191)
+BIGRAM_SCALE_INIT = 0.05
 ROLES = ("muon", "embed", "head", "scalar")
 
 
@@ -49,6 +53,10 @@ def parameter_role(name: str, shape: tuple[int, ...]) -> str:
         return "embed"
     if name == "lm_head.weight":
         return "head"
+    if name == "bigram.embed.weight":
+        return "embed"  # an embedding table: Adam at the token LR, as the records train it
+    if name == "bigram.proj.weight":
+        return "muon"
     if name.startswith("blocks.") and len(shape) == 2 and name.rsplit(".", 1)[-1] not in CONTROL_PARAMETER_SUFFIXES:
         return "muon"
     return "scalar"
@@ -101,6 +109,13 @@ class ModelSpec:
     num_loops: int = 0
     loop_start: int = 0
     loop_end: int = 0
+    xsa_last_n: int = 0
+    rope_dims: int = 0
+    ln_scale: bool = False
+    smear_gate: bool = False
+    skip_gates: bool = False
+    bigram_buckets: int = 0
+    bigram_dim: int = 128
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelSpec":
@@ -124,6 +139,13 @@ class ModelSpec:
             num_loops=config["num_loops"],
             loop_start=config["loop_start"],
             loop_end=config["loop_end"],
+            xsa_last_n=config["xsa_last_n"],
+            rope_dims=config["rope_dims"],
+            ln_scale=config["ln_scale"],
+            smear_gate=config["smear_gate"],
+            skip_gates=config["skip_gates"],
+            bigram_buckets=config["bigram_buckets"],
+            bigram_dim=config["bigram_dim"],
         )
 
     @property
@@ -140,6 +162,17 @@ class ModelSpec:
         segment = list(range(self.loop_start, self.loop_end + 1))
         layers = [*range(self.loop_start), *segment * (self.num_loops + 1), *range(self.loop_end + 1, self.num_layers)]
         return tuple(blocks[layer] for layer in layers)
+
+    @property
+    def xsa_blocks(self) -> frozenset[int]:
+        """Blocks that run exclusive self-attention: those of the last `xsa_last_n` layers (a
+        block shared with earlier layers runs it there too)."""
+        schedule = self.schedule
+        return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - self.xsa_last_n), self.num_layers))
+
+    def ln_factor(self, block: int) -> float:
+        """The factor on block `block`'s normalised inputs: 1/sqrt(block + 1) with ln_scale."""
+        return 1.0 / (block + 1) ** 0.5 if self.ln_scale else 1.0
 
     @property
     def num_skips(self) -> int:

@@ -24,79 +24,63 @@ What it guarantees:
       blocks.{b}.mlp.fc.weight          [hidden, dim]
       blocks.{b}.mlp.gate.weight        [hidden, dim]       (only for swiglu)
       blocks.{b}.mlp.proj.weight        [dim, hidden]
+      skip_gates                        [skips, dim]        (only with skip_gates)
+      smear_gate                        [dim]               (only with smear_gate)
+      bigram.embed.weight               [buckets, bigram_dim] (only with bigram_buckets)
+      bigram.proj.weight                [dim, bigram_dim]   (only when bigram_dim != dim)
+      bigram.scale                      [1]
 
   `b` counts unique blocks; `block_schedule` says which block each layer runs.
+- The records' structure knobs: XSA on the blocks of the last `xsa_last_n` layers, partial
+  RoPE (`rope_dims`), 1/sqrt(b+1) on block b's normalised inputs (`ln_scale`), SmearGate,
+  BigramHash embeddings, sigmoid-gated skips; a looped middle segment (`num_loops`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from p2pgolf.trainer.model_spec import CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with the MLX backend
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with MLX
 
 __all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
 
 
 def build_model(config: Mapping[str, Any]) -> "GPT":
     """A freshly initialised GPT for a resolved knob config (protocol.knobs.resolve)."""
-    return GPT(**asdict(ModelSpec.from_config(config)))
+    return GPT(ModelSpec.from_config(config))
 
 
 class GPT(nn.Module):
     """Token ids in, cross-entropy out (mean, or per token with `per_token_loss`)."""
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        num_layers: int,
-        model_dim: int,
-        num_heads: int,
-        num_kv_heads: int,
-        mlp_hidden: int,
-        activation: str = "relu2",
-        leaky_slope: float = 0.5,
-        unique_blocks: int = 0,
-        recurrence: str = "cycle",
-        tie_embeddings: bool = True,
-        tied_embed_init_std: float = 0.005,
-        logit_softcap: float = 30.0,
-        rope_base: float = 10000.0,
-        qk_gain_init: float = 1.5,
-        num_loops: int = 0,
-        loop_start: int = 0,
-        loop_end: int = 0,
-    ) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        spec = ModelSpec(vocab_size=vocab_size, num_layers=num_layers, model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                         mlp_hidden=mlp_hidden, unique_blocks=unique_blocks, recurrence=recurrence,
-                         num_loops=num_loops, loop_start=loop_start, loop_end=loop_end)  # fmt: skip
-        self.tie_embeddings = tie_embeddings
-        self.logit_softcap = float(logit_softcap)
+        dim = spec.model_dim
+        self.tie_embeddings = spec.tie_embeddings
+        self.logit_softcap = float(spec.logit_softcap)
         # dtype of the residual stream; None keeps the parameters' (float32). Set it only while
         # running under autocast to that dtype (training and evaluation on CUDA do).
         self.stream_dtype: torch.dtype | None = None
-        self.schedule = block_schedule(num_layers, unique_blocks, recurrence)
+        self.schedule = block_schedule(spec.num_layers, spec.unique_blocks, spec.recurrence)
         self.orders = {False: spec.layer_order(False), True: spec.layer_order(True)}
         # Which order runs: the looped one from the start (and always at evaluation); training
         # turns it off until loop_from_frac of its budget when that is set.
-        self.looping = bool(num_loops)
-        num_skips = spec.num_skips
+        self.looping = bool(spec.num_loops)
 
-        self.tok_emb = nn.Embedding(vocab_size, model_dim)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, model_dim))
-        self.blocks = nn.ModuleList(
-            Block(model_dim, num_heads, num_kv_heads, mlp_hidden, activation, leaky_slope, rope_base, qk_gain_init)
-            for _ in range(max(self.schedule) + 1)
-        )
-        self.lm_head = None if tie_embeddings else nn.Linear(model_dim, vocab_size, bias=False)
-        self._init_weights(tied_embed_init_std)
+        self.tok_emb = nn.Embedding(spec.vocab_size, dim)
+        self.bigram = BigramHash(spec.bigram_buckets, spec.bigram_dim, dim) if spec.bigram_buckets else None
+        self.smear_gate = nn.Parameter(torch.zeros(dim)) if spec.smear_gate else None
+        self.skip_weights = nn.Parameter(torch.ones(spec.num_skips, dim))
+        self.skip_gates = nn.Parameter(torch.zeros(spec.num_skips, dim)) if spec.skip_gates else None
+        xsa = spec.xsa_blocks
+        self.blocks = nn.ModuleList(Block(spec, b in xsa, spec.ln_factor(b)) for b in range(max(self.schedule) + 1))
+        self.lm_head = None if spec.tie_embeddings else nn.Linear(dim, spec.vocab_size, bias=False)
+        self._init_weights(spec.tied_embed_init_std)
 
     def _init_weights(self, tied_embed_init_std: float) -> None:
         if self.tie_embeddings:
@@ -110,10 +94,17 @@ class GPT(nn.Module):
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final normalised hidden states [batch, seq, dim]."""
-        x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids)
+        x = F.rms_norm(x, (self.tok_emb.embedding_dim,))
         if self.stream_dtype is not None:
             # Under bf16 autocast the residual stream runs in bf16 too, as the baseline's does.
             x = x.to(self.stream_dtype)
+        if self.smear_gate is not None:
+            # SmearGate: each position takes a learned share of the previous one's embedding.
+            g = torch.sigmoid(self.smear_gate.to(x.dtype))
+            x = (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
         x0 = x
         skips: list[Tensor] = []
         order = self.orders[self.looping]
@@ -124,7 +115,12 @@ class GPT(nn.Module):
                 skips.append(x)
                 continue
             if skips:
-                x = x + self.skip_weights[layer - encoders].to(x.dtype) * skips.pop()
+                i = layer - encoders
+                skip = self.skip_weights[i].to(x.dtype) * skips.pop()
+                if self.skip_gates is None:
+                    x = x + skip
+                else:  # a sigmoid gate between the skip and the stream (0.5 each at init)
+                    x = skip + torch.sigmoid(self.skip_gates[i].to(x.dtype)) * (x - skip)
             x = self.blocks[b](x, x0)
         return F.rms_norm(x, (x.size(-1),))
 
@@ -148,40 +144,62 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
 
 
-class Block(nn.Module):
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        num_kv_heads: int,
-        mlp_hidden: int,
-        activation: str,
-        leaky_slope: float,
-        rope_base: float,
-        qk_gain_init: float,
-    ) -> None:
+class BigramHash(nn.Module):
+    """BigramHash embedding: each position adds a learned vector for (previous, current) token,
+    hashed into `buckets` rows (model_spec.BIGRAM_MULTIPLIERS), scaled by a learned gain. The
+    table starts at zero and the projection at a random init (were both zero, neither would
+    ever get a gradient)."""
+
+    def __init__(self, buckets: int, bigram_dim: int, dim: int) -> None:
         super().__init__()
-        self.attn = Attention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init)
-        self.mlp = MLP(dim, mlp_hidden, activation, leaky_slope)
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, bigram_dim)
+        nn.init.zeros_(self.embed.weight)
+        self.proj = QuantisableLinear(bigram_dim, dim) if bigram_dim != dim else None
+        self.scale = nn.Parameter(torch.full((1,), BIGRAM_SCALE_INIT))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        ids = input_ids.long()
+        bucket = torch.full_like(ids, self.buckets - 1)
+        bucket[:, 1:] = torch.bitwise_xor(BIGRAM_MULTIPLIERS[0] * ids[:, 1:], BIGRAM_MULTIPLIERS[1] * ids[:, :-1]) % (self.buckets - 1)
+        h = self.embed(bucket)
+        if self.proj is not None:
+            h = self.proj(h)
+        return h * self.scale.to(h.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, xsa: bool, ln_factor: float) -> None:
+        super().__init__()
+        dim = spec.model_dim
+        self.attn = Attention(dim, spec.num_heads, spec.num_kv_heads, spec.rope_base, spec.qk_gain_init, spec.rope_dims, xsa)
+        self.mlp = MLP(dim, spec.mlp_hidden, spec.activation, spec.leaky_slope)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+        self.ln_factor = ln_factor  # 1/sqrt(b+1) on the block's normalised inputs with ln_scale
 
     def forward(self, x: Tensor, x0: Tensor) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self._norm(x))
+
+    def _norm(self, x: Tensor) -> Tensor:
+        y = F.rms_norm(x, (x.size(-1),))
+        return y if self.ln_factor == 1.0 else y * self.ln_factor
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float) -> None:
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float, rope_dims: int = 0, xsa: bool = False) -> None:
         super().__init__()
         if dim % num_heads or num_heads % num_kv_heads or (dim // num_heads) % 2:
             raise ValueError(f"bad attention shape: dim={dim} heads={num_heads} kv_heads={num_kv_heads}")
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = dim // num_heads
+        self.rope_dims = rope_dims or self.head_dim  # partial RoPE rotates only the first ones
+        self.xsa = xsa
         kv_dim = num_kv_heads * self.head_dim
         self.c_q = QuantisableLinear(dim, dim)
         self.c_k = QuantisableLinear(dim, kv_dim)
@@ -197,7 +215,8 @@ class Attention(nn.Module):
         cache = self._rope_cache
         if cache is not None and cache[0] == seq_len and cache[1] == device:
             return cache[2], cache[3]
-        inv_freq = 1.0 / (self.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim))
+        rd = self.rope_dims
+        inv_freq = 1.0 / (self.rope_base ** (torch.arange(0, rd, 2, device=device, dtype=torch.float32) / rd))
         t = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
@@ -220,6 +239,12 @@ class Attention(nn.Module):
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         # Query head h reads key/value head h // (num_heads // num_kv_heads).
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        if self.xsa:
+            # Exclusive self-attention: drop each output's component along its own value vector.
+            group = self.num_heads // self.num_kv_heads
+            y = y.view(bsz, self.num_kv_heads, group, seq_len, self.head_dim)
+            vn = F.normalize(v, dim=-1)[:, :, None]
+            y = (y - (y * vn).sum(dim=-1, keepdim=True) * vn).view(bsz, self.num_heads, seq_len, self.head_dim)
         return self.proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
 
 
@@ -257,10 +282,14 @@ def set_qat(model: nn.Module, bits: dict[str, int], floor_of) -> None:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # RoPE on the two halves of each head (the baseline's layout, not interleaved pairs).
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    # RoPE on the two halves of the first 2*len(cos) dims of each head (the baseline's layout,
+    # not interleaved pairs); with partial RoPE the other dims pass through unrotated.
+    rd = 2 * cos.size(-1)
+    rest = x[..., rd:]
+    half = rd // 2
+    x1, x2 = x[..., :half], x[..., half:rd]
+    rotated = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    return rotated if rest.size(-1) == 0 else torch.cat((rotated, rest), dim=-1)
 
 
 class MLP(nn.Module):
