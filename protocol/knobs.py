@@ -171,6 +171,9 @@ _KNOBS: tuple[Knob, ...] = (
     # evaluation and export
     Knob("eval_seq_len", int, 0, "evaluation context length; 0 means train_seq_len", 0, 65536, group="eval"),
     Knob("eval_stride", int, 0, "sliding-window stride at evaluation; 0 means non-overlapping windows", 0, 65536, group="eval"),
+    Knob("ttt_steps", int, 0, "legal test-time training: SGD steps on each chunk of validation text after it is scored; 0: none", 0, 64, group="eval"),
+    Knob("ttt_lr", float, 0.0001, "test-time training learning rate (plain SGD on every weight)", 1e-7, 1.0, log_scale=True, group="eval"),
+    Knob("ttt_chunk_tokens", int, 32768, "scored tokens per test-time training chunk", 256, 1 << 22, log_scale=True, group="eval"),
     Knob("qat", str, "off", "quantisation-aware training of the block matrices at their export bits (straight-through): off, from the first step, or late", choices=("off", "full", "late"), group="export"),
     Knob("qat_from_lr_scale", float, 0.15, "late QAT switches on once the LR multiplier falls below this", 0.0, 1.0, group="export"),
     Knob("quant_bits", int, 8, "bits per weight of 2-D matrices in the artifact", 2, 8, group="export"),

@@ -20,6 +20,7 @@ from p2pgolf.protocol.knobs import KNOBS, resolve  # noqa: E402
 from p2pgolf.trainer import evaluate_mlx, train_mlx  # noqa: E402
 from p2pgolf.trainer.artifact import export_artifact, export_options  # noqa: E402
 from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
+from p2pgolf.trainer.ttt import TTTSettings  # noqa: E402
 
 TINY = {
     "num_layers": 2,
@@ -96,6 +97,10 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "swa_start_lr_scale": ({"warmup_steps": 3, "swa_every": 1}, 0.9, "weights"),
     "eval_seq_len": ({}, 32, "evaluation"),
     "eval_stride": ({}, 4, "evaluation"),
+    # the 512 scored tokens in two chunks: training after the first changes the second's score
+    "ttt_steps": ({"ttt_chunk_tokens": 256}, 2, "evaluation"),
+    "ttt_lr": ({"ttt_steps": 1, "ttt_chunk_tokens": 256}, 0.01, "evaluation"),
+    "ttt_chunk_tokens": ({"ttt_steps": 1, "ttt_lr": 0.01}, 256, "evaluation"),  # two chunks of the 512 scored, not one
     "quant_bits": ({}, 4, "artifact"),
     "qat": ({"quant_bits": 4}, "full", "weights"),
     # a warm-down over the whole budget puts the LR just under 1 from step 1: a threshold of 1
@@ -143,7 +148,8 @@ def _run(diff_items: tuple) -> tuple:
 def _evaluate(config, state):
     model = train_mlx.model_from_state(config, state)
     seq_len = config["eval_seq_len"] or config["train_seq_len"]
-    return evaluate_mlx.evaluate(model, _smoke().val_tokens, _smoke().byte_tables, seq_len=seq_len, stride=config["eval_stride"], token_cap=512)
+    return evaluate_mlx.evaluate(model, _smoke().val_tokens, _smoke().byte_tables, seq_len=seq_len, stride=config["eval_stride"], token_cap=512,
+                                 ttt=TTTSettings.from_config(config))  # fmt: skip
 
 
 def _states_differ(a: dict, b: dict) -> bool:

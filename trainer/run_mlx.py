@@ -44,6 +44,7 @@ def evaluate_state(state, config, data, *, device: str = "cpu", token_cap: int =
     """Evaluate named float32 arrays as an MLX model of `config` on `data` (a BenchData)."""
     from p2pgolf.trainer.evaluate_mlx import evaluate
     from p2pgolf.trainer.train_mlx import model_from_state
+    from p2pgolf.trainer.ttt import TTTSettings
 
     model = model_from_state(config, state, device=device)
     return evaluate(
@@ -55,4 +56,5 @@ def evaluate_state(state, config, data, *, device: str = "cpu", token_cap: int =
         token_cap=token_cap,
         batch_tokens=_EVAL_BATCH_TOKENS.get(device, 16384),
         progress=progress,
+        ttt=TTTSettings.from_config(config),
     )

@@ -71,6 +71,7 @@ def _evaluate_state(state, run: RunConfig, data, device, rank, world, progress, 
 
     from p2pgolf.trainer.evaluate_torch import evaluate
     from p2pgolf.trainer.model_torch import build_model
+    from p2pgolf.trainer.ttt import TTTSettings
     from p2pgolf.trainer.train_torch import load_numpy_state
 
     config = config or run.knobs
@@ -89,6 +90,7 @@ def _evaluate_state(state, run: RunConfig, data, device, rank, world, progress, 
         rank=rank,
         world_size=world,
         progress=progress,
+        ttt=TTTSettings.from_config(config),
     )
     del model
     if device.type == "cuda":
