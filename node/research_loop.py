@@ -421,6 +421,7 @@ class ResearchLoop:
                         eval_token_cap=self.settings.eval_token_cap,
                         timeout_s=timeout_s,
                         progress=self._on_progress,
+                        tokenizer=p.tokenizer,  # a peer's candidate may use another variant
                     )
                 outcome = await self._train(call, entry)
                 data = outcome.result

@@ -131,7 +131,8 @@ def verify_artifact(
     check_artifact(signed, path, bench)
     started = time.perf_counter()
     try:
-        measured = run_reeval(path, bench.name, data_dir=data_dir, backend=backend, device=device, eval_token_cap=eval_token_cap(signed), timeout_s=timeout_s)
+        measured = run_reeval(path, bench.name, data_dir=data_dir, backend=backend, device=device, eval_token_cap=eval_token_cap(signed), timeout_s=timeout_s,
+                              tokenizer=signed.record.tokenizer)  # fmt: skip
     except ReevalError as exc:
         raise VerifyError(str(exc)) from None
     seconds = time.perf_counter() - started

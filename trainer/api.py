@@ -38,6 +38,7 @@ def prepare_run(
     device: str = "auto",
     eval_token_cap: int = 0,
     compile: str = "auto",
+    tokenizer: str | None = None,
 ) -> RunConfig:
     """The checked config of a run (nothing is started). Raises ProtocolError or
     BackendUnavailable with a one-line reason; PlanRefused (a ProtocolError naming the knob)
@@ -59,6 +60,7 @@ def prepare_run(
         eval_token_cap=eval_token_cap,
         compile=compile,
         data_dir=data_dir,
+        tokenizer=tokenizer,
     )
     budget = device_budget(chosen, device)
     if budget is not None:
@@ -82,6 +84,7 @@ def run_experiment(
     progress: Callable[[Progress], None] | None = None,
     timeout_s: float | None = None,
     cancel: threading.Event | None = None,
+    tokenizer: str | None = None,
 ) -> RunOutcome:
     """Train and score base + diff on a benchmark in a child process; write the run directory
     `out_dir` (config.json, log.txt, metrics.json, the artifact, result.json). Setting `cancel`
@@ -97,6 +100,7 @@ def run_experiment(
         device=device,
         eval_token_cap=eval_token_cap,
         compile=compile,
+        tokenizer=tokenizer,
     )
     return launch(run, Path(out_dir), progress=progress, timeout_s=timeout_s, cancel=cancel)
 

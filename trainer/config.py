@@ -91,6 +91,12 @@ class RunConfig:
     compile: str = "auto"  # torch.compile: auto (CUDA only), on (also CPU; minutes, untimed), off
     data_dir: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form notes for the log
+    tokenizer: str = ""  # the candidate's tokenizer variant; "" is the benchmark's own
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer the run trains and is scored with (what its record names)."""
+        return self.tokenizer or self.bench.tokenizer
 
     @property
     def bench(self) -> Benchmark:
@@ -112,6 +118,7 @@ class RunConfig:
             "compile": self.compile,
             "data_dir": self.data_dir,
             "extra": dict(self.extra),
+            "tokenizer": self.tokenizer,
         }
 
     @classmethod
@@ -129,6 +136,7 @@ class RunConfig:
             compile=obj.get("compile", "auto"),
             data_dir=obj["data_dir"],
             extra=obj.get("extra", {}),
+            tokenizer=obj.get("tokenizer") or None,
         )
 
 
@@ -145,8 +153,10 @@ def make_run_config(
     compile: str = "auto",
     data_dir: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    tokenizer: str | None = None,
 ) -> RunConfig:
-    """A checked RunConfig. `budget_s=None` takes the benchmark's own budget."""
+    """A checked RunConfig. `budget_s=None` takes the benchmark's own budget; `tokenizer=None`
+    the benchmark's own tokenizer (else a challenge variant such as sp4096, on parameter-golf)."""
     data_dir = None if data_dir is None else str(data_dir)
     bench = resolve_benchmark(bench_name, data_dir)
     config = knobs.resolve(base, diff)
@@ -172,10 +182,19 @@ def make_run_config(
             "knob grad_accum_steps",
         )
     check_config_cost(config, bench.size_cap, normalised)
+    variant = "" if tokenizer in (None, bench.tokenizer) else tokenizer
     need = benchmark_vocab_size(bench)
+    if variant:
+        from p2pgolf.trainer.datasets import CHALLENGE_VARIANTS
+
+        if bench.task != "parameter-golf" or variant not in CHALLENGE_VARIANTS:
+            known = ", ".join(CHALLENGE_VARIANTS) if bench.task == "parameter-golf" else bench.tokenizer
+            raise ProtocolError(f"tokenizer {variant!r} is not one benchmark {bench.name} has data for; known: {known}")
+        need = CHALLENGE_VARIANTS[variant]
     if need and config["vocab_size"] < need:
         raise ProtocolError(
-            f"vocab_size={config['vocab_size']} is smaller than the {need} token ids of benchmark {bench.name}",
+            f"vocab_size={config['vocab_size']} is smaller than the {need} token ids of benchmark {bench.name}"
+            + (f" in tokenizer {variant}" if variant else ""),
             "knob vocab_size",
         )
     return RunConfig(
@@ -191,4 +210,5 @@ def make_run_config(
         compile=compile,
         data_dir=data_dir,
         extra=dict(extra or {}),
+        tokenizer=variant,
     )

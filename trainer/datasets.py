@@ -28,6 +28,9 @@ from p2pgolf.trainer.shards import ShardError, read_shard
 CHALLENGE_DATASET = "fineweb10B_sp1024"
 CHALLENGE_TOKENIZER = "fineweb_1024_bpe.model"
 CHALLENGE_VOCAB = 1024
+# The challenge's tokenizer variants: the same validation documents, tokenized by SentencePiece
+# BPE models of these sizes (`p2pgolf data fetch --variant` gets them).
+CHALLENGE_VARIANTS = {"sp1024": 1024, "sp4096": 4096, "sp8192": 8192}
 BOS_ID = 1
 CUSTOM_TASK = "custom-text"
 CUSTOM_MANIFEST = "p2pgolf-dataset.json"
@@ -133,15 +136,22 @@ def train_batches(stream: TokenStream, batch_size: int, seq_len: int, *, rank: i
         yield Batch(inputs=span[:-1].reshape(batch_size, seq_len), targets=span[1:].reshape(batch_size, seq_len))
 
 
-def load_benchmark_data(bench: Benchmark, data_dir: str | os.PathLike | None) -> BenchData:
-    """The data of `bench`, checked against it. Raises DataError with the fix if anything is missing."""
+def load_benchmark_data(bench: Benchmark, data_dir: str | os.PathLike | None, tokenizer: str | None = None) -> BenchData:
+    """The data of `bench` under the candidate's `tokenizer` (None: the benchmark's own), checked
+    against it. Raises DataError with the fix if anything is missing or the benchmark has no
+    such tokenizer."""
+    tokenizer = tokenizer or bench.tokenizer
+    if bench.task != "parameter-golf" and tokenizer != bench.tokenizer:
+        raise DataError(f"benchmark {bench.name} has data in its tokenizer {bench.tokenizer} only, not {tokenizer}")
     if bench.task == "smoke-bytes":
         return _smoke_data(bench)
     if data_dir is None:
         raise DataError(f"benchmark {bench.name} needs a data directory (--data-dir)")
     data_dir = Path(data_dir)
     if bench.task == "parameter-golf":
-        return _challenge_data(bench, data_dir)
+        if tokenizer == "sp1024":
+            return _challenge_data(bench, data_dir)
+        return _variant_data(bench, data_dir, tokenizer)
     if bench.task == CUSTOM_TASK:
         return _custom_data(bench, data_dir)
     raise DataError(f"benchmark {bench.name}: no data loader for task {bench.task!r}")
@@ -269,6 +279,31 @@ def _challenge_data(bench: Benchmark, data_dir: Path) -> BenchData:
     if digest != bench.tokenizer_digest:
         raise DataError(f"{tokenizer}: sha256 {digest} is not benchmark {bench.name}'s tokenizer {bench.tokenizer_digest}; {fetch_hint}")
     return _shard_data(bench, tokenizer, val_files, train_files, CHALLENGE_VOCAB)
+
+
+def _variant_data(bench: Benchmark, data_dir: Path, variant: str) -> BenchData:
+    """The challenge's validation documents and training data in another tokenizer variant. No
+    digest is pinned for its tokenizer: it must be a SentencePiece model of the variant's size."""
+    if variant not in CHALLENGE_VARIANTS:
+        raise DataError(f"tokenizer {variant!r} is not a challenge variant; known: {', '.join(CHALLENGE_VARIANTS)}")
+    vocab = CHALLENGE_VARIANTS[variant]
+    fetch_hint = f"run `p2pgolf data fetch --variant {variant} --data-dir {data_dir}`"
+    shard_dir = data_dir / "datasets" / f"fineweb10B_{variant}"
+    tokenizer = data_dir / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    val_files = sorted(shard_dir.glob("fineweb_val_*.bin"))
+    train_files = sorted(shard_dir.glob("fineweb_train_*.bin"))
+    missing = [str(p) for p, ok in ((tokenizer, tokenizer.is_file()), (shard_dir / "fineweb_val_*.bin", bool(val_files)), (shard_dir / "fineweb_train_*.bin", bool(train_files))) if not ok]
+    if missing:
+        raise DataError(f"challenge data ({variant}) missing: {', '.join(missing)}; {fetch_hint}")
+    import sentencepiece as spm
+
+    try:
+        pieces = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
+    except Exception as exc:  # sentencepiece raises RuntimeError/OSError for a bad file
+        raise DataError(f"{tokenizer}: not a SentencePiece model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fetch_hint}") from None
+    if pieces != vocab:
+        raise DataError(f"{tokenizer}: {pieces} pieces; the {variant} tokenizer has {vocab}; {fetch_hint}")
+    return _shard_data(bench, tokenizer, val_files, train_files, vocab)
 
 
 def _custom_data(bench: Benchmark, data_dir: Path) -> BenchData:

@@ -2,7 +2,7 @@
 run scores its own artifact (trainer.run_common: the model rebuilt from the artifact's bytes and
 its own config, the same windows, the same byte accounting), on whatever hardware this node has.
 
-    reevaluate(path, bench_name, data_dir=None, backend="auto", device="auto", eval_token_cap=0)
+    reevaluate(path, bench_name, data_dir=None, backend="auto", device="auto", eval_token_cap=0, tokenizer=None)
         -> Reeval                     # in this process (imports torch or mlx)
     run_reeval(path, bench_name, ..., timeout_s=600) -> Reeval
                                       # in a child process: the caller never imports torch,
@@ -59,8 +59,9 @@ class Reeval:
         return asdict(self)
 
 
-def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto", eval_token_cap: int = 0) -> Reeval:
-    """Score the artifact at `path` on `bench_name`'s validation split, in this process."""
+def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto", eval_token_cap: int = 0, tokenizer: str | None = None) -> Reeval:
+    """Score the artifact at `path` on `bench_name`'s validation split in the claim's `tokenizer`
+    (None: the benchmark's), in this process."""
     import math
 
     from p2pgolf.protocol.benchmarks import benchmark
@@ -76,7 +77,7 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     blob = Path(path).read_bytes()
     chosen = resolve_backend(backend)
     check_device(chosen, device)
-    data = load_benchmark_data(bench, data_dir)
+    data = load_benchmark_data(bench, data_dir, tokenizer)
     if chosen == "mlx":
         from p2pgolf.trainer.run_mlx import evaluate_state as mlx_evaluate
         from p2pgolf.trainer.train_mlx import select_device
@@ -118,10 +119,10 @@ def reevaluate(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
     )
 
 
-def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto", eval_token_cap: int = 0, timeout_s: float = 600.0) -> Reeval:
+def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto", eval_token_cap: int = 0, timeout_s: float = 600.0, tokenizer: str | None = None) -> Reeval:
     """`reevaluate` in a child process, stopped after `timeout_s`. ReevalError on any failure."""
     env = child_env()
-    args = [sys.executable, "-m", "p2pgolf.trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap))]
+    args = [sys.executable, "-m", "p2pgolf.trainer.reeval", str(path), bench_name, str(data_dir or ""), backend, device, str(int(eval_token_cap)), tokenizer or ""]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -139,12 +140,12 @@ def run_reeval(path: str | os.PathLike, bench_name: str, *, data_dir: str | os.P
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 6:
-        print("usage: python -m p2pgolf.trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP", file=sys.stderr)
+    if len(argv) != 7:
+        print("usage: python -m p2pgolf.trainer.reeval ARTIFACT BENCH DATA_DIR BACKEND DEVICE TOKEN_CAP TOKENIZER", file=sys.stderr)
         return 2
-    path, bench, data_dir, backend, device, cap = argv
+    path, bench, data_dir, backend, device, cap, tokenizer = argv
     try:
-        result = reevaluate(path, bench, data_dir=data_dir or None, backend=backend, device=device, eval_token_cap=int(cap))
+        result = reevaluate(path, bench, data_dir=data_dir or None, backend=backend, device=device, eval_token_cap=int(cap), tokenizer=tokenizer or None)
     except Exception as exc:  # the parent reads one JSON line either way
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}))
         return 1

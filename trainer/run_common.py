@@ -63,7 +63,7 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
     rank, world = backend.rank, backend.world
     emit(Progress("loading", budget_s=run.budget_s, message=f"loading {run.bench.name} data"))
     loading_started = time.perf_counter()
-    data = load_benchmark_data(run.bench, run.data_dir)
+    data = load_benchmark_data(run.bench, run.data_dir, run.tokenizer or None)
     emit(Progress("loading", budget_s=run.budget_s, message=f"loaded {run.bench.name} data in {time.perf_counter() - loading_started:.1f}s"))
     need = max(data.vocab_size, benchmark_vocab_size(run.bench))
     if run.knobs["vocab_size"] < need:

@@ -260,7 +260,7 @@ def build_result(
         "bench_name": run.bench.name,
         "base": run.base,
         "diff": dict(run.diff),
-        "tokenizer": run.bench.tokenizer,
+        "tokenizer": run.tokenizer_name,
         "seed": run.seed,
         "budget_s": float(run.budget_s),
         "hw": hw,

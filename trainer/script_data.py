@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from p2pgolf.protocol.benchmarks import Benchmark
-from p2pgolf.trainer.datasets import CUSTOM_TASK, DataError, read_custom_manifest
+from p2pgolf.trainer.datasets import CHALLENGE_VARIANTS, CUSTOM_TASK, DataError, read_custom_manifest
 
-VARIANT_VOCAB = {"sp1024": 1024, "sp4096": 4096, "sp8192": 8192}
+VARIANT_VOCAB = CHALLENGE_VARIANTS
 
 
 def script_data_paths(bench: Benchmark, tokenizer: str, data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike) -> tuple[str, str]:

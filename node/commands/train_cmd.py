@@ -72,8 +72,9 @@ def parse_sets(sets: tuple[str, ...], seed: int | None) -> tuple[dict[str, Any],
     help="torch.compile: auto compiles on CUDA; on also compiles on a CPU (faster steps after minutes of untimed compiling).",
 )
 @click.option("--timeout", type=float, default=0.0, help="Stop the whole run after this many seconds (0: no limit beyond the budget's own stop).")
+@click.option("--tokenizer", default=None, help="Tokenizer variant of the candidate (parameter-golf: sp1024, sp4096, sp8192; default: the benchmark's). Set vocab_size to cover it.")
 @click.pass_obj
-def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, data_dir, eval_tokens, compile_mode, timeout) -> None:
+def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, data_dir, eval_tokens, compile_mode, timeout, tokenizer) -> None:
     """Train one candidate and write a run directory."""
     from p2pgolf.trainer.api import default_run_dir, prepare_run
     from p2pgolf.trainer.backend import BackendUnavailable
@@ -100,13 +101,14 @@ def train(home, bench_name, base, sets, budget, seed, out_dir, backend, device, 
             device=device,
             eval_token_cap=eval_tokens,
             compile=compile_mode,
+            tokenizer=tokenizer,
         )
         check_run_fits(run, history)
     except (BackendUnavailable, BudgetError) as exc:
         raise UserError(f"{'base ' + base + ': ' if chosen else ''}{exc}") from None
-    run_dir = Path(out_dir).resolve() if out_dir else default_run_dir(home.runs_dir, base, diff)
+    run_dir = Path(out_dir).resolve() if out_dir else default_run_dir(home.runs_dir, base, diff, run.tokenizer_name)
     click.echo(f"run_dir: {run_dir}")
-    click.echo(f"bench: {run.bench.name} base: {run.base}{' (default here)' if chosen else ''} diff: {dict(run.diff)} seed: {run.seed} budget_s: {run.budget_s:g}")
+    click.echo(f"bench: {run.bench.name} base: {run.base}{' (default here)' if chosen else ''} diff: {dict(run.diff)} tokenizer: {run.tokenizer_name} seed: {run.seed} budget_s: {run.budget_s:g}")
     note = _budget_note(run)
     if note:
         click.echo(note)
