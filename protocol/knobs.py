@@ -127,6 +127,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("skip_gates", bool, False, "sigmoid gates between each U-Net skip and the stream"),
     Knob("bigram_buckets", int, 0, "BigramHash embedding rows (hashed previous/current token pairs); 0: none", 0, 1 << 20),
     Knob("bigram_dim", int, 128, "width of the BigramHash embedding (projected to model_dim)", 1, 4096),
+    Knob("ve_last_n", int, 0, "value embeddings: a shared token table added to the attention values of the blocks of the last N layers", 0, 64),
+    Knob("ve_dim", int, 128, "width of the value-embedding table (projected to the key/value width)", 1, 4096),
     Knob("activation", str, "relu2", "MLP activation", choices=("relu2", "leaky_relu2", "swiglu")),
     Knob("leaky_slope", float, 0.5, "negative slope of leaky_relu2", 0.0, 1.0),
     # depth recurrence
@@ -400,7 +402,11 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     if config["bigram_buckets"]:
         width = config["bigram_dim"]
         bigram = config["bigram_buckets"] * width + (dim * width if width != dim else 0)
-    return blocks * block + embed + bigram
+    value = 0
+    if config["ve_last_n"]:
+        width = config["ve_dim"]
+        value = config["vocab_size"] * width + (kv_dim * width if width != kv_dim else 0)
+    return blocks * block + embed + bigram + value
 
 
 # The knobs that set how fast a config trains (tokens per second on given hardware): the model's
@@ -409,7 +415,7 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 THROUGHPUT_KNOBS = (
     "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
     "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
-    "grad_accum_steps", "ema_decay", "qat", "xsa_last_n", "smear_gate", "skip_gates", "bigram_buckets", "bigram_dim", "num_loops", "loop_start", "loop_end", "loop_from_frac",
+    "grad_accum_steps", "ema_decay", "qat", "xsa_last_n", "smear_gate", "skip_gates", "bigram_buckets", "bigram_dim", "ve_last_n", "ve_dim", "num_loops", "loop_start", "loop_end", "loop_from_frac",
 )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ def render() -> str:
 
 
 # Diffs whose parameter counts SPEC.md lists: every branch of the formula (untied embeddings,
-# swiglu, shared blocks, grouped KV heads, BigramHash with and without its projection, an explicit
+# swiglu, shared blocks, grouped KV heads, BigramHash and value embeddings with and without their projections, an explicit
 # MLP width, and a hidden size of x.5 that rounds half to even).
 PARAMETER_EXAMPLES = (
     *((name, {}) for name in BASE_CONFIGS),
@@ -44,6 +44,8 @@ PARAMETER_EXAMPLES = (
     ("naive-baseline", {"unique_blocks": 3, "num_kv_heads": 2}),
     ("naive-baseline", {"bigram_buckets": 4096}),
     ("naive-baseline", {"bigram_buckets": 3072, "bigram_dim": 512}),
+    ("naive-baseline", {"ve_last_n": 2}),
+    ("naive-baseline", {"ve_last_n": 2, "ve_dim": 256}),
     ("cpu-small", {"mlp_hidden": 300, "vocab_size": 4096}),
     ("smoke-tiny", {"model_dim": 18, "num_heads": 1, "mlp_mult": 0.25}),
     ("smoke-tiny", {"model_dim": 22, "num_heads": 1, "mlp_mult": 0.25}),

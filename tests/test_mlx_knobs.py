@@ -56,6 +56,8 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "skip_gates": ({}, True, "weights"),
     "bigram_buckets": ({}, 64, "weights"),
     "bigram_dim": ({"bigram_buckets": 64}, 16, "weights"),
+    "ve_last_n": ({}, 1, "weights"),
+    "ve_dim": ({"ve_last_n": 1}, 16, "weights"),
     "leaky_slope": ({"activation": "leaky_relu2"}, 0.1, "weights"),
     "unique_blocks": ({}, 1, "weights"),
     "recurrence": ({"num_layers": 4, "unique_blocks": 2}, "mirror", "weights"),

@@ -44,6 +44,8 @@ VARIANTS = {
     "record-structure": {"xsa_last_n": 1, "rope_dims": 4, "ln_scale": True, "smear_gate": True, "skip_gates": True,
                          "bigram_buckets": 64, "bigram_dim": 16},
     "bigram-unprojected": {"bigram_buckets": 32, "bigram_dim": 32},
+    "value-embeddings": {"num_layers": 3, "ve_last_n": 2, "ve_dim": 8},
+    "value-embeddings-unprojected": {"ve_last_n": 1, "ve_dim": 16},  # kv width 2 heads x 8
 }
 # The optimiser's optional parts on top: accumulation, clipping, weight decay, EMA, untied groups.
 OPTIMISER_EXTRAS = {

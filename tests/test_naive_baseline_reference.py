@@ -49,14 +49,14 @@ REFERENCE_FIXED = {
     "adam_weight_decay": 0.0, "embed_weight_decay": 0.0,  # torch.optim.Adam
     "swa_every": 0, "num_loops": 0, "qat": "off", "ttt_steps": 0,
     # its attention and residual stream: full RoPE, no XSA, gates, smear, bigram or LN scale
-    "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False, "smear_gate": False, "skip_gates": False, "bigram_buckets": 0,
+    "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False, "smear_gate": False, "skip_gates": False, "bigram_buckets": 0, "ve_last_n": 0,
 }  # fmt: skip
 # Knobs with no counterpart in the reference because they only say how bytes are laid out
 # (our artifact is not a torch.save pickle) or how a step is split into micro-batches (the
 # reference uses 8 // world_size; the mean gradient is the same).
 NO_COUNTERPART = {"code_container", "byte_shuffle", "grad_accum_steps", "leaky_slope", "recurrence",
                   # settings of features the reference does not have (each is off above)
-                  "swa_start_lr_scale", "loop_start", "loop_end", "loop_from_frac", "row_clip_sigmas", "qat_from_lr_scale", "bigram_dim", "ttt_lr", "ttt_chunk_tokens"}  # fmt: skip
+                  "swa_start_lr_scale", "loop_start", "loop_end", "loop_from_frac", "row_clip_sigmas", "qat_from_lr_scale", "bigram_dim", "ve_dim", "ttt_lr", "ttt_chunk_tokens"}  # fmt: skip
 CONTROL_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
 

@@ -52,7 +52,9 @@ def spec_parameters(c) -> int:
     blocks = c["unique_blocks"] if c["unique_blocks"] > 0 else c["num_layers"]
     b, w = c["bigram_buckets"], c["bigram_dim"]
     bigram = 0 if b == 0 else b * w + (d * w if w != d else 0)
-    return blocks * (2 * d * d + 2 * d * kv + mats * d * h) + vocab * d * (1 if c["tie_embeddings"] else 2) + bigram
+    u = c["ve_dim"]
+    value = 0 if c["ve_last_n"] == 0 else vocab * u + (kv * u if u != kv else 0)
+    return blocks * (2 * d * d + 2 * d * kv + mats * d * h) + vocab * d * (1 if c["tie_embeddings"] else 2) + bigram + value
 
 
 def test_the_parameter_formula_gives_the_listed_counts_and_the_codes():

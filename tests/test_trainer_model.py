@@ -226,3 +226,22 @@ def test_bigram_buckets_hash_previous_and_current_token_and_xsa_picks_the_last_l
     assert buckets == [100, (36313 * 9 ^ 27191 * 5) % 100, (36313 * 9 ^ 27191 * 9) % 100, (36313 * 1000 ^ 27191 * 9) % 100]
     spec = ModelSpec.from_config(knobs.resolve("cpu-small", {"num_layers": 6, "unique_blocks": 3, "xsa_last_n": 2}))
     assert spec.schedule == (0, 1, 2, 0, 1, 2) and spec.xsa_blocks == {1, 2}
+
+
+def test_value_embeddings_reach_only_the_last_layers_values_and_vanish_at_zero_gain():
+    config = knobs.resolve("cpu-small", {"num_layers": 4, "ve_last_n": 2, "ve_dim": 16})
+    torch.manual_seed(0)
+    model = build_model(config)
+    assert [block.attn.ve_scale is not None for block in model.blocks] == [False, False, True, True]
+    plain = build_model(knobs.resolve("cpu-small", {"num_layers": 4}))
+    shared = {k: v for k, v in model.state_dict().items() if k in plain.state_dict()}
+    plain.load_state_dict(shared)
+    with torch.no_grad():
+        for p in list(model.parameters()):
+            p.add_(0.02 * torch.randn_like(p))
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
+    ids = torch.randint(0, 1024, (1, 16))
+    assert not torch.allclose(model.logits(ids), plain.logits(ids), atol=1e-6)
+    with torch.no_grad():
+        model.value_embed.scale.zero_()
+    assert torch.allclose(model.logits(ids), plain.logits(ids), atol=1e-6)

@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, ModelSpec, block_schedule
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule
 
 __all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
 
@@ -81,8 +81,10 @@ class GPT(nn.Module):
             self.smear_gate = mx.zeros((dim,))
         if spec.bigram_buckets:
             self.bigram = BigramHash(spec.bigram_buckets, spec.bigram_dim, dim)
-        xsa = spec.xsa_blocks
-        self.blocks = [Block(spec, b in xsa, spec.ln_factor(b)) for b in range(max(schedule) + 1)]
+        if spec.ve_last_n:
+            self.value_embed = ValueEmbedding(spec.vocab_size, spec.ve_dim, spec.kv_dim)
+        xsa, ve = spec.xsa_blocks, spec.ve_blocks
+        self.blocks = [Block(spec, b in xsa, spec.ln_factor(b), b in ve) for b in range(max(schedule) + 1)]
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(dim, spec.vocab_size, bias=False)
             self.lm_head.weight = mx.zeros_like(self.lm_head.weight)
@@ -99,12 +101,13 @@ class GPT(nn.Module):
             previous = mx.concatenate([mx.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
             x = (1 - g) * x + g * previous
         x0 = x
+        values = self.value_embed(input_ids) if self.spec.ve_last_n else None
         skips: list[mx.array] = []
         order = self.spec.layer_order(self.looping)
         encoders = len(order) // 2
         for layer, b in enumerate(order):
             if layer < encoders:
-                x = self.blocks[b](x, x0)
+                x = self.blocks[b](x, x0, values)
                 skips.append(x)
                 continue
             if skips:
@@ -114,7 +117,7 @@ class GPT(nn.Module):
                     x = skip + mx.sigmoid(self.skip_gates[i].astype(x.dtype)) * (x - skip)
                 else:
                     x = x + skip
-            x = self.blocks[b](x, x0)
+            x = self.blocks[b](x, x0, values)
         return _rms(x)
 
     def logits(self, input_ids: mx.array) -> mx.array:
@@ -166,21 +169,41 @@ class BigramHash(nn.Module):
         return h * self.scale
 
 
+class ValueEmbedding(nn.Module):
+    """model_torch.ValueEmbedding: a token table added to some blocks' attention values."""
+
+    def __init__(self, vocab_size: int, ve_dim: int, kv_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, ve_dim)
+        self.embed.weight = mx.random.normal((vocab_size, ve_dim)) * VALUE_EMBED_INIT_STD
+        self.projected = ve_dim != kv_dim
+        if self.projected:
+            self.proj = nn.Linear(ve_dim, kv_dim, bias=False)
+            self.proj.weight = mx.zeros((kv_dim, ve_dim))
+        self.scale = mx.full((1,), VALUE_EMBED_SCALE_INIT)
+
+    def __call__(self, input_ids: mx.array) -> mx.array:
+        h = self.embed(input_ids)
+        if self.projected:
+            h = h @ self.proj.weight.T
+        return h * self.scale
+
+
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec, xsa: bool = False, ln_factor: float = 1.0) -> None:
+    def __init__(self, spec: ModelSpec, xsa: bool = False, ln_factor: float = 1.0, value_embed: bool = False) -> None:
         super().__init__()
         dim = spec.model_dim
         self.ln_factor = ln_factor  # 1/sqrt(b+1) on the block's normalised inputs with ln_scale
-        self.attn = Attention(spec, xsa)
+        self.attn = Attention(spec, xsa, value_embed)
         self.mlp = MLP(spec)
         self.attn_scale = mx.ones((dim,))
         self.mlp_scale = mx.ones((dim,))
         self.resid_mix = mx.stack([mx.ones((dim,)), mx.zeros((dim,))])
 
-    def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array, values: mx.array | None = None) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(self._norm(x))
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self._norm(x), values)
         return x + self.mlp_scale.astype(x.dtype) * self.mlp(self._norm(x))
 
     def _norm(self, x: mx.array) -> mx.array:
@@ -189,7 +212,7 @@ class Block(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, xsa: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, xsa: bool = False, value_embed: bool = False) -> None:
         super().__init__()
         dim, heads, kv = spec.model_dim, spec.num_heads, spec.num_kv_heads
         if dim % heads or heads % kv or (dim // heads) % 2:
@@ -206,13 +229,19 @@ class Attention(nn.Module):
         self.proj = _linear(dim, dim)
         self.proj.weight = mx.zeros_like(self.proj.weight)  # every block starts as the identity
         self.q_gain = mx.full((heads,), float(spec.qk_gain_init))
+        self.value_embedded = value_embed
+        if value_embed:
+            self.ve_scale = mx.ones((1,))  # this block's gain on the value embedding
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, values: mx.array | None = None) -> mx.array:
         bsz, seq_len, dim = x.shape
         dtype = x.dtype
         q = (x @ self.c_q.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = (x @ self.c_k.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = (x @ self.c_v.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = x @ self.c_v.weight.astype(dtype).T
+        if self.value_embedded and values is not None:
+            v = v + self.ve_scale.astype(dtype) * values.astype(dtype)
+        v = v.reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         cos, sin = _rope_tables(seq_len, self.rope_dims, self.rope_base)
         q = _rotate(_rms(q), cos.astype(dtype), sin.astype(dtype))
         k = _rotate(_rms(k), cos.astype(dtype), sin.astype(dtype))

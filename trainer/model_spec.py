@@ -20,10 +20,12 @@ from typing import Any
 
 from p2pgolf.protocol.knobs import mlp_hidden_size
 
-__all__ = ["BIGRAM_MULTIPLIERS", "BIGRAM_SCALE_INIT", "CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
+__all__ = ["BIGRAM_MULTIPLIERS", "BIGRAM_SCALE_INIT", "VALUE_EMBED_INIT_STD", "VALUE_EMBED_SCALE_INIT", "CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
 
 # Parameters that are gains and mixes rather than weights: Adam trains them, never Muon.
-CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate")
+CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate", "ve_scale")
+VALUE_EMBED_INIT_STD = 0.01  # the table starts small and random, its projection at zero
+VALUE_EMBED_SCALE_INIT = 0.1
 # BigramHash: (previous, current) token -> bucket (a*current XOR b*previous) mod (buckets - 1), the
 # first position in bucket buckets - 1, as the records hash; in int64 so any vocabulary is exact.
 BIGRAM_MULTIPLIERS = (36313, 27191)
@@ -53,9 +55,9 @@ def parameter_role(name: str, shape: tuple[int, ...]) -> str:
         return "embed"
     if name == "lm_head.weight":
         return "head"
-    if name == "bigram.embed.weight":
+    if name in ("bigram.embed.weight", "value_embed.embed.weight"):
         return "embed"  # an embedding table: Adam at the token LR, as the records train it
-    if name == "bigram.proj.weight":
+    if name in ("bigram.proj.weight", "value_embed.proj.weight"):
         return "muon"
     if name.startswith("blocks.") and len(shape) == 2 and name.rsplit(".", 1)[-1] not in CONTROL_PARAMETER_SUFFIXES:
         return "muon"
@@ -116,6 +118,8 @@ class ModelSpec:
     skip_gates: bool = False
     bigram_buckets: int = 0
     bigram_dim: int = 128
+    ve_last_n: int = 0
+    ve_dim: int = 128
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelSpec":
@@ -146,6 +150,8 @@ class ModelSpec:
             skip_gates=config["skip_gates"],
             bigram_buckets=config["bigram_buckets"],
             bigram_dim=config["bigram_dim"],
+            ve_last_n=config["ve_last_n"],
+            ve_dim=config["ve_dim"],
         )
 
     @property
@@ -169,6 +175,16 @@ class ModelSpec:
         block shared with earlier layers runs it there too)."""
         schedule = self.schedule
         return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - self.xsa_last_n), self.num_layers))
+
+    @property
+    def ve_blocks(self) -> frozenset[int]:
+        """Blocks whose attention values get the value embedding: those of the last `ve_last_n` layers."""
+        schedule = self.schedule
+        return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - self.ve_last_n), self.num_layers)) if self.ve_last_n else frozenset()
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * (self.model_dim // self.num_heads)
 
     def ln_factor(self, block: int) -> float:
         """The factor on block `block`'s normalised inputs: 1/sqrt(block + 1) with ln_scale."""

@@ -29,11 +29,16 @@ What it guarantees:
       bigram.embed.weight               [buckets, bigram_dim] (only with bigram_buckets)
       bigram.proj.weight                [dim, bigram_dim]   (only when bigram_dim != dim)
       bigram.scale                      [1]
+      value_embed.embed.weight          [vocab, ve_dim]     (only with ve_last_n)
+      value_embed.proj.weight           [kv_dim, ve_dim]    (only when ve_dim != kv_dim)
+      value_embed.scale                 [1]
+      blocks.{b}.attn.ve_scale          [1]                 (blocks of the last ve_last_n layers)
 
   `b` counts unique blocks; `block_schedule` says which block each layer runs.
 - The records' structure knobs: XSA on the blocks of the last `xsa_last_n` layers, partial
   RoPE (`rope_dims`), 1/sqrt(b+1) on block b's normalised inputs (`ln_scale`), SmearGate,
-  BigramHash embeddings, sigmoid-gated skips; a looped middle segment (`num_loops`).
+  BigramHash embeddings, value embeddings, sigmoid-gated skips; a looped middle segment
+  (`num_loops`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, CONTROL_PARAMETER_SUFFIXES, ModelSpec, block_schedule  # shared with MLX
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, CONTROL_PARAMETER_SUFFIXES, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule  # shared with MLX
 
 __all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
 
@@ -74,11 +79,13 @@ class GPT(nn.Module):
 
         self.tok_emb = nn.Embedding(spec.vocab_size, dim)
         self.bigram = BigramHash(spec.bigram_buckets, spec.bigram_dim, dim) if spec.bigram_buckets else None
+        self.value_embed = ValueEmbedding(spec.vocab_size, spec.ve_dim, spec.kv_dim) if spec.ve_last_n else None
         self.smear_gate = nn.Parameter(torch.zeros(dim)) if spec.smear_gate else None
         self.skip_weights = nn.Parameter(torch.ones(spec.num_skips, dim))
         self.skip_gates = nn.Parameter(torch.zeros(spec.num_skips, dim)) if spec.skip_gates else None
         xsa = spec.xsa_blocks
-        self.blocks = nn.ModuleList(Block(spec, b in xsa, spec.ln_factor(b)) for b in range(max(self.schedule) + 1))
+        ve = spec.ve_blocks
+        self.blocks = nn.ModuleList(Block(spec, b in xsa, spec.ln_factor(b), b in ve) for b in range(max(self.schedule) + 1))
         self.lm_head = None if spec.tie_embeddings else nn.Linear(dim, spec.vocab_size, bias=False)
         self._init_weights(spec.tied_embed_init_std)
 
@@ -106,12 +113,13 @@ class GPT(nn.Module):
             g = torch.sigmoid(self.smear_gate.to(x.dtype))
             x = (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
         x0 = x
+        values = None if self.value_embed is None else self.value_embed(input_ids)
         skips: list[Tensor] = []
         order = self.orders[self.looping]
         encoders = len(order) // 2
         for layer, b in enumerate(order):
             if layer < encoders:
-                x = self.blocks[b](x, x0)
+                x = self.blocks[b](x, x0, values)
                 skips.append(x)
                 continue
             if skips:
@@ -121,7 +129,7 @@ class GPT(nn.Module):
                     x = x + skip
                 else:  # a sigmoid gate between the skip and the stream (0.5 each at init)
                     x = skip + torch.sigmoid(self.skip_gates[i].to(x.dtype)) * (x - skip)
-            x = self.blocks[b](x, x0)
+            x = self.blocks[b](x, x0, values)
         return F.rms_norm(x, (x.size(-1),))
 
     def logits(self, input_ids: Tensor) -> Tensor:
@@ -168,21 +176,41 @@ class BigramHash(nn.Module):
         return h * self.scale.to(h.dtype)
 
 
+class ValueEmbedding(nn.Module):
+    """A token table added to the attention values of some blocks (each with its own gain):
+    token identity re-enters late layers. Small random table, zero projection, gain 0.1."""
+
+    def __init__(self, vocab_size: int, ve_dim: int, kv_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, ve_dim)
+        nn.init.normal_(self.embed.weight, std=VALUE_EMBED_INIT_STD)
+        self.proj = QuantisableLinear(ve_dim, kv_dim) if ve_dim != kv_dim else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.full((1,), VALUE_EMBED_SCALE_INIT))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        h = self.embed(input_ids)
+        if self.proj is not None:
+            h = self.proj(h)
+        return h * self.scale.to(h.dtype)
+
+
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec, xsa: bool, ln_factor: float) -> None:
+    def __init__(self, spec: ModelSpec, xsa: bool, ln_factor: float, value_embed: bool = False) -> None:
         super().__init__()
         dim = spec.model_dim
-        self.attn = Attention(dim, spec.num_heads, spec.num_kv_heads, spec.rope_base, spec.qk_gain_init, spec.rope_dims, xsa)
+        self.attn = Attention(dim, spec.num_heads, spec.num_kv_heads, spec.rope_base, spec.qk_gain_init, spec.rope_dims, xsa, value_embed)
         self.mlp = MLP(dim, spec.mlp_hidden, spec.activation, spec.leaky_slope)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
         self.ln_factor = ln_factor  # 1/sqrt(b+1) on the block's normalised inputs with ln_scale
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, values: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x), values)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self._norm(x))
 
     def _norm(self, x: Tensor) -> Tensor:
@@ -191,7 +219,8 @@ class Block(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float, rope_dims: int = 0, xsa: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float, rope_dims: int = 0, xsa: bool = False,
+                 value_embed: bool = False) -> None:  # fmt: skip
         super().__init__()
         if dim % num_heads or num_heads % num_kv_heads or (dim // num_heads) % 2:
             raise ValueError(f"bad attention shape: dim={dim} heads={num_heads} kv_heads={num_kv_heads}")
@@ -206,6 +235,7 @@ class Attention(nn.Module):
         self.c_v = QuantisableLinear(dim, kv_dim)
         self.proj = QuantisableLinear(dim, dim)
         self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
+        self.ve_scale = nn.Parameter(torch.ones(1)) if value_embed else None  # this block's gain on the value embedding
         # Not a buffer: the model holds parameters only (nothing for DDP to broadcast, nothing
         # in the state dict that another backend would have to match).
         self.rope_base = float(rope_base)
@@ -226,11 +256,14 @@ class Attention(nn.Module):
             self._rope_cache = (seq_len, device, cos, sin)
         return cos, sin
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, values: Tensor | None = None) -> Tensor:
         bsz, seq_len, dim = x.shape
         q = self.c_q(x).view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x)
+        if self.ve_scale is not None and values is not None:
+            v = v + self.ve_scale.to(v.dtype) * values.to(v.dtype)
+        v = v.view(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = F.rms_norm(q, (self.head_dim,))
         k = F.rms_norm(k, (self.head_dim,))
         cos, sin = self._rope(seq_len, x.device)
