@@ -127,6 +127,7 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("skip_gates", bool, False, "sigmoid gates between each U-Net skip and the stream"),
     Knob("bigram_buckets", int, 0, "BigramHash embedding rows (hashed previous/current token pairs); 0: none", 0, 1 << 20),
     Knob("bigram_dim", int, 128, "width of the BigramHash embedding (projected to model_dim)", 1, 4096),
+    Knob("parallel_from", int, 0, "parallel residual lanes from this layer on (decoder layers): attention and MLP read separate lanes and write both through learned weights; 0: none", 0, 64),
     Knob("ve_last_n", int, 0, "value embeddings: a shared token table added to the attention values of the blocks of the last N layers", 0, 64),
     Knob("ve_dim", int, 128, "width of the value-embedding table (projected to the key/value width)", 1, 4096),
     Knob("activation", str, "relu2", "MLP activation", choices=("relu2", "leaky_relu2", "swiglu")),
@@ -228,7 +229,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation; layers
     # 4-5 looped once more from 35% of the budget; late QAT, and rows clipped by search. XSA on
     # the last 4 layers, RoPE on 16 of 64 head dims, LN scale, SmearGate, a 2048-row BigramHash,
-    # gated skips.
+    # value embeddings in the last 2 layers, parallel lanes from layer 7, gated skips.
     "frontier": {
         **DEFAULTS,
         "num_layers": 10,
@@ -238,6 +239,8 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "smear_gate": True,
         "skip_gates": True,
         "bigram_buckets": 2048,
+        "ve_last_n": 2,
+        "parallel_from": 7,
         "num_loops": 1,
         "loop_start": 4,
         "loop_end": 5,
@@ -415,7 +418,7 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
 THROUGHPUT_KNOBS = (
     "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "mlp_hidden", "vocab_size",
     "tie_embeddings", "unique_blocks", "activation", "train_seq_len", "train_batch_tokens",
-    "grad_accum_steps", "ema_decay", "qat", "xsa_last_n", "smear_gate", "skip_gates", "bigram_buckets", "bigram_dim", "ve_last_n", "ve_dim", "num_loops", "loop_start", "loop_end", "loop_from_frac",
+    "grad_accum_steps", "ema_decay", "qat", "xsa_last_n", "smear_gate", "skip_gates", "bigram_buckets", "bigram_dim", "ve_last_n", "ve_dim", "parallel_from", "num_loops", "loop_start", "loop_end", "loop_from_frac",
 )  # fmt: skip
 
 

@@ -57,6 +57,7 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "bigram_buckets": ({}, 64, "weights"),
     "bigram_dim": ({"bigram_buckets": 64}, 16, "weights"),
     "ve_last_n": ({}, 1, "weights"),
+    "parallel_from": ({}, 1, "weights"),
     "ve_dim": ({"ve_last_n": 1}, 16, "weights"),
     "leaky_slope": ({"activation": "leaky_relu2"}, 0.1, "weights"),
     "unique_blocks": ({}, 1, "weights"),

@@ -46,6 +46,7 @@ VARIANTS = {
     "bigram-unprojected": {"bigram_buckets": 32, "bigram_dim": 32},
     "value-embeddings": {"num_layers": 3, "ve_last_n": 2, "ve_dim": 8},
     "value-embeddings-unprojected": {"ve_last_n": 1, "ve_dim": 16},  # kv width 2 heads x 8
+    "parallel-lanes": {"num_layers": 5, "parallel_from": 3, "skip_gates": True, "ve_last_n": 2, "ve_dim": 8},
 }
 # The optimiser's optional parts on top: accumulation, clipping, weight decay, EMA, untied groups.
 OPTIMISER_EXTRAS = {

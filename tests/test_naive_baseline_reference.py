@@ -49,7 +49,7 @@ REFERENCE_FIXED = {
     "adam_weight_decay": 0.0, "embed_weight_decay": 0.0,  # torch.optim.Adam
     "swa_every": 0, "num_loops": 0, "qat": "off", "ttt_steps": 0,
     # its attention and residual stream: full RoPE, no XSA, gates, smear, bigram or LN scale
-    "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False, "smear_gate": False, "skip_gates": False, "bigram_buckets": 0, "ve_last_n": 0,
+    "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False, "smear_gate": False, "skip_gates": False, "bigram_buckets": 0, "ve_last_n": 0, "parallel_from": 0,
 }  # fmt: skip
 # Knobs with no counterpart in the reference because they only say how bytes are laid out
 # (our artifact is not a torch.save pickle) or how a step is split into micro-batches (the

@@ -245,3 +245,30 @@ def test_value_embeddings_reach_only_the_last_layers_values_and_vanish_at_zero_g
     with torch.no_grad():
         model.value_embed.scale.zero_()
     assert torch.allclose(model.logits(ids), plain.logits(ids), atol=1e-6)
+
+
+def test_parallel_lanes_keep_the_mlp_off_the_attention_lane_and_start_where_told():
+    torch.manual_seed(0)
+    config = knobs.resolve("cpu-small", {"num_layers": 4, "parallel_from": 2})
+    block = build_model(config).blocks[3]
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lane0, lane1, x0 = (torch.randn(1, 8, 128) for _ in range(3))
+    post = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # attention writes lane 0 only
+    resid = torch.tensor([1.0, 1.0])
+    _, out1 = block.parallel(lane0, lane1, x0, None, resid, post)
+    _, again = block.parallel(lane0 + torch.randn_like(lane0), lane1, x0, None, resid, post)
+    assert torch.allclose(out1, again, atol=1e-6)  # the MLP lane never read the attention lane
+    # lanes that would start past the last layer change nothing: the model is the plain one
+    late = build_model(knobs.resolve("cpu-small", {"num_layers": 4, "parallel_from": 9}))
+    plain = build_model(knobs.resolve("cpu-small", {"num_layers": 4}))
+    with torch.no_grad():
+        for p in late.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    plain.load_state_dict({k: v for k, v in late.state_dict().items() if k in plain.state_dict()})
+    ids = torch.randint(0, 1024, (1, 16))
+    assert torch.allclose(late.logits(ids), plain.logits(ids), atol=1e-6)
+    early = build_model(knobs.resolve("cpu-small", {"num_layers": 4, "parallel_from": 2}))
+    early.load_state_dict(late.state_dict())
+    assert not torch.allclose(early.logits(ids), plain.logits(ids), atol=1e-4)

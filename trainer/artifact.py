@@ -69,7 +69,7 @@ FORMAT_2 = "p2pgolf-artifact/2"  # byte containers or shuffled bytes in the tens
 MAGIC = b"P2PGOLF-ARTIFACT\n"
 # Decompressed payloads are refused past this (a peer's few bytes of zeros can claim gigabytes).
 MAX_PAYLOAD_BYTES = 1 << 30
-CONTROL_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate", "ve_scale")
+CONTROL_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate", "ve_scale", "parallel_post", "parallel_resid")
 MAX_HEADER_BYTES = 16 << 20
 
 class ArtifactError(ValueError):

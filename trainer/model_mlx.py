@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, PARALLEL_RESID_INIT, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule
 
 __all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
 
@@ -83,6 +83,10 @@ class GPT(nn.Module):
             self.bigram = BigramHash(spec.bigram_buckets, spec.bigram_dim, dim)
         if spec.ve_last_n:
             self.value_embed = ValueEmbedding(spec.vocab_size, spec.ve_dim, spec.kv_dim)
+        if spec.parallel_from:
+            blocks = max(schedule) + 1
+            self.parallel_post = mx.ones((blocks, 2, 2))
+            self.parallel_resid = mx.full((blocks, 2), PARALLEL_RESID_INIT)
         xsa, ve = spec.xsa_blocks, spec.ve_blocks
         self.blocks = [Block(spec, b in xsa, spec.ln_factor(b), b in ve) for b in range(max(schedule) + 1)]
         if not spec.tie_embeddings:
@@ -105,11 +109,16 @@ class GPT(nn.Module):
         skips: list[mx.array] = []
         order = self.spec.layer_order(self.looping)
         encoders = len(order) // 2
+        start = self.spec.parallel_from
+        lane1 = None  # the MLP's lane, once parallel lanes begin; x is lane 0
         for layer, b in enumerate(order):
             if layer < encoders:
                 x = self.blocks[b](x, x0, values)
                 skips.append(x)
                 continue
+            parallel = start and layer >= start
+            if parallel and lane1 is None:
+                lane1 = x
             if skips:
                 i = layer - encoders
                 skip = self.skip_weights[i].astype(x.dtype) * skips.pop()
@@ -117,7 +126,12 @@ class GPT(nn.Module):
                     x = skip + mx.sigmoid(self.skip_gates[i].astype(x.dtype)) * (x - skip)
                 else:
                     x = x + skip
-            x = self.blocks[b](x, x0, values)
+            if parallel:
+                x, lane1 = self.blocks[b].parallel(x, lane1, x0, values, self.parallel_resid[b].astype(x.dtype), self.parallel_post[b].astype(x.dtype))
+            else:
+                x = self.blocks[b](x, x0, values)
+        if lane1 is not None:
+            x = 0.5 * (x + lane1)
         return _rms(x)
 
     def logits(self, input_ids: mx.array) -> mx.array:
@@ -205,6 +219,13 @@ class Block(nn.Module):
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale.astype(x.dtype) * self.attn(self._norm(x), values)
         return x + self.mlp_scale.astype(x.dtype) * self.mlp(self._norm(x))
+
+    def parallel(self, lane0, lane1, x0, values, resid, post):
+        """model_torch.Block.parallel: attention on lane 0, the MLP on lane 1, side by side."""
+        mix = self.resid_mix.astype(lane0.dtype)
+        attn = self.attn_scale.astype(lane0.dtype) * self.attn(self._norm(mix[0] * lane0 + mix[1] * x0), values)
+        mlp = self.mlp_scale.astype(lane1.dtype) * self.mlp(self._norm(lane1))
+        return resid[0] * lane0 + post[0, 0] * attn + post[1, 0] * mlp, resid[1] * lane1 + post[0, 1] * attn + post[1, 1] * mlp
 
     def _norm(self, x: mx.array) -> mx.array:
         y = _rms(x)

@@ -20,10 +20,11 @@ from typing import Any
 
 from p2pgolf.protocol.knobs import mlp_hidden_size
 
-__all__ = ["BIGRAM_MULTIPLIERS", "BIGRAM_SCALE_INIT", "VALUE_EMBED_INIT_STD", "VALUE_EMBED_SCALE_INIT", "CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
+__all__ = ["BIGRAM_MULTIPLIERS", "BIGRAM_SCALE_INIT", "PARALLEL_RESID_INIT", "VALUE_EMBED_INIT_STD", "VALUE_EMBED_SCALE_INIT", "CONTROL_PARAMETER_SUFFIXES", "ModelSpec", "ROLES", "block_schedule", "parameter_role", "role_lr", "role_weight_decay"]
 
 # Parameters that are gains and mixes rather than weights: Adam trains them, never Muon.
-CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate", "ve_scale")
+CONTROL_PARAMETER_SUFFIXES = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates", "smear_gate", "ve_scale", "parallel_post", "parallel_resid")
+PARALLEL_RESID_INIT = 1.1  # each lane's own carry at init (the records'); the cross weights start at 1
 VALUE_EMBED_INIT_STD = 0.01  # the table starts small and random, its projection at zero
 VALUE_EMBED_SCALE_INIT = 0.1
 # BigramHash: (previous, current) token -> bucket (a*current XOR b*previous) mod (buckets - 1), the
@@ -120,6 +121,7 @@ class ModelSpec:
     bigram_dim: int = 128
     ve_last_n: int = 0
     ve_dim: int = 128
+    parallel_from: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelSpec":
@@ -152,6 +154,7 @@ class ModelSpec:
             bigram_dim=config["bigram_dim"],
             ve_last_n=config["ve_last_n"],
             ve_dim=config["ve_dim"],
+            parallel_from=config["parallel_from"],
         )
 
     @property

@@ -33,11 +33,13 @@ What it guarantees:
       value_embed.proj.weight           [kv_dim, ve_dim]    (only when ve_dim != kv_dim)
       value_embed.scale                 [1]
       blocks.{b}.attn.ve_scale          [1]                 (blocks of the last ve_last_n layers)
+      parallel_post                     [blocks, 2, 2]      (only with parallel_from)
+      parallel_resid                    [blocks, 2]
 
   `b` counts unique blocks; `block_schedule` says which block each layer runs.
 - The records' structure knobs: XSA on the blocks of the last `xsa_last_n` layers, partial
   RoPE (`rope_dims`), 1/sqrt(b+1) on block b's normalised inputs (`ln_scale`), SmearGate,
-  BigramHash embeddings, value embeddings, sigmoid-gated skips; a looped middle segment
+  BigramHash embeddings, value embeddings, sigmoid-gated skips, parallel residual lanes; a looped middle segment
   (`num_loops`).
 """
 
@@ -50,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, CONTROL_PARAMETER_SUFFIXES, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule  # shared with MLX
+from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, CONTROL_PARAMETER_SUFFIXES, PARALLEL_RESID_INIT, VALUE_EMBED_INIT_STD, VALUE_EMBED_SCALE_INIT, ModelSpec, block_schedule  # shared with MLX
 
 __all__ = ["GPT", "block_schedule", "build_model", "CONTROL_PARAMETER_SUFFIXES"]
 
@@ -83,6 +85,11 @@ class GPT(nn.Module):
         self.smear_gate = nn.Parameter(torch.zeros(dim)) if spec.smear_gate else None
         self.skip_weights = nn.Parameter(torch.ones(spec.num_skips, dim))
         self.skip_gates = nn.Parameter(torch.zeros(spec.num_skips, dim)) if spec.skip_gates else None
+        blocks = max(self.schedule) + 1
+        self.parallel_from = spec.parallel_from
+        # per block: [attention, MLP] x [to lane 0, to lane 1], and each lane's own carry
+        self.parallel_post = nn.Parameter(torch.ones(blocks, 2, 2)) if spec.parallel_from else None
+        self.parallel_resid = nn.Parameter(torch.full((blocks, 2), PARALLEL_RESID_INIT)) if spec.parallel_from else None
         xsa = spec.xsa_blocks
         ve = spec.ve_blocks
         self.blocks = nn.ModuleList(Block(spec, b in xsa, spec.ln_factor(b), b in ve) for b in range(max(self.schedule) + 1))
@@ -117,11 +124,15 @@ class GPT(nn.Module):
         skips: list[Tensor] = []
         order = self.orders[self.looping]
         encoders = len(order) // 2
+        lane1: Tensor | None = None  # the MLP's lane, once parallel lanes begin; x is lane 0
         for layer, b in enumerate(order):
             if layer < encoders:
                 x = self.blocks[b](x, x0, values)
                 skips.append(x)
                 continue
+            parallel = self.parallel_from and layer >= self.parallel_from
+            if parallel and lane1 is None:
+                lane1 = x
             if skips:
                 i = layer - encoders
                 skip = self.skip_weights[i].to(x.dtype) * skips.pop()
@@ -129,7 +140,12 @@ class GPT(nn.Module):
                     x = x + skip
                 else:  # a sigmoid gate between the skip and the stream (0.5 each at init)
                     x = skip + torch.sigmoid(self.skip_gates[i].to(x.dtype)) * (x - skip)
-            x = self.blocks[b](x, x0, values)
+            if parallel:
+                x, lane1 = self.blocks[b].parallel(x, lane1, x0, values, self.parallel_resid[b].to(x.dtype), self.parallel_post[b].to(x.dtype))
+            else:
+                x = self.blocks[b](x, x0, values)
+        if lane1 is not None:
+            x = 0.5 * (x + lane1)
         return F.rms_norm(x, (x.size(-1),))
 
     def logits(self, input_ids: Tensor) -> Tensor:
@@ -212,6 +228,14 @@ class Block(nn.Module):
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x), values)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self._norm(x))
+
+    def parallel(self, lane0: Tensor, lane1: Tensor, x0: Tensor, values: Tensor | None, resid: Tensor, post: Tensor) -> tuple[Tensor, Tensor]:
+        """The block on two lanes: attention reads lane 0 (mixed with x0), the MLP reads lane 1,
+        side by side; each lane keeps resid[lane] of itself and gets post[part, lane] of each part."""
+        mix = self.resid_mix.to(lane0.dtype)
+        attn = self.attn_scale.to(lane0.dtype) * self.attn(self._norm(mix[0] * lane0 + mix[1] * x0), values)
+        mlp = self.mlp_scale.to(lane1.dtype) * self.mlp(self._norm(lane1))
+        return resid[0] * lane0 + post[0, 0] * attn + post[1, 0] * mlp, resid[1] * lane1 + post[0, 1] * attn + post[1, 1] * mlp
 
     def _norm(self, x: Tensor) -> Tensor:
         y = F.rms_norm(x, (x.size(-1),))
