@@ -93,6 +93,8 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     # a million steps at a few ms each outlast the 1000 s budget: the decay starts at once
     "warmdown_steps": ({}, 1000000, "schedule"),
     "min_lr_frac": ({"warmdown_frac": 1.0}, 0.5, "schedule"),
+    "wd_taper_from_frac": ({"muon_weight_decay": 0.5, "wd_taper_final_mult": 0.0}, 0.5, "weight decay"),
+    "wd_taper_final_mult": ({"muon_weight_decay": 0.5, "wd_taper_from_frac": 0.5}, 0.25, "weight decay"),
     "ema_decay": ({}, 0.5, "weights"),
     # 3 warm-up steps run at LR 1/3, 2/3, 1: snapshots after the first two are averaged
     "swa_every": ({"warmup_steps": 3, "swa_start_lr_scale": 1.0}, 1, "weights"),
@@ -155,6 +157,18 @@ def _evaluate(config, state):
                                  ttt=TTTSettings.from_config(config))  # fmt: skip
 
 
+def _decayed(config) -> float:
+    """A Muon matrix of ones after one MLX step with a zero gradient at 90% of a 1000 s budget:
+    only the (tapered) weight decay moves it."""
+    from p2pgolf.trainer.optim_mlx import MixedOptimizer
+    from p2pgolf.trainer.schedule import Schedule
+
+    w = {"blocks.0.mlp.fc.weight": mx.ones((4, 4))}
+    step = MixedOptimizer(w, config).step(w, {k: mx.zeros_like(v) for k, v in w.items()}, lr_scale=1.0, momentum=0.0,
+                                          weight_decay_scale=Schedule.from_config(config, 1000.0).weight_decay(900.0))  # fmt: skip
+    return float(step["blocks.0.mlp.fc.weight"][0, 0])
+
+
 def _states_differ(a: dict, b: dict) -> bool:
     if sorted(a) != sorted(b) or any(a[k].shape != b[k].shape for k in a):
         return True
@@ -186,6 +200,9 @@ def test_knob_changes_what_mlx_produces(name):
     elif where == "evaluation":
         before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)
         assert before.val_loss != after.val_loss
+    elif where == "weight decay":
+        # the taper acts late in a run (its multiplier at 90% of the budget), on MLX's Muon step
+        assert _decayed(base_config) != _decayed(config)
     elif where in ("artifact", "artifact bytes"):
         before = export_artifact(base.state, base_config, **export_options(base_config))
         after = export_artifact(base.state, config, **export_options(config))

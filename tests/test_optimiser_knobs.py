@@ -109,3 +109,14 @@ def test_swa_final_weights_are_the_mean_of_the_snapshots_below_the_lr_threshold(
 def test_swa_and_ema_together_are_refused_naming_both():
     with pytest.raises(ProtocolError, match="swa_every=5 and ema_decay=0.99"):
         knobs.resolve("smoke-tiny", {"swa_every": 5, "ema_decay": 0.99})
+
+
+def test_the_muon_weight_decay_taper_reaches_the_training_loop():
+    # a taper to zero over the whole budget with a large decay: every step decays a little less
+    # than the untapered run, so the weights differ; without the taper they would be identical
+    common = {**TINY, "muon_weight_decay": 1.0, "matrix_lr": 0.5}
+    data = load_benchmark_data(benchmark("smoke"), None)
+    run = lambda diff: train_torch.train(knobs.resolve("smoke-tiny", {**common, **diff}), data.train_stream, budget_s=2.0, seed=0,  # noqa: E731
+                                         device="cpu", max_steps=3, compile_model=False).state  # fmt: skip
+    plain, tapered = run({}), run({"wd_taper_from_frac": 0.0, "wd_taper_final_mult": 0.0})
+    assert max(float(np.abs(plain[k] - tapered[k]).max()) for k in plain) > 1e-5

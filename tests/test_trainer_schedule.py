@@ -98,6 +98,16 @@ def test_the_longer_of_the_two_warmdowns_applies():
     assert lr_scale(400, 400.0, 600.0, warmdown_frac=0.2, warmdown_steps=0) == 1.0
 
 
+def test_the_weight_decay_taper_starts_at_its_fraction_and_ends_at_its_multiplier():
+    from p2pgolf.trainer.schedule import weight_decay_scale
+
+    got = [weight_decay_scale(t, 100.0, taper_from_frac=0.7, final_mult=0.5) for t in (0.0, 70.0, 85.0, 100.0, 120.0)]
+    assert got == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.5])
+    assert weight_decay_scale(99.0, 100.0) == 1.0  # no taper by default
+    config = knobs.resolve("cpu-small", {"wd_taper_from_frac": 0.5, "wd_taper_final_mult": 0.0})
+    assert Schedule.from_config(config, 10.0).weight_decay(7.5) == pytest.approx(0.5)
+
+
 def test_a_non_positive_budget_is_refused():
     with pytest.raises(ValueError, match="budget_s"):
         lr_scale(0, 0.0, 0.0)

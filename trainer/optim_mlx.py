@@ -7,7 +7,8 @@ gradients both backends take the same step (tests/test_mlx_parity.py):
   step's schedule factor;
 - Muon: m = mu*m + g; update = NS(g + mu*m) (Nesterov; rows scaled to unit norm first with
   `muon_row_normalize`; coefficients `muon_ns_coeffs`) * sqrt(max(1, rows/cols)); decoupled
-  weight decay multiplies the weight by (1 - lr*muon_weight_decay) first;
+  weight decay multiplies the weight by (1 - lr*muon_weight_decay*taper) first (taper: the
+  schedule's `weight_decay` multiplier);
 - Adam as torch has it: bias-corrected moments, step = lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps);
   with a decoupled decay (`role_weight_decay`) the weight is first multiplied by (1 - lr*decay),
   as torch's AdamW does;
@@ -93,6 +94,7 @@ class MixedOptimizer:
         *,
         lr_scale: float,
         momentum: float,
+        weight_decay_scale: float = 1.0,
     ) -> dict[str, mx.array]:
         """The parameters after one step (new arrays; the inputs are not changed)."""
         grads = dict(grads)
@@ -115,8 +117,8 @@ class MixedOptimizer:
                     nesterov = normalise_rows(nesterov)
                 update = newton_schulz(nesterov, self.backend_steps, dtype=self.ns_dtype, coeffs=self.ns_coeffs)
                 update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-                if self.decay[name] > 0:
-                    p = p * (1.0 - lr * self.decay[name])
+                if self.decay[name] > 0:  # Muon's decay follows the schedule's taper
+                    p = p * (1.0 - lr * self.decay[name] * weight_decay_scale)
                 out[name] = p - lr * update.astype(p.dtype)
             else:
                 if self.decay[name] > 0:

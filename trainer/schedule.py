@@ -12,6 +12,9 @@ What it guarantees:
   the multiplier is the reference's `lr_mul` exactly (a machine too slow for N steps in its
   budget therefore decays from its first steps, as the reference script would).
 - `muon_momentum` ramps linearly from its start value to its final value over its warm-up steps.
+- `weight_decay_scale` multiplies Muon's weight decay: 1 until `wd_taper_from_frac` of the
+  budget, then linearly down to `wd_taper_final_mult` at its end (the records' late taper: high
+  decay keeps weights compressible early, less of it optimises better once they have settled).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Schedule", "lr_scale", "muon_momentum"]
+__all__ = ["Schedule", "lr_scale", "muon_momentum", "weight_decay_scale"]
 
 
 def lr_scale(
@@ -48,6 +51,15 @@ def lr_scale(
     return warm * decay
 
 
+def weight_decay_scale(elapsed_s: float, budget_s: float, *, taper_from_frac: float = 1.0, final_mult: float = 1.0) -> float:
+    """Multiplier of Muon's weight decay `elapsed_s` seconds into a `budget_s` run."""
+    start = taper_from_frac * budget_s
+    if taper_from_frac >= 1.0 or elapsed_s <= start:
+        return 1.0
+    frac = min((elapsed_s - start) / (budget_s - start), 1.0)
+    return 1.0 + (final_mult - 1.0) * frac
+
+
 def muon_momentum(step: int, *, start: float, end: float, warmup_steps: int) -> float:
     """Muon momentum for `step`: `start` at step 0, `end` from step `warmup_steps` on."""
     if warmup_steps <= 0:
@@ -68,6 +80,8 @@ class Schedule:
     momentum_start: float
     momentum_end: float
     momentum_warmup_steps: int
+    wd_taper_from_frac: float = 1.0
+    wd_taper_final_mult: float = 1.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], budget_s: float) -> "Schedule":
@@ -80,6 +94,8 @@ class Schedule:
             momentum_start=config["muon_momentum_warmup_start"],
             momentum_end=config["muon_momentum"],
             momentum_warmup_steps=config["muon_momentum_warmup_steps"],
+            wd_taper_from_frac=config["wd_taper_from_frac"],
+            wd_taper_final_mult=config["wd_taper_final_mult"],
         )
 
     def lr(self, step: int, elapsed_s: float) -> float:
@@ -92,6 +108,10 @@ class Schedule:
             warmdown_steps=self.warmdown_steps,
             min_lr_frac=self.min_lr_frac,
         )
+
+    def weight_decay(self, elapsed_s: float) -> float:
+        """The multiplier of Muon's weight decay at `elapsed_s`."""
+        return weight_decay_scale(elapsed_s, self.budget_s, taper_from_frac=self.wd_taper_from_frac, final_mult=self.wd_taper_final_mult)
 
     def momentum(self, step: int) -> float:
         return muon_momentum(step, start=self.momentum_start, end=self.momentum_end, warmup_steps=self.momentum_warmup_steps)

@@ -167,7 +167,7 @@ def train(
                 break  # the budget ran out inside the step: the mean gradient of those done
         scale = 1.0 / done
         grads = {k: g * scale for k, g in summed.items()} if done > 1 else summed
-        params = optimiser.step(params, grads, lr_scale=lr_mult, momentum=schedule.momentum(step))
+        params = optimiser.step(params, grads, lr_scale=lr_mult, momentum=schedule.momentum(step), weight_decay_scale=schedule.weight_decay(elapsed))
         mean = total * scale
         mx.eval(params, optimiser.arrays(), mean)
         return mean, done

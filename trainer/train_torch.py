@@ -194,6 +194,7 @@ def train(
                         p.grad.mul_(accum / done)
         for group in muon.param_groups:
             group["momentum"] = schedule.momentum(step)
+            group["weight_decay"] = config["muon_weight_decay"] * wd_mult
         for opt in optimisers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * lr_mult
@@ -223,6 +224,7 @@ def train(
     if config["ema_decay"] > 0:
         ema = {name: p.detach().clone().float() for name, p in model.named_parameters()}
 
+    wd_mult = 1.0  # the Muon weight decay's taper (schedule.weight_decay), read by one_step
     quantised_bits = qat_bits(config, {name: tuple(p.shape) for name, p in model.named_parameters()})
     qat_active = False
     losses: list[torch.Tensor] = []
@@ -273,6 +275,7 @@ def train(
             break
         watch = not distributed and (step == 0 or elapsed + expected > budget_s or expected >= report_every_s)
         lr_mult = schedule.lr(step, elapsed)
+        wd_mult = schedule.weight_decay(elapsed)
         if quantised_bits and qat_on(config, step, lr_mult) != qat_active:
             qat_active = not qat_active  # a compiled runner recompiles once for it
             set_qat(model, quantised_bits if qat_active else {}, lambda bits: scale_floor(config, bits))
