@@ -43,7 +43,8 @@ from p2pgolf.node.home import Home
 from p2pgolf.node.host import DEFAULT_LISTEN, PeerAddr, listen_port, make_host, refuse_taken_ports, with_port
 from p2pgolf.node.limits import Admission, Limits, Verdict
 from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
-from p2pgolf.node.relay import Relay, RelaySettings
+from p2pgolf.node.relay import Relay
+from p2pgolf.node.relay_settings import RelaySettings
 from p2pgolf.node.status import NodeStatus, PeerStatus
 from p2pgolf.node.stream_limits import StreamSlots
 from p2pgolf.node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
@@ -404,6 +405,8 @@ class Node:
             relays=tuple(self.relay.relay_bases()) if self.relay else (),
             relaying=self.relay.serving if self.relay else False,
             relayed_peers=tuple(p for p in self.connected_peers() if self._only_relayed(p)),
+            met_through_relay=tuple(sorted(self.relay.met_through_relay)) if self.relay else (),
+            upgraded_to_direct=tuple(self.relay.upgraded()) if self.relay else (),
         )
 
     def _only_relayed(self, peer: str) -> bool:

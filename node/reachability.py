@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MAX_SERVERS = 4  # the spec's "more than three" servers, when a node has that many peers
-DIAL_BACK_TIMEOUT_S = 5.0
+DIAL_BACK_TIMEOUT_S = 4.0
 QUERY_TIMEOUT_S = 10.0
 
 
@@ -96,7 +96,7 @@ def verdict(answers: list[bool]) -> str:
 class Reachability:
     """This node's reachability ("unknown", "public" or "private"), found with AutoNAT."""
 
-    def __init__(self, host: "IHost", candidate_addrs: Any, *, retry_s: float = 3.0, recheck_s: float = 300.0) -> None:
+    def __init__(self, host: "IHost", candidate_addrs: Any, *, retry_s: float = 2.0, recheck_s: float = 300.0) -> None:
         self.host = host
         self.candidate_addrs = candidate_addrs  # () -> list of multiaddr strings to have dialled
         self.retry_s = retry_s

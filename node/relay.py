@@ -23,52 +23,26 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
 from p2pgolf.node.reachability import direct_peers, is_relayed
+from p2pgolf.node.relay_settings import RelaySettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from libp2p.abc import IHost
 
 log = logging.getLogger(__name__)
 
-LOOP_S = 2.0
+LOOP_S = 1.0
 RESERVE_TIMEOUT_S = 10.0
 RELAYED_DIAL_TIMEOUT_S = 15.0
 RELAYED_DIALS_PER_ROUND = 4
 MAX_RELAYED_PEERS = 8  # no more relayed dials while this many peers are reached only through a relay
 RETRY_PEER_S = 30.0  # a peer whose relayed dial failed is dialled again this much later
-RETRY_RESERVE_S = 5.0  # a peer that refused a reservation is asked again this much later (it may not know yet that it is reachable)
+RETRY_RESERVE_S = 2.0  # a peer that refused a reservation is asked again this much later (it may not know yet that it is reachable)
 REFRESH_BEFORE_S = 120.0  # a reservation is renewed when it has this long left
-
-
-@dataclass(frozen=True)
-class RelaySettings:
-    """What this node offers as a relay and asks of relays. Defaults are libp2p's where they
-    suit: 4 reservations, 8 circuits per reservation, an hour per circuit; 64 MiB per circuit
-    (libp2p: 1 GiB) bounds what one relayed peer costs us while leaving room for an artifact."""
-
-    service: bool = True  # serve as a relay when reachable (`join --no-relay-service`: never)
-    max_reservations: int = 4
-    max_circuits: int = 8  # open circuits per reservation
-    circuit_bytes: int = 64 * 1024 * 1024  # per circuit, both directions together
-    circuit_duration_s: int = 3600
-    reservations: int = 2  # relays an unreachable node reserves a slot on
-    hole_punch: bool = True  # upgrade relayed connections to direct ones (DCUtR)
-
-    def __post_init__(self) -> None:
-        for name in ("max_reservations", "max_circuits", "circuit_bytes", "circuit_duration_s", "reservations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"relay {name} must be a whole number >= 0, not {value!r}")
-
-    def limits(self) -> Any:
-        from libp2p.relay.circuit_v2.resources import RelayLimits
-
-        return RelayLimits(duration=self.circuit_duration_s, data=self.circuit_bytes, max_circuit_conns=self.max_circuits, max_reservations=self.max_reservations)
 
 
 class Relay:
@@ -94,6 +68,7 @@ class Relay:
         self.serving = False
         self.reserved: dict[str, tuple[str, float]] = {}  # relay peer id -> (its base address, expiry, unix s)
         self.relayed_dials = 0
+        self.met_through_relay: set[str] = set()  # peers we have had a relayed connection with
         self._retry_at: dict[str, float] = {}
 
     def services(self) -> list[Any]:
@@ -110,13 +85,22 @@ class Relay:
 
         return [*candidates, *(multiaddr.Multiaddr(f"{b}/p2p-circuit") for b in self.relay_bases())]
 
-    def hole_punched(self) -> int:
-        """Peers DCUtR reached directly so far."""
-        return len(self.dcutr._direct_connections) if self.dcutr is not None else 0
+    def upgraded(self) -> list[str]:
+        """Peers we had a relayed connection with and now reach directly (DCUtR's work: behind
+        NATs nothing else gets a direct connection)."""
+        out = []
+        for peer in sorted(self.met_through_relay):
+            from libp2p.peer.id import ID
+
+            conns = self._conns(ID.from_base58(peer))
+            if any(not is_relayed(c) for c in conns):
+                out.append(peer)
+        return out
 
     async def run(self) -> None:
         """Until cancelled: serve when reachable, reserve when not, dial relayed-only peers."""
         while True:
+            self._note_relayed()
             status = self.reachability()
             self._serve(status == "public" and self.settings.service)
             if status == "private":
@@ -234,12 +218,18 @@ class Relay:
                 except Exception as exc:
                     log.debug("relayed dial to %s failed: %s", text, exc)
                     continue
+                self.met_through_relay.add(pid.to_base58())
                 log.info("connected to %s through relay %s", pid.to_base58(), relay)
                 return
 
         async with trio.open_nursery() as nursery:
             for pid, via in targets[:RELAYED_DIALS_PER_ROUND]:
                 nursery.start_soon(dial, pid, via)
+
+    def _note_relayed(self) -> None:
+        for pid, conns in list(self.host.get_network().connections.items()):
+            if any(is_relayed(c) for c in (conns if isinstance(conns, list) else [conns])):
+                self.met_through_relay.add(pid.to_base58())
 
     def _only_relayed(self, pid: Any) -> bool:
         conns = self._conns(pid)
