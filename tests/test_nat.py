@@ -19,10 +19,14 @@ the end, also when an assertion fails. Skipped, saying why, without root, `ip` o
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+
 import pytest
 
 from netns_lab import PUBLIC_IP, NatLab, missing_requirements
-from node_procs import NodeProc, make_home, stop_all, wait_until
+from node_procs import P2PGOLF, NodeProc, make_home, stop_all, wait_until
 from records_factory import signed_result
 
 from p2pgolf.protocol.identity import Identity
@@ -63,6 +67,8 @@ def test_two_nodes_behind_nats_exchange_records_through_the_relay_and_end_direct
             addrs = node.status()["addrs"]
             assert addrs[0] == f"{relay_addr}/p2p-circuit/p2p/{node.identity.peer_id}", addrs
             assert any(x.startswith("/ip4/198.51.100.") and "/p2p-circuit" not in x for x in addrs), addrs  # the observed public IP
+        shown = json.loads(subprocess.run([P2PGOLF, "--home", str(a_home.root), "id", "--json"], capture_output=True, text=True, timeout=30).stdout)
+        assert shown["reachability"] == "private" and shown["addrs"][0].endswith(f"/p2p-circuit/p2p/{a_id.peer_id}")
 
         wait_until(lambda: b.status()["pool_records"] == 1, 30, interval=0.3, what="B to get A's record over their relayed connection")
         assert a_id.peer_id in b.status()["met_through_relay"]
@@ -74,6 +80,9 @@ def test_two_nodes_behind_nats_exchange_records_through_the_relay_and_end_direct
         assert b.publish([gossiped])[0]["verdict"] == "added"
         wait_until(lambda: a.status()["pool_records"] == 2, 20, interval=0.3, what="A to get B's new record over the direct connection")
     finally:
+        for node in nodes:  # all at once: each takes a few seconds to shut down
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
         stop_all(nodes)
         for node in nodes:
             node.kill()  # only if SIGTERM did not end it; by its PID
