@@ -43,6 +43,7 @@ from netns_lab import PUBLIC_IP, NatLab, missing_requirements  # noqa: E402
 from node_procs import NodeProc, make_home  # noqa: E402
 
 from p2pgolf.protocol.identity import Identity  # noqa: E402
+from p2pgolf.protocol.signing import decode_record  # noqa: E402
 
 PORT = 4001
 SCENARIOS = {"firewall": (True, True), "firewall-relay-only": (True, False), "reset": (False, True)}  # name: (drop unsolicited, hole punch)
@@ -92,8 +93,6 @@ def run_scenario(name: str, records: int, root: Path) -> dict:
             origin: dict[str, int] = {}
             for k in range(records):
                 raw = make_record(author, seed=k)
-                from p2pgolf.protocol.signing import decode_record
-
                 at = k % 2  # 0: A, 1: B
                 [a, b][at].publish([raw])
                 origin[decode_record(raw).id] = at

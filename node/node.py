@@ -170,7 +170,7 @@ class Node:
                 from p2pgolf.node.reachability import Reachability
 
                 self.reachability = Reachability(self.host, self._direct_addrs)
-                self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status)
+                self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status, max_peers=opts.mesh.target_degree)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids, self.stream_slots)

@@ -8,9 +8,10 @@
   `RelaySettings.reservations` directly connected peers that serve, and keeps each reservation
   fresh; its relay addresses (`/ip4/R/tcp/P/p2p/RELAY/p2p-circuit/p2p/SELF`) are then among the
   addresses it advertises (identify, the DHT) and prints.
-- Every node accepts relayed connections (/libp2p/circuit/relay/0.2.0/stop) and dials peers it
-  knows only by relay addresses through that relay, a few at a time with a back-off per peer:
-  libp2p's swarm skips /p2p-circuit addresses, so this dial is ours.
+- Every node accepts relayed connections (/libp2p/circuit/relay/0.2.0/stop). While it has fewer
+  than `max_peers` connections it dials known peers it is not connected to through a relay (the
+  relay addresses they advertise, else the relays it holds a reservation on), a few at a time
+  with a back-off per peer: libp2p's swarm skips /p2p-circuit addresses, so this dial is ours.
 - DCUtR (/libp2p/dcutr): the library's service upgrades each relayed connection to a direct
   one where the two NATs allow (it dials from the listen port, so a NAT that keeps ports maps it
   to the address the peer was told); the relayed connection is closed once a direct one works.
@@ -41,14 +42,15 @@ RELAYED_DIAL_TIMEOUT_S = 15.0
 RELAYED_DIALS_PER_ROUND = 4
 MAX_RELAYED_PEERS = 8  # no more relayed dials while this many peers are reached only through a relay
 RETRY_PEER_S = 30.0  # a peer whose relayed dial failed is dialled again this much later
-RETRY_RESERVE_S = 2.0  # a peer that refused a reservation is asked again this much later (it may not know yet that it is reachable)
+RETRY_RESERVE_S = 2.0  # a relay that refused a reservation is asked again this much later (a slot may free up)
+RETRY_NOT_RELAY_S = 30.0  # a peer that does not serve as a relay, unless it starts to (identify says so)
 REFRESH_BEFORE_S = 120.0  # a reservation is renewed when it has this long left
 
 
 class Relay:
     """The relay service, the relay client and DCUtR of one host."""
 
-    def __init__(self, host: "IHost", settings: RelaySettings, reachability: Callable[[], str]) -> None:
+    def __init__(self, host: "IHost", settings: RelaySettings, reachability: Callable[[], str], *, max_peers: int = 8) -> None:
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
         from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -56,6 +58,7 @@ class Relay:
         self.host = host
         self.settings = settings
         self.reachability = reachability
+        self.max_peers = max_peers  # no relayed dials at this many connections (the mesh's target degree)
         limits = settings.limits()
         # allow_hop=False: the hop handler is set (and removed) by `run` as reachability changes.
         self.protocol = CircuitV2Protocol(host, limits=limits, allow_hop=False)
@@ -70,6 +73,9 @@ class Relay:
         self.relayed_dials = 0
         self.met_through_relay: set[str] = set()  # peers we have had a relayed connection with
         self._retry_at: dict[str, float] = {}
+        self._not_relay: set[str] = set()  # peers that refused a reservation without serving hop
+        self._new_conns: list[Any] = []  # connections opened since the last look (a relayed one may be gone by then)
+        host.get_network().register_notifee(_connection_collector(self._new_conns))
 
     def services(self) -> list[Any]:
         return [self.protocol, *([self.dcutr] if self.dcutr is not None else [])]
@@ -102,21 +108,33 @@ class Relay:
         while True:
             self._note_relayed()
             status = self.reachability()
-            self._serve(status == "public" and self.settings.service)
+            await self._serve(status == "public" and self.settings.service)
             if status == "private":
                 await self._reserve()
             await self._dial_relayed()
             await trio.sleep(LOOP_S)
 
-    def _serve(self, on: bool) -> None:
+    async def _serve(self, on: bool) -> None:
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
 
-        if on and not self.serving:
+        if on == self.serving:
+            return
+        if on:
             self.host.set_stream_handler(PROTOCOL_ID, self.protocol._handle_hop_stream)
             log.info("serving as a circuit relay (%d reservations, %d circuits each)", self.settings.max_reservations, self.settings.max_circuits)
-        elif self.serving and not on:
+        else:
             self.host.remove_stream_handler(PROTOCOL_ID)
         self.serving = on
+        await self._announce()  # peers learn (identify's protocol list) that we do or do not relay
+
+    def _serves_hop(self, pid: Any) -> bool:
+        """Whether identify told us `pid` speaks the relay's hop protocol."""
+        from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
+
+        try:
+            return PROTOCOL_ID in self.host.get_peerstore().get_protocols(pid)
+        except Exception:
+            return False
 
     async def _reserve(self) -> None:
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
@@ -125,7 +143,7 @@ class Relay:
         connected = {pid.to_base58(): pid for pid in direct_peers(self.host)}
         self.reserved = {r: v for r, v in self.reserved.items() if r in connected}
         due = [r for r, (_, expires) in self.reserved.items() if expires - now < REFRESH_BEFORE_S]
-        fresh = [p for p in connected if p not in self.reserved and self._retry_at.get(p, 0) <= now]
+        fresh = [p for p in connected if p not in self.reserved and (self._retry_at.get(p, 0) <= now or (p in self._not_relay and self._serves_hop(connected[p])))]
         random.shuffle(fresh)
         wanted = max(self.settings.reservations - len(self.reserved), 0)
         for peer in [*due, *fresh[:wanted]]:
@@ -157,7 +175,12 @@ class Relay:
                     await self._announce()
             else:
                 self.reserved.pop(peer, None)
-                self._retry_at[peer] = now + RETRY_RESERVE_S
+                relay = self._serves_hop(pid)
+                self._retry_at[peer] = now + (RETRY_RESERVE_S if relay else RETRY_NOT_RELAY_S)
+                if relay:
+                    self._not_relay.discard(peer)
+                else:
+                    self._not_relay.add(peer)
 
     async def _announce(self) -> None:
         """Tell connected peers our new addresses now (identify push) rather than at their next
@@ -193,7 +216,7 @@ class Relay:
 
         own = self.host.get_id()
         connected = set(self.host.get_connected_peers())
-        if len([p for p in connected if self._only_relayed(p)]) >= MAX_RELAYED_PEERS:
+        if len(connected) >= self.max_peers or len([p for p in connected if self._only_relayed(p)]) >= MAX_RELAYED_PEERS:
             return
         ours = [_relay_of(f"{b}/p2p-circuit") for b in self.relay_bases()]
         now = time.time()
@@ -227,9 +250,16 @@ class Relay:
                 nursery.start_soon(dial, pid, via)
 
     def _note_relayed(self) -> None:
-        for pid, conns in list(self.host.get_network().connections.items()):
-            if any(is_relayed(c) for c in (conns if isinstance(conns, list) else [conns])):
-                self.met_through_relay.add(pid.to_base58())
+        """Remember the peers of relayed connections opened since the last look. Looked at a
+        moment later, not when opened: an inbound relayed connection is tagged as relayed only
+        after libp2p has announced it."""
+        new, self._new_conns[:] = list(self._new_conns), []
+        for conn in new:
+            if is_relayed(conn):
+                try:
+                    self.met_through_relay.add(conn.muxed_conn.peer_id.to_base58())
+                except Exception:
+                    continue
 
     def _only_relayed(self, pid: Any) -> bool:
         conns = self._conns(pid)
@@ -238,6 +268,33 @@ class Relay:
     def _conns(self, pid: Any) -> list[Any]:
         conns = self.host.get_network().connections.get(pid, [])
         return conns if isinstance(conns, list) else [conns]
+
+
+def _connection_collector(sink: list[Any]) -> Any:
+    """A libp2p notifee appending every new connection to `sink` (bounded: the oldest go)."""
+    from libp2p.abc import INotifee
+
+    class NewConnections(INotifee):
+        async def connected(self, network: Any, conn: Any) -> None:
+            sink.append(conn)
+            del sink[:-256]
+
+        async def disconnected(self, network: Any, conn: Any) -> None:
+            pass
+
+        async def opened_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def closed_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def listen(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+        async def listen_close(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+    return NewConnections()
 
 
 def _relay_of(addr: Any) -> Any:

@@ -117,3 +117,64 @@ def test_libp2p_0_8_1_autonat_server_calls_an_unreachable_address_reachable_and_
 
     assert trio.run(_dial_back_status, False) == Message.OK  # the upstream server reuses the connection
     assert trio.run(_dial_back_status, True) == Message.E_DIAL_ERROR
+
+
+async def _relay_limits_run() -> dict:
+    """A public relay allowing one reservation and two private clients on loopback, each a real
+    host with node.relay.Relay running; plus a public node that turned its relay service off."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2pgolf.node.host import make_host
+    from p2pgolf.node.relay import Relay
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    hosts = {name: make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for name in ("relay", "off", "c1", "c2")}
+    relays = {
+        "relay": Relay(hosts["relay"], RelaySettings(max_reservations=1, hole_punch=False), lambda: "public"),
+        "off": Relay(hosts["off"], RelaySettings(service=False, hole_punch=False), lambda: "public"),
+        "c1": Relay(hosts["c1"], RelaySettings(hole_punch=False), lambda: "private"),
+        "c2": Relay(hosts["c2"], RelaySettings(hole_punch=False), lambda: "private"),
+    }
+    from contextlib import AsyncExitStack
+
+    from libp2p.tools.anyio_service import background_trio_service
+
+    out: dict = {}
+    async with AsyncExitStack() as stack:
+        for relay in relays.values():
+            for service in relay.services():
+                await stack.enter_async_context(background_trio_service(service))
+        for host in hosts.values():
+            await stack.enter_async_context(host.run(listen))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relays["relay"].run)
+            nursery.start_soon(relays["off"].run)
+            async with trio.open_nursery() as dials:  # at once: each connect costs about 250 ms
+                for client in ("c1", "c2"):
+                    for server in ("relay", "off"):
+                        dials.start_soon(hosts[client].connect, info_from_p2p_addr(hosts[server].get_addrs()[0]))
+            assert relays["relay"].serving and not relays["off"].serving
+            nursery.start_soon(relays["c1"].run)
+            with trio.move_on_after(8):
+                while not relays["c1"].reserved:
+                    await trio.sleep(0.1)
+            nursery.start_soon(relays["c2"].run)
+            ids = {name: h.get_id().to_base58() for name, h in hosts.items()}
+            with trio.move_on_after(8):  # until c2 has asked both and been refused by both
+                while not {ids["relay"], ids["off"]} <= set(relays["c2"]._retry_at):
+                    await trio.sleep(0.1)
+            out = {name: (r.serving, sorted(r.reserved), sorted(r._retry_at)) for name, r in relays.items()}
+            out["ids"] = ids
+            nursery.cancel_scope.cancel()
+        for host in hosts.values():
+            await host.close()
+    return out
+
+
+def test_a_public_relay_serves_within_its_reservation_limit_and_one_turned_off_serves_nobody():
+    out = trio.run(_relay_limits_run)
+    ids = out["ids"]
+    assert out["relay"][0] is True and out["off"][0] is False
+    assert out["c1"][1] == [ids["relay"]] and ids["off"] in out["c1"][2]  # the one slot; the node with the service off refused
+    assert out["c2"][1] == [] and ids["relay"] in out["c2"][2]  # max_reservations=1: refused
