@@ -169,7 +169,7 @@ class Node:
             if opts.nat:
                 from p2pgolf.node.reachability import Reachability
 
-                self.reachability = Reachability(self.host, self._direct_addrs)
+                self.reachability = Reachability(self.host, self._dial_back_candidates)
                 self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status, max_peers=opts.mesh.target_degree)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
@@ -243,6 +243,13 @@ class Node:
         from p2pgolf.node.host import concrete_addrs
 
         return list(dict.fromkeys(a for t in self.host.get_transport_addrs() for a in concrete_addrs(str(t)) if "/p2p-circuit" not in a))
+
+    def _dial_back_candidates(self) -> list[str]:
+        """What AutoNAT asks peers to dial: the listen addresses and each observed public IP
+        with the listen port (never relay addresses)."""
+        from p2pgolf.node.addresses import usable_addrs
+
+        return usable_addrs(self.peer_id, self._direct_addrs(), observed_ips=self._observed_ips())
 
     def _observed_ips(self) -> list[str]:
         """IPs peers told us (identify) they see us at, newest libp2p view; even one observer

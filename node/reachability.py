@@ -14,8 +14,9 @@ DCUtR does for the same reason) and closes it once it is up.
 
 `Reachability.run` asks up to `MAX_SERVERS` directly connected peers whenever the answer is
 unknown (and every `recheck_s` after), and calls the result public once most of those that
-answered said OK, private once most said no; it never asks over a relayed connection, where
-the server cannot see our address.
+answered said OK, private once most said the dial-back failed (a refusal is no answer: the
+server found nothing to dial, typically before identify told us our public IP); it never asks
+over a relayed connection, where the server cannot see our address.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class Reachability:
 
     async def check(self, servers: list[Any]) -> str:
         """Ask each of `servers` (libp2p IDs) to dial us back; update and return the status.
-        A server that cannot be asked (no answer in time, no AutoNAT) gives no answer."""
+        OK counts as reachable, E_DIAL_ERROR as not; a refusal, an error or no answer in time
+        (no AutoNAT there) counts as no answer."""
         import multiaddr
         from libp2p.host.autonat.pb.autonat_pb2 import Message
 
@@ -136,7 +138,12 @@ class Reachability:
             except Exception as exc:
                 log.debug("autonat query to %s failed: %s", server, exc)
                 return
-            answers.append(status == int(Message.OK))
+            if status == int(Message.OK):
+                answers.append(True)
+            elif status == int(Message.E_DIAL_ERROR):
+                answers.append(False)
+            # E_DIAL_REFUSED (no address on the IP it sees, e.g. before identify told us our
+            # public IP) and errors say nothing about reachability: no answer.
 
         async with trio.open_nursery() as nursery:
             for server in servers:
