@@ -411,19 +411,10 @@ class Node:
             reachability=self.reachability_status,
             relays=tuple(self.relay.relay_bases()) if self.relay else (),
             relaying=self.relay.serving if self.relay else False,
-            relayed_peers=tuple(p for p in self.connected_peers() if self._only_relayed(p)),
+            relayed_peers=tuple(self.relay.relayed_only()) if self.relay else (),
             met_through_relay=tuple(sorted(self.relay.met_through_relay)) if self.relay else (),
             upgraded_to_direct=tuple(self.relay.upgraded()) if self.relay else (),
         )
-
-    def _only_relayed(self, peer: str) -> bool:
-        from libp2p.peer.id import ID
-
-        from p2pgolf.node.reachability import is_relayed
-
-        conns = self.host.get_network().connections.get(ID.from_base58(peer), [])
-        conns = conns if isinstance(conns, list) else [conns]
-        return bool(conns) and all(is_relayed(c) for c in conns)
 
     def _research_status(self) -> dict:
         if self.research is None:

@@ -103,6 +103,10 @@ class Relay:
                 out.append(peer)
         return out
 
+    def relayed_only(self) -> list[str]:
+        """Connected peers reached only through a relay (not, or not yet, hole-punched)."""
+        return sorted(p.to_base58() for p in self.host.get_connected_peers() if self._only_relayed(p))
+
     async def run(self) -> None:
         """Until cancelled: serve when reachable, reserve when not, dial relayed-only peers."""
         while True:
