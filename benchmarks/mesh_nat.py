@@ -14,6 +14,7 @@ Scenarios:
 - `firewall`: routers drop unsolicited packets (a home router); hole punching allowed.
 - `firewall-relay-only`: the same with `--no-hole-punch` on A and B: records go over the relay.
 - `reset`: routers answer unsolicited SYNs with a reset (plain Linux NAT); hole punching allowed.
+- `symmetric`: as `firewall`, but every mapping gets a random port (a symmetric NAT).
 The ratio is relayed p99 over direct p99, both from this run. Goal: delivery 100% everywhere.
 Needs root, `ip` and `iptables`.
 
@@ -46,7 +47,7 @@ from p2pgolf.protocol.identity import Identity  # noqa: E402
 from p2pgolf.protocol.signing import decode_record  # noqa: E402
 
 PORT = 4001
-SCENARIOS = {"firewall": (True, True), "firewall-relay-only": (True, False), "reset": (False, True)}  # name: (drop unsolicited, hole punch)
+SCENARIOS = {"firewall": (True, True, False), "firewall-relay-only": (True, False, False), "reset": (False, True, False), "symmetric": (True, True, True)}  # name: (drop unsolicited, hole punch, random ports)
 
 
 def progress(text: str) -> None:
@@ -67,9 +68,9 @@ def until(predicate, timeout: float, start: float) -> float | None:
 
 
 def run_scenario(name: str, records: int, root: Path) -> dict:
-    drop, punch = SCENARIOS[name]
+    drop, punch, random_ports = SCENARIOS[name]
     author = Identity.generate()
-    with NatLab(prefix=f"p2gb{os.getpid()}", drop_unsolicited=drop) as lab:
+    with NatLab(prefix=f"p2gb{os.getpid()}", drop_unsolicited=drop, random_ports=random_ports) as lab:
         homes = {n: make_home(root / name, n) for n in ("pub", "a", "b")}
         pub = NodeProc(*homes["pub"], port=PORT, ip="0.0.0.0", wrap=lab.exec_args("pub"), bench="smoke@30s")
         a = NodeProc(*homes["a"], port=PORT, ip="0.0.0.0", wrap=lab.exec_args("a"))
@@ -112,7 +113,7 @@ def run_scenario(name: str, records: int, root: Path) -> dict:
                     node.kill()
     return {
         "scenario": name,
-        "nat": "drops unsolicited" if drop else "resets unsolicited",
+        "nat": ("random ports, " if random_ports else "") + ("drops unsolicited" if drop else "resets unsolicited"),
         "hole_punch": punch,
         "reserved_s": reserved,
         "relayed_s": relayed,

@@ -8,7 +8,8 @@ and `iptables`).
 Both routers are Linux MASQUERADE (endpoint-independent mapping while the source port is free,
 so the port is kept; endpoint-dependent filtering). With `drop_unsolicited` (the default) they
 also drop unsolicited packets from the wan side, as a home router's firewall does; without it
-they answer an unsolicited SYN with a reset.
+they answer an unsolicited SYN with a reset. With `random_ports` every mapping gets a random
+port (MASQUERADE --random-fully: a symmetric NAT, as some carrier-grade NATs are).
 
 Namespace names carry a prefix with this process's pid, so two runs never collide. Veth pairs
 are created directly inside the namespaces (the root namespace never holds them), so deleting
@@ -40,9 +41,10 @@ def missing_requirements() -> str | None:
 class NatLab:
     """The namespaces above; `exec_args(name)` prefixes a command to run inside one."""
 
-    def __init__(self, prefix: str | None = None, *, drop_unsolicited: bool = True) -> None:
+    def __init__(self, prefix: str | None = None, *, drop_unsolicited: bool = True, random_ports: bool = False) -> None:
         self.prefix = prefix or f"p2gn{os.getpid()}"
         self.drop_unsolicited = drop_unsolicited
+        self.random_ports = random_ports
         self.made: list[str] = []
 
     def ns(self, name: str) -> str:
@@ -82,7 +84,7 @@ class NatLab:
             _ip("-n", h, "link", "set", "eth0", "up")
             _ip("-n", h, "route", "add", "default", "via", gateway)
             _run(["ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-            _run(["ip", "netns", "exec", r, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE"])
+            _run(["ip", "netns", "exec", r, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE", *(["--random-fully"] if self.random_ports else [])])
             if self.drop_unsolicited:
                 # What a home router's firewall does: an unsolicited packet from outside is dropped
                 # silently. Without it, the router's own kernel answers a SYN to an unmapped port
