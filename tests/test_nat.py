@@ -8,7 +8,8 @@ What it proves, in order:
   slot on it and lists the relay address first among its usable addresses.
 - Records through the relay: the public node runs a *different* benchmark, so it neither stores
   nor forwards the NATed nodes' records; a record A holds from the start can only reach B over
-  a connection between A and B, and the first one is relayed (B syncs it at once on connecting).
+  a connection between A and B. The first one is relayed, and B syncs the record at once on
+  connecting, while DCUtR waits 2 s before its first attempt.
 - Hole punching (DCUtR): both NATs keep the source port (MASQUERADE does while the port is
   free) and filter per endpoint, so simultaneous TCP opens from the listen ports get through and
   A and B end on a direct connection, over which a gossiped record then flows.
@@ -71,7 +72,7 @@ def test_two_nodes_behind_nats_exchange_records_through_the_relay_and_end_direct
         assert shown["reachability"] == "private" and shown["addrs"][0].endswith(f"/p2p-circuit/p2p/{a_id.peer_id}")
 
         wait_until(lambda: b.status()["pool_records"] == 1, 30, interval=0.3, what="B to get A's record over their relayed connection")
-        assert a_id.peer_id in b.status()["met_through_relay"]
+        assert a_id.peer_id in b.status()["met_through_relay"] and b.status()["records_in_by_sync"] == 1
         assert pub.status()["pool_records"] == 0  # the relay only carried bytes, it holds none
 
         wait_until(lambda: b_id.peer_id in a.status()["upgraded_to_direct"], 30, interval=0.3, what="A and B to end on a direct (hole-punched) connection")

@@ -178,3 +178,13 @@ def test_a_public_relay_serves_within_its_reservation_limit_and_one_turned_off_s
     assert out["relay"][0] is True and out["off"][0] is False
     assert out["c1"][1] == [ids["relay"]] and ids["off"] in out["c1"][2]  # the one slot; the node with the service off refused
     assert out["c2"][1] == [] and ids["relay"] in out["c2"][2]  # max_reservations=1: refused
+
+
+def test_the_nat_lab_names_what_is_missing(monkeypatch):
+    import netns_lab
+
+    monkeypatch.setattr(netns_lab.os, "geteuid", lambda: 1000)
+    assert netns_lab.missing_requirements() == "needs root (network namespaces)"
+    monkeypatch.setattr(netns_lab.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns_lab.shutil, "which", lambda tool: None if tool == "iptables" else f"/usr/sbin/{tool}")
+    assert "needs the 'iptables' command" in netns_lab.missing_requirements()
