@@ -10,7 +10,8 @@ The fix: 0.8.1's server dials back with `host.connect`, which returns at once wh
 to the peer already exists, which it always does (the request came over one). Every node that
 advertises the IP the server sees would be told "reachable", behind a NAT or not.
 `DialBackAutoNAT` dials a fresh connection instead (the swarm's `dial_addr`, as the library's own
-DCUtR does for the same reason) and closes it once it is up.
+DCUtR does for the same reason) and closes it once it is up; it tries at most
+`MAX_DIAL_BACK_ADDRS` addresses per request and runs at most `MAX_DIAL_BACKS` dial-backs at once.
 
 `Reachability.run` asks up to `MAX_SERVERS` directly connected peers whenever the answer is
 unknown (and every `recheck_s` after), and calls the result public once most of those that
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_SERVERS = 4  # the spec's "more than three" servers, when a node has that many peers
 DIAL_BACK_TIMEOUT_S = 4.0
+MAX_DIAL_BACK_ADDRS = 8  # addresses tried per request (the spec bounds them; 0.8.1 does not)
+MAX_DIAL_BACKS = 4  # dial-backs in progress at once, all requesters together
 QUERY_TIMEOUT_S = 10.0
 
 
@@ -42,15 +45,24 @@ def make_autonat(host: "IHost") -> Any:
     connection instead of reusing the one the request came over."""
     from libp2p.host.autonat.autonat import AutoNATService
 
+    limiter = trio.CapacityLimiter(MAX_DIAL_BACKS)
+
     class DialBackAutoNAT(AutoNATService):
         async def _try_dial(self, peer_id: Any, addrs: list[bytes]) -> bytes | None:
+            async with limiter:
+                return await self._dial_fresh(peer_id, addrs[:MAX_DIAL_BACK_ADDRS])
+
+        async def _dial_fresh(self, peer_id: Any, addrs: list[bytes]) -> bytes | None:
             import multiaddr
 
             network = self.host.get_network()
             for raw in addrs:
                 try:
                     with trio.fail_after(DIAL_BACK_TIMEOUT_S):
-                        conn = await network.dial_addr(multiaddr.Multiaddr(raw), peer_id)
+                        # One attempt per address: dial_addr's retries with back-off would take
+                        # seconds per dead address, and a dial-back answers "can it be reached now".
+                        single = getattr(network, "_dial_addr_single_attempt", None) or network.dial_addr
+                        conn = await single(multiaddr.Multiaddr(raw), peer_id)
                 except Exception as exc:  # unreachable there: try the next address
                     log.debug("autonat dial-back to %s failed: %s", peer_id, exc)
                     continue

@@ -89,9 +89,10 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-async def _dial_back_status(fixed: bool) -> int:
-    """A client asks a server to dial it back at an address where nothing listens (it is
-    connected to the server from another one); returns the AutoNAT status code answered."""
+async def _dial_back_statuses(fixed: bool) -> dict[str, int]:
+    """A client asks a server to dial it back (it is connected to the server from another
+    address): at an address where nothing listens, at its real listen address, and at eight
+    dead addresses followed by the real one. Returns the AutoNAT status code of each answer."""
     import multiaddr
     from libp2p.host.autonat.autonat import AutoNATService
     from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -101,22 +102,28 @@ async def _dial_back_status(fixed: bool) -> int:
     server, client = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]), make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
     served = make_autonat(server) if fixed else AutoNATService(server)
     asking = AutoNATService(client, serve=False)
-    nowhere = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{_closed_port()}").to_bytes()
+    dead = [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{_closed_port()}").to_bytes() for _ in range(8)]
+    out = {}
     async with server.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), client.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        real = client.get_transport_addrs()[0].to_bytes()
         await client.connect(info_from_p2p_addr(server.get_addrs()[0]))
-        with trio.fail_after(15):
-            status, _ = await asking.query_server(server.get_id(), [nowhere], timeout=10)
+        for name, addrs in (("nowhere", dead[:1]), ("listening", [real]), ("ninth", [*dead, real])):
+            with trio.fail_after(20):
+                out[name], _ = await asking.query_server(server.get_id(), addrs, timeout=15)
         assert served is not None
         await client.close()
         await server.close()
-    return status
+    return out
 
 
 def test_libp2p_0_8_1_autonat_server_calls_an_unreachable_address_reachable_and_ours_does_not():
     from libp2p.host.autonat.pb.autonat_pb2 import Message
 
-    assert trio.run(_dial_back_status, False) == Message.OK  # the upstream server reuses the connection
-    assert trio.run(_dial_back_status, True) == Message.E_DIAL_ERROR
+    stock, ours = trio.run(_dial_back_statuses, False), trio.run(_dial_back_statuses, True)
+    assert stock["nowhere"] == Message.OK  # the upstream server reuses the request's connection
+    assert ours["nowhere"] == Message.E_DIAL_ERROR
+    assert ours["listening"] == Message.OK  # a fresh connection to where the client listens
+    assert ours["ninth"] == Message.E_DIAL_ERROR  # only the first MAX_DIAL_BACK_ADDRS (8) are tried
 
 
 async def _relay_limits_run() -> dict:
