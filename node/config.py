@@ -16,6 +16,15 @@ peers this node remembers across restarts.
     max_blobs = 200
     max_bytes = 2147483648
 
+    [relay]              # NAT traversal (node/relay.py); also `join --no-relay-service` etc.
+    service = true                   # serve as a circuit relay when reachable
+    max_reservations = 4             # peers that may hold a slot on this relay at once
+    max_circuits = 8                 # open relayed connections per reservation
+    circuit_bytes = 67108864         # bytes per relayed connection
+    circuit_duration_s = 3600        # seconds per relayed connection
+    reservations = 2                 # relays this node reserves on when it is not reachable
+    hole_punch = true                # upgrade relayed connections to direct ones (DCUtR)
+
     [proposers]          # external proposers (node/proposers), as `join --proposer NAME=COMMAND`
     heuristics = "python3 examples/proposers/scripted.py"
     agent = { command = "python3 examples/proposers/chat.py", timeout_s = 120, max_output_bytes = 65536 }
@@ -39,6 +48,7 @@ from p2pgolf.node.address_ranges import bounded_by_range
 from p2pgolf.node.home import Home
 from p2pgolf.node.host import DEFAULT_LISTEN, concrete_addrs, listen_port, parse_listen, parse_peer_addr, with_port
 from p2pgolf.node.limits import Limits
+from p2pgolf.node.relay_settings import RelaySettings
 from p2pgolf.pool.blobs import BlobError, Retention
 from p2pgolf.protocol.errors import ProtocolError
 
@@ -57,6 +67,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     proposers: tuple = ()  # node.proposers.spec.ProposerSpec values
+    relay: RelaySettings = field(default_factory=RelaySettings)
 
 
 def load_config(home: Home) -> NodeConfig:
@@ -69,9 +80,9 @@ def load_config(home: Home) -> NodeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProtocolError(f"cannot read it: {exc}", where) from None
-    unknown = sorted(set(data) - {"network", "limits", "blobs", "proposers"})
+    unknown = sorted(set(data) - {"network", "limits", "blobs", "proposers", "relay"})
     if unknown:
-        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits], [blobs] and [proposers]", where)
+        raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits], [blobs], [relay] and [proposers]", where)
     network = _table(data, "network", where)
     extra = sorted(set(network) - {"bootstrap", "listen", "mdns"})
     if extra:
@@ -111,7 +122,25 @@ def load_config(home: Home) -> NodeConfig:
     from p2pgolf.node.proposers.spec import config_spec
 
     proposers = tuple(config_spec(name, value, f"{where} [proposers]") for name, value in _table(data, "proposers", where).items())
-    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers)
+    relay = relay_settings(_table(data, "relay", where), f"{where} [relay]")
+    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers, relay=relay)
+
+
+def relay_settings(table: dict, where: str, base: RelaySettings | None = None) -> RelaySettings:
+    """RelaySettings from a [relay] table (or join's flags) over `base`; ProtocolError naming
+    the key for an unknown key or a bad value."""
+    base = base or RelaySettings()
+    known = {f.name for f in dataclasses.fields(RelaySettings)}
+    extra = sorted(set(table) - known)
+    if extra:
+        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected some of {', '.join(sorted(known))}", where)
+    for key in ("service", "hole_punch"):
+        if key in table and type(table[key]) is not bool:
+            raise ProtocolError(f"{key} must be true or false, not {table[key]!r}", where)
+    try:
+        return dataclasses.replace(base, **table)
+    except ValueError as exc:
+        raise ProtocolError(str(exc), where) from None
 
 
 def load_known_peers(home: Home) -> list[str]:

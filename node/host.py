@@ -32,8 +32,9 @@ class PeerAddr:
     addr: str
 
 
-def make_host(identity: Identity, listen: list[str] | tuple[str, ...], *, enable_mdns: bool = False) -> "IHost":
-    """A libp2p host keyed by `identity`, offering Noise + Yamux, listening (once run) on `listen`."""
+def make_host(identity: Identity, listen: list[str] | tuple[str, ...], *, enable_mdns: bool = False, addrs_factory: Any = None) -> "IHost":
+    """A libp2p host keyed by `identity`, offering Noise + Yamux, listening (once run) on `listen`;
+    `addrs_factory` (libp2p's AddrsFactory) adds to the addresses it advertises (relay addresses)."""
     from libp2p import new_host
     from libp2p.crypto.ed25519 import Ed25519PrivateKey
     from libp2p.crypto.keys import KeyPair
@@ -52,6 +53,7 @@ def make_host(identity: Identity, listen: list[str] | tuple[str, ...], *, enable
         muxer_opt={YAMUX_ID: Yamux},
         listen_addrs=[parse_listen(a) for a in listen],
         enable_mDNS=enable_mdns,
+        addrs_factory=addrs_factory,
     )
     # py-libp2p 0.8.1's AutoConnector dials every peer in the peerstore (below 100 connections,
     # again every 5 s to 5 min), so any address a peer advertised would be dialled for ever.

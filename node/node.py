@@ -40,9 +40,11 @@ from p2pgolf.node.control import serve as serve_control
 from p2pgolf.node.discovery import Discovery
 from p2pgolf.node.gossip import Gossip, GossipSettings
 from p2pgolf.node.home import Home
-from p2pgolf.node.host import DEFAULT_LISTEN, PeerAddr, full_addrs, listen_port, make_host, refuse_taken_ports, with_port
+from p2pgolf.node.host import DEFAULT_LISTEN, PeerAddr, listen_port, make_host, refuse_taken_ports, with_port
 from p2pgolf.node.limits import Admission, Limits, Verdict
 from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
+from p2pgolf.node.relay import Relay
+from p2pgolf.node.relay_settings import RelaySettings
 from p2pgolf.node.status import NodeStatus, PeerStatus
 from p2pgolf.node.stream_limits import StreamSlots
 from p2pgolf.node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
@@ -84,6 +86,8 @@ class NodeOptions:
     mesh: MeshSettings = field(default_factory=MeshSettings)  # degree kept by peer exchange (node/peer_exchange.py)
     peer_exchange: bool = True  # False: only the peers named (no DHT), for fixed topologies
     fetch_scripts: bool = True  # fetch (never approve) the scripts records name (node/script_fetch.py)
+    relay: RelaySettings = field(default_factory=RelaySettings)  # relay service and client, DCUtR (node/relay.py)
+    nat: bool = True  # False: no AutoNAT, relay or hole punching at all
 
     def __post_init__(self) -> None:
         if not self.benches:
@@ -108,6 +112,8 @@ class Node:
         self.sync_server: SyncServer | None = None
         self.discovery: Discovery | None = None
         self.peer_exchange: PeerExchange | None = None
+        self.reachability: Any = None  # node.reachability.Reachability (AutoNAT)
+        self.relay: Relay | None = None
         blobs_dir = options.blobs_dir or (options.home.blobs_dir if options.home is not None else None)
         # Artifacts are capped at the largest size cap among our benchmarks (the challenge's 16 MB).
         self.blobs = BlobStore(blobs_dir, caps={"artifact": max(b.size_cap for b in options.benches)}) if blobs_dir else None
@@ -159,7 +165,12 @@ class Node:
         with trio.CancelScope(shield=True):
             opts = self.options
             listen = self._listen_addrs()
-            self.host = make_host(self.identity, listen, enable_mdns=opts.mdns)
+            self.host = make_host(self.identity, listen, enable_mdns=opts.mdns, addrs_factory=self._advertised if opts.nat else None)
+            if opts.nat:
+                from p2pgolf.node.reachability import Reachability
+
+                self.reachability = Reachability(self.host, self._dial_back_candidates)
+                self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status, max_peers=opts.mesh.target_degree)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids, self.stream_slots)
@@ -177,7 +188,7 @@ class Node:
                 self._remembered = load_known_peers(opts.home)
                 self._established = tuple(self._remembered)  # what worked in earlier runs
             async with AsyncExitStack() as stack:
-                for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else [])]:
+                for service in [*self.gossip.services(), *(self.peer_exchange.services() if self.peer_exchange else []), *(self.relay.services() if self.relay else [])]:
                     await stack.enter_async_context(background_trio_service(service))
                 await stack.enter_async_context(self.host.run([_maddr(a) for a in listen]))
                 stack.push_async_callback(self._close_host)  # leaves first: the host closes before its services
@@ -196,6 +207,9 @@ class Node:
                     nursery.start_soon(self._sync_loop)
                     if self.peer_exchange is not None:
                         nursery.start_soon(self.peer_exchange.run)
+                    if self.relay is not None:
+                        nursery.start_soon(self.reachability.run)
+                        nursery.start_soon(self.relay.run)
                     nursery.start_soon(self._ban_loop)
                     if self.blobs is not None and opts.home is not None and opts.fetch_scripts:
                         from p2pgolf.node.script_fetch import script_fetch_loop
@@ -211,8 +225,49 @@ class Node:
 
     @property
     def addrs(self) -> list[str]:
-        """Multiaddrs others can dial (with /p2p/<our id>)."""
-        return full_addrs(self.host) if self.host is not None else []
+        """Multiaddrs others can dial (with /p2p/<our id>): node.addresses.usable_addrs of the
+        listen addresses, the public IP peers observed, and the relays holding a reservation."""
+        if self.host is None:
+            return []
+        from p2pgolf.node.addresses import usable_addrs
+
+        return usable_addrs(self.peer_id, self._direct_addrs(), observed_ips=self._observed_ips(), relays=self.relay.relay_bases() if self.relay else (), reachability=self.reachability_status)
+
+    @property
+    def reachability_status(self) -> str:
+        """"public", "private" or "unknown" (AutoNAT, node/reachability.py)."""
+        return self.reachability.status if self.reachability is not None else "unknown"
+
+    def _direct_addrs(self) -> list[str]:
+        """The listen addresses, wildcards expanded (no relay or observed addresses)."""
+        from p2pgolf.node.host import concrete_addrs
+
+        return list(dict.fromkeys(a for t in self.host.get_transport_addrs() for a in concrete_addrs(str(t)) if "/p2p-circuit" not in a))
+
+    def _dial_back_candidates(self) -> list[str]:
+        """What AutoNAT asks peers to dial: the listen addresses and each observed public IP
+        with the listen port (never relay addresses)."""
+        from p2pgolf.node.addresses import usable_addrs
+
+        return usable_addrs(self.peer_id, self._direct_addrs(), observed_ips=self._observed_ips())
+
+    def _observed_ips(self) -> list[str]:
+        """IPs peers told us (identify) they see us at, newest libp2p view; even one observer
+        counts, since a node behind a NAT often has one peer (its relay)."""
+        manager = getattr(self.host, "_observed_addr_manager", None)
+        ips = []
+        try:
+            for addr in manager.addrs(min_observers=1) if manager is not None else []:
+                parts = str(addr).split("/")
+                if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+                    ips.append(parts[2])
+        except Exception:
+            return []
+        return list(dict.fromkeys(ips))
+
+    def _advertised(self, candidates: list[Any]) -> list[Any]:
+        """libp2p AddrsFactory: what identify and the DHT tell peers (relay addresses added)."""
+        return self.relay.circuit_addrs(candidates) if self.relay is not None else candidates
 
     @property
     def peer_id(self) -> str:
@@ -353,6 +408,12 @@ class Node:
             proposers=self._proposer_usage(),
             syncing=tuple({"peer": r.peer, "bench": r.bench, "expected": r.expected, "fetched": r.fetched, "added": r.added} for r in self._syncing.values()),
             quota=dataclasses.asdict(self.admission.quota()),
+            reachability=self.reachability_status,
+            relays=tuple(self.relay.relay_bases()) if self.relay else (),
+            relaying=self.relay.serving if self.relay else False,
+            relayed_peers=tuple(self.relay.relayed_only()) if self.relay else (),
+            met_through_relay=tuple(sorted(self.relay.met_through_relay)) if self.relay else (),
+            upgraded_to_direct=tuple(self.relay.upgraded()) if self.relay else (),
         )
 
     def _research_status(self) -> dict:

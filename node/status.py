@@ -49,6 +49,16 @@ class NodeStatus:
     syncing: tuple[dict, ...] = ()
     # Bytes of records from unknown keys against their quota (unknown_bytes, unknown_records, quota_bytes).
     quota: dict = field(default_factory=dict)
+    # NAT traversal (node/reachability.py, node/relay.py): "public", "private" or "unknown";
+    # the relays holding a reservation for us; whether we serve as a relay; the peers we reach
+    # only through a relay now; those we ever had a relayed connection with; and of those, the
+    # ones we now reach directly (hole punching, DCUtR).
+    reachability: str = "unknown"
+    relays: tuple[str, ...] = ()
+    relaying: bool = False
+    relayed_peers: tuple[str, ...] = ()
+    met_through_relay: tuple[str, ...] = ()
+    upgraded_to_direct: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,7 +67,7 @@ class NodeStatus:
     def from_json(cls, data: dict) -> "NodeStatus":
         peers = tuple(PeerStatus(p["peer_id"], tuple(p["addrs"]), tuple(p["topics"]), int(p["invalid"])) for p in data["peers"])
         fields = {k: v for k, v in data.items() if k != "peers" and k in cls.__dataclass_fields__}
-        for key in ("addrs", "benches", "finished", "syncing"):
+        for key in ("addrs", "benches", "finished", "syncing", "relays", "relayed_peers", "met_through_relay", "upgraded_to_direct"):
             if key in fields:
                 fields[key] = tuple(fields[key])
         return cls(peers=peers, **fields)

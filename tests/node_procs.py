@@ -52,8 +52,10 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
 class NodeProc:
     """One `p2pgolf join --no-train` process (with `train=True`, one that runs the research loop)."""
 
-    def __init__(self, home: Home, identity: Identity, *, port: int | None = None, bench: str = "smoke", train: bool = False) -> None:
+    def __init__(self, home: Home, identity: Identity, *, port: int | None = None, bench: str = "smoke", train: bool = False, ip: str = "127.0.0.1", wrap: list[str] = ()) -> None:
         self.home = home
+        self.ip = ip  # the address it listens on
+        self.wrap = list(wrap)  # a command prefix, e.g. `ip netns exec NS` (tests/netns_lab.py)
         self.train = train  # run the research loop (no --no-train)
         self.identity = identity
         self.port = port or free_port()
@@ -64,10 +66,10 @@ class NodeProc:
 
     @property
     def addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.identity.peer_id}"
+        return f"/ip4/{self.ip}/tcp/{self.port}/p2p/{self.identity.peer_id}"
 
     def start(self, bootstrap: list[str] = (), *extra: str) -> "NodeProc":
-        args = [P2PGOLF, "--home", str(self.home.root), "join", "--bench", self.bench, *([] if self.train else ["--no-train"]), "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--status-every", "3600", "--sync-every", "5", *extra]
+        args = [*self.wrap, P2PGOLF, "--home", str(self.home.root), "join", "--bench", self.bench, *([] if self.train else ["--no-train"]), "--listen", f"/ip4/{self.ip}/tcp/{self.port}", "--status-every", "3600", "--sync-every", "5", *extra]
         for addr in bootstrap:
             args += ["--bootstrap", addr]
         self.lines = []

@@ -56,15 +56,20 @@ def show_id(home: Home, as_json: bool) -> None:
         identity = load_identity(home.key_file)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
-    from p2pgolf.node.config import dialable_addrs
-    from p2pgolf.protocol.errors import ProtocolError
+    running = _running_status(home)
+    if running is not None:  # the node's own list: observed public address and relays included
+        addrs, reachability = list(running["addrs"]), running.get("reachability", "unknown")
+    else:
+        from p2pgolf.node.addresses import usable_addrs
+        from p2pgolf.node.config import dialable_addrs
+        from p2pgolf.protocol.errors import ProtocolError
 
-    try:
-        addrs = dialable_addrs(home, identity.peer_id)
-    except ProtocolError as exc:
-        raise UserError(str(exc)) from None
+        try:
+            addrs, reachability = usable_addrs(identity.peer_id, dialable_addrs(home, identity.peer_id)), "unknown"
+        except ProtocolError as exc:
+            raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root), "addrs": addrs}))
+        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root), "addrs": addrs, "reachability": reachability, "running": running is not None}))
         return
     click.echo(f"peer id:    {identity.peer_id}")
     click.echo(f"public key: {identity.public_hex}")
@@ -73,3 +78,15 @@ def show_id(home: Home, as_json: bool) -> None:
         click.echo(f"address:    {addr}")
     if not addrs:
         click.echo("address:    none yet (the first `join` picks a port and keeps it)")
+    if running is not None:
+        click.echo(f"reachable:  {reachability} (from the running node; 'private': only the relay addresses work from outside)")
+
+
+def _running_status(home: Home) -> dict | None:
+    """The running node's status (over its control socket), or None when none runs."""
+    from p2pgolf.node.control import ControlError, request
+
+    try:
+        return request(home.control_socket, {"op": "status"}, timeout=5)["status"]
+    except (ControlError, OSError, KeyError):
+        return None

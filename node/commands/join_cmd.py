@@ -60,6 +60,12 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
 @click.option("--no-peer-exchange", is_flag=True, help="Connect only to the peers named (bootstrap, remembered): no DHT, no peers learned from peers. For fixed topologies.")
+@click.option("--no-relay-service", is_flag=True, help="Never serve as a circuit relay for peers behind NAT (by default a reachable node does, within the limits below).")
+@click.option("--relay-reservations", type=click.IntRange(min=0), default=None, metavar="N", help="Peers that may hold a slot on this relay at once (default 4; config.toml [relay] max_reservations).")
+@click.option("--relay-circuits", type=click.IntRange(min=0), default=None, metavar="N", help="Relayed connections open at once per reservation (default 8; [relay] max_circuits).")
+@click.option("--relay-circuit-bytes", type=click.IntRange(min=1), default=None, metavar="BYTES", help="Bytes one relayed connection may carry (default 64 MiB; [relay] circuit_bytes).")
+@click.option("--relay-circuit-seconds", type=click.IntRange(min=1), default=None, metavar="SECONDS", help="Seconds one relayed connection may last (default 3600; [relay] circuit_duration_s).")
+@click.option("--no-hole-punch", is_flag=True, help="Keep relayed connections relayed (no DCUtR upgrade to a direct connection).")
 @click.option("--status-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between status lines when stdout is not a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout (no live view, no status lines); warnings and errors still go to stderr.")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append every line (and a status line every --status-every seconds, and warnings) to FILE with UTC timestamps.")
@@ -71,7 +77,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--proposer-timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS", help="Seconds one request to a --proposer may take before it is killed (config.toml: timeout_s per proposer).")
 @click.option("--proposer-max-output", type=int, default=DEFAULT_MAX_BYTES, show_default=True, metavar="BYTES", help="The most a --proposer may write per request; one that writes more is killed (config.toml: max_output_bytes).")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, status_every, quiet, log_file, sync_every, proposers, proposer_timeout, proposer_max_output) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, no_relay_service, relay_reservations, relay_circuits, relay_circuit_bytes, relay_circuit_seconds, no_hole_punch, status_every, quiet, log_file, sync_every, proposers, proposer_timeout, proposer_max_output) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
@@ -123,6 +129,15 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
             parse_peer_addr(addr)
         from p2pgolf.node.proposers.spec import merge_specs, parse_spec
 
+        from p2pgolf.node.config import relay_settings
+
+        flags = {"max_reservations": relay_reservations, "max_circuits": relay_circuits, "circuit_bytes": relay_circuit_bytes, "circuit_duration_s": relay_circuit_seconds}
+        flags = {k: v for k, v in flags.items() if v is not None}
+        if no_relay_service:
+            flags["service"] = False
+        if no_hole_punch:
+            flags["hole_punch"] = False
+        relay = relay_settings(flags, "join", config.relay)
         specs = merge_specs(config.proposers, tuple(parse_spec(p, timeout_s=proposer_timeout, max_bytes=proposer_max_output) for p in proposers))
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
@@ -148,6 +163,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         control_socket=home.control_socket,
         home=home,
         peer_exchange=not no_peer_exchange,
+        relay=relay,
     )
     node = Node(identity, store, trust, options, worker=worker)
     node.research = control  # status reports its current experiment and finished results

@@ -36,6 +36,8 @@ def status(home: Home, as_json: bool) -> None:
     table.add_row("peer id", st.peer_id)
     for addr in st.addrs:
         table.add_row("address", addr)
+    relayed = f", {len(st.relayed_peers)} peer(s) through a relay" if st.relayed_peers else ""
+    table.add_row("reachable", f"{st.reachability}{' (serving as a relay)' if st.relaying else ''}{relayed}")
     table.add_row("benchmarks", ", ".join(st.benches))
     table.add_row("peers", str(len(st.peers)))
     table.add_row("pool records", str(st.pool_records))
