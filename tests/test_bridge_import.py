@@ -149,7 +149,7 @@ def test_the_log_is_the_ground_truth_for_hyperparameters_and_score():
 def test_stub_and_wrapper_scripts_resolve_to_the_code_that_ran():
     stub = import_folder(TRACK / "2026-03-25_StubLoader", IMPORTER)
     assert stub.folder.entry.name == "train_gpt.py" and stub.folder.script.name == "model_impl.py"
-    assert "BIGRAM_BUCKETS" in stub.builtin.reason
+    assert "TRIGRAM_BUCKETS" in stub.builtin.reason  # a hyperparameter no built-in knob has
     wrapped = import_folder(TRACK / "2026-03-28_WrappedScript", IMPORTER)
     assert wrapped.records[0].metrics.artifact_bytes == 15_990_000 and wrapped.records[0].metrics.steps == 0
 

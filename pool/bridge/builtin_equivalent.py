@@ -31,6 +31,9 @@ _NO_EFFECT = frozenset({
 _RENAMED = {
     "WARMDOWN_ITERS": "warmdown_steps", "ENABLE_LOOPING_AT": "loop_from_frac",
     "MUON_WD": "muon_weight_decay", "ADAM_WD": "adam_weight_decay", "EMBED_WD": "embed_weight_decay",
+    "BIGRAM_VOCAB_SIZE": "bigram_buckets", "XSA_LAST_N": "xsa_last_n", "ROPE_DIMS": "rope_dims", "LN_SCALE": "ln_scale",
+    "VE_DIM": "ve_dim", "MUON_ROW_NORMALIZE": "muon_row_normalize", "PARALLEL_START_LAYER": "parallel_from",
+    "NUM_LOOPS": "num_loops", "LOOP_START": "loop_start", "LOOP_END": "loop_end",
 }  # fmt: skip
 
 
