@@ -190,6 +190,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("byte_shuffle", bool, False, "store float values and scales as byte planes before compression", group="export"),
     Knob("row_clip", str, "quantile", "where each row is clipped before quantising: its 0.9999984 quantile, the best of five quantiles by squared error (GPTQ-lite), or row_clip_sigmas standard deviations (SDClip)", choices=("quantile", "search", "sdclip"), group="export"),
     Knob("row_clip_sigmas", float, 12.85, "the sdclip rule's clip in row standard deviations", 0.5, 64.0, group="export"),
+    Knob("gptq", bool, False, "GPTQ: block matrices rounded column by column with error feedback through their inputs' Hessian from calibration on training text", group="export"),
+    Knob("gptq_calib_tokens", int, 65536, "training tokens GPTQ calibrates on", 256, 1 << 24, log_scale=True, group="export"),
     Knob("row_scale_rule", str, "fp16_min", "per-row scales floored at the smallest normal fp16 with codes rounded against the stored fp16 scale, or the reference's rule: floored at 1/qmax, codes rounded against the fp32 scale", choices=("fp16_min", "reference"), group="export"),
 )
 
@@ -229,7 +231,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # in fp16, byte containers under zstd. Longer sequences and batch, Muon with weight decay,
     # high momentum, row-normalised updates and Polar Express coefficients, AdamW decay on the
     # embedding and scalars, a long warm-down, EMA, clipping, sliding-window evaluation; layers
-    # 4-5 looped once more from 35% of the budget; late QAT, and rows clipped by search. XSA on
+    # 4-5 looped once more from 35% of the budget; late QAT, rows clipped by search and rounded by GPTQ. XSA on
     # the last 4 layers, RoPE on 16 of 64 head dims, LN scale, SmearGate, a 2048-row BigramHash,
     # value embeddings in the last 2 layers, parallel lanes from layer 7, gated skips.
     "frontier": {
@@ -273,6 +275,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "embed_precision": "int8",
         "fp16_max_numel": 65536,
         "row_clip": "search",
+        "gptq": True,
         "code_container": "bytes",
         "byte_shuffle": True,
         "compressor": "zstd",

@@ -120,6 +120,8 @@ EFFECTS: dict[str, tuple[dict, object, str]] = {
     "row_scale_rule": ({}, "reference", "artifact"),
     # a clip moves codes; the compressed length of a tiny model may not change
     "row_clip": ({"quant_bits": 4}, "search", "artifact bytes"),
+    "gptq": ({"quant_bits": 4}, True, "gptq"),
+    "gptq_calib_tokens": ({"quant_bits": 4, "gptq": True}, 256, "gptq"),
     "row_clip_sigmas": ({"row_clip": "sdclip", "quant_bits": 4}, 2.0, "artifact bytes"),  # a trained tiny model's rows sit under the 1/127 floor
 }
 
@@ -155,6 +157,14 @@ def _evaluate(config, state):
     seq_len = config["eval_seq_len"] or config["train_seq_len"]
     return evaluate_mlx.evaluate(model, _smoke().val_tokens, _smoke().byte_tables, seq_len=seq_len, stride=config["eval_stride"], token_cap=512,
                                  ttt=TTTSettings.from_config(config))  # fmt: skip
+
+
+def _gptq_artifact(config, state) -> bytes:
+    from p2pgolf.trainer.calibration import calibration_batches
+    from p2pgolf.trainer.run_mlx import grams_of
+
+    grams = grams_of(state, config, calibration_batches(config, _smoke().train_stream)) if config["gptq"] else None
+    return export_artifact(state, config, **export_options(config), hessians=grams)
 
 
 def _decayed(config) -> float:
@@ -200,6 +210,9 @@ def test_knob_changes_what_mlx_produces(name):
     elif where == "evaluation":
         before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)
         assert before.val_loss != after.val_loss
+    elif where == "gptq":
+        # calibrated on MLX (run_mlx.grams_of) and exported with those Gram matrices
+        assert _gptq_artifact(base_config, base.state) != _gptq_artifact(config, base.state)
     elif where == "weight decay":
         # the taper acts late in a run (its multiplier at 90% of the budget), on MLX's Muon step
         assert _decayed(base_config) != _decayed(config)

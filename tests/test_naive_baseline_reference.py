@@ -47,7 +47,7 @@ REFERENCE_FIXED = {
     "row_clip": "quantile",  # INT8_CLIP_PERCENTILE 99.99984
     "muon_row_normalize": False, "muon_ns_coeffs": "quintic",  # (3.4445, -4.775, 2.0315)
     "adam_weight_decay": 0.0, "embed_weight_decay": 0.0,  # torch.optim.Adam
-    "swa_every": 0, "num_loops": 0, "qat": "off", "ttt_steps": 0, "wd_taper_from_frac": 1.0,
+    "swa_every": 0, "num_loops": 0, "qat": "off", "ttt_steps": 0, "wd_taper_from_frac": 1.0, "gptq": False,
     # its attention and residual stream: full RoPE, no XSA, gates, smear, bigram or LN scale
     "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False, "smear_gate": False, "skip_gates": False, "bigram_buckets": 0, "ve_last_n": 0, "parallel_from": 0,
 }  # fmt: skip
@@ -56,7 +56,7 @@ REFERENCE_FIXED = {
 # reference uses 8 // world_size; the mean gradient is the same).
 NO_COUNTERPART = {"code_container", "byte_shuffle", "grad_accum_steps", "leaky_slope", "recurrence",
                   # settings of features the reference does not have (each is off above)
-                  "swa_start_lr_scale", "loop_start", "loop_end", "loop_from_frac", "row_clip_sigmas", "qat_from_lr_scale", "bigram_dim", "ve_dim", "ttt_lr", "ttt_chunk_tokens", "wd_taper_final_mult"}  # fmt: skip
+                  "swa_start_lr_scale", "loop_start", "loop_end", "loop_from_frac", "row_clip_sigmas", "qat_from_lr_scale", "bigram_dim", "ve_dim", "ttt_lr", "ttt_chunk_tokens", "wd_taper_final_mult", "gptq_calib_tokens"}  # fmt: skip
 CONTROL_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from p2pgolf.trainer.compression import COMPRESSORS, CompressionError, compress, compressor_for_id, decompress
 from p2pgolf.trainer.precision import Layout
-from p2pgolf.trainer.row_quantiser import quantise_codes
+from p2pgolf.trainer.row_quantiser import gptq_codes, quantise_codes
 
 __all__ = [
     "ArtifactError",
@@ -104,8 +104,11 @@ def export_artifact(
     quant_bits: int = 8,
     compressor: str = "zlib",
     layout: Layout | None = None,
+    hessians: Mapping[str, np.ndarray] | None = None,
 ) -> bytes:
-    """The artifact bytes for the named arrays of a model built from the knob `config`."""
+    """The artifact bytes for the named arrays of a model built from the knob `config`. With
+    `layout.gptq`, matrices named in `hessians` (input Gram matrices from trainer/calibration.py)
+    are rounded by GPTQ; the file format is the same."""
     layout = layout or Layout()
     if not 2 <= quant_bits <= 8:
         raise ArtifactError(f"quant_bits={quant_bits} is outside [2, 8]")
@@ -135,7 +138,10 @@ def export_artifact(
         if layout.byte_shuffle:
             entry["shuffle"] = True
         if encoding == "int":
-            codes, scales = quantise_codes(array, bits, rule=layout.scale_rule, clip=layout.clip, clip_sigmas=layout.clip_sigmas)
+            if layout.gptq and hessians and name in hessians:
+                codes, scales = gptq_codes(array, bits, hessians[name], rule=layout.scale_rule, clip=layout.clip, clip_sigmas=layout.clip_sigmas)
+            else:
+                codes, scales = quantise_codes(array, bits, rule=layout.scale_rule, clip=layout.clip, clip_sigmas=layout.clip_sigmas)
             if layout.container == "bytes":
                 entry["container"] = "bytes"
             else:

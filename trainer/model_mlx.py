@@ -31,6 +31,36 @@ from p2pgolf.trainer.model_spec import BIGRAM_MULTIPLIERS, BIGRAM_SCALE_INIT, PA
 __all__ = ["GPT", "ModelSpec", "build_model", "block_schedule", "state_dict_numpy", "load_state_dict_numpy"]
 
 
+# While collect_grams runs: {matrix name: float64 Gram matrix of its inputs}; otherwise None.
+_GRAMS: dict[str, np.ndarray] | None = None
+
+
+def collect_grams(model: "GPT", batches) -> dict[str, np.ndarray]:
+    """model_torch.collect_grams in MLX: the input Gram matrices of every block, BigramHash and
+    value-embedding matrix, by name, over the forward passes of `batches` (int token arrays)."""
+    global _GRAMS
+    for name, module in model.named_modules():
+        if isinstance(module, (Attention, MLP, BigramHash, ValueEmbedding)):
+            module.gram_path = name
+    _GRAMS = {}
+    try:
+        for batch in batches:
+            mx.eval(model.logits(mx.array(np.asarray(batch, dtype=np.int32))))
+        return _GRAMS
+    finally:
+        _GRAMS = None
+
+
+def _record(module, x: mx.array, *names: str) -> None:
+    if _GRAMS is None:
+        return
+    flat = x.astype(mx.float32).reshape(-1, x.shape[-1])
+    gram = np.array(flat.T @ flat, dtype=np.float64)
+    for name in names:
+        key = f"{module.gram_path}.{name}.weight"
+        _GRAMS[key] = gram if key not in _GRAMS else _GRAMS[key] + gram
+
+
 def build_model(config: Mapping[str, Any], *, seed: int = 0, compute_dtype: mx.Dtype = mx.float32) -> "GPT":
     """A freshly initialised GPT for a resolved knob config; `seed` fixes the initial weights."""
     mx.random.seed(seed)
@@ -179,6 +209,7 @@ class BigramHash(nn.Module):
         bucket = mx.concatenate([mx.full(ids[:, :1].shape, self.buckets - 1, dtype=mx.int64), rest], axis=1)
         h = self.embed(bucket)
         if self.projected:
+            _record(self, h, "proj")
             h = h @ self.proj.weight.T
         return h * self.scale
 
@@ -199,6 +230,7 @@ class ValueEmbedding(nn.Module):
     def __call__(self, input_ids: mx.array) -> mx.array:
         h = self.embed(input_ids)
         if self.projected:
+            _record(self, h, "proj")
             h = h @ self.proj.weight.T
         return h * self.scale
 
@@ -257,6 +289,7 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array, values: mx.array | None = None) -> mx.array:
         bsz, seq_len, dim = x.shape
         dtype = x.dtype
+        _record(self, x, "c_q", "c_k", "c_v")
         q = (x @ self.c_q.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = (x @ self.c_k.weight.astype(dtype).T).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         v = x @ self.c_v.weight.astype(dtype).T
@@ -277,6 +310,7 @@ class Attention(nn.Module):
             vn = (v / mx.maximum(norm, 1e-12))[:, :, None]
             y = (y - mx.sum(y * vn, axis=-1, keepdims=True) * vn).reshape(bsz, self.num_heads, seq_len, self.head_dim)
         y = y.transpose(0, 2, 1, 3).reshape(bsz, seq_len, dim)
+        _record(self, y, "proj")
         return y @ self.proj.weight.astype(dtype).T
 
 
@@ -295,6 +329,7 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         dtype = x.dtype
+        _record(self, x, "fc", *(("gate",) if self.activation == "swiglu" else ()))
         h = x @ self.fc.weight.astype(dtype).T
         if self.activation == "relu2":
             h = mx.square(mx.maximum(h, 0))
@@ -303,6 +338,7 @@ class MLP(nn.Module):
         else:
             g = x @ self.gate.weight.astype(dtype).T
             h = g * mx.sigmoid(g) * h
+        _record(self, h, "proj")
         return h @ self.proj.weight.astype(dtype).T
 
 

@@ -330,6 +330,31 @@ def fake_quantise(w: Tensor, bits: int, floor: float) -> Tensor:
     return (torch.clamp(torch.round(w32 / scale), -qmax, qmax) * scale).to(w.dtype)
 
 
+def collect_grams(model: nn.Module, batches, device: torch.device | str = "cpu") -> dict[str, "np.ndarray"]:
+    """Input Gram matrices (sum of x x^T, float64) of every QuantisableLinear's weight, by name,
+    over the forward passes of `batches` (int64 token arrays) - GPTQ's calibration."""
+    import numpy as np
+
+    grams: dict[str, Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantisableLinear):
+
+            def record(_module, args, key=f"{name}.weight"):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                grams[key] = x.T @ x if key not in grams else grams[key] + x.T @ x
+
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model.logits(torch.from_numpy(np.asarray(batch, dtype=np.int64)).to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: g.cpu().numpy() for key, g in grams.items()}
+
+
 def set_qat(model: nn.Module, bits: dict[str, int], floor_of) -> None:
     """Train the matrices named in `bits` through the fake quantiser (an empty dict: none)."""
     for name, module in model.named_modules():

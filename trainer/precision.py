@@ -47,6 +47,7 @@ class Layout:
     scale_rule: str = "fp16_min"
     clip: str = "quantile"  # where each row is clipped (trainer/row_quantiser.py)
     clip_sigmas: float = 12.85  # the "sdclip" rule's clip, in row standard deviations
+    gptq: bool = False  # error feedback through calibration Hessians where export is given them
 
     def __post_init__(self) -> None:
         for field, value, allowed in (("embed_precision", self.embed_precision, PRECISIONS), ("mlp_precision", self.mlp_precision, PRECISIONS), ("container", self.container, CONTAINERS), ("scale_rule", self.scale_rule, SCALE_RULES), ("clip", self.clip, CLIP_RULES)):
@@ -58,7 +59,7 @@ class Layout:
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> "Layout":
         """The layout a full knob config asks for."""
-        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"], knobs["row_scale_rule"], knobs["row_clip"], knobs["row_clip_sigmas"])
+        return cls(knobs["embed_precision"], knobs["mlp_precision"], knobs["fp16_max_numel"], knobs["code_container"], knobs["byte_shuffle"], knobs["row_scale_rule"], knobs["row_clip"], knobs["row_clip_sigmas"], knobs["gptq"])
 
     @property
     def is_legacy(self) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_QUANTILE", "CLIP_RULES", "MIN_SCALE", "SCALE_RULES", "SEARCH_QUANTILES", "quantise_codes", "row_quantile_fp32"]
+__all__ = ["CLIP_QUANTILE", "CLIP_RULES", "MIN_SCALE", "SCALE_RULES", "SEARCH_QUANTILES", "gptq_codes", "quantise_codes", "row_quantile_fp32"]
 
 CLIP_QUANTILE = 0.9999984
 MIN_SCALE = 2.0**-14  # smallest normal fp16: a smaller scale would lose precision in storage
@@ -94,3 +94,53 @@ def row_quantile_fp32(m: np.ndarray, q: float) -> np.ndarray:
     if weight < 0.5:
         return lo + weight * (hi - lo)
     return hi - (hi - lo) * (np.float32(1.0) - weight)
+
+
+def gptq_codes(matrix: np.ndarray, bits: int, hessian: np.ndarray, *, rule: str = "fp16_min", clip: str = "quantile", clip_sigmas: float = 12.85,
+               block: int = 128, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """`quantise_codes` with GPTQ's error feedback (Frantar et al., 2022): the row scales are the
+    clip rule's, and the columns are rounded one at a time, in order of decreasing input energy,
+    each one's rounding error spread over the columns not yet rounded through the inverse of
+    `hessian` (sum of x x^T over calibration inputs, [in, in]), so the layer's output on those
+    inputs moves as little as the grid allows. Same return as `quantise_codes`."""
+    m = np.asarray(matrix, dtype=np.float64)
+    rows, cols = m.shape
+    h = np.array(hessian, dtype=np.float64)
+    if h.shape != (cols, cols):
+        raise ValueError(f"hessian of shape {h.shape} does not fit a matrix with {cols} columns")
+    qmax = 2 ** (bits - 1) - 1
+    _, scales = quantise_codes(matrix, bits, rule=rule, clip=clip, clip_sigmas=clip_sigmas)
+    s = scales.astype(np.float64)[:, None] if rule == "fp16_min" else _exact_scales(matrix, bits, clip, clip_sigmas)[:, None]
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    m[:, dead] = 0.0
+    h[np.diag_indices(cols)] += damp * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable")
+    inverse_order = np.argsort(order)
+    w = m[:, order].copy()
+    h = h[np.ix_(order, order)]
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+    codes = np.zeros((rows, cols), dtype=np.int16)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        err = np.zeros((rows, end - start))
+        for j in range(start, end):
+            q = np.clip(np.rint(w[:, j : j + 1] / s), -qmax, qmax)
+            codes[:, j] = q[:, 0]
+            e = (w[:, j : j + 1] - q * s) / hinv[j, j]
+            err[:, j - start] = e[:, 0]
+            w[:, j + 1 : end] -= e * hinv[j, j + 1 : end][None, :]
+        w[:, end:] -= err @ hinv[start:end, end:]
+    codes = codes[:, inverse_order] + qmax
+    return codes.astype(np.uint8).ravel(), scales
+
+
+def _exact_scales(matrix: np.ndarray, bits: int, clip: str, clip_sigmas: float) -> np.ndarray:
+    """The reference rule's fp32 scales (before their fp16 storage), which its codes divide by."""
+    m = np.asarray(matrix, dtype=np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    if clip == "sdclip":
+        clips = (np.float32(clip_sigmas) * m.std(axis=1, ddof=1)).astype(np.float32)
+    else:
+        clips = _quantile(m, CLIP_QUANTILE, "reference")
+    return np.maximum(clips / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float64)

@@ -50,6 +50,8 @@ class Backend:
     accel: str  # "cuda" | "mps" | "cpu": the hardware class recorded is that of the device that trains
     train: Callable[..., TrainResult]  # train(knobs, data, progress=on_step, log=log) -> TrainResult
     evaluate_state: EvaluateState
+    # grams(state, config, batches) -> {matrix name: input Gram matrix}, for GPTQ
+    grams: Callable[..., dict[str, np.ndarray]] | None = None
     rank: int = 0
     world: int = 1
 
@@ -93,7 +95,14 @@ def run_with_backend(run: RunConfig, run_dir: Path, backend: Backend, *, log: Ca
         log(f"DEGRADED: {throughput.reason}")
 
     emit(Progress("exporting", elapsed_s=trained.training_seconds, budget_s=run.budget_s))
-    blob = export_artifact(trained.state, run.knobs, **export_options(run.knobs))
+    hessians = None
+    if run.knobs["gptq"] and backend.grams is not None:
+        from p2pgolf.trainer.calibration import calibration_batches
+
+        started = time.perf_counter()
+        hessians = backend.grams(trained.state, run.knobs, calibration_batches(run.knobs, data.train_stream))
+        log(f"gptq: calibrated {len(hessians)} matrices on {run.knobs['gptq_calib_tokens']} training tokens in {time.perf_counter() - started:.1f}s")
+    blob = export_artifact(trained.state, run.knobs, **export_options(run.knobs), hessians=hessians)
     code = code_bytes(backend.name)
     artifact_bytes = len(blob) + code
     sha = hashlib.sha256(blob).hexdigest()

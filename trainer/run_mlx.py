@@ -36,8 +36,17 @@ def run_mlx(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit: 
         evaluate_state=lambda state, config, data, progress: evaluate_state(
             state, config, data, device=device, token_cap=run.eval_token_cap, progress=progress
         ),
+        grams=lambda state, config, batches: grams_of(state, config, batches, device=device),
     )
     return run_with_backend(run, run_dir, backend, log=log, emit=emit)
+
+
+def grams_of(state, config, batches, *, device: str = "cpu") -> dict:
+    """GPTQ's calibration Gram matrices of a trained state (trainer/calibration.py)."""
+    from p2pgolf.trainer.model_mlx import collect_grams
+    from p2pgolf.trainer.train_mlx import model_from_state
+
+    return collect_grams(model_from_state(config, state, device=device), batches)
 
 
 def evaluate_state(state, config, data, *, device: str = "cpu", token_cap: int = 0, progress=None):

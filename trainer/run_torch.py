@@ -49,6 +49,7 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
                 max_steps=run.extra.get("max_steps"), **kw,  # a step cap (bundled train_gpt.py's ITERATIONS; tests)
             ),  # fmt: skip
             evaluate_state=lambda state, config, data, progress: _evaluate_state(state, run, data, device, rank, world, progress, config=config),
+            grams=lambda state, config, batches: grams_of(state, config, batches, device),
             rank=rank,
             world=world,
         )
@@ -56,6 +57,16 @@ def run_torch(run: RunConfig, run_dir: Path, *, log: Callable[[str], None], emit
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def grams_of(state, config, batches, device) -> dict:
+    """GPTQ's calibration Gram matrices of a trained state (trainer/calibration.py)."""
+    from p2pgolf.trainer.model_torch import build_model, collect_grams
+    from p2pgolf.trainer.train_torch import load_numpy_state
+
+    model = build_model(config).to(device)
+    load_numpy_state(model, state)
+    return collect_grams(model, batches, device)
 
 
 def evaluate_artifact(blob: bytes, run: RunConfig, data, device, rank: int = 0, world: int = 1, progress=None):
