@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 OWN, PINNED, BLOCKED, UNKNOWN = "own", "pinned", "blocked", "unknown"
 STATUSES = (OWN, PINNED, BLOCKED, UNKNOWN)
@@ -55,8 +56,7 @@ class TrustPolicy:
             raise ValueError(f"unknown_crowd={self.unknown_crowd} must be > 0: a crowd of strangers counts as this many keys")
 
 
-@dataclass(frozen=True)
-class AttestationCheck:
+class AttestationCheck(NamedTuple):  # a tuple: the estimator makes one per attestation, ~15,000 a decision
     """The verdict on one attestation: did the re-measurement agree with the claim?"""
 
     attestation_id: str
