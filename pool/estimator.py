@@ -344,7 +344,7 @@ def estimate(
         start_w = np.ones(len(author_status))
 
     # --- observations: results and attestations as measurements of a candidate on a class
-    o = _observations(res, att, t, config)
+    o = _observations(cols, res, att, t, config)
     noise, noise_arr = _noise_by_class(o, start_w >= _TRUSTED, names, config)
 
     # --- pass 1: translation between classes from overlaps (trusted weights, no lineage)
@@ -352,7 +352,7 @@ def estimate(
     interaction_sd = float(np.mean(list(tau.values()))) if tau else config.interaction_sd
 
     # --- attestation verdicts, then trust moved by them
-    checks = _check_attestations(att, res, names, cols.authors, translations, noise_arr, config)
+    checks = _check_attestations(att, res, cols, names, translations, noise_arr, config)
     authors = author_trust({cols.authors[a] for a in np.unique(res.author).tolist()} | {cols.authors[a] for a in np.unique(att.author).tolist()}, st, checks, policy)
     if config.naive:
         authors = {a: AuthorTrust(a, OWN, 1.0, 1.0, 0.0, 0.0) for a in authors}
@@ -386,7 +386,7 @@ def estimate(
         lineage_sd = _lineage_sd(o, trust, t, sorted(parents.items()), noise, hw, config)
         z = plausibility(claim, o.cand, o.hw, o.y, o.kind == _REEVAL, t, _class_arrays(names, translations, noise_arr, config), parents, lineage_sd, config)
         claim, cap, hit = discount_columns(claim, cap, o.cand, o.author, z, policy, config.plausible_z)
-        implausible = {o.rid[q]: float(z[q]) for q in np.flatnonzero(hit).tolist()}
+        implausible = {o.record_id(q): float(z[q]) for q in np.flatnonzero(hit).tolist()}
 
     post = _solve(o, trust, claim, cap, res, parents, t, names, noise, noise_arr, translations, tau, interaction_sd, authors, checks, st, cols, evidence.results, config, transfer)
     if implausible:
@@ -415,7 +415,6 @@ class _Results:
     columns; `src` is each one's position in the evidence."""
 
     src: np.ndarray
-    rid: list[str]
     cand: np.ndarray
     author: np.ndarray
     hw: np.ndarray
@@ -424,7 +423,7 @@ class _Results:
     at: np.ndarray  # per evidence position: its position here, -1 if left out
 
     def __len__(self) -> int:
-        return len(self.rid)
+        return len(self.src)
 
 
 @dataclass(frozen=True)
@@ -433,6 +432,7 @@ class _Attestations:
     position among the results (after duplicates collapsed)."""
 
     rid: list[str]
+    pos: np.ndarray  # positions among the evidence's attestations
     subject: np.ndarray
     author: np.ndarray
     hw: np.ndarray
@@ -444,7 +444,8 @@ class _Attestations:
 class _Obs:
     """Every observation as columns: the results (in `_Results` order), then the attestations."""
 
-    rid: list[str]
+    ids: list[str]  # record ids of the evidence's results, then of its attestations
+    ref: np.ndarray  # each observation's record, as a position in `ids`
     kind: np.ndarray  # _RESULT, _REEVAL, _REPRODUCE
     cand: np.ndarray  # candidate code
     author: np.ndarray  # author code
@@ -452,14 +453,16 @@ class _Obs:
     y: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.rid)
+        return len(self.ref)
+
+    def record_id(self, q: int) -> str:
+        return self.ids[self.ref[q]]
 
     def take(self, mask: np.ndarray) -> "_Obs":
         idx = np.flatnonzero(mask)
-        if len(idx) == len(self.rid):
+        if len(idx) == len(self.ref):
             return self
-        rid = self.rid
-        return _Obs([rid[i] for i in idx.tolist()], self.kind[idx], self.cand[idx], self.author[idx], self.hw[idx], self.y[idx])
+        return _Obs(self.ids, self.ref[idx], self.kind[idx], self.cand[idx], self.author[idx], self.hw[idx], self.y[idx])
 
 
 def _collapse_duplicates(cols: EvidenceColumns, kept: np.ndarray, start_w: np.ndarray) -> tuple[_Results, np.ndarray]:
@@ -487,10 +490,9 @@ def _collapse_duplicates(cols: EvidenceColumns, kept: np.ndarray, start_w: np.nd
                     dropped[i] = True
     src = kept[~dropped[kept]]
     src = src[np.argsort(cols.r_rank[src], kind="stable")]  # order-independent, whatever order the records came in
-    rid = cols.r_id
     at = np.full(n, -1, dtype=np.intp)
     at[src] = np.arange(len(src))
-    res = _Results(src, [rid[i] for i in src.tolist()], cols.r_cand[src], cols.r_author[src], cols.r_hw[src], cols.r_y[src], cols.r_created[src], at)
+    res = _Results(src, cols.r_cand[src], cols.r_author[src], cols.r_hw[src], cols.r_y[src], cols.r_created[src], at)
     return res, alias
 
 
@@ -501,16 +503,17 @@ def _attestations(cols: EvidenceColumns, res: _Results, alias: np.ndarray, block
     known = cols.a_subject >= 0
     subject[known] = res.at[alias[cols.a_subject[known]]]
     keep = np.flatnonzero((subject >= 0) & ~blocked[cols.a_author])
-    return _Attestations([cols.a_id[q] for q in keep.tolist()], subject[keep], cols.a_author[keep], cols.a_hw[keep], cols.a_reeval[keep], cols.a_y[keep])
+    return _Attestations([cols.a_id[q] for q in keep.tolist()], keep, subject[keep], cols.a_author[keep], cols.a_hw[keep], cols.a_reeval[keep], cols.a_y[keep])
 
 
-def _observations(res: _Results, att: _Attestations, t: int, config) -> _Obs:
+def _observations(cols: EvidenceColumns, res: _Results, att: _Attestations, t: int, config) -> _Obs:
     # a re-evaluation measures the subject's artifact, trained on the subject's hardware
     kind = np.concatenate([np.full(len(res), _RESULT), np.where(att.reeval, _REEVAL, _REPRODUCE)]).astype(np.intp)
     hw = np.concatenate([res.hw, np.where(att.reeval, res.hw[att.subject], att.hw)]).astype(np.intp)
     if config.naive:
         hw[:] = t
-    return _Obs(res.rid + att.rid, kind, np.concatenate([res.cand, res.cand[att.subject]]).astype(np.intp), np.concatenate([res.author, att.author]).astype(np.intp), hw, np.concatenate([res.y, att.y]))
+    ref = np.concatenate([res.src, len(cols.r_id) + att.pos]).astype(np.intp)
+    return _Obs(cols.r_id + cols.a_id, ref, kind, np.concatenate([res.cand, res.cand[att.subject]]).astype(np.intp), np.concatenate([res.author, att.author]).astype(np.intp), hw, np.concatenate([res.y, att.y]))
 
 
 def _noise_by_class(o: _Obs, trusted_author: np.ndarray, names: list[str], config) -> tuple[dict[str, float], np.ndarray]:
@@ -673,7 +676,7 @@ def _class_arrays(names: list[str], translations: Mapping[str, Translation], noi
     )
 
 
-def _check_attestations(att: _Attestations, res: _Results, names: list[str], author_names: list[str], translations, noise_arr, config) -> list[AttestationCheck]:
+def _check_attestations(att: _Attestations, res: _Results, cols: EvidenceColumns, names: list[str], translations, noise_arr, config) -> list[AttestationCheck]:
     """The verdict on each attestation: its value against the claim's, translated between the
     two classes where they differ (a re-evaluation is compared as it stands)."""
     if not len(att.rid):
@@ -695,8 +698,9 @@ def _check_attestations(att: _Attestations, res: _Results, names: list[str], aut
     agrees = (np.abs(residual) <= tol).tolist()
     conclusive = (tol <= config.check_max_tolerance).tolist()
     subject_author = res.author[att.subject].tolist()
-    rid = res.rid
-    subject_ids = [rid[s] for s in att.subject.tolist()]
+    rid = cols.r_id
+    subject_ids = [rid[s] for s in res.src[att.subject].tolist()]
+    author_names = cols.authors
     subject_authors = [author_names[a] for a in subject_author]
     attesters = [author_names[a] for a in att.author.tolist()]
     return list(map(AttestationCheck._make, zip(att.rid, subject_ids, subject_authors, attesters, agrees, residual.tolist(), tol.tolist(), conclusive)))
@@ -711,13 +715,19 @@ def _degraded_factors(res: _Results, cols: EvidenceColumns, results, config: Est
     timed = np.flatnonzero((tokens > 0) & (budget > 0))
     if not len(timed):
         return factor
-    shape_code: dict[str, int] = {"": -1}
+    # each candidate's model shape as a code, kept with the columns by candidate id (the id fixes base and diff)
+    shape_code: dict[str, int] = cols.memo.setdefault("shape codes", {"": -1})
+    known: dict[str, int] = cols.memo.setdefault("shape of candidate", {})
     codes, first, which = np.unique(res.cand[timed], return_index=True, return_inverse=True)
-    per_candidate = np.empty(len(codes), dtype=np.intp)
-    for q, i in enumerate(res.src[timed[first]].tolist()):  # one result of each candidate: the id fixes base and diff
-        r = results[i]
-        per_candidate[q] = shape_code.setdefault(_throughput_shape(r.candidate, r.base, r.diff), len(shape_code) - 1)
-    shapes = per_candidate[which.reshape(-1)]
+    per_code = np.empty(len(codes), dtype=np.intp)
+    names = cols.candidates
+    for q, (c, i) in enumerate(zip(codes.tolist(), res.src[timed[first]].tolist())):
+        code = known.get(names[c])
+        if code is None:
+            r = results[i]
+            code = known[r.candidate] = shape_code.setdefault(_throughput_shape(r.candidate, r.base, r.diff), len(shape_code) - 1)
+        per_code[q] = code
+    shapes = per_code[which.reshape(-1)]
     ok = shapes >= 0
     timed, shapes = timed[ok], shapes[ok]
     speed = tokens[timed] / budget[timed]
@@ -1113,7 +1123,8 @@ def _solve(o, trust, claim, cap, res, parents, t, names, noise, noise_arr, trans
             author, h, y_q = cols.authors[o.author[q]], names[o.hw[q]], float(o.y[q])
             x = final_tr.get(h)
             status = authors[author].status if author in authors else st(author)
-            rows[cols.candidates[o.cand[q]]].append(EvidenceRow(o.rid[q], KINDS[o.kind[q]], author, status, h, y_q, float(y_q if x is None else x.to_target(y_q)), float(trust[q]), float(claim[q]), float(cap[q]), float(row_sd[q]), tuple(verdicts.get(o.rid[q], ()))))
+            rid = o.record_id(q)
+            rows[cols.candidates[o.cand[q]]].append(EvidenceRow(rid, KINDS[o.kind[q]], author, status, h, y_q, float(y_q if x is None else x.to_target(y_q)), float(trust[q]), float(claim[q]), float(cap[q]), float(row_sd[q]), tuple(verdicts.get(rid, ()))))
         return dict(rows)
 
     held = np.minimum(1.0, o_claim)
@@ -1156,35 +1167,44 @@ def _candidate_info(res, codes, local, parents_of_codes, established, support, a
     counts = np.bincount(local[res.cand[keep]], minlength=len(codes))
     ends = np.cumsum(counts)
     starts = ends - counts
-    rid = res.rid
-    ids = [rid[j] for j in by_id.tolist()]
-    who = [author_names[a] for a in res.author[by_id].tolist()]
-    where = [cols.classes[h] for h in res.hw[by_id].tolist()]
-    first = by_id[np.minimum(starts, max(len(by_id) - 1, 0))].tolist() if len(by_id) else [0] * len(codes)
-    rep = by_rank[np.minimum(starts, max(len(by_rank) - 1, 0))].tolist() if len(by_rank) else [0] * len(codes)
+    rid = cols.r_id
+    where_in_evidence = res.src[by_id].tolist()  # stable as records arrive: what an earlier estimate's info is keyed by
+    first = res.src[by_id[np.minimum(starts, max(len(by_id) - 1, 0))]].tolist() if len(by_id) else [0] * len(codes)
+    rep = res.src[by_rank[np.minimum(starts, max(len(by_rank) - 1, 0))]].tolist() if len(by_rank) else [0] * len(codes)
     info: dict[str, CandidateInfo] = {}
-    src = res.src.tolist()
-    names = cols.candidates
+    names, r_author, r_hw = cols.candidates, cols.r_author, cols.r_hw
+    # a candidate whose results, representative, weights and parents are those of an earlier
+    # estimate on these columns gets the same (immutable) CandidateInfo back: most do
+    earlier: dict[str, tuple[tuple, CandidateInfo]] = cols.memo.setdefault("candidate info", {})
     for i, (c, s, e, est, sup) in enumerate(zip(codes.tolist(), starts.tolist(), ends.tolist(), established.tolist(), support.tolist())):
         cand = names[c]
         parents = tuple(map(names.__getitem__, parents_of_codes[i]))
+        mine = where_in_evidence[s:e]
+        key = (mine, rep[i], est, sup, parents)
+        seen = earlier.get(cand)
+        if seen is not None and seen[0] == key:
+            info[cand] = seen[1]
+            continue
         if e == s:  # no result (cannot happen: every observation measures a result's candidate)
             info[cand] = CandidateInfo(cand, "", {}, (), "", parents, (), (), est, 0, sup, "sp1024")
             continue
-        r = results[src[first[i]]]
+        r = results[first[i]]
         one = e - s == 1  # the common case: one result, one author, one class
+        who = [author_names[r_author[j]] for j in mine]
+        where = [cols.classes[r_hw[j]] for j in mine]
         info[cand] = CandidateInfo(
             cand,
             r.base,
             dict(r.diff),
-            tuple(ids[s:e]),
+            tuple(rid[j] for j in mine),
             rid[rep[i]],
             parents,
-            (who[s],) if one else tuple(sorted(set(who[s:e]))),
-            (where[s],) if one else tuple(sorted(set(where[s:e]))),
+            (who[0],) if one else tuple(sorted(set(who))),
+            (where[0],) if one else tuple(sorted(set(where))),
             est,
             e - s,
             sup,
             r.tokenizer,
         )
+        earlier[cand] = (key, info[cand])
     return info

@@ -58,6 +58,10 @@ class EvidenceColumns:
     _measure_code: dict[tuple[str, int], int] = field(repr=False)
     _unresolved: list[tuple[int, str]] = field(repr=False)  # (result position, parent id) not a result (yet)
     _unresolved_subjects: list[tuple[int, str]] = field(repr=False)  # (attestation position, subject id)
+    # What a user of the columns derived from their records and may reuse (the estimator's
+    # values per candidate): name -> dict, never keyed by codes (codes move). Extended columns
+    # get a copy, so what one extension learns never reaches another.
+    memo: dict[str, dict] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, evidence: Evidence) -> "EvidenceColumns":
@@ -133,6 +137,7 @@ class EvidenceColumns:
             _measure_code=measure_code,
             _unresolved=unresolved,
             _unresolved_subjects=unresolved_subjects,
+            memo={name: dict(values) for name, values in self.memo.items()},
         )
 
     def position(self, record_id: str) -> int | None:
@@ -163,7 +168,7 @@ def _ranks(ids: list[str]) -> np.ndarray:
 
 def _empty() -> EvidenceColumns:
     i, f = np.zeros(0, dtype=np.intp), np.zeros(0)
-    return EvidenceColumns([], [], [], [], i, i, i, i, f, f, np.zeros(0, dtype=np.int64), f, np.zeros(0, dtype=bool), i, i, i, [], i, i, i, np.zeros(0, dtype=bool), f, {}, {}, {}, [], [])
+    return EvidenceColumns([], [], [], [], i, i, i, i, f, f, np.zeros(0, dtype=np.int64), f, np.zeros(0, dtype=bool), i, i, i, [], i, i, i, np.zeros(0, dtype=bool), f, {}, {}, {}, [], [], {})
 
 
 _EMPTY = _empty()

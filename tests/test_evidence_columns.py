@@ -10,7 +10,7 @@ import recordgen as g
 from p2pgolf.pool.estimator import estimate
 from p2pgolf.pool.evidence import AttestationEvidence, Evidence, result_evidence
 from p2pgolf.pool.evidence_cache import EvidenceCache
-from p2pgolf.pool.evidence_columns import EvidenceColumns, columns_of
+from p2pgolf.pool.evidence_columns import EvidenceColumns, columns_of, with_columns
 from p2pgolf.pool.store import PoolStore
 from p2pgolf.pool.trust_weights import static_status
 
@@ -35,8 +35,8 @@ def _evidence(n: int = 40, seed: int = 0) -> Evidence:
 def _same(a: EvidenceColumns, b: EvidenceColumns) -> None:
     for name in a.__dataclass_fields__:
         x, y = getattr(a, name), getattr(b, name)
-        if name in ("parent_child", "parent_of") or name.startswith("_"):
-            continue  # pairs may come in another order, and lookups are private
+        if name in ("parent_child", "parent_of", "memo") or name.startswith("_"):
+            continue  # pairs may come in another order; lookups and what users derived are private
         if isinstance(x, np.ndarray):
             assert x.dtype == y.dtype and np.array_equal(x, y), name
         else:
@@ -87,3 +87,17 @@ def test_an_estimate_from_the_caches_carried_columns_equals_one_from_fresh_colum
         _same(columns_of(carried), columns_of(fresh))
         a, b = estimate(carried, status, records[0].record.hw.key), estimate(fresh, status, records[0].record.hw.key)
         assert a.candidates == b.candidates and np.array_equal(a.mean, b.mean) and np.array_equal(a.sd, b.sd) and a.info == b.info
+
+
+def test_what_an_estimate_reuses_from_one_extension_never_reaches_another():
+    def result(i: int, diff: float):
+        return result_evidence(f"{i:064x}", base="smoke-tiny", diff={"matrix_lr": diff}, author="cc" * 32, hw="cpu:a:x1", val_bpb=2.0, budget_s=60.0, created_ms=i)
+
+    status = static_status(ME)
+    head = (result(1, 0.001), result(2, 0.002))
+    base = EvidenceColumns.of(Evidence(head))
+    for i in (3, 4):  # two extensions of the same columns by a record at the same position, of the same candidate
+        part = Evidence(head + (result(i, 0.003),))
+        carried = estimate(with_columns(part, base.extend(part.results[2:], ())), status, "cpu:a:x1")
+        fresh = estimate(Evidence(part.results), status, "cpu:a:x1")
+        assert carried.info == fresh.info and f"{i:064x}" in carried.info[part.results[2].candidate].record_ids
