@@ -359,7 +359,6 @@ def _estimate(evidence: Evidence, status: StatusFn, hw: str, budget_s: float | N
     res, alias = _collapse_duplicates(cols, np.flatnonzero(keep), start_w)
     att = _attestations(cols, res, alias, blocked)
     if config.naive:
-        statuses = {k: OWN for k in statuses}
         st = lambda key: OWN  # noqa: E731 - naive pooling believes everyone
         author_status = [OWN] * len(author_status)
         start_w = np.ones(len(author_status))
