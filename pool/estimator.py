@@ -1188,7 +1188,7 @@ def _candidate_info(res, codes, local, parents_of_codes, established, support, a
     ends = np.cumsum(counts)
     starts = ends - counts
     rid = cols.r_id
-    where_in_evidence = res.src[by_id].tolist()  # stable as records arrive: what an earlier estimate's info is keyed by
+    where_in_evidence = tuple(res.src[by_id].tolist())  # stable as records arrive: what an earlier estimate's info is keyed by (ints: untracked by GC)
     first = res.src[by_id[np.minimum(starts, max(len(by_id) - 1, 0))]].tolist() if len(by_id) else [0] * len(codes)
     rep = res.src[by_rank[np.minimum(starts, max(len(by_rank) - 1, 0))]].tolist() if len(by_rank) else [0] * len(codes)
     info: dict[str, CandidateInfo] = {}

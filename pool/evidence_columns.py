@@ -17,6 +17,7 @@ of some evidence by more records gives the columns of the whole.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ class EvidenceColumns:
     _measure_code: dict[tuple[str, int], int] = field(repr=False)
     _unresolved: list[tuple[int, str]] = field(repr=False)  # (result position, parent id) not a result (yet)
     _unresolved_subjects: list[tuple[int, str]] = field(repr=False)  # (attestation position, subject id)
+    _sorted_ids: list[str] = field(repr=False)  # r_id sorted (equal ids in position order)
     # What a user of the columns derived from their records and may reuse (the estimator's
     # values per candidate): name -> dict, never keyed by codes (codes move). Extended columns
     # get a copy, so what one extension learns never reaches another.
@@ -114,7 +116,7 @@ class EvidenceColumns:
             authors=authors,
             classes=classes,
             r_id=r_id,
-            r_rank=_ranks(r_id),
+            r_rank=_ranks(self.r_rank, self._sorted_ids, [r.record_id for r in results]) if n0 else _first_ranks(r_id),
             r_cand=np.concatenate([cand_remap[self.r_cand], np.fromiter((cand_code[r.candidate] for r in results), np.intp, n)]),
             r_author=np.concatenate([self.r_author, np.fromiter((author_code[r.author] for r in results), np.intp, n)]),
             r_hw=np.concatenate([class_remap[self.r_hw], np.fromiter((hw_code[r.hw] for r in results), np.intp, n)]),
@@ -137,6 +139,7 @@ class EvidenceColumns:
             _measure_code=measure_code,
             _unresolved=unresolved,
             _unresolved_subjects=unresolved_subjects,
+            _sorted_ids=_sorted_with(self._sorted_ids, [r.record_id for r in results]) if n0 else sorted(r_id),
             memo={name: dict(values) for name, values in self.memo.items()},
         )
 
@@ -159,16 +162,37 @@ def _merge_sorted(have: list[str], new: set[str]) -> tuple[list[str], np.ndarray
     return merged, np.fromiter((code[c] for c in have), np.intp, len(have))
 
 
-def _ranks(ids: list[str]) -> np.ndarray:
+def _first_ranks(ids: list[str]) -> np.ndarray:
     order = sorted(range(len(ids)), key=ids.__getitem__)
     rank = np.empty(len(ids), dtype=np.intp)
     rank[order] = np.arange(len(ids))
     return rank
 
 
+def _ranks(ranks: np.ndarray, sorted_ids: list[str], new: list[str]) -> np.ndarray:
+    """The ranks of the ids behind `ranks` (`sorted_ids` in order) with `new` appended: each
+    new id goes after the equal ones already there, and an old rank moves up by the new ids
+    placed before it. A few bisections instead of sorting 10^5 ids again."""
+    if not new:
+        return ranks
+    order = sorted(range(len(new)), key=new.__getitem__)  # stable: equal new ids keep their order
+    slots = np.fromiter((bisect.bisect_right(sorted_ids, new[k]) for k in order), np.intp, len(new))  # nondecreasing
+    moved = ranks + np.searchsorted(slots, ranks, side="right")
+    fresh = np.empty(len(new), dtype=np.intp)
+    fresh[order] = slots + np.arange(len(new))
+    return np.concatenate([moved, fresh])
+
+
+def _sorted_with(sorted_ids: list[str], new: list[str]) -> list[str]:
+    out = list(sorted_ids)
+    for i in sorted(new):
+        bisect.insort_right(out, i)
+    return out
+
+
 def _empty() -> EvidenceColumns:
     i, f = np.zeros(0, dtype=np.intp), np.zeros(0)
-    return EvidenceColumns([], [], [], [], i, i, i, i, f, f, np.zeros(0, dtype=np.int64), f, np.zeros(0, dtype=bool), i, i, i, [], i, i, i, np.zeros(0, dtype=bool), f, {}, {}, {}, [], [], {})
+    return EvidenceColumns([], [], [], [], i, i, i, i, f, f, np.zeros(0, dtype=np.int64), f, np.zeros(0, dtype=bool), i, i, i, [], i, i, i, np.zeros(0, dtype=bool), f, {}, {}, {}, [], [], [], {})
 
 
 _EMPTY = _empty()
