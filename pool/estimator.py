@@ -83,6 +83,7 @@ from p2pgolf.pool.trust_weights import (
     author_trust,
     base_weight,
     claim_weight,
+    volume_factors,
 )
 from p2pgolf.pool.untrusted import discount_columns, plausibility
 from p2pgolf.protocol import candidates
@@ -390,7 +391,7 @@ def _estimate(evidence: Evidence, status: StatusFn, hw: str, budget_s: float | N
             claim[j] = claim_weight(float(trust[j]), subject_checks, attester_w)
     n_records = np.bincount(o.author, minlength=len(cols.authors))
     trusted_status = np.asarray([authors[a].status in TRUSTED_STATUSES if a in authors else False for a in cols.authors], dtype=bool)
-    volume = np.where(trusted_status | (n_records <= policy.author_volume_cap), 1.0, policy.author_volume_cap / np.maximum(n_records, 1))
+    volume = volume_factors(trusted_status, n_records, policy)
     _, pair, pair_n = np.unique(o.author * max(1, len(cols.candidates)) + o.cand, return_inverse=True, return_counts=True)
     cap = volume[o.author] * np.minimum(1.0, policy.per_candidate_cap / pair_n[pair.reshape(-1)])
     if not config.naive:
@@ -404,7 +405,7 @@ def _estimate(evidence: Evidence, status: StatusFn, hw: str, budget_s: float | N
     implausible: dict[str, float] = {}
     if not config.naive:
         lineage_sd = _lineage_sd(o, trust, t, sorted(parents.items()), noise, hw, config)
-        z = plausibility(claim, o.cand, o.hw, o.y, o.kind == _REEVAL, t, _class_arrays(names, translations, noise_arr, config), parents, lineage_sd, config)
+        z = plausibility(claim, o.cand, o.hw, o.y, o.kind == _REEVAL, t, _class_arrays(names, translations, noise_arr), parents, lineage_sd, config)
         claim, cap, hit = discount_columns(claim, cap, o.cand, o.author, z, policy, config.plausible_z)
         implausible = {o.record_id(q): float(z[q]) for q in np.flatnonzero(hit).tolist()}
 
@@ -683,7 +684,7 @@ class _ClassArrays:
         return np.where(self.has[h], p + (y + self.offset[h] - p) * self.scale[h], y)
 
 
-def _class_arrays(names: list[str], translations: Mapping[str, Translation], noise_arr: np.ndarray, config) -> _ClassArrays:
+def _class_arrays(names: list[str], translations: Mapping[str, Translation], noise_arr: np.ndarray) -> _ClassArrays:
     tr = [translations.get(h) for h in names]
     return _ClassArrays(
         np.asarray([x is not None for x in tr], dtype=bool),
@@ -701,7 +702,7 @@ def _check_attestations(att: _Attestations, res: _Results, cols: EvidenceColumns
     two classes where they differ (a re-evaluation is compared as it stands)."""
     if not len(att.rid):
         return []
-    ca = _class_arrays(names, translations, noise_arr, config)
+    ca = _class_arrays(names, translations, noise_arr)
     claim_hw = res.hw[att.subject]
     expected = res.y[att.subject]
     var = noise_arr[claim_hw] ** 2 + noise_arr[att.hw] ** 2
