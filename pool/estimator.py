@@ -220,9 +220,19 @@ class Posterior:
     noise_sd: float = 0.005  # run-to-run sd on this hardware, as learned from replicates
     knob_transfer: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (mean, sd) per knob feature
     implausible: dict[str, float] = field(default_factory=dict)  # record id -> z of each implausible untrusted claim
+    _flags: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # (trusted, established weight) per candidate
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.candidates)}
+
+    def _candidate_flags(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate (in `candidates` order): trusted evidence backs it, and its established
+        weight; read from `info` once (the bandit orders and asks for the incumbent repeatedly)."""
+        if self._flags is None:
+            infos = [self.info[c] for c in self.candidates]
+            n = len(infos)
+            self._flags = (np.fromiter((inf.trusted for inf in infos), bool, n), np.fromiter((inf.established for inf in infos), float, n))
+        return self._flags
 
     @property
     def rows(self) -> dict[str, list[EvidenceRow]]:
@@ -244,8 +254,10 @@ class Posterior:
         """Candidate ids, best first: those trusted evidence backs by mean, then the others by
         mean. A stranger's claim may make a candidate worth trying, never worth believing, so
         whatever value it states it never ranks above a candidate with trusted evidence."""
-        by_mean = [self.candidates[i] for i in np.argsort(self.mean, kind="stable")]
-        return [c for c in by_mean if self.info[c].trusted] + [c for c in by_mean if not self.info[c].trusted]
+        by_mean = np.argsort(self.mean, kind="stable")
+        trusted = self._candidate_flags()[0][by_mean]
+        names = self.candidates
+        return [names[i] for i in by_mean[trusted].tolist()] + [names[i] for i in by_mean[~trusted].tolist()]
 
     def ranked(self) -> list[Estimate]:
         """All candidates in `order`: trusted ones best (lowest mean) first, then the rest."""
@@ -254,11 +266,10 @@ class Posterior:
     def incumbent(self) -> str | None:
         """The best candidate by mean among those established on this hardware by trusted
         measurements; None while nothing is."""
-        best, best_mean = None, math.inf
-        for c, i in self.index.items():
-            if self.info[c].established >= self.established_weight and self.mean[i] < best_mean:
-                best, best_mean = c, float(self.mean[i])
-        return best
+        established = np.flatnonzero(self._candidate_flags()[1] >= self.established_weight)
+        if not len(established):
+            return None
+        return self.candidates[int(established[np.argmin(self.mean[established])])]  # the first of equal means, as a scan would
 
     def sample(self, rng: np.random.Generator, size: int = 1) -> np.ndarray:
         """Joint draws of every candidate's value, shape (size, n_candidates)."""
