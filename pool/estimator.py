@@ -520,8 +520,16 @@ def _collapse_duplicates(cols: EvidenceColumns, kept: np.ndarray, start_w: np.nd
                 if i != keep:
                     alias[i] = keep
                     dropped[i] = True
-    src = kept[~dropped[kept]]
-    src = src[np.argsort(cols.r_rank[src], kind="stable")]  # order-independent, whatever order the records came in
+    # in record id order (order-independent, whatever order the records came in): the columns'
+    # id order, kept once with them, less the results left out
+    by_id = cols.memo.get("id order", {}).get(n)
+    if by_id is None:
+        by_id = np.argsort(cols.r_rank, kind="stable")
+        cols.memo["id order"] = {n: by_id}  # this generation's only (an extension's copy replaces it)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[kept] = True
+    chosen[dropped] = False
+    src = by_id[chosen[by_id]]
     at = np.full(n, -1, dtype=np.intp)
     at[src] = np.arange(len(src))
     res = _Results(src, cols.r_cand[src], cols.r_author[src], cols.r_hw[src], cols.r_y[src], cols.r_created[src], at)
