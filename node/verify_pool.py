@@ -6,7 +6,8 @@ canonical decoding, validation, signature) in a pool of spawned processes, one p
 first use and kept for the life of the node; small batches (or `in_processes=False`) run in a
 worker thread instead, where starting processes would cost more than it saves. The result is a
 list with, per envelope in order, what the pool stores of it (a `pool.store.Row`, flat so that
-it crosses processes cheaply; from a thread, the `SignedRecord` itself) or None (invalid). Workers are
+it crosses processes cheaply, and sent back without the envelope, which the caller already
+holds; from a thread, the `SignedRecord` itself) or None (invalid). Workers are
 spawned, not forked: the node has threads (libp2p, SQLite) that a fork would copy mid-flight;
 and each leaves within a second of its node, however the node ended.
 """
@@ -70,8 +71,9 @@ def warm() -> None:
 
 
 def verify_rows(raws: list[bytes]) -> list[Row | None]:
-    """`verify_all`, flattened to the rows the pool stores (runs in a worker process)."""
-    return [None if rec is None else Row.of(rec) for rec in verify_all(raws)]
+    """`verify_all`, flattened to the rows the pool stores, without their envelopes (runs in a
+    worker process): the caller holds the very bytes it sent, so they need not travel back."""
+    return [None if rec is None else Row.of(rec)._replace(raw=b"") for rec in verify_all(raws)]
 
 
 async def verify_batch(raws: list[bytes], *, in_processes: bool = True) -> list[SignedRecord | Row | None]:
@@ -83,7 +85,8 @@ async def verify_batch(raws: list[bytes], *, in_processes: bool = True) -> list[
         log.exception("verification processes unavailable; verifying in a thread")
         return await trio.to_thread.run_sync(verify_all, raws)
     try:
-        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        rows = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        return [None if row is None else row._replace(raw=raw) for row, raw in zip(rows, raws)]
     except concurrent.futures.process.BrokenProcessPool:
         global _pool
         with _pool_lock:

@@ -32,7 +32,7 @@ DEGRADED_NOTE_PREFIX = "degraded: "
 DEFAULT_TOKENIZER = "sp1024"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a pool holds ~10^5 of these, and each full garbage collection walks them
 class ResultEvidence:
     """One measured result: candidate (base, diff, tokenizer) on a hardware class, by an author."""
 
@@ -54,7 +54,7 @@ class ResultEvidence:
     kind: str = field(default="result", init=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttestationEvidence:
     """A re-measurement of record `subject`: its artifact re-evaluated or its run reproduced."""
 

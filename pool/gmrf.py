@@ -102,7 +102,9 @@ def solve(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, b: np.ndarray, k
     counts = np.diff(lower.indptr) - 1
     cost = float(np.dot(counts.astype(float), counts))
     exact = cost <= variance_budget
-    if exact:
+    if exact and lower.nnz == k:  # a diagonal block (L is the identity): the inverse is 1/d
+        var_c = (1.0 / d)[perm]
+    elif exact:
         var_c = _takahashi_diagonal(lower, d)[perm]
     else:
         var_c = _mc_diagonal(c, lu, lower, sqrt_d, perm, np.random.default_rng(0))

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # numpy only for the array helper; the admission gate imports this module too
+    import numpy as np
 
 OWN, PINNED, BLOCKED, UNKNOWN = "own", "pinned", "blocked", "unknown"
 STATUSES = (OWN, PINNED, BLOCKED, UNKNOWN)
@@ -55,8 +59,7 @@ class TrustPolicy:
             raise ValueError(f"unknown_crowd={self.unknown_crowd} must be > 0: a crowd of strangers counts as this many keys")
 
 
-@dataclass(frozen=True)
-class AttestationCheck:
+class AttestationCheck(NamedTuple):  # a tuple: the estimator makes one per attestation, ~15,000 a decision
     """The verdict on one attestation: did the re-measurement agree with the claim?"""
 
     attestation_id: str
@@ -147,11 +150,13 @@ def claim_weight(author_weight: float, checks: Iterable[AttestationCheck], attes
     return w
 
 
-def volume_factor(status: str, n_records: int, policy: TrustPolicy) -> float:
-    """Scale for each of an author's records so that its volume cannot buy influence."""
-    if status in (OWN, PINNED) or n_records <= policy.author_volume_cap:
-        return 1.0
-    return policy.author_volume_cap / n_records
+def volume_factors(trusted: np.ndarray, n_records: np.ndarray, policy: TrustPolicy) -> np.ndarray:
+    """Per author (arrays: own or pinned, records held), the scale for each of its records so
+    that its volume cannot buy influence: 1 for a trusted key or one within the cap, else
+    author_volume_cap / n_records."""
+    import numpy as np
+
+    return np.where(trusted | (n_records <= policy.author_volume_cap), 1.0, policy.author_volume_cap / np.maximum(n_records, 1))
 
 
 def crowd_factors(backers: Iterable[tuple[str, str]], policy: TrustPolicy) -> dict[tuple[str, str], float]:
