@@ -355,15 +355,18 @@ class ResearchLoop:
         asked: dict[str, Any] = {}  # proposer operator -> its answer for this experiment (asked once)
 
         def decide_now() -> tuple[Any, Any]:
-            evidence = self._evidence.evidence()
-            post = estimate(evidence, self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
-            rng = np.random.default_rng(seed)
-            external = {op.operator: functools.partial(self._ask, op, post, n, runnable, vocabularies, asked) for op in self.proposers}
-            return post, bandit.choose(
-                post, rng, history=self._history(), default_base=self.settings.default_base, remaining=remaining,
-                default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
-                external=external, avoid=self._failed_here(),
-            )  # fmt: skip
+            from p2pgolf.pool.gc_pause import gc_paused
+
+            with gc_paused():  # the bandit's choice makes as many short-lived objects as the estimate
+                evidence = self._evidence.evidence()
+                post = estimate(evidence, self.trust.status, self.hw, budget_s=self.bench.budget_s, policy=policy)
+                rng = np.random.default_rng(seed)
+                external = {op.operator: functools.partial(self._ask, op, post, n, runnable, vocabularies, asked) for op in self.proposers}
+                return post, bandit.choose(
+                    post, rng, history=self._history(), default_base=self.settings.default_base, remaining=remaining,
+                    default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
+                    external=external, avoid=self._failed_here(),
+                )  # fmt: skip
 
         def decide() -> Any:
             # Off the trio thread: estimating a large pool takes a while (the interpreter hands the

@@ -688,7 +688,7 @@ class MoveModel:
             if foreign and (not math.isfinite(foreign_sd) or min(inf.support, posterior.info[p].support) < 0.5):
                 continue
             cc, pc = config_of(c), config_of(p)
-            changed = [k for k in cc if cc[k] != pc[k]]
+            changed = _changed_knobs(c, p, cc, pc)
             if len(changed) != 1 or changed[0] not in dims:
                 continue
             k = changed[0]
@@ -747,6 +747,9 @@ class MoveModel:
 _RESOLVED: dict[str, dict] = {}
 
 
+_CHANGED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
 def _resolved(candidate: str, base: str, diff) -> dict:
     """Full config of a candidate; memoised by candidate id (the id fixes base and diff)."""
     config = _RESOLVED.get(candidate)
@@ -755,6 +758,18 @@ def _resolved(candidate: str, base: str, diff) -> dict:
             _RESOLVED.clear()
         config = _RESOLVED[candidate] = knobs.resolve(base, diff)
     return config
+
+
+def _changed_knobs(child: str, parent: str, cc: Mapping[str, Any], pc: Mapping[str, Any]) -> tuple[str, ...]:
+    """Knobs whose values differ between two candidates' full configs; memoised by the id pair
+    (ids fix the configs), since every decision asks it of every single-parent candidate."""
+    key = (child, parent)
+    changed = _CHANGED.get(key)
+    if changed is None:
+        if len(_CHANGED) > 100_000:
+            _CHANGED.clear()
+        changed = _CHANGED[key] = tuple(k for k in cc if cc[k] != pc[k])
+    return changed
 
 
 def _distance2(dim: Dim, a, b) -> float:

@@ -55,11 +55,9 @@ has a finite mean and a positive sd.
 
 from __future__ import annotations
 
-import gc
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -67,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from p2pgolf.pool import gmrf
+from p2pgolf.pool.gc_pause import gc_paused
 from p2pgolf.pool.bridge.provenance import importer_of
 from p2pgolf.pool.evidence import Evidence
 from p2pgolf.pool.evidence_columns import KINDS, EvidenceColumns, columns_of
@@ -325,22 +324,9 @@ def estimate(
 
     Every step works on columns (pool/evidence_columns.py: one array per field over all
     records), so a decision over 100,000 records costs array operations, not Python loops."""
-    with _gc_paused():
+    with gc_paused():
         return _estimate(evidence, status, hw, budget_s, policy, config)
 
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Cyclic garbage collection paused (and resumed if it was on): an estimate makes ~10^5
-    short-lived objects and no cycles, and each full collection it would trigger walks the
-    whole pool's evidence (~10^5 objects, 0.1-0.2 s). Refcounting frees as usual meanwhile."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 def _estimate(evidence: Evidence, status: StatusFn, hw: str, budget_s: float | None, policy: TrustPolicy, config: EstimatorConfig) -> Posterior:

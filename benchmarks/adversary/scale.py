@@ -130,16 +130,18 @@ class _Decider:
 
         from p2pgolf.pool import bandit, gmrf
         from p2pgolf.pool.estimator import estimate
+        from p2pgolf.pool.gc_pause import gc_paused
         from p2pgolf.pool.trust_weights import OWN, PINNED, TrustPolicy
 
         solve = gmrf.solve
         if self.dense:
             gmrf.solve = dense_solve
         try:
-            policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
-            post = estimate(self.cache.evidence(), self.trust.status, self.sp.target_hw, budget_s=self.sp.budget_s, policy=policy)
-            avoid = self.failures.avoid(self.sp.bench, self.sp.target_hw, lambda a: self.trust.status(a) in (OWN, PINNED))
-            bandit.choose(post, np.random.default_rng(7), avoid=avoid)
+            with gc_paused():  # as the research loop decides: collection paused around it all
+                policy = TrustPolicy(unknown_weight=self.trust.unknown_weight)
+                post = estimate(self.cache.evidence(), self.trust.status, self.sp.target_hw, budget_s=self.sp.budget_s, policy=policy)
+                avoid = self.failures.avoid(self.sp.bench, self.sp.target_hw, lambda a: self.trust.status(a) in (OWN, PINNED))
+                bandit.choose(post, np.random.default_rng(7), avoid=avoid)
         finally:
             gmrf.solve = solve
         return post
