@@ -7,7 +7,13 @@
 1. ban: nothing from a peer that is shut out (for invalid records or for flooding) is taken;
 2. rate: each record spends a token from the peer's bucket for its path (`records_per_s` for
    pushed records, `fetched_per_s` for fetched ones); a peer that keeps pushing past its rate is
-   shut out like one that sends invalid records;
+   shut out like one that sends invalid records. Then a pushed record whose author is neither
+   our own key nor pinned spends a token from one bucket shared by every peer
+   (`unknown_pushed_per_s`), so a flood spread over many peer ids, each under its own rate, is
+   still bounded as a whole; over it the record is refused (`OVER_SHARED_RATE`, not held against
+   the peer, which may be honest). The author is read from the record's body (a bounded decode,
+   ~20 us) before any signature check; own and pinned authors never spend from it, and a forged
+   record naming one is invalid at stage 3 and counted against its peer;
 3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
    parsed), counting invalid records against the peer;
 4. storage (pool/admission.StorageGate): benchmark (and a result's budget), blocked key,
@@ -29,11 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, QuotaUsage, StorageGate, Verdict
+from p2pgolf.pool.trust_weights import TRUSTED_STATUSES as TRUSTED
+from p2pgolf.protocol import canonical
 from p2pgolf.protocol.errors import ProtocolError
-from p2pgolf.protocol.signing import SignedRecord, decode_record
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, _split_envelope, decode_record
 
 log = logging.getLogger(__name__)
 
+TRUST_REFRESH_S = 5.0  # a key pinned while running counts as trusted at the gate within this long
 PUSHED = "pushed"  # records a peer sent us unasked (gossip)
 FETCHED = "fetched"  # records we asked a peer for (sync)
 
@@ -54,14 +63,17 @@ class Limits:
     invalid_before_ban: int = 20  # invalid records from one peer before it is shut out
     flood_before_ban: int = 200  # pushed records over the rate from one peer before it is shut out
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
+    max_libp2p_streams_per_peer: int = 64  # inbound streams of every protocol (gossipsub, kad, identify, ping, ours) per peer
+    unknown_pushed_per_s: float = 500.0  # pushed records by unknown keys, all peers together (gossip carries a few a minute)
+    unknown_pushed_burst: int = 2000
     ban_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer"):
+        for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer", "max_libp2p_streams_per_peer", "unknown_pushed_burst"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProtocolError(f"must be a whole number >= 1, got {value!r}", f"limits.{name}")
-        for name in ("records_per_s", "fetched_per_s", "sync_requests_per_s", "ban_s"):
+        for name in ("records_per_s", "fetched_per_s", "sync_requests_per_s", "unknown_pushed_per_s", "ban_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ProtocolError(f"must be a number > 0, got {value!r}", f"limits.{name}")
@@ -161,13 +173,17 @@ class PeerLimiter:
 class Admission:
     """The gate every record from a peer passes through before it reaches the pool."""
 
-    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None) -> None:
+    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None, clock=time.monotonic) -> None:
         self.store = store
         self.trust = trust
         self.bench_ids = frozenset(bench_ids)
         self.limits = limits
         self.own_key = own_key
-        self.limiter = limiter or PeerLimiter(limits)
+        self.limiter = limiter or PeerLimiter(limits, clock)
+        self._clock = clock
+        self.shared_unknown = TokenBucket(limits.unknown_pushed_per_s, limits.unknown_pushed_burst, clock)  # all peers together
+        self._trusted: frozenset[str] = frozenset()
+        self._trusted_at: float | None = None
         self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key, budgets=budgets)
         self.counts: dict[Verdict, int] = {v: 0 for v in Verdict}
         self.on_added = None  # optional callback(record id), e.g. to wake the research loop
@@ -221,6 +237,10 @@ class Admission:
                         passed = raws[:allowed]
                         if path == PUSHED and self.limiter.note_flood(peer, len(raws) - allowed):
                             self._banned(peer, f"pushed {self.limits.flood_before_ban} records over its rate")
+                    if path == PUSHED and passed:
+                        kept = [raw for raw in passed if self._trusted_author(raw) or self.shared_unknown.take()]
+                        own[Verdict.OVER_SHARED_RATE] = len(passed) - len(kept)
+                        passed = kept
             except Exception:
                 log.exception("unexpected error while screening records from %s", peer)
                 own[Verdict.ERROR] = len(raws)
@@ -230,6 +250,20 @@ class Admission:
             if tally is not None:
                 tally[verdict] += n
         return passed
+
+    def _trusted_author(self, raw: bytes) -> bool:
+        """Whether the body of `raw` names our own key or a pinned one as its author (unverified:
+        stage 3 checks the signature). The trusted keys are re-read at most every TRUST_REFRESH_S."""
+        author = claimed_author(raw)
+        if author is None:
+            return False
+        if author == self.own_key:
+            return True
+        now = self._clock()
+        if self._trusted_at is None or now - self._trusted_at >= TRUST_REFRESH_S:
+            self._trusted = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            self._trusted_at = now
+        return author in self._trusted
 
     def admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
         """Stages 3 (the invalid ones, None, counted against `peer`) and 4 for records that
@@ -261,6 +295,20 @@ class Admission:
         log.warning("peer %s %s; shutting it out for %.0f s", peer, why, self.limits.ban_s)
         if self.on_ban is not None:
             self.on_ban(peer)
+
+
+def claimed_author(raw: bytes) -> str | None:
+    """The author a record's body names, without checking its signature (None if the envelope or
+    body does not decode within MAX_RECORD_BYTES). Pure and bounded: ~20 us for a result."""
+    try:
+        split = _split_envelope(raw) if len(raw) <= MAX_RECORD_BYTES else None
+        if split is None:
+            return None
+        body = canonical.decode(split[0], max_len=MAX_RECORD_BYTES)
+        author = body.get("author") if isinstance(body, dict) else None
+        return author if isinstance(author, str) else None
+    except Exception:
+        return None
 
 
 def verify_all(raws: list[bytes]) -> list[SignedRecord | None]:
