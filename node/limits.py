@@ -11,7 +11,9 @@
    our own key nor pinned spends a token from one bucket shared by every peer
    (`unknown_pushed_per_s`), so a flood spread over many peer ids, each under its own rate, is
    still bounded as a whole; over it the record is refused (`OVER_SHARED_RATE`, not held against
-   the peer, which may be honest). The author is read from the record's body (a bounded decode,
+   the peer, which may be honest, by a ban). A peer that keeps bringing such records is slowed
+   (`PeerLimiter.slowed_until`): gossip stops reading from it for SLOW_DOWN_S, so flow control
+   holds its sender back and the node's time goes to the other peers. The author is read from the record's body (a bounded decode,
    ~20 us) before any signature check; own and pinned authors never spend from it, and a forged
    record naming one is invalid at stage 3 and counted against its peer;
 3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
@@ -43,6 +45,8 @@ from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, _split_enve
 log = logging.getLogger(__name__)
 
 TRUST_REFRESH_S = 5.0  # a key pinned while running counts as trusted at the gate within this long
+SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST = 2.0, 10  # a peer's records refused by the shared budget before it is slowed
+SLOW_DOWN_S = 1.0  # how long nothing more is read from a slowed peer (its sender then waits on flow control)
 PUSHED = "pushed"  # records a peer sent us unasked (gossip)
 FETCHED = "fetched"  # records we asked a peer for (sync)
 
@@ -64,11 +68,17 @@ class Limits:
     flood_before_ban: int = 200  # pushed records over the rate from one peer before it is shut out
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
     max_libp2p_streams_per_peer: int = 64  # inbound streams of every protocol (gossipsub, kad, identify, ping, ours) per peer
-    unknown_pushed_per_s: float = 500.0  # pushed records by unknown keys, all peers together (gossip carries a few a minute)
-    unknown_pushed_burst: int = 2000
+    # Pushed records by unknown keys, all peers together (a season is ~0.04/s; sync fetches what
+    # this drops). Below one peer's rate and burst: what we accept we forward, and a neighbour
+    # must never shut us out for relaying a flood we let through.
+    unknown_pushed_per_s: float = 20.0
+    unknown_pushed_burst: int = 100
     ban_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.unknown_pushed_per_s >= self.records_per_s or self.unknown_pushed_burst >= self.records_burst:
+            log.warning("limits: the shared budget for unknown keys (%g/s, burst %d) is not below one peer's rate (%g/s, burst %d): "
+                        "neighbours with these limits may shut this node out for relaying a flood", self.unknown_pushed_per_s, self.unknown_pushed_burst, self.records_per_s, self.records_burst)
         for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer", "max_libp2p_streams_per_peer", "unknown_pushed_burst"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -118,6 +128,8 @@ class PeerLimiter:
         self._invalid: dict[str, int] = defaultdict(int)
         self._flooded: dict[str, int] = defaultdict(int)
         self._banned_until: dict[str, float] = {}
+        self._shared_refusals: dict[str, TokenBucket] = {}
+        self._slowed_until: dict[str, float] = {}
 
     def allow_record(self, peer: str, path: str = PUSHED) -> bool:
         return self.allow_records(peer, 1, path) == 1
@@ -151,6 +163,26 @@ class PeerLimiter:
             self._banned_until[peer] = self._clock() + self.limits.ban_s
             return True
         return False
+
+    def note_shared_refusals(self, peer: str, n: int) -> None:
+        """Count `n` records from `peer` refused by the shared budget; past SHARED_REFUSALS_PER_S
+        (bursts of SHARED_REFUSALS_BURST) the peer is slowed: `slowed_until` says until when its
+        next message should not be read (a peer relaying one honest record now and then is not)."""
+        bucket = self._shared_refusals.get(peer)
+        if bucket is None:
+            if len(self._shared_refusals) > 10_000:  # peer ids are free: forget old ones rather than grow
+                self._shared_refusals.clear()
+            bucket = self._shared_refusals[peer] = TokenBucket(SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST, self._clock)
+        if bucket.take_up_to(n) < n:
+            self._slowed_until[peer] = self._clock() + SLOW_DOWN_S
+
+    def slowed_until(self, peer: str) -> float | None:
+        """The clock time before which nothing more should be read from `peer`, if any."""
+        until = self._slowed_until.get(peer)
+        if until is not None and until <= self._clock():
+            del self._slowed_until[peer]
+            return None
+        return until
 
     def invalid_count(self, peer: str) -> int:
         return self._invalid.get(peer, 0)
@@ -240,6 +272,8 @@ class Admission:
                     if path == PUSHED and passed:
                         kept = [raw for raw in passed if self._trusted_author(raw) or self.shared_unknown.take()]
                         own[Verdict.OVER_SHARED_RATE] = len(passed) - len(kept)
+                        if len(kept) < len(passed):
+                            self.limiter.note_shared_refusals(peer, len(passed) - len(kept))
                         passed = kept
             except Exception:
                 log.exception("unexpected error while screening records from %s", peer)

@@ -54,13 +54,20 @@ def test_a_flood_spread_over_many_peer_ids_is_bounded_as_a_whole_while_own_and_p
             pushed += len(strangers)
         for signed in friendly[second * 4 : second * 4 + 4] + [mine[second]]:
             trusted_verdicts.append(admission.admit(signed.raw, peers[second]))  # the same peers carry them
+        slowed = {p for p in peers if admission.limiter.slowed_until(p) is not None}
         clock.now += 1.0
     assert pushed == 2400
     assert admission.counts[Verdict.RATE_LIMITED] == 0 and admission.counts[Verdict.BANNED] == 0  # no peer was over its own rate
     assert screened <= 100 + 50 * 3  # the shared burst and rate, of 2,400
     assert admission.counts[Verdict.OVER_SHARED_RATE] == pushed - screened
     assert trusted_verdicts == [Verdict.ADDED] * 15  # own and pinned records were never refused
-    assert not any(admission.limiter.is_banned(p) for p in peers)  # an honest peer among them is not punished
+    assert not any(admission.limiter.is_banned(p) for p in peers)  # an honest peer among them is not banned ...
+    assert len(slowed) >= 90  # ... but those whose records the budget kept refusing are slowed
+    relay = "12D3KooWRelay"  # one that brings a refused record now and then is not slowed
+    for _ in range(5):
+        assert admission.screen(strangers[:1], relay, path=PUSHED) == []
+        clock.now += 1.0
+    assert admission.limiter.slowed_until(relay) is None
 
 
 def test_a_forged_record_naming_a_pinned_author_skips_the_shared_budget_but_not_verification(tmp_path):
@@ -141,3 +148,27 @@ def test_one_peer_cannot_hold_more_than_its_share_of_libp2p_s_own_streams(tmp_pa
             node.stop()
 
     trio.run(main)
+
+
+def test_a_peer_that_disconnects_while_it_is_being_shut_out_does_not_end_the_node(tmp_path):
+    # py-libp2p 0.8.1 deletes the blacklisted peer's entry after awaiting its stream's reset; a
+    # connection that closes meanwhile (here: the reset itself drops the entry, as the peer's
+    # disconnect handler does) made that a KeyError that stopped pubsub and the whole node.
+    from p2pgolf.node.gossip import Gossip
+    from p2pgolf.node.host import make_host
+
+    store = PoolStore(tmp_path / "pool.sqlite")
+    own = Identity.generate()
+    admission = Admission(store, TrustStore(store), {BENCH.id}, Limits(), own_key=own.public_hex)
+    gossip = Gossip(make_host(own, ["/ip4/127.0.0.1/tcp/0"]), admission, {BENCH.id: BENCH.topic})
+    peer = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]).get_id()
+
+    class ClosingStream:  # stands in for the peer's stream: its reset races with the disconnect
+        async def reset(self) -> None:
+            await trio.sleep(0)
+            gossip.pubsub.peers.pop(peer, None)
+
+    gossip.pubsub.peers[peer] = ClosingStream()
+    gossip.pubsub.peer_topics[BENCH.topic] = {peer}
+    trio.run(gossip.pubsub._teardown_if_connected, peer)
+    assert peer not in gossip.pubsub.peers and BENCH.topic not in gossip.pubsub.peer_topics
