@@ -65,6 +65,8 @@ def test_a_flood_spread_over_many_peer_ids_is_bounded_as_a_whole_while_own_and_p
     assert len(slowed) >= 90  # ... but those whose records the budget kept refusing are slowed
     relay = "12D3KooWRelay"  # one that brings a refused record now and then is not slowed
     for _ in range(5):
+        for peer in peers[:10]:  # the flood goes on and spends the shared budget first
+            admission.screen(strangers, peer, path=PUSHED)
         assert admission.screen(strangers[:1], relay, path=PUSHED) == []
         clock.now += 1.0
     assert admission.limiter.slowed_until(relay) is None
