@@ -13,9 +13,10 @@
    still bounded as a whole; over it the record is refused (`OVER_SHARED_RATE`, not held against
    the peer, which may be honest, by a ban). A peer that keeps bringing such records is slowed
    (`PeerLimiter.slowed_until`): gossip stops reading from it for SLOW_DOWN_S, so flow control
-   holds its sender back and the node's time goes to the other peers. The author is read from the record's body (a bounded decode,
-   ~20 us) before any signature check; own and pinned authors never spend from it, and a forged
-   record naming one is invalid at stage 3 and counted against its peer;
+   holds its sender back and the node's time goes to the other peers. The author is read from
+   the record's body (a bounded decode, ~20 us) before any signature check; own and pinned
+   authors never spend from it (a key pinned while the node runs, within TRUST_REFRESH_S), and a
+   forged record naming one is invalid at stage 3 and counted against its peer;
 3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
    parsed), counting invalid records against the peer;
 4. storage (pool/admission.StorageGate): benchmark (and a result's budget), blocked key,

@@ -87,6 +87,21 @@ def test_a_forged_record_naming_a_pinned_author_skips_the_shared_budget_but_not_
     assert claimed_author(b"\x81\xa4body\xc4\x01\x00") is None and claimed_author(b"not a record") is None
 
 
+def test_a_key_pinned_while_the_node_runs_skips_the_shared_budget_within_the_refresh_time(tmp_path):
+    from p2pgolf.node.limits import TRUST_REFRESH_S
+
+    store = PoolStore(tmp_path / "pool.sqlite")
+    trust = TrustStore(store)
+    clock = Clock()
+    admission = Admission(store, trust, {BENCH.id}, Limits(unknown_pushed_per_s=0.001, unknown_pushed_burst=1), own_key=Identity.generate().public_hex, clock=clock)
+    friend = Identity.generate()
+    assert admission.screen([signed_result(Identity.generate()).raw], "12D3KooWA", path=PUSHED)  # spends the one token
+    assert admission.screen([signed_result(friend, seed=1).raw], "12D3KooWA", path=PUSHED) == []  # not pinned yet
+    trust.pin(friend.public_hex, "friend")
+    clock.now += TRUST_REFRESH_S
+    assert admission.screen([signed_result(friend, seed=2).raw], "12D3KooWA", path=PUSHED)
+
+
 def test_the_shared_budget_counts_only_pushed_records_so_a_late_joiner_still_fetches_a_season(tmp_path):
     store = PoolStore(tmp_path / "pool.sqlite")
     admission = Admission(store, TrustStore(store), {BENCH.id}, Limits(unknown_pushed_per_s=1.0, unknown_pushed_burst=1), own_key=Identity.generate().public_hex, clock=Clock())
