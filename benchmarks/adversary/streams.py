@@ -1,10 +1,12 @@
 """One peer opening 10,000 libp2p streams to a real `p2pgolf join` process on loopback (issue 20).
 
-The attacker is one py-libp2p host (its own stream limits lifted) that opens `streams` bare
-Yamux streams to the victim at once and never names a protocol on them: py-libp2p's host waits
-up to 30 s for each one's multistream negotiation, holding a task and one of the 10,000 stream
-slots that every peer shares. A stream the victim has not reset after 3 s counts as held. While
-they are held, an honest peer opens 5 ping streams (/ipfs/ping/1.0.0) one after another. Two victims in the same run:
+The attacker is one py-libp2p host (its own stream limits lifted) that opens `streams`
+gossipsub streams (/meshsub/1.1.0, libp2p's own protocol) to the victim at once and sends
+nothing on them: the victim's pubsub keeps a read loop on each for as long as it stays open,
+holding a task and one of the 10,000 stream slots that every peer shares (py-libp2p 0.8.1's
+only stream bound). A stream counts as held from its negotiation until the victim resets it.
+The attacker negotiates 256 at a time (py-libp2p's own side fails when all start at once). 60 s into the attack, while they are held, an honest peer opens 5 ping streams
+(/ipfs/ping/1.0.0) one after another. Two victims in the same run:
 
 - "per-peer bound": the default `[limits] max_libp2p_streams_per_peer` (64);
 - "no per-peer bound": the same set above the stream count, which is how main behaves (py-libp2p
@@ -44,7 +46,7 @@ from p2pgolf.protocol.identity import Identity  # noqa: E402
 
 HONEST_STREAMS = 5
 HONEST_WAIT_S = 20.0
-HOLD_CHECK_S = 3.0  # a stream the victim has not reset after this long is one it holds
+ATTACK_S = 60.0  # how long the attacker opens streams before the honest peer tries
 
 
 async def _attack(target: str, streams: int, out: dict) -> None:
@@ -54,6 +56,7 @@ async def _attack(target: str, streams: int, out: dict) -> None:
     from libp2p.custom_types import TProtocol
     from libp2p.host.ping import ID as PING
     from libp2p.peer.id import ID
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 
     from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
 
@@ -67,15 +70,22 @@ async def _attack(target: str, streams: int, out: dict) -> None:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
             await host.connect(peer_info(peer))
         await trio.sleep(0.5)
+        for conn in attacker.get_network().get_connections(pid):
+            # py-libp2p's yamux lets its own side open 256 streams per connection at once; an
+            # attacker's muxer need not (the victim's side sets no such bound)
+            conn.muxed_conn.stream_backlog_semaphore = trio.Semaphore(streams + 1)
+            conn.muxed_conn.stream_backlog_limit = streams + 1
 
         opened: list = []
+        opening = trio.CapacityLimiter(256)
 
         async def one() -> None:
-            # a bare muxer stream that never names a protocol: the victim waits for its
-            # negotiation (py-libp2p: up to 30 s) unless it refuses the stream at once
+            # a gossipsub stream that never carries an RPC: the victim's pubsub reads it for as
+            # long as it stays open, unless the victim resets it before negotiation
             try:
-                with trio.fail_after(60):
-                    stream = await attacker.get_network().new_stream(pid)
+                async with opening:  # 256 negotiations at a time: py-libp2p's own side chokes on 10,000 at once
+                    with trio.fail_after(30):
+                        stream = await attacker.new_stream(pid, [TProtocol(PROTOCOL_ID_V11)])
             except Exception as exc:
                 out["refused"] += 1
                 if len(out["attack_errors"]) < 3:
@@ -84,7 +94,7 @@ async def _attack(target: str, streams: int, out: dict) -> None:
             opened.append(stream)
             held.append(stream)
             try:
-                while await stream.read(64):  # the victim's multistream header, then nothing until it gives up
+                while await stream.read(64):
                     pass
             except Exception:
                 pass
@@ -92,12 +102,17 @@ async def _attack(target: str, streams: int, out: dict) -> None:
 
         async with trio.open_nursery() as nursery:
             started = time.monotonic()
+            peak = [0]
+
+            async def sample() -> None:
+                while True:
+                    peak[0] = max(peak[0], len(held))
+                    await trio.sleep(0.25)
+
+            nursery.start_soon(sample)
             for _ in range(streams):
                 nursery.start_soon(one)
-            while time.monotonic() - started < 180 and len(opened) + out["refused"] < streams:
-                await trio.sleep(0.1)
-            out["attack_s"] = time.monotonic() - started
-            await trio.sleep(HOLD_CHECK_S)
+            await trio.sleep(ATTACK_S)  # the attacker opens and holds what it can meanwhile
             out["held"] = len(held)
             # an honest peer opens streams one after another while the attacker holds its own
             waits = []
@@ -114,6 +129,8 @@ async def _attack(target: str, streams: int, out: dict) -> None:
             out["honest_opened"] = len(waits)
             out["honest_s"] = max(waits) if len(waits) == HONEST_STREAMS else None
             out["held_at_end"] = len(held)
+            out["held_peak"] = max(peak[0], len(held))
+            out["opened"] = len(opened)
             nursery.cancel_scope.cancel()
         for host in (attacker, honest):
             with trio.CancelScope(shield=True), trio.move_on_after(10):
@@ -163,7 +180,7 @@ def measure(quick: bool = False, streams: int | None = None) -> dict:
     return {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
         "streams_attempted": streams,
-        "streams_held_by_one_peer": bounded["held"], "streams_held_by_one_peer_baseline": unbounded["held"],
+        "streams_held_by_one_peer": bounded["held_peak"], "streams_held_by_one_peer_baseline": unbounded["held_peak"],
         "rss_mb_under_streams": bounded["rss_growth_mb"], "rss_mb_under_streams_baseline": unbounded["rss_growth_mb"],
         "victim_cpu_s_under_streams": bounded["victim_cpu_s"], "victim_cpu_s_under_streams_baseline": unbounded["victim_cpu_s"],
         "honest_streams_s": bounded["honest_s"], "honest_streams_s_baseline": unbounded["honest_s"],
@@ -173,7 +190,7 @@ def measure(quick: bool = False, streams: int | None = None) -> dict:
 
 def _table(r: dict) -> None:
     m = r["machine"]
-    print(f"adversary/streams: {m['platform']}, {m['cpus']} CPUs, load {m['load_avg_1m']:.1f}; one peer opens {r['streams_attempted']:,} ping streams to a join process")
+    print(f"adversary/streams: {m['platform']}, {m['cpus']} CPUs, load {m['load_avg_1m']:.1f}; one peer opens {r['streams_attempted']:,} gossipsub streams to a join process")
     print(f"{'figure':<34} {'per-peer bound (64)':>22} {'no per-peer bound (main)':>26}")
     b, u = r["per_peer_bound"], r["no_per_peer_bound"]
 
@@ -181,9 +198,9 @@ def _table(r: dict) -> None:
         return f"{x['honest_s']:.2f} s" if x["honest_s"] is not None else f"{x['honest_opened']}/{HONEST_STREAMS} in {HONEST_WAIT_S:g} s"
 
     rows = [
-        ("streams the victim held", f"{b['held']:,}", f"{u['held']:,}"),
-        ("streams still held after the honest peer", f"{b['held_at_end']:,}", f"{u['held_at_end']:,}"),
-        ("time to open them (s)", f"{b['attack_s']:.1f}", f"{u['attack_s']:.1f}"),
+        ("streams negotiated", f"{b['opened']:,}", f"{u['opened']:,}"),
+        (f"streams the victim held at {ATTACK_S:g} s", f"{b['held']:,}", f"{u['held']:,}"),
+        ("streams held, peak", f"{b['held_peak']:,}", f"{u['held_peak']:,}"),
         ("victim peak RSS growth (MB)", f"{b['rss_growth_mb']:.1f}", f"{u['rss_growth_mb']:.1f}"),
         ("victim CPU seconds", f"{b['victim_cpu_s']:.1f}", f"{u['victim_cpu_s']:.1f}"),
         (f"honest peer opens {HONEST_STREAMS} streams", honest(b), honest(u)),
