@@ -1,23 +1,23 @@
 """One peer opening 10,000 libp2p streams to a real `p2pgolf join` process on loopback (issue 20).
 
 The attacker is one py-libp2p host (its own stream limits lifted) that opens `streams`
-gossipsub streams (/meshsub/1.1.0, libp2p's own protocol) to the victim at once and sends
-nothing on them: the victim's pubsub keeps a read loop on each for as long as it stays open,
-holding a task and one of the 10,000 stream slots that every peer shares (py-libp2p 0.8.1's
-only stream bound). A stream counts as held from its negotiation until the victim resets it.
-The attacker negotiates 256 at a time (py-libp2p's own side fails when all start at once). 60 s into the attack, while they are held, an honest peer opens 5 ping streams
-(/ipfs/ping/1.0.0) one after another. Two victims in the same run:
+gossipsub streams (/meshsub/1.1.0, libp2p's own protocol) to the victim and sends nothing on
+them: the victim's pubsub keeps a read loop on each for as long as it stays open, holding a
+task and one of the 10,000 stream slots that every peer shares (py-libp2p 0.8.1's only stream
+bound). A stream counts as held from its negotiation until the victim resets it. The attacker
+negotiates 256 at a time (py-libp2p's own side fails when all start at once). 60 s into the
+attack, while they are held, an honest peer opens 5 ping streams (/ipfs/ping/1.0.0) one after
+another. Two victims in the same run:
 
 - "per-peer bound": the default `[limits] max_libp2p_streams_per_peer` (64);
 - "no per-peer bound": the same set above the stream count, which is how main behaves (py-libp2p
   0.8.1's only bound is 10,000 streams for all peers together, after which new streams wait).
 
-Figures per victim: streams the attacker held, , the victim's peak RSS growth, the
-longest time the honest peer took to open a stream and get its ping answered (or that it could
-not within 20 s), and the victim's CPU
-seconds during the attack.
+Figures per victim: streams negotiated and held (at 60 s and at their peak), the victim's peak
+RSS growth and CPU seconds during the attack, and the longest time the honest peer took to open
+a stream and get its ping answered (or how many it could open within 20 s).
 
-    .venv/bin/python benchmarks/adversary/streams.py [--streams 10000] [--json]
+    .venv/bin/python benchmarks/adversary/streams.py [--streams 10000] [--quick] [--json]
 """
 
 from __future__ import annotations
