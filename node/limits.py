@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 TRUST_REFRESH_S = 5.0  # a key pinned while running counts as trusted at the gate within this long
 SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST = 2.0, 10  # a peer's records refused by the shared budget before it is slowed
-SLOW_DOWN_S = 1.0  # how long nothing more is read from a slowed peer (its sender then waits on flow control)
+SLOW_DOWN_S = 1.0  # how long nothing more is read from a slowed peer (its sender then waits on flow control) ...
+MAX_SLOW_DOWN_S = 30.0  # ... doubling, up to this, while it is slowed again within a slow-down's length of the last
 PUSHED = "pushed"  # records a peer sent us unasked (gossip)
 FETCHED = "fetched"  # records we asked a peer for (sync)
 
@@ -131,6 +132,7 @@ class PeerLimiter:
         self._banned_until: dict[str, float] = {}
         self._shared_refusals: dict[str, TokenBucket] = {}
         self._slowed_until: dict[str, float] = {}
+        self._slowed: dict[str, tuple[float, float]] = {}  # peer -> (end, length) of its latest slow-down
 
     def allow_record(self, peer: str, path: str = PUSHED) -> bool:
         return self.allow_records(peer, 1, path) == 1
@@ -168,14 +170,24 @@ class PeerLimiter:
     def note_shared_refusals(self, peer: str, n: int) -> None:
         """Count `n` records from `peer` refused by the shared budget; past SHARED_REFUSALS_PER_S
         (bursts of SHARED_REFUSALS_BURST) the peer is slowed: `slowed_until` says until when its
-        next message should not be read (a peer relaying one honest record now and then is not)."""
+        next message should not be read (a peer relaying one honest record now and then is not).
+        A slow-down lasts SLOW_DOWN_S, twice the last one's length when it follows that one within
+        its length (up to MAX_SLOW_DOWN_S), so a peer that keeps flooding is mostly not read."""
         bucket = self._shared_refusals.get(peer)
         if bucket is None:
             if len(self._shared_refusals) > 10_000:  # peer ids are free: forget old ones rather than grow
                 self._shared_refusals.clear()
+                self._slowed.clear()
             bucket = self._shared_refusals[peer] = TokenBucket(SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST, self._clock)
         if bucket.take_up_to(n) < n:
-            self._slowed_until[peer] = self._clock() + SLOW_DOWN_S
+            now = self._clock()
+            until, pause = self._slowed.get(peer, (None, 0.0))
+            if until is not None and now <= until + pause:  # again, soon after the last slow-down: twice as long
+                pause = min(MAX_SLOW_DOWN_S, 2 * pause)
+            else:
+                pause = SLOW_DOWN_S
+            self._slowed[peer] = (now + pause, pause)
+            self._slowed_until[peer] = now + pause
 
     def slowed_until(self, peer: str) -> float | None:
         """The clock time before which nothing more should be read from `peer`, if any."""

@@ -72,6 +72,25 @@ def test_a_flood_spread_over_many_peer_ids_is_bounded_as_a_whole_while_own_and_p
     assert admission.limiter.slowed_until(relay) is None
 
 
+def test_a_peer_that_keeps_flooding_is_slowed_for_longer_each_time(tmp_path):
+    from p2pgolf.node.limits import MAX_SLOW_DOWN_S, SLOW_DOWN_S
+
+    store = PoolStore(tmp_path / "pool.sqlite")
+    clock = Clock()
+    admission = Admission(store, TrustStore(store), {BENCH.id}, Limits(unknown_pushed_per_s=0.001, unknown_pushed_burst=1), own_key=Identity.generate().public_hex, clock=clock)
+    strangers = [signed_result(Identity.generate(), seed=i).raw for i in range(12)]
+    lengths = []
+    for _ in range(8):
+        admission.screen(strangers, "12D3KooWFlooder", path=PUSHED)
+        until = admission.limiter.slowed_until("12D3KooWFlooder")
+        lengths.append(until - clock.now)
+        clock.now = until  # it is read again at the end of its slow-down, and floods again
+    assert lengths[0] == SLOW_DOWN_S and lengths[1] == 2 * SLOW_DOWN_S and lengths[-1] == MAX_SLOW_DOWN_S
+    clock.now += 2 * MAX_SLOW_DOWN_S + 60  # quiet for long: the next slow-down starts short again
+    admission.screen(strangers, "12D3KooWFlooder", path=PUSHED)
+    assert admission.limiter.slowed_until("12D3KooWFlooder") - clock.now == SLOW_DOWN_S
+
+
 def test_a_forged_record_naming_a_pinned_author_skips_the_shared_budget_but_not_verification(tmp_path):
     store = PoolStore(tmp_path / "pool.sqlite")
     trust = TrustStore(store)
