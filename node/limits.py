@@ -71,15 +71,16 @@ class Limits:
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
     max_libp2p_streams_per_peer: int = 64  # inbound streams of every protocol (gossipsub, kad, identify, ping, ours) per peer
     # Pushed records by unknown keys, all peers together (a season is ~0.04/s; sync fetches what
-    # this drops). Below one peer's rate and burst: what we accept we forward, and a neighbour
-    # must never shut us out for relaying a flood we let through.
-    unknown_pushed_per_s: float = 20.0
-    unknown_pushed_burst: int = 100
+    # this drops). As much as an honest node's publish pacing (node/node.py PUBLISH_PACE_*: 100, then
+    # 40/s; a burst of 200 arrives whole), and below one peer's rate, burst at most one peer's:
+    # what we accept we forward, and a neighbour must never shut us out for relaying a flood.
+    unknown_pushed_per_s: float = 40.0
+    unknown_pushed_burst: int = 200
     ban_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if self.unknown_pushed_per_s >= self.records_per_s or self.unknown_pushed_burst >= self.records_burst:
-            log.warning("limits: the shared budget for unknown keys (%g/s, burst %d) is not below one peer's rate (%g/s, burst %d): "
+        if self.unknown_pushed_per_s >= self.records_per_s or self.unknown_pushed_burst > self.records_burst:
+            log.warning("limits: the shared budget for unknown keys (%g/s, burst %d) is not within one peer's rate (%g/s, burst %d): "
                         "neighbours with these limits may shut this node out for relaying a flood", self.unknown_pushed_per_s, self.unknown_pushed_burst, self.records_per_s, self.records_burst)
         for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer", "max_libp2p_streams_per_peer", "unknown_pushed_burst"):
             value = getattr(self, name)
