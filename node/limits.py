@@ -7,7 +7,16 @@
 1. ban: nothing from a peer that is shut out (for invalid records or for flooding) is taken;
 2. rate: each record spends a token from the peer's bucket for its path (`records_per_s` for
    pushed records, `fetched_per_s` for fetched ones); a peer that keeps pushing past its rate is
-   shut out like one that sends invalid records;
+   shut out like one that sends invalid records. Then a pushed record whose author is neither
+   our own key nor pinned spends a token from one bucket shared by every peer
+   (`unknown_pushed_per_s`), so a flood spread over many peer ids, each under its own rate, is
+   still bounded as a whole; over it the record is refused (`OVER_SHARED_RATE`, not held against
+   the peer, which may be honest, by a ban). A peer that keeps bringing such records is slowed
+   (`PeerLimiter.slowed_until`): gossip stops reading from it for SLOW_DOWN_S, so flow control
+   holds its sender back and the node's time goes to the other peers. The author is read from
+   the record's body (a bounded decode, ~20 us) before any signature check; own and pinned
+   authors never spend from it (a key pinned while the node runs, within TRUST_REFRESH_S), and a
+   forged record naming one is invalid at stage 3 and counted against its peer;
 3. decode and verify (bounded: at most `MAX_RECORD_BYTES` per envelope before anything is
    parsed), counting invalid records against the peer;
 4. storage (pool/admission.StorageGate): benchmark (and a result's budget), blocked key,
@@ -29,11 +38,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pgolf.pool.admission import DEFAULT_UNKNOWN_KEY_CAP, DEFAULT_UNKNOWN_QUOTA_BYTES, QuotaUsage, StorageGate, Verdict
+from p2pgolf.pool.trust_weights import TRUSTED_STATUSES as TRUSTED
+from p2pgolf.protocol import canonical
 from p2pgolf.protocol.errors import ProtocolError
-from p2pgolf.protocol.signing import SignedRecord, decode_record
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, SignedRecord, _split_envelope, decode_record
 
 log = logging.getLogger(__name__)
 
+TRUST_REFRESH_S = 5.0  # a key pinned while running counts as trusted at the gate within this long
+SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST = 2.0, 10  # a peer's records refused by the shared budget before it is slowed
+SLOW_DOWN_S = 1.0  # how long nothing more is read from a slowed peer (its sender then waits on flow control) ...
+MAX_SLOW_DOWN_S = 30.0  # ... doubling, up to this, while it is slowed again within a slow-down's length of the last
 PUSHED = "pushed"  # records a peer sent us unasked (gossip)
 FETCHED = "fetched"  # records we asked a peer for (sync)
 
@@ -54,14 +69,24 @@ class Limits:
     invalid_before_ban: int = 20  # invalid records from one peer before it is shut out
     flood_before_ban: int = 200  # pushed records over the rate from one peer before it is shut out
     max_streams_per_peer: int = 8  # sync and blob streams one peer may have open with us at once
+    max_libp2p_streams_per_peer: int = 64  # inbound streams of every protocol (gossipsub, kad, identify, ping, ours) per peer
+    # Pushed records by unknown keys, all peers together (a season is ~0.04/s; sync fetches what
+    # this drops). As much as an honest node's publish pacing (node/node.py PUBLISH_PACE_*: 100, then
+    # 40/s; a burst of 200 arrives whole), and below one peer's rate, burst at most one peer's:
+    # what we accept we forward, and a neighbour must never shut us out for relaying a flood.
+    unknown_pushed_per_s: float = 40.0
+    unknown_pushed_burst: int = 200
     ban_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer"):
+        if self.unknown_pushed_per_s >= self.records_per_s or self.unknown_pushed_burst > self.records_burst:
+            log.warning("limits: the shared budget for unknown keys (%g/s, burst %d) is not within one peer's rate (%g/s, burst %d): "
+                        "neighbours with these limits may shut this node out for relaying a flood", self.unknown_pushed_per_s, self.unknown_pushed_burst, self.records_per_s, self.records_burst)
+        for name in ("unknown_key_cap", "unknown_quota_bytes", "records_burst", "fetched_burst", "sync_burst", "invalid_before_ban", "flood_before_ban", "max_streams_per_peer", "max_libp2p_streams_per_peer", "unknown_pushed_burst"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProtocolError(f"must be a whole number >= 1, got {value!r}", f"limits.{name}")
-        for name in ("records_per_s", "fetched_per_s", "sync_requests_per_s", "ban_s"):
+        for name in ("records_per_s", "fetched_per_s", "sync_requests_per_s", "unknown_pushed_per_s", "ban_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ProtocolError(f"must be a number > 0, got {value!r}", f"limits.{name}")
@@ -106,6 +131,9 @@ class PeerLimiter:
         self._invalid: dict[str, int] = defaultdict(int)
         self._flooded: dict[str, int] = defaultdict(int)
         self._banned_until: dict[str, float] = {}
+        self._shared_refusals: dict[str, TokenBucket] = {}
+        self._slowed_until: dict[str, float] = {}
+        self._slowed: dict[str, tuple[float, float]] = {}  # peer -> (end, length) of its latest slow-down
 
     def allow_record(self, peer: str, path: str = PUSHED) -> bool:
         return self.allow_records(peer, 1, path) == 1
@@ -140,6 +168,36 @@ class PeerLimiter:
             return True
         return False
 
+    def note_shared_refusals(self, peer: str, n: int) -> None:
+        """Count `n` records from `peer` refused by the shared budget; past SHARED_REFUSALS_PER_S
+        (bursts of SHARED_REFUSALS_BURST) the peer is slowed: `slowed_until` says until when its
+        next message should not be read (a peer relaying one honest record now and then is not).
+        A slow-down lasts SLOW_DOWN_S, twice the last one's length when it follows that one within
+        its length (up to MAX_SLOW_DOWN_S), so a peer that keeps flooding is mostly not read."""
+        bucket = self._shared_refusals.get(peer)
+        if bucket is None:
+            if len(self._shared_refusals) > 10_000:  # peer ids are free: forget old ones rather than grow
+                self._shared_refusals.clear()
+                self._slowed.clear()
+            bucket = self._shared_refusals[peer] = TokenBucket(SHARED_REFUSALS_PER_S, SHARED_REFUSALS_BURST, self._clock)
+        if bucket.take_up_to(n) < n:
+            now = self._clock()
+            until, pause = self._slowed.get(peer, (None, 0.0))
+            if until is not None and now <= until + pause:  # again, soon after the last slow-down: twice as long
+                pause = min(MAX_SLOW_DOWN_S, 2 * pause)
+            else:
+                pause = SLOW_DOWN_S
+            self._slowed[peer] = (now + pause, pause)
+            self._slowed_until[peer] = now + pause
+
+    def slowed_until(self, peer: str) -> float | None:
+        """The clock time before which nothing more should be read from `peer`, if any."""
+        until = self._slowed_until.get(peer)
+        if until is not None and until <= self._clock():
+            del self._slowed_until[peer]
+            return None
+        return until
+
     def invalid_count(self, peer: str) -> int:
         return self._invalid.get(peer, 0)
 
@@ -161,13 +219,17 @@ class PeerLimiter:
 class Admission:
     """The gate every record from a peer passes through before it reaches the pool."""
 
-    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None) -> None:
+    def __init__(self, store: Any, trust: Any, bench_ids: set[str] | frozenset[str], limits: Limits, *, own_key: str, limiter: PeerLimiter | None = None, budgets: dict[str, float] | None = None, clock=time.monotonic) -> None:
         self.store = store
         self.trust = trust
         self.bench_ids = frozenset(bench_ids)
         self.limits = limits
         self.own_key = own_key
-        self.limiter = limiter or PeerLimiter(limits)
+        self.limiter = limiter or PeerLimiter(limits, clock)
+        self._clock = clock
+        self.shared_unknown = TokenBucket(limits.unknown_pushed_per_s, limits.unknown_pushed_burst, clock)  # all peers together
+        self._trusted: frozenset[str] = frozenset()
+        self._trusted_at: float | None = None
         self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key, budgets=budgets)
         self.counts: dict[Verdict, int] = {v: 0 for v in Verdict}
         self.on_added = None  # optional callback(record id), e.g. to wake the research loop
@@ -221,6 +283,12 @@ class Admission:
                         passed = raws[:allowed]
                         if path == PUSHED and self.limiter.note_flood(peer, len(raws) - allowed):
                             self._banned(peer, f"pushed {self.limits.flood_before_ban} records over its rate")
+                    if path == PUSHED and passed:
+                        kept = [raw for raw in passed if self._trusted_author(raw) or self.shared_unknown.take()]
+                        own[Verdict.OVER_SHARED_RATE] = len(passed) - len(kept)
+                        if len(kept) < len(passed):
+                            self.limiter.note_shared_refusals(peer, len(passed) - len(kept))
+                        passed = kept
             except Exception:
                 log.exception("unexpected error while screening records from %s", peer)
                 own[Verdict.ERROR] = len(raws)
@@ -230,6 +298,20 @@ class Admission:
             if tally is not None:
                 tally[verdict] += n
         return passed
+
+    def _trusted_author(self, raw: bytes) -> bool:
+        """Whether the body of `raw` names our own key or a pinned one as its author (unverified:
+        stage 3 checks the signature). The trusted keys are re-read at most every TRUST_REFRESH_S."""
+        author = claimed_author(raw)
+        if author is None:
+            return False
+        if author == self.own_key:
+            return True
+        now = self._clock()
+        if self._trusted_at is None or now - self._trusted_at >= TRUST_REFRESH_S:
+            self._trusted = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            self._trusted_at = now
+        return author in self._trusted
 
     def admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
         """Stages 3 (the invalid ones, None, counted against `peer`) and 4 for records that
@@ -261,6 +343,20 @@ class Admission:
         log.warning("peer %s %s; shutting it out for %.0f s", peer, why, self.limits.ban_s)
         if self.on_ban is not None:
             self.on_ban(peer)
+
+
+def claimed_author(raw: bytes) -> str | None:
+    """The author a record's body names, without checking its signature (None if the envelope or
+    body does not decode within MAX_RECORD_BYTES). Pure and bounded: ~20 us for a result."""
+    try:
+        split = _split_envelope(raw) if len(raw) <= MAX_RECORD_BYTES else None
+        if split is None:
+            return None
+        body = canonical.decode(split[0], max_len=MAX_RECORD_BYTES)
+        author = body.get("author") if isinstance(body, dict) else None
+        return author if isinstance(author, str) else None
+    except Exception:
+        return None
 
 
 def verify_all(raws: list[bytes]) -> list[SignedRecord | None]:

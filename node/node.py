@@ -46,7 +46,7 @@ from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
 from p2pgolf.node.relay import Relay
 from p2pgolf.node.relay_settings import RelaySettings
 from p2pgolf.node.status import NodeStatus, PeerStatus
-from p2pgolf.node.stream_limits import StreamSlots
+from p2pgolf.node.stream_limits import StreamSlots, bound_inbound_streams
 from p2pgolf.node.sync import SyncError, SyncReport, SyncServer, peer_lacks, sync_with
 from p2pgolf.pool.admission import REJECTED
 from p2pgolf.pool.blobs import BlobError, BlobStore, Retention, protected_artifacts
@@ -173,6 +173,7 @@ class Node:
                 self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status, max_peers=opts.mesh.target_degree)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
             self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
+            self.inbound_slots = bound_inbound_streams(self.host, opts.limits.max_libp2p_streams_per_peer)  # every protocol's
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids, self.stream_slots)
             self.sync_server.attach(self.host)
             if self.blobs is not None:

@@ -1,7 +1,12 @@
-"""How many streams of our own protocols (sync, blobs) one peer may hold open with us at once.
+"""How many streams one peer may hold open with us at once.
 
-A stream beyond `max_per_peer` is reset as soon as it arrives, before anything is read from it,
-so a peer cannot pin more than its share of server tasks, buffers and request budget.
+Two bounds, both by `StreamSlots`: our own protocols (sync and blobs together, `Limits.
+max_streams_per_peer`), and every inbound stream of every protocol, libp2p's own included
+(gossipsub, kad, identify, ping), counted at the swarm before protocol negotiation
+(`bound_inbound_streams`, `Limits.max_libp2p_streams_per_peer`). A stream beyond a bound is reset
+as soon as it arrives, before anything is read from it, so a peer cannot pin more than its share
+of server tasks, buffers and request budget, nor take the host's global stream limit (py-libp2p
+0.8.1: 10,000 streams for all peers together, after which every peer's new streams wait).
 """
 
 from __future__ import annotations
@@ -44,6 +49,15 @@ class StreamSlots:
                     del self.open[peer]
 
         return guarded
+
+
+def bound_inbound_streams(host: Any, max_per_peer: int) -> StreamSlots:
+    """Put every inbound stream `host` accepts, whatever its protocol, behind a per-peer bound;
+    returns the slots (their `open` and `refused` show what it did). Call before the host runs."""
+    network = host.get_network()
+    slots = StreamSlots(max_per_peer)
+    network.set_stream_handler(slots.guard(network.common_stream_handler))
+    return slots
 
 
 def remote_peer(stream: Any) -> str:

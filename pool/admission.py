@@ -38,6 +38,7 @@ class Verdict(enum.Enum):
     OVER_CAP = "over-cap"
     OVER_QUOTA = "over-quota"
     RATE_LIMITED = "rate-limited"
+    OVER_SHARED_RATE = "over-shared-rate"  # pushed by an unknown key while all peers together were over their shared budget
     BANNED = "banned"
     ERROR = "error"
 

@@ -6,6 +6,11 @@ Each figure is measured with the attack and without it in the same run:
   processes) while a validator-less gossipsub host writes signed pubsub messages carrying
   records from fresh unknown keys at 10,000/s to V (100 per RPC); latency = V's received_ms
   minus H's (one clock). Baseline: no flood.
+- `honest_p99_under_sybil_flood_s`: the same 10,000 records/s spread over 250 fresh peer ids,
+  40/s each (under V's per-peer rate of 50/s), each writing RPCs on its own gossipsub stream; H
+  publishes alternately records by a key V pins (this figure) and by a key V does not know
+  (`unknown_honest_*`), and V's unknown-key records and bytes kept are reported beside them.
+  An honest record not at V 60 s after the last was published counts as not delivered.
 - `rss_mb_under_frames`: growth of V's resident memory while a peer sends hostile sync frames
   (8 MiB of empty maps, and of nested empty lists, on 8 streams at once). Baseline: the same
   number of honest summary requests.
@@ -53,6 +58,7 @@ from p2pgolf.protocol.signing import SignedRecord, sign_record  # noqa: E402
 BENCH = benchmark("smoke")
 GOALS = {"honest_p99_under_flood_s": 2.0, "rss_mb_under_frames": 200.0, "catchup_100k_s": 15.0}
 FLOOD_RATE = 10_000.0
+SYBIL_PEERS = 250  # 40 records/s each: under the per-peer rate of 50/s, 10,000/s together
 SEASON_DAYS = 30
 
 
@@ -333,6 +339,96 @@ async def _flood(target: str, raws: list[bytes], rate: float, duration: float, s
                 await host.close()
 
 
+async def _sybil_flood(target: str, raws: list[bytes], peers: int, rate: float, duration: float, sent: list[float]) -> None:
+    """Write `raws` to `target` from `peers` hosts (a fresh peer id each), each at rate/peers
+    (under the victim's per-peer rate), together at `rate`, for `duration`; sent = [messages,
+    seconds, peers that got a gossip stream]. Each host writes pubsub RPCs on its own meshsub
+    stream (it runs no pubsub service: it only reads and discards what the victim sends it)."""
+    from contextlib import AsyncExitStack
+
+    import multiaddr
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+    from libp2p.utils import encode_varint_prefixed
+
+    from p2pgolf.node.host import make_host, parse_peer_addr, peer_info
+
+    async def discard(stream) -> None:
+        try:
+            while await stream.read(65536):
+                pass
+        except Exception:
+            pass
+
+    target_peer = parse_peer_addr(target)
+    pid = ID.from_base58(target_peer.peer_id)
+    hosts = [make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(peers)]
+    per_host = [raws[i::peers] for i in range(peers)]
+    frames: list[list[bytes]] = []  # per host: its RPCs, each one tick's messages, signed up front
+    tick = 0.5
+    per_tick = max(1, int(round(rate / peers * tick)))
+    for host, mine in zip(hosts, per_host):
+        key, public, me = host.get_private_key(), host.get_public_key().serialize(), host.get_id().to_bytes()
+        msgs = []
+        for i, raw in enumerate(mine):
+            msg = rpc_pb2.Message(data=raw, topicIDs=[BENCH.topic], from_id=me, seqno=(time.time_ns() + i).to_bytes(8, "big"))
+            msg.signature = key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+            msg.key = public
+            msgs.append(msg)
+        frames.append([encode_varint_prefixed(rpc_pb2.RPC(publish=msgs[j : j + per_tick]).SerializeToString()) for j in range(0, len(msgs), per_tick)])
+    subscribe = encode_varint_prefixed(rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=BENCH.topic)]).SerializeToString())
+    async with AsyncExitStack() as stack:
+        streams: list = [None] * peers
+        for host in hosts:
+            host.set_stream_handler(TProtocol(PROTOCOL_ID_V11), discard)
+            await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        try:
+            limiter = trio.CapacityLimiter(16)
+
+            async def join(i: int) -> None:
+                async with limiter:
+                    try:
+                        with trio.fail_after(30):
+                            await hosts[i].connect(peer_info(target_peer))
+                            streams[i] = await hosts[i].new_stream(pid, [TProtocol(PROTOCOL_ID_V11)])
+                            await streams[i].write(subscribe)
+                    except Exception:
+                        streams[i] = None
+
+            async with trio.open_nursery() as nursery:
+                for i in range(peers):
+                    nursery.start_soon(join, i)
+            sent[2] = sum(1 for st in streams if st is not None)
+            await trio.sleep(1.0)  # the victim opens its own streams back
+            start = trio.current_time()
+
+            async def pump(i: int) -> None:
+                for n, frame in enumerate(frames[i]):
+                    due = start + (n + i / peers) * tick  # spread over the tick
+                    if due - start > duration:
+                        return
+                    await trio.sleep_until(due)
+                    try:
+                        await streams[i].write(frame)
+                    except Exception:
+                        return
+                    sent[0] += per_tick
+
+            async with trio.open_nursery() as nursery:
+                for i in range(peers):
+                    if streams[i] is not None:
+                        nursery.start_soon(pump, i)
+            sent[1] = trio.current_time() - start
+        finally:
+            with trio.CancelScope(shield=True):
+                for host in hosts:
+                    with trio.move_on_after(5):
+                        await host.close()
+
+
 def _received(home, ids: set[str]) -> dict[str, int]:
     import sqlite3
 
@@ -390,6 +486,89 @@ def flood_attack(root: Path, flood_raws: list[bytes], duration: float) -> dict:
     }
 
 
+def sybil_flood_attack(root: Path, flood_raws: list[bytes], duration: float, peers: int, *, shared_budget: bool = True) -> dict:
+    """The flood spread over `peers` fresh peer ids, each under V's per-peer rate. H publishes,
+    alternately, records by a key V pins and by a key V does not know; both are measured.
+    `shared_budget=False`: V's budget for all peers together is set out of reach (as on main)."""
+    from p2pgolf.pool.trust import TrustStore
+
+    pinned_key, stranger_key = Identity.generate(), Identity.generate()
+    home_v, id_v = make_home(root, f"victim-sybil-{shared_budget}")
+    if not shared_budget:
+        home_v.config_file.write_text("[limits]\nunknown_pushed_per_s = 1e9\nunknown_pushed_burst = 1000000000\n")
+    with TrustStore(home_v.pool_db) as trust:
+        trust.pin(pinned_key.public_hex, "honest")
+    home_h, id_h = make_home(root, f"honest-sybil-{shared_budget}")
+    v, h = NodeProc(home_v, id_v), NodeProc(home_h, id_h)
+    sent = [0, 0.0, 0]
+    n = int(duration) + 2
+    honest = [r.raw for pair in zip(make_records(n, [pinned_key], spread_ms=1000, seed0=3 * 10**6), make_records(n, [stranger_key], spread_ms=1000, seed0=4 * 10**6)) for r in pair]
+    pinned_raws = set(honest[0::2])
+    ids: list[tuple[str, bool]] = []
+    try:
+        v.start([], "--sync-every", "3600", "--no-peer-exchange").wait_ready(60)
+        h.start([v.addr], "--sync-every", "3600", "--no-peer-exchange").wait_ready(60)
+        wait_until(lambda: len(v.status()["peers"]) == 1, 20, what="H to connect to V")
+        time.sleep(1.5)
+        publisher_go = threading.Event()
+
+        def publish_honest() -> None:
+            publisher_go.wait(120)
+            for raw in honest:
+                ids.extend((r["id"], raw in pinned_raws) for r in h.publish([raw]) if "id" in r)
+                time.sleep(0.5)
+
+        publisher = threading.Thread(target=publish_honest, daemon=True)
+        publisher.start()
+        rss_before = _rss_mb(v.proc.pid)
+        cpu_before = cpu_seconds([v.proc.pid])
+
+        async def attack() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sybil_flood, v.addr, flood_raws, peers, FLOOD_RATE, duration, sent)
+                while sent[2] == 0 and sent[0] == 0:  # the sybils are connected: H starts with the flood
+                    await trio.sleep(0.05)
+                await trio.sleep(1.0)
+                publisher_go.set()
+
+        with RssWatch(v.proc.pid) as watch:
+            trio.run(attack)
+            publisher_go.set()
+            publisher.join(duration + 30)
+            # honest records still on the way (V works through what it buffered): up to 60 s more
+            wanted = {i for i, _ in ids}
+            try:
+                wait_until(lambda: len(wanted & set(_received(home_v, wanted))) == len(wanted), 60, interval=0.5, what="honest records")
+            except AssertionError:
+                pass  # what has not arrived by then counts as not delivered
+        status = v.status()
+        ids_only = {i for i, _ in ids}
+        at_h, at_v = _received(home_h, ids_only), _received(home_v, ids_only)
+        victim_cpu = cpu_seconds([v.proc.pid]) - cpu_before
+    finally:
+        stop_all([h, v])
+    from p2pgolf.pool.store import PoolStore
+
+    with PoolStore(home_v.pool_db) as store:
+        used, kept = store.untrusted_usage(id_v.public_hex)
+    lat = {True: [], False: []}
+    for i, is_pinned in ids:
+        if i in at_v and i in at_h:
+            lat[is_pinned].append((at_v[i] - at_h[i]) / 1000)
+    published = {k: sum(1 for _, p in ids if p == k) for k in (True, False)}
+    return {
+        "sybil_peers": peers, "sybil_peers_connected": sent[2], "sybil_flood_sent": sent[0],
+        "sybil_flood_rate_achieved": sent[0] / sent[1] if sent[1] else 0.0,
+        "honest_p99_under_sybil_flood_s": _p99(lat[True]),
+        "honest_delivered_under_sybil_flood": f"{len(lat[True])}/{published[True]}",
+        "unknown_honest_p99_under_sybil_flood_s": _p99(lat[False]),
+        "unknown_honest_delivered_under_sybil_flood": f"{len(lat[False])}/{published[False]}",
+        "sybil_flood_unknown_records_kept": kept, "sybil_flood_unknown_disk_bytes": used,
+        "sybil_flood_rss_growth_mb": watch.peak - rss_before, "sybil_flood_victim_cpu_s": victim_cpu,
+        "sybil_flood_victim_status_peers": len(status.get("peers", ())),
+    }  # fmt: skip
+
+
 # --- all of it -----------------------------------------------------------------------------------
 
 
@@ -416,6 +595,7 @@ def measure(quick: bool = False) -> dict:
         result.update(quota_attack(root, home_a, load_identity(home_a.key_file), raws, quota))
         result.update(frames_attack(root, quick))
         result.update(flood_attack(root, flood, duration))
+        result.update(sybil_flood_attack(root, flood, duration, SYBIL_PEERS))
     result["catchup_100k_s"] = result["catchup_s"] * (100_000 / season)  # scaled when --quick
     result["unknown_disk_within_quota"] = result["unknown_disk_bytes"] <= result["unknown_quota_bytes"]
     return result
@@ -445,6 +625,11 @@ def _table(r: dict) -> None:
     t.add_row("honest records delivered", r["honest_delivered_under_flood"], r["honest_delivered_no_flood"], "", "all")
     cut = f", shut out after {r['flood_shut_out_after_s']:.1f} s" if r["flood_shut_out_after_s"] is not None else ", never shut out"
     t.add_row("flood sent (rate while connected)", f"{r['flood_sent']:,} ({r['flood_rate_achieved']:,.0f}/s{cut})", "0", "", "")
+    sp = f"{r['sybil_peers']} peer ids"
+    t.add_row(f"honest p99, flood over {sp} (pinned key)", fmt(r["honest_p99_under_sybil_flood_s"], "{:.3f} s") + f" ({r['honest_delivered_under_sybil_flood']})", fmt(r["honest_p99_no_flood_s"], "{:.3f} s"), "", "< 2 s")
+    t.add_row(f"honest p99, flood over {sp} (unknown key)", fmt(r["unknown_honest_p99_under_sybil_flood_s"], "{:.3f} s") + f" ({r['unknown_honest_delivered_under_sybil_flood']})", "", "", "")
+    t.add_row(f"flood over {sp}: sent, kept", f"{r['sybil_flood_sent']:,} ({r['sybil_flood_rate_achieved']:,.0f}/s), {r['sybil_flood_unknown_records_kept']:,} kept ({r['sybil_flood_unknown_disk_bytes']:,} B)", "0", "", "within quota")
+    t.add_row(f"flood over {sp}: victim RSS growth, CPU", f"{r['sybil_flood_rss_growth_mb']:.1f} MB, {r['sybil_flood_victim_cpu_s']:.1f} s", "", "", "")
     t.add_row("victim RSS growth, sync frames", f"{r['rss_mb_under_frames']:.1f} MB", f"{r['rss_mb_honest_frames']:.1f} MB", ratio(r["rss_mb_under_frames"], r["rss_mb_honest_frames"]), "< 200 MB")
     t.add_row("unknown-key bytes kept", f"{r['unknown_disk_bytes']:,}", f"quota {r['unknown_quota_bytes']:,}", ratio(r["unknown_disk_bytes"], r["unknown_quota_bytes"]), "<= quota")
     t.add_row(f"catch-up of {r['catchup_records']:,} records", f"{r['catchup_s']:.1f} s ({r['catchup_held']:,} held)", f"Ed25519 floor {r['catchup_floor_s']:.1f} s", ratio(r["catchup_s"], r["catchup_floor_s"]), "< 15 s per 100k")
