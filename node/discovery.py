@@ -11,6 +11,9 @@ What a stranger cannot do with it (ids are free, an inbound peer says what it li
   against a bound. Any other kept peer is dropped after GIVE_UP_AFTER dials in a row fail.
 - The kept peers other than pinned ones are at most MAX_KEPT, and at most PER_RANGE per
   address range (node/address_ranges.py: an IPv4 /24, an IPv6 /48); `add` refuses the rest.
+- A peer we are connected to over a connection of our own (a DHT lookup dials its queries
+  peers) is kept and remembered at the address that connection reached: our socket reached
+  it and the handshake proved the peer id, as with our own dials.
 - An inbound peer's advertised address is only a candidate (at most MAX_PROBATION of them):
   never dialled while the peer is connected, never handed to `on_connected` (so never
   persisted) until a dial of ours to it has worked. When the peer drops, that address is
@@ -253,6 +256,13 @@ class Discovery:
                 key = pid.to_base58()
                 if key in self.known or key in self.probation or self.is_forgotten(key):
                     continue
+                verified = self._dialled_addr(pid)
+                if verified is not None:
+                    # We dialled it (a DHT lookup does, for its queries): the address is one
+                    # our socket reached and the handshake proved the id; as good as our dial.
+                    if self.add(verified) and self.on_connected is not None:
+                        self.on_connected(verified)
+                    continue
                 since = self._inbound_since.setdefault(key, now)
                 if now - since >= INBOUND_KEEP_AFTER_S and len(self.probation) < MAX_PROBATION:
                     addr = self._listen_addr(pid)
@@ -289,6 +299,26 @@ class Discovery:
             if peer.peer_id in self.known or not self.is_connected(peer.peer_id):
                 self.probation.pop(peer.peer_id, None)
 
+    def _dialled_addr(self, pid: Any) -> PeerAddr | None:
+        """The address of our own (outbound) TCP connection to `pid`, or None."""
+        for conn in self.host.get_network().connections.get(pid) or []:
+            addr = remote_addr(conn) if is_outbound(conn) else None
+            if addr is not None:
+                try:
+                    return parse_peer_addr(f"{addr}/p2p/{pid.to_base58()}")
+                except Exception:
+                    continue
+        return None
+
+    def advertised_addr(self, peer_id: str) -> PeerAddr | None:
+        """The first TCP address `peer_id` advertises (identify; untried), or None."""
+        from libp2p.peer.id import ID
+
+        try:
+            return self._listen_addr(ID.from_base58(peer_id))
+        except Exception:
+            return None
+
     def _listen_addr(self, pid: Any) -> PeerAddr | None:
         try:
             addrs = self.host.get_peerstore().addrs(pid)
@@ -305,6 +335,20 @@ class Discovery:
             except Exception:
                 continue
         return None
+
+
+def is_outbound(conn: Any) -> bool:
+    """Whether we dialled this libp2p connection (py-libp2p's Direction.OUTBOUND)."""
+    return getattr(getattr(conn, "direction", None), "name", "") == "OUTBOUND"
+
+
+def remote_addr(conn: Any) -> str | None:
+    """The remote end of a connection as a multiaddr (/ip4/HOST/tcp/PORT), if known."""
+    try:
+        host, port = conn.muxed_conn.get_remote_address()
+    except Exception:
+        return None
+    return f"/{'ip6' if ':' in str(host) else 'ip4'}/{host}/tcp/{port}"
 
 
 def _now() -> float:

@@ -41,6 +41,7 @@ import trio
 
 from p2pgolf.node.address_ranges import address_range
 from p2pgolf.node.connection_cap import GRACE_S, Connection, bucket_of, to_trim
+from p2pgolf.node.discovery import is_outbound, remote_addr
 from p2pgolf.node.host import PeerAddr, parse_peer_addr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +65,8 @@ class MeshSettings:
     cap_interval_s: float = 2.0  # how often the cap is checked
     grace_s: float = GRACE_S  # a connection this young is never closed by the cap
     walk_interval_s: float = 600.0  # the DHT library's own random walks (py-libp2p's default: 120 s)
+    min_dialled: int = 3  # connections to peers we dialled ourselves (remembered for restarts)
+    verify_after_s: float = 5.0  # an inbound connection this old may be turned into a dialled one
 
     def __post_init__(self) -> None:
         if self.target_degree < 1:
@@ -157,6 +160,37 @@ class PeerExchange:
         while True:
             await trio.sleep(self.settings.cap_interval_s * random.uniform(0.8, 1.2))
             await self.trim()
+            await self.verify_inbound()
+
+    async def verify_inbound(self) -> str | None:
+        """While fewer than `min_dialled` connections are to peers this node dialled itself,
+        turn one inbound connection into a dialled one: close it and dial the address the peer
+        advertises. A node that others found first (all its connections inbound) would
+        otherwise remember no peer but its bootstrap (only addresses a dial of ours reached are
+        remembered), and a restart with a dead bootstrap peer would find nobody. Returns the
+        peer redialled, if any (at most one a call)."""
+        from libp2p.peer.id import ID
+
+        d = self.discovery
+        dialled = [p for p in d.known if p not in d.pinned and d.is_connected(p)]
+        if len(dialled) >= self.settings.min_dialled:
+            return None
+        for conn in self.connections():
+            if conn.protected or conn.outbound or conn.age_s < self.settings.verify_after_s or conn.peer_id in d.known or d.is_forgotten(conn.peer_id):
+                continue
+            addr = d.advertised_addr(conn.peer_id)
+            if addr is None:
+                continue
+            try:
+                with trio.move_on_after(5):
+                    await self.host.disconnect(ID.from_base58(conn.peer_id))
+            except Exception as exc:
+                log.debug("cannot close the connection to %s: %s", conn.peer_id, exc)
+            if await d.dial(addr):
+                d.probation.pop(conn.peer_id, None)
+                d.add(addr)
+            return conn.peer_id
+        return None
 
     async def trim(self) -> list[str]:
         """Above `max_degree` connections, close the most redundant down to `target_degree`
@@ -188,8 +222,8 @@ class PeerExchange:
                 continue
             key = pid.to_base58()
             created = min((getattr(c, "_created_at", now) for c in conns), default=now)
-            outbound = any(str(getattr(c, "direction", "")).lower().endswith("outbound") for c in conns)
-            remote = _remote_addr(conns[0])
+            outbound = any(is_outbound(c) for c in conns)
+            remote = remote_addr(conns[0])
             protected = key in self.discovery.pinned or self.busy(key) or _transferring(conns)
             out.append(Connection(key, now - created, protected, outbound, key in mesh, address_range(remote) if remote else None, bucket_of(own, key)))
         return out
@@ -256,15 +290,6 @@ def _transferring(conns: list[Any]) -> bool:
             if protocol.startswith(BUSY_PROTOCOLS):
                 return True
     return False
-
-
-def _remote_addr(conn: Any) -> str | None:
-    """The remote end of a connection as a multiaddr prefix (/ip4/HOST/tcp/PORT), if known."""
-    try:
-        host, port = conn.muxed_conn.get_remote_address()
-    except Exception:
-        return None
-    return f"/{'ip6' if ':' in str(host) else 'ip4'}/{host}/tcp/{port}"
 
 
 def _refuse_to_store(key: bytes, value: Any) -> None:
