@@ -8,7 +8,9 @@ node 0's address (--bootstrap). Measured, from the nodes' control sockets and po
 - delivery and p99 propagation (received_ms at a node minus at the origin; one machine, one
   clock) of records published at random nodes, first with node 0 alive (the baseline, same run),
   then after node 0 is killed (kill -9).
-Periodic sync is off (--sync-every 3600), so delivery is gossip's alone.
+Periodic sync is off (--sync-every 3600), so delivery is gossip's alone. Also: each node's CPU
+seconds over --idle-s of idle mesh (what keeping the mesh costs) and during each delivery phase,
+and the load average, since the machine may be shared.
 
     .venv/bin/python benchmarks/mesh_bench.py [--nodes 30] [--records 20] [--json]
 """
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gossip_bench import delivery, make_record, percentile, received_ms  # noqa: E402
+from gossip_bench import cpu_seconds, delivery, make_record, percentile, received_ms  # noqa: E402
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until  # noqa: E402
 
 from p2pgolf.node.peer_exchange import MeshSettings  # noqa: E402
@@ -100,6 +102,8 @@ def diameter(g: dict[str, set[str]]) -> int | None:
 def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Identity, seed0: int, wait_s: float) -> dict:
     """Publish `count` records at random nodes (one every 0.2 s); delivery and latency among `nodes`."""
     origin: dict[str, int] = {}
+    pids = [node.proc.pid for node in nodes]
+    cpu_before, started = cpu_seconds(pids), time.monotonic()
     for k in range(count):
         i = rng.randrange(len(nodes))
         (res,) = nodes[i].publish([make_record(author, seed0 + k)])
@@ -114,23 +118,27 @@ def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Ident
             break
         time.sleep(0.5)
     delivered, expected, latencies = delivery(origin, seen)
+    phase_s = time.monotonic() - started
+    cpu_per_node = (cpu_seconds(pids) - cpu_before) / len(nodes)
 
     def pct(p: float) -> float | None:
         value = percentile(latencies, p)
         return None if value is None else round(value, 3)
 
-    return {"records": count, "delivery": delivered / expected if expected else None, "p50_s": pct(0.5), "p99_s": pct(0.99)}
+    return {"records": count, "delivery": delivered / expected if expected else None, "p50_s": pct(0.5), "p99_s": pct(0.99), "seconds": round(phase_s, 1), "cpu_s_per_node": round(cpu_per_node, 2), "load": round(os.getloadavg()[0], 1)}
 
 
 @click.command()
 @click.option("--nodes", "n", default=10, show_default=True, type=click.IntRange(4, 30))
 @click.option("--records", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--mesh-deadline", default=120.0, show_default=True, help="Seconds to wait for every node's target degree.")
+@click.option("--idle-s", default=60.0, show_default=True, help="Seconds of idle mesh over which each node's CPU seconds are measured (0: skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -> None:
+def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still stops every node (finally)
     rng = random.Random(seed)
+    load_at_start = round(os.getloadavg()[0], 1)
     target = min(MeshSettings().target_degree, n - 1)
     author = Identity.generate()
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
@@ -160,6 +168,15 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
             g = graph(nodes)
             min_degree, diam = min(len(v) for v in g.values()), diameter(g)
             progress(f"mesh: time {time_to_mesh}, min degree {min_degree}, diameter {diam}")
+            idle_cpu = None
+            if idle_s > 0:  # nothing published: what keeping the mesh costs each node
+                pids = [node.proc.pid for node in nodes]
+                before = cpu_seconds(pids)
+                time.sleep(idle_s)
+                idle_cpu = (cpu_seconds(pids) - before) / n
+                g = graph(nodes)
+                progress(f"idle {idle_s:g} s: {idle_cpu:.2f} CPU s per node; degrees {sorted(len(v) for v in g.values())}")
+            degrees = sorted(len(v) for v in g.values())
             alive = deliver(nodes, records, rng, author, 0, 30)
             progress(f"with bootstrap: {alive}")
 
@@ -179,6 +196,10 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
         "all_listening_s": round(all_listening_s, 1),
         "time_to_mesh_s": round(time_to_mesh, 1) if time_to_mesh is not None else None,
         "min_degree": min_degree,
+        "max_degree": max(degrees),
+        "mean_degree": round(sum(degrees) / len(degrees), 1),
+        "idle_s": idle_s,
+        "idle_cpu_s_per_node": round(idle_cpu, 2) if idle_cpu is not None else None,
         "diameter": diam,
         "min_degree_after_bootstrap_loss": min(len(v) for v in g_after.values()),
         "diameter_after_bootstrap_loss": diameter(g_after),
@@ -187,6 +208,13 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
         "delivery_after_bootstrap_loss": after["delivery"],
         "p50_after_bootstrap_loss_s": after["p50_s"],
         "p99_after_bootstrap_loss_s": after["p99_s"],
+        "cpu_s_per_node_with_bootstrap": alive["cpu_s_per_node"],
+        "cpu_s_per_node_after_bootstrap_loss": after["cpu_s_per_node"],
+        "phase_s_with_bootstrap": alive["seconds"],
+        "phase_s_after_bootstrap_loss": after["seconds"],
+        "load_with_bootstrap": alive["load"],
+        "load_after_bootstrap_loss": after["load"],
+        "load_at_start": load_at_start,
         "p99_ratio_after_vs_with": round(after["p99_s"] / alive["p99_s"], 2) if after["p99_s"] and alive["p99_s"] else None,
         "records_per_phase": records,
         "goals": {"min_degree": GOAL_MIN_DEGREE, "delivery": 1.0, "p99_s": GOAL_P99_S},
@@ -206,8 +234,12 @@ def main(n: int, records: int, mesh_deadline: float, seed: int, as_json: bool) -
     table.add_row("delivery (goal 100%)", f"{alive['delivery']:.1%}", f"{after['delivery']:.1%}")
     table.add_row("p50 s", str(alive["p50_s"]), str(after["p50_s"]))
     table.add_row("p99 s (goal < 1)", str(alive["p99_s"]), f"{after['p99_s']} (x{out['p99_ratio_after_vs_with']})")
+    table.add_row("CPU s per node in the phase", f"{alive['cpu_s_per_node']} in {alive['seconds']} s", f"{after['cpu_s_per_node']} in {after['seconds']} s")
+    table.add_row("load average after the phase", str(alive["load"]), str(after["load"]))
     Console().print(table)
-    click.echo(f"all {n} listening after {out['all_listening_s']} s; every node at degree {target} after {out['time_to_mesh_s']} s")
+    click.echo(f"all {n} listening after {out['all_listening_s']} s; every node at degree {target} after {out['time_to_mesh_s']} s; degrees {out['min_degree']}-{out['max_degree']} (mean {out['mean_degree']})")
+    if idle_cpu is not None:
+        click.echo(f"idle mesh: {out['idle_cpu_s_per_node']} CPU s per node over {idle_s:g} s")
 
 
 if __name__ == "__main__":
