@@ -44,6 +44,30 @@ from p2pgolf.protocol.identity import Identity  # noqa: E402
 GOAL_MIN_DEGREE = 3
 
 
+def port_outside_ephemeral_range(rng: random.Random, taken: set[int]) -> int:
+    """A free port below the kernel's ephemeral range: ports chosen up front by binding port 0
+    are ephemeral ones, which the earlier nodes' outbound connections may take meanwhile (a
+    30-node run lost a node to that)."""
+    import socket
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    return free_port()
+
+
 def progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -144,9 +168,10 @@ def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, a
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         root = Path(tmp)
         nodes = []
+        port_rng, taken = random.Random(os.getpid()), set()
         for i in range(n):
             home, identity = make_home(root, f"node{i}")
-            nodes.append(NodeProc(home, identity, port=free_port()))
+            nodes.append(NodeProc(home, identity, port=port_outside_ephemeral_range(port_rng, taken)))
         try:
             nodes[0].start([], "--sync-every", "3600")
             nodes[0].wait_ready(60)

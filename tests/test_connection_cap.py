@@ -115,3 +115,88 @@ def test_a_host_over_its_cap_closes_surplus_learned_peers_and_forgets_them(monke
         await hub.close()
 
     trio.run(main)
+
+
+def test_max_degree_comes_from_config_or_join_and_a_lower_cap_lowers_the_target(tmp_path):
+    from p2pgolf.node.commands.join_cmd import _mesh_settings
+    from p2pgolf.node.config import load_config
+    from p2pgolf.node.home import Home
+    from p2pgolf.protocol.errors import ProtocolError
+
+    home = Home(tmp_path)
+    home.config_file.write_text("[network]\nmax_degree = 12\n")
+    assert load_config(home).max_degree == 12
+    home.config_file.write_text('[network]\nmax_degree = "lots"\n')
+    with pytest.raises(ProtocolError, match=r"network\.max_degree: must be a whole number from 1 to 1000, not 'lots'"):
+        load_config(home)
+    assert (_mesh_settings(None).target_degree, _mesh_settings(None).max_degree) == (8, 16)
+    assert (_mesh_settings(12).target_degree, _mesh_settings(12).max_degree) == (8, 12)
+    assert (_mesh_settings(4).target_degree, _mesh_settings(4).max_degree) == (4, 4)
+
+
+def test_a_peer_reached_over_our_own_connection_is_remembered_and_redialled_only_on_demand(monkeypatch):
+    import multiaddr
+
+    import p2pgolf.node.discovery as discovery
+    from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+
+    monkeypatch.setattr(discovery, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(discovery, "BACKOFF_START_S", 0.05)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    remembered: list[str] = []
+
+    async def main() -> None:
+        a, b = (make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(2))
+        async with a.run(listen), b.run(listen), trio.open_nursery() as nursery:
+            d = discovery.Discovery(a, on_connected=lambda p: remembered.append(p.addr))
+            wanted = [False]
+            d.wants_more = lambda: wanted[0]
+            await nursery.start(d.run, [])
+            b_addr = full_addrs(b)[0]
+            await a.connect(peer_info(parse_peer_addr(b_addr)))  # as a DHT query dials, not through Discovery
+            with trio.fail_after(10):
+                while b.get_id().to_base58() not in d.known:
+                    await trio.sleep(0.05)
+            assert remembered == [b_addr]  # the address our connection reached, b's listen address
+            await a.disconnect(b.get_id())
+            await trio.sleep(0.3)
+            assert d.dials == 0 and not a.get_connected_peers()  # not wanted: not dialled back
+            wanted[0] = True
+            with trio.fail_after(10):
+                while not a.get_connected_peers():
+                    await trio.sleep(0.05)
+            assert d.dials >= 1
+            nursery.cancel_scope.cancel()
+            await b.close()
+        await a.close()
+
+    trio.run(main)
+
+
+def test_a_node_whose_connections_are_all_inbound_redials_one_to_remember_it():
+    import multiaddr
+
+    import p2pgolf.node.discovery as discovery
+    from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+    from p2pgolf.node.peer_exchange import PeerExchange
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    remembered: list[str] = []
+
+    async def main() -> None:
+        a, b = (make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(2))
+        async with a.run(listen), b.run(listen):
+            d = discovery.Discovery(a, on_connected=lambda p: remembered.append(p.addr))
+            px = PeerExchange(a, d, MeshSettings(verify_after_s=0.0))
+            await b.connect(peer_info(parse_peer_addr(full_addrs(a)[0])))  # b found a: inbound for a
+            b_id = b.get_id().to_base58()
+            with trio.fail_after(10):
+                while d.advertised_addr(b_id) is None:  # identify tells a where b listens
+                    await trio.sleep(0.05)
+            assert await px.verify_inbound() == b_id
+            assert d.is_connected(b_id) and b_id in d.known and remembered == [full_addrs(b)[0]]
+            assert await px.verify_inbound() is None  # b is a peer a dialled now; nobody else to turn
+            await b.close()
+            await a.close()
+
+    trio.run(main)
