@@ -300,10 +300,16 @@ class Discovery:
                 self.probation.pop(peer.peer_id, None)
 
     def _dialled_addr(self, pid: Any) -> PeerAddr | None:
-        """The address of our own (outbound) TCP connection to `pid`, or None."""
+        """The address of our own (outbound) TCP connection to `pid`, if it is one the peer
+        listens on by its peerstore entry (a connection through a relay reaches the relay's
+        address, which is not one of the peer's), else None."""
+        try:
+            listed = {str(a) for a in self.host.get_peerstore().addrs(pid) if "/p2p-circuit" not in str(a)}
+        except Exception:
+            return None
         for conn in self.host.get_network().connections.get(pid) or []:
             addr = remote_addr(conn) if is_outbound(conn) else None
-            if addr is not None:
+            if addr is not None and addr in listed:
                 try:
                     return parse_peer_addr(f"{addr}/p2p/{pid.to_base58()}")
                 except Exception:
@@ -326,7 +332,7 @@ class Discovery:
             return None
         for addr in addrs:
             text = str(addr)
-            if "/tcp/" not in text:
+            if "/tcp/" not in text or "/p2p-circuit" in text:  # a relay's address is not the peer's
                 continue
             if "/p2p/" not in text:
                 text = f"{text}/p2p/{pid.to_base58()}"

@@ -189,6 +189,8 @@ class PeerExchange:
             if await d.dial(addr):
                 d.probation.pop(conn.peer_id, None)
                 d.add(addr)
+            else:
+                d.forget(conn.peer_id)  # it does not listen where it says (NAT): not tried again soon
             return conn.peer_id
         return None
 
