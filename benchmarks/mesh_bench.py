@@ -12,7 +12,7 @@ Periodic sync is off (--sync-every 3600), so delivery is gossip's alone. Also: e
 seconds over --idle-s of idle mesh (what keeping the mesh costs) and during each delivery phase,
 and the load average, since the machine may be shared.
 
-    .venv/bin/python benchmarks/mesh_bench.py [--nodes 30] [--records 20] [--json]
+    .venv/bin/python benchmarks/mesh_bench.py [--nodes 30] [--records 20] [--publish-every 0.2] [--json]
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def diameter(g: dict[str, set[str]]) -> int | None:
     return worst
 
 
-def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Identity, seed0: int, wait_s: float) -> dict:
-    """Publish `count` records at random nodes (one every 0.2 s); delivery and latency among `nodes`."""
+def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Identity, seed0: int, wait_s: float, every_s: float = 0.2) -> dict:
+    """Publish `count` records at random nodes (one every `every_s`); delivery and latency among `nodes`."""
     origin: dict[str, int] = {}
     pids = [node.proc.pid for node in nodes]
     cpu_before, started = cpu_seconds(pids), time.monotonic()
@@ -132,7 +132,7 @@ def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Ident
         i = rng.randrange(len(nodes))
         (res,) = nodes[i].publish([make_record(author, seed0 + k)])
         origin[res["id"]] = i
-        time.sleep(0.2)
+        time.sleep(every_s)
     ids = set(origin)
     deadline = time.monotonic() + wait_s
     seen: list[dict[str, int]] = []
@@ -156,10 +156,11 @@ def deliver(nodes: list[NodeProc], count: int, rng: random.Random, author: Ident
 @click.option("--nodes", "n", default=10, show_default=True, type=click.IntRange(4, 30))
 @click.option("--records", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--mesh-deadline", default=120.0, show_default=True, help="Seconds to wait for every node's target degree.")
+@click.option("--publish-every", default=0.2, show_default=True, type=click.FloatRange(0.01, 60), help="Seconds between published records in each delivery phase.")
 @click.option("--idle-s", default=60.0, show_default=True, help="Seconds of idle mesh over which each node's CPU seconds are measured (0: skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, as_json: bool) -> None:
+def main(n: int, records: int, mesh_deadline: float, publish_every: float, idle_s: float, seed: int, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still stops every node (finally)
     rng = random.Random(seed)
     load_at_start = round(os.getloadavg()[0], 1)
@@ -202,7 +203,7 @@ def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, a
                 g = graph(nodes)
                 progress(f"idle {idle_s:g} s: {idle_cpu:.2f} CPU s per node; degrees {sorted(len(v) for v in g.values())}")
             degrees = sorted(len(v) for v in g.values())
-            alive = deliver(nodes, records, rng, author, 0, 30)
+            alive = deliver(nodes, records, rng, author, 0, 30, publish_every)
             progress(f"with bootstrap: {alive}")
 
             nodes[0].kill()
@@ -210,7 +211,7 @@ def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, a
             gone = nodes[0].identity.peer_id
             wait_until(lambda: all(gone not in {p["peer_id"] for p in s.status()["peers"]} for s in survivors), 60, interval=1, what="the survivors to drop node 0")
             g_after = graph(survivors)
-            after = deliver(survivors, records, rng, author, records, 30)
+            after = deliver(survivors, records, rng, author, records, 30, publish_every)
             progress(f"after bootstrap loss: {after}")
         finally:
             stop_together(nodes)
@@ -235,6 +236,7 @@ def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, a
         "p99_after_bootstrap_loss_s": after["p99_s"],
         "cpu_s_per_node_with_bootstrap": alive["cpu_s_per_node"],
         "cpu_s_per_node_after_bootstrap_loss": after["cpu_s_per_node"],
+        "cpu_ms_per_record_per_node": round(1000 * (alive["cpu_s_per_node"] + after["cpu_s_per_node"]) / (2 * records), 1),
         "phase_s_with_bootstrap": alive["seconds"],
         "phase_s_after_bootstrap_loss": after["seconds"],
         "load_with_bootstrap": alive["load"],
@@ -242,6 +244,7 @@ def main(n: int, records: int, mesh_deadline: float, idle_s: float, seed: int, a
         "load_at_start": load_at_start,
         "p99_ratio_after_vs_with": round(after["p99_s"] / alive["p99_s"], 2) if after["p99_s"] and alive["p99_s"] else None,
         "records_per_phase": records,
+        "publish_every_s": publish_every,
         "goals": {"min_degree": GOAL_MIN_DEGREE, "delivery": 1.0, "p99_s": GOAL_P99_S},
     }
     if as_json:

@@ -11,8 +11,8 @@ What a stranger cannot do with it (ids are free, an inbound peer says what it li
   against a bound. Any other kept peer is dropped after GIVE_UP_AFTER dials in a row fail.
 - The kept peers other than pinned ones are at most MAX_KEPT, and at most PER_RANGE per
   address range (node/address_ranges.py: an IPv4 /24, an IPv6 /48); `add` refuses the rest.
-- A peer we are connected to over a connection of our own (a DHT lookup dials its queries
-  peers) is kept and remembered at the address that connection reached: our socket reached
+- A peer we are connected to over a connection of our own (a DHT lookup dials the peers it
+  queries) is kept and remembered at the address that connection reached: our socket reached
   it and the handshake proved the peer id, as with our own dials.
 - An inbound peer's advertised address is only a candidate (at most MAX_PROBATION of them):
   never dialled while the peer is connected, never handed to `on_connected` (so never
@@ -85,15 +85,16 @@ class Discovery:
         self.in_flight = 0  # dials under way
         self._nursery: Any = None
         self._inbound_since: dict[str, float] = {}
-        self._forgotten: dict[str, float] = {}  # peer id -> trio time until which it stays forgotten
+        self._forgotten: dict[str, float] = {}  # peer id -> time.monotonic() until which it stays forgotten
         # Whether the node wants more connections (the cap's owner sets it); kept peers that are
         # not connected are re-dialled only while it says so (pinned ones also now and then).
         self.wants_more: Callable[[], bool] = lambda: True
 
     def add(self, peer: PeerAddr) -> bool:
         """Keep `peer` connected from now on; False (and nothing kept) for ourselves, a peer
-        already kept (a pinned peer's further address is kept as an alternate), a peer forgotten less than FORGET_S ago, or one over MAX_KEPT or over
-        PER_RANGE in its address range (pinned peers are never refused)."""
+        already kept (a pinned peer's further address is kept as an alternate, True), a peer
+        forgotten less than FORGET_S ago, or one over MAX_KEPT or over PER_RANGE in its address
+        range (pinned peers are never refused)."""
         if peer.peer_id == self.own_id:
             return False
         if peer.peer_id in self.known:
