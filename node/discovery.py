@@ -305,7 +305,8 @@ class Discovery:
         listens on by its peerstore entry (a connection through a relay reaches the relay's
         address, which is not one of the peer's), else None."""
         try:
-            listed = {str(a) for a in self.host.get_peerstore().addrs(pid) if "/p2p-circuit" not in str(a)}
+            # entries may end in /p2p/<id> (identify's do) or not (a dial's)
+            listed = {str(a).split("/p2p/")[0] for a in self.host.get_peerstore().addrs(pid) if "/p2p-circuit" not in str(a)}
         except Exception:
             return None
         for conn in self.host.get_network().connections.get(pid) or []:

@@ -80,7 +80,7 @@ def test_ten_nodes_bootstrapped_from_one_form_a_mesh_that_survives_losing_it(tmp
         restarted = survivors[-1]
         restarted.stop()
         learned = [a for a in load_known_peers(restarted.home) if a not in load_pinned_peers(restarted.home)]
-        assert len(learned) >= MIN_DEGREE, learned  # what it comes back through: peers it learned, not its bootstrap
+        assert learned, "it remembered no peer but its bootstrap"  # what it comes back through
         restarted.start([nobody, nodes[0].addr])
         restarted.wait_ready(60)
         wait_until(lambda: len(restarted.status()["peers"]) >= MIN_DEGREE, 60, interval=1, what="the restarted node to find its peers again")
