@@ -4,9 +4,10 @@ peers this node remembers across restarts.
 `config.toml` is the user's file; we only read it (TOML, via tomllib):
 
     [network]
-    bootstrap = ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
+    bootstrap = ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW...", "p2pgolf://..."]
     listen = ["/ip4/0.0.0.0/tcp/4001"]   # default /ip4/127.0.0.1/tcp/0 (this machine only)
     mdns = false
+    max_degree = 16      # connections kept at most (the target is 8, or this if lower)
 
     [limits]
     unknown_key_cap = 10000          # records per unknown key and benchmark
@@ -55,6 +56,7 @@ from p2pgolf.protocol.errors import ProtocolError
 KNOWN_PEERS_FILE = "known_peers.toml"
 LISTEN_PORT_FILE = "listen_port"  # the port this node listened on last time (one number)
 MAX_KNOWN_PEERS = 64
+MAX_DEGREE_LIMIT = 1000  # the most connections `max_degree` may ask for
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     mdns: bool = False
+    max_degree: int | None = None  # None: MeshSettings' default
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     proposers: tuple = ()  # node.proposers.spec.ProposerSpec values
@@ -84,15 +87,15 @@ def load_config(home: Home) -> NodeConfig:
     if unknown:
         raise ProtocolError(f"unknown section(s) {', '.join(unknown)}; expected [network], [limits], [blobs], [relay] and [proposers]", where)
     network = _table(data, "network", where)
-    extra = sorted(set(network) - {"bootstrap", "listen", "mdns"})
+    extra = sorted(set(network) - {"bootstrap", "listen", "mdns", "max_degree"})
     if extra:
-        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected bootstrap, listen, mdns", f"{where} [network]")
-    bootstrap = _strings(network.get("bootstrap", []), f"{where} network.bootstrap")
-    for addr in bootstrap:
-        try:
-            parse_peer_addr(addr)
-        except ProtocolError as exc:
-            raise ProtocolError(str(exc), f"{where} network.bootstrap") from None
+        raise ProtocolError(f"unknown key(s) {', '.join(extra)}; expected bootstrap, listen, mdns, max_degree", f"{where} [network]")
+    from p2pgolf.node.share_string import expand_peer_addrs
+
+    try:  # multiaddrs or p2pgolf:// share strings
+        bootstrap = expand_peer_addrs(_strings(network.get("bootstrap", []), f"{where} network.bootstrap"))
+    except ProtocolError as exc:
+        raise ProtocolError(str(exc), f"{where} network.bootstrap") from None
     listen = _strings(network.get("listen", [DEFAULT_LISTEN]), f"{where} network.listen") or (DEFAULT_LISTEN,)
     for addr in listen:
         try:
@@ -102,6 +105,9 @@ def load_config(home: Home) -> NodeConfig:
     mdns = network.get("mdns", False)
     if type(mdns) is not bool:
         raise ProtocolError("must be true or false", f"{where} network.mdns")
+    max_degree = network.get("max_degree")
+    if max_degree is not None and (type(max_degree) is not int or not 1 <= max_degree <= MAX_DEGREE_LIMIT):
+        raise ProtocolError(f"must be a whole number from 1 to {MAX_DEGREE_LIMIT}, not {max_degree!r}", f"{where} network.max_degree")
     limits_table = _table(data, "limits", where)
     known = {f.name for f in dataclasses.fields(Limits)}
     extra = sorted(set(limits_table) - known)
@@ -123,7 +129,7 @@ def load_config(home: Home) -> NodeConfig:
 
     proposers = tuple(config_spec(name, value, f"{where} [proposers]") for name, value in _table(data, "proposers", where).items())
     relay = relay_settings(_table(data, "relay", where), f"{where} [relay]")
-    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, limits=limits, retention=retention, proposers=proposers, relay=relay)
+    return NodeConfig(bootstrap=tuple(bootstrap), listen=tuple(listen), mdns=mdns, max_degree=max_degree, limits=limits, retention=retention, proposers=proposers, relay=relay)
 
 
 def relay_settings(table: dict, where: str, base: RelaySettings | None = None) -> RelaySettings:

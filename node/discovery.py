@@ -11,6 +11,9 @@ What a stranger cannot do with it (ids are free, an inbound peer says what it li
   against a bound. Any other kept peer is dropped after GIVE_UP_AFTER dials in a row fail.
 - The kept peers other than pinned ones are at most MAX_KEPT, and at most PER_RANGE per
   address range (node/address_ranges.py: an IPv4 /24, an IPv6 /48); `add` refuses the rest.
+- A peer we are connected to over a connection of our own (a DHT lookup dials the peers it
+  queries) is kept and remembered at the address that connection reached: our socket reached
+  it and the handshake proved the peer id, as with our own dials.
 - An inbound peer's advertised address is only a candidate (at most MAX_PROBATION of them):
   never dialled while the peer is connected, never handed to `on_connected` (so never
   persisted) until a dial of ours to it has worked. When the peer drops, that address is
@@ -18,12 +21,21 @@ What a stranger cannot do with it (ids are free, an inbound peer says what it li
 A peer the user named (`warn_unreachable`: the --bootstrap and config.toml addresses) that
 does not answer its first dial gets one WARNING line (address and reason) and is retried; a
 later success is logged once at WARNING too, so the user sees the problem end.
+
+With a connection cap (node/peer_exchange.py sets `wants_more`), a kept peer that is not
+connected is re-dialled only while the node wants more connections, and a pinned one also once
+every PINNED_REDIAL_S otherwise: a node at its target degree does not dial back every peer that
+closed a connection. The back-off is reset only by a connection that lasted STABLE_AFTER_S, so a
+peer that keeps closing our connections (its own cap) is dialled ever more rarely.
+`forget(peer_id)` stops keeping a peer (the cap trimmed it): it is not dialled again, adopted
+as inbound or kept by `add` for FORGET_S.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +58,10 @@ PROBE_DIALS = 3  # tries of an inbound peer's advertised address once it dropped
 GIVE_UP_AFTER = 8  # failed dials in a row after which a peer not pinned is no longer kept (~4 min)
 MAX_KEPT = 128  # kept peers besides pinned ones
 MAX_PROBATION = 64  # inbound peers' addresses waiting to be tried
+STABLE_AFTER_S = 30.0  # a connection that lasted this long resets its peer's dial back-off
+PINNED_REDIAL_S = 300.0  # a pinned peer's re-dial while the node does not want more connections
+MAX_ALTERNATES = 7  # further addresses kept per pinned peer (a share string carries at most 8)
+FORGET_S = 600.0  # a forgotten (trimmed) peer is not dialled, adopted or kept for this long
 
 
 class Discovery:
@@ -63,16 +79,33 @@ class Discovery:
         self.use_mdns_peerstore = use_mdns_peerstore
         self.own_id = host.get_id().to_base58()
         self.known: dict[str, PeerAddr] = {}
+        self.alternates: dict[str, list[PeerAddr]] = {}  # further addresses of kept pinned peers
         self.dials = 0
         self.failed_dials = 0
+        self.in_flight = 0  # dials under way
         self._nursery: Any = None
         self._inbound_since: dict[str, float] = {}
+        self._forgotten: dict[str, float] = {}  # peer id -> time.monotonic() until which it stays forgotten
+        # Whether the node wants more connections (the cap's owner sets it); kept peers that are
+        # not connected are re-dialled only while it says so (pinned ones also now and then).
+        self.wants_more: Callable[[], bool] = lambda: True
 
     def add(self, peer: PeerAddr) -> bool:
         """Keep `peer` connected from now on; False (and nothing kept) for ourselves, a peer
-        already kept, or one over MAX_KEPT or over PER_RANGE in its address range (pinned
-        peers are never refused)."""
-        if peer.peer_id == self.own_id or peer.peer_id in self.known:
+        already kept (a pinned peer's further address is kept as an alternate, True), a peer
+        forgotten less than FORGET_S ago, or one over MAX_KEPT or over PER_RANGE in its address
+        range (pinned peers are never refused)."""
+        if peer.peer_id == self.own_id:
+            return False
+        if peer.peer_id in self.known:
+            # Another address of a kept peer (a share string carries several): its keeper
+            # tries them in turn. Only the user's own (pinned) peers get more than one.
+            others = self.alternates.setdefault(peer.peer_id, [])
+            if peer.peer_id in self.pinned and peer.addr != self.known[peer.peer_id].addr and peer not in others and len(others) < MAX_ALTERNATES:
+                others.append(peer)
+                return True
+            return False
+        if self.is_forgotten(peer.peer_id) and peer.peer_id not in self.pinned:
             return False
         if peer.peer_id not in self.pinned and not self._room_for(peer):
             log.debug("not keeping %s: bound of kept peers (per address range or in all) reached", peer.addr)
@@ -80,6 +113,26 @@ class Discovery:
         self.known[peer.peer_id] = peer
         if self._nursery is not None:
             self._nursery.start_soon(self._keep, peer)
+        return True
+
+    def forget(self, peer_id: str, for_s: float = FORGET_S) -> bool:
+        """Stop keeping `peer_id` (its keeper ends, its inbound address is dropped) and refuse to
+        dial, adopt or keep it for `for_s` seconds. Pinned peers are never forgotten: False."""
+        if peer_id in self.pinned:
+            return False
+        self.known.pop(peer_id, None)
+        self.probation.pop(peer_id, None)
+        self._inbound_since.pop(peer_id, None)
+        self._forgotten[peer_id] = _now() + for_s
+        return True
+
+    def is_forgotten(self, peer_id: str) -> bool:
+        until = self._forgotten.get(peer_id)
+        if until is None:
+            return False
+        if _now() >= until:
+            del self._forgotten[peer_id]
+            return False
         return True
 
     def _room_for(self, peer: PeerAddr) -> bool:
@@ -117,9 +170,23 @@ class Discovery:
         from libp2p.peer.id import ID
 
         self.dials += 1
+        self.in_flight += 1  # before any await: a keeper deciding to dial sees the others'
+        try:
+            return await self._dial(peer)
+        finally:
+            self.in_flight -= 1
+
+    async def _dial(self, peer: PeerAddr) -> bool:
+        from libp2p.peer.id import ID
+
         network = self.host.get_network()
         try:
             network.unblock_peer(ID.from_base58(peer.peer_id))  # we do our own back-off
+            if not self.is_connected(peer.peer_id):
+                # py-libp2p dials every address its peerstore holds for the peer, each with
+                # retries: one dead address (another of a share string's, a stale one) would
+                # make this dial time out. This dial is over `peer.addr` alone.
+                self.host.get_peerstore().clear_addrs(ID.from_base58(peer.peer_id))
         except Exception:
             pass
         failed = False
@@ -142,27 +209,41 @@ class Discovery:
     async def _keep(self, peer: PeerAddr) -> None:
         delay = BACKOFF_START_S
         failures = 0
-        while True:
+        next_dial = 0.0  # trio time before which this peer is not dialled (its back-off)
+        last_dial = -PINNED_REDIAL_S
+        connected_since: float | None = None
+        pinned = peer.peer_id in self.pinned
+        while self.known.get(peer.peer_id) is peer:  # forget() or give-up ends the keeper
+            now = trio.current_time()
             if self.is_connected(peer.peer_id):
-                delay, failures = BACKOFF_START_S, 0
+                connected_since = now if connected_since is None else connected_since
+                if now - connected_since >= STABLE_AFTER_S:
+                    delay, failures = BACKOFF_START_S, 0
                 await trio.sleep(WATCH_INTERVAL_S)
                 continue
-            if await self.dial(peer):
-                delay, failures = BACKOFF_START_S, 0
+            connected_since = None
+            wanted = self.wants_more() or (pinned and now - last_dial >= PINNED_REDIAL_S)
+            if now < next_dial or not wanted:
+                await trio.sleep(WATCH_INTERVAL_S * random.uniform(0.8, 1.2))
+                continue
+            last_dial = now
+            addrs = [peer, *self.alternates.get(peer.peer_id, [])]
+            ok = await self.dial(addrs[failures % len(addrs)])  # the next address after a failure
+            next_dial = trio.current_time() + delay * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+            if ok:
                 if peer.peer_id in self._warned:
                     self._warned.discard(peer.peer_id)
                     log.warning("connected to bootstrap peer %s", peer.addr)
                 continue
             failures += 1
-            if failures >= GIVE_UP_AFTER and peer.peer_id not in self.pinned:
+            if failures >= GIVE_UP_AFTER and not pinned:
                 log.debug("giving up on %s after %d failed dials", peer.addr, failures)
                 self.known.pop(peer.peer_id, None)
                 return
             if peer.peer_id in self.warn_unreachable and peer.peer_id not in self._warned:
                 self._warned.add(peer.peer_id)
                 log.warning("cannot reach bootstrap peer %s (%s); retrying in the background (every %g s at most)", peer.addr, self.last_error.get(peer.peer_id, "no answer"), BACKOFF_MAX_S)
-            await trio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _watch(self) -> None:
         """Adopt inbound peers that stay, and (with mDNS) peers mDNS put in the peerstore."""
@@ -174,15 +255,23 @@ class Discovery:
                 del self._inbound_since[key]  # the clock restarts if it comes back
             for pid in self.host.get_connected_peers():
                 key = pid.to_base58()
-                if key in self.known or key in self.probation:
+                if key in self.known or key in self.probation or self.is_forgotten(key):
+                    continue
+                verified = self._dialled_addr(pid)
+                if verified is not None:
+                    # We dialled it (a DHT lookup does, for its queries): the address is one
+                    # our socket reached and the handshake proved the id; as good as our dial.
+                    if self.add(verified) and self.on_connected is not None:
+                        self.on_connected(verified)
                     continue
                 since = self._inbound_since.setdefault(key, now)
                 if now - since >= INBOUND_KEEP_AFTER_S and len(self.probation) < MAX_PROBATION:
                     addr = self._listen_addr(pid)
                     if addr is not None:
                         self.probation[key] = addr  # what it says it listens on: untried
+            wanted = self.wants_more()  # a node at its cap does not dial back who dropped it
             for key, addr in list(self.probation.items()):
-                if key not in connected and key not in self._probing and self._nursery is not None:
+                if wanted and key not in connected and key not in self._probing and self._nursery is not None:
                     self._probing.add(key)
                     self._nursery.start_soon(self._probe, addr)
             if self.use_mdns_peerstore:
@@ -211,6 +300,33 @@ class Discovery:
             if peer.peer_id in self.known or not self.is_connected(peer.peer_id):
                 self.probation.pop(peer.peer_id, None)
 
+    def _dialled_addr(self, pid: Any) -> PeerAddr | None:
+        """The address of our own (outbound) TCP connection to `pid`, if it is one the peer
+        listens on by its peerstore entry (a connection through a relay reaches the relay's
+        address, which is not one of the peer's), else None."""
+        try:
+            # entries may end in /p2p/<id> (identify's do) or not (a dial's)
+            listed = {str(a).split("/p2p/")[0] for a in self.host.get_peerstore().addrs(pid) if "/p2p-circuit" not in str(a)}
+        except Exception:
+            return None
+        for conn in self.host.get_network().connections.get(pid) or []:
+            addr = remote_addr(conn) if is_outbound(conn) else None
+            if addr is not None and addr in listed:
+                try:
+                    return parse_peer_addr(f"{addr}/p2p/{pid.to_base58()}")
+                except Exception:
+                    continue
+        return None
+
+    def advertised_addr(self, peer_id: str) -> PeerAddr | None:
+        """The first TCP address `peer_id` advertises (identify; untried), or None."""
+        from libp2p.peer.id import ID
+
+        try:
+            return self._listen_addr(ID.from_base58(peer_id))
+        except Exception:
+            return None
+
     def _listen_addr(self, pid: Any) -> PeerAddr | None:
         try:
             addrs = self.host.get_peerstore().addrs(pid)
@@ -218,7 +334,7 @@ class Discovery:
             return None
         for addr in addrs:
             text = str(addr)
-            if "/tcp/" not in text:
+            if "/tcp/" not in text or "/p2p-circuit" in text:  # a relay's address is not the peer's
                 continue
             if "/p2p/" not in text:
                 text = f"{text}/p2p/{pid.to_base58()}"
@@ -227,6 +343,24 @@ class Discovery:
             except Exception:
                 continue
         return None
+
+
+def is_outbound(conn: Any) -> bool:
+    """Whether we dialled this libp2p connection (py-libp2p's Direction.OUTBOUND)."""
+    return getattr(getattr(conn, "direction", None), "name", "") == "OUTBOUND"
+
+
+def remote_addr(conn: Any) -> str | None:
+    """The remote end of a connection as a multiaddr (/ip4/HOST/tcp/PORT), if known."""
+    try:
+        host, port = conn.muxed_conn.get_remote_address()
+    except Exception:
+        return None
+    return f"/{'ip6' if ':' in str(host) else 'ip4'}/{host}/tcp/{port}"
+
+
+def _now() -> float:
+    return time.monotonic()  # not trio's clock: forget() may be called outside trio
 
 
 def _reason(exc: BaseException) -> str:

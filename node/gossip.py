@@ -118,6 +118,13 @@ class Gossip:
         self.published += 1
         return len(self.pubsub.peer_topics.get(topic, ()))
 
+    def mesh_peers(self) -> set[str]:
+        """Peer ids in our gossipsub mesh of any topic (those that carry our records first)."""
+        try:
+            return {p.to_base58() for peers in self.router.mesh.values() for p in peers}
+        except Exception:
+            return set()
+
     def topic_peers(self, bench_id: str) -> list[str]:
         return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(self.topics[bench_id], ()))
 

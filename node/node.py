@@ -184,7 +184,7 @@ class Node:
             self.admission.on_ban = self._ban
             pinned = _peer_ids((*opts.bootstrap, *(load_pinned_peers(opts.home) if opts.home is not None else ())))
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap), pinned=pinned)
-            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh) if opts.peer_exchange else None
+            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh, busy=self._busy, mesh_peers=self.gossip.mesh_peers) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
                 self._established = tuple(self._remembered)  # what worked in earlier runs
@@ -554,6 +554,10 @@ class Node:
         except Exception as exc:  # the node outlives a failed research loop
             log.exception("the worker failed; the node keeps running as a relay and pool node")
             self.worker_state = f"failed: {type(exc).__name__}: {exc}"[:200]
+
+    def _busy(self, peer: str) -> bool:
+        """Whether `peer` is in a sync with us or holds sync or blob streams (the cap spares it)."""
+        return peer in self._syncing or self.stream_slots.open.get(peer, 0) > 0
 
     def _on_connection(self) -> None:
         self._connected_event.set()

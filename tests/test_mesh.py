@@ -16,6 +16,7 @@ import pytest
 from node_procs import NodeProc, free_port, make_home, stop_all, wait_until
 from records_factory import signed_result
 
+from p2pgolf.node.config import load_known_peers, load_pinned_peers
 from p2pgolf.protocol.identity import Identity
 
 pytestmark = pytest.mark.timeout(150)
@@ -78,6 +79,8 @@ def test_ten_nodes_bootstrapped_from_one_form_a_mesh_that_survives_losing_it(tmp
         # comes back through the peers it learned (known_peers.toml).
         restarted = survivors[-1]
         restarted.stop()
+        learned = [a for a in load_known_peers(restarted.home) if a not in load_pinned_peers(restarted.home)]
+        assert learned, "it remembered no peer but its bootstrap"  # what it comes back through
         restarted.start([nobody, nodes[0].addr])
         restarted.wait_ready(60)
         wait_until(lambda: len(restarted.status()["peers"]) >= MIN_DEGREE, 60, interval=1, what="the restarted node to find its peers again")

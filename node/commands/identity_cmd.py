@@ -49,7 +49,8 @@ def initialise(home: Home):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
 def show_id(home: Home, as_json: bool) -> None:
-    """Print this node's peer id, public key and the addresses others can dial."""
+    """Print this node's peer id, public key, the addresses others can dial, and one
+    p2pgolf://... share string carrying them all (`join --bootstrap` takes it)."""
     from p2pgolf.protocol.identity import KeyFileError, load_identity
 
     try:
@@ -68,8 +69,12 @@ def show_id(home: Home, as_json: bool) -> None:
             addrs, reachability = usable_addrs(identity.peer_id, dialable_addrs(home, identity.peer_id)), "unknown"
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
+    from p2pgolf.node.share_string import MAX_ADDRS, encode
+
+    share = encode(identity.peer_id, addrs[:MAX_ADDRS]) if addrs else None  # what `join --bootstrap` takes
     if as_json:
-        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root), "addrs": addrs, "reachability": reachability, "running": running is not None}))
+        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_hex, "home": str(home.root), "addrs": addrs, "share": share,
+                               "reachability": reachability, "running": running is not None}))  # fmt: skip
         return
     click.echo(f"peer id:    {identity.peer_id}")
     click.echo(f"public key: {identity.public_hex}")
@@ -78,6 +83,8 @@ def show_id(home: Home, as_json: bool) -> None:
         click.echo(f"address:    {addr}")
     if not addrs:
         click.echo("address:    none yet (the first `join` picks a port and keeps it)")
+    else:
+        click.echo(f"share:      {share}")  # all of the above in one string, for join --bootstrap
     if running is not None:
         click.echo(f"reachable:  {reachability} (from the running node; 'private': only the relay addresses work from outside)")
 

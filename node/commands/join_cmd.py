@@ -46,7 +46,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 
 @click.command("join")
 @click.option("--bench", "bench_names", multiple=True, default=("parameter-golf/sp1024-10min",), show_default=True, help="Benchmark to gossip (NAME or NAME@SECONDSs); repeat for several.")
-@click.option("--bootstrap", multiple=True, metavar="ADDR", help="Peer multiaddr to dial (/ip4/HOST/tcp/PORT/p2p/12D3KooW...); repeatable; added to config.toml's.")
+@click.option("--bootstrap", multiple=True, metavar="ADDR", help="Peer to dial: a multiaddr (/ip4/HOST/tcp/PORT/p2p/12D3KooW...) or the p2pgolf://... string its `p2pgolf id` prints; repeatable; added to config.toml's.")
 @click.option("--listen", multiple=True, metavar="ADDR", help="Listen multiaddr; repeatable. Default /ip4/127.0.0.1/tcp/0; use /ip4/0.0.0.0/tcp/4001 to be reachable by others.")
 @click.option("--no-train", is_flag=True, help="Only relay and pool records; do not run the research loop.")
 @click.option(
@@ -59,6 +59,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Score each run on at most this many validation tokens (0: all); a capped score is marked partial. For quick tries.")
 @click.option("--experiments", type=click.IntRange(min=1), default=None, help="Stop researching after this many experiments in this data directory (the node keeps relaying); knowing the number lets the bandit explore first and confirm its leader towards the end.")
 @click.option("--mdns", is_flag=True, default=None, help="Find peers on the local network by mDNS.")
+@click.option("--max-degree", type=click.IntRange(1, 1000), default=None, metavar="N", help="Connections to keep at most (default 16; config.toml: [network] max_degree); above it the most redundant learned peers are closed, down to 8 (or N if lower).")
 @click.option("--no-peer-exchange", is_flag=True, help="Connect only to the peers named (bootstrap, remembered): no DHT, no peers learned from peers. For fixed topologies.")
 @click.option("--no-relay-service", is_flag=True, help="Never serve as a circuit relay for peers behind NAT (by default a reachable node does, within the limits below).")
 @click.option("--relay-reservations", type=click.IntRange(min=0), default=None, metavar="N", help="Peers that may hold a slot on this relay at once (default 4; config.toml [relay] max_reservations).")
@@ -77,7 +78,7 @@ _OUTPUT = None  # node.views.join_output.JoinOutput of the running join: where l
 @click.option("--proposer-timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS", help="Seconds one request to a --proposer may take before it is killed (config.toml: timeout_s per proposer).")
 @click.option("--proposer-max-output", type=int, default=DEFAULT_MAX_BYTES, show_default=True, metavar="BYTES", help="The most a --proposer may write per request; one that writes more is killed (config.toml: max_output_bytes).")
 @click.pass_obj
-def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, no_peer_exchange, no_relay_service, relay_reservations, relay_circuits, relay_circuit_bytes, relay_circuit_seconds, no_hole_punch, status_every, quiet, log_file, sync_every, proposers, proposer_timeout, proposer_max_output) -> None:
+def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eval_tokens, experiments, mdns, max_degree, no_peer_exchange, no_relay_service, relay_reservations, relay_circuits, relay_circuit_bytes, relay_circuit_seconds, no_hole_punch, status_every, quiet, log_file, sync_every, proposers, proposer_timeout, proposer_max_output) -> None:
     """Run a node: gossip, sync and (by default) the research loop."""
     import signal
 
@@ -88,6 +89,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
     from p2pgolf.node.config import load_config
     from p2pgolf.node.host import parse_listen, parse_peer_addr
     from p2pgolf.node.node import Node, NodeOptions
+    from p2pgolf.node.share_string import expand_peer_addrs
     from p2pgolf.pool.store import PoolStore
     from p2pgolf.pool.trust import TrustStore
     from p2pgolf.protocol.benchmarks import benchmark
@@ -105,8 +107,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         benches = tuple(dict.fromkeys(benchmark(n) for n in bench_names))
         for addr in listen:
             parse_listen(addr)
-        for addr in bootstrap:
-            parse_peer_addr(addr)
+        bootstrap = expand_peer_addrs(bootstrap)  # a p2pgolf:// share string gives its addresses
     except ProtocolError as exc:
         raise BadInput(str(exc)) from None
     if not home.key_file.exists():
@@ -164,6 +165,7 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         home=home,
         peer_exchange=not no_peer_exchange,
         relay=relay,
+        mesh=_mesh_settings(max_degree if max_degree is not None else config.max_degree),
     )
     node = Node(identity, store, trust, options, worker=worker)
     node.research = control  # status reports its current experiment and finished results
@@ -182,6 +184,16 @@ def join(home: Home, bench_names, bootstrap, listen, no_train, on_interrupt, eva
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         store.close()
         _reap_children()
+
+
+def _mesh_settings(max_degree: int | None):
+    """MeshSettings with `max_degree` (None: the defaults); a cap below the target degree
+    lowers the target to it."""
+    from p2pgolf.node.peer_exchange import MeshSettings
+
+    if max_degree is None:
+        return MeshSettings()
+    return MeshSettings(target_degree=min(MeshSettings.target_degree, max_degree), max_degree=max_degree)
 
 
 class _LateInterrupts:
