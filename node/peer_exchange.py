@@ -165,7 +165,8 @@ class PeerExchange:
     async def verify_inbound(self) -> str | None:
         """While fewer than `min_dialled` connections are to peers this node dialled itself,
         turn one inbound connection into a dialled one: close it and dial the address the peer
-        advertises. A node that others found first (all its connections inbound) would
+        advertises (only when the connection comes from that address's IP: a peer behind NAT
+        is left connected). A node that others found first (all its connections inbound) would
         otherwise remember no peer but its bootstrap (only addresses a dial of ours reached are
         remembered), and a restart with a dead bootstrap peer would find nobody. Returns the
         peer redialled, if any (at most one a call)."""
@@ -179,7 +180,7 @@ class PeerExchange:
             if conn.protected or conn.outbound or conn.age_s < self.settings.verify_after_s or conn.peer_id in d.known or d.is_forgotten(conn.peer_id):
                 continue
             addr = d.advertised_addr(conn.peer_id)
-            if addr is None:
+            if addr is None or not self._reached_at_its_own_ip(conn.peer_id, addr):
                 continue
             try:
                 with trio.move_on_after(5):
@@ -193,6 +194,21 @@ class PeerExchange:
                 d.forget(conn.peer_id)  # it does not listen where it says (NAT): not tried again soon
             return conn.peer_id
         return None
+
+    def _reached_at_its_own_ip(self, peer_id: str, addr: PeerAddr) -> bool:
+        """Whether the inbound connection comes from the IP the peer advertises. If not, a NAT
+        (or a relay) sits between: its advertised address cannot be dialled from here, and
+        closing the connection to try would only cut off a node that relies on us (a relay's
+        clients are all inbound)."""
+        from libp2p.peer.id import ID
+
+        from p2pgolf.node.discovery import remote_addr
+
+        conns = self.host.get_network().connections.get(ID.from_base58(peer_id))
+        conns = conns if isinstance(conns, (list, tuple)) else [conns] if conns else []
+        remote = remote_addr(conns[0]) if conns else None
+        parts = addr.addr.split("/")
+        return remote is not None and len(parts) > 2 and remote.split("/")[2] == parts[2]
 
     async def trim(self) -> list[str]:
         """Above `max_degree` connections, close the most redundant down to `target_degree`

@@ -72,7 +72,9 @@ def test_two_nodes_behind_nats_exchange_records_through_the_relay_and_end_direct
         assert shown["reachability"] == "private" and shown["addrs"][0].endswith(f"/p2p-circuit/p2p/{a_id.peer_id}")
 
         wait_until(lambda: b.status()["pool_records"] == 1, 30, interval=0.3, what="B to get A's record over their relayed connection")
-        assert a_id.peer_id in b.status()["met_through_relay"] and b.status()["records_in_by_sync"] == 1
+        # the relayed connection is noted a moment after it opens (node/relay.py), so wait for it
+        wait_until(lambda: a_id.peer_id in b.status()["met_through_relay"], 10, interval=0.3, what="B to note its relayed connection to A")
+        assert b.status()["records_in_by_sync"] == 1
         assert pub.status()["pool_records"] == 0  # the relay only carried bytes, it holds none
 
         wait_until(lambda: b_id.peer_id in a.status()["upgraded_to_direct"], 30, interval=0.3, what="A and B to end on a direct (hole-punched) connection")
