@@ -612,28 +612,9 @@ class Node:
 
 def _connection_notifee(callback: Callable[[], None]) -> Any:
     """A libp2p notifee that calls `callback` (synchronously, in trio) on every new connection."""
-    from libp2p.abc import INotifee
+    from p2pgolf.node.connection_notifee import connection_notifee
 
-    class ConnectionNotifee(INotifee):
-        async def connected(self, network: Any, conn: Any) -> None:
-            callback()
-
-        async def disconnected(self, network: Any, conn: Any) -> None:
-            pass
-
-        async def opened_stream(self, network: Any, stream: Any) -> None:
-            pass
-
-        async def closed_stream(self, network: Any, stream: Any) -> None:
-            pass
-
-        async def listen(self, network: Any, multiaddr: Any) -> None:
-            pass
-
-        async def listen_close(self, network: Any, multiaddr: Any) -> None:
-            pass
-
-    return ConnectionNotifee()
+    return connection_notifee(lambda conn: callback())
 
 
 def _peer_ids(addrs: tuple[str, ...]) -> frozenset[str]:

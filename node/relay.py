@@ -276,29 +276,13 @@ class Relay:
 
 def _connection_collector(sink: list[Any]) -> Any:
     """A libp2p notifee appending every new connection to `sink` (bounded: the oldest go)."""
-    from libp2p.abc import INotifee
+    from p2pgolf.node.connection_notifee import connection_notifee
 
-    class NewConnections(INotifee):
-        async def connected(self, network: Any, conn: Any) -> None:
-            sink.append(conn)
-            del sink[:-256]
+    def collect(conn: Any) -> None:
+        sink.append(conn)
+        del sink[:-256]
 
-        async def disconnected(self, network: Any, conn: Any) -> None:
-            pass
-
-        async def opened_stream(self, network: Any, stream: Any) -> None:
-            pass
-
-        async def closed_stream(self, network: Any, stream: Any) -> None:
-            pass
-
-        async def listen(self, network: Any, multiaddr: Any) -> None:
-            pass
-
-        async def listen_close(self, network: Any, multiaddr: Any) -> None:
-            pass
-
-    return NewConnections()
+    return connection_notifee(collect)
 
 
 def _relay_of(addr: Any) -> Any:

@@ -295,14 +295,12 @@ def _variant_data(bench: Benchmark, data_dir: Path, variant: str) -> BenchData:
     missing = [str(p) for p, ok in ((tokenizer, tokenizer.is_file()), (shard_dir / "fineweb_val_*.bin", bool(val_files)), (shard_dir / "fineweb_train_*.bin", bool(train_files))) if not ok]
     if missing:
         raise DataError(f"challenge data ({variant}) missing: {', '.join(missing)}; {fetch_hint}")
-    import sentencepiece as spm
+    from p2pgolf.trainer.fetch import FetchError, variant_tokenizer_check  # fetch imports this module
 
     try:
-        pieces = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
-    except Exception as exc:  # sentencepiece raises RuntimeError/OSError for a bad file
-        raise DataError(f"{tokenizer}: not a SentencePiece model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fetch_hint}") from None
-    if pieces != vocab:
-        raise DataError(f"{tokenizer}: {pieces} pieces; the {variant} tokenizer has {vocab}; {fetch_hint}")
+        variant_tokenizer_check(variant)(tokenizer, str(tokenizer))  # a SentencePiece model of the variant's size
+    except FetchError as exc:
+        raise DataError(f"{exc}; {fetch_hint}") from None
     return _shard_data(bench, tokenizer, val_files, train_files, vocab)
 
 

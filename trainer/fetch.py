@@ -109,7 +109,7 @@ def fetch_challenge_data(
                 rel = f"datasets/{dataset_name(variant)}/fineweb_{split}_{i:06d}.bin"
                 jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, shard_check))
         for rel in tokenizer_files:
-            check = _tokenizer_check(variant) if PurePosixPath(rel).name == tokenizer_file(variant) else _check_nothing
+            check = variant_tokenizer_check(variant) if PurePosixPath(rel).name == tokenizer_file(variant) else _check_nothing
             jobs.append((f"{REMOTE_ROOT}/{rel}", data_dir / rel, check))
         for remote, local, check in jobs:
             session.get(remote, local, check=check)
@@ -138,7 +138,7 @@ def _check_tokenizer(path: Path, name: str) -> None:
         raise FetchError(f"{name}: sha256 {digest} is not the challenge tokenizer's {SP1024_TOKENIZER_SHA256}")
 
 
-def _tokenizer_check(variant: str) -> Callable[[Path, str], None]:
+def variant_tokenizer_check(variant: str) -> Callable[[Path, str], None]:
     """sp1024's file is pinned by digest; another variant's must load as a SentencePiece model
     with exactly its vocabulary size (no digest is pinned for it yet)."""
     if variant == "sp1024":
