@@ -39,6 +39,19 @@ def test_gptq_moves_the_layers_output_less_than_rounding_to_nearest(rule):
         gptq_codes(w, 6, gram[:10, :10])
 
 
+@pytest.mark.parametrize("rule", ["fp16_min", "reference"])
+@pytest.mark.parametrize("clip", ["quantile", "search", "sdclip"])
+def test_with_a_diagonal_hessian_gptq_rounds_as_the_plain_rule_does(rule, clip):
+    # nothing to feed forward: GPTQ must use exactly the clip and scale rules' rows and rounding
+    rng = np.random.default_rng(1)
+    w = (rng.standard_t(3, size=(32, 64)) * (0.02 if rule == "fp16_min" else 0.5)).astype(np.float32)
+    w[:4] *= 0.01  # rows under the reference's 1/qmax floor, where its clip-then-round matters
+    for bits in (4, 6):
+        plain = quantise_codes(w, bits, rule=rule, clip=clip, clip_sigmas=3.0)
+        ours = gptq_codes(w, bits, np.diag(rng.uniform(0.5, 2.0, 64)), rule=rule, clip=clip, clip_sigmas=3.0)
+        assert np.array_equal(ours[0], plain[0]) and np.array_equal(ours[1], plain[1])
+
+
 @pytest.fixture(scope="module")
 def trained():
     from p2pgolf.trainer import train_torch

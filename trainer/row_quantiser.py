@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_QUANTILE", "CLIP_RULES", "MIN_SCALE", "SCALE_RULES", "SEARCH_QUANTILES", "gptq_codes", "quantise_codes", "row_quantile_fp32"]
+__all__ = ["CLIP_QUANTILE", "CLIP_RULES", "MIN_SCALE", "SCALE_RULES", "SEARCH_QUANTILES", "gptq_codes", "quantise_codes", "row_clips", "row_quantile_fp32"]
 
 CLIP_QUANTILE = 0.9999984
 MIN_SCALE = 2.0**-14  # smallest normal fp16: a smaller scale would lose precision in storage
@@ -32,28 +32,37 @@ SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, CLIP_QUANTILE, 1.0)
 
 def quantise_codes(matrix: np.ndarray, bits: int, *, rule: str = "fp16_min", clip: str = "quantile", clip_sigmas: float = 12.85) -> tuple[np.ndarray, np.ndarray]:
     """(one unsigned code per byte, row-major; fp16 scale per row) of a 2-D matrix."""
+    m = np.asarray(matrix, dtype=np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    return _codes(m, row_clips(m, bits, rule=rule, clip=clip, clip_sigmas=clip_sigmas), qmax, rule)
+
+
+def row_clips(matrix: np.ndarray, bits: int, *, rule: str = "fp16_min", clip: str = "quantile", clip_sigmas: float = 12.85) -> np.ndarray:
+    """The clip value of each row under the clip rule (for "search": the candidate whose
+    dequantised row is closest, rows being independent)."""
     if rule not in SCALE_RULES:
         raise ValueError(f"row scale rule {rule!r} is not one of {', '.join(SCALE_RULES)}")
     if clip not in CLIP_RULES:
         raise ValueError(f"row clip rule {clip!r} is not one of {', '.join(CLIP_RULES)}")
     m = np.asarray(matrix, dtype=np.float32)
-    qmax = 2 ** (bits - 1) - 1
     if clip == "sdclip":
         std = m.std(axis=1, ddof=1) if m.shape[1] > 1 else np.zeros(m.shape[0], np.float32)
-        return _codes(m, (np.float32(clip_sigmas) * std).astype(np.float32), qmax, rule)
+        return (np.float32(clip_sigmas) * std).astype(np.float32)
     if clip == "quantile":
-        return _codes(m, _quantile(m, CLIP_QUANTILE, rule), qmax, rule)
-    best_codes, best_scales, best_err = None, None, None
+        return _quantile(m, CLIP_QUANTILE, rule)
+    qmax = 2 ** (bits - 1) - 1
+    best_clip, best_err = None, None
     for q in SEARCH_QUANTILES:
-        codes, scales = _codes(m, _quantile(m, q, rule), qmax, rule)
+        candidate = _quantile(m, q, rule)
+        codes, scales = _codes(m, candidate, qmax, rule)
         recon = (codes.reshape(m.shape).astype(np.float32) - qmax) * scales.astype(np.float32)[:, None]
         err = np.square(m - recon).mean(axis=1)
         if best_err is None:
-            best_codes, best_scales, best_err = codes.reshape(m.shape), scales, err
+            best_clip, best_err = candidate.copy(), err
             continue
         better = err < best_err
-        best_codes[better], best_scales[better], best_err[better] = codes.reshape(m.shape)[better], scales[better], err[better]
-    return best_codes.ravel(), best_scales
+        best_clip[better], best_err[better] = candidate[better], err[better]
+    return best_clip
 
 
 def _quantile(m: np.ndarray, q: float, rule: str) -> np.ndarray:
@@ -64,17 +73,28 @@ def _quantile(m: np.ndarray, q: float, rule: str) -> np.ndarray:
     return row_quantile_fp32(m, q) if rule == "reference" else np.quantile(np.abs(m), q, axis=1)
 
 
-def _codes(m: np.ndarray, clip: np.ndarray, qmax: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+def _scales(clip: np.ndarray, qmax: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the fp16 scales stored, the float32 scales codes are rounded against) for row clips."""
     if rule == "reference":
-        clip32 = clip.astype(np.float32)
-        exact = np.maximum(clip32 / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float32)
-        clipped = np.clip(m, -clip32[:, None], clip32[:, None])
-        codes = np.clip(np.rint(clipped / exact[:, None]), -qmax, qmax).astype(np.int16) + qmax
-        return codes.astype(np.uint8).ravel(), exact.astype(np.float16)
-    scales = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
-    s = scales.astype(np.float32)[:, None]
-    codes = np.clip(np.rint(m / s), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
-    return codes.astype(np.uint8).ravel(), scales
+        exact = np.maximum(clip.astype(np.float32) / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float32)
+        return exact.astype(np.float16), exact
+    stored = np.maximum(clip / qmax, MIN_SCALE).astype(np.float16)
+    return stored, stored.astype(np.float32)
+
+
+def _clipped(m: np.ndarray, clip: np.ndarray, rule: str) -> np.ndarray:
+    """The values the rule rounds: the reference clips them at the row's clip first (which
+    matters where its 1/qmax floor makes qmax steps reach past the clip)."""
+    if rule != "reference":
+        return m
+    clip32 = clip.astype(np.float32)
+    return np.clip(m, -clip32[:, None], clip32[:, None])
+
+
+def _codes(m: np.ndarray, clip: np.ndarray, qmax: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    stored, divisor = _scales(clip, qmax, rule)
+    codes = np.clip(np.rint(_clipped(m, clip, rule) / divisor[:, None]), -qmax, qmax).astype(np.int16) + qmax  # in [0, 2*qmax]
+    return codes.astype(np.uint8).ravel(), stored
 
 
 def row_quantile_fp32(m: np.ndarray, q: float) -> np.ndarray:
@@ -98,8 +118,9 @@ def row_quantile_fp32(m: np.ndarray, q: float) -> np.ndarray:
 
 def gptq_codes(matrix: np.ndarray, bits: int, hessian: np.ndarray, *, rule: str = "fp16_min", clip: str = "quantile", clip_sigmas: float = 12.85,
                block: int = 128, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """`quantise_codes` with GPTQ's error feedback (Frantar et al., 2022): the row scales are the
-    clip rule's, and the columns are rounded one at a time, in order of decreasing input energy,
+    """`quantise_codes` with GPTQ's error feedback (Frantar et al., 2022): the row clips and
+    scales are the clip and scale rules' (`row_clips`, so a diagonal `hessian`, which feeds no
+    error forward, gives `quantise_codes`' codes), and the columns are rounded one at a time, in order of decreasing input energy,
     each one's rounding error spread over the columns not yet rounded through the inverse of
     `hessian` (sum of x x^T over calibration inputs, [in, in]), so the layer's output on those
     inputs moves as little as the grid allows. Same return as `quantise_codes`."""
@@ -109,8 +130,10 @@ def gptq_codes(matrix: np.ndarray, bits: int, hessian: np.ndarray, *, rule: str 
     if h.shape != (cols, cols):
         raise ValueError(f"hessian of shape {h.shape} does not fit a matrix with {cols} columns")
     qmax = 2 ** (bits - 1) - 1
-    _, scales = quantise_codes(matrix, bits, rule=rule, clip=clip, clip_sigmas=clip_sigmas)
-    s = scales.astype(np.float64)[:, None] if rule == "fp16_min" else _exact_scales(matrix, bits, clip, clip_sigmas)[:, None]
+    clips = row_clips(matrix, bits, rule=rule, clip=clip, clip_sigmas=clip_sigmas)
+    scales, divisor = _scales(clips, qmax, rule)
+    s = divisor[:, None]
+    bound = clips.astype(np.float32)[:, None] if rule == "reference" else None
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     m[:, dead] = 0.0
@@ -125,22 +148,14 @@ def gptq_codes(matrix: np.ndarray, bits: int, hessian: np.ndarray, *, rule: str 
         end = min(start + block, cols)
         err = np.zeros((rows, end - start))
         for j in range(start, end):
-            q = np.clip(np.rint(w[:, j : j + 1] / s), -qmax, qmax)
+            col = w[:, j : j + 1].astype(np.float32)  # rounded as quantise_codes rounds
+            if bound is not None:
+                col = np.clip(col, -bound, bound)
+            q = np.clip(np.rint(col / s), -qmax, qmax)
             codes[:, j] = q[:, 0]
-            e = (w[:, j : j + 1] - q * s) / hinv[j, j]
+            e = (w[:, j : j + 1] - q.astype(np.float64) * s) / hinv[j, j]
             err[:, j - start] = e[:, 0]
             w[:, j + 1 : end] -= e * hinv[j, j + 1 : end][None, :]
         w[:, end:] -= err @ hinv[start:end, end:]
     codes = codes[:, inverse_order] + qmax
     return codes.astype(np.uint8).ravel(), scales
-
-
-def _exact_scales(matrix: np.ndarray, bits: int, clip: str, clip_sigmas: float) -> np.ndarray:
-    """The reference rule's fp32 scales (before their fp16 storage), which its codes divide by."""
-    m = np.asarray(matrix, dtype=np.float32)
-    qmax = 2 ** (bits - 1) - 1
-    if clip == "sdclip":
-        clips = (np.float32(clip_sigmas) * m.std(axis=1, ddof=1)).astype(np.float32)
-    else:
-        clips = _quantile(m, CLIP_QUANTILE, "reference")
-    return np.maximum(clips / np.float32(qmax), np.float32(1.0 / qmax)).astype(np.float64)
