@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from p2pgolf.trainer.eval_plan import EvalResult, Window, plan_windows
-from p2pgolf.trainer.ttt import TTTSettings, chunk_windows
+from p2pgolf.trainer.ttt import TTTSettings, chunk_batches, chunk_windows
 
 __all__ = ["EvalResult", "evaluate", "score_first_nats"]
 
@@ -88,7 +88,8 @@ def score_first_nats(model, tokens: np.ndarray, windows: list[Window], ttt: TTTS
     done = 0
     try:
         for chunk in chunk_windows(windows, ttt.chunk_tokens):
-            batches = _batches(tokens, chunk)
+            batches = [((mx.array(ids[:, :-1].astype(np.int32)), mx.array(ids[:, 1:].astype(np.int32))), (length, group))
+                       for ids, length, group in chunk_batches(tokens, chunk)]  # fmt: skip
             for (x, y), (length, group) in batches:  # score first
                 loss = np.array(model.per_token_loss(x, y).astype(mx.float32), dtype=np.float64)
                 out.extend(loss[row, w.score_from : length] for row, w in enumerate(group))
@@ -108,16 +109,3 @@ def score_first_nats(model, tokens: np.ndarray, windows: list[Window], ttt: TTTS
     finally:
         model.update(saved)
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def _batches(tokens: np.ndarray, chunk: list[Window]) -> list:
-    """The chunk's windows as (x, y) batches, one per window length."""
-    by_length: dict[int, list[Window]] = {}
-    for w in chunk:
-        by_length.setdefault(w.length, []).append(w)
-    out = []
-    for length, group in by_length.items():
-        idx = np.stack([np.arange(w.start, w.start + length + 1) for w in group])
-        data = tokens[idx].astype(np.int32)
-        out.append(((mx.array(data[:, :-1]), mx.array(data[:, 1:])), (length, group)))
-    return out

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from p2pgolf.trainer.eval_plan import EvalResult, Window, plan_windows  # EvalResult is shared with the MLX backend
-from p2pgolf.trainer.ttt import TTTSettings, chunk_windows
+from p2pgolf.trainer.ttt import TTTSettings, chunk_batches, chunk_windows
 
 __all__ = ["EvalResult", "evaluate", "score_first_nats"]
 
@@ -129,7 +129,8 @@ def score_first_nats(
     done = 0
     autocast = dict(device_type=device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
     for chunk in chunk_windows(windows, ttt.chunk_tokens):
-        batches = _batches(tokens, chunk, device)
+        batches = [((data[:, :-1], data[:, 1:]), (length, group)) for data, length, group in
+                   ((torch.from_numpy(ids).to(device), length, group) for ids, length, group in chunk_batches(tokens, chunk))]  # fmt: skip
         with torch.no_grad(), torch.autocast(**autocast):  # score first (no_grad: the rope tables it caches are reused in training)
             for (x, y), (length, group) in batches:
                 loss = learner.per_token_loss(x, y).double()
@@ -151,16 +152,3 @@ def score_first_nats(
         if progress is not None:
             progress(done, len(windows))
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def _batches(tokens: np.ndarray, chunk: list[Window], device: torch.device) -> list:
-    """The chunk's windows as (x, y) batches, one per window length."""
-    by_length: dict[int, list[Window]] = {}
-    for w in chunk:
-        by_length.setdefault(w.length, []).append(w)
-    out = []
-    for length, group in by_length.items():
-        idx = np.stack([np.arange(w.start, w.start + length + 1) for w in group])
-        data = torch.from_numpy(tokens[idx].astype(np.int64)).to(device)
-        out.append(((data[:, :-1], data[:, 1:]), (length, group)))
-    return out

@@ -176,14 +176,16 @@ class ModelSpec:
     def xsa_blocks(self) -> frozenset[int]:
         """Blocks that run exclusive self-attention: those of the last `xsa_last_n` layers (a
         block shared with earlier layers runs it there too)."""
-        schedule = self.schedule
-        return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - self.xsa_last_n), self.num_layers))
+        return self._blocks_of_last_layers(self.xsa_last_n)
 
     @property
     def ve_blocks(self) -> frozenset[int]:
         """Blocks whose attention values get the value embedding: those of the last `ve_last_n` layers."""
+        return self._blocks_of_last_layers(self.ve_last_n)
+
+    def _blocks_of_last_layers(self, n: int) -> frozenset[int]:
         schedule = self.schedule
-        return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - self.ve_last_n), self.num_layers)) if self.ve_last_n else frozenset()
+        return frozenset(schedule[layer] for layer in range(max(0, self.num_layers - n), self.num_layers))
 
     @property
     def kv_dim(self) -> int:

@@ -73,7 +73,7 @@ class GPT(nn.Module):
         # dtype of the residual stream; None keeps the parameters' (float32). Set it only while
         # running under autocast to that dtype (training and evaluation on CUDA do).
         self.stream_dtype: torch.dtype | None = None
-        self.schedule = block_schedule(spec.num_layers, spec.unique_blocks, spec.recurrence)
+        self.schedule = list(spec.schedule)
         self.orders = {False: spec.layer_order(False), True: spec.layer_order(True)}
         # Which order runs: the looped one from the start (and always at evaluation); training
         # turns it off until loop_from_frac of its budget when that is set.

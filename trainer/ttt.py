@@ -17,9 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from p2pgolf.trainer.eval_plan import Window
 
-__all__ = ["TTTSettings", "chunk_windows"]
+__all__ = ["TTTSettings", "chunk_batches", "chunk_windows"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,16 @@ def chunk_windows(windows: Sequence[Window], chunk_tokens: int) -> list[list[Win
             current = index
         chunks[-1].append(w)
     return chunks
+
+
+def chunk_batches(tokens: np.ndarray, chunk: Sequence[Window]) -> list[tuple[np.ndarray, int, list[Window]]]:
+    """A chunk's windows as batches, one per window length: (token ids [windows, length + 1],
+    int64, inputs then the targets' last; the length; the windows, in order)."""
+    by_length: dict[int, list[Window]] = {}
+    for w in chunk:
+        by_length.setdefault(w.length, []).append(w)
+    out = []
+    for length, group in by_length.items():
+        idx = np.stack([np.arange(w.start, w.start + length + 1) for w in group])
+        out.append((tokens[idx].astype(np.int64), length, group))
+    return out
