@@ -20,6 +20,7 @@ from p2pgolf.protocol.knobs import KNOBS, resolve  # noqa: E402
 from p2pgolf.trainer import evaluate_mlx, train_mlx  # noqa: E402
 from p2pgolf.trainer.artifact import export_artifact, export_options  # noqa: E402
 from p2pgolf.trainer.datasets import load_benchmark_data  # noqa: E402
+from p2pgolf.trainer.schedule import Schedule  # noqa: E402
 from p2pgolf.trainer.ttt import TTTSettings  # noqa: E402
 
 TINY = {
@@ -147,7 +148,7 @@ def _run(diff_items: tuple) -> tuple:
         device="cpu",
         max_steps=STEPS,
         report_every_s=0.0,
-        progress=lambda report: lr_trace.append(report.lr_scale),
+        progress=lambda report: lr_trace.append((report.step, report.elapsed_s, report.lr_scale)) if report.micro == 0 else None,
     )
     return config, result, tuple(lr_trace)
 
@@ -171,7 +172,6 @@ def _decayed(config) -> float:
     """A Muon matrix of ones after one MLX step with a zero gradient at 90% of a 1000 s budget:
     only the (tapered) weight decay moves it."""
     from p2pgolf.trainer.optim_mlx import MixedOptimizer
-    from p2pgolf.trainer.schedule import Schedule
 
     w = {"blocks.0.mlp.fc.weight": mx.ones((4, 4))}
     step = MixedOptimizer(w, config).step(w, {k: mx.zeros_like(v) for k, v in w.items()}, lr_scale=1.0, momentum=0.0,
@@ -203,10 +203,22 @@ def test_knob_changes_what_mlx_produces(name):
         assert changed.micro_batch_tokens * value == base.micro_batch_tokens
         assert abs(changed.losses[0] - base.losses[0]) < 1e-3
     elif where == "schedule":
-        assert len(lrs) == len(base_lrs) == STEPS
-        assert lrs[0] == base_lrs[0] == 1.0  # at 0 s nothing has decayed yet
-        assert all(a < b for a, b in zip(lrs[1:], base_lrs[1:]) if name in ("warmdown_frac", "warmdown_steps"))
-        assert all(a > b for a, b in zip(lrs[1:], base_lrs[1:]) if name == "min_lr_frac")
+        # The two runs' steps take different wall-clock times, so their traces are not compared
+        # with each other: each must be its own config's schedule at the times its steps began,
+        # and at those times the changed schedule must decay (warm-down) or hold (floor) the LR.
+        assert [step for step, _, _ in lrs] == [step for step, _, _ in base_lrs] == list(range(1, STEPS + 1))
+        assert lrs[0][2] == base_lrs[0][2] == 1.0  # at 0 s nothing has decayed yet
+        base_schedule, schedule = Schedule.from_config(base_config, 1000.0), Schedule.from_config(config, 1000.0)
+        began = [0.0] + [elapsed for _, elapsed, _ in lrs[:-1]]
+        assert [lr for _, _, lr in lrs] == [schedule.lr(step - 1, t) for (step, _, _), t in zip(lrs, began)]
+        base_began = [0.0] + [elapsed for _, elapsed, _ in base_lrs[:-1]]
+        assert [lr for _, _, lr in base_lrs] == [base_schedule.lr(step - 1, t) for (step, _, _), t in zip(base_lrs, base_began)]
+        for step, _, _ in lrs[1:]:
+            t = began[step - 1]
+            if name == "min_lr_frac":
+                assert schedule.lr(step - 1, t) > base_schedule.lr(step - 1, t)
+            else:
+                assert schedule.lr(step - 1, t) < base_schedule.lr(step - 1, t) == 1.0
     elif where == "evaluation":
         before, after = _evaluate(base_config, base.state), _evaluate(config, base.state)
         assert before.val_loss != after.val_loss
