@@ -22,9 +22,10 @@ def budget_run(fineweb):
     return train(tiny_config(warmdown_frac=0.2), fineweb.train_stream, budget_s=BUDGET_S, seed=0)
 
 
-def test_loss_falls_on_the_fineweb_edu_sample(budget_run):
-    losses = budget_run.losses
-    assert len(losses) >= 10
+def test_loss_falls_on_the_fineweb_edu_sample(fineweb):
+    # A step count, not the time budget: on a loaded machine 5 s held as few as 20 steps.
+    losses = train(tiny_config(warmdown_frac=0.2), fineweb.train_stream, budget_s=1000.0, seed=0, max_steps=40).losses
+    assert len(losses) == 40
     assert np.mean(losses[-3:]) < losses[0] - 1.0, losses
 
 
