@@ -36,14 +36,18 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _bootstrap_gone(line: str) -> bool:
+    return " WARNING p2pgolf.node.discovery: cannot reach bootstrap peer " in line and "Traceback" not in line
+
+
 def test_sigint_and_sigterm_stop_join_cleanly_leaving_no_socket_or_child(tmp_path):
     home_a, id_a = make_home(tmp_path, "a")
     home_b, id_b = make_home(tmp_path, "b")
     a, b = NodeProc(home_a, id_a), NodeProc(home_b, id_b)
     try:
         a.start([])
-        b.start([a.addr])
         a.wait_ready()
+        b.start([a.addr])
         b.wait_ready()
         wait_until(lambda: len(a.status()["peers"]) == 1, 20, what="A and B to connect")
         a.publish([signed_result(Identity.generate()).raw])
@@ -65,8 +69,10 @@ def test_sigint_and_sigterm_stop_join_cleanly_leaving_no_socket_or_child(tmp_pat
         for node, name in ((a, "SIGINT"), (b, "SIGTERM")):
             assert any(f"received {name}" in line for line in node.lines)
             assert any(line.startswith("stopped: ") for line in node.lines)
-            err = node.stderr_path.read_text()
-            assert err == "", err  # no stack trace, and none of py-libp2p's chatter about peers
+            # No stack trace, and none of py-libp2p's chatter about peers. B may say once, in our
+            # own words, that its bootstrap A (stopped first) is gone: that is the truth.
+            err = "".join(line for line in node.stderr_path.read_text().splitlines(keepends=True) if not _bootstrap_gone(line))
+            assert err == "", err
             assert not node.home.control_socket.exists()
             assert _port_is_free(node.port)
             assert not psutil.pid_exists(node.proc.pid) or psutil.Process(node.proc.pid).status() == psutil.STATUS_ZOMBIE
