@@ -314,8 +314,12 @@ def test_b_sees_what_a_trains_and_its_loop_does_not_choose_it(tmp_path):
     trust_a = TrustStore(store_a)
     trust_a.set_own(a_id.public_hex)
     options = dict(benches=(SMOKE,), nat=False, peer_exchange=False, sync_interval_s=3600.0)
+    from p2pgolf.node.home import Home
+
+    b_home = Home(tmp_path / "bh")
+    b_home.root.mkdir()
     a = Node(a_id, store_a, trust_a, NodeOptions(**options))
-    b = Node(b_id, store_b, trust_b, NodeOptions(**options))
+    b = Node(b_id, store_b, trust_b, NodeOptions(**options, control_socket=b_home.control_socket))
     topic = running_topic(SMOKE.id)
 
     async def until(what: str, check, seconds: float = 15.0) -> None:
@@ -357,6 +361,16 @@ def test_b_sees_what_a_trains_and_its_loop_does_not_choose_it(tmp_path):
             base, diff = alone_choice
             await a.announcer.announce(SMOKE.id, HW, base, diff, "byte256", 60.0)
             await until("B to see A's announcement", lambda: b.announcer.running())
+
+            # `p2pgolf status` at B says who runs what (over B's control socket)
+            from click.testing import CliRunner
+
+            from p2pgolf.node.cli import cli
+
+            shown = await trio.to_thread.run_sync(lambda: CliRunner().invoke(cli, ["--home", str(b_home.root), "status"]))
+            assert shown.exit_code == 0, shown.output
+            flat = " ".join(shown.output.split())
+            assert f"peer running {a.peer_id[:20]} on {HW}: {candidate_id(base, diff, 'byte256')[:12]} = {base}" in flat, shown.output
 
             b_trained: list = []
             b_loop = _loop(tmp_path / "b", b_id, store_b, trust_b, _runner(b_trained), announcer=b.announcer)
