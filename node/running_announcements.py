@@ -24,8 +24,7 @@ Bounds on what a peer can make us hold or do:
   older of its author could still arrive (every window is bounded by the benchmark's budget:
   protocol/running.py);
 - the bandit gets at most MAX_BLOCKING candidate ids (the newest), so however many trusted
-  keys there are, at most that many arms are skipped in one choice, and when every arm is
-  skipped the bandit still proposes (its default), never stops.
+  keys there are, at most that many arms are skipped in one choice.
 Nothing here raises into pubsub: the validator turns every failure into a rejection.
 """
 

@@ -383,3 +383,79 @@ def test_b_sees_what_a_trains_and_its_loop_does_not_choose_it(tmp_path):
     trio.run(main)
     store_a.close()
     store_b.close()
+
+
+def test_the_gossip_screen_reads_an_announcements_author_like_a_records(tmp_path):
+    """node/gossip.py screens every message of a subscribed topic with Admission.screen: an
+    announcement by a stranger spends the budget all peers share, a pinned key's never does."""
+    from p2pgolf.node.limits import PUSHED, Admission, claimed_author
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+
+    pinned, stranger = g.identity(4), g.identity(5)
+    with PoolStore(tmp_path / "pool.sqlite") as store:
+        trust = TrustStore(store)
+        trust.pin(pinned.public_hex)
+        gate = Admission(store, trust, {SMOKE.id}, Limits(unknown_pushed_per_s=1.0, unknown_pushed_burst=2), own_key=g.identity(6).public_hex)
+        strangers = [signed(ann(stranger, created=T0 + i), stranger) for i in range(4)]
+        assert claimed_author(strangers[0]) == stranger.public_hex
+        assert len(gate.screen(strangers, "peer1", path=PUSHED)) == 2  # the shared budget's burst
+        trusted = [signed(ann(pinned, created=T0 + i), pinned) for i in range(4)]
+        assert len(gate.screen(trusted, "peer1", path=PUSHED)) == 4
+
+
+class _FailingAnnouncer:
+    """An announcer whose network is gone: every publish fails."""
+
+    def __init__(self) -> None:
+        self.board = RunningBoard(lambda key: True, BUDGETS)
+
+    async def announce(self, *args):
+        raise ProtocolError("the pubsub service is not running")
+
+    async def withdraw(self, signed):
+        raise AssertionError("nothing was announced")
+
+
+class _RecordingAnnouncer:
+    def __init__(self) -> None:
+        self.board = RunningBoard(lambda key: True, BUDGETS)
+        self.calls: list[str] = []
+
+    async def announce(self, bench, hw, base, diff, tokenizer, window_s):
+        self.calls.append("announce")
+        return object()
+
+    async def withdraw(self, signed):
+        await trio.sleep(0)  # a real publish yields: it must still run when the loop is cancelled
+        self.calls.append("withdraw")
+
+
+def test_an_announcement_that_cannot_be_sent_costs_the_run_nothing(tmp_path):
+    me = g.identity(7)
+    store, trust = _pool_of(me, tmp_path / "pool.sqlite")
+    with store:
+        trained: list = []
+        end = trio.run(_loop(tmp_path, me, store, trust, _runner(trained), announcer=_FailingAnnouncer()).step)
+        assert end["status"] == "ok" and len(trained) == 1
+
+
+def test_a_cancelled_run_is_still_withdrawn(tmp_path):
+    me = g.identity(8)
+    store, trust = _pool_of(me, tmp_path / "pool.sqlite")
+    announcer = _RecordingAnnouncer()
+    trained: list = []
+    never = threading.Event()
+
+    async def main() -> None:
+        loop = _loop(tmp_path, me, store, trust, _runner(trained, never), announcer=announcer)
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loop.step)
+                while not trained:
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+
+    with store:
+        trio.run(main)
+    assert announcer.calls == ["announce", "withdraw"]
