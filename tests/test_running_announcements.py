@@ -375,6 +375,7 @@ def test_b_sees_what_a_trains_and_its_loop_does_not_choose_it(tmp_path):
             b_trained: list = []
             b_loop = _loop(tmp_path / "b", b_id, store_b, trust_b, _runner(b_trained), announcer=b.announcer)
             assert b_loop.peers_running() == [candidate_id(base, diff, "byte256")]
+            assert store_b.count() == 12  # the pool B chose from alone: only the announcement differs
             await b_loop.step()
             assert b_trained and b_trained[0] != alone_choice
             a.stop()
