@@ -407,10 +407,10 @@ class ResearchLoop:
             answer, seconds = asked[p.operator]
             # the proposer's one-line reason travels in the record's note; its seconds are its cost
             extra = {"rationale": answer.rationale.get(p.candidate, ""), "cost": 1.0 + seconds / max(self.bench.budget_s, 1.0)}
-        announced = await self._announce(p, self.bench.budget_s + self.settings.timeout_slack_s)  # before the journal: a cancel here loses nothing
+        timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
+        announced = await self._announce(p, timeout_s)  # before the journal: a cancel here loses nothing
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir), **extra)
         log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
-        timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
         control.progress = None
         control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()), why=_reason(p))
