@@ -460,3 +460,24 @@ def test_a_cancelled_run_is_still_withdrawn(tmp_path):
     with store:
         trio.run(main)
     assert announcer.calls == ["announce", "withdraw"]
+
+
+def test_a_key_pinned_while_running_counts_within_the_trust_refresh(tmp_path):
+    from p2pgolf.node.limits import TRUST_REFRESH_S
+    from p2pgolf.node.running_announcements import TrustedKeys
+    from p2pgolf.pool.store import PoolStore
+    from p2pgolf.pool.trust import TrustStore
+
+    own, friend = g.identity(9), g.identity(10)
+    now = [0.0]
+    with PoolStore(tmp_path / "pool.sqlite") as store:
+        trust = TrustStore(store)
+        keys = TrustedKeys(trust, own.public_hex, clock=lambda: now[0])
+        assert keys(own.public_hex) and not keys(friend.public_hex)
+        trust.pin(friend.public_hex)
+        assert not keys(friend.public_hex)  # the set is re-read at most every TRUST_REFRESH_S
+        now[0] += TRUST_REFRESH_S
+        assert keys(friend.public_hex)
+        trust.block(friend.public_hex)
+        now[0] += TRUST_REFRESH_S
+        assert not keys(friend.public_hex)
