@@ -109,6 +109,7 @@ class Node:
         self.admission = Admission(store, trust, self.bench_ids, options.limits, own_key=identity.public_hex, budgets={b.id: b.budget_s for b in options.benches})
         self.host: Any = None
         self.gossip: Gossip | None = None
+        self.announcer: Any = None  # node.running_announcements.RunningAnnouncer: what trusted peers train now
         self.sync_server: SyncServer | None = None
         self.discovery: Discovery | None = None
         self.peer_exchange: PeerExchange | None = None
@@ -172,6 +173,9 @@ class Node:
                 self.reachability = Reachability(self.host, self._dial_back_candidates)
                 self.relay = Relay(self.host, opts.relay, lambda: self.reachability.status, max_peers=opts.mesh.target_degree)
             self.gossip = Gossip(self.host, self.admission, {b.id: b.topic for b in opts.benches}, opts.gossip)
+            from p2pgolf.node.running_announcements import RunningAnnouncer
+
+            self.announcer = RunningAnnouncer.for_node(self)  # its own topics on the same pubsub
             self.stream_slots = StreamSlots(opts.limits.max_streams_per_peer)  # sync and blob streams together
             self.inbound_slots = bound_inbound_streams(self.host, opts.limits.max_libp2p_streams_per_peer)  # every protocol's
             self.sync_server = SyncServer(self.store, self.admission, self.bench_ids, self.stream_slots)
@@ -201,6 +205,7 @@ class Node:
                     self._nursery = nursery
                     with trio.fail_after(STARTUP_TIMEOUT_S):
                         await self.gossip.start(nursery)
+                        await self.announcer.start(nursery)
                         initial = list(dict.fromkeys([*opts.bootstrap, *self._remembered]))
                         await nursery.start(self.discovery.run, initial)
                         if opts.control_socket is not None:
@@ -406,6 +411,7 @@ class Node:
             uptime_s=time.monotonic() - self.started_at,
             worker=self.worker_state,
             **self._research_status(),
+            peers_running=self._peers_running(),
             proposers=self._proposer_usage(),
             syncing=tuple({"peer": r.peer, "bench": r.bench, "expected": r.expected, "fetched": r.fetched, "added": r.added} for r in self._syncing.values()),
             quota=dataclasses.asdict(self.admission.quota()),
@@ -422,6 +428,15 @@ class Node:
             return {}
         snap = self.research.snapshot()
         return {"experiment": snap["current"], "finished": tuple(snap["finished"])}
+
+    def _peers_running(self) -> tuple[dict, ...]:
+        """What trusted peers announce they are training now (node/running_announcements.py)."""
+        if self.announcer is None:
+            return ()
+        from p2pgolf.node.running_announcements import describe
+
+        names = {b.id: b.name for b in self.options.benches}
+        return tuple({**describe(a), "bench": names.get(a.bench, a.bench)} for a in self.announcer.running())
 
     def _proposer_usage(self) -> dict:
         """Today's use of each external proposer, from the research journal (empty without one)."""

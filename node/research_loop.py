@@ -36,6 +36,11 @@ Guarantees:
   (node/scripts.py), checked when the bandit chooses and again, with the bytes re-hashed, just
   before the run; records of other scripts are evidence only. An approved script without any
   result in the pool is tried first at its defaults (trainer/script_runner.py runs it).
+- With an announcer (node/running_announcements.py, the node's), each run is announced to peers
+  as it starts (its window: the run's hard deadline) and withdrawn when it ends, and each choice
+  is made knowing what trusted peers of this hardware class are training now (the bandit's
+  `running=`): a new candidate a peer trains is not proposed again. An announcement that cannot
+  be sent costs nothing but the coordination.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ ABANDONED = "abandoned"  # the journal status of a run stopped by cancellation (
 # interval, its SIGTERM grace and its SIGKILL wait, with room to spare. Bounded, so a wedged
 # child cannot hold the node's shutdown for ever.
 ABANDON_WAIT_S = 20.0
+WITHDRAW_WAIT_S = 2.0  # how long the end of a run waits to tell peers (cancelled too: shielded)
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ async def run_research_loop(
     hide = (str(home.root),) if home is not None else ()
     loop = ResearchLoop(
         node.identity, node.store, node.trust, node.publish, settings, control=control, keep_artifact=node.keep_artifact, verifier=verifier,
-        scripts=scripts, hide=hide, proposers=_proposer_operators(proposers, settings.journal_dir),
+        scripts=scripts, hide=hide, proposers=_proposer_operators(proposers, settings.journal_dir), announcer=node.announcer,
     )  # fmt: skip
     await loop.run()
 
@@ -267,6 +273,7 @@ class ResearchLoop:
         script_runner: Callable[..., Any] | None = None,
         hide: tuple[str, ...] = (),
         proposers: tuple[Any, ...] = (),
+        announcer: Any = None,
     ) -> None:
         from p2pgolf.protocol.benchmarks import benchmark
 
@@ -290,6 +297,7 @@ class ResearchLoop:
         self.keep_artifact = keep_artifact  # (artifact path, sha): the node keeps and serves it
         self.verifier = verifier  # node.verify_loop.Verifier or None: no verify operator
         self.proposers = tuple(proposers)  # node.proposers.operator.ProposerOperator: external operators
+        self.announcer = announcer  # node.running_announcements.RunningAnnouncer, or None: no coordination
         self._hw = settings.hw_key
         from p2pgolf.pool.evidence_cache import EvidenceCache
         from p2pgolf.pool.failures import FailureMemory
@@ -354,7 +362,7 @@ class ResearchLoop:
         tokenizer_of = {base: self.scripts.tokenizer(script_sha(base)) or self.bench.tokenizer for base in vocabularies}
         asked: dict[str, Any] = {}  # proposer operator -> its answer for this experiment (asked once)
 
-        def decide_now() -> tuple[Any, Any]:
+        def decide_now(running: list[str]) -> tuple[Any, Any]:
             from p2pgolf.pool.gc_pause import gc_paused
 
             with gc_paused():  # the bandit's choice makes as many short-lived objects as the estimate
@@ -365,7 +373,7 @@ class ResearchLoop:
                 return post, bandit.choose(
                     post, rng, history=self._history(), default_base=self.settings.default_base, remaining=remaining,
                     default_tokenizer=self.bench.tokenizer, runnable=runnable, vocabularies=vocabularies, script_tokenizers=tokenizer_of,
-                    external=external, avoid=self._failed_here(),
+                    external=external, avoid=self._failed_here(), running=running,
                 )  # fmt: skip
 
         def decide() -> Any:
@@ -373,7 +381,7 @@ class ResearchLoop:
             # GIL back every few ms, numpy and SuperLU release it), and a proposer runs for up to
             # its timeout. Abandoned on cancellation (the proposer is killed at its timeout, or
             # by join's reaper).
-            return trio.to_thread.run_sync(decide_now, abandon_on_cancel=True)
+            return trio.to_thread.run_sync(decide_now, self.peers_running(), abandon_on_cancel=True)
 
         post, choice = await decide()
         tried = self.journal.candidates()
@@ -399,9 +407,10 @@ class ResearchLoop:
             answer, seconds = asked[p.operator]
             # the proposer's one-line reason travels in the record's note; its seconds are its cost
             extra = {"rationale": answer.rationale.get(p.candidate, ""), "cost": 1.0 + seconds / max(self.bench.budget_s, 1.0)}
+        timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
+        announced = await self._announce(p, timeout_s)  # before the journal: a cancel here loses nothing
         entry = self.journal.start(n, proposal=p, seed=seed, run_dir=str(run_dir), **extra)
         log.info("experiment %d: %s of %s (%s)", n, p.operator, p.candidate[:12], dict(p.diff))
-        timeout_s = self.bench.budget_s + self.settings.timeout_slack_s
         control = self.control
         control.progress = None
         control.current = CurrentRun(n, p.operator, p.candidate, self.bench.budget_s, timeout_s, time.monotonic(), p.base, tuple(dict(p.diff).items()), why=_reason(p))
@@ -440,6 +449,37 @@ class ResearchLoop:
         finally:
             control.current = None
             control.progress = None
+            if announced is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(WITHDRAW_WAIT_S):
+                    await self._withdraw(announced)
+
+    def peers_running(self) -> list[str]:
+        """Candidate ids trusted peers of this hardware class are training now (at most
+        node.running_announcements.MAX_BLOCKING); empty without an announcer. Read on the trio
+        thread: the board changes there."""
+        if self.announcer is None:
+            return []
+        try:
+            return self.announcer.board.running_ids(self.bench.id, self.hw, exclude_author=self.identity.public_hex)
+        except Exception:
+            log.exception("cannot read what peers are running; choosing without it")
+            return []
+
+    async def _announce(self, p: Any, window_s: float) -> Any:
+        """Tell peers we train `p` now, for at most `window_s`; None if there is no announcer or it failed."""
+        if self.announcer is None:
+            return None
+        try:
+            return await self.announcer.announce(self.bench.id, self.hw, p.base, dict(p.diff), p.tokenizer, window_s)
+        except Exception as exc:  # coordination is an optimisation: the run goes on without it
+            log.warning("cannot announce experiment %s to peers: %s", p.candidate[:12], exc)
+            return None
+
+    async def _withdraw(self, announced: Any) -> None:
+        try:
+            await self.announcer.withdraw(announced)
+        except Exception as exc:  # it expires by itself at its deadline
+            log.debug("cannot withdraw the running announcement: %s", exc)
 
     def _failed_here(self) -> set[str]:
         """Candidates that failed on this hardware class and are not to be chosen again."""

@@ -43,6 +43,9 @@ class NodeStatus:
     # Its latest finished experiments, newest last (n, candidate, operator, status, val_bpb,
     # steps, seconds, record, note).
     finished: tuple[dict, ...] = ()
+    # What trusted peers (own and pinned keys) announce they are training now, newest first
+    # (author, peer_id, bench, hw, candidate, base, diff, tokenizer, running_s, expires_in_s).
+    peers_running: tuple[dict, ...] = ()
     proposers: dict = field(default_factory=dict)  # name -> today's requests, tokens, kept, dropped (node.proposers.operator.usage_summary)
     # Syncs in progress: peer, bench, expected (records the peer's summary says we lack),
     # fetched, added. A late joiner's catch-up shows here.
@@ -67,7 +70,7 @@ class NodeStatus:
     def from_json(cls, data: dict) -> "NodeStatus":
         peers = tuple(PeerStatus(p["peer_id"], tuple(p["addrs"]), tuple(p["topics"]), int(p["invalid"])) for p in data["peers"])
         fields = {k: v for k, v in data.items() if k != "peers" and k in cls.__dataclass_fields__}
-        for key in ("addrs", "benches", "finished", "syncing", "relays", "relayed_peers", "met_through_relay", "upgraded_to_direct"):
+        for key in ("addrs", "benches", "finished", "peers_running", "syncing", "relays", "relayed_peers", "met_through_relay", "upgraded_to_direct"):
             if key in fields:
                 fields[key] = tuple(fields[key])
         return cls(peers=peers, **fields)

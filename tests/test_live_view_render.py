@@ -64,6 +64,16 @@ def test_frame_fits_the_terminal_and_shows_the_run_and_the_bests(width):
         assert "why: moves matrix_lr=0.05" in flat and HW in flat
 
 
+def test_runs_trusted_peers_announce_are_shown_as_typed_and_fit():
+    run = {"author": PEER, "peer_id": "12D3KooWPeerRunningNow", "bench": "smoke", "hw": HW, "candidate": "f" * 64, "base": "smoke-tiny",
+           "diff": {"num_layers": 3, "note_like": "[bold]x[/]"}, "tokenizer": "byte256", "running_s": 12.0, "expires_in_s": 300.0}  # fmt: skip
+    for width in (40, 120):
+        text = _text(width, Screen(_status(peers_running=(run,) * 6), 0.0, _watch()))
+        assert all(len(line) <= width for line in text.splitlines()), text
+        assert text.count("peer 12D3KooWPeerRunn") == 4  # at most PEERS_RUNNING_SHOWN lines
+    assert "runs ffffffffffff = smoke-tiny num_layers=3 note_like=[bold]x[/]" in text
+
+
 def test_peer_label_is_shown_as_typed_not_as_markup():
     text = _text(120, Screen(_status(), 0.0, _watch()))
     assert "[link=http://evil.example]eve[/]" in text

@@ -3,6 +3,7 @@
 If no node runs with this home they say so in one line and exit 1. `--json` prints one JSON
 object (the node's NodeStatus, with the experiment in progress and the latest finished ones;
 `peers --json` prints only the peers). Tables fold long values, so they fit 80 columns.
+Trusted peers' runs in progress (their running announcements) show as "peer running" rows.
 `stop` asks the node to stop as a Ctrl-C would (finishing the run in progress by default, or
 abandoning it with --abandon) and returns once the node has stopped.
 """
@@ -57,6 +58,9 @@ def status(home: Home, as_json: bool) -> None:
         diff = " ".join(f"{k}={v}" for k, v in exp["diff"].items()) or "(no diff)"
         table.add_row("experiment", f"{exp['n']}: {exp['operator']} {exp['candidate'][:12]} = {exp['base']} {diff}")
         table.add_row("progress", f"{exp['phase']}, step {exp['step']}, {exp['training_s']:.0f} s of {exp['budget_s']:.0f} s trained ({exp['remaining']})")
+    for run in st.peers_running:  # trusted peers' announcements (node/running_announcements.py)
+        diff = " ".join(f"{k}={v}" for k, v in run["diff"].items()) or "(no diff)"
+        table.add_row("peer running", f"{run['peer_id'][:20]} on {run['hw']}: {run['candidate'][:12]} = {run['base']} {diff} ({run['running_s']:.0f} s in, ends within {run['expires_in_s']:.0f} s)")
     for done in st.finished[-5:]:
         score = f"val_bpb {done['val_bpb']:.4f}, {done['steps']} steps" if done.get("val_bpb") is not None else done["status"] + (f" ({done['note']})" if done.get("note") else "")
         table.add_row(f"finished {done['n']}", f"{done['candidate'][:12]} {score}")

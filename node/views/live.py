@@ -1,7 +1,7 @@
 """join's live view on a terminal: one screen redrawn in place (rich's Live display).
 
 It shows the run in progress with a progress bar against its budget (step, loss, tokens/s,
-time left, candidate, operator and why), this node's best and the collective best for its
+time left, candidate, operator and why), the runs trusted peers announce, this node's best and the collective best for its
 hardware class with their uncertainty, the last records in and out, peers, pool size and
 rejected counts. Narrow terminals (under WIDE columns) get one column and fewer fields.
 
@@ -36,6 +36,7 @@ WIDE = 80  # columns from which the view uses two columns per row
 RECENT = 5  # records in and out shown
 REFRESH_S = 0.5
 POOL_EVERY_S = 2.0
+PEERS_RUNNING_SHOWN = 4  # trusted peers' runs in progress shown under the run panel
 
 
 @dataclass
@@ -116,6 +117,9 @@ def render(screen: Screen, width: int) -> Group:
     st, w = screen.status, screen.watch
     narrow = width < WIDE
     parts: list[Any] = [_run_panel(st.experiment, screen.tokens_per_s, width, narrow, screen.finishing, screen.since_event_s)]
+    for run in st.peers_running[:PEERS_RUNNING_SHOWN]:  # what trusted peers train now (their announcements)
+        diff = " ".join(f"{k}={v}" for k, v in run["diff"].items()) or "(no diff)"
+        parts.append(Text(f"peer {run['peer_id'][:16]} runs {run['candidate'][:12]} = {run['base']} {diff}", overflow="ellipsis", no_wrap=True))
     parts.append(_bests_table(w.bests, narrow))
     parts.append(_records_table("in", w.recent_in, w, narrow))
     parts.append(_records_table("out", w.recent_out, w, narrow))
