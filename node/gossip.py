@@ -402,13 +402,21 @@ def raise_library_limits(queue_size: int) -> None:
     pubsub_module.RpcQueue = RoomyRpcQueue
 
 
+READ_CHUNK = 64 * 1024  # bytes taken from a peer's pubsub stream at once (a few RPCs)
+
+
 class _PacedStream:
     """A peer's inbound pubsub stream whose reads first wait while the gate has the peer slowed
-    (node/limits.py: it keeps bringing records the shared budget refuses). Everything else is
-    the stream's own."""
+    (node/limits.py: it keeps bringing records the shared budget refuses), and are served from
+    one buffered read of up to READ_CHUNK bytes: pubsub reads each RPC's length prefix one byte
+    at a time, and every read of the stream itself takes yamux's connection lock and may send a
+    window update, each a trio checkpoint. With 250 peers flooding, those checkpoints queued
+    behind every other task are what delayed a pinned peer's records by seconds. Everything else
+    is the stream's own."""
 
     def __init__(self, stream: Any, peer: str, limiter: Any) -> None:
         self._stream, self._peer, self._limiter = stream, peer, limiter
+        self._buffer = bytearray()
 
     async def read(self, n: int | None = None) -> bytes:
         import trio
@@ -416,7 +424,16 @@ class _PacedStream:
         until = self._limiter.slowed_until(self._peer)  # on the node's clock, time.monotonic
         if until is not None:
             await trio.sleep(max(0.0, until - time.monotonic()))
-        return await self._stream.read(n)
+        if not self._buffer:
+            data = await self._stream.read(READ_CHUNK)
+            if n is not None and 0 <= n < len(data):
+                self._buffer += data[n:]
+                return data[:n]
+            return data
+        take = len(self._buffer) if n is None or n < 0 else min(n, len(self._buffer))
+        out = bytes(self._buffer[:take])
+        del self._buffer[:take]
+        return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -171,3 +171,31 @@ def test_our_own_record_reaches_a_subscribed_peer_that_pruned_us_and_a_relay_of_
         assert publisher.host.get_id().to_base58() in victim.kept_peers()  # it brought us the pinned friend's record first
 
     trio.run(_run_pair, victim, publisher, body)
+
+
+def test_a_peer_s_pubsub_stream_is_read_in_chunks_and_served_byte_by_byte_from_them():
+    # pubsub reads each length prefix one byte at a time; each read of the stream itself costs
+    # yamux's connection lock and a window update (trio checkpoints queued behind every peer).
+    from p2pgolf.node.gossip import READ_CHUNK, _PacedStream
+    from p2pgolf.node.limits import PeerLimiter
+
+    class Stream:  # the two calls _PacedStream makes of a libp2p stream
+        def __init__(self, data: bytes) -> None:
+            self.data, self.reads = data, []
+
+        async def read(self, n: int | None = None) -> bytes:
+            self.reads.append(n)
+            out, self.data = self.data[:n], self.data[n:]
+            return out
+
+    from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes
+
+    frames = [bytes([i]) * (300 + i) for i in range(20)]
+    stream = Stream(b"".join(encode_varint_prefixed(f) for f in frames))
+    paced = _PacedStream(stream, "12D3KooWPeer", PeerLimiter(Limits()))
+
+    async def read_all() -> list[bytes]:
+        return [await read_varint_prefixed_bytes(paced) for _ in frames]
+
+    assert trio.run(read_all) == frames
+    assert stream.reads == [READ_CHUNK]  # 20 RPCs (60 reads by pubsub) from one read of the stream
