@@ -41,8 +41,8 @@ import functools
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from p2pgolf.node.limits import PUSHED, Admission, claimed_author
@@ -74,7 +74,7 @@ class Gossip:
     """The gossipsub router and pubsub service of one host, with our validator on every topic."""
 
     def __init__(self, host: "IHost", admission: Admission, topics: dict[str, str], settings: GossipSettings = GossipSettings()) -> None:
-        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
         from libp2p.pubsub.pubsub import Pubsub
 
         raise_library_limits(settings.queue_size)
@@ -411,8 +411,9 @@ class _PacedStream:
     one buffered read of up to READ_CHUNK bytes: pubsub reads each RPC's length prefix one byte
     at a time, and every read of the stream itself takes yamux's connection lock and may send a
     window update, each a trio checkpoint. With 250 peers flooding, those checkpoints queued
-    behind every other task are what delayed a pinned peer's records by seconds. Everything else
-    is the stream's own."""
+    behind every other task are what delayed a pinned peer's records by seconds. A read for a
+    peer the gate has shut out resets the stream instead (pubsub's read loop for it ends).
+    Everything else is the stream's own."""
 
     def __init__(self, stream: Any, peer: str, limiter: Any) -> None:
         self._stream, self._peer, self._limiter = stream, peer, limiter
@@ -424,6 +425,16 @@ class _PacedStream:
         until = self._limiter.slowed_until(self._peer)  # on the node's clock, time.monotonic
         if until is not None:
             await trio.sleep(max(0.0, until - time.monotonic()))
+        if self._limiter.is_banned(self._peer):
+            # py-libp2p's blacklist resets only our stream to the peer; its stream to us would be
+            # read (and each message refused) for as long as it keeps writing: stop reading it.
+            from libp2p.network.stream.exceptions import StreamReset
+
+            try:
+                await self._stream.reset()
+            except Exception:
+                pass
+            raise StreamReset(f"{self._peer} is shut out")
         if not self._buffer:
             data = await self._stream.read(READ_CHUNK)
             if n is not None and 0 <= n < len(data):

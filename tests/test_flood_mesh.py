@@ -199,3 +199,30 @@ def test_a_peer_s_pubsub_stream_is_read_in_chunks_and_served_byte_by_byte_from_t
 
     assert trio.run(read_all) == frames
     assert stream.reads == [READ_CHUNK]  # 20 RPCs (60 reads by pubsub) from one read of the stream
+
+
+def test_a_shut_out_peer_s_pubsub_stream_is_reset_instead_of_read():
+    from libp2p.network.stream.exceptions import StreamReset
+
+    from p2pgolf.node.gossip import _PacedStream
+    from p2pgolf.node.limits import PeerLimiter
+
+    class Stream:
+        def __init__(self) -> None:
+            self.reads, self.was_reset = 0, False
+
+        async def read(self, n: int | None = None) -> bytes:
+            self.reads += 1
+            return b"\x01x"
+
+        async def reset(self) -> None:
+            self.was_reset = True
+
+    limiter = PeerLimiter(Limits(invalid_before_ban=1))
+    stream = Stream()
+    paced = _PacedStream(stream, "12D3KooWPeer", limiter)
+    assert trio.run(paced.read, 1) == b"\x01"
+    assert limiter.note_invalid("12D3KooWPeer")  # shut out (py-libp2p's blacklist resets only our own stream to it)
+    with pytest.raises(StreamReset):
+        trio.run(paced.read, 1)
+    assert stream.was_reset and stream.reads == 1
