@@ -62,7 +62,7 @@ def test_a_pinned_peer_and_our_outbound_peers_are_never_pruned_from_a_mesh_crowd
     victim.router.outbound = lambda peer_id: peer_id in dialled
     assert pinned.to_base58() in victim.kept_peers()
     mesh = victim.router.mesh[BENCH.topic]
-    for _ in range(15):  # 20 members > D_high 12: each heartbeat prunes 14; by chance alone the pinned one would survive 15 draws with p ~ 1e-8
+    for _ in range(10):  # 20 members > D_high 12: each heartbeat prunes 14; by chance alone the pinned one would survive 10 draws with p ~ 6e-6
         mesh.update([pinned, *others])
         victim.router.back_off.clear()
         graft, prune = victim.router.mesh_heartbeat()
@@ -226,3 +226,37 @@ def test_a_shut_out_peer_s_pubsub_stream_is_reset_instead_of_read():
     with pytest.raises(StreamReset):
         trio.run(paced.read, 1)
     assert stream.was_reset and stream.reads == 1
+
+
+def test_the_connection_cap_never_closes_a_peer_gossip_keeps():
+    import multiaddr
+
+    from p2pgolf.node.discovery import Discovery
+    from p2pgolf.node.host import full_addrs, make_host, parse_peer_addr, peer_info
+    from p2pgolf.node.peer_exchange import MeshSettings, PeerExchange
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+    async def main() -> None:
+        hub = make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        others = [make_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(4)]
+        kept = others[0].get_id().to_base58()  # e.g. the peer of a key the hub pins, which dialled the hub
+        async with hub.run(listen), AsyncExitStack() as stack:
+            px = PeerExchange(hub, Discovery(hub), MeshSettings(target_degree=1, max_degree=2, grace_s=0.0), kept_peers=lambda: frozenset({kept}))
+            for h in others:
+                await stack.enter_async_context(h.run(listen))
+            hub_info = peer_info(parse_peer_addr(full_addrs(hub)[0]))
+            async with trio.open_nursery() as dials:
+                for h in others:
+                    dials.start_soon(h.connect, hub_info)
+            with trio.fail_after(10):
+                while len(hub.get_connected_peers()) < 4:
+                    await trio.sleep(0.05)
+            closed = await px.trim()
+            assert len(closed) == 3 and kept not in closed  # all inbound and alike: only `kept_peers` spared it
+            with trio.CancelScope(shield=True):
+                for h in others:
+                    await h.close()
+        await hub.close()
+
+    trio.run(main)
