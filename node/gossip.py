@@ -305,7 +305,8 @@ def _keeping_router_class() -> type:
         `kept()` and up to `d_out` outbound peers stay in the mesh whatever the others are (the
         library prunes a mesh over its high degree, and replaces its worst-scoring member, at
         random among equals: 250 sybils on loopback won that draw against a pinned peer), and,
-        with `flood_publish`, our own messages go to every subscribed peer."""
+        with `flood_publish`, our own messages go to every subscribed peer; and a forwarding
+        whose cost does not grow with every connected peer (`publish`)."""
 
         kept: Callable[[], frozenset[Any]] = staticmethod(frozenset)
         outbound: Callable[[Any], bool] = staticmethod(lambda peer_id: False)
@@ -360,6 +361,47 @@ def _keeping_router_class() -> type:
                         self.scorer.on_join_mesh(peer, topic)
                     graft[peer].append(topic)
             return graft, prune
+
+        async def publish(self, msg_forwarder: Any, pubsub_msg: Any) -> None:
+            """The library's forwarding of a validated message, step for step, except that the
+            peers still owed it (connected, but identify or their subscription not yet seen) are
+            found by set operations: the library walks every connected peer per message,
+            building an ID for each, ~5 ms a message with 250 peers connected (profiled: the
+            forwarding of the shared budget's first burst then held the event loop for ~1.5 s)."""
+            from libp2p.peer.id import ID
+            from libp2p.peer.peerstore import env_to_send_in_RPC
+            from libp2p.pubsub.pb import rpc_pb2
+
+            if not self._check_spam_protection(msg_forwarder, pubsub_msg) or not self._check_equivocation(pubsub_msg):
+                return
+            self.mcache.put(pubsub_msg)
+            pubsub = self.pubsub
+            if pubsub is None:
+                return
+            msg_id = pubsub.get_message_id(pubsub_msg)
+            origin = ID(pubsub_msg.from_id)
+            send_to = list(self._get_peers_to_send(pubsub_msg.topicIDs, msg_forwarder=msg_forwarder, origin=origin, msg_id=msg_id))
+            rpc_msg = rpc_pb2.RPC(publish=[pubsub_msg])
+            rpc_msg.senderRecord = env_to_send_in_RPC(pubsub.host)[0]
+            await self._emit_idontwant_for_message(msg_id, pubsub_msg.topicIDs)
+            await self._notify_observers(pubsub_msg.topicIDs, msg_id)
+            for peer_id in send_to:
+                if peer_id in pubsub.peers and (self.scorer is None or self.scorer.allow_publish(peer_id, list(pubsub_msg.topicIDs))):
+                    self.send_rpc(peer_id, rpc_msg)
+            skip = {msg_forwarder, origin} | set(self.direct_peers)
+            queued: set[Any] = set()
+            now = time.time()
+            for topic in pubsub_msg.topicIDs:
+                subscribed = pubsub.peer_topics.get(topic, set())
+                owed = {p for p in subscribed - skip if p not in self.peer_protocol}  # identify pending
+                owed |= set(pubsub.peers) - subscribed - skip  # subscription not yet seen
+                for peer_id in owed - queued:
+                    self._prune_pending_messages(peer_id)
+                    self._pending_messages[peer_id].append((now, rpc_msg))
+                queued |= owed
+            for topic in pubsub_msg.topicIDs:
+                self.time_since_last_publish[topic] = int(now)
+                self.recent_message_deliveries[topic].append(now)
 
         def _get_peers_to_send(self, topic_ids: Iterable[str], msg_forwarder: Any, origin: Any, msg_id: bytes | None = None) -> Iterable[Any]:
             topic_ids = list(topic_ids)
