@@ -11,6 +11,7 @@ mesh place, and our own records reach every subscribed peer.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import AsyncExitStack
 
 import pytest
@@ -260,3 +261,22 @@ def test_the_connection_cap_never_closes_a_peer_gossip_keeps():
         await hub.close()
 
     trio.run(main)
+
+
+def test_a_forwarded_message_is_owed_to_connected_peers_whose_subscription_or_identify_is_pending(tmp_path):
+    # the forwarding keeps the library's queue for such peers, found by set operations
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    victim = _gossip(tmp_path, "victim", Identity.generate())
+    meshed, unidentified = _subscribed_peers(victim, [Identity.generate(), Identity.generate()])
+    del victim.router.peer_protocol[unidentified]
+    unsubscribed, author = ID.from_base58(Identity.generate().peer_id), Identity.generate()
+    for peer in (meshed, unidentified, unsubscribed):
+        victim.pubsub.peers[peer] = object()
+    victim.router.mesh[BENCH.topic] = {meshed}
+    msg = rpc_pb2.Message(data=signed_result(author).raw, topicIDs=[BENCH.topic], from_id=ID.from_base58(author.peer_id).to_bytes(), seqno=b"\0" * 8)
+    trio.run(victim.router.publish, meshed, msg)
+    owed = {peer for peer, queue in victim.router._pending_messages.items() if queue}
+    assert owed == {unidentified, unsubscribed}  # not the forwarder, not the origin
+    assert victim.router.mcache.get(hashlib.sha256(msg.data).digest()) is msg
