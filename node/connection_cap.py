@@ -7,7 +7,8 @@ lookups and other peers' dials do not each cost a close.
 
 `to_trim` guarantees:
 - nothing is closed while there are at most `cap` connections;
-- a protected connection is never chosen: a pinned or bootstrap peer, a peer in the middle of
+- a protected connection is never chosen: a pinned or bootstrap peer, a peer gossip keeps
+  (node/gossip.py Gossip.kept_peers: the peer of a key we pin, among others), a peer in the middle of
   a sync or a blob transfer, or a connection younger than the grace period (a peer just dialled
   on purpose, or one that has not had the time to sync);
 - at most `len(conns) - target` are chosen (fewer when too many are protected);
@@ -37,7 +38,7 @@ class Connection:
 
     peer_id: str
     age_s: float
-    protected: bool = False  # pinned, bootstrap, syncing or transferring
+    protected: bool = False  # pinned, bootstrap, kept by gossip, syncing or transferring
     outbound: bool = False
     in_mesh: bool = False  # a member of one of our gossipsub meshes
     addr_range: str | None = None  # node.address_ranges.address_range of its address

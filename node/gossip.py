@@ -18,6 +18,16 @@ Guarantees:
   a record re-sent with a fresh seqno (or by another sender) is a message already seen and is
   dropped by the pubsub layer for `seen_ttl_s`, before our validator runs; gossipsub's message
   cache (IHAVE/IWANT) uses the same ids.
+- A flood of sybil peer ids cannot crowd our trusted peers out of the mesh (py-libp2p 0.8.1 has
+  neither gossipsub v1.1's outbound quota D_out nor flood publishing): `kept_peers` (pinned and
+  bootstrap peers, peers whose key we pin, and the few that most recently delivered us a new
+  record by a trusted key) are never pruned from a mesh or replaced by the library's mesh
+  upkeep, and are grafted back at the next heartbeat (after any back-off their own PRUNE set);
+  `outbound_in_mesh` peers we dialled ourselves are kept likewise. Our own records go to every
+  subscribed peer, not only the mesh (`flood_publish`), so a peer that pruned us still gets them.
+  (gossipsub's "direct peers" do not fit: they must be configured on both sides, and a direct
+  peer's GRAFT is answered with PRUNE, so pinning one-sidedly would cut the pinned peer's own
+  mesh link to us.)
 - py-libp2p's silent limits are raised (outbound queue per peer, subscription channel, spam
   protection of 10 messages per topic per second), so bursts are not dropped; the pubsub
   sequence number starts at time.time_ns() so a restarted node's messages are not taken for
@@ -31,10 +41,11 @@ import functools
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from p2pgolf.node.limits import PUSHED, Admission
+from p2pgolf.node.limits import PUSHED, Admission, claimed_author
 from p2pgolf.pool.admission import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,13 +64,17 @@ class GossipSettings:
     heartbeat_s: float = 1.0
     queue_size: int = 4096  # outbound RPCs per peer and messages per subscription before drops
     seen_ttl_s: int = 600  # a replay within this long is dropped unseen by the validator
+    outbound_in_mesh: int = 2  # D_out: mesh members we dialled ourselves, kept through prunes (inbound ids are free)
+    flood_publish: bool = True  # our own records go to every subscribed peer, not only the mesh
+    deliverers_kept: int = 4  # peers that last delivered us a new record by a trusted key first, kept in the mesh ...
+    deliverer_keep_s: float = 600.0  # ... for this long after that record
 
 
 class Gossip:
     """The gossipsub router and pubsub service of one host, with our validator on every topic."""
 
     def __init__(self, host: "IHost", admission: Admission, topics: dict[str, str], settings: GossipSettings = GossipSettings()) -> None:
-        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
         from libp2p.pubsub.pubsub import Pubsub
 
         raise_library_limits(settings.queue_size)
@@ -68,7 +83,12 @@ class Gossip:
         self.topics = dict(topics)  # bench id -> topic
         self._bench_of = {t: b for b, t in self.topics.items()}
         self.own_id = host.get_id()
-        self.router = GossipSub(
+        self.settings = settings
+        self._pinned_peers: frozenset[str] = frozenset()  # set by `keep_peers`
+        self._deliverers: dict[str, float] = {}  # peer -> when it last delivered us a new record by a trusted key
+        self._trusted_ids: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # (keys, their peer ids)
+        self._kept_ids: tuple[frozenset[str], frozenset[Any]] = (frozenset(), frozenset())  # (peer ids, as libp2p IDs)
+        self.router = _keeping_router_class()(
             [PROTOCOL_ID_V11],  # v1.2 sends IDONTWANT for every message and doubles CPU per message
             settings.degree,
             settings.degree_low,
@@ -77,6 +97,10 @@ class Gossip:
             heartbeat_initial_delay=0.1,
             spam_protection_enabled=False,  # per-peer limits live in the admission gate instead
         )
+        self.router.kept = self._kept_libp2p_ids
+        self.router.outbound = self._is_outbound
+        self.router.d_out = settings.outbound_in_mesh
+        self.router.flood_publish = settings.flood_publish
         self.pubsub = Pubsub(host, self.router, seen_ttl=settings.seen_ttl_s, msg_id_constructor=content_message_id)
         self.router.mcache = ContentMessageCache(self.router.mcache.window_size, self.router.mcache.history_size)
         self.pubsub.counter = time.time_ns()
@@ -124,6 +148,52 @@ class Gossip:
             return {p.to_base58() for peers in self.router.mesh.values() for p in peers}
         except Exception:
             return set()
+
+    def keep_peers(self, peer_ids: Iterable[str]) -> None:
+        """Name the peers (pinned and bootstrap) that `kept_peers` always holds, besides trusted keys' peers."""
+        self._pinned_peers = frozenset(peer_ids)
+
+    def kept_peers(self) -> frozenset[str]:
+        """Peers that neither the mesh nor the connection cap give up for others: those named by
+        `keep_peers`, the peers whose key we trust (own or pinned), and the `deliverers_kept`
+        that most recently delivered us first a record by a trusted key (a sybil can earn that
+        only by relaying a new trusted record, and only so many of them)."""
+        keys = self.admission.trusted_keys()
+        if keys is not self._trusted_ids[0]:
+            self._trusted_ids = (keys, frozenset(_peer_id_of_key(k) for k in keys) - {""})
+        now = time.monotonic()
+        recent = {p for p, at in self._deliverers.items() if now - at < self.settings.deliverer_keep_s}
+        return self._pinned_peers | self._trusted_ids[1] | recent
+
+    def _kept_libp2p_ids(self) -> frozenset[Any]:
+        kept = self.kept_peers()
+        if kept != self._kept_ids[0]:
+            from libp2p.peer.id import ID
+
+            ids = set()
+            for peer in kept:
+                try:
+                    ids.add(ID.from_base58(peer))
+                except Exception:
+                    pass
+            self._kept_ids = (kept, frozenset(ids))
+        return self._kept_ids[1]
+
+    def _is_outbound(self, peer_id: Any) -> bool:
+        from p2pgolf.node.discovery import is_outbound
+
+        conns = self.host.get_network().connections.get(peer_id)
+        conns = conns if isinstance(conns, (list, tuple)) else [conns] if conns is not None else []
+        return any(is_outbound(c) for c in conns)
+
+    def _note_delivery(self, raw: bytes, peer: str) -> None:
+        """`peer` delivered us `raw`, a record new to our pool: keep it in the mesh a while if a trusted key wrote it."""
+        if self.settings.deliverers_kept < 1 or claimed_author(raw) not in self.admission.trusted_keys():
+            return
+        self._deliverers.pop(peer, None)
+        self._deliverers[peer] = time.monotonic()  # newest last
+        while len(self._deliverers) > self.settings.deliverers_kept:
+            del self._deliverers[next(iter(self._deliverers))]
 
     def topic_peers(self, bench_id: str) -> list[str]:
         return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(self.topics[bench_id], ()))
@@ -189,6 +259,8 @@ class Gossip:
             if len(topics) != 1 or topics[0] not in self._bench_of:
                 return False
             verdict = self.admission.admit_screened(bytes(msg.data), forwarder.to_base58())
+            if verdict == Verdict.ADDED:
+                self._note_delivery(bytes(msg.data), forwarder.to_base58())
             if not verdict.accepted:
                 log.debug("rejected a gossiped record from %s: %s", forwarder, verdict.value)
             return verdict.accepted
@@ -224,6 +296,134 @@ def ContentMessageCache(window_size: int, history_size: int) -> Any:  # noqa: N8
     return _content_cache_class()(window_size, history_size)
 
 
+@functools.cache
+def _keeping_router_class() -> type:
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    class KeepingGossipSub(GossipSub):
+        """py-libp2p 0.8.1's GossipSub with two of gossipsub v1.1's defences it lacks: peers
+        `kept()` and up to `d_out` outbound peers stay in the mesh whatever the others are (the
+        library prunes a mesh over its high degree, and replaces its worst-scoring member, at
+        random among equals: 250 sybils on loopback won that draw against a pinned peer), and,
+        with `flood_publish`, our own messages go to every subscribed peer; and a forwarding
+        whose cost does not grow with every connected peer (`publish`)."""
+
+        kept: Callable[[], frozenset[Any]] = staticmethod(frozenset)
+        outbound: Callable[[Any], bool] = staticmethod(lambda peer_id: False)
+        d_out = 0
+        flood_publish = False
+
+        def _protected(self, topic: str) -> set[Any]:
+            mesh = self.mesh.get(topic, set())
+            kept = self.kept()
+            protected = {p for p in mesh if p in kept}
+            outbound_kept = sum(1 for p in protected if self.outbound(p))
+            others = sorted((p for p in mesh if p not in protected and self.outbound(p)), key=str)
+            protected.update(others[: max(0, self.d_out - outbound_kept)])
+            return protected
+
+        def _select_peers_for_pruning(self, topic: str, num_to_prune: int) -> list[Any]:
+            protected = self._protected(topic)
+            prunable = [p for p in self.mesh.get(topic, ()) if p not in protected]
+            num = min(num_to_prune, len(prunable))
+            if num <= 0:
+                return []
+            if self.scorer is None:
+                return self.select_from_minus(num, prunable, set())
+            return self._score_based_pruning_selection(topic, prunable, num)
+
+        async def _consider_peer_replacement(self, topic: str) -> None:
+            # the library replaces the first worst-scoring member; never a protected one
+            if self.scorer is not None and self.mesh.get(topic):
+                scorer = self.scorer
+                worst = min(list(self.mesh[topic]), key=lambda p: scorer.score(p, [topic]))
+                if worst in self._protected(topic):
+                    return
+            await super()._consider_peer_replacement(topic)
+
+        def mesh_heartbeat(self) -> tuple[Any, Any]:
+            graft, prune = super().mesh_heartbeat()
+            kept = self.kept()
+            for topic, mesh in self.mesh.items():
+                subscribed = self.pubsub.peer_topics.get(topic) if self.pubsub is not None else None
+                if not subscribed:
+                    continue
+                wanted = [p for p in subscribed if p in kept and p not in mesh]
+                short = self.d_out - sum(1 for p in mesh if self.outbound(p))
+                if short > 0:
+                    wanted += [p for p in sorted(subscribed, key=str) if p not in mesh and p not in kept and self.outbound(p)][:short]
+                for peer in wanted:
+                    if peer in self.direct_peers or not self._is_gossipsub_peer(peer) or self._check_back_off(peer, topic) or topic in prune.get(peer, ()):
+                        continue
+                    mesh.add(peer)
+                    self._notify_mesh_peer_added(peer, topic)
+                    if self.scorer is not None:
+                        self.scorer.on_join_mesh(peer, topic)
+                    graft[peer].append(topic)
+            return graft, prune
+
+        async def publish(self, msg_forwarder: Any, pubsub_msg: Any) -> None:
+            """The library's forwarding of a validated message, step for step, except that the
+            peers still owed it (connected, but identify or their subscription not yet seen) are
+            found by set operations: the library walks every connected peer per message,
+            building an ID for each, ~5 ms a message with 250 peers connected (profiled: the
+            forwarding of the shared budget's first burst then held the event loop for ~1.5 s)."""
+            from libp2p.peer.id import ID
+            from libp2p.peer.peerstore import env_to_send_in_RPC
+            from libp2p.pubsub.pb import rpc_pb2
+
+            if not self._check_spam_protection(msg_forwarder, pubsub_msg) or not self._check_equivocation(pubsub_msg):
+                return
+            self.mcache.put(pubsub_msg)
+            pubsub = self.pubsub
+            if pubsub is None:
+                return
+            msg_id = pubsub.get_message_id(pubsub_msg)
+            origin = ID(pubsub_msg.from_id)
+            send_to = list(self._get_peers_to_send(pubsub_msg.topicIDs, msg_forwarder=msg_forwarder, origin=origin, msg_id=msg_id))
+            rpc_msg = rpc_pb2.RPC(publish=[pubsub_msg])
+            rpc_msg.senderRecord = env_to_send_in_RPC(pubsub.host)[0]
+            await self._emit_idontwant_for_message(msg_id, pubsub_msg.topicIDs)
+            await self._notify_observers(pubsub_msg.topicIDs, msg_id)
+            for peer_id in send_to:
+                if peer_id in pubsub.peers and (self.scorer is None or self.scorer.allow_publish(peer_id, list(pubsub_msg.topicIDs))):
+                    self.send_rpc(peer_id, rpc_msg)
+            skip = {msg_forwarder, origin} | set(self.direct_peers)
+            queued: set[Any] = set()
+            now = time.time()
+            for topic in pubsub_msg.topicIDs:
+                subscribed = pubsub.peer_topics.get(topic, set())
+                owed = {p for p in subscribed - skip if p not in self.peer_protocol}  # identify pending
+                owed |= set(pubsub.peers) - subscribed - skip  # subscription not yet seen
+                for peer_id in owed - queued:
+                    self._prune_pending_messages(peer_id)
+                    self._pending_messages[peer_id].append((now, rpc_msg))
+                queued |= owed
+            for topic in pubsub_msg.topicIDs:
+                self.time_since_last_publish[topic] = int(now)
+                self.recent_message_deliveries[topic].append(now)
+
+        def _get_peers_to_send(self, topic_ids: Iterable[str], msg_forwarder: Any, origin: Any, msg_id: bytes | None = None) -> Iterable[Any]:
+            topic_ids = list(topic_ids)
+            peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+            if self.flood_publish and self.pubsub is not None and msg_forwarder == self.pubsub.my_id:
+                for topic in topic_ids:
+                    peers.update(p for p in self.pubsub.peer_topics.get(topic, ()) if self._is_gossipsub_peer(p))
+                peers.difference_update((msg_forwarder, origin))
+            yield from peers
+
+    return KeepingGossipSub
+
+
+def _peer_id_of_key(key_hex: str) -> str:
+    from p2pgolf.protocol.identity import peer_id_from_public_key
+
+    try:
+        return peer_id_from_public_key(bytes.fromhex(key_hex))
+    except Exception:
+        return ""
+
+
 def raise_library_limits(queue_size: int) -> None:
     """Lift py-libp2p's silent drop points (module-level in 0.8.1): the per-peer outbound RPC
     queue (32) and the subscription channel (32)."""
@@ -244,13 +444,22 @@ def raise_library_limits(queue_size: int) -> None:
     pubsub_module.RpcQueue = RoomyRpcQueue
 
 
+READ_CHUNK = 64 * 1024  # bytes taken from a peer's pubsub stream at once (a few RPCs)
+
+
 class _PacedStream:
     """A peer's inbound pubsub stream whose reads first wait while the gate has the peer slowed
-    (node/limits.py: it keeps bringing records the shared budget refuses). Everything else is
-    the stream's own."""
+    (node/limits.py: it keeps bringing records the shared budget refuses), and are served from
+    one buffered read of up to READ_CHUNK bytes: pubsub reads each RPC's length prefix one byte
+    at a time, and every read of the stream itself takes yamux's connection lock and may send a
+    window update, each a trio checkpoint. With 250 peers flooding, those checkpoints queued
+    behind every other task are what delayed a pinned peer's records by seconds. A read for a
+    peer the gate has shut out resets the stream instead (pubsub's read loop for it ends).
+    Everything else is the stream's own."""
 
     def __init__(self, stream: Any, peer: str, limiter: Any) -> None:
         self._stream, self._peer, self._limiter = stream, peer, limiter
+        self._buffer = bytearray()
 
     async def read(self, n: int | None = None) -> bytes:
         import trio
@@ -258,7 +467,26 @@ class _PacedStream:
         until = self._limiter.slowed_until(self._peer)  # on the node's clock, time.monotonic
         if until is not None:
             await trio.sleep(max(0.0, until - time.monotonic()))
-        return await self._stream.read(n)
+        if self._limiter.is_banned(self._peer):
+            # py-libp2p's blacklist resets only our stream to the peer; its stream to us would be
+            # read (and each message refused) for as long as it keeps writing: stop reading it.
+            from libp2p.network.stream.exceptions import StreamReset
+
+            try:
+                await self._stream.reset()
+            except Exception:
+                pass
+            raise StreamReset(f"{self._peer} is shut out")
+        if not self._buffer:
+            data = await self._stream.read(READ_CHUNK)
+            if n is not None and 0 <= n < len(data):
+                self._buffer += data[n:]
+                return data[:n]
+            return data
+        take = len(self._buffer) if n is None or n < 0 else min(n, len(self._buffer))
+        out = bytes(self._buffer[:take])
+        del self._buffer[:take]
+        return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -305,13 +305,19 @@ class Admission:
         author = claimed_author(raw)
         if author is None:
             return False
-        if author == self.own_key:
-            return True
+        return author == self.own_key or author in self.trusted_keys()
+
+    def trusted_keys(self) -> frozenset[str]:
+        """Our own key and the pinned ones, re-read from the trust store at most every
+        TRUST_REFRESH_S (the same frozenset object until they change)."""
         now = self._clock()
         if self._trusted_at is None or now - self._trusted_at >= TRUST_REFRESH_S:
-            self._trusted = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            keys = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            keys |= {self.own_key}
+            if keys != self._trusted:
+                self._trusted = keys
             self._trusted_at = now
-        return author in self._trusted
+        return self._trusted
 
     def admit_decoded(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
         """Stages 3 (the invalid ones, None, counted against `peer`) and 4 for records that

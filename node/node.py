@@ -188,7 +188,8 @@ class Node:
             self.admission.on_ban = self._ban
             pinned = _peer_ids((*opts.bootstrap, *(load_pinned_peers(opts.home) if opts.home is not None else ())))
             self.discovery = Discovery(self.host, on_connected=self._remember, use_mdns_peerstore=opts.mdns, warn_unreachable=_peer_ids(opts.bootstrap), pinned=pinned)
-            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh, busy=self._busy, mesh_peers=self.gossip.mesh_peers) if opts.peer_exchange else None
+            self.gossip.keep_peers(pinned)  # pinned and bootstrap peers keep their mesh place under a sybil flood
+            self.peer_exchange = PeerExchange(self.host, self.discovery, opts.mesh, busy=self._busy, mesh_peers=self.gossip.mesh_peers, kept_peers=self.gossip.kept_peers) if opts.peer_exchange else None
             if opts.home is not None:
                 self._remembered = load_known_peers(opts.home)
                 self._established = tuple(self._remembered)  # what worked in earlier runs

@@ -18,6 +18,7 @@ A cap: every lookup connects to up to 20 peers (Kademlia's k) and peers dial us 
 without one a node ends up connected to nearly everyone (20-28 connections each in a 30-node
 network, which saturated two cores). Above `max_degree` connections the node closes the most
 redundant ones down to `target_degree` (node/connection_cap.py: never pinned or bootstrap peers,
+nor the peers of keys we pin or that just delivered us a pinned key's record (`kept_peers`),
 never a peer in a sync or blob transfer, never a connection younger than its grace period) and
 `Discovery.forget`s them, so they are not dialled back at once; Discovery re-dials kept peers
 only while the node is below its target. py-libp2p 0.8.1 has a connection pruner of its own
@@ -78,7 +79,7 @@ class MeshSettings:
 class PeerExchange:
     """The DHT service of one host and the loop that keeps the node's degree up."""
 
-    def __init__(self, host: "IHost", discovery: "Discovery", settings: MeshSettings = MeshSettings(), *, busy: Callable[[str], bool] = lambda peer: False, mesh_peers: Callable[[], set[str]] = set) -> None:
+    def __init__(self, host: "IHost", discovery: "Discovery", settings: MeshSettings = MeshSettings(), *, busy: Callable[[str], bool] = lambda peer: False, mesh_peers: Callable[[], set[str]] = set, kept_peers: Callable[[], frozenset[str]] = frozenset) -> None:
         from libp2p.custom_types import TProtocol
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
@@ -94,6 +95,7 @@ class PeerExchange:
             self.dht.rt_refresh_manager.refresh_interval = settings.walk_interval_s
         self.busy = busy  # peer id -> whether it is in a sync or blob transfer with us
         self.mesh_peers = mesh_peers  # peer ids in our gossipsub meshes
+        self.kept_peers = kept_peers  # peer ids the cap never closes (node/gossip.py Gossip.kept_peers: pinned keys' peers among them)
         # dials under way count as connections: a node short of one peer does not dial ten
         discovery.wants_more = lambda: self.degree() + discovery.in_flight < self.settings.target_degree
         self.lookups = 0
@@ -232,6 +234,7 @@ class PeerExchange:
         """What the cap knows of each connected peer."""
         own = self.host.get_id().to_base58()
         mesh = self.mesh_peers()
+        kept = self.kept_peers()
         now = time.time()
         out = []
         for pid, conns in list(self.host.get_network().connections.items()):
@@ -242,7 +245,7 @@ class PeerExchange:
             created = min((getattr(c, "_created_at", now) for c in conns), default=now)
             outbound = any(is_outbound(c) for c in conns)
             remote = remote_addr(conns[0])
-            protected = key in self.discovery.pinned or self.busy(key) or _transferring(conns)
+            protected = key in self.discovery.pinned or key in kept or self.busy(key) or _transferring(conns)
             out.append(Connection(key, now - created, protected, outbound, key in mesh, address_range(remote) if remote else None, bucket_of(own, key)))
         return out
 

@@ -7,9 +7,10 @@ Each figure is measured with the attack and without it in the same run:
   records from fresh unknown keys at 10,000/s to V (100 per RPC); latency = V's received_ms
   minus H's (one clock). Baseline: no flood.
 - `honest_p99_under_sybil_flood_s`: the same 10,000 records/s spread over 250 fresh peer ids,
-  40/s each (under V's per-peer rate of 50/s), each writing RPCs on its own gossipsub stream; H
-  publishes alternately records by a key V pins (this figure) and by a key V does not know
-  (`unknown_honest_*`), and V's unknown-key records and bytes kept are reported beside them.
+  40/s each (under V's per-peer rate of 50/s), each writing RPCs on its own gossipsub stream; H,
+  whose key V pins, publishes alternately records of its own key (this figure) and by a key V
+  does not know (`unknown_honest_*`), and V's unknown-key records and bytes kept are reported
+  beside them.
   An honest record not at V 60 s after the last was published counts as not delivered.
 - `rss_mb_under_frames`: growth of V's resident memory while a peer sends hostile sync frames
   (8 MiB of empty maps, and of nested empty lists, on 8 streams at once). Baseline: the same
@@ -23,7 +24,7 @@ Each figure is measured with the attack and without it in the same run:
   the progress `p2pgolf status` showed on the way. Baseline: the Ed25519 floor
   (single-core verification time of the same records divided by the cores).
 
-    .venv/bin/python benchmarks/adversary/edge.py [--quick] [--json]
+    .venv/bin/python benchmarks/adversary/edge.py [--quick] [--floods-only] [--json]
 """
 
 from __future__ import annotations
@@ -492,13 +493,14 @@ def sybil_flood_attack(root: Path, flood_raws: list[bytes], duration: float, pee
     `shared_budget=False`: V's budget for all peers together is set out of reach (as on main)."""
     from p2pgolf.pool.trust import TrustStore
 
-    pinned_key, stranger_key = Identity.generate(), Identity.generate()
+    stranger_key = Identity.generate()
     home_v, id_v = make_home(root, f"victim-sybil-{shared_budget}")
     if not shared_budget:
         home_v.config_file.write_text("[limits]\nunknown_pushed_per_s = 1e9\nunknown_pushed_burst = 1000000000\n")
+    home_h, id_h = make_home(root, f"honest-sybil-{shared_budget}")
+    pinned_key = id_h  # V pins the honest peer: its node key, which signs its own records
     with TrustStore(home_v.pool_db) as trust:
         trust.pin(pinned_key.public_hex, "honest")
-    home_h, id_h = make_home(root, f"honest-sybil-{shared_budget}")
     v, h = NodeProc(home_v, id_v), NodeProc(home_h, id_h)
     sent = [0, 0.0, 0]
     n = int(duration) + 2
@@ -601,6 +603,46 @@ def measure(quick: bool = False) -> dict:
     return result
 
 
+def measure_floods(quick: bool = False) -> dict:
+    """Only the two floods (one peer, and 250 sybil peer ids), each with its no-attack baseline,
+    in one run: the `flood` part of benchmarks/adversary_bench.py."""
+    duration = 5.0 if quick else 10.0
+    result: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "settings": {"flood_rate_target": FLOOD_RATE, "flood_duration_s": duration, "sybil_peers": SYBIL_PEERS, "quick": quick},
+    }
+    flood = signed_raws(int(FLOOD_RATE * duration), 2000, 600_000)
+    with tempfile.TemporaryDirectory(prefix="edge-flood-") as tmp:
+        root = Path(tmp)
+        result.update(flood_attack(root, flood, duration))
+        result["load_avg_1m_after_single_flood"] = os.getloadavg()[0]
+        result.update(sybil_flood_attack(root, flood, duration, SYBIL_PEERS))
+    result["load_avg_1m_after_sybil_flood"] = os.getloadavg()[0]
+    return result
+
+
+def _flood_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m, s = r["machine"], r["settings"]
+    console = Console()
+    console.print(f"machine: {m['platform']}, {m['cpus']} CPUs, load {m['load_avg_1m']:.1f} at start, {r['load_avg_1m_after_single_flood']:.1f} after the single-peer flood, "
+                  f"{r['load_avg_1m_after_sybil_flood']:.1f} after the sybil flood; python {m['python']}", markup=False)
+    console.print(f"settings: flood target {s['flood_rate_target']:,.0f} rec/s for {s['flood_duration_s']:g} s; {s['sybil_peers']} sybil peer ids; join processes on loopback", markup=False)
+    t = Table("measure", "under attack", "no attack (same run)", "goal")
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f} s"
+
+    t.add_row("honest p99, flood from one peer", f"{fmt(r['honest_p99_under_flood_s'])} ({r['honest_delivered_under_flood']})", f"{fmt(r['honest_p99_no_flood_s'])} ({r['honest_delivered_no_flood']})", "< 2 s")
+    t.add_row(f"honest p99, flood over {r['sybil_peers']} peer ids (pinned peer)", f"{fmt(r['honest_p99_under_sybil_flood_s'])} ({r['honest_delivered_under_sybil_flood']})", fmt(r["honest_p99_no_flood_s"]), "< 2 s")
+    t.add_row(f"honest p99, flood over {r['sybil_peers']} peer ids (unknown key)", f"{fmt(r['unknown_honest_p99_under_sybil_flood_s'])} ({r['unknown_honest_delivered_under_sybil_flood']})", "", "")
+    t.add_row("sybil flood: sent, kept", f"{r['sybil_flood_sent']:,} ({r['sybil_flood_rate_achieved']:,.0f}/s), {r['sybil_flood_unknown_records_kept']:,} kept ({r['sybil_flood_unknown_disk_bytes']:,} B)", "0", "")
+    t.add_row("sybil flood: victim RSS growth, CPU", f"{r['sybil_flood_rss_growth_mb']:.1f} MB, {r['sybil_flood_victim_cpu_s']:.1f} s", "", "")
+    console.print(t)
+
+
 def _table(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -642,13 +684,14 @@ def _table(r: dict) -> None:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="10,000-record season and a 5 s flood (for a quick look).")
+@click.option("--floods-only", is_flag=True, help="Only the single-peer and the sybil floods (no catch-up, frames or quota).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def main(quick: bool, as_json: bool) -> None:
-    result = measure(quick)
+def main(quick: bool, floods_only: bool, as_json: bool) -> None:
+    result = measure_floods(quick) if floods_only else measure(quick)
     if as_json:
         click.echo(json.dumps(result))
     else:
-        _table(result)
+        (_flood_table if floods_only else _table)(result)
 
 
 if __name__ == "__main__":
