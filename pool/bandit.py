@@ -115,7 +115,7 @@ from typing import Any
 
 import numpy as np
 
-from p2pgolf.pool.estimator import Posterior
+from p2pgolf.pool.estimator import CandidateInfo, Posterior
 from p2pgolf.pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
 from p2pgolf.protocol import candidates, knobs
 
@@ -200,7 +200,8 @@ def choose(
     running: Sequence[str] = (),
     avoid: Collection[str] = (),
 ) -> Choice:
-    """The next experiment. With an empty pool: the default base config itself.
+    """The next experiment. With an empty pool: the default base config itself, or, when a peer
+    of this class is training that now (`running`), a mutation of one of its knobs.
     `remaining`: experiments this node has left (overrides `config.horizon`); `history`: this
     node's finished experiments, oldest first. `runnable(base)` says which bases this node may
     train: a candidate of any other base is evidence only, never proposed. `vocabularies` maps
@@ -222,6 +223,11 @@ def choose(
     incumbent = posterior.incumbent()
     if not posterior.candidates:
         proposal = make_proposal(default_base, {}, (), "try_peer", tokenizer=default_tokenizer)
+        if proposal.candidate in set(running):
+            # a peer of this class trains the default now and its record will be here by the
+            # next choice: start one knob away from it instead of running it twice
+            origin = CandidateInfo(proposal.candidate, default_base, {}, (), "", (), (), (), 0.0, 0, tokenizer=default_tokenizer)
+            proposal = mutate(origin, rng, space=space) or proposal
         return Choice(proposal, math.nan, {}, None)
     incumbent_runs = incumbent is not None and runnable(posterior.info[incumbent].base)
     avoid = frozenset(avoid)

@@ -174,6 +174,17 @@ def test_an_empty_pool_starts_from_the_default_base():
     assert choice.proposal.base == "cpu-small" and dict(choice.proposal.diff) == {}
 
 
+def test_an_empty_pool_whose_default_a_peer_trains_now_starts_one_knob_away_from_it():
+    post = estimate(Evidence(), static_status(ME), HW)
+    default = make_proposal("cpu-small", {}, (), "try_peer")
+    for seed in range(10):
+        choice = choose(post, np.random.default_rng(seed), default_base="cpu-small", running=[default.candidate])
+        assert choice.proposal.base == "cpu-small" and len(choice.proposal.diff) == 1
+        assert choice.proposal.candidate != default.candidate and choice.proposal.operator == "mutate"
+    other = choose(post, np.random.default_rng(0), default_base="cpu-small", running=["some-other-candidate"])
+    assert other.proposal.candidate == default.candidate
+
+
 def test_intensification_confirms_a_one_run_incumbent_before_building_on_it():
     pool = Pool()
     root = pool.add({}, 2.00)
