@@ -56,7 +56,7 @@ IDLE_TIMEOUT_S = 30.0  # a server waits this long for the next request
 OPEN_TIMEOUT_S = 10.0
 SYNC_DEADLINE_S = 120.0  # one whole sync of one benchmark with one peer
 BUCKET_MS = 3_600_000  # the store's precomputed summary buckets
-VERIFY_PARALLEL = 2  # batches being verified at once
+VERIFY_PARALLEL = 8  # batches being verified at once: enough queued (2,048 records) that the verifying processes keep working while the loop stores a transaction
 
 
 class SyncError(Exception):
