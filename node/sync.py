@@ -303,7 +303,8 @@ async def _admit_fetched(receive: Any, report: SyncReport, admission: Admission,
                         decoded = decoded + (await receive.receive() if wait_s > 0 else receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-            tally = admission.admit_decoded(decoded, peer)
+            # a large sync stores in a worker thread: the loop goes on fetching and feeding the verifiers
+            tally = await admission.admit_decoded_in_thread(decoded, peer) if wait_s > 0 else admission.admit_decoded(decoded, peer)
             for verdict, n in tally.items():
                 if n:
                     report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n
