@@ -100,6 +100,7 @@ def solve(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, b: np.ndarray, k
     sqrt_d = np.sqrt(d)
     perm = lu.perm_c
     upper = lower.T.tocsr()
+    upper.sort_indices()  # once here, not in every spsolve_triangular call
     b_c, b_s = b[:k], b[k:]
     x = lu.solve(b_c)
     counts = np.diff(lower.indptr) - 1
@@ -137,7 +138,7 @@ def _conditional_draws(upper, sqrt_d, perm, z: np.ndarray) -> np.ndarray:
     entries of v in the order `perm`) has covariance C^-1."""
     from scipy.sparse.linalg import spsolve_triangular
 
-    v = spsolve_triangular(upper, z / sqrt_d[:, None], lower=False, unit_diagonal=True)
+    v = spsolve_triangular(upper, z / sqrt_d[:, None], lower=False, unit_diagonal=True, overwrite_b=True)  # b: a temporary
     return v[perm]
 
 
