@@ -1034,8 +1034,9 @@ def _solve(o, trust, claim, cap, res, parents, t, names, noise, noise_arr, trans
     local = np.full(len(cols.candidates), -1, dtype=np.intp)
     local[codes] = np.arange(k)
     candidates = [cols.candidates[c] for c in codes.tolist()]
-    parents_of_codes = [tuple(p for p in parents.get(c, ()) if local[p] >= 0) for c in codes.tolist()]
-    parents_local = [tuple(int(local[p]) for p in ps) for ps in parents_of_codes]
+    local_of = local.tolist()  # plain ints: indexing a numpy array per parent costs ~1 us each
+    parents_of_codes = [tuple(p for p in parents.get(c, ()) if local_of[p] >= 0) for c in codes.tolist()]
+    parents_local = [tuple(local_of[p] for p in ps) for ps in parents_of_codes]
     class_codes = [h for h in np.unique(o.hw).tolist() if h != t]
     classes = [names[h] for h in class_codes]
     k_off = k  # the class offsets follow the candidates
