@@ -745,14 +745,15 @@ def _degraded_factors(res: _Results, cols: EvidenceColumns, results, config: Est
     shape_code: dict[str, int] = cols.memo.setdefault("shape codes", {"": -1})
     known: dict[str, int] = cols.memo.setdefault("shape of candidate", {})
     codes, first, which = np.unique(res.cand[timed], return_index=True, return_inverse=True)
-    per_code = np.empty(len(codes), dtype=np.intp)
     names = cols.candidates
-    for q, (c, i) in enumerate(zip(codes.tolist(), res.src[timed[first]].tolist())):
+    code_list = []  # a list, then one array: assigning numpy elements one by one costs more than the lookups
+    for c, i in zip(codes.tolist(), res.src[timed[first]].tolist()):
         code = known.get(names[c])
         if code is None:
             r = results[i]
             code = known[r.candidate] = shape_code.setdefault(_throughput_shape(r.candidate, r.base, r.diff), len(shape_code) - 1)
-        per_code[q] = code
+        code_list.append(code)
+    per_code = np.asarray(code_list, dtype=np.intp)
     shapes = per_code[which.reshape(-1)]
     ok = shapes >= 0
     timed, shapes = timed[ok], shapes[ok]
