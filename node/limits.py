@@ -32,6 +32,7 @@ Nothing here raises: every failure becomes a `Verdict`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -231,12 +232,14 @@ class Admission:
         self._trusted: frozenset[str] = frozenset()
         self._trusted_at: float | None = None
         self.storage = StorageGate(store, trust, self.bench_ids, own_key=own_key, budgets=budgets)
+        self._storage_lock = threading.Lock()  # stage 4 also runs in a worker thread (admit_decoded_in_thread)
         self.counts: dict[Verdict, int] = {v: 0 for v in Verdict}
         self.on_added = None  # optional callback(record id), e.g. to wake the research loop
         self.on_ban = None  # optional callback(peer id) when a peer is shut out
 
     def quota(self) -> QuotaUsage:
-        return self.storage.usage(self.limits.unknown_quota_bytes)
+        with self._storage_lock:  # a large sync may be storing in a worker thread
+            return self.storage.usage(self.limits.unknown_quota_bytes)
 
     def admit(self, raw: bytes, peer: str | None) -> Verdict:
         """Check and store one record that `peer` pushed to us (None: it came from this process)."""
@@ -323,20 +326,53 @@ class Admission:
         """Stages 3 (the invalid ones, None, counted against `peer`) and 4 for records that
         `verify_all` decoded, so that verification can run elsewhere (sync: worker processes)."""
         tally = {v: 0 for v in Verdict}
+        added: list[str] = []
         try:
-            valid = [d for d in decoded if d is not None]
-            for _ in range(len(decoded) - len(valid)):
-                tally[Verdict.INVALID] += 1
-                self._note_invalid(peer)
-            verdicts, added = self.storage.admit(valid, unknown_key_cap=self.limits.unknown_key_cap, unknown_quota_bytes=self.limits.unknown_quota_bytes)
-            for verdict in verdicts:
-                tally[verdict] += 1
-            if self.on_added is not None:
-                for rid in added:
-                    self.on_added(rid)
+            added = self._store_valid(self._count_invalid(decoded, peer, tally), tally)
         except Exception:
             log.exception("unexpected error while admitting %d records from %s", len(decoded), peer)
             tally[Verdict.ERROR] += len(decoded) - sum(tally.values())
+        return self._counted(tally, added)
+
+    async def admit_decoded_in_thread(self, decoded: list[SignedRecord | None], peer: str | None) -> dict[Verdict, int]:
+        """`admit_decoded` with stage 4's storing in a worker thread, so the event loop runs on
+        while SQLite writes (a large sync: its verifying processes are fed meanwhile). The invalid
+        ones are counted, bans made and `on_added` called on the loop's own thread."""
+        import trio
+
+        tally = {v: 0 for v in Verdict}
+        added: list[str] = []
+        try:
+            valid = self._count_invalid(decoded, peer, tally)
+            added = await trio.to_thread.run_sync(self._store_valid, valid, tally)  # not abandoned: a transaction ends whole
+        except Exception:
+            log.exception("unexpected error while admitting %d records from %s", len(decoded), peer)
+            tally[Verdict.ERROR] += len(decoded) - sum(tally.values())
+        return self._counted(tally, added)
+
+    def _count_invalid(self, decoded: list[SignedRecord | None], peer: str | None, tally: dict[Verdict, int]) -> list[SignedRecord]:
+        valid = [d for d in decoded if d is not None]
+        for _ in range(len(decoded) - len(valid)):
+            tally[Verdict.INVALID] += 1
+            self._note_invalid(peer)
+        return valid
+
+    def _store_valid(self, valid: list[SignedRecord], tally: dict[Verdict, int]) -> list[str]:
+        """Stage 4 for verified records; from any thread, one batch at a time (the storage
+        gate's usage and per-key counts are read and updated as one step)."""
+        with self._storage_lock:
+            verdicts, added = self.storage.admit(valid, unknown_key_cap=self.limits.unknown_key_cap, unknown_quota_bytes=self.limits.unknown_quota_bytes)
+        for verdict in verdicts:
+            tally[verdict] += 1
+        return added
+
+    def _counted(self, tally: dict[Verdict, int], added: list[str]) -> dict[Verdict, int]:
+        if self.on_added is not None:
+            try:
+                for rid in added:
+                    self.on_added(rid)
+            except Exception:
+                log.exception("the on_added callback failed")
         for verdict, n in tally.items():
             self.counts[verdict] += n
         return tally

@@ -56,7 +56,7 @@ IDLE_TIMEOUT_S = 30.0  # a server waits this long for the next request
 OPEN_TIMEOUT_S = 10.0
 SYNC_DEADLINE_S = 120.0  # one whole sync of one benchmark with one peer
 BUCKET_MS = 3_600_000  # the store's precomputed summary buckets
-VERIFY_PARALLEL = 2  # batches being verified at once
+VERIFY_PARALLEL = 8  # batches being verified at once: enough queued (2,048 records) that the verifying processes keep working while the loop stores a transaction
 
 
 class SyncError(Exception):
@@ -303,7 +303,8 @@ async def _admit_fetched(receive: Any, report: SyncReport, admission: Admission,
                         decoded = decoded + (await receive.receive() if wait_s > 0 else receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-            tally = admission.admit_decoded(decoded, peer)
+            # a large sync stores in a worker thread: the loop goes on fetching and feeding the verifiers
+            tally = await admission.admit_decoded_in_thread(decoded, peer) if wait_s > 0 else admission.admit_decoded(decoded, peer)
             for verdict, n in tally.items():
                 if n:
                     report.verdicts[verdict.value] = report.verdicts.get(verdict.value, 0) + n

@@ -745,14 +745,15 @@ def _degraded_factors(res: _Results, cols: EvidenceColumns, results, config: Est
     shape_code: dict[str, int] = cols.memo.setdefault("shape codes", {"": -1})
     known: dict[str, int] = cols.memo.setdefault("shape of candidate", {})
     codes, first, which = np.unique(res.cand[timed], return_index=True, return_inverse=True)
-    per_code = np.empty(len(codes), dtype=np.intp)
     names = cols.candidates
-    for q, (c, i) in enumerate(zip(codes.tolist(), res.src[timed[first]].tolist())):
+    code_list = []  # a list, then one array: assigning numpy elements one by one costs more than the lookups
+    for c, i in zip(codes.tolist(), res.src[timed[first]].tolist()):
         code = known.get(names[c])
         if code is None:
             r = results[i]
             code = known[r.candidate] = shape_code.setdefault(_throughput_shape(r.candidate, r.base, r.diff), len(shape_code) - 1)
-        per_code[q] = code
+        code_list.append(code)
+    per_code = np.asarray(code_list, dtype=np.intp)
     shapes = per_code[which.reshape(-1)]
     ok = shapes >= 0
     timed, shapes = timed[ok], shapes[ok]
@@ -1034,8 +1035,9 @@ def _solve(o, trust, claim, cap, res, parents, t, names, noise, noise_arr, trans
     local = np.full(len(cols.candidates), -1, dtype=np.intp)
     local[codes] = np.arange(k)
     candidates = [cols.candidates[c] for c in codes.tolist()]
-    parents_of_codes = [tuple(p for p in parents.get(c, ()) if local[p] >= 0) for c in codes.tolist()]
-    parents_local = [tuple(int(local[p]) for p in ps) for ps in parents_of_codes]
+    local_of = local.tolist()  # plain ints: indexing a numpy array per parent costs ~1 us each
+    parents_of_codes = [tuple(p for p in parents.get(c, ()) if local_of[p] >= 0) for c in codes.tolist()]
+    parents_local = [tuple(local_of[p] for p in ps) for ps in parents_of_codes]
     class_codes = [h for h in np.unique(o.hw).tolist() if h != t]
     classes = [names[h] for h in class_codes]
     k_off = k  # the class offsets follow the candidates

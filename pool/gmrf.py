@@ -19,7 +19,9 @@ instead by the Rao-Blackwellised Monte Carlo estimator (Siden, Lindgren, Bolin, 
 Var(x_i) = 1/C_ii + Var(sum_j!=i C_ij x_j) / C_ii^2 over `MC_DRAWS` exact joint draws, so the
 time a decision takes stays bounded whatever lineage the pool holds (`exact_var` says which).
 
-Joint draws (`draw`) are exact either way: x = C^-1 P'(L D^1/2 z) - W y, y ~ N(0, S^-1).
+Joint draws (`draw`) are exact either way: x = P' L'^-1 D^-1/2 z - W y, y ~ N(0, S^-1) (with
+P C P' = L D L', the first term is C^-1 P' L D^1/2 z: one triangular solve, which scipy's
+`spsolve_triangular` runs for many draws at once about 5x faster than SuperLU's full solve).
 
 Guarantees (tests/test_gmrf.py): the mean and, under the budget, the variances agree with the
 dense inverse to rounding; draws have the posterior's covariance; nothing of size k x k is made.
@@ -46,7 +48,7 @@ class GaussianSolution:
     small_cov: np.ndarray  # covariance of the last n - k unknowns (s x s)
     _lu: object = field(repr=False, default=None)
     _sqrt_d: np.ndarray | None = field(repr=False, default=None)
-    _lower: object = field(repr=False, default=None)
+    _upper: object = field(repr=False, default=None)  # L' (CSR), unit upper triangular
     _perm: np.ndarray | None = field(repr=False, default=None)
     _w: np.ndarray | None = field(repr=False, default=None)
     _small_chol: np.ndarray | None = field(repr=False, default=None)
@@ -56,7 +58,7 @@ class GaussianSolution:
         if self.k == 0:
             return np.zeros((size, 0))
         z = rng.standard_normal((self.k, size))
-        dev = _conditional_draws(self._lu, self._lower, self._sqrt_d, self._perm, z)
+        dev = _conditional_draws(self._upper, self._sqrt_d, self._perm, z)
         if self._w is not None and self._w.shape[1]:
             y = self._small_chol @ rng.standard_normal((self._w.shape[1], size))
             dev -= self._w @ y
@@ -97,6 +99,8 @@ def solve(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, b: np.ndarray, k
         raise np.linalg.LinAlgError("the lineage block is not positive definite")
     sqrt_d = np.sqrt(d)
     perm = lu.perm_c
+    upper = lower.T.tocsr()
+    upper.sort_indices()  # once here, not in every spsolve_triangular call
     b_c, b_s = b[:k], b[k:]
     x = lu.solve(b_c)
     counts = np.diff(lower.indptr) - 1
@@ -107,7 +111,7 @@ def solve(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, b: np.ndarray, k
     elif exact:
         var_c = _takahashi_diagonal(lower, d)[perm]
     else:
-        var_c = _mc_diagonal(c, lu, lower, sqrt_d, perm, np.random.default_rng(0))
+        var_c = _mc_diagonal(c, upper, sqrt_d, perm, np.random.default_rng(0))
     w = small_cov = small_chol = None
     if s:
         bmat = a[:k, k:].toarray()
@@ -125,14 +129,17 @@ def solve(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, b: np.ndarray, k
     else:
         small_cov = np.zeros((0, 0))
         mean, var = x, var_c
-    return GaussianSolution(mean, var, k, exact, small_cov, lu, sqrt_d, lower, perm, w, small_chol)
+    return GaussianSolution(mean, var, k, exact, small_cov, lu, sqrt_d, upper, perm, w, small_chol)
 
 
-def _conditional_draws(lu, lower, sqrt_d, perm, z: np.ndarray) -> np.ndarray:
-    """Draws of N(0, C^-1) from standard normals z (k x size): with P C P' = L D L', the vector
-    u = L D^1/2 z has covariance P C P', so C^-1 P' u has covariance C^-1."""
-    u = lower @ (sqrt_d[:, None] * z)
-    return lu.solve(np.ascontiguousarray(u[perm]))
+def _conditional_draws(upper, sqrt_d, perm, z: np.ndarray) -> np.ndarray:
+    """Draws of N(0, C^-1) from standard normals z (k x size): with P C P' = L D L',
+    C^-1 = P' L'^-1 D^-1 L^-1 P, so v = L'^-1 D^-1/2 z has covariance P C^-1 P' and P' v (the
+    entries of v in the order `perm`) has covariance C^-1."""
+    from scipy.sparse.linalg import spsolve_triangular
+
+    v = spsolve_triangular(upper, z / sqrt_d[:, None], lower=False, unit_diagonal=True, overwrite_b=True)  # b: a temporary
+    return v[perm]
 
 
 def _takahashi_diagonal(lower, d: np.ndarray) -> np.ndarray:
@@ -166,10 +173,10 @@ def _takahashi_diagonal(lower, d: np.ndarray) -> np.ndarray:
     return np.asarray(zdiag)
 
 
-def _mc_diagonal(c, lu, lower, sqrt_d, perm, rng: np.random.Generator) -> np.ndarray:
+def _mc_diagonal(c, upper, sqrt_d, perm, rng: np.random.Generator) -> np.ndarray:
     """diag(C^-1) by the simple Rao-Blackwellised estimator over MC_DRAWS exact draws."""
     k = c.shape[0]
     diag = c.diagonal()
-    xs = _conditional_draws(lu, lower, sqrt_d, perm, rng.standard_normal((k, MC_DRAWS)))
+    xs = _conditional_draws(upper, sqrt_d, perm, rng.standard_normal((k, MC_DRAWS)))
     off = c @ xs - diag[:, None] * xs  # sum over j != i of C_ij x_j, per draw
     return 1.0 / diag + np.mean(off**2, axis=1) / diag**2

@@ -244,10 +244,16 @@ def parse_body(body: Any, *, now_ms: int | None = None) -> Record:
     )
 
 
+_KEY_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
 def _exact_map(value: Any, keys: tuple[str, ...], where: str) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError("must be a map", where)
-    if value.keys() != set(keys):
+    wanted = _KEY_SETS.get(keys)
+    if wanted is None:  # a few fixed tuples: each set made once
+        wanted = _KEY_SETS[keys] = frozenset(keys)
+    if value.keys() != wanted:
         missing = [k for k in keys if k not in value]
         unknown = sorted(str(k) for k in value if k not in keys)
         parts = []

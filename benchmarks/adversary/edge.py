@@ -24,7 +24,7 @@ Each figure is measured with the attack and without it in the same run:
   the progress `p2pgolf status` showed on the way. Baseline: the Ed25519 floor
   (single-core verification time of the same records divided by the cores).
 
-    .venv/bin/python benchmarks/adversary/edge.py [--quick] [--floods-only] [--json]
+    .venv/bin/python benchmarks/adversary/edge.py [--quick] [--floods-only | --catchup-only] [--json]
 """
 
 from __future__ import annotations
@@ -574,6 +574,25 @@ def sybil_flood_attack(root: Path, flood_raws: list[bytes], duration: float, pee
 # --- all of it -----------------------------------------------------------------------------------
 
 
+def measure_catchup(quick: bool = False) -> dict:
+    """`catchup_100k_s` alone (`--catchup-only`): the season signed, served and fetched as in `measure`."""
+    season = 10_000 if quick else 100_000
+    result: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "settings": {"season_records": season, "season_keys": 20, "quick": quick, "catchup_only": True},
+    }
+    t = time.monotonic()
+    raws = signed_raws(season, 20, SEASON_DAYS * 86_400_000)
+    result["settings"]["signing_s"] = time.monotonic() - t
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        cu = catchup(Path(tmp), raws)
+        cu.pop("home_a")
+        result.update(cu)
+    result["catchup_100k_s"] = result["catchup_s"] * (100_000 / season)  # scaled when --quick
+    result["catchup_100k_goal_met"] = result["catchup_100k_s"] < GOALS["catchup_100k_s"]
+    return result
+
+
 def measure(quick: bool = False) -> dict:
     """Every edge figure, with its no-attack baseline, from one run (see the module docstring)."""
     season = 10_000 if quick else 100_000
@@ -650,12 +669,17 @@ def _table(r: dict) -> None:
     console = Console()
     m, s = r["machine"], r["settings"]
     console.print(f"machine: {m['platform']}, {m['cpus']} CPUs, load {m['load_avg_1m']:.1f}, python {m['python']}", markup=False)
+    flood = "catch-up only" if s.get("catchup_only") else f"flood target {s['flood_rate_target']:,.0f} rec/s for {s['flood_duration_s']:g} s"
     console.print(
-        f"settings: season {s['season_records']:,} records by {s['season_keys']} keys; flood target {s['flood_rate_target']:,.0f} rec/s for {s['flood_duration_s']:g} s; "
+        f"settings: season {s['season_records']:,} records by {s['season_keys']} keys; {flood}; "
         f"join processes on loopback{' (quick)' if s['quick'] else ''}",
         markup=False,
     )
     t = Table("measure", "under attack", "no attack (same run)", "ratio", "goal")
+    if s.get("catchup_only"):
+        _catchup_rows(t, r)
+        console.print(t)
+        return
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a is not None and b not in (None, 0) else ""
@@ -674,20 +698,32 @@ def _table(r: dict) -> None:
     t.add_row(f"flood over {sp}: victim RSS growth, CPU", f"{r['sybil_flood_rss_growth_mb']:.1f} MB, {r['sybil_flood_victim_cpu_s']:.1f} s", "", "", "")
     t.add_row("victim RSS growth, sync frames", f"{r['rss_mb_under_frames']:.1f} MB", f"{r['rss_mb_honest_frames']:.1f} MB", ratio(r["rss_mb_under_frames"], r["rss_mb_honest_frames"]), "< 200 MB")
     t.add_row("unknown-key bytes kept", f"{r['unknown_disk_bytes']:,}", f"quota {r['unknown_quota_bytes']:,}", ratio(r["unknown_disk_bytes"], r["unknown_quota_bytes"]), "<= quota")
+    _catchup_rows(t, r)
+    console.print(t)
+
+
+def _catchup_rows(t, r: dict) -> None:
+    m = r["machine"]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a is not None and b not in (None, 0) else ""
+
     t.add_row(f"catch-up of {r['catchup_records']:,} records", f"{r['catchup_s']:.1f} s ({r['catchup_held']:,} held)", f"Ed25519 floor {r['catchup_floor_s']:.1f} s", ratio(r["catchup_s"], r["catchup_floor_s"]), "< 15 s per 100k")
     t.add_row("catch-up, per 100,000", f"{r['catchup_100k_s']:.1f} s", f"process start-up {r['catchup_startup_s']:.1f} s (not counted)", "", "< 15 s")
     cpu = r["catchup_cpu_s"]
     t.add_row("catch-up CPU seconds", " + ".join(f"{name} {v:.1f}" for name, v in cpu.items()), f"load avg {r['catchup_load_avg_1m']:.1f} on {m['cpus']} CPUs", "", "")
     t.add_row("status showed sync progress", f"{r['catchup_progress_shown']} polls", str(r["catchup_progress_sample"]), "", "> 0")
-    console.print(t)
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="10,000-record season and a 5 s flood (for a quick look).")
 @click.option("--floods-only", is_flag=True, help="Only the single-peer and the sybil floods (no catch-up, frames or quota).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def main(quick: bool, floods_only: bool, as_json: bool) -> None:
-    result = measure_floods(quick) if floods_only else measure(quick)
+@click.option("--catchup-only", is_flag=True, help="Only catchup_100k_s (the late joiner's catch-up), without the attacks.")
+def main(quick: bool, floods_only: bool, as_json: bool, catchup_only: bool) -> None:
+    if floods_only and catchup_only:
+        raise click.UsageError("--floods-only and --catchup-only exclude each other")
+    result = measure_floods(quick) if floods_only else measure_catchup(quick) if catchup_only else measure(quick)
     if as_json:
         click.echo(json.dumps(result))
     else:
