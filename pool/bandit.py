@@ -117,6 +117,7 @@ import numpy as np
 
 from p2pgolf.pool.estimator import Posterior
 from p2pgolf.pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
+from p2pgolf.pool.trust_weights import OWN
 from p2pgolf.protocol import candidates, knobs
 
 
@@ -152,6 +153,7 @@ class BanditConfig:
     floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
     calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
     stranger_share: float = 0.05  # chance that a choice tries a candidate only untrusted evidence backs
+    peer_move_sd: float = 0.0  # extra sd of a move this node did not measure itself (0: a peer's move counts as one's own)
 
 
 @dataclass(frozen=True)
@@ -568,7 +570,7 @@ class _later:
 def _mutations(posterior, draw, incumbent, rng, space, config):
     parent = posterior.info[incumbent]
     config_parent = _resolved(parent.candidate, parent.base, parent.diff)
-    model = MoveModel.fit(posterior, space, centre=config_parent, length=config.locality, foreign_sd=config.foreign_move_sd)
+    model = MoveModel.fit(posterior, space, centre=config_parent, length=config.locality, foreign_sd=config.foreign_move_sd, peer_sd=config.peer_move_sd)
     theta = draw[posterior.index[incumbent]]
     coeffs = model.sample(rng)
     out = []
@@ -659,17 +661,22 @@ class MoveModel:
         centre: Mapping[str, Any] | None = None,
         length: float = math.inf,
         foreign_sd: float = math.inf,
+        peer_sd: float = 0.0,
     ) -> "MoveModel":
         """Fit to the pool's single-knob moves; with `centre` (a resolved config) and a finite
         `length`, a move counts with weight exp(-d^2 / 2 length^2), d the distance (unit range;
         1 per differing choice) of its parent from `centre` over the other knobs.
         `local_only`: a move not established on this hardware counts only with a finite
         `foreign_sd`, its variance raised by foreign_sd^2 + (gain / 2)^2, and only if trusted
-        keys measured both ends (a stranger's claim does not steer the search)."""
+        keys measured both ends (a stranger's claim does not steer the search).
+        `peer_sd` > 0: a move whose child no record of this node's own measured has its variance
+        raised by peer_sd^2, so each node's surrogate leans on its own moves and keeps its own
+        uncertainty where it has not looked (nodes pooling one surrogate all follow one belief)."""
         dims = {d.name: d for d in space}
         pairs: dict[str, list[tuple[np.ndarray, float, float]]] = defaultdict(list)
         idx = posterior.index
         configs: dict[str, dict] = {}
+        own = {a for a, t in posterior.authors.items() if t.status == OWN}
 
         def config_of(c):
             if c not in configs:
@@ -698,6 +705,8 @@ class MoveModel:
                 # most knob effects carry across hardware (architecture, learning rate), some do
                 # not (batch size, schedule): a foreign move informs, this hardware's decide
                 var += foreign_sd**2 + (0.5 * gain) ** 2
+            if peer_sd > 0 and not any(a in own for a in inf.authors):
+                var += peer_sd**2
             if centre is not None and math.isfinite(length):
                 # a move measured far from here says little here: effects interact (mirrored
                 # recurrence does nothing without shared blocks), so its variance grows with distance
