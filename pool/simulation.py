@@ -339,7 +339,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             cfg = ledger.config(p.base, p.diff, p.candidate)
             measured = land.true_bpb(cfg, hw) + rngs[i].normal(0.0, land.hardware[hw].noise_sd)
             predicted, realised = bandit_mod.predicted_and_realised(choice, measured, post)
-            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted, realised))
+            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted=predicted, realised=realised))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
             traces[i].on_fake.append(_spent_on_fake(p, post, fake_records, honest_measured))

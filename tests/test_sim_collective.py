@@ -219,3 +219,19 @@ def test_the_benchmark_pairs_a_variant_with_the_default_seed_by_seed():
     assert p["exps_diff_se"] == pytest.approx(np.std([-3.0, 0.0], ddof=1) / np.sqrt(2))
     assert p["regret_diff"] == pytest.approx(-0.0025)
     assert p["scenarios"]["a"]["exps_diff"] == pytest.approx(-1.0) and p["scenarios"]["b"]["worst_class_ratio"] == 0.8
+
+
+def test_the_simulator_credits_each_outcome_with_its_prediction_not_its_cost(monkeypatch):
+    from p2pgolf.pool import bandit
+
+    seen = []
+    real = bandit.over_promise
+
+    def spy(history, available, config=BanditConfig()):
+        seen.extend(history)
+        return real(history, available, config)
+
+    monkeypatch.setattr(bandit, "over_promise", spy)
+    run_mode("trust", 1, SimSettings(nodes=2, experiments=10, bandit=BanditConfig(calibrate=True)))
+    assert seen and all(o.cost == 1.0 and o.experiment is True for o in seen)
+    assert any(math.isfinite(o.predicted) and math.isfinite(o.realised) for o in seen)  # calibrate has something to charge
