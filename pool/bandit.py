@@ -69,12 +69,21 @@ experiments to match an isolated hill climber with foreign moves at 0.01 against
 (22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
 from 10.6% to 5%.
 
-Calibration and coordination (issue 14; off at their defaults here, see BanditConfig). Measured
-together (confirm_cap 6, floor_margin 1, calibrate; per-knob transfer on; seeds 100-103, against
-the default bandit alone) they made things worse: 48.6 / 48.4 experiments to the isolated
-bandit's expected result on the base / per-knob-transfer landscapes against 38.6 / 30.0
-without them (standard errors 9-12 on 4 seeds), replicate share 58% against 52%: the
-challenger re-measurements replaced the incumbent's. Each is tested; none is tuned yet.
+Calibration and coordination (issue 14). Measured one at a time against the default with
+benchmarks/sim_collective.py --variant (tuning seeds 100-107, then held-out seeds 0-15; six 4-node
+mixed scenarios, paired over seeds: experiments to the isolated bandit's expected result, and
+final regret; load average 2-7 on 2 cpus):
+- `confirm_cap` 6 (on by default): tuning -1.6 +- 0.5 experiments, regret -0.0020 +- 0.0010;
+  held-out -1.3 +- 0.3 experiments, regret -0.0011 +- 0.0003 bpb, replicate share 53% -> 42%,
+  worst class ratio 1.49 -> 1.28 (two nodes 57.7 -> 54.3 experiments).
+- announcements (the simulator's `announce`, passed as `running`): switching them off was
+  -1.8 +- 1.8 on tuning seeds and +0.8 +- 1.0 held-out: no measurable effect either way; kept.
+- `floor_margin` 1: +3.3 +- 2.9 experiments, regret +0.0020 +- 0.0016 on tuning seeds: off.
+- `calibrate`: the simulator passed predictions into the wrong Outcome fields, so it was never
+  measured (identical runs); fixed, not yet measured: off.
+- `peer_move_sd` 0.01 (issue 14 finding 3): +0.4 +- 3.1 experiments, regret +0.0001 +- 0.0016
+  on tuning seeds (narrow +3.5 +- 10.5): no gain shown: off.
+What each does:
 - `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
   of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
   challenger only where an untempered draw ranks it above the leader, else the run explores.
@@ -149,7 +158,7 @@ class BanditConfig:
     locality: float = math.inf  # length scale (unit range) over which the surrogate trusts moves measured elsewhere
     foreign_move_sd: float = 0.01  # extra sd of a move measured on other hardware (inf: this hardware's moves only)
     leader_temperature: float = 0.0  # which leader beta re-measures: 0 the incumbent, 1 the leader of an untempered draw
-    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
+    confirm_cap: float = 6.0  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
     floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
     calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
     stranger_share: float = 0.05  # chance that a choice tries a candidate only untrusted evidence backs

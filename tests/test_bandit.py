@@ -35,7 +35,7 @@ def test_thompson_sampling_concentrates_on_a_clearly_best_arm():
     arms = [pool.add({"matrix_lr": 0.01 * (i + 1)}, t, parents=[root.record_id]) for i, t in enumerate(truth)]
     by_candidate = {a.candidate: t for a, t in zip(arms, truth)}
     rng = np.random.default_rng(3)
-    config = BanditConfig(max_replicates=math.inf)
+    config = BanditConfig(max_replicates=math.inf, confirm_cap=math.inf)  # re-measure without limit
     picks = Counter()
     for _ in range(40):
         post = estimate(pool.evidence, static_status(ME), HW)
