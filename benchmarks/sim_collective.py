@@ -42,12 +42,31 @@ Definitions (fixed before any figure was measured; see the issue 14 report for t
 - Hill-climbing rows: the same hitting time against the isolated hill climbers' expected
   result (mean of 16 per class), for the collective and for the isolated bandit.
 
+- `--null` (the noise floor): the collective's place is taken by isolated bandits on the same
+  scenarios' nodes and landscapes, with node random streams the reference never used
+  (`SimSettings.rng_stream`): no sharing at all, judged by the same statistic. Seeds 0-15
+  (issue 14, load average 5-7 on 2 cpus): exps_vs_isolated_bandit 45.8 over the six 4-node mixed
+  scenarios (42.3-49.2 each, standard errors 3.2-4.9), 52.4 on the same-class H100 swarm of 8,
+  51.4 on the M2 one; worst_class_ratio 1.43 (narrow, RTX 4090), above 1 on 6 of the 10
+  scenarios, with most single class ratios below 1 (one node of a class per seed against the
+  mean of R: a right-skewed regret's small-sample mean is usually below its mean, now and then
+  far above). So "no class worse off" read as worst_class_ratio < 1 is failed by noise alone
+  (by up to 0.43 at 16 seeds), and exps <= 42 asks only ~4 experiments (about one standard error)
+  less than no sharing, not half.
+- `--variant name=value[,...]` (repeatable): the collective again with those fields of
+  SimSettings, EstimatorConfig or BanditConfig changed, on `--variant-family`'s scenarios, judged
+  against the same references; `paired` gives, per seed, the mean over the variant's 4-node mixed
+  scenarios of the variant's minus the default's exps_vs_isolated_bandit and mean final regret,
+  with the mean and standard error over seeds.
+
 Goals (issue 14, K = 84): 4 mixed nodes: exps_vs_isolated_bandit <= 42 (K/2) and every class
 ratio < 1 on every scenario; same-class swarms of 8: exps_vs_isolated_bandit <= 21 (K/4);
 malicious share <= 5% on every class.
 
     .venv/bin/python benchmarks/sim_collective.py                       # the whole family, 16 seeds
     .venv/bin/python benchmarks/sim_collective.py --family base,narrow --seeds 4 --json
+    .venv/bin/python benchmarks/sim_collective.py --null --malicious ''            # no sharing: the noise floor
+    .venv/bin/python benchmarks/sim_collective.py --first-seed 100 --seeds 8 --variant confirm_cap=6 --variant calibrate=true
 """
 
 from __future__ import annotations
@@ -71,6 +90,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataclasses import replace  # noqa: E402
+
+from p2pgolf.pool.bandit import BanditConfig  # noqa: E402
+from p2pgolf.pool.estimator import EstimatorConfig  # noqa: E402
 from p2pgolf.pool.landscapes import FAMILY, SCENARIOS, Scenario  # noqa: E402
 from p2pgolf.pool.simulation import HARDWARE, RunResult, SimSettings, experiments_to_reach, isolated_bandit_reference, isolated_reference, run_mode  # noqa: E402
 
@@ -83,13 +106,52 @@ def scenario_settings(scenario: Scenario, seed: int, experiments: int) -> SimSet
     return SimSettings(nodes=scenario.nodes_for(seed), experiments=experiments, hardware=classes, landscape=scenario.landscape)
 
 
+NULL_STREAM = 1  # the null collective's node random streams: independent of the reference's
+
+
+def parse_variant(text: str) -> dict:
+    """`name=value[,name=value...]` over the fields of SimSettings, EstimatorConfig and
+    BanditConfig; values are numbers, inf, true/false."""
+    out = {}
+    fields = {**{f: "settings" for f in SimSettings.__dataclass_fields__}, **{f: "estimator" for f in EstimatorConfig.__dataclass_fields__}, **{f: "bandit" for f in BanditConfig.__dataclass_fields__}}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in fields or name in ("estimator", "bandit", "nodes", "experiments", "hardware", "landscape", "space"):
+            raise click.BadParameter(f"{part!r}: a variant is name=value with a field of SimSettings, EstimatorConfig or BanditConfig", param_hint="--variant")
+        v = value.strip().lower()
+        if v in ("true", "false"):
+            out[name] = v == "true"
+        else:
+            try:
+                out[name] = int(v) if v.lstrip("-").isdigit() else float(v)
+            except ValueError:
+                raise click.BadParameter(f"{part!r}: the value must be a number, inf, true or false", param_hint="--variant") from None
+    if not out:
+        raise click.BadParameter(f"{text!r}: empty variant", param_hint="--variant")
+    return out
+
+
+def with_variant(settings: SimSettings, variant: dict) -> SimSettings:
+    est = {k: v for k, v in variant.items() if k in EstimatorConfig.__dataclass_fields__}
+    ban = {k: v for k, v in variant.items() if k in BanditConfig.__dataclass_fields__}
+    sim = {k: v for k, v in variant.items() if k in SimSettings.__dataclass_fields__}
+    return replace(settings, estimator=replace(settings.estimator, **est), bandit=replace(settings.bandit, **ban), **sim)
+
+
 def _run(task):
-    what, name, seed, experiments, reference_runs = task
+    what, name, seed, experiments, reference_runs, variant = task
+    started = time.process_time()
     if what == "bandit_ref":
-        return isolated_bandit_reference(seed, SimSettings(nodes=1, experiments=experiments, landscape=name), reference_runs)
-    if what == "hill_ref":
-        return isolated_reference(seed, SimSettings(nodes=1, experiments=experiments, landscape=name), HILL_REFERENCE_RUNS)
-    return run_mode(what, seed, scenario_settings(SCENARIOS[name], seed, experiments))
+        out = isolated_bandit_reference(seed, SimSettings(nodes=1, experiments=experiments, landscape=name), reference_runs)
+    elif what == "hill_ref":
+        out = isolated_reference(seed, SimSettings(nodes=1, experiments=experiments, landscape=name), HILL_REFERENCE_RUNS)
+    elif what == "null":
+        # no sharing at all: isolated bandits on the scenario's nodes, with random streams the reference never used
+        out = run_mode("isolated_bandit", seed, replace(scenario_settings(SCENARIOS[name], seed, experiments), rng_stream=NULL_STREAM))
+    else:
+        out = run_mode(what, seed, with_variant(scenario_settings(SCENARIOS[name], seed, experiments), dict(variant)))
+    return out, time.process_time() - started
 
 
 def _class_finals(ref: RunResult) -> dict[str, list[float]]:
@@ -105,7 +167,7 @@ def _restricted(ref: RunResult, classes) -> RunResult:
 
 def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_ref: dict[int, RunResult], hill_ref: dict[int, RunResult], experiments: int) -> dict:
     """Every figure of one scenario, by the definitions in the module docstring."""
-    per_seed_hits, per_seed_hill, per_seed_iso_hill, reps = [], [], [], []
+    per_seed_hits, per_seed_hill, per_seed_iso_hill, reps, per_seed_regret = [], [], [], [], []
     regrets: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:
         run, bref, href = collective[seed], bandit_ref[seed], hill_ref[seed]
@@ -116,6 +178,7 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
         per_seed_iso_hill.append(float(np.mean(experiments_to_reach(iso, href))))
         ops = [op for t in run.traces for op in t.operators]
         reps.append(sum(op == "replicate" for op in ops) / len(ops))
+        per_seed_regret.append(float(np.mean([t.final_true - run.optimum[t.hw] for t in run.traces])))
         finals = _class_finals(bref)
         for hw in sorted(classes):
             coll = float(np.mean([t.final_true - run.optimum[hw] for t in run.traces if t.hw == hw]))
@@ -133,6 +196,7 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
             "paired_difference": float(diff.mean()),
             "paired_difference_se": se(diff),
             "class_ratio": float(coll.mean() / alone.mean()) if alone.mean() > 0 else math.inf,
+            "per_seed": [[float(c), float(a)] for c, a in pairs],  # (collective, alone) regret per seed, for paired comparisons
         }
     return {
         "nodes": sorted({len(collective[s].traces) for s in seeds}),
@@ -146,6 +210,8 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
         "replicate_share": float(np.mean(reps)),
         "classes": classes_out,
         "worst_class_ratio": max(c["class_ratio"] for c in classes_out.values()),
+        "per_seed_exps": per_seed_hits,  # each seed's node mean, for paired comparisons
+        "per_seed_regret": per_seed_regret,  # each seed's mean final regret over the nodes
     }
 
 
@@ -157,6 +223,40 @@ def malicious_by_class(runs) -> dict[str, float]:
     return {hw: float(np.mean(v)) for hw, v in spent.items()}
 
 
+def paired(default: dict, variant: dict, names: list[str]) -> dict:
+    """A variant against the default on the same seeds: per seed, the mean over `names` of the
+    variant's minus the default's figure; mean and standard error over seeds."""
+    def diff(key):
+        per_seed = np.mean([np.subtract(variant[n][key], default[n][key]) for n in names], axis=0)
+        return float(per_seed.mean()), (float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) > 1 else math.nan)
+
+    exps, exps_se = diff("per_seed_exps")
+    regret, regret_se = diff("per_seed_regret")
+    scen = {}
+    for n in names:
+        e, e_se = paired_one(default[n]["per_seed_exps"], variant[n]["per_seed_exps"])
+        r, r_se = paired_one(default[n]["per_seed_regret"], variant[n]["per_seed_regret"])
+        scen[n] = {"exps_diff": e, "exps_diff_se": e_se, "regret_diff": r, "regret_diff_se": r_se, "worst_class_ratio": variant[n]["worst_class_ratio"], "default_worst_class_ratio": default[n]["worst_class_ratio"]}
+    return {"exps_diff": exps, "exps_diff_se": exps_se, "regret_diff": regret, "regret_diff_se": regret_se, "scenarios": scen}
+
+
+def paired_one(default, variant) -> tuple[float, float]:
+    d = np.subtract(variant, default)
+    return float(d.mean()), (float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan)
+
+
+def headline(per: dict, names: list[str]) -> dict:
+    mixed4 = [n for n in names if SCENARIOS[n].hardware == "mixed" and SCENARIOS[n].node_range is None and SCENARIOS[n].nodes == 4]
+    same8 = [n for n in names if SCENARIOS[n].hardware != "mixed" and SCENARIOS[n].nodes == 8]
+    return {
+        "exps_vs_isolated_bandit": float(np.mean([per[n]["exps_vs_isolated_bandit"] for n in mixed4])) if mixed4 else None,
+        "exps_vs_isolated_bandit_worst": max((per[n]["exps_vs_isolated_bandit"] for n in mixed4), default=None),
+        "exps_vs_isolated_bandit_same_class_8": max((per[n]["exps_vs_isolated_bandit"] for n in same8), default=None),
+        "worst_class_ratio": max(per[n]["worst_class_ratio"] for n in names),
+        "replicate_share": float(np.mean([per[n]["replicate_share"] for n in mixed4])) if mixed4 else None,
+    }
+
+
 @click.command()
 @click.option("--seeds", default=16, show_default=True, help="seeds per scenario (landscapes and noise)")
 @click.option("--first-seed", default=0, show_default=True)
@@ -164,9 +264,12 @@ def malicious_by_class(runs) -> dict[str, float]:
 @click.option("--family", "family", default="all", show_default=True, help="'all' or comma-separated scenario names of pool/landscapes.py FAMILY")
 @click.option("--malicious", default="base,per_knob_transfer", show_default=True, help="scenarios also run with a malicious node ('' for none)")
 @click.option("--reference-runs", default=4, show_default=True, help="isolated bandit nodes per class whose mean final is the isolated bandit's expected result")
+@click.option("--null", "null", is_flag=True, help="the noise floor: judge isolated bandits (no sharing at all; other random streams, same landscapes) in place of the collective")
+@click.option("--variant", "variants", multiple=True, help="also run the collective with these settings (name=value[,...] over SimSettings, EstimatorConfig, BanditConfig) and compare it with the default, paired over seeds; repeatable")
+@click.option("--variant-family", default="", help="the scenarios the variants run on (default: --family)")
 @click.option("--jobs", "-j", default=min(2, os.cpu_count() or 1), show_default=True, help="worker processes (runs are independent and seeded)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the tables")
-def main(seeds: int, first_seed: int, experiments: int, family: str, malicious: str, reference_runs: int, jobs: int, as_json: bool) -> None:
+def main(seeds: int, first_seed: int, experiments: int, family: str, malicious: str, reference_runs: int, null: bool, variants: tuple[str, ...], variant_family: str, jobs: int, as_json: bool) -> None:
     names = [s.name for s in FAMILY] if family == "all" else [n.strip() for n in family.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
@@ -174,14 +277,22 @@ def main(seeds: int, first_seed: int, experiments: int, family: str, malicious: 
     bad = [n for n in (m.strip() for m in malicious.split(",")) if n and (n not in SCENARIOS or SCENARIOS[n].hardware != "mixed")]
     if bad:
         raise click.BadParameter(f"{', '.join(bad)}: a malicious run needs a mixed-hardware scenario of the family", param_hint="--malicious")
-    mal_names = [m.strip() for m in malicious.split(",") if m.strip()]
+    mal_names = [] if null else [m.strip() for m in malicious.split(",") if m.strip()]
     if seeds < 1 or experiments < 2 or reference_runs < 1:
         raise click.BadParameter("need --seeds >= 1, --experiments >= 2 and --reference-runs >= 1")
+    parsed = [(label, tuple(sorted(parse_variant(label).items()))) for label in variants]
+    if null and parsed:
+        raise click.BadParameter("--null judges isolated bandits; it takes no --variant")
+    var_names = [n.strip() for n in variant_family.split(",") if n.strip()] or names
+    if any(n not in names for n in var_names):
+        raise click.BadParameter(f"{variant_family!r}: the variants' scenarios must be among --family's", param_hint="--variant-family")
     seed_range = list(range(first_seed, first_seed + seeds))
     kinds = sorted({SCENARIOS[n].landscape for n in names + mal_names})
-    tasks = [("trust", n, s, experiments, reference_runs) for n in names for s in seed_range]
-    tasks += [("malicious", n, s, experiments, reference_runs) for n in mal_names for s in seed_range]
-    tasks += [(ref, k, s, experiments, reference_runs) for k in kinds for s in seed_range for ref in ("bandit_ref", "hill_ref")]
+    collective_mode = "null" if null else "trust"
+    tasks = [(collective_mode, n, s, experiments, reference_runs, ()) for n in names for s in seed_range]
+    tasks += [("trust", n, s, experiments, reference_runs, v) for _, v in parsed for n in var_names for s in seed_range]
+    tasks += [("malicious", n, s, experiments, reference_runs, ()) for n in mal_names for s in seed_range]
+    tasks += [(ref, k, s, experiments, reference_runs, ()) for k in kinds for s in seed_range for ref in ("bandit_ref", "hill_ref")]
     # the biggest runs first, so the pool's workers finish together
     order = sorted(range(len(tasks)), key=lambda i: -(SCENARIOS[tasks[i][1]].nodes_for(tasks[i][2]) if tasks[i][1] in SCENARIOS and tasks[i][0] in ("trust", "malicious") else 3 * reference_runs))
     started = time.time()
@@ -194,28 +305,35 @@ def main(seeds: int, first_seed: int, experiments: int, family: str, malicious: 
         done_sorted = [_run(tasks[i]) for i in order]
     done = {order[j]: r for j, r in enumerate(done_sorted)}
     elapsed = time.time() - started
-    results: dict[tuple[str, str], dict[int, RunResult]] = {}
+    results: dict[tuple, dict[int, RunResult]] = {}
+    cpu: dict[str, list[float]] = {}
     for i, task in enumerate(tasks):
-        results.setdefault((task[0], task[1]), {})[task[2]] = done[i]
-    per = {}
-    for n in names:
-        sc = SCENARIOS[n]
-        per[n] = judge(sc, seed_range, results[("trust", n)], results[("bandit_ref", sc.landscape)], results[("hill_ref", sc.landscape)], experiments)
+        results.setdefault((task[0], task[1], task[5]), {})[task[2]] = done[i][0]
+        cpu.setdefault(f"{task[0]}:{task[1]}" + ("[" + ",".join(f"{k}={v}" for k, v in task[5]) + "]" if task[5] else ""), []).append(done[i][1])
+
+    def judged(mode, variant, scenario_names):
+        return {n: judge(SCENARIOS[n], seed_range, results[(mode, n, variant)], results[("bandit_ref", SCENARIOS[n].landscape, ())], results[("hill_ref", SCENARIOS[n].landscape, ())], experiments) for n in scenario_names}
+
+    per = judged(collective_mode, (), names)
     mixed4 = [n for n in names if SCENARIOS[n].hardware == "mixed" and SCENARIOS[n].node_range is None and SCENARIOS[n].nodes == 4]
     same8 = [n for n in names if SCENARIOS[n].hardware != "mixed" and SCENARIOS[n].nodes == 8]
-    mal = {n: malicious_by_class(results[("malicious", n)].values()) for n in mal_names}
+    mal = {n: malicious_by_class(results[("malicious", n, ())].values()) for n in mal_names}
+    var_mixed4 = [n for n in var_names if n in mixed4] or var_names
+    compared = {}
+    for label, v in parsed:
+        vper = judged("trust", v, var_names)
+        compared[label] = {**headline(vper, var_names), "default": headline(per, var_names), "paired": paired(per, vper, var_mixed4), "paired_scenarios": var_mixed4, "scenarios": vper}
     result = {
-        "exps_vs_isolated_bandit": float(np.mean([per[n]["exps_vs_isolated_bandit"] for n in mixed4])) if mixed4 else None,
-        "exps_vs_isolated_bandit_worst": max((per[n]["exps_vs_isolated_bandit"] for n in mixed4), default=None),
-        "exps_vs_isolated_bandit_same_class_8": max((per[n]["exps_vs_isolated_bandit"] for n in same8), default=None),
-        "worst_class_ratio": max(per[n]["worst_class_ratio"] for n in names),
-        "replicate_share": float(np.mean([per[n]["replicate_share"] for n in mixed4])) if mixed4 else None,
+        **headline(per, names),
+        "null": null,
         "malicious_share_by_class": mal,
         "malicious_share_worst_class": max((v for m in mal.values() for v in m.values()), default=None),
         "scenarios": per,
-        "settings": {"seeds": seeds, "first_seed": first_seed, "experiments": experiments, "family": names, "malicious": mal_names, "reference_runs": reference_runs, "hill_reference_runs": HILL_REFERENCE_RUNS, "jobs": jobs},
+        "variants": compared,
+        "settings": {"seeds": seeds, "first_seed": first_seed, "experiments": experiments, "family": names, "malicious": mal_names, "reference_runs": reference_runs, "hill_reference_runs": HILL_REFERENCE_RUNS, "jobs": jobs, "null": null, "variants": list(variants), "variant_family": var_names},
         "machine": _machine(),
         "seconds": round(elapsed, 1),
+        "cpu_seconds_per_run": {k: round(float(np.mean(v)), 2) for k, v in sorted(cpu.items())},
     }
     if as_json:
         print(json.dumps(result, sort_keys=True))
@@ -235,7 +353,7 @@ def _tables(result, mixed4, same8) -> None:
     s = result["settings"]
     k = s["experiments"]
     table = Table(
-        title=f"Collective (hardware-adjusted trust) against our own bandit alone: {s['seeds']} seeds from {s['first_seed']}, K={k}, {s['reference_runs']} isolated bandits and {s['hill_reference_runs']} hill climbers per class as reference",
+        title=("NULL (no sharing: isolated bandits with other random streams)" if s["null"] else "Collective (hardware-adjusted trust)") + f" against our own bandit alone: {s['seeds']} seeds from {s['first_seed']}, K={k}, {s['reference_runs']} isolated bandits and {s['hill_reference_runs']} hill climbers per class as reference",
         caption=f"{result['machine']}; {result['seconds']} s.",
     )
     for col in ("scenario", "nodes", f"exps to isolated bandit@{k} (± se)", "replicate share", "class: regret collective / alone, paired diff ± se, ratio", "worst ratio", f"ref: exps to hill climbing@{k}, collective / bandit alone"):
@@ -263,6 +381,21 @@ def _tables(result, mixed4, same8) -> None:
         for hw, v in m.items():
             goals.add_row(f"{n} + malicious node: share on fakes, {SHORT.get(hw, hw)} <= 5%", f"{v:.1%}", "yes" if v <= 0.05 else "NO")
     console.print(goals)
+    if result["variants"]:
+        var = Table(title="Variants against the default, paired over the same seeds (variant - default; negative: the variant is better)")
+        for col in ("variant", "exps to isolated bandit (default -> variant)", "paired diff ± se", "final regret paired diff ± se", "worst class ratio (default -> variant)", "replicate share", "per scenario: exps diff ± se"):
+            var.add_column(col, justify="left" if col.startswith(("variant", "per")) else "right")
+        for label, v in result["variants"].items():
+            p, d = v["paired"], v["default"]
+            scen = "\n".join(f"{n}: {x['exps_diff']:+.1f} ± {x['exps_diff_se']:.1f}" for n, x in p["scenarios"].items())
+            var.add_row(label, f"{d['exps_vs_isolated_bandit']:.1f} -> {v['exps_vs_isolated_bandit']:.1f}", f"{p['exps_diff']:+.1f} ± {p['exps_diff_se']:.1f}", f"{p['regret_diff']:+.4f} ± {p['regret_diff_se']:.4f}", f"{d['worst_class_ratio']:.2f} -> {v['worst_class_ratio']:.2f}", f"{d['replicate_share']:.0%} -> {v['replicate_share']:.0%}", scen)
+        console.print(var)
+    timing = Table(title="CPU seconds per run (one seed)")
+    timing.add_column("run")
+    timing.add_column("cpu s", justify="right")
+    for key, secs in result["cpu_seconds_per_run"].items():
+        timing.add_row(key, f"{secs:.1f}")
+    console.print(timing)
     console.print("Definitions: see this script's docstring (benchmarks/sim_collective.py).")
 
 

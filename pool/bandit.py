@@ -69,12 +69,25 @@ experiments to match an isolated hill climber with foreign moves at 0.01 against
 (22.6 at 0.007, 22.4 at 0.014; all with the drawn leader); nodes that never matched it fell
 from 10.6% to 5%.
 
-Calibration and coordination (issue 14; off at their defaults here, see BanditConfig). Measured
-together (confirm_cap 6, floor_margin 1, calibrate; per-knob transfer on; seeds 100-103, against
-the default bandit alone) they made things worse: 48.6 / 48.4 experiments to the isolated
-bandit's expected result on the base / per-knob-transfer landscapes against 38.6 / 30.0
-without them (standard errors 9-12 on 4 seeds), replicate share 58% against 52%: the
-challenger re-measurements replaced the incumbent's. Each is tested; none is tuned yet.
+Calibration and coordination (issue 14). Measured one at a time against the default with
+benchmarks/sim_collective.py --variant (tuning seeds 100-107, then held-out seeds 0-15; six 4-node
+mixed scenarios, paired over seeds: experiments to the isolated bandit's expected result, and
+final regret; load average 2-7 on 2 cpus):
+- `confirm_cap` 6: tuning -1.6 +- 0.5 experiments, regret -0.0020 +- 0.0010;
+  held-out -1.3 +- 0.3 experiments, regret -0.0011 +- 0.0003 bpb, replicate share 53% -> 42%,
+  worst class ratio 1.49 -> 1.28 (two nodes 57.7 -> 54.3 experiments). It won beyond its
+  standard error, but with it on by default the whole family (16 seeds) crashed in the sparse
+  solve (pool/gmrf.py `_takahashi_diagonal`, KeyError: an entry outside the factor's pattern) on
+  a scenario outside the held-out set (2-16 nodes, same-class swarms or a malicious node), so it
+  stays off until that is fixed.
+- announcements (the simulator's `announce`, passed as `running`): switching them off was
+  -1.8 +- 1.8 on tuning seeds and +0.8 +- 1.0 held-out: no measurable effect either way; kept.
+- `floor_margin` 1: +3.3 +- 2.9 experiments, regret +0.0020 +- 0.0016 on tuning seeds: off.
+- `calibrate`: the simulator passed predictions into the wrong Outcome fields, so it was never
+  measured (identical runs); fixed, not yet measured: off.
+- `peer_move_sd` 0.01 (issue 14 finding 3): +0.4 +- 3.1 experiments, regret +0.0001 +- 0.0016
+  on tuning seeds (narrow +3.5 +- 10.5): no gain shown: off.
+What each does:
 - `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
   of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
   challenger only where an untempered draw ranks it above the leader, else the run explores.
@@ -117,6 +130,7 @@ import numpy as np
 
 from p2pgolf.pool.estimator import CandidateInfo, Posterior
 from p2pgolf.pool.proposals import DEFAULT_SPACE, OPERATORS, Dim, Proposal, make_proposal, mutate, recombine, replicate, try_peer
+from p2pgolf.pool.trust_weights import OWN
 from p2pgolf.protocol import candidates, knobs
 
 
@@ -148,10 +162,11 @@ class BanditConfig:
     locality: float = math.inf  # length scale (unit range) over which the surrogate trusts moves measured elsewhere
     foreign_move_sd: float = 0.01  # extra sd of a move measured on other hardware (inf: this hardware's moves only)
     leader_temperature: float = 0.0  # which leader beta re-measures: 0 the incumbent, 1 the leader of an untempered draw
-    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
+    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it; 6 won held-out (see the docstring) but is off until the crash it exposed is fixed
     floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
     calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
     stranger_share: float = 0.05  # chance that a choice tries a candidate only untrusted evidence backs
+    peer_move_sd: float = 0.0  # extra sd of a move this node did not measure itself (0: a peer's move counts as one's own)
 
 
 @dataclass(frozen=True)
@@ -574,7 +589,7 @@ class _later:
 def _mutations(posterior, draw, incumbent, rng, space, config):
     parent = posterior.info[incumbent]
     config_parent = _resolved(parent.candidate, parent.base, parent.diff)
-    model = MoveModel.fit(posterior, space, centre=config_parent, length=config.locality, foreign_sd=config.foreign_move_sd)
+    model = MoveModel.fit(posterior, space, centre=config_parent, length=config.locality, foreign_sd=config.foreign_move_sd, peer_sd=config.peer_move_sd)
     theta = draw[posterior.index[incumbent]]
     coeffs = model.sample(rng)
     out = []
@@ -665,17 +680,22 @@ class MoveModel:
         centre: Mapping[str, Any] | None = None,
         length: float = math.inf,
         foreign_sd: float = math.inf,
+        peer_sd: float = 0.0,
     ) -> "MoveModel":
         """Fit to the pool's single-knob moves; with `centre` (a resolved config) and a finite
         `length`, a move counts with weight exp(-d^2 / 2 length^2), d the distance (unit range;
         1 per differing choice) of its parent from `centre` over the other knobs.
         `local_only`: a move not established on this hardware counts only with a finite
         `foreign_sd`, its variance raised by foreign_sd^2 + (gain / 2)^2, and only if trusted
-        keys measured both ends (a stranger's claim does not steer the search)."""
+        keys measured both ends (a stranger's claim does not steer the search).
+        `peer_sd` > 0: a move whose child no record of this node's own measured has its variance
+        raised by peer_sd^2, so each node's surrogate leans on its own moves and keeps its own
+        uncertainty where it has not looked (nodes pooling one surrogate all follow one belief)."""
         dims = {d.name: d for d in space}
         pairs: dict[str, list[tuple[np.ndarray, float, float]]] = defaultdict(list)
         idx = posterior.index
         configs: dict[str, dict] = {}
+        own = {a for a, t in posterior.authors.items() if t.status == OWN}
 
         def config_of(c):
             if c not in configs:
@@ -704,6 +724,8 @@ class MoveModel:
                 # most knob effects carry across hardware (architecture, learning rate), some do
                 # not (batch size, schedule): a foreign move informs, this hardware's decide
                 var += foreign_sd**2 + (0.5 * gain) ** 2
+            if peer_sd > 0 and not any(a in own for a in inf.authors):
+                var += peer_sd**2
             if centre is not None and math.isfinite(length):
                 # a move measured far from here says little here: effects interact (mirrored
                 # recurrence does nothing without shared blocks), so its variance grows with distance

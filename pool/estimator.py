@@ -110,7 +110,9 @@ class EstimatorConfig:
     naive: bool = False  # believe every record as if measured on this hardware at full weight
     # Prior sd (bpb per unit feature) of per-knob transfer terms per foreign class; 0: off. Off by
     # default until the family benchmark shows a gain (16 seeds: 40.4 -> 41.5 experiments, worst
-    # class ratio 1.73 -> 1.69, every scenario's change within about two standard errors).
+    # class ratio 1.73 -> 1.69, every scenario's change within about two standard errors). Alone
+    # against the default on tuning seeds 100-107 (six 4-node mixed scenarios, paired): +1.5 +- 1.8
+    # experiments, final regret +0.0009 +- 0.0007 bpb; it helps two nodes (50.7 -> 32.6) only.
     knob_transfer_sd: float = 0.0
     knob_transfer_pseudo: float = 2.0  # pseudo-classes that hold each knob's learned sd near the prior
     plausible_z: float = 4.0  # an untrusted claim this many sds from what trusted evidence predicts is implausible

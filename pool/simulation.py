@@ -154,6 +154,7 @@ class SimSettings:
     hillclimb_step: float = 0.15  # the isolated baseline's own step: tuning the bandit must not move the target
     landscape: str = "base"  # a kind of pool/landscapes.py's family; "base" is `Landscape.seeded`
     announce: bool = True  # nodes see which candidates peers of their class started this round
+    rng_stream: int = 0  # 0: the nodes' usual random streams; another value: independent ones on the same landscapes
 
 
 @dataclass
@@ -306,7 +307,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
         config = EstimatorConfig(**{**config.__dict__, "naive": True})
     blocked = (MALICIOUS,) if mode == "malicious_blocked" else ()
     statuses = [static_status(a, pinned=[] if isolated else [b for b in authors if b != a], blocked=blocked) for a in authors]
-    rngs = [np.random.default_rng([seed, i, 2]) for i in range(len(hws))]
+    rngs = [np.random.default_rng([seed, i, 2] if settings.rng_stream == 0 else [seed, i, 2, settings.rng_stream]) for i in range(len(hws))]
     mal_rng = np.random.default_rng([seed, 99])
     traces = [NodeTrace(hw) for hw in hws]
     histories: list[list[bandit_mod.Outcome]] = [[] for _ in hws]
@@ -338,7 +339,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
             cfg = ledger.config(p.base, p.diff, p.candidate)
             measured = land.true_bpb(cfg, hw) + rngs[i].normal(0.0, land.hardware[hw].noise_sd)
             predicted, realised = bandit_mod.predicted_and_realised(choice, measured, post)
-            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted, realised))
+            histories[i].append(bandit_mod.Outcome(p.operator, bandit_mod.outcome(p, measured, post), bandit_mod.gain(p, measured, post), predicted=predicted, realised=realised))
             traces[i].ran.append(p.candidate)
             traces[i].operators.append(p.operator)
             traces[i].on_fake.append(_spent_on_fake(p, post, fake_records, honest_measured))

@@ -35,7 +35,7 @@ def test_thompson_sampling_concentrates_on_a_clearly_best_arm():
     arms = [pool.add({"matrix_lr": 0.01 * (i + 1)}, t, parents=[root.record_id]) for i, t in enumerate(truth)]
     by_candidate = {a.candidate: t for a, t in zip(arms, truth)}
     rng = np.random.default_rng(3)
-    config = BanditConfig(max_replicates=math.inf)
+    config = BanditConfig(max_replicates=math.inf, confirm_cap=math.inf)  # re-measure without limit
     picks = Counter()
     for _ in range(40):
         post = estimate(pool.evidence, static_status(ME), HW)
@@ -326,6 +326,33 @@ def test_moves_measured_on_other_hardware_steer_the_surrogate_with_less_weight()
     assert shared > 0.01 and shared_sd < 0.85 * local_sd
     # more doubt about transfer, less pull
     assert 0 < _lr_gain(pool, status, 0.05)[0] < shared
+
+
+def _moves_on_this_hardware(author):
+    """`author` measured the base and three matrix_lr moves from it here, each lower rate better."""
+    pool = Pool()
+    parent = pool.add({}, 2.00, author=author)
+    for lr in (0.03, 0.02, 0.015):
+        parent = pool.add({"matrix_lr": lr}, parent.val_bpb - 0.02, author=author, parents=[parent.record_id])
+    return pool
+
+
+def _lr_gain_here(pool, peer_sd):
+    post = estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW)
+    model = MoveModel.fit(post, [Dim("matrix_lr", 0.005, 0.2, log=True)], peer_sd=peer_sd)
+    rng = np.random.default_rng(0)
+    gains = [model.gain("matrix_lr", 0.04, 0.02, model.sample(rng)) for _ in range(4000)]
+    return float(np.mean(gains)), float(np.std(gains))
+
+
+def test_a_peers_moves_steer_the_surrogate_less_than_ones_own_with_peer_move_sd():
+    peers = _moves_on_this_hardware(FRIEND)
+    pooled, pooled_sd = _lr_gain_here(peers, 0.0)
+    leaning, leaning_sd = _lr_gain_here(peers, 0.02)
+    assert pooled > 0.01  # by default a trusted peer's moves here count as one's own
+    assert 0 < leaning < pooled and leaning_sd > 1.2 * pooled_sd  # the node keeps its own doubt
+    own = _moves_on_this_hardware(ME)
+    assert _lr_gain_here(own, 0.02) == _lr_gain_here(own, 0.0)  # its own moves are not discounted
 
 
 def test_a_strangers_moves_do_not_steer_the_surrogate():

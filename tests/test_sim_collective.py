@@ -183,3 +183,55 @@ def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_
     assert s["class_ratio"] == pytest.approx(1.0)
     assert r["worst_class_ratio"] == pytest.approx(1.0)
     assert r["exps_vs_isolated_hillclimb"] == pytest.approx(2.0)  # 1.05 <= 1.1 and 2.1 <= 2.2 after two
+
+
+def test_another_random_stream_searches_the_same_landscape_independently():
+    settings = SimSettings(nodes=2, experiments=6)
+    usual = run_mode("isolated_bandit", 3, settings)
+    other = run_mode("isolated_bandit", 3, SimSettings(nodes=2, experiments=6, rng_stream=1))
+    assert usual.optimum == other.optimum  # the same landscape
+    assert [t.ran for t in usual.traces] != [t.ran for t in other.traces]  # another search on it
+    again = run_mode("isolated_bandit", 3, SimSettings(nodes=2, experiments=6, rng_stream=1))
+    assert [t.incumbent_true for t in other.traces] == [t.incumbent_true for t in again.traces]
+
+
+def test_the_benchmark_parses_variants_over_the_three_settings_and_rejects_the_rest():
+    import click
+
+    bench = _benchmark()
+    v = bench.parse_variant("confirm_cap=6, knob_transfer_sd=0.05,announce=false,floor_margin=inf")
+    assert v == {"confirm_cap": 6, "knob_transfer_sd": 0.05, "announce": False, "floor_margin": math.inf}
+    s = bench.with_variant(SimSettings(), v)
+    assert (s.bandit.confirm_cap, s.estimator.knob_transfer_sd, s.announce, s.bandit.floor_margin) == (6, 0.05, False, math.inf)
+    assert s.bandit.leader_share == BanditConfig().leader_share  # the rest stays the default
+    for bad in ("no_such_knob=1", "confirm_cap", "landscape=narrow", "confirm_cap=six", ""):
+        with pytest.raises(click.BadParameter):
+            bench.parse_variant(bad)
+
+
+def test_the_benchmark_pairs_a_variant_with_the_default_seed_by_seed():
+    bench = _benchmark()
+    default = {"a": {"per_seed_exps": [10.0, 20.0], "per_seed_regret": [0.02, 0.04], "worst_class_ratio": 1.2}, "b": {"per_seed_exps": [30.0, 30.0], "per_seed_regret": [0.01, 0.01], "worst_class_ratio": 0.9}}
+    variant = {"a": {"per_seed_exps": [8.0, 20.0], "per_seed_regret": [0.01, 0.04], "worst_class_ratio": 1.1}, "b": {"per_seed_exps": [26.0, 30.0], "per_seed_regret": [0.01, 0.01], "worst_class_ratio": 0.8}}
+    p = bench.paired(default, variant, ["a", "b"])
+    # per seed, the mean over scenarios of the differences: (-2 - 4) / 2 = -3, then 0
+    assert p["exps_diff"] == pytest.approx(-1.5)
+    assert p["exps_diff_se"] == pytest.approx(np.std([-3.0, 0.0], ddof=1) / np.sqrt(2))
+    assert p["regret_diff"] == pytest.approx(-0.0025)
+    assert p["scenarios"]["a"]["exps_diff"] == pytest.approx(-1.0) and p["scenarios"]["b"]["worst_class_ratio"] == 0.8
+
+
+def test_the_simulator_credits_each_outcome_with_its_prediction_not_its_cost(monkeypatch):
+    from p2pgolf.pool import bandit
+
+    seen = []
+    real = bandit.over_promise
+
+    def spy(history, available, config=BanditConfig()):
+        seen.extend(history)
+        return real(history, available, config)
+
+    monkeypatch.setattr(bandit, "over_promise", spy)
+    run_mode("trust", 1, SimSettings(nodes=2, experiments=10, bandit=BanditConfig(calibrate=True)))
+    assert seen and all(o.cost == 1.0 and o.experiment is True for o in seen)
+    assert any(math.isfinite(o.predicted) and math.isfinite(o.realised) for o in seen)  # calibrate has something to charge
