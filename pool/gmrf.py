@@ -144,17 +144,25 @@ def _conditional_draws(upper, sqrt_d, perm, z: np.ndarray) -> np.ndarray:
 
 def _takahashi_diagonal(lower, d: np.ndarray) -> np.ndarray:
     """diag(Z), Z = (L D L')^-1 with L unit lower triangular (CSC): Takahashi's recursion, column
-    by column from the last, touching only Z's entries on the pattern of L (closed under the
-    elimination, so every entry a column needs is already known)."""
+    by column from the last, touching only Z's entries on the symbolic pattern of L (closed under
+    the elimination, so every entry a column needs is already known). SuperLU leaves out entries
+    that cancel to exactly zero, so the pattern is closed here first: those entries are zeros of
+    L but not of Z."""
     k = len(d)
     indptr = lower.indptr.tolist()
     indices = lower.indices.tolist()
     data = lower.data.tolist()
     inv_d = (1.0 / d).tolist()
+    values = [{indices[p]: data[p] for p in range(indptr[j], indptr[j + 1]) if indices[p] > j} for j in range(k)]
+    pattern = [set(v) for v in values]
+    for j in range(k):  # the elimination tree: j's parent is its first row below; it inherits j's rows
+        if pattern[j]:
+            parent = min(pattern[j])
+            pattern[parent] |= pattern[j] - {parent}
     zdiag = [0.0] * k
     zcol: list[dict[int, float] | None] = [None] * k
     for j in range(k - 1, -1, -1):
-        below = [(indices[p], data[p]) for p in range(indptr[j], indptr[j + 1]) if indices[p] > j]
+        below = [(r, values[j].get(r, 0.0)) for r in pattern[j]]
         col: dict[int, float] = {}
         acc = 0.0
         for r, l_r in below:
