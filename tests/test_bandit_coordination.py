@@ -35,7 +35,7 @@ def test_a_leader_at_the_noise_floor_is_not_measured_again_but_its_challenger_ma
     post = estimate(pool.evidence, static_status(ME), HW)
     assert post.incumbent() == leader.candidate
     always = BanditConfig(leader_share=1.0, confirm_cap=math.inf)
-    capped = BanditConfig(leader_share=1.0, confirm_cap=6)
+    capped = BanditConfig(leader_share=1.0)  # the default cap: six runs here
     before = Counter((c.proposal.operator, c.proposal.candidate) for c in (choose(post, np.random.default_rng(s), config=always) for s in range(40)))
     after = Counter((c.proposal.operator, c.proposal.candidate) for c in (choose(post, np.random.default_rng(s), config=capped) for s in range(40)))
     assert before[("replicate", leader.candidate)] == 40
