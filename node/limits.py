@@ -312,10 +312,15 @@ class Admission:
 
     def trusted_keys(self) -> frozenset[str]:
         """Our own key and the pinned ones, re-read from the trust store at most every
-        TRUST_REFRESH_S (the same frozenset object until they change)."""
+        TRUST_REFRESH_S (the same frozenset object until they change; the last set while the
+        store cannot be read)."""
         now = self._clock()
         if self._trusted_at is None or now - self._trusted_at >= TRUST_REFRESH_S:
-            keys = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            try:
+                keys = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED) if self.trust is not None else frozenset()
+            except Exception:  # a locked or closing pool: keep the last set
+                log.debug("cannot re-read the trust store", exc_info=True)
+                keys = self._trusted
             keys |= {self.own_key}
             if keys != self._trusted:
                 self._trusted = keys

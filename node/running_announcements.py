@@ -7,7 +7,7 @@ bandit counts them, pool/bandit.py `confirm_cap`).
 
 Whose announcements count (an announcement can only make us skip a candidate, so a stranger
 announcing everything could freeze our exploration): only our own key's and pinned keys'
-(pool/trust_weights.TRUSTED_STATUSES), the keys whose records we already believe as they
+(`Admission.trusted_keys`, node/limits.py), the keys whose records we already believe as they
 stand; a user's other machines are pinned keys. Strangers' valid announcements are forwarded
 (gossip must carry them between trusted peers through untrusted ones), never held or used.
 
@@ -35,8 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from p2pgolf.node.limits import TRUST_REFRESH_S, TokenBucket
-from p2pgolf.pool.trust_weights import TRUSTED_STATUSES
+from p2pgolf.node.limits import TokenBucket
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.running import (
     NotUsable,
@@ -61,30 +60,6 @@ HELD, REPLACED, ENDED, OLDER, UNTRUSTED, FULL = "held", "replaced", "ended", "ol
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class TrustedKeys:
-    """`keys(author)`: whether `author` is our own key or a pinned one, from a set re-read from
-    the trust store at most every TRUST_REFRESH_S (a pin takes effect within that long)."""
-
-    def __init__(self, trust: Any, own_key: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.trust = trust
-        self.own_key = own_key
-        self._clock = clock
-        self._keys: frozenset[str] = frozenset()
-        self._at: float | None = None
-
-    def __call__(self, author: str) -> bool:
-        if author == self.own_key:
-            return True
-        now = self._clock()
-        if self._at is None or now - self._at >= TRUST_REFRESH_S:
-            try:
-                self._keys = frozenset(e.key for e in self.trust.entries() if e.status in TRUSTED_STATUSES) if self.trust is not None else frozenset()
-            except Exception:  # a locked or closing pool: keep the last set
-                log.debug("cannot re-read the trust store", exc_info=True)
-            self._at = now
-        return author in self._keys
 
 
 class RunningBoard:
@@ -246,8 +221,8 @@ class RunningAnnouncer:
     def for_node(cls, node: Any) -> "RunningAnnouncer":
         """The announcer of a node whose gossip is built (node/node.py)."""
         budgets = {b.id: b.budget_s for b in node.options.benches}
-        board = RunningBoard(TrustedKeys(node.trust, node.identity.public_hex), budgets)
         admission = node.admission
+        board = RunningBoard(lambda author: author in admission.trusted_keys(), budgets)  # own and pinned keys
         gate = RunningGate(board, budgets, limiter=admission.limiter, on_ban=lambda peer: admission.on_ban(peer) if admission.on_ban else None)
         return cls(node.gossip.pubsub, node.identity, budgets, board, gate, own_peer=node.gossip.own_id)
 

@@ -463,8 +463,8 @@ def test_a_cancelled_run_is_still_withdrawn(tmp_path):
 
 
 def test_a_key_pinned_while_running_counts_within_the_trust_refresh(tmp_path):
-    from p2pgolf.node.limits import TRUST_REFRESH_S
-    from p2pgolf.node.running_announcements import TrustedKeys
+    # the board asks the admission gate's trusted keys, as RunningAnnouncer.for_node wires it
+    from p2pgolf.node.limits import TRUST_REFRESH_S, Admission, Limits
     from p2pgolf.pool.store import PoolStore
     from p2pgolf.pool.trust import TrustStore
 
@@ -472,7 +472,8 @@ def test_a_key_pinned_while_running_counts_within_the_trust_refresh(tmp_path):
     now = [0.0]
     with PoolStore(tmp_path / "pool.sqlite") as store:
         trust = TrustStore(store)
-        keys = TrustedKeys(trust, own.public_hex, clock=lambda: now[0])
+        admission = Admission(store, trust, {"b"}, Limits(), own_key=own.public_hex, clock=lambda: now[0])
+        keys = lambda author: author in admission.trusted_keys()  # noqa: E731
         assert keys(own.public_hex) and not keys(friend.public_hex)
         trust.pin(friend.public_hex)
         assert not keys(friend.public_hex)  # the set is re-read at most every TRUST_REFRESH_S
@@ -481,3 +482,6 @@ def test_a_key_pinned_while_running_counts_within_the_trust_refresh(tmp_path):
         trust.block(friend.public_hex)
         now[0] += TRUST_REFRESH_S
         assert not keys(friend.public_hex)
+        store.close()  # a store that cannot be read keeps the last set
+        now[0] += TRUST_REFRESH_S
+        assert keys(own.public_hex) and not keys(friend.public_hex)
