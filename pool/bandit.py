@@ -239,7 +239,8 @@ def choose(
         if proposal.candidate in set(running):
             # a peer of this class trains the default now and its record will be here by the
             # next choice: start one knob away from it instead of running it twice
-            origin = CandidateInfo(proposal.candidate, default_base, {}, (), "", (), (), (), 0.0, 0, tokenizer=default_tokenizer)
+            origin = CandidateInfo(candidate=proposal.candidate, base=default_base, diff={}, record_ids=(), representative="", parents=(), authors=(),
+                                   hw_classes=(), established=0.0, n_results=0, tokenizer=default_tokenizer)  # fmt: skip
             proposal = mutate(origin, rng, space=space) or proposal
         return Choice(proposal, math.nan, {}, None)
     incumbent_runs = incumbent is not None and runnable(posterior.info[incumbent].base)
