@@ -41,6 +41,10 @@ Guarantees:
   is made knowing what trusted peers of this hardware class are training now (the bandit's
   `running=`): a new candidate a peer trains is not proposed again. An announcement that cannot
   be sent costs nothing but the coordination.
+- Every finished experiment's journal end keeps what the bandit's choice promised over the
+  incumbent and what the run delivered (`predicted`, `realised`, bpb), and the meta level's
+  history carries both, so an operator whose runs fall short of its promises loses share
+  (the bandit's `calibrate`), across restarts too.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -445,7 +450,11 @@ class ResearchLoop:
                 self._remember_failure(p, str(data.get("status")), str(data.get("error")))
                 return self._end(n, status=str(data.get("status")), record=None, gain=0.0, won=False, note=str(data.get("error"))[:200])
             measured = float(data["metrics"]["val_bpb"])
-            return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post))
+            # what the choice promised over the incumbent against what the run delivered: the meta
+            # level charges operators that over-promise (bandit `calibrate`); a newly approved
+            # script's first run was not the bandit's choice and promised nothing
+            promised = bandit.predicted_and_realised(choice, measured, post) if p is choice.proposal else (math.nan, math.nan)
+            return await self._publish_run(entry, data, gain=bandit.gain(p, measured, post), won=bandit.outcome(p, measured, post), promised=promised)
         finally:
             control.current = None
             control.progress = None
@@ -662,7 +671,9 @@ class ResearchLoop:
         control.last_end = end
         return end
 
-    async def _publish_run(self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False) -> dict[str, Any]:
+    async def _publish_run(
+        self, entry: dict[str, Any], data: dict[str, Any], *, gain: float = 0.0, won: bool = False, promised: tuple[float, float] = (math.nan, math.nan)
+    ) -> dict[str, Any]:
         from p2pgolf.protocol.errors import ProtocolError
 
         try:
@@ -679,7 +690,7 @@ class ResearchLoop:
         throughput = data.get("throughput") or {}
         degraded = f"DEGRADED: {throughput.get('reason')}" if throughput.get("degraded") else ""
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-        end = self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200])
+        end = self._end(entry["n"], metrics, status="ok", record=rid, gain=gain, won=won, note=degraded[:200], predicted=promised[0], realised=promised[1])
         if degraded:  # join prints every end; the log keeps a degraded one with its reason
             log.info("experiment %d %s", entry["n"], self.control.describe_end(end))
         return end
@@ -735,6 +746,11 @@ def _reason(p: Any) -> str:
     return proposal_reason(p)
 
 
+def _gain_or_nan(value: Any) -> float:
+    """A journalled predicted / realised gain; nan where none was kept (older journals, no prediction)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 class Journal:
     """Append-only JSON lines: a `start` entry before each experiment, an `end` entry after."""
 
@@ -777,10 +793,10 @@ class Journal:
         from p2pgolf.pool.bandit import Outcome
 
         return [
-            (n, Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]), float(self._starts[n].get("cost", 1.0))))
+            (n, Outcome(self._starts[n]["operator"], bool(e["won"]), float(e["gain"]), float(self._starts[n].get("cost", 1.0)), predicted=_gain_or_nan(e.get("predicted")), realised=_gain_or_nan(e.get("realised"))))
             for n, e in sorted(self._ends.items())
             if n in self._starts and e.get("status") != ABANDONED
-        ]
+        ]  # fmt: skip
 
     def starts(self) -> list[dict[str, Any]]:
         return [self._starts[n] for n in sorted(self._starts)]
@@ -810,8 +826,15 @@ class Journal:
         self._starts[n] = entry
         return entry
 
-    def end(self, n: int, *, status: str, record: str | None, gain: float, won: bool, note: str = "") -> dict[str, Any]:
+    def end(
+        self, n: int, *, status: str, record: str | None, gain: float, won: bool, note: str = "", predicted: float = math.nan, realised: float = math.nan
+    ) -> dict[str, Any]:
+        """Journal an experiment's end. `predicted` / `realised`: the bandit's promised gain over
+        the incumbent and the run's delivered one (bpb); kept only when finite (JSON has no nan)."""
         entry = {"event": "end", "n": n, "status": status, "record": record, "gain": gain, "won": won, "note": note}
+        for name, value in (("predicted", predicted), ("realised", realised)):
+            if math.isfinite(value):
+                entry[name] = float(value)
         self._append(entry)
         self._ends[n] = entry
         return entry
