@@ -7,33 +7,21 @@ from __future__ import annotations
 import trio
 
 import recordgen as g
+from fake_runs import finished
 from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
 from p2pgolf.pool.failures import FailureMemory
 from p2pgolf.pool.store import PoolStore
 from p2pgolf.pool.trust import TrustStore
-from p2pgolf.protocol.benchmarks import benchmark
 
 HW = g.CPU.key
 UNRUNNABLE = {"num_layers": 3}  # stands for a diff whose plan the trainer refuses here
-
-
-class _Outcome:
-    status = "ok"
-
-    def __init__(self, result):
-        self.result = result
 
 
 def _runner(bench_name, base, diff, *, seed, out_dir, **kw):
     """The trainer's interface: refuses the unrunnable diff as the memory plan would, trains the rest."""
     if dict(diff) == UNRUNNABLE:
         raise RuntimeError("the memory plan needs 41 GiB, this machine has 8 GiB (train_batch_tokens=16777216 with grad_accum_steps=1)")
-    bench = benchmark(bench_name)
-    return _Outcome({
-        "bench": bench.id, "bench_name": bench.name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": bench.budget_s,
-        "hw": g.CPU.to_wire(), "metrics": {"val_bpb": 2.45, "val_loss": 1.7, "steps": 25, "train_tokens": 102400, "artifact_bytes": 1, "eval_tokens": 1, "eval_partial": True},
-        "artifact_sha256": f"{seed:064x}", "trainer": "p2pgolf-torch/0.1.0", "status": "ok", "error": None, "parents": [], "note": "", "created_ms": g.T0 + seed,
-    })  # fmt: skip
+    return finished(bench_name, base, diff, seed, artifact_sha256=f"{seed:064x}", trainer="p2pgolf-torch/0.1.0")
 
 
 def _pool(tmp_path, me):

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import recordgen as g
+from fake_runs import finished
 from p2pgolf.node.research_loop import Journal, LoopSettings, ResearchLoop
 from p2pgolf.pool import bandit
 from p2pgolf.pool.estimator import estimate
@@ -27,23 +28,11 @@ MEASURED = 2.47  # what every run of the fake trainer measures
 BROKEN = {"num_layers": 3}  # a diff the fake trainer refuses
 
 
-class _Outcome:
-    status = "ok"
-
-    def __init__(self, result):
-        self.result = result
-
-
 def _runner(bench_name, base, diff, *, seed, out_dir, **kw):
     """The trainer's interface, measuring MEASURED for everything it accepts."""
     if dict(diff) == BROKEN:
         raise RuntimeError("the memory plan does not fit")
-    bench = benchmark(bench_name)
-    return _Outcome({
-        "bench": bench.id, "bench_name": bench.name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": bench.budget_s,
-        "hw": g.CPU.to_wire(), "metrics": {"val_bpb": MEASURED, "val_loss": 1.7, "steps": 25, "train_tokens": 102400, "artifact_bytes": 1, "eval_tokens": 1, "eval_partial": True},
-        "artifact_sha256": f"{seed:064x}", "trainer": "p2pgolf-torch/0.1.0", "status": "ok", "error": None, "parents": [], "note": "", "created_ms": g.T0 + seed,
-    })  # fmt: skip
+    return finished(bench_name, base, diff, seed, val_bpb=MEASURED, artifact_sha256=f"{seed:064x}")
 
 
 def _loop(tmp_path, store, trust, me):

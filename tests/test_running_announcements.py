@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recordgen as g
+from fake_runs import Finished, finished
 from conftest import REPO_ROOT
 from records_factory import signed_result
 from test_protocol_vectors import spec_encode
@@ -241,26 +242,14 @@ def test_an_author_over_its_rate_is_neither_used_nor_forwarded():
 # --- two real nodes -----------------------------------------------------------------------
 
 
-class _Outcome:
-    status = "ok"
-
-    def __init__(self, result):
-        self.result = result
-
-
 def _runner(trained: list, gate: threading.Event | None = None):
     def run(bench_name, base, diff, *, seed, out_dir, cancel, **kw):
         trained.append((base, dict(diff)))
         if gate is not None:
             while not gate.wait(0.05):
                 if cancel.is_set():
-                    return _Outcome({"status": "abandoned"})
-        bench = benchmark(bench_name)
-        return _Outcome({
-            "bench": bench.id, "bench_name": bench.name, "base": base, "diff": dict(diff), "seed": seed, "budget_s": bench.budget_s,
-            "hw": g.CPU.to_wire(), "metrics": {"val_bpb": 2.45, "val_loss": 1.7, "steps": 25, "train_tokens": 102400, "artifact_bytes": 1, "eval_tokens": 1, "eval_partial": True},
-            "artifact_sha256": None, "trainer": "test/0", "status": "ok", "error": None, "parents": [], "note": "", "created_ms": g.T0 + seed,
-        })  # fmt: skip
+                    return Finished({"status": "abandoned"})
+        return finished(bench_name, base, diff, seed)
 
     return run
 
