@@ -45,6 +45,9 @@ Definitions (fixed before any figure was measured; see the issue 14 report for t
 - `replicate_share` (per scenario and headline over the 4-node mixed scenarios): the share of
   the collective's experiments that re-measure a candidate already established on the node's
   own hardware (operator "replicate", top-two confirmations included).
+- `duplicate_share` (per scenario): the share of the collective's experiments that train a
+  candidate another node of the same class trains in the same round (issue 14's finding 4:
+  52% in a one-class swarm before nodes announced what they run).
 - `malicious_share` per class: in the scenarios named by `--malicious` (mixed hardware, an
   extra unpinned node publishing fake wins every round), the share of each class's honest
   experiments that re-measure or build on a fake nothing trusted vouches for.
@@ -176,7 +179,7 @@ def _restricted(ref: RunResult, classes) -> RunResult:
 
 def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_ref: dict[int, RunResult], hill_ref: dict[int, RunResult], experiments: int) -> dict:
     """Every figure of one scenario, by the definitions in the module docstring."""
-    per_seed_hits, per_seed_hill, per_seed_iso_hill, reps, per_seed_regret = [], [], [], [], []
+    per_seed_hits, per_seed_hill, per_seed_iso_hill, reps, per_seed_regret, dups = [], [], [], [], [], []
     regrets: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:
         run, bref, href = collective[seed], bandit_ref[seed], hill_ref[seed]
@@ -187,6 +190,7 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
         per_seed_iso_hill.append(float(np.mean(experiments_to_reach(iso, href))))
         ops = [op for t in run.traces for op in t.operators]
         reps.append(sum(op == "replicate" for op in ops) / len(ops))
+        dups.append(same_round_duplicates(run))
         per_seed_regret.append(float(np.mean([t.final_true - run.optimum[t.hw] for t in run.traces])))
         finals = _class_finals(bref)
         for hw in sorted(classes):
@@ -218,6 +222,7 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
         "exps_vs_isolated_hillclimb": float(np.mean(per_seed_hill)),
         "isolated_bandit_exps_vs_isolated_hillclimb": float(np.mean(per_seed_iso_hill)),
         "replicate_share": float(np.mean(reps)),
+        "duplicate_share": float(np.mean(dups)),
         "classes": classes_out,
         "worst_class_ratio": max(c["class_ratio"] for c in classes_out.values()),
         "worst_class_paired_z": max((c["paired_z"] for c in classes_out.values() if math.isfinite(c["paired_z"])), default=math.nan),
@@ -227,6 +232,20 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
     if scenario.landscape == "narrow":
         out["narrow_well"] = narrow_well(seeds, collective, bandit_ref, se)
     return out
+
+
+def same_round_duplicates(run: RunResult) -> float:
+    """The share of a run's experiments that train a candidate another node of the same class
+    trains in the same round (all but the first of each such group count)."""
+    total = dup = 0
+    for k in range(max(len(t.ran) for t in run.traces)):
+        seen: set[tuple[str, str]] = set()
+        for t in run.traces:
+            if k < len(t.ran):
+                total += 1
+                dup += (t.hw, t.ran[k]) in seen
+                seen.add((t.hw, t.ran[k]))
+    return dup / total if total else 0.0
 
 
 def narrow_well(seeds, collective: dict[int, RunResult], bandit_ref: dict[int, RunResult], se) -> dict:
@@ -388,7 +407,7 @@ def _tables(result, mixed4, same8) -> None:
         title=("NULL (no sharing: isolated bandits with other random streams)" if s["null"] else "Collective (hardware-adjusted trust)") + f" against our own bandit alone: {s['seeds']} seeds from {s['first_seed']}, K={k}, {s['reference_runs']} isolated bandits and {s['hill_reference_runs']} hill climbers per class as reference",
         caption=f"{result['machine']}; {result['seconds']} s.",
     )
-    for col in ("scenario", "nodes", f"exps to isolated bandit@{k} (± se)", "replicate share", "class: regret collective / alone, paired diff ± se, ratio", "worst ratio", f"ref: exps to hill climbing@{k}, collective / bandit alone"):
+    for col in ("scenario", "nodes", f"exps to isolated bandit@{k} (± se)", "replicate / same-round duplicate share", "class: regret collective / alone, paired diff ± se, ratio", "worst ratio", f"ref: exps to hill climbing@{k}, collective / bandit alone"):
         table.add_column(col, justify="left" if col.startswith(("scenario", "class")) else "right")
     for name, r in result["scenarios"].items():
         cls = "\n".join(
@@ -396,7 +415,7 @@ def _tables(result, mixed4, same8) -> None:
             for hw, c in r["classes"].items()
         )
         nodes = "-".join(str(x) for x in (r["nodes"][0], r["nodes"][-1])) if len(r["nodes"]) > 1 else str(r["nodes"][0])
-        table.add_row(name, nodes, f"{r['exps_vs_isolated_bandit']:.1f} ± {r['exps_vs_isolated_bandit_se']:.1f}", f"{r['replicate_share']:.0%}", cls, f"{r['worst_class_ratio']:.2f}", f"{r['exps_vs_isolated_hillclimb']:.1f} / {r['isolated_bandit_exps_vs_isolated_hillclimb']:.1f}")
+        table.add_row(name, nodes, f"{r['exps_vs_isolated_bandit']:.1f} ± {r['exps_vs_isolated_bandit_se']:.1f}", f"{r['replicate_share']:.0%} / {r['duplicate_share']:.0%}", cls, f"{r['worst_class_ratio']:.2f}", f"{r['exps_vs_isolated_hillclimb']:.1f} / {r['isolated_bandit_exps_vs_isolated_hillclimb']:.1f}")
     console.print(table)
     goals = Table(title="Goals (issue 14)")
     for col in ("goal", "value", "met"):

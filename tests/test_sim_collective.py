@@ -175,6 +175,7 @@ def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_
     assert r["exps_vs_isolated_bandit"] == pytest.approx(np.mean([np.mean([3, 4]), np.mean([3, 3])]))
     assert r["exps_vs_isolated_bandit_se"] == pytest.approx(np.std([3.5, 3.0], ddof=1) / np.sqrt(2))
     assert r["replicate_share"] == pytest.approx(0.5)
+    assert r["duplicate_share"] == 0.0  # one node per class
     f, s = r["classes"][fast], r["classes"][slow]
     assert f["collective_regret"] == pytest.approx(0.01) and f["isolated_bandit_regret"] == pytest.approx(0.03)
     assert f["paired_difference"] == pytest.approx(-0.02) and f["class_ratio"] == pytest.approx(1 / 3)
@@ -186,6 +187,14 @@ def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_
     assert s["paired_z"] == pytest.approx(0.0) and np.isnan(f["paired_z"]) and r["worst_class_paired_z"] == pytest.approx(0.0)
     assert r["exps_vs_isolated_hillclimb"] == pytest.approx(2.0)  # 1.05 <= 1.1 and 2.1 <= 2.2 after two
     assert "narrow_well" not in r  # only narrow landscapes have a well to find
+
+
+def test_a_duplicate_is_a_candidate_another_node_of_the_class_trains_in_the_same_round():
+    bench = _benchmark()
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+    nodes = [NodeTrace(fast, ran=["a", "b", "c"]), NodeTrace(fast, ran=["a", "c", "b"]), NodeTrace(fast, ran=["a", "d", "e"]), NodeTrace(slow, ran=["a", "b", "c"])]
+    # round 0: three fast nodes train "a" (2 duplicates; the slow node's "a" is another class's); rounds 1-2: none
+    assert bench.same_round_duplicates(RunResult("trust", 0, nodes, {})) == pytest.approx(2 / 12)
 
 
 def test_the_benchmark_counts_final_incumbents_in_the_narrow_well_for_the_collective_and_alone():
