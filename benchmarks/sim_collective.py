@@ -33,6 +33,7 @@ Definitions (fixed before any figure was measured; see the issue 14 report for t
 - `class_ratio` per (scenario, class): the collective's mean regret over seeds divided by the
   isolated bandit's on the same class, scenario and seeds. `worst_class_ratio`: the largest
   over every class of every scenario (below 1: no class was worse off for sharing).
+- Per (scenario, class) also `exps_vs_isolated_bandit` over that class's nodes only.
 - `paired_z` per (scenario, class): the paired difference over its standard error;
   `worst_class_paired_z`: the largest over every class of every scenario. Added after the
   --null measurement below showed `worst_class_ratio` above 1 by noise alone; it reads "no
@@ -181,10 +182,14 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
     """Every figure of one scenario, by the definitions in the module docstring."""
     per_seed_hits, per_seed_hill, per_seed_iso_hill, reps, per_seed_regret, dups = [], [], [], [], [], []
     regrets: dict[str, list[tuple[float, float]]] = {}
+    class_hits: dict[str, list[float]] = {}  # per class, each seed's mean over its nodes
     for seed in seeds:
         run, bref, href = collective[seed], bandit_ref[seed], hill_ref[seed]
         classes = {t.hw for t in run.traces}
-        per_seed_hits.append(float(np.mean(experiments_to_reach(run, bref))))
+        hits = experiments_to_reach(run, bref)
+        per_seed_hits.append(float(np.mean(hits)))
+        for hw in classes:
+            class_hits.setdefault(hw, []).append(float(np.mean([h for h, t in zip(hits, run.traces) if t.hw == hw])))
         per_seed_hill.append(float(np.mean(experiments_to_reach(run, href))))
         iso = _restricted(bref, classes)
         per_seed_iso_hill.append(float(np.mean(experiments_to_reach(iso, href))))
@@ -210,6 +215,7 @@ def judge(scenario: Scenario, seeds, collective: dict[int, RunResult], bandit_re
             "paired_difference_se": se(diff),
             "class_ratio": float(coll.mean() / alone.mean()) if alone.mean() > 0 else math.inf,
             "paired_z": float(diff.mean() / se(diff)) if len(diff) > 1 and se(diff) > 0 else math.nan,
+            "exps_vs_isolated_bandit": float(np.mean(class_hits[hw])),  # this class's nodes only: which class the headline waits for
             "per_seed": [[float(c), float(a)] for c, a in pairs],  # (collective, alone) regret per seed, for paired comparisons
         }
     out = {
@@ -411,7 +417,7 @@ def _tables(result, mixed4, same8) -> None:
         table.add_column(col, justify="left" if col.startswith(("scenario", "class")) else "right")
     for name, r in result["scenarios"].items():
         cls = "\n".join(
-            f"{SHORT.get(hw, hw)}: {c['collective_regret']:.4f} / {c['isolated_bandit_regret']:.4f}, {c['paired_difference']:+.4f} ± {c['paired_difference_se']:.4f} (z {c['paired_z']:+.1f}), {c['class_ratio']:.2f}"
+            f"{SHORT.get(hw, hw)}: {c['collective_regret']:.4f} / {c['isolated_bandit_regret']:.4f}, {c['paired_difference']:+.4f} ± {c['paired_difference_se']:.4f} (z {c['paired_z']:+.1f}), {c['class_ratio']:.2f}; exps {c['exps_vs_isolated_bandit']:.1f}"
             for hw, c in r["classes"].items()
         )
         nodes = "-".join(str(x) for x in (r["nodes"][0], r["nodes"][-1])) if len(r["nodes"]) > 1 else str(r["nodes"][0])

@@ -182,6 +182,8 @@ def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_
     # the slow class: +0.02 then -0.02 over the seeds: no mean difference, ratio 1
     assert s["paired_difference"] == pytest.approx(0.0) and s["paired_difference_se"] == pytest.approx(0.02)
     assert s["class_ratio"] == pytest.approx(1.0)
+    # per class: fast hits after 3 in both seeds; slow never (4) then after 3
+    assert f["exps_vs_isolated_bandit"] == pytest.approx(3.0) and s["exps_vs_isolated_bandit"] == pytest.approx(3.5)
     assert r["worst_class_ratio"] == pytest.approx(1.0)
     # z: the slow class's mean difference is 0 (z 0); the fast one's has no spread (no z)
     assert s["paired_z"] == pytest.approx(0.0) and np.isnan(f["paired_z"]) and r["worst_class_paired_z"] == pytest.approx(0.0)
