@@ -198,6 +198,11 @@ class FamilyLandscape:
         h = self.hardware[hw]
         return h.batch_curv * (np.log2(batch) - h.best_batch_log2) ** 2 + h.warmdown_curv * (warmdown - h.best_warmdown) ** 2
 
+    def in_narrow_well(self, config: Mapping[str, Any]) -> bool:
+        """Whether a config's Muon momentum lies in the narrow optimum's well (within two widths
+        of its centre, where it is worth at least 13% of its depth); False where there is none."""
+        return bool(self.narrow_depth) and abs(float(config["muon_momentum"]) - self.narrow_at) <= 2.0 * self.narrow_width
+
     def true_bpb(self, config: Mapping[str, Any], hw: str) -> float:
         h = self.hardware[hw]
         c = config

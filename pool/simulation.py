@@ -169,6 +169,7 @@ class NodeTrace:
     final_incumbent: str | None = None
     final_true: float = math.nan
     lineage_of_final: set[str] = field(default_factory=set)
+    final_config: dict = field(default_factory=dict)  # the final incumbent's resolved knobs (where it ended up, not only how well)
 
 
 @dataclass
@@ -291,6 +292,7 @@ def _hillclimb(land: Landscape, hw: str, rng: np.random.Generator, settings: Sim
         trace.incumbent_true.append(land.true_bpb(kept_cfg, hw))
     trace.final_incumbent = kept_id
     trace.final_true = land.true_bpb(kept_cfg, hw)
+    trace.final_config = dict(kept_cfg)
     trace.lineage_of_final = set(lineage)
     return trace
 
@@ -370,6 +372,7 @@ def _collective(mode: str, land: Landscape, hws: list[str], seed: int, settings:
         inc = post.incumbent()
         traces[i].final_incumbent = inc
         traces[i].final_true = traces[i].incumbent_true[-1]
+        traces[i].final_config = dict(ledger.configs.get(inc, {})) if inc else {}
         traces[i].lineage_of_final = ({inc} | post.ancestors(inc, limit=10_000)) if inc else set()
     return traces
 

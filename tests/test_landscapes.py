@@ -78,6 +78,10 @@ def test_the_narrow_optimum_is_deep_and_narrow():
     at = {**base, "muon_momentum": land.narrow_at}
     beside = {**base, "muon_momentum": land.narrow_at + 4 * land.narrow_width}
     assert land.true_bpb(beside, FAST) - land.true_bpb(at, FAST) > 0.003
+    # the well, as the benchmark counts it: within two widths of its centre
+    assert land.in_narrow_well(at) and land.in_narrow_well({**base, "muon_momentum": land.narrow_at - 1.9 * land.narrow_width})
+    assert not land.in_narrow_well(beside) and not land.in_narrow_well({**base, "muon_momentum": land.narrow_at + 2.1 * land.narrow_width})
+    assert not make_landscape("per_knob_transfer", 0).in_narrow_well(at)  # no well there
 
 
 def test_a_rank_reversal_flips_swiglu_on_one_class_only():

@@ -175,14 +175,61 @@ def test_the_benchmark_judges_the_collective_against_the_isolated_bandit_by_its_
     assert r["exps_vs_isolated_bandit"] == pytest.approx(np.mean([np.mean([3, 4]), np.mean([3, 3])]))
     assert r["exps_vs_isolated_bandit_se"] == pytest.approx(np.std([3.5, 3.0], ddof=1) / np.sqrt(2))
     assert r["replicate_share"] == pytest.approx(0.5)
+    assert r["duplicate_share"] == 0.0  # one node per class
     f, s = r["classes"][fast], r["classes"][slow]
     assert f["collective_regret"] == pytest.approx(0.01) and f["isolated_bandit_regret"] == pytest.approx(0.03)
     assert f["paired_difference"] == pytest.approx(-0.02) and f["class_ratio"] == pytest.approx(1 / 3)
     # the slow class: +0.02 then -0.02 over the seeds: no mean difference, ratio 1
     assert s["paired_difference"] == pytest.approx(0.0) and s["paired_difference_se"] == pytest.approx(0.02)
     assert s["class_ratio"] == pytest.approx(1.0)
+    # per class: fast hits after 3 in both seeds; slow never (4) then after 3
+    assert f["exps_vs_isolated_bandit"] == pytest.approx(3.0) and s["exps_vs_isolated_bandit"] == pytest.approx(3.5)
     assert r["worst_class_ratio"] == pytest.approx(1.0)
+    # z: the slow class's mean difference is 0 (z 0); the fast one's has no spread (no z)
+    assert s["paired_z"] == pytest.approx(0.0) and np.isnan(f["paired_z"]) and r["worst_class_paired_z"] == pytest.approx(0.0)
     assert r["exps_vs_isolated_hillclimb"] == pytest.approx(2.0)  # 1.05 <= 1.1 and 2.1 <= 2.2 after two
+    assert "narrow_well" not in r  # only narrow landscapes have a well to find
+
+
+def test_a_duplicate_is_a_candidate_another_node_of_the_class_trains_in_the_same_round():
+    bench = _benchmark()
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+    nodes = [NodeTrace(fast, ran=["a", "b", "c"]), NodeTrace(fast, ran=["a", "c", "b"]), NodeTrace(fast, ran=["a", "d", "e"]), NodeTrace(slow, ran=["a", "b", "c"])]
+    # round 0: three fast nodes train "a" (2 duplicates; the slow node's "a" is another class's); rounds 1-2: none
+    assert bench.same_round_duplicates(RunResult("trust", 0, nodes, {})) == pytest.approx(2 / 12)
+
+
+def test_the_benchmark_counts_final_incumbents_in_the_narrow_well_for_the_collective_and_alone():
+    bench = _benchmark()
+    from p2pgolf.pool.landscapes import Scenario, make_landscape
+    from p2pgolf.pool.simulation import BASE
+
+    fast, slow = HARDWARE[0].key, HARDWARE[-1].key
+
+    def node(hw, momentum_in_well: bool, seed: int):
+        land = make_landscape("narrow", seed)
+        m = land.narrow_at + (0.5 if momentum_in_well else 5.0) * land.narrow_width
+        return NodeTrace(hw, incumbent_true=[1.0], final_true=1.0, operators=["mutate"], ran=["x"], final_config={**knobs.base_config(BASE), "muon_momentum": m})
+
+    optimum = {fast: 0.9, slow: 0.9}
+    collective = {s: RunResult("trust", s, [node(fast, True, s), node(slow, s == 0, s)], optimum) for s in (0, 1)}
+    # the reference also holds a class the collective lacks: it does not count
+    bandit_ref = {s: RunResult("isolated_bandit", s, [node(fast, False, s), node(fast, False, s), node(slow, True, s), node(HARDWARE[1].key, True, s)], optimum) for s in (0, 1)}
+    hill_ref = {s: RunResult("isolated_hillclimb", s, [node(fast, False, s), node(slow, False, s)], optimum) for s in (0, 1)}
+    w = bench.judge(Scenario("t", "narrow"), [0, 1], collective, bandit_ref, hill_ref, 1)["narrow_well"]
+    # collective: 2 of 2 nodes in seed 0, 1 of 2 in seed 1; alone: 1 of 3 in each
+    assert w["collective_share"] == pytest.approx(0.75) and w["isolated_bandit_share"] == pytest.approx(1 / 3)
+    assert w["paired_difference"] == pytest.approx(0.75 - 1 / 3) and w["paired_difference_se"] == pytest.approx(np.std([1 - 1 / 3, 0.5 - 1 / 3], ddof=1) / np.sqrt(2))
+
+
+def test_each_trace_keeps_the_config_its_final_incumbent_is_valued_at():
+    from p2pgolf.pool.landscapes import make_landscape
+
+    settings = SimSettings(nodes=2, experiments=5, landscape="narrow")
+    land = make_landscape("narrow", 4)
+    for mode in ("trust", "isolated_hillclimb"):
+        for t in run_mode(mode, 4, settings).traces:
+            assert t.final_config and land.true_bpb(t.final_config, t.hw) == pytest.approx(t.final_true)
 
 
 def test_another_random_stream_searches_the_same_landscape_independently():
