@@ -1,6 +1,8 @@
 """The bandit's calibration and coordination (issue 14): settled leaders are not re-measured,
 peers' running experiments are not duplicated, the operator floor does not run what the model
-expects to be clearly worse, and over-promising operators are charged at the meta level."""
+expects to be clearly worse (nor, on a node alone on its class, a foreign candidate whose mean is
+worse than the incumbent's), foreign candidates can be scored at their own temperature, and
+over-promising operators are charged at the meta level."""
 
 from __future__ import annotations
 
@@ -76,8 +78,8 @@ def test_the_operator_floor_does_not_run_an_arm_expected_to_be_clearly_worse():
     pool.add({"matrix_lr": 0.03}, 2.30, author=FRIEND, hw=PEER_HW)
     post = estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW)
     ops = ("mutate", "try_peer")
-    floor = BanditConfig(leader_share=0.0, min_share=0.25)
-    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_margin=2.0)
+    floor = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=False)
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_margin=2.0, floor_foreign=False)
     plain = Counter(choose(post, np.random.default_rng(s), config=floor, operators=ops).proposal.operator for s in range(60))
     kept = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
     assert plain["try_peer"] >= 5  # the floor forces the worse arm now and then
@@ -114,8 +116,8 @@ def test_the_floor_does_not_force_a_foreign_candidate_the_model_expects_to_be_wo
     assert post.incumbent() == root.candidate
     assert post.estimate(child.candidate).mean > post.estimate(root.candidate).mean
     ops = ("mutate", "try_peer")
-    plain = BanditConfig(leader_share=0.0, min_share=0.25)
-    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=True)
+    plain = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=False)
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25)  # floor_foreign is on by default
     forced = Counter(choose(post, np.random.default_rng(s), config=plain, operators=ops).proposal.operator for s in range(60))
     kept = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
     assert forced["try_peer"] >= 5  # the floor forces the worse foreign arm now and then
@@ -126,7 +128,7 @@ def test_the_floor_still_forces_a_foreign_candidate_expected_to_be_better():
     post, root, child = _lone_node_pool(1.60)
     assert post.estimate(child.candidate).mean < post.estimate(root.candidate).mean
     ops = ("mutate", "try_peer")
-    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=True)
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25)
     picks = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
     assert picks["try_peer"] >= 5
 
