@@ -81,10 +81,36 @@ final regret; load average 2-7 on 2 cpus):
 - announcements (the simulator's `announce`, passed as `running`): switching them off was
   -1.8 +- 1.8 on tuning seeds and +0.8 +- 1.0 held-out: no measurable effect either way; kept.
 - `floor_margin` 1: +3.3 +- 2.9 experiments, regret +0.0020 +- 0.0016 on tuning seeds: off.
-- `calibrate`: the simulator passed predictions into the wrong Outcome fields, so it was never
-  measured (identical runs); fixed, not yet measured: off.
+- `calibrate` (measured now that the simulator records predictions): two nodes, tuning seeds
+  100-115, +16.7 +- 4.6 experiments, regret +0.0067 +- 0.0023: off. Mutation promises most
+  beyond what it delivers (best of ~20 surrogate draws: +0.024 promised, -0.004 delivered) and is
+  charged most, while re-measurements (never charged) and try-peer arms (honestly predicted
+  worse) are not: mutations fell from ~30 to ~10 per node, meta-level re-measurements rose from
+  ~0.4 to ~25. Charging over-promise only works against operators whose promises are comparable.
 - `peer_move_sd` 0.01 (issue 14 finding 3): +0.4 +- 3.1 experiments, regret +0.0001 +- 0.0016
   on tuning seeds (narrow +3.5 +- 10.5): no gain shown: off.
+- A node alone on its class (two nodes, RTX 4090 and H100; issue 14). Per operator on tuning
+  seeds 100-115, per node, against an isolated bandit (realised gain over the incumbent's mean):
+  the H100 runs ~30 mutations (isolated: ~41, -0.002), ~10 recombinations with the other
+  class's lineage (-0.006, 24% beat the incumbent) and ~3 try-peer runs forced by the operator
+  floor (-0.012, 15%); the RTX 4090's foreign recombinations pay (-0.001, 44-56%). On 48 tuning
+  seeds (100-147, load 2-5) sharing costs two nodes 2.2 +- 3.4 experiments against no sharing
+  (`--null`'s isolated bandits) and cuts their final regret by 0.0019 +- 0.0008 bpb: the 10
+  experiments of the held-out seeds 0-15 are mostly their noise (paired se 4-8 at 16 seeds).
+  No foreign recombination at all: +3.9 +- 4.2; the floor never forcing try_peer: -2.7 +- 2.9;
+  `foreign_temperature` 0: -2.9 +- 2.9; `knob_transfer_sd` 0.05: -1.3 +- 3.1; no foreign moves:
+  -0.8 +- 5.9 (16 seeds). Then on the tuning family (two_nodes, base, per_knob_transfer,
+  rank_reversal; seeds 100-115; paired over the three 4-node mixed scenarios):
+  `floor_foreign` -2.7 +- 2.1 experiments, regret +0.0000 +- 0.0005 (base -11.8 +- 5.0,
+  rank_reversal +3.4 +- 3.2, two nodes -0.8 +- 6.6); `foreign_temperature` 0 -1.8 +- 2.6,
+  regret +0.0002 +- 0.0007 (two nodes -5.9 +- 5.6); both together -0.1 +- 2.6.
+  Held-out seeds 0-15 (six 4-node mixed scenarios, load 2-3.5): `floor_foreign` -1.9 +- 1.7
+  experiments (42.7 -> 40.8), regret +0.0005 +- 0.0008; two nodes -6.4 +- 3.2 (61.3 -> 54.9,
+  class ratios 1.03 / 1.17 -> 0.89 / 0.79); no scenario worse beyond 1.4 se (base +2.3 +- 5.1
+  experiments, heavy_noise regret +0.0033 +- 0.0023). `floor_foreign` is on by default: a win
+  in experiments of just over one standard error, negative in aggregate on every set of seeds
+  it ran on (single scenarios went both ways), final regret unchanged within its se;
+  `foreign_temperature` is off (not run held-out).
 What each does:
 - `confirm_cap`: a leader measured this often on this hardware (peers' running re-measurements
   of it counted) is settled, its posterior at the noise floor; top-two then re-measures a
@@ -94,6 +120,12 @@ What each does:
 - `floor_margin`: the operator floor forces an operator only if its best arm is within this
   many noise sds of the incumbent's mean: it explores without running what the model expects
   to be clearly worse (a node alone on its class otherwise runs foreign try-peer arms).
+- `floor_foreign`: when the floor picks try_peer (whose arms are all candidates not measured
+  here), it runs only if some arm's posterior mean beats the incumbent's; otherwise the meta
+  level chooses as if there were no floor this time (it only stops forcing the operator).
+- `foreign_temperature`: the temperature of the draw for candidates not established here (try-
+  peer arms, a foreign recombination partner); 0 scores them at their posterior mean, so no arm
+  wins on the width of a transfer nobody measured.
 - `calibrate`: each operator's recent over-promise (its score's predicted gain over the
   incumbent minus the gain its run realised, `over_promise`) is added to its score at the meta
   level, so an operator whose predictions run optimistic (recombining with a foreign lineage
@@ -165,6 +197,8 @@ class BanditConfig:
     calibrate: bool = False  # the meta level charges each operator its recent over-promise (predicted minus realised gain)
     stranger_share: float = 0.05  # chance that a choice tries a candidate only untrusted evidence backs
     peer_move_sd: float = 0.0  # extra sd of a move this node did not measure itself (0: a peer's move counts as one's own)
+    floor_foreign: bool = True  # the floor does not force try_peer when every arm's posterior mean is worse than the incumbent's (issue 14: a node alone on its class)
+    foreign_temperature: float = math.nan  # temperature of candidates not established here (nan: `temperature`; 0: scored at their mean)
 
 
 @dataclass(frozen=True)
@@ -251,6 +285,11 @@ def choose(
         return Choice(proposal, float(posterior.mean[posterior.index[incumbent]]), {"replicate": math.inf}, incumbent)
     raw = posterior.sample(rng, 1)[0]
     draw = posterior.mean + config.temperature * (raw - posterior.mean)
+    if not math.isnan(config.foreign_temperature):
+        # a candidate no trusted run here measured: its spread is mostly how another class's
+        # results transfer, which one run of a union or of it here settles little of
+        foreign = np.fromiter((posterior.info[c].established < posterior.established_weight for c in posterior.candidates), bool, len(posterior.candidates))
+        draw = np.where(foreign, posterior.mean + config.foreign_temperature * (raw - posterior.mean), draw)
     pending = defaultdict(int)
     for c in running:
         pending[c] += 1
@@ -297,6 +336,12 @@ def choose(
         # the floor explores, but not by running what the model expects to be clearly worse
         worst_ok = float(posterior.mean[posterior.index[incumbent]]) + config.floor_margin * _noise_sd(posterior)
         if min(s for _, s in arms[first]) + over.get(first, 0.0) > worst_ok:
+            yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
+    if config.floor_foreign and yields[first] == math.inf and first == "try_peer" and incumbent is not None:
+        # every try-peer arm is a candidate measured elsewhere: the floor does not run one whose
+        # evidence (its posterior mean, not a draw) already says it is worse than the incumbent
+        idx = posterior.index
+        if min(float(posterior.mean[idx[p.candidate]]) for p, _ in arms[first]) >= float(posterior.mean[idx[incumbent]]):
             yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
     # An external proposer's idea has no model value here: it is given the best value any
     # built-in operator drew, so that the choice between them is its yield against theirs.

@@ -1,6 +1,8 @@
 """The bandit's calibration and coordination (issue 14): settled leaders are not re-measured,
 peers' running experiments are not duplicated, the operator floor does not run what the model
-expects to be clearly worse, and over-promising operators are charged at the meta level."""
+expects to be clearly worse (nor, on a node alone on its class, a foreign candidate whose mean is
+worse than the incumbent's), foreign candidates can be scored at their own temperature, and
+over-promising operators are charged at the meta level."""
 
 from __future__ import annotations
 
@@ -76,8 +78,8 @@ def test_the_operator_floor_does_not_run_an_arm_expected_to_be_clearly_worse():
     pool.add({"matrix_lr": 0.03}, 2.30, author=FRIEND, hw=PEER_HW)
     post = estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW)
     ops = ("mutate", "try_peer")
-    floor = BanditConfig(leader_share=0.0, min_share=0.25)
-    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_margin=2.0)
+    floor = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=False)
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25, floor_margin=2.0, floor_foreign=False)
     plain = Counter(choose(post, np.random.default_rng(s), config=floor, operators=ops).proposal.operator for s in range(60))
     kept = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
     assert plain["try_peer"] >= 5  # the floor forces the worse arm now and then
@@ -95,3 +97,47 @@ def test_over_promising_operators_are_charged_what_they_fell_short_by():
     lucky = over_promise([Outcome("mutate", True, 0.05, predicted=0.0, realised=0.05)] * 4, ["mutate"])
     assert lucky["mutate"] == 0.0  # luck is never rewarded twice
     assert math.isfinite(over["recombine"])
+
+
+def _lone_node_pool(peer_value: float):
+    """A node alone on its class: its own root measured twice here, and a pinned peer's root and
+    child on the peer's class (the child, translated over the shared root, lands near
+    `peer_value` + 0.30 here)."""
+    pool = Pool()
+    root = pool.add({}, 2.00)
+    pool.attest(root.record_id, 2.001)
+    peer_root = pool.add({}, 1.70, author=FRIEND, hw=PEER_HW)
+    child = pool.add({"matrix_lr": 0.03}, peer_value, author=FRIEND, hw=PEER_HW, parents=[peer_root.record_id])
+    return estimate(pool.evidence, static_status(ME, pinned=[FRIEND]), HW), root, child
+
+
+def test_the_floor_does_not_force_a_foreign_candidate_the_model_expects_to_be_worse():
+    post, root, child = _lone_node_pool(2.30)
+    assert post.incumbent() == root.candidate
+    assert post.estimate(child.candidate).mean > post.estimate(root.candidate).mean
+    ops = ("mutate", "try_peer")
+    plain = BanditConfig(leader_share=0.0, min_share=0.25, floor_foreign=False)
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25)  # floor_foreign is on by default
+    forced = Counter(choose(post, np.random.default_rng(s), config=plain, operators=ops).proposal.operator for s in range(60))
+    kept = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
+    assert forced["try_peer"] >= 5  # the floor forces the worse foreign arm now and then
+    assert kept["try_peer"] == 0
+
+
+def test_the_floor_still_forces_a_foreign_candidate_expected_to_be_better():
+    post, root, child = _lone_node_pool(1.60)
+    assert post.estimate(child.candidate).mean < post.estimate(root.candidate).mean
+    ops = ("mutate", "try_peer")
+    guarded = BanditConfig(leader_share=0.0, min_share=0.25)
+    picks = Counter(choose(post, np.random.default_rng(s), config=guarded, operators=ops).proposal.operator for s in range(60))
+    assert picks["try_peer"] >= 5
+
+
+def test_a_foreign_candidate_is_scored_at_its_mean_with_foreign_temperature_zero():
+    post, root, child = _lone_node_pool(1.60)
+    config = BanditConfig(leader_share=0.0, min_share=0.0, foreign_temperature=0.0)
+    mean = post.estimate(child.candidate).mean
+    scores = [choose(post, np.random.default_rng(s), config=config, operators=("try_peer",)).sampled for s in range(10)]
+    assert scores == pytest.approx([mean] * 10)
+    default = [choose(post, np.random.default_rng(s), config=BanditConfig(leader_share=0.0, min_share=0.0), operators=("try_peer",)).sampled for s in range(10)]
+    assert np.std(default) > 1e-4  # by default a foreign candidate's score is a (tempered) draw
