@@ -141,3 +141,24 @@ def test_a_foreign_candidate_is_scored_at_its_mean_with_foreign_temperature_zero
     assert scores == pytest.approx([mean] * 10)
     default = [choose(post, np.random.default_rng(s), config=BanditConfig(leader_share=0.0, min_share=0.0), operators=("try_peer",)).sampled for s in range(10)]
     assert np.std(default) > 1e-4  # by default a foreign candidate's score is a (tempered) draw
+
+
+def test_a_claim_this_node_re_evaluated_and_refuted_is_never_run_again():
+    """The verify operator's case (tests/test_verify_network.py): two strangers' claims, both
+    re-evaluated here from their artifacts; one holds, one scores far worse than it claimed. Whatever
+    the draw, the next run neither re-runs nor reproduces the refuted claim (the operator floor
+    forced it as the only try-peer arm about 5% of the time before `floor_foreign`)."""
+    pool = Pool()
+    honest = pool.add({}, 2.60, author=STRANGER)
+    liar = pool.add({"matrix_lr": 0.03}, 2.30, author=STRANGER)
+    pool.attest(honest.record_id, 2.60, method="reeval")
+    pool.attest(liar.record_id, 8.0, method="reeval")
+    post = estimate(pool.evidence, static_status(ME), HW)
+    assert post.incumbent() == honest.candidate
+    for config, remaining in ((BanditConfig(), 1), (BanditConfig(), None), (BanditConfig(floor_foreign=False), None)):
+        picks = [choose(post, np.random.default_rng(s), config=config, remaining=remaining).proposal for s in range(200)]
+        on_liar = sum(p.subject == liar.record_id or p.candidate == liar.candidate for p in picks)
+        if config.floor_foreign:
+            assert on_liar == 0
+        else:
+            assert on_liar >= 3  # what the rule prevents: the floor's forced try-peer run
