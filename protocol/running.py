@@ -30,7 +30,7 @@ import nacl.signing
 from p2pgolf.protocol import canonical, candidates
 from p2pgolf.protocol.errors import ProtocolError
 from p2pgolf.protocol.records import ACCELERATORS, EARLIEST_MS, FUTURE_SKEW_MS, MAX_SHORT_STR, PROTOCOL_VERSION, _exact_map, _hex64, _int
-from p2pgolf.protocol.signing import MAX_RECORD_BYTES, _split_envelope, verify_signature
+from p2pgolf.protocol.signing import MAX_RECORD_BYTES, open_envelope, seal_envelope, verify_signature
 
 RUNNING_DOMAIN = b"p2pgolf/running/v1\n"
 RUNNING_TOPIC_PREFIX = "/p2pgolf/running/1/"
@@ -134,10 +134,7 @@ def sign_announcement(ann: RunningAnnouncement, signing_key: nacl.signing.Signin
     body = canonical.encode(ann.to_wire())
     parse_announcement(canonical.decode(body, max_len=MAX_RECORD_BYTES), budgets={ann.bench: budget_s}, now_ms=ann.created_ms)
     signature = signing_key.sign(announcement_id(body)).signature
-    raw = canonical.encode({"body": body, "sig": signature})
-    if len(raw) > MAX_RECORD_BYTES:
-        raise ProtocolError(f"signed announcement is {len(raw)} bytes; at most {MAX_RECORD_BYTES}")
-    return SignedAnnouncement(announcement_id(body).hex(), ann, raw)
+    return SignedAnnouncement(announcement_id(body).hex(), ann, seal_envelope(body, signature, "announcement"))
 
 
 def decode_announcement(raw: bytes, *, budgets: Mapping[str, float], now_ms: int | None = None) -> SignedAnnouncement:
@@ -146,17 +143,7 @@ def decode_announcement(raw: bytes, *, budgets: Mapping[str, float], now_ms: int
     (NotUsable for an authentic one that is not for us now)."""
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_RECORD_BYTES:
         raise ProtocolError(f"an announcement is at most {MAX_RECORD_BYTES} bytes of binary")
-    split = _split_envelope(raw)
-    if split is None:  # not the one canonical layout: decode generically for a precise error
-        envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
-        if not isinstance(envelope, dict) or set(envelope) != {"body", "sig"}:
-            raise ProtocolError("envelope must be a map with exactly the fields body and sig")
-        split = envelope["body"], envelope["sig"]
-    body, signature = split
-    if type(body) is not bytes:
-        raise ProtocolError("must be binary", "body")
-    if type(signature) is not bytes or len(signature) != 64:
-        raise ProtocolError("must be 64 bytes of binary", "sig")
+    body, signature = open_envelope(raw)
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     ann = parse_announcement(canonical.decode(body, max_len=MAX_RECORD_BYTES), budgets=None, now_ms=now_ms)
     aid = announcement_id(body)

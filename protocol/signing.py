@@ -67,14 +67,22 @@ def sign_record(record: Record, signing_key: nacl.signing.SigningKey) -> SignedR
     parse_body(canonical.decode(body, max_len=MAX_RECORD_BYTES))  # never sign what peers would reject
     rid = record_id(body)
     signature = signing_key.sign(rid).signature
-    raw = canonical.encode({"body": body, "sig": signature})
-    if len(raw) > MAX_RECORD_BYTES:
-        raise ProtocolError(f"signed record is {len(raw)} bytes; at most {MAX_RECORD_BYTES}")
+    raw = seal_envelope(body, signature, "record")
     return SignedRecord(id=rid.hex(), record=record, body=body, signature=signature, raw=raw)
 
 
-def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
-    """Decode, validate and verify an envelope from anywhere. Raises only ProtocolError."""
+def seal_envelope(body: bytes, signature: bytes, what: str) -> bytes:
+    """The wire bytes {body, sig} of a signed `what` (a record, an announcement); ProtocolError
+    if they exceed MAX_RECORD_BYTES."""
+    raw = canonical.encode({"body": body, "sig": signature})
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ProtocolError(f"signed {what} is {len(raw)} bytes; at most {MAX_RECORD_BYTES}")
+    return raw
+
+
+def open_envelope(raw: bytes) -> tuple[bytes, bytes]:
+    """(body, signature) of a signed envelope, unverified. Raises ProtocolError naming what is
+    malformed: the envelope's keys, a body that is not binary, a signature not 64 bytes."""
     split = _split_envelope(raw)
     if split is None:  # not the one canonical layout: decode generically for a precise error
         envelope = canonical.decode(raw, max_len=MAX_RECORD_BYTES)
@@ -86,6 +94,12 @@ def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
         raise ProtocolError("must be binary", "body")
     if type(signature) is not bytes or len(signature) != 64:
         raise ProtocolError("must be 64 bytes of binary", "sig")
+    return body, signature
+
+
+def decode_record(raw: bytes, *, now_ms: int | None = None) -> SignedRecord:
+    """Decode, validate and verify an envelope from anywhere. Raises only ProtocolError."""
+    body, signature = open_envelope(raw)
     record = parse_body(canonical.decode(body, max_len=MAX_RECORD_BYTES), now_ms=now_ms)
     rid = record_id(body)
     verify_signature(record.author, rid, signature)
