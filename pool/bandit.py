@@ -332,17 +332,10 @@ def choose(
     yields = operator_draws(history, [op for op in operators if arms.get(op)] + list(external), rng, config)
     over = over_promise(history, list(arms), config) if config.calibrate else {o: 0.0 for o in arms}
     first = max(yields, key=yields.get)
-    if yields[first] == math.inf and first in arms and math.isfinite(config.floor_margin) and incumbent is not None:
-        # the floor explores, but not by running what the model expects to be clearly worse
-        worst_ok = float(posterior.mean[posterior.index[incumbent]]) + config.floor_margin * _noise_sd(posterior)
-        if min(s for _, s in arms[first]) + over.get(first, 0.0) > worst_ok:
-            yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
-    if config.floor_foreign and yields[first] == math.inf and first == "try_peer" and incumbent is not None:
-        # every try-peer arm is a candidate measured elsewhere: the floor does not run one whose
-        # evidence (its posterior mean, not a draw) already says it is worse than the incumbent
-        idx = posterior.index
-        if min(float(posterior.mean[idx[p.candidate]]) for p, _ in arms[first]) >= float(posterior.mean[idx[incumbent]]):
-            yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
+    if yields[first] == math.inf and first in arms and incumbent is not None and _floor_runs_worse(first, arms[first], over.get(first, 0.0), posterior, incumbent, config):
+        # the floor explores, but not by running what the model expects to be worse: the meta
+        # level chooses as if there were no floor this time
+        yields[first] = float(np.mean([v for v in yields.values() if v < math.inf] or [0.0]))
     # An external proposer's idea has no model value here: it is given the best value any
     # built-in operator drew, so that the choice between them is its yield against theirs.
     neutral = min((float(s) for v in arms.values() for _, s in v), default=float(draw[posterior.index[incumbent]]) if incumbent is not None else 0.0)
@@ -374,6 +367,17 @@ def _meta_order(yields: Mapping[str, float], value: Mapping[str, float], config:
         # the operator's recent gain (a draw) is credited against its best value draw
         return sorted(ops, key=lambda o: value[o] - yields[o])
     return sorted(ops, key=lambda o: -yields[o])
+
+
+def _floor_runs_worse(op: str, arms, charge: float, posterior: Posterior, incumbent: str, config: BanditConfig) -> bool:
+    """Whether the operator floor, forcing `op`, would run an arm the model expects to be worse:
+    its best score (plus its calibration charge) beyond `floor_margin` noise sds of the
+    incumbent's mean, or (`floor_foreign`) a try-peer arm whose candidates, all measured
+    elsewhere, have posterior means no better than the incumbent's."""
+    inc_mean = float(posterior.mean[posterior.index[incumbent]])
+    if math.isfinite(config.floor_margin) and min(s for _, s in arms) + charge > inc_mean + config.floor_margin * _noise_sd(posterior):
+        return True
+    return config.floor_foreign and op == "try_peer" and min(float(posterior.mean[posterior.index[p.candidate]]) for p, _ in arms) >= inc_mean
 
 
 def _noise_sd(posterior: Posterior) -> float:
