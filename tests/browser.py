@@ -32,9 +32,23 @@ def find_chromium() -> tuple[str | None, str]:
 class Page:
     """One tab of a headless Chromium, reached through the DevTools pipe."""
 
-    def __init__(self, binary: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, binary: str, timeout_s: float = 30.0, attempts: int = 2) -> None:
         self.timeout_s = timeout_s
         self.requests: list[str] = []
+        for attempt in range(1, attempts + 1):
+            self._launch(binary)
+            try:
+                self._open_tab()
+                return
+            except AssertionError as exc:
+                # a Chromium that never answers its pipe (seen once on a loaded CI machine) is
+                # stopped, by its own PID, and started once more on a fresh profile
+                said = (Path(self._profile) / "stderr.log").read_bytes()[-400:].decode(errors="replace")
+                self.close()
+                if attempt == attempts:
+                    raise AssertionError(f"{exc} ({attempts} launches); its stderr ended: {said!r}") from None
+
+    def _launch(self, binary: str) -> None:
         self._profile = tempfile.mkdtemp(prefix="p2pgolf-chromium-")
         self._log = open(Path(self._profile) / "stderr.log", "wb")
         to_browser_r, self._to_browser = os.pipe()
@@ -61,6 +75,8 @@ class Page:
         self._buffer = b""
         self._id = 0
         self._events: list[dict] = []
+
+    def _open_tab(self) -> None:
         target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
         self._session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self._call("Network.enable", {}, session=True)
